@@ -1,0 +1,339 @@
+"""The model catalog: models, prices and provider endpoints, loaded from YAML data files.
+
+The built-in catalog ships as ``orchestrator/data/catalog.yaml``. A user file (argument or
+``$ORCHESTRATOR_CATALOG``) is merged over it: an entry with the same provider and id updates the
+built-in one field by field, anything else is added. Aliases named by a later file win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import CatalogError, UnknownModelError
+from .settings import CATALOG_ENV, first_set
+
+_MODEL_FIELDS_REQUIRED = ("price", "context_window", "max_output_tokens")
+_PROVIDER_FIELDS_REQUIRED = ("kind",)
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+    cached_input: float
+    cache_write: float
+
+    def cost(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float:
+        """Cost in USD; ``input_tokens`` counts every prompt token, cached ones included."""
+        plain = max(0, input_tokens - cached_tokens - cache_write_tokens)
+        micro = (
+            plain * self.input
+            + cached_tokens * self.cached_input
+            + cache_write_tokens * self.cache_write
+            + output_tokens * self.output
+        )
+        return micro / 1_000_000
+
+
+@dataclass(frozen=True)
+class Model:
+    """One catalog entry. ``value`` is the id the vendor's API expects."""
+
+    id: str
+    provider: str
+    alias: str
+    price: Price
+    context_window: int
+    max_output_tokens: int
+    json_schema: bool = False
+    vision: bool = False
+    aliases: tuple[str, ...] = ()
+    as_of: str = ""
+    source: str = ""
+
+    @property
+    def value(self) -> str:
+        return self.id
+
+    @property
+    def key(self) -> str:
+        """Unique across providers: ``provider/id``."""
+        return f"{self.provider}/{self.id}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """How to reach one vendor or endpoint and which variables configure it."""
+
+    name: str
+    kind: str
+    key_env: tuple[str, ...] = ()
+    key_required: bool = True
+    base_url_env: tuple[str, ...] = ()
+    default_base_url: str | None = None
+    api_version: str | None = None
+
+    def api_key(self, env: Mapping[str, str]) -> str | None:
+        """The key from the environment; endpoints that need none get a placeholder."""
+        key = first_set(env, list(self.key_env))
+        if key is None and not self.key_required:
+            return "not-needed"
+        return key
+
+    def base_url(self, env: Mapping[str, str]) -> str | None:
+        return first_set(env, list(self.base_url_env)) or self.default_base_url
+
+    def usable(self, env: Mapping[str, str]) -> bool:
+        return self.api_key(env) is not None
+
+
+@dataclass
+class Catalog:
+    providers: dict[str, ProviderSpec]
+    models: list[Model]
+    files: list[str] = field(default_factory=list)
+    _lookup: dict[str, list[Model]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> Catalog:
+        """The built-in catalog merged with ``path`` (or ``$ORCHESTRATOR_CATALOG`` when unset)."""
+        environ = os.environ if env is None else env
+        user_path = path if path is not None else (environ.get(CATALOG_ENV) or None)
+        documents = [("built-in catalog", _builtin_document())]
+        if user_path is not None:
+            documents.append((str(user_path), _read_document(Path(user_path))))
+        return _build(documents)
+
+    def resolve(self, name: str | Model) -> Model:
+        """A model by alias, id or ``provider/id`` (case-insensitive)."""
+        if isinstance(name, Model):
+            return name
+        matches = self._lookup.get(name.strip().lower(), [])
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            keys = ", ".join(m.key for m in matches)
+            raise UnknownModelError(f"model name {name!r} is ambiguous: use one of {keys}")
+        raise UnknownModelError(
+            f"unknown model {name!r}: run 'python -m orchestrator --list-models' to see the catalog"
+        )
+
+    def models_of(self, provider: str) -> list[Model]:
+        return [m for m in self.models if m.provider == provider]
+
+    def provider_of(self, model: Model) -> ProviderSpec:
+        return self.providers[model.provider]
+
+    def usable_providers(self, env: Mapping[str, str]) -> list[str]:
+        return [name for name, spec in self.providers.items() if spec.usable(env)]
+
+    def key_variables(self) -> list[str]:
+        """Every variable that can enable a provider, for error messages and docs."""
+        names: list[str] = []
+        for spec in self.providers.values():
+            names.extend(n for n in spec.key_env if n not in names)
+        return names
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    text = resources.files("orchestrator").joinpath("data/catalog.schema.json").read_text()
+    return json.loads(text)
+
+
+@cache
+def _builtin_text() -> str:
+    return resources.files("orchestrator").joinpath("data/catalog.yaml").read_text()
+
+
+def _builtin_document() -> dict[str, Any]:
+    return _parse(_builtin_text(), "built-in catalog")
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"catalog file {path}: cannot be read ({exc.strerror})") from None
+    return _parse(text, str(path))
+
+
+def _parse(text: str, origin: str) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CatalogError(f"catalog file {origin}: not valid YAML{where}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise CatalogError(f"catalog file {origin}: expected a mapping with 'providers' / 'models'")
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(_schema()).iter_errors(document)
+    )
+    if error is not None:
+        raise CatalogError(f"catalog file {origin}: {_describe(document, error)}")
+    return document
+
+
+def _describe(document: dict[str, Any], error: jsonschema.ValidationError) -> str:
+    path = list(error.absolute_path)
+    where = "top level"
+    if len(path) >= 2 and path[0] == "models" and isinstance(path[1], int):
+        entry = document["models"][path[1]]
+        name = entry.get("id", "?") if isinstance(entry, dict) else "?"
+        rest = ".".join(str(p) for p in path[2:])
+        where = f"models[{path[1]}] ({name})" + (f" field '{rest}'" if rest else "")
+    elif len(path) >= 2 and path[0] == "providers":
+        rest = ".".join(str(p) for p in path[2:])
+        where = f"provider '{path[1]}'" + (f" field '{rest}'" if rest else "")
+    elif path:
+        where = f"field '{'.'.join(str(p) for p in path)}'"
+    return f"{where}: {error.message}"
+
+
+def _build(documents: Iterable[tuple[str, dict[str, Any]]]) -> Catalog:
+    providers: dict[str, dict[str, Any]] = {}
+    models: dict[tuple[str, str], dict[str, Any]] = {}
+    origin_of: dict[tuple[str, str], str] = {}
+    alias_owner: dict[str, tuple[str, str]] = {}
+    files: list[str] = []
+    for origin, document in documents:
+        files.append(origin)
+        for name, fields in (document.get("providers") or {}).items():
+            providers.setdefault(name, {}).update(fields)
+        claimed_here: dict[str, tuple[str, str]] = {}
+        for index, entry in enumerate(document.get("models") or []):
+            key = (entry["provider"], entry["id"])
+            merged = models.setdefault(key, {})
+            price = {**merged.get("price", {}), **entry.get("price", {})}
+            caps = {**merged.get("capabilities", {}), **entry.get("capabilities", {})}
+            merged.update(entry, price=price, capabilities=caps)
+            origin_of[key] = f"catalog file {origin}: models[{index}] ({entry['id']})"
+            for alias in _names(entry):
+                previous = claimed_here.get(alias)
+                if previous is not None and previous != key:
+                    raise CatalogError(
+                        f"{origin_of[key]}: alias {alias!r} is also used by {previous[1]} "
+                        "in the same file"
+                    )
+                claimed_here[alias] = key
+                alias_owner[alias] = key
+    specs = {name: _provider_spec(name, fields) for name, fields in providers.items()}
+    built = [
+        _model(fields, origin_of[key], specs, alias_owner, key) for key, fields in models.items()
+    ]
+    catalog = Catalog(providers=specs, models=built, files=files)
+    catalog._lookup = _index(built)
+    return catalog
+
+
+def _names(entry: Mapping[str, Any]) -> list[str]:
+    names = [entry["alias"]] if entry.get("alias") else []
+    return [n.strip().lower() for n in names + list(entry.get("aliases") or [])]
+
+
+def _provider_spec(name: str, fields: dict[str, Any]) -> ProviderSpec:
+    missing = [f for f in _PROVIDER_FIELDS_REQUIRED if f not in fields]
+    if missing:
+        raise CatalogError(f"provider '{name}': missing field '{missing[0]}'")
+    base_url = fields.get("base_url") or fields.get("default_base_url")
+    if not base_url and fields["kind"] == "openai":
+        raise CatalogError(f"provider '{name}': needs 'base_url' for an OpenAI-compatible endpoint")
+    key_env = tuple(fields.get("key_env") or ())
+    return ProviderSpec(
+        name=name,
+        kind=fields["kind"],
+        key_env=key_env,
+        key_required=fields.get("key_required", bool(key_env)),
+        # A fixed base_url on a custom endpoint is not overridable by an environment variable.
+        base_url_env=() if fields.get("base_url") else tuple(fields.get("base_url_env") or ()),
+        default_base_url=base_url,
+        api_version=fields.get("api_version"),
+    )
+
+
+def _model(
+    fields: dict[str, Any],
+    origin: str,
+    providers: dict[str, ProviderSpec],
+    alias_owner: dict[str, tuple[str, str]],
+    key: tuple[str, str],
+) -> Model:
+    if fields["provider"] not in providers:
+        raise CatalogError(f"{origin} field 'provider': unknown provider {fields['provider']!r}")
+    for name in _MODEL_FIELDS_REQUIRED:
+        if name not in fields:
+            raise CatalogError(f"{origin}: missing field '{name}'")
+    price = fields["price"]
+    for name in ("input", "output"):
+        if name not in price:
+            raise CatalogError(f"{origin}: missing field 'price.{name}'")
+    caps = fields.get("capabilities", {})
+    own = {alias for alias, owner in alias_owner.items() if owner == key}
+    declared = [fields["alias"]] if fields.get("alias") else []
+    declared += list(fields.get("aliases") or [])
+    kept = [a for a in declared if a.strip().lower() in own]
+    return Model(
+        id=fields["id"],
+        provider=fields["provider"],
+        alias=kept[0] if kept else fields["id"],
+        aliases=tuple(kept[1:]),
+        price=Price(
+            input=float(price["input"]),
+            output=float(price["output"]),
+            cached_input=float(price.get("cached_input", price["input"])),
+            cache_write=float(price.get("cache_write", price["input"])),
+        ),
+        context_window=int(fields["context_window"]),
+        max_output_tokens=int(fields["max_output_tokens"]),
+        json_schema=bool(caps.get("json_schema", False)),
+        vision=bool(caps.get("vision", False)),
+        as_of=str(fields.get("as_of", "")),
+        source=str(fields.get("source", "")),
+    )
+
+
+def _index(models: list[Model]) -> dict[str, list[Model]]:
+    lookup: dict[str, list[Model]] = {}
+
+    def add(name: str, model: Model) -> None:
+        bucket = lookup.setdefault(name.lower(), [])
+        if model not in bucket:
+            bucket.append(model)
+
+    for model in models:
+        add(model.key, model)
+        add(model.id, model)
+    # Aliases are exact: they never become ambiguous with ids, so they are added last and win.
+    for model in models:
+        for alias in (model.alias, *model.aliases):
+            lookup[alias.lower()] = [model]
+    return lookup

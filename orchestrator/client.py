@@ -1,0 +1,305 @@
+"""``UnifiedClient``: one async call to any catalog model, with our retries, health and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from .catalog import Catalog, Model, ProviderSpec
+from .errors import (
+    ConfigError,
+    ModelUnavailableError,
+    NoProvidersError,
+    ProviderError,
+    StructuredOutputError,
+)
+from .health import HealthRegistry
+from .providers import make_adapter
+from .providers.base import ChatRequest, Endpoint, Failure, Message, ProviderAdapter, RawCompletion
+from .retry import RetryPolicy
+from .settings import load_environment
+from .structured import InvalidAnswer, parse_answer, repair_prompt
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One normalised answer; tokens and cost cover all paid calls behind it (repair included)."""
+
+    text: str
+    parsed: Any
+    model: Model
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    latency_seconds: float
+    attempts: int
+    paid_calls: int
+    usage_estimated: bool = False
+    reported_model: str | None = None
+
+
+MessagesLike = str | Sequence[Message | Mapping[str, str]]
+
+
+class UnifiedClient:
+    """Calls any model in the catalog through its vendor's official SDK.
+
+    Keys come from ``env`` (default: the process environment) and a ``.env`` file that never
+    overrides what is already set. Providers without a key are skipped. ``max_concurrency`` bounds
+    the calls in flight across every provider.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        *,
+        catalog_path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        dotenv_path: str | os.PathLike[str] | None = None,
+        max_concurrency: int = 3,
+        timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
+        failure_threshold: int = 3,
+        cooldown: float = 60.0,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ConfigError("max_concurrency must be at least 1")
+        self.env = load_environment(env, dotenv_path)
+        self.catalog = catalog if catalog is not None else Catalog.load(catalog_path, env=self.env)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.health = HealthRegistry(failure_threshold, cooldown)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._adapters: dict[str, ProviderAdapter] = {}
+
+    # -- what can be called -------------------------------------------------------------------
+    def usable_providers(self) -> list[str]:
+        return self.catalog.usable_providers(self.env)
+
+    def available_models(self) -> list[Model]:
+        """Models whose provider has a key, in catalog order (healthy or not)."""
+        usable = set(self.usable_providers())
+        return [m for m in self.catalog.models if m.provider in usable]
+
+    def require_providers(self) -> None:
+        """Raise ``NoProvidersError`` naming the variables to set when no provider has a key."""
+        if not self.usable_providers():
+            names = ", ".join(self.catalog.key_variables())
+            raise NoProvidersError(f"no LLM provider is configured: set at least one of {names}")
+
+    def is_healthy(self, model: Model | str) -> bool:
+        m = self.catalog.resolve(model)
+        return self.health.available(m.provider, m.key)
+
+    def api_health(self) -> dict[str, bool]:
+        """Availability of every usable model now, keyed by model id."""
+        return {m.value: self.is_healthy(m) for m in self.available_models()}
+
+    # -- calling ------------------------------------------------------------------------------
+    async def complete(
+        self,
+        model: Model | str,
+        messages: MessagesLike,
+        *,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> Completion:
+        """Ask ``model``; with ``schema``, the answer is validated and repaired once if needed."""
+        m = self.catalog.resolve(model)
+        if schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise ConfigError(f"the requested JSON Schema is invalid: {exc.message}") from None
+        request = ChatRequest(
+            messages=_messages(messages),
+            max_tokens=min(max_tokens or DEFAULT_MAX_TOKENS, m.max_output_tokens),
+            system=system,
+            temperature=temperature,
+            json_schema=schema,
+            native_schema=schema is not None and m.json_schema,
+        )
+        started = time.monotonic()
+        raw, attempts = await self._call(m, request)
+        paid = [raw]
+        parsed = None
+        if schema is not None:
+            try:
+                parsed = parse_answer(raw.text, schema)
+            except InvalidAnswer as first_problem:
+                repair = ChatRequest(
+                    messages=(
+                        *request.messages,
+                        Message("assistant", raw.text),
+                        Message("user", repair_prompt(str(first_problem))),
+                    ),
+                    max_tokens=request.max_tokens,
+                    system=system,
+                    temperature=temperature,
+                    json_schema=schema,
+                    native_schema=request.native_schema,
+                )
+                try:
+                    raw, more = await self._call(m, repair)
+                except ProviderError as exc:
+                    exc.spent_usd += self._cost(m, paid)
+                    raise
+                attempts += more
+                paid.append(raw)
+                try:
+                    parsed = parse_answer(raw.text, schema)
+                except InvalidAnswer as problem:
+                    raise StructuredOutputError(
+                        f"{m.value} did not answer with JSON matching the schema ({problem}), "
+                        "even after a repair request",
+                        model=m.value,
+                        provider=m.provider,
+                        attempts=attempts,
+                        spent_usd=self._cost(m, paid),
+                    ) from None
+        return Completion(
+            text=raw.text,
+            parsed=parsed,
+            model=m,
+            provider=m.provider,
+            input_tokens=sum(r.input_tokens for r in paid),
+            output_tokens=sum(r.output_tokens for r in paid),
+            cached_tokens=sum(r.cached_tokens for r in paid),
+            cost_usd=self._cost(m, paid),
+            latency_seconds=time.monotonic() - started,
+            attempts=attempts,
+            paid_calls=len(paid),
+            usage_estimated=any(r.usage_estimated for r in paid),
+            reported_model=raw.reported_model,
+        )
+
+    async def _call(self, model: Model, request: ChatRequest) -> tuple[RawCompletion, int]:
+        """One answer, retrying what our policy retries. Returns the answer and attempts made."""
+        adapter = self._adapter(model)
+        attempt = 0
+        while True:
+            attempt += 1
+            if not self.health.available(model.provider, model.key):
+                raise ModelUnavailableError(
+                    f"{model.value} is cooling down after repeated failures",
+                    model=model.value,
+                    provider=model.provider,
+                    retryable=True,
+                    attempts=attempt - 1,
+                )
+            try:
+                async with self._slots, asyncio.timeout(self.timeout):
+                    raw = await adapter.complete(model.value, request)
+            except Exception as exc:
+                failure = _timeout_failure(exc) or adapter.classify(exc)
+                if failure is None:
+                    raise
+                self._record_failure(model, failure)
+                if not self.retry.should_retry(failure, attempt):
+                    raise _provider_error(model, failure, attempt) from None
+                await asyncio.sleep(self.retry.delay(failure, attempt))
+                continue
+            self.health.model_breaker(model.key).record_success()
+            self.health.provider_breaker(model.provider).record_success()
+            return raw, attempt
+
+    def _record_failure(self, model: Model, failure: Failure) -> None:
+        if failure.kind == "auth":
+            self.health.provider_breaker(model.provider).trip()
+        elif failure.kind == "connection":
+            self.health.provider_breaker(model.provider).record_failure()
+        elif failure.kind == "transient":
+            self.health.model_breaker(model.key).record_failure()
+        # 429 means "slow down", not "down"; 400/404/422 are our request's fault.
+
+    @staticmethod
+    def _cost(model: Model, paid: list[RawCompletion]) -> float:
+        return sum(
+            model.price.cost(r.input_tokens, r.output_tokens, r.cached_tokens, r.cache_write_tokens)
+            for r in paid
+        )
+
+    def _adapter(self, model: Model) -> ProviderAdapter:
+        adapter = self._adapters.get(model.provider)
+        if adapter is None:
+            spec = self.catalog.provider_of(model)
+            adapter = make_adapter(spec.kind, self._endpoint(spec))
+            self._adapters[model.provider] = adapter
+        return adapter
+
+    def _endpoint(self, spec: ProviderSpec) -> Endpoint:
+        key = spec.api_key(self.env)
+        if key is None:
+            names = " or ".join(spec.key_env)
+            raise NoProvidersError(f"provider '{spec.name}' has no API key: set {names}")
+        return Endpoint(
+            provider=spec.name,
+            base_url=spec.base_url(self.env),
+            api_key=key,
+            timeout=self.timeout,
+            api_version=spec.api_version,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        adapters, self._adapters = list(self._adapters.values()), {}
+        # Shielded so that a Ctrl-C arriving during shutdown still closes every connection pool.
+        await asyncio.shield(
+            asyncio.gather(*(a.aclose() for a in adapters), return_exceptions=True)
+        )
+
+    async def __aenter__(self) -> UnifiedClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _messages(messages: MessagesLike) -> tuple[Message, ...]:
+    if isinstance(messages, str):
+        return (Message("user", messages),)
+    result = []
+    for item in messages:
+        if isinstance(item, Message):
+            result.append(item)
+        else:
+            role = item.get("role", "user")
+            if role not in ("user", "assistant"):
+                raise ConfigError(f"message role must be 'user' or 'assistant', not {role!r}")
+            result.append(Message(role, item["content"]))  # type: ignore[arg-type]
+    if not result:
+        raise ConfigError("a request needs at least one message")
+    return tuple(result)
+
+
+def _timeout_failure(exc: BaseException) -> Failure | None:
+    # Our own deadline (asyncio.timeout) fires as a bare TimeoutError whatever the transport.
+    if type(exc) is TimeoutError:
+        return Failure("transient", None, None, "timed out")
+    return None
+
+
+def _provider_error(model: Model, failure: Failure, attempts: int) -> ProviderError:
+    what = f"HTTP {failure.status}" if failure.status else failure.detail
+    detail = f": {failure.detail}" if failure.status and failure.detail else ""
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    return ProviderError(
+        f"{model.provider} {model.value} failed{tries} ({what}){detail}",
+        model=model.value,
+        provider=model.provider,
+        status=failure.status,
+        retryable=failure.retryable,
+        attempts=attempts,
+    )

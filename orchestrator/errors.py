@@ -1,0 +1,58 @@
+"""Exceptions raised by the orchestrator. Every message is one line a user can act on."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base class for every error the orchestrator raises on purpose."""
+
+
+class ConfigError(OrchestratorError):
+    """Bad configuration: catalog file, environment, or arguments."""
+
+
+class CatalogError(ConfigError):
+    """A catalog file is missing, malformed, or has an invalid entry."""
+
+
+class NoProvidersError(ConfigError):
+    """No provider has the key it needs."""
+
+
+class UnknownModelError(ConfigError):
+    """A model name matches nothing in the catalog."""
+
+
+class ProviderError(OrchestratorError):
+    """A call to a vendor failed after our retry policy gave up.
+
+    ``spent_usd`` is what the failed call still cost (e.g. a structured answer that never
+    validated was paid for), so budget accounting can never miss it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        provider: str,
+        status: int | None = None,
+        retryable: bool = False,
+        attempts: int = 1,
+        spent_usd: float = 0.0,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.provider = provider
+        self.status = status
+        self.retryable = retryable
+        self.attempts = attempts
+        self.spent_usd = spent_usd
+
+
+class ModelUnavailableError(ProviderError):
+    """The model's circuit breaker is open: it failed recently and is cooling down."""
+
+
+class StructuredOutputError(ProviderError):
+    """The answer did not match the requested JSON Schema, even after one repair request."""

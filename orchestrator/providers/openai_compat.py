@@ -1,0 +1,125 @@
+"""OpenAI, and every OpenAI-compatible endpoint (Kimi, DeepSeek, Ollama, vLLM), over ``openai``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import openai
+
+from .base import (
+    ChatRequest,
+    Endpoint,
+    Failure,
+    RawCompletion,
+    estimate_tokens,
+    status_failure,
+    system_prompt,
+)
+
+
+class OpenAICompatibleAdapter:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._client = openai.AsyncOpenAI(
+            api_key=endpoint.api_key,
+            base_url=endpoint.base_url,
+            timeout=endpoint.timeout,
+            max_retries=0,
+        )
+
+    async def complete(self, model_id: str, request: ChatRequest) -> RawCompletion:
+        response = await self._client.chat.completions.create(
+            **_payload(model_id, request, self.endpoint.provider)
+        )
+        choice = response.choices[0] if response.choices else None
+        text = (choice.message.content or "") if choice is not None else ""
+        usage = response.usage
+        if usage is None:
+            prompt = "".join(m["content"] for m in _messages(request))
+            return RawCompletion(
+                text=text,
+                input_tokens=estimate_tokens(prompt),
+                output_tokens=estimate_tokens(text),
+                reported_model=response.model,
+                usage_estimated=True,
+            )
+        details = usage.prompt_tokens_details
+        cached = (details.cached_tokens or 0) if details is not None else 0
+        # DeepSeek reports its cache hits in a field of its own.
+        cached = cached or int(getattr(usage, "prompt_cache_hit_tokens", 0) or 0)
+        return RawCompletion(
+            text=text,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cached_tokens=cached,
+            reported_model=response.model,
+        )
+
+    def classify(self, exc: BaseException) -> Failure | None:
+        if isinstance(exc, openai.APIStatusError):
+            return status_failure(exc.status_code, exc.response.headers, _detail(exc))
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException | TimeoutError):
+            return Failure("transient", None, None, "timed out")
+        if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+            return Failure("connection", None, None, "connection failed")
+        return None
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _messages(request: ChatRequest) -> list[dict[str, str]]:
+    system = system_prompt(request)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": m.role, "content": m.content} for m in request.messages]
+    return messages
+
+
+def _payload(model_id: str, request: ChatRequest, provider: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "model": model_id,
+        "messages": _messages(request),
+    }
+    # OpenAI's reasoning models reject max_tokens; most compatible servers only know max_tokens.
+    token_param = "max_completion_tokens" if provider == "openai" else "max_tokens"
+    payload[token_param] = request.max_tokens
+    if request.temperature is not None:
+        payload["temperature"] = request.temperature
+    if request.json_schema is not None:
+        if request.native_schema:
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "answer",
+                    "schema": request.json_schema,
+                    "strict": is_strict_compatible(request.json_schema),
+                },
+            }
+        else:
+            payload["response_format"] = {"type": "json_object"}
+    return payload
+
+
+def is_strict_compatible(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts ``schema``: closed objects, every property required."""
+    if isinstance(schema, list):
+        return all(is_strict_compatible(item) for item in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        properties = schema.get("properties", {})
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required", [])) != set(properties):
+            return False
+    return all(is_strict_compatible(value) for value in schema.values())
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message") or (body.get("error") or {}).get("message")
+        if message:
+            return str(message)[:200]
+    return f"HTTP {exc.status_code}"

@@ -1,0 +1,50 @@
+"""Reading JSON out of a model's answer and checking it against the requested schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n(.*?)\n?```", re.DOTALL)
+
+
+class InvalidAnswer(ValueError):
+    """The answer is not JSON, or not JSON matching the schema; the message says why."""
+
+
+def extract_json(text: str) -> Any:
+    """The JSON value in ``text``: the whole text, a fenced block, or the outermost braces."""
+    candidates = [text.strip()]
+    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
+    for opener, closer in (("{", "}"), ("[", "]")):
+        start, end = text.find(opener), text.rfind(closer)
+        if 0 <= start < end:
+            candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    raise InvalidAnswer("the answer is not valid JSON")
+
+
+def parse_answer(text: str, schema: dict[str, Any]) -> Any:
+    """The answer's JSON value if it validates against ``schema``; otherwise ``InvalidAnswer``."""
+    value = extract_json(text)
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(value)
+    )
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+        raise InvalidAnswer(f"at {where}: {error.message}")
+    return value
+
+
+def repair_prompt(problem: str) -> str:
+    return (
+        f"Your previous answer was rejected: {problem}. Reply again with only the corrected JSON, "
+        "matching the schema exactly, with no other text."
+    )

@@ -1,0 +1,69 @@
+"""Shared fixtures: every test runs in a temporary home with no real keys, against a local fake."""
+
+from __future__ import annotations
+
+import pytest
+from fake_provider import FakeProvider
+
+from orchestrator import RetryPolicy, UnifiedClient
+
+KEY_VARIABLES = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "KIMI_API_KEY",
+    "MOONSHOT_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_BASE_URL",
+    "GOOGLE_GEMINI_BASE_URL",
+    "KIMI_BASE_URL",
+    "MOONSHOT_BASE_URL",
+    "DEEPSEEK_BASE_URL",
+    "ORCHESTRATOR_CATALOG",
+)
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=5)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """No test reads the user's keys, .env file or home directory."""
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("ORCHESTRATOR_HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home
+
+
+@pytest.fixture
+def fake():
+    with FakeProvider() as server:
+        yield server
+
+
+def fake_env(base_url: str, providers: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Keys and base URLs that send every (or the named) provider to the fake server."""
+    per_provider = {
+        "openai": {"OPENAI_API_KEY": "test", "OPENAI_BASE_URL": f"{base_url}/v1"},
+        "anthropic": {"ANTHROPIC_API_KEY": "test", "ANTHROPIC_BASE_URL": base_url},
+        "google": {"GEMINI_API_KEY": "test", "GOOGLE_GEMINI_BASE_URL": base_url},
+        "kimi": {"MOONSHOT_API_KEY": "test", "MOONSHOT_BASE_URL": f"{base_url}/v1"},
+        "deepseek": {"DEEPSEEK_API_KEY": "test", "DEEPSEEK_BASE_URL": base_url},
+    }
+    env: dict[str, str] = {}
+    for name, values in per_provider.items():
+        if providers is None or name in providers:
+            env.update(values)
+    return env
+
+
+@pytest.fixture
+async def client(fake):
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=5) as c:
+        yield c
