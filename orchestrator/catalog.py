@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -55,7 +56,11 @@ class Price:
 
 @dataclass(frozen=True)
 class Model:
-    """One catalog entry. ``value`` is the id the vendor's API expects."""
+    """One catalog entry. ``value`` is the id the vendor's API expects.
+
+    ``alias`` is the short display name (the id when none is declared); ``aliases`` holds every
+    declared name, ``alias`` included.
+    """
 
     id: str
     provider: str
@@ -181,6 +186,8 @@ def _read_document(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"catalog file {path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise CatalogError(f"catalog file {path}: not UTF-8 text") from None
     return _parse(text, str(path))
 
 
@@ -195,12 +202,21 @@ def _parse(text: str, origin: str) -> dict[str, Any]:
         document = {}
     if not isinstance(document, dict):
         raise CatalogError(f"catalog file {origin}: expected a mapping with 'providers' / 'models'")
+    _dates_as_text(document)
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(_schema()).iter_errors(document)
     )
     if error is not None:
         raise CatalogError(f"catalog file {origin}: {_describe(document, error)}")
     return document
+
+
+def _dates_as_text(document: dict[str, Any]) -> None:
+    # YAML reads an unquoted 2026-11-25 as a date; the catalog keeps dates as ISO text.
+    entries = [document, *(m for m in document.get("models") or [] if isinstance(m, dict))]
+    for entry in entries:
+        if isinstance(entry.get("as_of"), date):
+            entry["as_of"] = entry["as_of"].isoformat()
 
 
 def _describe(document: dict[str, Any], error: jsonschema.ValidationError) -> str:
@@ -221,6 +237,7 @@ def _describe(document: dict[str, Any], error: jsonschema.ValidationError) -> st
 
 def _build(documents: Iterable[tuple[str, dict[str, Any]]]) -> Catalog:
     providers: dict[str, dict[str, Any]] = {}
+    provider_origin: dict[str, str] = {}
     models: dict[tuple[str, str], dict[str, Any]] = {}
     origin_of: dict[tuple[str, str], str] = {}
     alias_owner: dict[str, tuple[str, str]] = {}
@@ -229,6 +246,7 @@ def _build(documents: Iterable[tuple[str, dict[str, Any]]]) -> Catalog:
         files.append(origin)
         for name, fields in (document.get("providers") or {}).items():
             providers.setdefault(name, {}).update(fields)
+            provider_origin[name] = f"catalog file {origin}: provider '{name}'"
         claimed_here: dict[str, tuple[str, str]] = {}
         for index, entry in enumerate(document.get("models") or []):
             key = (entry["provider"], entry["id"])
@@ -246,7 +264,10 @@ def _build(documents: Iterable[tuple[str, dict[str, Any]]]) -> Catalog:
                     )
                 claimed_here[alias] = key
                 alias_owner[alias] = key
-    specs = {name: _provider_spec(name, fields) for name, fields in providers.items()}
+    specs = {
+        name: _provider_spec(name, fields, provider_origin[name])
+        for name, fields in providers.items()
+    }
     built = [
         _model(fields, origin_of[key], specs, alias_owner, key) for key, fields in models.items()
     ]
@@ -260,13 +281,13 @@ def _names(entry: Mapping[str, Any]) -> list[str]:
     return [n.strip().lower() for n in names + list(entry.get("aliases") or [])]
 
 
-def _provider_spec(name: str, fields: dict[str, Any]) -> ProviderSpec:
+def _provider_spec(name: str, fields: dict[str, Any], origin: str) -> ProviderSpec:
     missing = [f for f in _PROVIDER_FIELDS_REQUIRED if f not in fields]
     if missing:
-        raise CatalogError(f"provider '{name}': missing field '{missing[0]}'")
+        raise CatalogError(f"{origin}: missing field '{missing[0]}'")
     base_url = fields.get("base_url") or fields.get("default_base_url")
     if not base_url and fields["kind"] == "openai":
-        raise CatalogError(f"provider '{name}': needs 'base_url' for an OpenAI-compatible endpoint")
+        raise CatalogError(f"{origin}: needs 'base_url' for an OpenAI-compatible endpoint")
     key_env = tuple(fields.get("key_env") or ())
     return ProviderSpec(
         name=name,
@@ -305,7 +326,7 @@ def _model(
         id=fields["id"],
         provider=fields["provider"],
         alias=kept[0] if kept else fields["id"],
-        aliases=tuple(kept[1:]),
+        aliases=tuple(kept),
         price=Price(
             input=float(price["input"]),
             output=float(price["output"]),
@@ -332,8 +353,8 @@ def _index(models: list[Model]) -> dict[str, list[Model]]:
     for model in models:
         add(model.key, model)
         add(model.id, model)
-    # Aliases are exact: they never become ambiguous with ids, so they are added last and win.
+    # Declared aliases are exact: they never become ambiguous with ids, so they are added last.
     for model in models:
-        for alias in (model.alias, *model.aliases):
+        for alias in model.aliases:
             lookup[alias.lower()] = [model]
     return lookup

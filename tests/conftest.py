@@ -24,6 +24,21 @@ KEY_VARIABLES = (
     "ORCHESTRATOR_CATALOG",
 )
 
+# A keyless OpenAI-compatible endpoint, as a user would add a local Ollama model.
+LOCAL_CATALOG = """
+    providers:
+      local:
+        kind: openai
+        base_url: http://127.0.0.1:11434/v1
+    models:
+      - id: "llama3.1:8b"
+        provider: local
+        alias: llama-local
+        price: {input: 0, output: 0}
+        context_window: 131072
+        max_output_tokens: 4096
+"""
+
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=5)
 
 

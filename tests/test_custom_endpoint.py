@@ -1,0 +1,102 @@
+"""A user's own OpenAI-compatible endpoint (Ollama, vLLM, a gateway), called over real HTTP."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from fake_provider import Reply
+
+from orchestrator import NoProvidersError, UnifiedClient
+
+MODEL_ID = "llama3.1:8b"
+
+
+def local_catalog(
+    directory: Path,
+    base_url: str,
+    *,
+    key_env: str | None = None,
+    price: str = "{input: 0, output: 0}",
+) -> Path:
+    key_line = f"key_env: [{key_env}]" if key_env else ""
+    text = f"""
+        providers:
+          local:
+            kind: openai
+            base_url: {base_url}/custom/v1
+            {key_line}
+        models:
+          - id: "{MODEL_ID}"
+            provider: local
+            alias: llama-local
+            price: {price}
+            context_window: 131072
+            max_output_tokens: 4096
+    """
+    path = directory / "catalog.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+async def test_keyless_endpoint_is_the_only_model_available_without_vendor_keys(tmp_path, fake):
+    path = local_catalog(tmp_path, fake.base_url)
+    async with UnifiedClient(catalog_path=path, env={}) as client:
+        assert client.usable_providers() == ["local"]
+        assert [m.key for m in client.available_models()] == [f"local/{MODEL_ID}"]
+        client.require_providers()  # does not raise
+
+
+async def test_completion_through_the_custom_endpoint_is_free(tmp_path, fake):
+    fake.script(MODEL_ID, Reply(text="hello from llama", input_tokens=1000, output_tokens=500))
+    path = local_catalog(tmp_path, fake.base_url)
+    async with UnifiedClient(catalog_path=path, env={}) as client:
+        result = await client.complete("llama-local", "hi")
+    assert result.text == "hello from llama"
+    assert result.cost_usd == 0.0
+    assert (result.provider, result.model.id) == ("local", MODEL_ID)
+    assert (result.input_tokens, result.output_tokens) == (1000, 500)
+    assert len(fake.requests) == 1
+    request = fake.requests[0]
+    assert request.path == "/custom/v1/chat/completions"
+    assert request.api == "openai"
+    assert request.model == MODEL_ID
+    assert "hi" in request.prompt_text
+
+
+async def test_custom_endpoint_is_billed_at_the_user_catalog_price(tmp_path, fake):
+    fake.script(MODEL_ID, Reply(text="ok", input_tokens=1000, output_tokens=500))
+    path = local_catalog(tmp_path, fake.base_url, price="{input: 1.0, output: 2.0}")
+    async with UnifiedClient(catalog_path=path, env={}) as client:
+        result = await client.complete("llama-local", "hi")
+    # 1000 input tokens at $1 / 1M + 500 output tokens at $2 / 1M
+    assert result.cost_usd == pytest.approx(0.002)
+
+
+async def test_vendor_base_url_variables_do_not_redirect_the_custom_endpoint(tmp_path, fake):
+    path = local_catalog(tmp_path, fake.base_url)
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-test"}
+    async with UnifiedClient(catalog_path=path, env=env) as client:
+        await client.complete("llama-local", "hi")
+    assert [r.path for r in fake.requests] == ["/custom/v1/chat/completions"]
+
+
+async def test_endpoint_with_key_env_sends_that_key_as_bearer_token(tmp_path, fake):
+    path = local_catalog(tmp_path, fake.base_url, key_env="LOCAL_KEY")
+    async with UnifiedClient(catalog_path=path, env={"LOCAL_KEY": "local-secret"}) as client:
+        assert client.usable_providers() == ["local"]
+        result = await client.complete("llama-local", "hi")
+    assert result.text == "ok"
+    assert fake.requests[-1].headers["authorization"] == "Bearer local-secret"
+
+
+async def test_endpoint_with_key_env_is_unavailable_until_the_key_is_set(tmp_path, fake):
+    path = local_catalog(tmp_path, fake.base_url, key_env="LOCAL_KEY")
+    async with UnifiedClient(catalog_path=path, env={}) as client:
+        assert client.available_models() == []
+        with pytest.raises(NoProvidersError, match="LOCAL_KEY"):
+            client.require_providers()
+        with pytest.raises(NoProvidersError, match="LOCAL_KEY"):
+            await client.complete("llama-local", "hi")
+    assert fake.requests == []
