@@ -1,7 +1,10 @@
-"""Multi-LLM orchestrator: one async interface over OpenAI, Anthropic, Gemini, Kimi and DeepSeek."""
+"""Multi-LLM orchestrator: decompose a project, route tasks across vendors, under a hard budget."""
 
+from .budget import Budget, BudgetExceeded
+from .cache import DiskCache
 from .catalog import Catalog, Model, Price, ProviderSpec
 from .client import Completion, UnifiedClient
+from .engine import Orchestrator
 from .errors import (
     CatalogError,
     ConfigError,
@@ -12,24 +15,37 @@ from .errors import (
     StructuredOutputError,
     UnknownModelError,
 )
+from .events import Event
+from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
 from .providers.base import Message
 from .retry import RetryPolicy
 
 __all__ = [
+    "Budget",
+    "BudgetExceeded",
     "Catalog",
     "CatalogError",
     "Completion",
     "ConfigError",
+    "DiskCache",
+    "Event",
     "Message",
     "Model",
     "ModelUnavailableError",
     "NoProvidersError",
+    "Orchestrator",
     "OrchestratorError",
     "Price",
+    "ProjectState",
+    "ProjectStatus",
     "ProviderError",
     "ProviderSpec",
     "RetryPolicy",
     "StructuredOutputError",
+    "Task",
+    "TaskResult",
+    "TaskStatus",
+    "TaskType",
     "UnifiedClient",
     "UnknownModelError",
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 
@@ -21,7 +22,15 @@ from .errors import (
 )
 from .health import HealthRegistry
 from .providers import make_adapter
-from .providers.base import ChatRequest, Endpoint, Failure, Message, ProviderAdapter, RawCompletion
+from .providers.base import (
+    ChatRequest,
+    Endpoint,
+    Failure,
+    Message,
+    ProviderAdapter,
+    RawCompletion,
+    system_prompt,
+)
 from .retry import RetryPolicy
 from .settings import load_environment
 from .structured import InvalidAnswer, parse_answer, repair_prompt
@@ -46,6 +55,19 @@ class Completion:
     paid_calls: int
     usage_estimated: bool = False
     reported_model: str | None = None
+    from_cache: bool = False
+
+
+class SpendGuard(Protocol):
+    """Holds money for one paid call before it is made; see ``Budget.guard``."""
+
+    def reserve(self, worst_case_usd: float) -> Any:
+        """Return a ticket, or raise (e.g. ``BudgetExceeded``) so the call is not made."""
+        ...
+
+    def settle(self, ticket: Any, actual_usd: float) -> None: ...
+
+    def release(self, ticket: Any) -> None: ...
 
 
 MessagesLike = str | Sequence[Message | Mapping[str, str]]
@@ -71,6 +93,7 @@ class UnifiedClient:
         retry: RetryPolicy | None = None,
         failure_threshold: int = 3,
         cooldown: float = 60.0,
+        adapter_factory: Callable[[str, Endpoint], ProviderAdapter] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigError("max_concurrency must be at least 1")
@@ -81,6 +104,8 @@ class UnifiedClient:
         self.health = HealthRegistry(failure_threshold, cooldown)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._adapters: dict[str, ProviderAdapter] = {}
+        # A seam for in-process providers (benchmarks, engine tests); default: the vendor SDKs.
+        self._make_adapter = adapter_factory or make_adapter
 
     # -- what can be called -------------------------------------------------------------------
     def usable_providers(self) -> list[str]:
@@ -115,8 +140,13 @@ class UnifiedClient:
         max_tokens: int | None = None,
         temperature: float | None = None,
         schema: dict[str, Any] | None = None,
+        spend: SpendGuard | None = None,
     ) -> Completion:
-        """Ask ``model``; with ``schema``, the answer is validated and repaired once if needed."""
+        """Ask ``model``; with ``schema``, the answer is validated and repaired once if needed.
+
+        With ``spend``, every paid call first reserves its worst-case cost there and is not made
+        when the reservation is refused; the reservation is settled to the actual cost after.
+        """
         m = self.catalog.resolve(model)
         if schema is not None:
             try:
@@ -132,7 +162,7 @@ class UnifiedClient:
             native_schema=schema is not None and m.json_schema,
         )
         started = time.monotonic()
-        raw, attempts = await self._call(m, request)
+        raw, attempts = await self._call(m, request, spend)
         paid = [raw]
         parsed = None
         if schema is not None:
@@ -152,7 +182,7 @@ class UnifiedClient:
                     native_schema=request.native_schema,
                 )
                 try:
-                    raw, more = await self._call(m, repair)
+                    raw, more = await self._call(m, repair, spend)
                 except ProviderError as exc:
                     exc.spent_usd += self._cost(m, paid)
                     raise
@@ -185,9 +215,12 @@ class UnifiedClient:
             reported_model=raw.reported_model,
         )
 
-    async def _call(self, model: Model, request: ChatRequest) -> tuple[RawCompletion, int]:
+    async def _call(
+        self, model: Model, request: ChatRequest, spend: SpendGuard | None
+    ) -> tuple[RawCompletion, int]:
         """One answer, retrying what our policy retries. Returns the answer and attempts made."""
         adapter = self._adapter(model)
+        worst_case = worst_case_cost(model, request)
         attempt = 0
         while True:
             attempt += 1
@@ -199,10 +232,16 @@ class UnifiedClient:
                     retryable=True,
                     attempts=attempt - 1,
                 )
+            ticket = spend.reserve(worst_case) if spend is not None else None
             try:
                 async with self._slots, asyncio.timeout(self.timeout):
                     raw = await adapter.complete(model.value, request)
-            except Exception as exc:
+            except BaseException as exc:
+                # Failed attempts are not billed by the vendors; give the reservation back.
+                if spend is not None:
+                    spend.release(ticket)
+                if not isinstance(exc, Exception):
+                    raise
                 failure = _timeout_failure(exc) or adapter.classify(exc)
                 if failure is None:
                     raise
@@ -211,6 +250,8 @@ class UnifiedClient:
                     raise _provider_error(model, failure, attempt) from None
                 await asyncio.sleep(self.retry.delay(failure, attempt))
                 continue
+            if spend is not None:
+                spend.settle(ticket, self._cost(model, [raw]))
             self.health.model_breaker(model.key).record_success()
             self.health.provider_breaker(model.provider).record_success()
             return raw, attempt
@@ -231,11 +272,16 @@ class UnifiedClient:
             for r in paid
         )
 
+    def base_url(self, model: Model | str) -> str | None:
+        """The endpoint ``model`` is called at, as configured now (part of every cache key)."""
+        m = self.catalog.resolve(model)
+        return self.catalog.provider_of(m).base_url(self.env)
+
     def _adapter(self, model: Model) -> ProviderAdapter:
         adapter = self._adapters.get(model.provider)
         if adapter is None:
             spec = self.catalog.provider_of(model)
-            adapter = make_adapter(spec.kind, self._endpoint(spec))
+            adapter = self._make_adapter(spec.kind, self._endpoint(spec))
             self._adapters[model.provider] = adapter
         return adapter
 
@@ -265,6 +311,21 @@ class UnifiedClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def worst_case_cost(model: Model, request: ChatRequest) -> float:
+    """An upper bound on what ``request`` can cost: prompt bytes bound its tokens from above.
+
+    A token always stands for at least one byte of text; the margins cover chat-template tokens and
+    the vendor-side tokens a native schema mode adds.
+    """
+    prompt_bytes = len(system_prompt(request).encode()) + sum(
+        len(m.content.encode()) for m in request.messages
+    )
+    if request.json_schema is not None and request.native_schema:
+        prompt_bytes += 2 * len(json.dumps(request.json_schema).encode())
+    input_bound = prompt_bytes + 16 * (len(request.messages) + 1) + 512
+    return model.price.cost(input_bound, request.max_tokens)
 
 
 def _messages(messages: MessagesLike) -> tuple[Message, ...]:

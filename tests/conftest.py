@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 from fake_provider import FakeProvider
 
@@ -38,6 +44,8 @@ LOCAL_CATALOG = """
         context_window: 131072
         max_output_tokens: 4096
 """
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=5)
 
@@ -82,3 +90,37 @@ def fake_env(base_url: str, providers: tuple[str, ...] | None = None) -> dict[st
 async def client(fake):
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=5) as c:
         yield c
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m orchestrator ARGS`` with no key of the developer's, plus ``env``."""
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in KEY_VARIABLES
+        and not name.endswith("_API_KEY")
+        and not name.startswith("ORCHESTRATOR_")
+    }
+    # Run the working tree's package whatever is installed in the environment.
+    clean["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), clean.get("PYTHONPATH")) if p
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write_file(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` (dedented) or raw bytes to ``path``, as a user's hand-made file."""
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LOCAL_CATALOG
+from conftest import LOCAL_CATALOG, write_file
 
 from orchestrator import Catalog, CatalogError, Model, Price, UnknownModelError
 from orchestrator.settings import home_dir, load_environment
@@ -35,12 +34,7 @@ LoadUser = Callable[..., Catalog]
 
 
 def write(directory: Path, text: str | bytes, name: str = "my-catalog.yaml") -> Path:
-    path = directory / name
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
+    return write_file(directory / name, text)
 
 
 @pytest.fixture(scope="module")

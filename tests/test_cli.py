@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import KEY_VARIABLES, LOCAL_CATALOG
+from conftest import LOCAL_CATALOG, run_cli
 
 from orchestrator import Catalog
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m orchestrator ARGS`` with no key of the developer's, plus ``env``."""
-    clean = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in KEY_VARIABLES
-        and not name.endswith("_API_KEY")
-        and not name.startswith("ORCHESTRATOR_")
-    }
-    # Run the working tree's package whatever is installed in the environment.
-    clean["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PROJECT_ROOT), clean.get("PYTHONPATH")) if p
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        cwd=cwd,
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def model_rows(stdout: str) -> dict[str, dict[str, str]]:
@@ -194,11 +167,10 @@ def test_invalid_catalog_exits_2_with_a_one_line_error(tmp_path, how, content, f
 
 
 # -- arguments --------------------------------------------------------------------------------
-def test_no_arguments_exits_2_with_usage_and_no_traceback(tmp_path):
+def test_no_arguments_exits_2_saying_what_a_run_needs(tmp_path):
     result = run_cli(cwd=tmp_path)
     assert_clean_usage_error(result)
-    assert result.stderr.startswith("usage: orchestrator")
-    assert "orchestrator: error:" in result.stderr
+    assert "--project and --criteria, or --file" in result.stderr
 
 
 def test_help_describes_the_options(tmp_path):

@@ -1,0 +1,146 @@
+"""The spend and time ceiling: reserve a call's worst case before it is made, settle after."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import OrchestratorError
+
+log = logging.getLogger(__name__)
+
+PHASE_SHARES: dict[str, float] = {
+    "decomposition": 0.05,
+    "generation": 0.45,
+    "cross_review": 0.25,
+    "evaluation": 0.15,
+    "reserve": 0.10,
+}
+
+
+class BudgetExceeded(OrchestratorError):
+    """A call's worst-case cost does not fit in what is left, so it is not made."""
+
+
+@dataclass
+class Reservation:
+    amount: float
+    phase: str
+    open: bool = True
+
+
+@dataclass
+class Budget:
+    """A hard USD ceiling and a wall-clock limit.
+
+    ``spent_usd`` is what was actually paid; ``reserved_usd`` is held for calls in flight. A call
+    is made only once its worst-case cost is reserved, so spent + reserved never passes
+    ``max_usd``, however many calls run at once.
+    """
+
+    max_usd: float = 8.0
+    max_time_seconds: float = 5400.0
+    spent_usd: float = 0.0
+    elapsed_before: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    phase_spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASE_SHARES, 0.0))
+    reserved_usd: float = field(default=0.0, init=False)
+    on_phase_warning: list[Callable[[str, float], None]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_usd < 0 or self.max_time_seconds <= 0:
+            raise ValueError("budget needs max_usd >= 0 and max_time_seconds > 0")
+        self._started = self.clock()
+        self._warned: set[str] = set()
+
+    @property
+    def remaining_usd(self) -> float:
+        return self.max_usd - self.spent_usd
+
+    @property
+    def available_usd(self) -> float:
+        """What a new call may still reserve."""
+        return self.max_usd - self.spent_usd - self.reserved_usd
+
+    @property
+    def elapsed_seconds(self) -> float:
+        return self.elapsed_before + (self.clock() - self._started)
+
+    def seconds_left(self) -> float:
+        return self.max_time_seconds - self.elapsed_seconds
+
+    def time_remaining(self) -> bool:
+        return self.elapsed_seconds < self.max_time_seconds
+
+    def can_afford(self, cost: float) -> bool:
+        return self.available_usd >= cost
+
+    def reserve(self, amount: float, phase: str) -> Reservation:
+        if amount > self.available_usd:
+            raise BudgetExceeded(
+                f"a call needing up to ${amount:.4f} does not fit in the "
+                f"${max(self.available_usd, 0):.4f} left of ${self.max_usd:.2f}"
+            )
+        self.reserved_usd += amount
+        return Reservation(amount, phase)
+
+    def settle(self, reservation: Reservation, actual: float) -> None:
+        self._close(reservation)
+        if actual > reservation.amount:
+            log.warning(
+                "a call cost $%.6f, more than its reserved worst case $%.6f",
+                actual,
+                reservation.amount,
+            )
+        self.charge(actual, reservation.phase)
+
+    def release(self, reservation: Reservation) -> None:
+        self._close(reservation)
+
+    def charge(self, amount: float, phase: str) -> None:
+        """Record money already spent (settled calls, or spend restored on resume)."""
+        self.spent_usd += amount
+        self.phase_spent[phase] = self.phase_spent.get(phase, 0.0) + amount
+        self._check_phase(phase)
+
+    def guard(self, phase: str) -> PhaseGuard:
+        """What ``UnifiedClient.complete(spend=...)`` takes to bill calls to ``phase``."""
+        return PhaseGuard(self, phase)
+
+    def _close(self, reservation: Reservation) -> None:
+        if reservation.open:
+            reservation.open = False
+            self.reserved_usd = max(0.0, self.reserved_usd - reservation.amount)
+
+    def _check_phase(self, phase: str) -> None:
+        share = PHASE_SHARES.get(phase)
+        if share is None or phase in self._warned or self.max_usd == 0:
+            return
+        ratio = self.phase_spent[phase] / self.max_usd
+        if ratio > share:
+            self._warned.add(phase)
+            log.warning(
+                "%s has spent %.0f%% of the budget, past its %.0f%% share",
+                phase,
+                ratio * 100,
+                share * 100,
+            )
+            for callback in self.on_phase_warning:
+                callback(phase, ratio)
+
+
+@dataclass(frozen=True)
+class PhaseGuard:
+    budget: Budget
+    phase: str
+
+    def reserve(self, worst_case_usd: float) -> Reservation:
+        return self.budget.reserve(worst_case_usd, self.phase)
+
+    def settle(self, ticket: Reservation, actual_usd: float) -> None:
+        self.budget.settle(ticket, actual_usd)
+
+    def release(self, ticket: Reservation) -> None:
+        self.budget.release(ticket)

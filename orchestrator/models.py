@@ -1,0 +1,140 @@
+"""The run's vocabulary: task types, statuses, tasks, results and the project state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .budget import Budget
+from .catalog import Model
+
+
+class TaskType(StrEnum):
+    CODE_GEN = "code_generation"
+    CODE_REVIEW = "code_review"
+    REASONING = "complex_reasoning"
+    WRITING = "creative_writing"
+    DATA_EXTRACT = "data_extraction"
+    SUMMARIZE = "summarization"
+    EVALUATE = "evaluation"
+
+    @property
+    def max_iterations(self) -> int:
+        return 3 if self in (TaskType.CODE_GEN, TaskType.REASONING) else 2
+
+    @property
+    def is_code(self) -> bool:
+        return self is TaskType.CODE_GEN
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"  # reached the threshold and passed its validators
+    DEGRADED = "degraded"  # usable output, but below the threshold or failing a validator
+    FAILED = "failed"  # no usable output
+    SKIPPED = "skipped"  # a dependency failed, or the run stopped before it started
+
+
+class ProjectStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    TIMEOUT = "TIMEOUT"
+    SYSTEM_FAILURE = "SYSTEM_FAILURE"
+
+
+@dataclass
+class Task:
+    """One node of the task graph, as decomposition or a project file gives it."""
+
+    id: str
+    type: TaskType
+    prompt: str
+    dependencies: list[str] = field(default_factory=list)
+    hard_validators: list[str] = field(default_factory=list)
+    acceptance: str | None = None
+    output_schema: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type.value,
+            "prompt": self.prompt,
+            "dependencies": list(self.dependencies),
+            "hard_validators": list(self.hard_validators),
+        }
+        if self.acceptance:
+            data["acceptance"] = self.acceptance
+        if self.output_schema is not None:
+            data["output_schema"] = self.output_schema
+        return data
+
+
+@dataclass(frozen=True)
+class ValidatorResult:
+    """One hard validator's verdict. A skipped validator (tool absent) counts as passed."""
+
+    name: str
+    passed: bool
+    skipped: bool = False
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "skipped": self.skipped,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class TaskResult:
+    task_id: str
+    output: str = ""
+    score: float = 0.0
+    status: TaskStatus = TaskStatus.PENDING
+    model_used: Model | None = None
+    reviewer_model: Model | None = None
+    iterations: int = 0
+    cost_usd: float = 0.0
+    deterministic_check_passed: bool = False
+    degraded_fallback_count: int = 0
+    validator_results: list[ValidatorResult] = field(default_factory=list)
+    score_history: list[float] = field(default_factory=list)
+    reason: str = ""  # why it stopped, failed or was skipped, in one line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "status": self.status.value,
+            "score": self.score,
+            "model_used": self.model_used.value if self.model_used else None,
+            "reviewer_model": self.reviewer_model.value if self.reviewer_model else None,
+            "iterations": self.iterations,
+            "cost_usd": self.cost_usd,
+            "deterministic_check_passed": self.deterministic_check_passed,
+            "degraded_fallback_count": self.degraded_fallback_count,
+            "validator_results": [v.to_dict() for v in self.validator_results],
+            "score_history": list(self.score_history),
+            "reason": self.reason,
+            "output": self.output,
+        }
+
+
+@dataclass
+class ProjectState:
+    project_id: str
+    project_description: str
+    success_criteria: str
+    budget: Budget
+    status: ProjectStatus = ProjectStatus.RUNNING
+    tasks: dict[str, Task] = field(default_factory=dict)
+    execution_order: list[str] = field(default_factory=list)
+    results: dict[str, TaskResult] = field(default_factory=dict)
+    api_health: dict[str, bool] = field(default_factory=dict)
+    quality_threshold: float = 0.85
+    reason: str = ""  # for SYSTEM_FAILURE and early stops: what happened, in one line

@@ -1,0 +1,400 @@
+"""Write a finished run to a directory: one file per task output, summary.json and README.md.
+
+Task ids, prompts and outputs come from a model or a user, so none of them ever becomes part of a
+path: a task file is named from its position in the execution order and its type only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models import ProjectState, Task, TaskResult, TaskType
+
+SUMMARY_NAME = "summary.json"
+README_NAME = "README.md"
+
+_EXTENSIONS = {
+    TaskType.CODE_GEN: "py",
+    TaskType.DATA_EXTRACT: "json",  # falls back to "md" when the output is not JSON
+}
+
+# Exactly the names this module produces, so a re-run can tell its own stale files from the user's.
+_TYPE_NAMES = "|".join(re.escape(t.value) for t in TaskType)
+_OWN_TASK_FILE = re.compile(rf"task_\d{{3,}}_(?:{_TYPE_NAMES})\.(?:py|md|json)")
+
+_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,})[ \t]*([^`\s]*)[^`]*$")
+
+
+class OutputError(ConfigError):
+    """The output directory cannot be created or written, or a write would leave it."""
+
+
+def strip_fences(text: str, languages: Iterable[str] = ("python", "py", "")) -> str:
+    """The bodies of the fenced blocks tagged with one of ``languages``, joined by two blank lines.
+
+    ``""`` stands for an untagged fence. Text with no such block is returned unchanged, so an
+    answer a model gave without fences is kept whole.
+    """
+    wanted = {language.lower() for language in languages}
+    bodies = [body for language, body in _fenced_blocks(text) if language in wanted]
+    if not bodies:
+        return text
+    return "\n\n\n".join(bodies)
+
+
+def output_filename(index: int, task: Task, output: str) -> str:
+    """``task_{index:03d}_{type}.{ext}``; ``output`` only picks .json or .md for extraction."""
+    return _filename(index, task, _render(task, output)[0])
+
+
+def write_outputs(state: ProjectState, directory: str | os.PathLike[str]) -> list[Path]:
+    """Write every task output, summary.json and README.md into ``directory``; return the paths.
+
+    Synchronous on purpose: the engine runs it with ``asyncio.to_thread``.
+    """
+    root = _prepare(Path(directory))
+    order = _ordered_tasks(state)
+
+    written: list[Path] = []
+    files: dict[str, str] = {}
+    for index, task in order:
+        result = state.results.get(task.id)
+        if result is None or not result.output.strip():
+            continue
+        extension, content = _render(task, result.output)
+        name = _filename(index, task, extension)
+        written.append(_write(root, name, content))
+        files[task.id] = name
+
+    summary = _summary(state, order, files)
+    text = json.dumps(_finite(summary), indent=2, ensure_ascii=False, allow_nan=False)
+    written.append(_write(root, SUMMARY_NAME, text + "\n"))
+    written.append(_write(root, README_NAME, _readme(state, order, files)))
+
+    # Removed only after the new files are in place, so a failed run never loses more than it wrote.
+    _remove_stale(root, set(files.values()))
+    return written
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """Every fenced block as (lowercased language, body); an unclosed fence runs to the end,
+    because a model cut off by its token limit still produced usable code."""
+    blocks: list[tuple[str, str]] = []
+    fence = 0
+    language = ""
+    body: list[str] = []
+    for line in text.splitlines():
+        if not fence:
+            match = _FENCE_OPEN.match(line)
+            if match:
+                fence, language, body = len(match.group(1)), match.group(2).lower(), []
+            continue
+        stripped = line.strip()
+        if len(stripped) >= fence and set(stripped) == {"`"} and len(line) - len(line.lstrip()) < 4:
+            blocks.append((language, "\n".join(body).strip("\n")))
+            fence = 0
+        else:
+            body.append(line)
+    if fence:
+        blocks.append((language, "\n".join(body).strip("\n")))
+    return blocks
+
+
+def _parse_json(text: str) -> Any:
+    def reject(constant: str) -> Any:
+        # NaN and Infinity are not JSON; accepting them would write a file other tools reject.
+        raise ValueError(constant)
+
+    return json.loads(text, parse_constant=reject)
+
+
+def _render(task: Task, output: str) -> tuple[str, str]:
+    task_type = TaskType(task.type)
+    if task_type is TaskType.CODE_GEN:
+        return "py", _with_newline(strip_fences(output))
+    if task_type is TaskType.DATA_EXTRACT:
+        candidates = [output.strip()]
+        candidates += [body for language, body in _fenced_blocks(output) if language == "json"][:1]
+        for candidate in candidates:
+            try:
+                data = _parse_json(candidate)
+            except ValueError:
+                continue
+            return "json", json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        return "md", _with_newline(output)
+    return _EXTENSIONS.get(task_type, "md"), _with_newline(output)
+
+
+def _filename(index: int, task: Task, extension: str) -> str:
+    if index < 1:
+        raise ValueError(f"task index must be 1 or more, got {index}")
+    # TaskType() rejects anything but a known type, so the name can only hold safe characters.
+    return f"task_{index:03d}_{TaskType(task.type).value}.{extension}"
+
+
+def _with_newline(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _ordered_tasks(state: ProjectState) -> list[tuple[int, Task]]:
+    """(1-based index, task) in execution order; tasks missing from the order follow it, so a
+    partial state still shows everything it holds. An id in the order without a task keeps its
+    number, so the numbering of the others never shifts."""
+    tasks = dict(state.tasks)
+    seen: set[str] = set()
+    ordered: list[tuple[int, Task]] = []
+    position = 0
+    for task_id in [*state.execution_order, *tasks]:
+        if task_id in seen:
+            continue
+        seen.add(task_id)
+        position += 1
+        if task_id in tasks:
+            ordered.append((position, tasks[task_id]))
+    return ordered
+
+
+# --- summary.json ---------------------------------------------------------------------------
+
+
+def _summary(
+    state: ProjectState, order: list[tuple[int, Task]], files: dict[str, str]
+) -> dict[str, Any]:
+    budget = state.budget
+    return {
+        "project_id": state.project_id,
+        "status": state.status.value,
+        "description": state.project_description,
+        "criteria": state.success_criteria,
+        "quality_threshold": state.quality_threshold,
+        "reason": state.reason,
+        "budget": {
+            "max_usd": budget.max_usd,
+            "spent_usd": budget.spent_usd,
+            "max_time_seconds": budget.max_time_seconds,
+            "elapsed_seconds": budget.elapsed_seconds,
+            "phase_spent": dict(budget.phase_spent),
+        },
+        "execution_order": list(state.execution_order),
+        "api_health": dict(state.api_health),
+        "tasks": [
+            {
+                "index": index,
+                **task.to_dict(),
+                "file": files.get(task.id),
+                "result": _result_dict(state.results.get(task.id)),
+            }
+            for index, task in order
+        ],
+    }
+
+
+def _result_dict(result: TaskResult | None) -> dict[str, Any] | None:
+    return result.to_dict() if result is not None else None
+
+
+def _finite(value: Any) -> Any:
+    """NaN or infinity (a broken score, say) become null, so summary.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+# --- README.md ------------------------------------------------------------------------------
+
+_COLUMNS = (
+    "#",
+    "Task",
+    "Type",
+    "Status",
+    "Score",
+    "Model",
+    "Reviewer",
+    "Iterations",
+    "Cost (USD)",
+    "Validators",
+    "File",
+)
+_NONE = "–"
+_PROMPT_EXCERPT = 80
+
+
+def _cell(text: object) -> str:
+    """One table cell: a line break or an unescaped ``|`` in model or user text would end the
+    row or add a column. Backslashes are escaped first so input ending in ``\\`` cannot turn our
+    ``\\|`` back into a bare pipe."""
+    one_line = " ".join(str(text).split())
+    return one_line.replace("\\", "\\\\").replace("|", "\\|") or _NONE
+
+
+def _line(text: object) -> str:
+    """Free text outside the table, kept on one line so it cannot start a heading or a list."""
+    return " ".join(str(text).split()).replace("\\", "\\\\")
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _PROMPT_EXCERPT else flat[: _PROMPT_EXCERPT - 1] + "…"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{seconds:.1f} s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _validators(result: TaskResult) -> str:
+    if not result.validator_results:
+        return _NONE
+    parts = []
+    for verdict in result.validator_results:
+        part = f"{verdict.name} {'✓' if verdict.passed else '✗'}"
+        parts.append(f"{part} (skipped)" if verdict.skipped else part)
+    return ", ".join(parts)
+
+
+def _row(index: int, task: Task, result: TaskResult | None, file: str | None) -> list[str]:
+    task_text = f"{task.id}: {_excerpt(task.prompt)}" if task.prompt.strip() else task.id
+    common = [str(index), _cell(task_text), _cell(TaskType(task.type).value)]
+    if result is None:
+        return [*common, "not run", *[_NONE] * 6, f"[{file}]({file})" if file else _NONE]
+    return [
+        *common,
+        _cell(result.status.value),
+        f"{result.score:.2f}",
+        _cell(result.model_used.value if result.model_used else _NONE),
+        _cell(result.reviewer_model.value if result.reviewer_model else _NONE),
+        str(result.iterations),
+        f"{result.cost_usd:.4f}",
+        _cell(_validators(result)),
+        f"[{file}]({file})" if file else _NONE,
+    ]
+
+
+def _readme(state: ProjectState, order: list[tuple[int, Task]], files: dict[str, str]) -> str:
+    budget = state.budget
+    elapsed = _duration(budget.elapsed_seconds)
+    share = f" ({budget.spent_usd / budget.max_usd:.0%})" if budget.max_usd > 0 else ""
+    lines = [
+        f"# Results: {_line(state.project_id) or 'project'}",
+        "",
+        f"**Status:** {state.status.value}" + (f" — {_line(state.reason)}" if state.reason else ""),
+        "",
+        f"**Spent:** ${budget.spent_usd:.4f} of ${budget.max_usd:.2f}{share}",
+        "",
+        f"**Elapsed:** {elapsed} of {_duration(budget.max_time_seconds)}",
+        "",
+        f"**Project:** {_line(state.project_description)}",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in _COLUMNS) + "|",
+    ]
+    notes = []
+    for index, task in order:
+        result = state.results.get(task.id)
+        lines.append("| " + " | ".join(_row(index, task, result, files.get(task.id))) + " |")
+        if result is not None and result.reason:
+            notes.append(f"- **{index}** ({_line(task.id)}): {_line(result.reason)}")
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    lines += ["", f"Every score, cost and raw output is in [{SUMMARY_NAME}]({SUMMARY_NAME}).", ""]
+    return "\n".join(lines)
+
+
+# --- the file system ------------------------------------------------------------------------
+
+
+def _show(path: Path | str) -> str:
+    """A path in a one-line message: a name holding a line break is shown quoted and escaped."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _prepare(directory: Path) -> Path:
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"output directory {_show(directory)} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        root = directory.resolve(strict=True)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise OutputError(f"cannot create output directory {_show(directory)}: {reason}") from None
+    if not root.is_dir():
+        raise OutputError(f"output directory {_show(directory)} is not a directory")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {_show(directory)} is not writable")
+    return root
+
+
+def _target(root: Path, name: str) -> Path:
+    # Names are built here from an index and a TaskType, so this never fires; it stays as the one
+    # place that guarantees nothing lands outside ``root`` if that ever changes.
+    if name in ("", ".", "..") or "/" in name or (os.altsep and os.altsep in name) or "\0" in name:
+        raise OutputError(f"refusing to write {_show(name)}: not a plain file name")
+    path = root / name
+    if path.parent.resolve() != root:
+        raise OutputError(f"refusing to write {_show(path)}: outside {_show(root)}")
+    return path
+
+
+def _write(root: Path, name: str, content: str) -> Path:
+    """Write atomically: a reader sees the old file or the new one, never half of either.
+
+    ``O_EXCL`` makes the temporary file new, never a link someone left in its place, and
+    ``os.replace`` swaps the directory entry rather than writing through a link at ``name``.
+    """
+    path = _target(root, name)
+    temporary = root / f".{name}.{secrets.token_hex(6)}.tmp"
+    created = False
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        if created:
+            # The write error is the one worth reporting, not a failed cleanup after it.
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        reason = error.strerror or type(error).__name__
+        raise OutputError(f"cannot write {_show(path)}: {reason}") from None
+    return path
+
+
+def _remove_stale(root: Path, keep: set[str]) -> None:
+    """Task files this writer left on an earlier run that this run did not write (fewer tasks, or
+    extraction now .md instead of .json), so the directory matches summary.json. Only names this
+    module produces are touched."""
+    for entry in root.iterdir():
+        if entry.name in keep or not _OWN_TASK_FILE.fullmatch(entry.name):
+            continue
+        if entry.is_symlink() or entry.is_file():
+            try:
+                entry.unlink()
+            except OSError as error:
+                reason = error.strerror or type(error).__name__
+                raise OutputError(f"cannot remove stale {_show(entry)}: {reason}") from None

@@ -1,0 +1,122 @@
+"""Progress on stderr while a run goes, and the results table at the end."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from .budget import Budget
+from .events import Event
+from .models import ProjectState, TaskResult
+
+
+class ProgressPrinter:
+    """Turns engine events into lines: tasks done / total, what runs on which model, spend.
+
+    On a terminal the running-calls line is redrawn in place; elsewhere every event is a line.
+    """
+
+    def __init__(self, budget: Budget, stream: TextIO | None = None) -> None:
+        self.budget = budget
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.total = 0
+        self.done = 0
+        self.running: dict[str, str] = {}
+        self._status_shown = False
+
+    def __call__(self, event: Event) -> None:
+        kind = event.kind
+        if kind == "decomposed":
+            self.total = event.data["tasks"]
+            self._line(f"plan: {self.total} tasks")
+        elif kind == "call_started":
+            who = event.task_id or "plan"
+            self.running[who] = f"{who}:{event.role}@{event.model}"
+            if self.interactive:
+                self._status()
+            else:
+                self._line(f"{who}: {event.role} on {event.model}")
+        elif kind == "task_finished":
+            self.done += 1
+            self.running.pop(event.task_id or "", None)
+            self._line(f"{_finished(event.data['result'])}")
+        elif kind == "task_skipped":
+            self.done += 1
+            self._line(f"{event.task_id} skipped: {event.data['reason']}")
+        elif kind == "budget_warning":
+            share = event.data["ratio"]
+            self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
+
+    def _prefix(self) -> str:
+        spent = f"${self.budget.spent_usd:.4f}/${self.budget.max_usd:.2f}"
+        return f"[{self.done}/{self.total or '?'} | {spent}]"
+
+    def _line(self, text: str) -> None:
+        if self._status_shown:
+            self.stream.write("\r\033[K")
+            self._status_shown = False
+        self.stream.write(f"{self._prefix()} {text}\n")
+        self.stream.flush()
+        if self.interactive and self.running:
+            self._status()
+
+    def _status(self) -> None:
+        calls = ", ".join(self.running.values())
+        self.stream.write(f"\r\033[K{self._prefix()} running: {calls}"[:200])
+        self.stream.flush()
+        self._status_shown = True
+
+
+def _finished(result: TaskResult) -> str:
+    model = result.model_used.value if result.model_used else "-"
+    text = (
+        f"{result.task_id} {result.status.value} score {result.score:.2f} on {model} "
+        f"(${result.cost_usd:.4f}, {result.iterations} iterations)"
+    )
+    return f"{text}: {result.reason}" if result.reason else text
+
+
+def results_table(state: ProjectState) -> str:
+    header = ("task", "type", "status", "score", "model", "reviewer", "iter", "cost $", "checks")
+    rows = [header]
+    for task_id in state.execution_order:
+        task = state.tasks[task_id]
+        result = state.results.get(task_id) or TaskResult(task_id)
+        rows.append(
+            (
+                task_id,
+                task.type.value,
+                result.status.value,
+                f"{result.score:.2f}",
+                result.model_used.value if result.model_used else "-",
+                result.reviewer_model.value if result.reviewer_model else "-",
+                str(result.iterations),
+                f"{result.cost_usd:.4f}",
+                _checks(result),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    budget = state.budget
+    lines.append("")
+    lines.append(
+        f"status {state.status.value}: spent ${budget.spent_usd:.4f} of ${budget.max_usd:.2f}, "
+        f"{budget.elapsed_seconds:.1f}s of {budget.max_time_seconds:.0f}s; "
+        f"project {state.project_id}"
+    )
+    if state.reason:
+        lines.append(f"reason: {state.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def _checks(result: TaskResult) -> str:
+    if not result.validator_results:
+        return "-"
+    return ",".join(
+        f"{v.name}:{'skip' if v.skipped else 'ok' if v.passed else 'FAIL'}"
+        for v in result.validator_results
+    )

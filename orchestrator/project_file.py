@@ -1,0 +1,155 @@
+"""Project files: a run described in YAML (``--file``), checked before anything is spent.
+
+The file is validated against ``orchestrator/data/project.schema.json``; a ``tasks:`` list is
+validated as a task graph, and giving one skips decomposition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+from .models import Task
+from .taskgraph import TaskGraphError, describe_schema_error, parse_tasks
+
+# Each field may be spelled the way the CLI flag is or the way the Python API is.
+_ALIASES = {"project": "description", "criteria": "success_criteria"}
+
+
+class ProjectFileError(ConfigError):
+    """A project file is missing, unreadable, or has an invalid field."""
+
+
+@dataclass
+class ProjectSpec:
+    description: str
+    criteria: str
+    budget: float | None = None  # USD
+    time: float | None = None  # seconds
+    project_id: str | None = None
+    concurrency: int | None = None
+    quality_threshold: float | None = None  # 0..1
+    output_dir: str | None = None
+    tasks: dict[str, Task] | None = None  # given directly -> decomposition is skipped
+
+
+def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
+    """The project described by the YAML file at ``path``; ``ProjectFileError`` if it is invalid.
+
+    Unset limits stay ``None`` so the caller can apply its own defaults or command-line flags.
+    """
+    file = Path(path)
+    origin = f"project file {file}"
+    document = _read(file, origin)
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(document))
+    if error is not None:
+        raise ProjectFileError(f"{origin}: {describe_schema_error(document, error)}")
+    description = _one_of(document, "project", origin)
+    criteria = _one_of(document, "criteria", origin)
+
+    tasks = None
+    if "tasks" in document:
+        try:
+            tasks = parse_tasks({"tasks": document["tasks"]}, origin=origin)
+        except TaskGraphError as exc:
+            raise ProjectFileError(str(exc)) from exc
+
+    output_dir = document.get("output_dir")
+    if output_dir is not None:
+        # Relative to the file, not the shell's directory, so a project file means the same
+        # thing wherever it is run from.
+        output_dir = str((file.parent / Path(output_dir).expanduser()).resolve())
+
+    def number(name: str) -> float | None:
+        return float(document[name]) if name in document else None
+
+    return ProjectSpec(
+        description=description,
+        criteria=criteria,
+        budget=number("budget"),
+        time=number("time"),
+        project_id=document.get("project_id"),
+        concurrency=int(document["concurrency"]) if "concurrency" in document else None,
+        quality_threshold=number("quality_threshold"),
+        output_dir=output_dir,
+        tasks=tasks,
+    )
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("orchestrator").joinpath("data/project.schema.json").read_text()
+    return jsonschema.Draft202012Validator(json.loads(text))
+
+
+def _read(file: Path, origin: str) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProjectFileError(f"{origin}: no such file") from None
+    except OSError as exc:
+        raise ProjectFileError(f"{origin}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ProjectFileError(f"{origin}: not UTF-8 text") from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        reason = f": {' '.join(str(problem).split())}" if problem else ""
+        raise ProjectFileError(f"{origin}: not valid YAML{where}{reason}") from None
+    if document is None:
+        raise ProjectFileError(f"{origin}: empty; expected a mapping with 'project' and 'criteria'")
+    if not isinstance(document, dict):
+        raise ProjectFileError(
+            f"{origin}: expected a mapping with 'project' and 'criteria', got a "
+            f"{type(document).__name__}"
+        )
+    return document
+
+
+def _one_of(document: dict[str, Any], name: str, origin: str) -> str:
+    alias = _ALIASES[name]
+    if name in document and alias in document:
+        raise ProjectFileError(
+            f"{origin}: field '{name}' and field '{alias}' are the same; keep one"
+        )
+    value = document.get(name, document.get(alias))
+    if value is None:
+        raise ProjectFileError(f"{origin}: missing field '{name}' (or '{alias}')")
+    return value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a repeated key instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first_line: dict[str, int] = {}
+    for key_node, _ in node.value:
+        # Merge keys ('<<') may legitimately be overridden, so only plain scalar keys count.
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+            continue
+        key = key_node.value
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first given at line {first_line[key]})",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

@@ -1,0 +1,78 @@
+"""What the orchestrator says to models in each role. Model output is quoted, never obeyed."""
+
+from __future__ import annotations
+
+from .models import Task, TaskType
+
+DECOMPOSE_SYSTEM = (
+    "You are a software project planner. Split the project into {min_tasks}-{max_tasks} atomic "
+    "tasks that together meet the acceptance criteria. Each task has a unique short id, one of "
+    "the types {types}, a self-contained prompt, the ids it depends on (no cycles), and the hard "
+    "validators its output must pass, chosen from {validators}. Use python_syntax and pytest "
+    "for code that includes tests, json_schema for JSON data, length for prose."
+)
+
+DECOMPOSE_USER = "Project:\n{description}\n\nAcceptance criteria:\n{criteria}"
+
+GENERATE_SYSTEM = {
+    TaskType.CODE_GEN: (
+        "You are an expert software engineer. Write complete, working code in fenced code blocks. "
+        "When the task asks for tests, put them in the same answer as pytest functions. "
+        "Start a block with a '# file: name.py' line to name its file."
+    ),
+    TaskType.CODE_REVIEW: "You are a meticulous code reviewer. Be specific and actionable.",
+    TaskType.REASONING: "You are a careful analyst. Reason step by step and state conclusions.",
+    TaskType.WRITING: "You are a skilled technical writer.",
+    TaskType.DATA_EXTRACT: "You extract data precisely. Answer with the requested data only.",
+    TaskType.SUMMARIZE: "You write faithful, concise summaries.",
+    TaskType.EVALUATE: "You are a rigorous evaluator of work against criteria.",
+}
+
+CRITIQUE_SYSTEM = (
+    "You review another model's answer to a task. List its concrete defects and what to change, "
+    "most important first. Do not rewrite the answer. Be brief."
+)
+
+REVISE_INSTRUCTIONS = (
+    "Revise your answer to fix the problems below. Reply with the complete revised answer only."
+)
+
+EVALUATE_SYSTEM = (
+    "You grade an answer to a task against the task and the project's acceptance criteria. "
+    "Score from 0.0 (useless) to 1.0 (fully meets every requirement). Be strict and consistent."
+)
+
+EVALUATION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "reasoning": {"type": "string"},
+    },
+    "required": ["score", "reasoning"],
+    "additionalProperties": False,
+}
+
+
+def task_prompt(task: Task, criteria: str, context: str) -> str:
+    parts = [f"Task ({task.type.value}):\n{task.prompt}"]
+    if task.acceptance:
+        parts.append(f"Acceptance notes for this task:\n{task.acceptance}")
+    parts.append(f"Project acceptance criteria:\n{criteria}")
+    if context:
+        parts.append(f"Results of the tasks this one depends on:\n{context}")
+    return "\n\n".join(parts)
+
+
+def critique_prompt(task_text: str, answer: str) -> str:
+    return f"{task_text}\n\n--- Answer to review ---\n{answer}\n--- End of answer ---"
+
+
+def revise_prompt(feedback: list[str]) -> str:
+    return REVISE_INSTRUCTIONS + "\n\n" + "\n\n".join(feedback)
+
+
+def evaluate_prompt(task_text: str, answer: str) -> str:
+    return (
+        f"{task_text}\n\n--- Answer to grade ---\n{answer}\n--- End of answer ---\n\n"
+        "Give the score and a short reasoning."
+    )

@@ -1,0 +1,335 @@
+"""One task's loop: generate, then critique, revise, validate and evaluate until good enough."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .budget import Budget, BudgetExceeded
+from .catalog import Model
+from .client import Completion
+from .errors import ProviderError
+from .events import Event, EventSink
+from .gateway import LLMGateway
+from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
+from .prompts import (
+    CRITIQUE_SYSTEM,
+    EVALUATE_SYSTEM,
+    EVALUATION_SCHEMA,
+    GENERATE_SYSTEM,
+    critique_prompt,
+    evaluate_prompt,
+    revise_prompt,
+    task_prompt,
+)
+from .providers.base import Message
+from .routing import CRITIQUE_MAX_TOKENS, ROUTING_TABLE, Router
+from .validators import run_validators
+
+PLATEAU_DELTA = 0.02
+CONSISTENCY_DELTA = 0.05
+EVALUATION_MAX_TOKENS = ROUTING_TABLE[TaskType.EVALUATE][1]
+CHARS_PER_TOKEN = 3  # conservative for code; trimming must never overflow a window
+
+
+class ChainExhausted(Exception):
+    """Every model in a role's chain failed for this call."""
+
+
+@dataclass
+class TaskContext:
+    gateway: LLMGateway
+    router: Router
+    budget: Budget
+    criteria: str
+    threshold: float
+    emit: EventSink
+    validator_timeout: float = 60.0
+    budget_exhausted: bool = False
+
+
+class TaskRunner:
+    """Runs one task; ``result`` is kept current so an interruption leaves a truthful record."""
+
+    def __init__(
+        self,
+        task: Task,
+        ctx: TaskContext,
+        dependencies: Mapping[str, TaskResult],
+        result: TaskResult,
+    ) -> None:
+        self.task = task
+        self.ctx = ctx
+        self.dependencies = dependencies
+        self.result = result
+        self.best_validators: list[ValidatorResult] = []
+
+    async def run(self) -> TaskResult:
+        task, result = self.task, self.result
+        result.status = TaskStatus.RUNNING
+        chain = self.ctx.router.generation_chain(task.type)
+        if not chain:
+            return self._finish("no usable model for this task type")
+        task_text = task_prompt(task, self.ctx.criteria, self._context(chain))
+        max_tokens = self.ctx.router.max_tokens(task.type)
+        try:
+            draft, author = await self._ask_chain(
+                chain,
+                [Message("user", task_text)],
+                system=GENERATE_SYSTEM[task.type],
+                max_tokens=max_tokens,
+                phase="generation",
+                slot=f"{task.id}/generate",
+                counts_fallbacks=True,
+            )
+            # The draft is kept until a judged version replaces it, so an interruption keeps it.
+            self._keep(draft.text, 0.0, False, [], author)
+            await self._improve(task_text, draft.text, author, max_tokens)
+        except BudgetExceeded:
+            self.ctx.budget_exhausted = True
+            return self._finish("budget exhausted")
+        except ChainExhausted as exc:
+            return self._finish(str(exc))
+        except asyncio.CancelledError:
+            self._finish("interrupted")
+            raise
+        return self._finish(result.reason or "")
+
+    async def _improve(self, task_text: str, current: str, author: Model, max_tokens: int) -> None:
+        task, result, ctx = self.task, self.result, self.ctx
+        feedback: list[str] = []
+        for iteration in range(1, task.type.max_iterations + 1):
+            result.iterations = iteration
+            critique = await self._critique(task_text, current, author, iteration)
+            if critique:
+                feedback.insert(0, f"Reviewer's critique:\n{critique}")
+            if feedback:
+                revised, author = await self._revise(
+                    task_text, current, feedback, author, max_tokens, iteration
+                )
+                current = revised
+            validators = await run_validators(
+                task.hard_validators,
+                current,
+                output_schema=task.output_schema,
+                dependency_outputs={k: v.output for k, v in self.dependencies.items()},
+                timeout=ctx.validator_timeout,
+            )
+            passed = all(v.passed for v in validators)
+            if passed:
+                score, reasoning = await self._evaluate(task_text, current, author, iteration)
+            else:
+                score, reasoning = 0.0, ""
+            result.score_history.append(score)
+            if score >= result.score:
+                self._keep(current, score, passed, validators, author)
+            feedback = [
+                f"Validator {v.name} failed: {v.detail}" for v in validators if not v.passed
+            ]
+            if reasoning:
+                feedback.append(f"Evaluator's assessment (score {score:.2f}):\n{reasoning}")
+            if passed and score >= ctx.threshold:
+                result.reason = ""
+                return
+            if len(result.score_history) >= 2 and (
+                abs(result.score_history[-1] - result.score_history[-2]) < PLATEAU_DELTA
+            ):
+                result.reason = f"score plateaued at {result.score:.2f}"
+                return
+            # Revise from the best answer so far, not from a regression.
+            current = result.output
+        result.reason = f"best score {result.score:.2f} after {task.type.max_iterations} iterations"
+
+    def _keep(
+        self,
+        output: str,
+        score: float,
+        passed: bool,
+        validators: list[ValidatorResult],
+        author: Model,
+    ) -> None:
+        result = self.result
+        result.output = output
+        result.score = score
+        result.deterministic_check_passed = passed
+        result.validator_results = validators
+        result.model_used = author
+
+    async def _critique(
+        self, task_text: str, answer: str, author: Model, iteration: int
+    ) -> str | None:
+        chain = [m for m in self.ctx.router.reviewer_chain(self.task.type, author) if m != author]
+        if not chain:
+            return None  # nobody else to ask; the evaluator's feedback drives revisions instead
+        try:
+            review, critic = await self._ask_chain(
+                chain,
+                [Message("user", critique_prompt(task_text, answer))],
+                system=CRITIQUE_SYSTEM,
+                max_tokens=CRITIQUE_MAX_TOKENS,
+                phase="cross_review",
+                slot=f"{self.task.id}/{iteration}/critique",
+            )
+        except ChainExhausted:
+            return None
+        self.result.reviewer_model = critic
+        return review.text
+
+    async def _revise(
+        self,
+        task_text: str,
+        answer: str,
+        feedback: list[str],
+        author: Model,
+        max_tokens: int,
+        iteration: int,
+    ) -> tuple[str, Model]:
+        chain = self.ctx.router.generation_chain(self.task.type)
+        chain = [author] + [m for m in chain if m != author]
+        revised, model = await self._ask_chain(
+            chain,
+            [
+                Message("user", task_text),
+                Message("assistant", answer),
+                Message("user", revise_prompt(feedback)),
+            ],
+            system=GENERATE_SYSTEM[self.task.type],
+            max_tokens=max_tokens,
+            phase="generation",
+            slot=f"{self.task.id}/{iteration}/revise",
+            counts_fallbacks=True,
+        )
+        return revised.text, model
+
+    async def _evaluate(
+        self, task_text: str, answer: str, author: Model, iteration: int
+    ) -> tuple[float, str]:
+        chain = self.ctx.router.evaluator_chain(author)
+        messages = [Message("user", evaluate_prompt(task_text, answer))]
+        verdicts: list[Completion] = []
+        refused = False
+
+        async def one(repeat: int) -> None:
+            nonlocal refused
+            try:
+                verdict, evaluator = await self._ask_chain(
+                    chain,
+                    messages,
+                    system=EVALUATE_SYSTEM,
+                    max_tokens=EVALUATION_MAX_TOKENS,
+                    phase="evaluation",
+                    slot=f"{self.task.id}/{iteration}/evaluate/{repeat}",
+                    schema=EVALUATION_SCHEMA,
+                )
+            except ChainExhausted:
+                return
+            except BudgetExceeded:
+                refused = True  # one verdict that fits the budget still counts
+                return
+            verdicts.append(verdict)
+            if self.result.reviewer_model is None:
+                self.result.reviewer_model = evaluator
+
+        # The two verdicts are independent; asking both at once halves the evaluation latency,
+        # and the task group never leaves one running behind the other.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(one(1))
+            group.create_task(one(2))
+        if not verdicts and refused:
+            raise BudgetExceeded("no evaluation fits in the budget left")
+        scores = [float(v.parsed["score"]) for v in verdicts]
+        if len(scores) == 2 and abs(scores[0] - scores[1]) > CONSISTENCY_DELTA:
+            await one(3)
+            scores = [float(v.parsed["score"]) for v in verdicts]
+        if not scores:
+            return 0.0, ""
+        # Two verdicts that disagree take the lower; a third breaks the tie by the median.
+        score = statistics.median(scores) if len(scores) == 3 else min(scores)
+        closest = min(verdicts, key=lambda v: abs(float(v.parsed["score"]) - score))
+        return score, str(closest.parsed.get("reasoning", ""))
+
+    async def _ask_chain(
+        self,
+        chain: list[Model],
+        messages: list[Message],
+        *,
+        system: str | None,
+        max_tokens: int,
+        phase: str,
+        slot: str,
+        schema: dict | None = None,
+        counts_fallbacks: bool = False,
+    ) -> tuple[Completion, Model]:
+        """Ask the first model of ``chain`` that answers; each failure hands over to the next."""
+        failures: list[str] = []
+        for model in chain:
+            self.ctx.emit(Event("call_started", self.task.id, model.value, phase))
+            try:
+                answer = await self.ctx.gateway.ask(
+                    model,
+                    messages,
+                    system=system,
+                    max_tokens=max_tokens,
+                    phase=phase,
+                    slot=slot,
+                    schema=schema,
+                )
+            except ProviderError as exc:
+                self.result.cost_usd += exc.spent_usd
+                failures.append(str(exc))
+                if counts_fallbacks:
+                    self.result.degraded_fallback_count += 1
+                continue
+            self.result.cost_usd += answer.cost_usd
+            self.ctx.emit(
+                Event(
+                    "call_finished",
+                    self.task.id,
+                    model.value,
+                    phase,
+                    {"cost_usd": answer.cost_usd, "cached": answer.from_cache},
+                )
+            )
+            return answer, model
+        last = failures[-1] if failures else "no model to ask"
+        raise ChainExhausted(f"every model failed for {phase}; last: {last}")
+
+    def _context(self, chain: list[Model]) -> str:
+        """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""
+        if not self.dependencies:
+            return ""
+        window = min(m.context_window for m in chain)
+        reserve = self.ctx.router.max_tokens(self.task.type) + 2000
+        room = max(2000, (window - reserve) * CHARS_PER_TOKEN - len(self.task.prompt))
+        share = room // len(self.dependencies)
+        parts = []
+        for task_id, dep in self.dependencies.items():
+            parts.append(f"### {task_id}\n{_trim(dep.output, share)}")
+        return "\n\n".join(parts)
+
+    def _finish(self, reason: str) -> TaskResult:
+        result = self.result
+        if reason:
+            result.reason = reason
+        if (
+            result.output
+            and result.deterministic_check_passed
+            and (result.score >= self.ctx.threshold)
+        ):
+            result.status = TaskStatus.COMPLETED
+        elif result.output:
+            result.status = TaskStatus.DEGRADED
+        else:
+            result.status = TaskStatus.FAILED
+        return result
+
+
+def _trim(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    tail = limit - head
+    omitted = len(text) - head - tail
+    return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[-tail:]}"

@@ -1,0 +1,418 @@
+"""The task graph: parsing a task list, checking it, and ordering it for execution.
+
+A task list comes from two places: the decomposition model's answer and a project file's
+``tasks:``. Both are checked against ``orchestrator/data/tasks.schema.json`` and then against the
+rules a schema cannot express (unique ids, known dependencies and validators, no cycles).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import heapq
+import json
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from .errors import ConfigError
+from .models import Task, TaskType
+from .validators import KNOWN_VALIDATORS
+
+_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+# Keywords OpenAI's strict mode rejects with a 400 (or that are meaningless to a decoder).
+_STRICT_UNSUPPORTED = frozenset(
+    {"$schema", "$id", "title", "default", "examples", "minLength", "maxLength", "uniqueItems"}
+)
+
+
+class TaskGraphError(ConfigError):
+    """A task list that cannot be run: malformed, inconsistent, or cyclic."""
+
+
+@cache
+def _shipped_schema() -> dict[str, Any]:
+    text = resources.files("orchestrator").joinpath("data/tasks.schema.json").read_text()
+    return json.loads(text)
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_shipped_schema())
+
+
+def task_schema() -> dict[str, Any]:
+    """The shipped JSON Schema for a task list (a copy: callers may change it freely)."""
+    return copy.deepcopy(_shipped_schema())
+
+
+def decomposition_schema(*, min_tasks: int = 1, max_tasks: int | None = None) -> dict[str, Any]:
+    """The task-list schema in the form OpenAI's strict structured output accepts.
+
+    Every object is closed and lists all its properties as required. A property with a default
+    (``dependencies``, ``hard_validators``) stays a plain array the model must fill in; one
+    without (``acceptance``) becomes nullable. ``output_schema`` is left out: a schema the model
+    invents would only check the model against itself. Validator names are an enum so
+    constrained decoding cannot produce an unknown one. ``parse_tasks`` accepts the result.
+    """
+    schema = task_schema()
+    task = schema["properties"]["tasks"]["items"]
+    del task["properties"]["output_schema"]
+    task["properties"]["hard_validators"]["items"]["enum"] = sorted(KNOWN_VALIDATORS)
+    tasks = schema["properties"]["tasks"]
+    tasks["minItems"] = min_tasks
+    if max_tasks is not None:
+        tasks["maxItems"] = max_tasks
+    return _strict(schema)
+
+
+def _strict(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result = {k: _strict(v) for k, v in node.items() if k not in _STRICT_UNSUPPORTED}
+    if "properties" in node or node.get("type") == "object":
+        properties = result.setdefault("properties", {})
+        required = set(node.get("required", []))
+        for name, prop in properties.items():
+            if name not in required and "default" not in node["properties"][name]:
+                properties[name] = _nullable(prop)
+        result["required"] = list(properties)
+        result["additionalProperties"] = False
+    return result
+
+
+def _nullable(prop: dict[str, Any]) -> dict[str, Any]:
+    kind = prop.get("type")
+    if isinstance(kind, str):
+        return {**prop, "type": [kind, "null"]}
+    if isinstance(kind, list):
+        return prop if "null" in kind else {**prop, "type": [*kind, "null"]}
+    return {"anyOf": [prop, {"type": "null"}]}
+
+
+def parse_tasks(
+    data: Any,
+    *,
+    origin: str = "task list",
+    min_tasks: int = 1,
+    max_tasks: int | None = None,
+) -> dict[str, Task]:
+    """The tasks in ``data`` (``{"tasks": [...]}``, or the bare list), keyed by id, in given order.
+
+    Raises ``TaskGraphError`` with a one-line message starting with ``origin`` when the list does
+    not match the schema, repeats an id, names an unknown dependency or validator, depends on
+    itself, has a cycle, or has a task count outside ``[min_tasks, max_tasks]``. ``null`` for an
+    optional field means the field is absent.
+    """
+    document = {"tasks": data} if isinstance(data, list) else data
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(document))
+    if error is not None:
+        raise TaskGraphError(f"{origin}: {describe_schema_error(document, error)}")
+    entries: list[dict[str, Any]] = document["tasks"]
+    for index, entry in enumerate(entries):
+        schema = entry.get("output_schema")
+        if schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise TaskGraphError(
+                    f"{origin}: {_task_label(entries, index)} field 'output_schema': "
+                    f"not a valid JSON Schema ({_one_line(exc.message)})"
+                ) from None
+
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        tid = entry["id"]
+        if tid in seen:
+            raise TaskGraphError(
+                f"{origin}: tasks[{index}] ({tid}): duplicate task id, also used by "
+                f"tasks[{seen[tid]}]"
+            )
+        seen[tid] = index
+    for entry in entries:
+        tid = entry["id"]
+        for dep in entry.get("dependencies") or []:
+            if dep == tid:
+                raise TaskGraphError(f"{origin}: task {tid!r} depends on itself")
+            if dep not in seen:
+                hint = _did_you_mean(dep, seen)
+                raise TaskGraphError(
+                    f"{origin}: task {tid!r} depends on unknown task {dep!r}{hint}"
+                )
+    known = ", ".join(sorted(KNOWN_VALIDATORS))
+    for entry in entries:
+        for name in entry.get("hard_validators") or []:
+            if name not in KNOWN_VALIDATORS:
+                raise TaskGraphError(
+                    f"{origin}: task {entry['id']!r} has unknown validator {name!r} "
+                    f"(known: {known})"
+                )
+    count = len(entries)
+    if count < min_tasks or (max_tasks is not None and count > max_tasks):
+        raise TaskGraphError(f"{origin}: {count} tasks, expected {_range(min_tasks, max_tasks)}")
+
+    tasks = {entry["id"]: _task(entry) for entry in entries}
+    try:
+        execution_order(tasks)
+    except TaskGraphError as exc:
+        raise TaskGraphError(f"{origin}: {exc}") from None
+    return tasks
+
+
+def _task(entry: Mapping[str, Any]) -> Task:
+    return Task(
+        id=entry["id"],
+        type=TaskType(entry["type"]),
+        prompt=entry["prompt"],
+        # A repeated name adds nothing and would run a validator twice.
+        dependencies=list(dict.fromkeys(entry.get("dependencies") or [])),
+        hard_validators=list(dict.fromkeys(entry.get("hard_validators") or [])),
+        acceptance=entry.get("acceptance") or None,
+        output_schema=entry.get("output_schema"),
+    )
+
+
+def _range(low: int, high: int | None) -> str:
+    if high is None:
+        return f"at least {low}"
+    if low == high:
+        return f"exactly {low}"
+    return f"between {low} and {high}"
+
+
+def _did_you_mean(name: str, choices: Sequence[str] | Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def execution_order(tasks: Mapping[str, Task]) -> list[str]:
+    """Task ids in an order where every task follows its dependencies (Kahn's algorithm).
+
+    Of the tasks ready at any point, the one given first goes first, so the order is
+    deterministic and stays close to the order the tasks were written in. A cycle raises
+    ``TaskGraphError`` naming it; arrows point from a task to one that depends on it.
+    """
+    ids = list(tasks)
+    position = {tid: i for i, tid in enumerate(ids)}
+    deps = _dependencies(tasks)
+    dependents: dict[str, list[str]] = {tid: [] for tid in ids}
+    for tid in ids:
+        for dep in deps[tid]:
+            dependents[dep].append(tid)
+    waiting = {tid: len(deps[tid]) for tid in ids}
+    ready = [position[tid] for tid in ids if waiting[tid] == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        tid = ids[heapq.heappop(ready)]
+        order.append(tid)
+        for child in dependents[tid]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, position[child])
+    if len(order) < len(ids):
+        stuck = {tid for tid in ids if waiting[tid] > 0}
+        cycle = _find_cycle(ids, deps, stuck, position)
+        raise TaskGraphError(f"task graph has a cycle: {' -> '.join([*cycle, cycle[0]])}")
+    return order
+
+
+def _dependencies(tasks: Mapping[str, Task]) -> dict[str, list[str]]:
+    deps: dict[str, list[str]] = {}
+    for tid, task in tasks.items():
+        deps[tid] = list(dict.fromkeys(task.dependencies))
+        for dep in deps[tid]:
+            if dep not in tasks:
+                raise TaskGraphError(
+                    f"task {tid!r} depends on unknown task {dep!r}{_did_you_mean(dep, tasks)}"
+                )
+    return deps
+
+
+def _find_cycle(
+    ids: list[str], deps: dict[str, list[str]], stuck: set[str], position: dict[str, int]
+) -> list[str]:
+    # Every task Kahn could not emit waits on another such task, so following waits from any of
+    # them must come back to a task already visited: that loop is a cycle.
+    start = next(tid for tid in ids if tid in stuck)
+    visited: dict[str, int] = {}
+    path: list[str] = []
+    node = start
+    while node not in visited:
+        visited[node] = len(path)
+        path.append(node)
+        node = next(dep for dep in deps[node] if dep in stuck)
+    loop = path[visited[node] :][::-1]  # from "depends on" to execution direction
+    first = min(range(len(loop)), key=lambda i: position[loop[i]])
+    return loop[first:] + loop[:first]
+
+
+def critical_path_length(
+    tasks: Mapping[str, Task], durations: Mapping[str, float] | None = None
+) -> float:
+    """Length of the longest dependency chain: its task count, or its total duration.
+
+    With ``durations`` every task needs one (non-negative); it is the least wall-clock time the
+    graph takes however many tasks run at once.
+    """
+    if durations is not None:
+        missing = [tid for tid in tasks if tid not in durations]
+        if missing:
+            raise ValueError(f"no duration for tasks: {', '.join(missing)}")
+        negative = [tid for tid in tasks if durations[tid] < 0]
+        if negative:
+            raise ValueError(f"negative duration for tasks: {', '.join(negative)}")
+    deps = _dependencies(tasks)
+    finish: dict[str, float] = {}
+    for tid in execution_order(tasks):
+        own = 1.0 if durations is None else float(durations[tid])
+        finish[tid] = own + max((finish[d] for d in deps[tid]), default=0.0)
+    return max(finish.values(), default=0.0)
+
+
+def width(tasks: Mapping[str, Task]) -> int:
+    """The most tasks that can run at the same time: the size of a maximum antichain.
+
+    Exact, not the per-depth-level approximation (which undercounts when a long chain runs beside
+    short ones): by Dilworth's theorem it is the task count minus a maximum matching in the
+    bipartite "must finish before" graph of the transitive closure. Quadratic in the task count,
+    which is fine for task lists of tens of tasks.
+    """
+    order = execution_order(tasks)
+    deps = _dependencies(tasks)
+    ancestors: dict[str, set[str]] = {}
+    for tid in order:
+        found: set[str] = set()
+        for dep in deps[tid]:
+            found.add(dep)
+            found |= ancestors[dep]
+        ancestors[tid] = found
+    later: dict[str, list[str]] = {tid: [] for tid in order}
+    for tid in order:
+        for ancestor in ancestors[tid]:
+            later[ancestor].append(tid)
+
+    matched_to: dict[str, str] = {}  # right-side task -> left-side task that precedes it
+
+    def augment(left: str, visited: set[str]) -> bool:
+        for right in later[left]:
+            if right in visited:
+                continue
+            visited.add(right)
+            if right not in matched_to or augment(matched_to[right], visited):
+                matched_to[right] = left
+                return True
+        return False
+
+    matching = sum(1 for tid in order if augment(tid, set()))
+    return len(order) - matching
+
+
+def _task_label(entries: Any, index: int) -> str:
+    entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
+    tid = entry.get("id") if isinstance(entry, dict) else None
+    return f"tasks[{index}] ({tid})" if isinstance(tid, str) and tid else f"tasks[{index}]"
+
+
+def _field_path(parts: Sequence[Any]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def describe_schema_error(document: Any, error: jsonschema.ValidationError) -> str:
+    """Where ``error`` is (a task by index and id, then the field) and what is wrong, one line."""
+    path = list(error.absolute_path)
+    if len(path) >= 2 and path[0] == "tasks" and isinstance(path[1], int):
+        where = _task_label(document.get("tasks"), path[1])
+        rest = path[2:]
+        location = f"{where} field '{_field_path(rest)}'" if rest else where
+    elif path:
+        location = f"field '{_field_path(path)}'"
+    else:
+        location = "top level"
+    return f"{location}: {explain_schema_error(error)}"
+
+
+_TYPE_NAMES = {
+    "string": "text",
+    "number": "a number",
+    "integer": "a whole number",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "null",
+}
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (date, datetime)):
+        return "a date"
+    return type(value).__name__
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _short(value: Any) -> str:
+    return _one_line(repr(value), 60)
+
+
+def explain_schema_error(error: jsonschema.ValidationError) -> str:
+    """What a ``jsonschema`` error means, in one line, without the location."""
+    keyword, expected, value = error.validator, error.validator_value, error.instance
+    if keyword == "required" and isinstance(value, dict):
+        missing = [name for name in expected if name not in value]
+        return f"missing field {missing[0]!r}" if missing else _one_line(error.message)
+    if keyword == "additionalProperties" and isinstance(value, dict):
+        allowed = list(error.schema.get("properties", {}))
+        extra = [name for name in value if name not in allowed]
+        if extra:
+            return f"unknown field {extra[0]!r}{_did_you_mean(str(extra[0]), allowed)}"
+    if keyword == "type":
+        kinds = [expected] if isinstance(expected, str) else list(expected)
+        wanted = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
+        return f"expected {wanted}, got {_kind_of(value)}"
+    if keyword == "enum":
+        choices = ", ".join(str(c) for c in expected)
+        return f"{_short(value)} is not one of: {choices}"
+    if keyword == "pattern" and expected == _ID_PATTERN:
+        return (
+            f"{_short(value)} is not a valid id (letters, digits, '_', '.', '-', at most 64, "
+            "starting with a letter or digit)"
+        )
+    if (keyword == "minLength" and expected == 1) or (keyword == "pattern" and expected == r"\S"):
+        return "must not be empty"
+    if keyword == "minItems" and expected == 1:
+        return "must not be empty"
+    if keyword == "exclusiveMinimum":
+        return f"must be greater than {expected} (got {_short(value)})"
+    if keyword == "minimum":
+        return f"must be at least {expected} (got {_short(value)})"
+    if keyword == "maximum":
+        return f"must be at most {expected} (got {_short(value)})"
+    return _one_line(error.message)

@@ -1,0 +1,151 @@
+"""A whole run from the command line: a real process against the fake provider."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import fake_env, run_cli
+from scripted_llm import ScriptedLLM, TaskScript
+
+PROJECT = "[project] Build an add library"
+CRITERIA = "add works and is tested"
+
+
+@pytest.fixture
+def llm(fake):
+    scripted = ScriptedLLM()
+    fake.responder = scripted
+    return scripted
+
+
+def cli_env(fake, tmp_path, **extra):
+    return {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home"), **extra}
+
+
+def test_a_run_from_the_command_line_succeeds_and_writes_its_outputs(fake, llm, tmp_path):
+    out = tmp_path / "results"
+
+    result = run_cli(
+        "--project", PROJECT, "--criteria", CRITERIA, "--budget", "2", "--output-dir", str(out),
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "status SUCCESS" in result.stdout
+    for task_id in ("core", "review", "docs", "summary", "extract"):
+        assert task_id in result.stdout
+    assert "plan: 5 tasks" in result.stderr  # progress goes to stderr
+    assert "Traceback" not in result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "README.md",
+        "summary.json",
+        "task_001_code_generation.py",
+        "task_002_code_review.md",
+        "task_003_creative_writing.md",
+        "task_004_summarization.md",
+        "task_005_data_extraction.json",
+    ]
+    code = (out / "task_001_code_generation.py").read_text()
+    compile(code, "task_001", "exec")
+    assert "```" not in code
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "SUCCESS"
+    assert summary["budget"]["spent_usd"] > 0
+    assert len(summary["tasks"]) == 5
+    assert (tmp_path / "home" / "cache.db").exists()
+
+
+def test_a_project_file_runs_its_own_tasks_without_decomposition(fake, llm, tmp_path):
+    project = tmp_path / "project.yaml"
+    project.write_text(
+        "project: Build an add library\n"
+        "criteria: add works\n"
+        "budget: 1.5\n"
+        "quality_threshold: 0.8\n"
+        "tasks:\n"
+        "  - id: calc\n"
+        "    type: code_generation\n"
+        "    prompt: '[calc] Write add with tests.'\n"
+        "    hard_validators: [python_syntax, pytest]\n"
+    )
+    llm.scripts["calc"] = TaskScript(scores=[0.81])
+
+    result = run_cli("--file", str(project), cwd=tmp_path, env=cli_env(fake, tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert llm.count("plan") == 0
+    assert "$1.50" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("scripts", "flags", "code", "status"),
+    [
+        ({"core": TaskScript(scores=[0.5, 0.5])}, [], 3, "PARTIAL_SUCCESS"),
+        ({}, ["--budget", "0.02"], 4, "BUDGET_EXHAUSTED"),
+    ],
+)
+def test_each_status_has_its_own_exit_code(fake, llm, tmp_path, scripts, flags, code, status):
+    llm.scripts.update(scripts)
+
+    result = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--no-cache", *flags,
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+
+    assert result.returncode == code, result.stderr
+    assert f"status {status}" in result.stdout
+
+
+def test_running_out_of_time_exits_with_the_timeout_code(fake, llm, tmp_path):
+    llm.delay = 0.5
+
+    result = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--time", "1.5", "--no-cache",
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+
+    assert result.returncode == 5, result.stderr
+    assert "status TIMEOUT" in result.stdout
+
+
+def test_no_key_at_all_is_a_one_line_error(tmp_path):
+    result = run_cli("-p", PROJECT, "-c", CRITERIA, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "OPENAI_API_KEY" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["-p", "x"], "--project and --criteria"),
+        (["-p", "x", "-c", "y", "--budget", "-1"], "--budget"),
+        (["-p", "x", "-c", "y", "--threshold", "2"], "--threshold"),
+        (["-p", "x", "-c", "y", "--concurrency", "0"], "--concurrency"),
+        (["-p", "x", "-c", "y", "--budget", "lots"], "--budget"),
+        (["--file", "missing.yaml"], "missing.yaml"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, flags, message):
+    result = run_cli(*flags, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_cyclic_task_list_in_a_project_file_is_rejected_naming_the_tasks(tmp_path):
+    project = tmp_path / "cyclic.yaml"
+    project.write_text(
+        "project: p\ncriteria: c\ntasks:\n"
+        "  - {id: a, type: summarization, prompt: x, dependencies: [b]}\n"
+        "  - {id: b, type: summarization, prompt: y, dependencies: [a]}\n"
+    )
+
+    result = run_cli("--file", str(project), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "cycle" in result.stderr and "a" in result.stderr and "b" in result.stderr
