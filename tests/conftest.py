@@ -96,21 +96,10 @@ def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m orchestrator ARGS`` with no key of the developer's, plus ``env``."""
-    clean = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in KEY_VARIABLES
-        and not name.endswith("_API_KEY")
-        and not name.startswith("ORCHESTRATOR_")
-    }
-    # Run the working tree's package whatever is installed in the environment.
-    clean["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PROJECT_ROOT), clean.get("PYTHONPATH")) if p
-    )
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd,
-        env={**clean, **(env or {})},
+        env={**clean_environment(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -124,3 +113,19 @@ def write_file(path: Path, text: str | bytes) -> Path:
     else:
         path.write_text(textwrap.dedent(text), encoding="utf-8")
     return path
+
+
+def clean_environment() -> dict[str, str]:
+    """The process environment without any key or setting of the developer's."""
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in KEY_VARIABLES
+        and not name.endswith("_API_KEY")
+        and not name.startswith("ORCHESTRATOR_")
+    }
+    # Run the working tree's package whatever is installed in the environment.
+    clean["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), clean.get("PYTHONPATH")) if p
+    )
+    return clean

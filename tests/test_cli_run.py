@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import fake_env, run_cli
+from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli
 from scripted_llm import ScriptedLLM, TaskScript
 
 PROJECT = "[project] Build an add library"
@@ -21,6 +25,13 @@ def llm(fake):
 
 def cli_env(fake, tmp_path, **extra):
     return {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home"), **extra}
+
+
+def wait_for_requests(fake, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while fake.count() < count:
+        assert time.monotonic() < deadline, "the run never called the provider"
+        time.sleep(0.05)
 
 
 def test_a_run_from_the_command_line_succeeds_and_writes_its_outputs(fake, llm, tmp_path):
@@ -149,3 +160,46 @@ def test_a_cyclic_task_list_in_a_project_file_is_rejected_naming_the_tasks(tmp_p
 
     assert result.returncode == 2
     assert "cycle" in result.stderr and "a" in result.stderr and "b" in result.stderr
+
+
+def test_the_design_documents_python_example_runs_as_written(fake, llm, tmp_path):
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "Orchestrator(budget=budget)" in example
+    script = tmp_path / "example.py"
+    script.write_text(example)
+
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**clean_environment(), **cli_env(fake, tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "SUCCESS"
+    assert lines[1].startswith("$")
+    assert any(line.startswith("core: score=0.900 model=kimi-k2.6") for line in lines)
+
+
+def test_ctrl_c_stops_a_run_cleanly(fake, llm, tmp_path):
+    llm.delay = 5
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "-p", PROJECT, "-c", CRITERIA],
+        cwd=tmp_path,
+        env={**clean_environment(), **cli_env(fake, tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_requests(fake, 1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=10)
+
+    assert process.returncode == 130
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
