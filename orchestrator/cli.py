@@ -5,25 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from .budget import Budget
 from .catalog import Catalog
 from .client import UnifiedClient
-from .engine import Orchestrator
+from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .models import ProjectState, ProjectStatus
 from .output_writer import write_outputs
 from .progress import ProgressPrinter, results_table
 from .project_file import ProjectSpec, load_project_file
 from .settings import CATALOG_ENV, load_environment
+from .state import StateManager
 
 EXIT_SUCCESS = 0
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[ProjectStatus, int] = {
+    ProjectStatus.INTERRUPTED: EXIT_INTERRUPTED,
+    ProjectStatus.RUNNING: EXIT_INTERRUPTED,
     ProjectStatus.SUCCESS: 0,
     ProjectStatus.PARTIAL_SUCCESS: 3,
     ProjectStatus.BUDGET_EXHAUSTED: 4,
@@ -33,7 +39,8 @@ EXIT_CODES: dict[ProjectStatus, int] = {
 
 EPILOG = """\
 exit codes: 0 SUCCESS, 2 bad input, 3 PARTIAL_SUCCESS, 4 BUDGET_EXHAUSTED, 5 TIMEOUT,
-6 SYSTEM_FAILURE, 130 interrupted (Ctrl-C)"""
+6 SYSTEM_FAILURE, 130 interrupted (Ctrl-C or SIGTERM: the run is saved; continue it
+with --resume ID)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,15 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--project", help="project description (required for a new run)")
     run.add_argument("-c", "--criteria", help="acceptance criteria (required for a new run)")
     run.add_argument("-f", "--file", metavar="PATH", help="load the project from a YAML file")
-    run.add_argument("-b", "--budget", type=float, help="spend ceiling in USD (default 8.0)")
-    run.add_argument("-t", "--time", type=float, help="wall-clock limit in seconds (default 5400)")
     run.add_argument("--project-id", help="explicit project id (default: generated)")
-    run.add_argument("--concurrency", type=int, help="max LLM calls in flight (default 3)")
-    run.add_argument(
+    limits = parser.add_argument_group("limits and settings (for a resume: overrides)")
+    limits.add_argument("-b", "--budget", type=float, help="spend ceiling in USD (default 8.0)")
+    limits.add_argument(
+        "-t", "--time", type=float, help="wall-clock limit in seconds (default 5400)"
+    )
+    limits.add_argument("--concurrency", type=int, help="max LLM calls in flight (default 3)")
+    limits.add_argument(
         "--threshold", type=float, help="quality score a task must reach, 0-1 (default 0.85)"
     )
-    run.add_argument("-o", "--output-dir", metavar="DIR", help="write task outputs to DIR")
-    run.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    limits.add_argument("-o", "--output-dir", metavar="DIR", help="write task outputs to DIR")
+    limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    saved = parser.add_argument_group("saved projects")
+    saved.add_argument("--resume", metavar="ID", help="continue an interrupted project")
+    saved.add_argument(
+        "--list-projects", action="store_true", help="print saved projects, newest first"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="enable DEBUG logging")
     parser.add_argument(
         "--list-models",
@@ -83,20 +98,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    project_id: str | None = None
     try:
         if args.list_models:
             env = load_environment()
             catalog = Catalog.load(args.catalog, env=env)
             sys.stdout.write(format_catalog(catalog, env))
             return EXIT_SUCCESS
+        if args.list_projects:
+            return asyncio.run(_list_projects())
+        _check_limits(args)
+        if args.resume:
+            project_id = args.resume
+            return asyncio.run(_resume(args))
         spec = _project_spec(args)
+        spec.project_id = project_id = spec.project_id or new_project_id()
         return asyncio.run(_run(spec, args))
     except OrchestratorError as exc:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("orchestrator: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        hint = f"; resume with: python -m orchestrator --resume {project_id}" if project_id else ""
+        print(f"orchestrator: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    if args.budget is not None and args.budget <= 0:
+        raise _usage("--budget must be greater than 0")
+    if args.time is not None and args.time <= 0:
+        raise _usage("--time must be greater than 0")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise _usage("--concurrency must be at least 1")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise _usage("--threshold must be between 0 and 1")
+    if args.output_dir is not None and Path(args.output_dir).is_file():
+        raise _usage(f"--output-dir {args.output_dir} is a file")
 
 
 def _project_spec(args: argparse.Namespace) -> ProjectSpec:
@@ -105,10 +142,8 @@ def _project_spec(args: argparse.Namespace) -> ProjectSpec:
     criteria = args.criteria or (spec.criteria if spec else None)
     if not description or not criteria:
         raise _usage("a new run needs --project and --criteria, or --file")
-    merged = ProjectSpec(description=description, criteria=criteria)
-    if spec is not None:
-        merged = spec
-        merged.description, merged.criteria = description, criteria
+    merged = spec or ProjectSpec(description=description, criteria=criteria)
+    merged.description, merged.criteria = description, criteria
     # Flags given on the command line win over the project file.
     for name, value in (
         ("budget", args.budget),
@@ -120,16 +155,6 @@ def _project_spec(args: argparse.Namespace) -> ProjectSpec:
     ):
         if value is not None:
             setattr(merged, name, value)
-    if merged.budget is not None and merged.budget <= 0:
-        raise _usage("--budget must be greater than 0")
-    if merged.time is not None and merged.time <= 0:
-        raise _usage("--time must be greater than 0")
-    if merged.concurrency is not None and merged.concurrency < 1:
-        raise _usage("--concurrency must be at least 1")
-    if merged.quality_threshold is not None and not 0 <= merged.quality_threshold <= 1:
-        raise _usage("--threshold must be between 0 and 1")
-    if merged.output_dir is not None and Path(merged.output_dir).is_file():
-        raise _usage(f"--output-dir {merged.output_dir} is a file")
     return merged
 
 
@@ -139,30 +164,112 @@ def _usage(message: str) -> OrchestratorError:
 
 async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
     budget = Budget(
-        max_usd=spec.budget if spec.budget is not None else 8.0,
-        max_time_seconds=spec.time if spec.time is not None else 5400.0,
+        max_usd=_or(spec.budget, 8.0),
+        max_time_seconds=_or(spec.time, 5400.0),
     )
     concurrency = spec.concurrency or 3
-    async with UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client:
+    settings = {"output_dir": spec.output_dir, "use_cache": not args.no_cache}
+    async with (
+        _guarded(),
+        StateManager() as store,
+        UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client,
+    ):
         client.require_providers()
         orchestrator = Orchestrator(
             budget=budget,
+            state_manager=store,
             max_concurrency=concurrency,
             client=client,
             use_cache=not args.no_cache,
-            quality_threshold=spec.quality_threshold
-            if spec.quality_threshold is not None
-            else 0.85,
+            quality_threshold=_or(spec.quality_threshold, 0.85),
             on_event=ProgressPrinter(budget),
+            extra_settings=settings,
         )
         state = await orchestrator.run_project(
             spec.description, spec.criteria, spec.project_id, tasks=spec.tasks
         )
+    return await _report(state, spec.output_dir)
+
+
+async def _resume(args: argparse.Namespace) -> int:
+    async with _guarded(), StateManager() as store:
+        saved = await store.load(args.resume)
+        settings = saved.settings
+        concurrency = args.concurrency or int(settings.get("concurrency", 3))
+        output_dir = args.output_dir or settings.get("output_dir")
+        use_cache = settings.get("use_cache", True) and not args.no_cache
+        async with UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client:
+            if saved.status not in FINISHED:
+                client.require_providers()
+            printer = ProgressPrinter()
+            orchestrator = Orchestrator(
+                state_manager=store,
+                max_concurrency=concurrency,
+                client=client,
+                use_cache=use_cache,
+                on_event=printer,
+                extra_settings={"output_dir": output_dir, "use_cache": use_cache},
+            )
+            if saved.status in FINISHED:
+                print(
+                    f"project {saved.project_id} already finished with status "
+                    f"{saved.status.value}; nothing to do",
+                    file=sys.stderr,
+                )
+            state = await orchestrator.resume(
+                args.resume,
+                max_usd=args.budget,
+                max_time_seconds=args.time,
+                quality_threshold=args.threshold,
+            )
+    return await _report(state, output_dir)
+
+
+async def _report(state: ProjectState, output_dir: str | None) -> int:
     sys.stdout.write(results_table(state))
-    if spec.output_dir:
-        written = await asyncio.to_thread(write_outputs, state, spec.output_dir)
-        print(f"wrote {len(written)} files to {spec.output_dir}", file=sys.stderr)
+    if output_dir:
+        written = await asyncio.to_thread(write_outputs, state, output_dir)
+        print(f"wrote {len(written)} files to {output_dir}", file=sys.stderr)
     return exit_code(state)
+
+
+async def _list_projects() -> int:
+    async with StateManager() as store:
+        projects = await store.list_projects()
+    if not projects:
+        print("no saved projects", file=sys.stderr)
+        return EXIT_SUCCESS
+    rows = [("id", "status", "spent / budget", "tasks", "updated")]
+    for p in projects:
+        rows.append(
+            (
+                p.project_id,
+                p.status,
+                f"${p.spent_usd:.4f} / ${p.max_usd:.2f}",
+                f"{p.tasks_done}/{p.tasks_total}",
+                datetime.fromtimestamp(p.updated_at).strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return EXIT_SUCCESS
+
+
+@asynccontextmanager
+async def _guarded() -> AsyncIterator[None]:
+    """SIGTERM stops a run the way Ctrl-C does: cancelled, checkpointed, resumable."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)  # type: ignore[union-attr]
+    except (NotImplementedError, RuntimeError):
+        yield  # not on this platform or thread
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _or(value: float | None, default: float) -> float:

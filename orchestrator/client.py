@@ -56,6 +56,7 @@ class Completion:
     usage_estimated: bool = False
     reported_model: str | None = None
     from_cache: bool = False
+    replayed: bool = False  # answered from the project's journal: paid before, not again
 
 
 class SpendGuard(Protocol):

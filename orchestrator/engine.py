@@ -1,60 +1,82 @@
-"""``Orchestrator``: decompose → schedule → run each task's loop, under a hard budget and clock."""
+"""``Orchestrator``: decompose → schedule → run each task's loop, under a hard budget and clock.
+
+Every project is recorded when it starts, every paid call is journaled before its answer is
+used, and every finished task is checkpointed, so an interrupted run resumes by id and pays for
+nothing twice.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
 
 from .budget import Budget, BudgetExceeded
 from .cache import DiskCache
+from .catalog import Model
 from .client import UnifiedClient
-from .errors import NoProvidersError, ProviderError
+from .errors import ConfigError, NoProvidersError, ProviderError, UnknownModelError
 from .events import Event, EventSink, ignore
-from .gateway import LLMGateway
+from .gateway import Journal, LLMGateway
 from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
+from .state import SavedProject, StateManager
 from .task_runner import TaskContext, TaskRunner
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
 from .validators import KNOWN_VALIDATORS
 
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
+FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
 
 class DecompositionFailed(Exception):
     pass
 
 
-class Orchestrator:
-    """Runs projects: ``await Orchestrator(budget=Budget(8.0)).run_project(description, criteria)``.
+@dataclass
+class _Session:
+    client: UnifiedClient
+    cache: DiskCache | None
+    store: StateManager | None
 
-    ``cache`` defaults to a ``DiskCache`` in ``$ORCHESTRATOR_HOME`` (``use_cache=False`` turns it
-    off); ``client`` defaults to a ``UnifiedClient`` over the keys in the environment.
+
+class Orchestrator:
+    """Runs and resumes projects: ``await Orchestrator(budget=Budget(8.0)).run_project(...)``.
+
+    ``cache`` defaults to a ``DiskCache`` and ``state_manager`` to a ``StateManager``, both in
+    ``$ORCHESTRATOR_HOME`` (``use_cache=False`` / ``use_state=False`` turn them off);
+    ``client`` defaults to a ``UnifiedClient`` over the keys in the environment. What the
+    orchestrator creates it also closes; what it is given stays open.
     """
 
     def __init__(
         self,
         budget: Budget | None = None,
         cache: DiskCache | None = None,
-        state_manager: object | None = None,
+        state_manager: StateManager | None = None,
         max_concurrency: int = 3,
         *,
         client: UnifiedClient | None = None,
         use_cache: bool = True,
+        use_state: bool = True,
         quality_threshold: float = 0.85,
         on_event: EventSink | None = None,
         validator_timeout: float = 60.0,
         min_tasks: int = 5,
         max_tasks: int = 15,
+        extra_settings: Mapping[str, Any] | None = None,
     ) -> None:
-        if not 0.0 <= quality_threshold <= 1.0:
-            raise ValueError("quality_threshold must be between 0 and 1")
+        _check_threshold(quality_threshold)
         self.budget = budget or Budget()
         self._cache = cache
         self._use_cache = use_cache
         self.state_manager = state_manager
+        self._use_state = use_state
         self.max_concurrency = max_concurrency
         self._client = client
         self.quality_threshold = quality_threshold
@@ -62,11 +84,10 @@ class Orchestrator:
         self.validator_timeout = validator_timeout
         self.min_tasks = min_tasks
         self.max_tasks = max_tasks
-        self.budget.on_phase_warning.append(self._phase_warning)
+        # Saved with the project (e.g. the CLI's output directory) and returned on resume.
+        self.extra_settings = dict(extra_settings or {})
 
-    def _phase_warning(self, phase: str, ratio: float) -> None:
-        self.emit(Event("budget_warning", data={"phase": phase, "ratio": ratio}))
-
+    # -- public entry points ----------------------------------------------------------------------
     async def run_project(
         self,
         project_description: str,
@@ -76,47 +97,161 @@ class Orchestrator:
         tasks: Mapping[str, Task] | None = None,
         quality_threshold: float | None = None,
     ) -> ProjectState:
-        """Run the whole project and return its final state; failures are statuses, not raises."""
+        """Run a new project and return its final state; failures are statuses, not raises.
+
+        An existing ``project_id`` with the same description continues that project (as
+        ``resume`` does); with a different description it is refused with ``ConfigError``.
+        """
         if tasks is not None:
             # Tasks built in code get the same checks as a project file's: ids, deps, validators.
             tasks = parse_tasks({"tasks": [t.to_dict() for t in tasks.values()]}, origin="tasks")
+        threshold = self.quality_threshold if quality_threshold is None else quality_threshold
+        _check_threshold(threshold)
         state = ProjectState(
             project_id=project_id or new_project_id(),
             project_description=project_description,
             success_criteria=success_criteria,
             budget=self.budget,
-            quality_threshold=(
-                self.quality_threshold if quality_threshold is None else quality_threshold
-            ),
+            quality_threshold=threshold,
         )
-        client = self._client or UnifiedClient(max_concurrency=self.max_concurrency)
-        cache = self._cache if self._cache is not None or not self._use_cache else DiskCache()
-        self.emit(Event("run_started", data={"project_id": state.project_id}))
-        try:
-            await self._run(state, client, cache, tasks)
-        finally:
-            state.api_health = client.api_health()
-            if self._client is None:
-                await client.aclose()
-            if cache is not None and self._cache is None:
-                await cache.aclose()
-        self.emit(Event("run_finished", data={"status": state.status.value}))
+        async with self._session() as session:
+            if session.store is not None:
+                created = await session.store.create_project(
+                    state.project_id,
+                    description=project_description,
+                    criteria=success_criteria,
+                    max_usd=self.budget.max_usd,
+                    max_time_seconds=self.budget.max_time_seconds,
+                    settings=self._settings(threshold),
+                )
+                if not created:
+                    saved = await session.store.load(state.project_id)
+                    if saved.description != project_description:
+                        raise ConfigError(
+                            f"project id {state.project_id!r} already belongs to another project "
+                            f"({_excerpt(saved.description)!r}); choose another id or resume it"
+                        )
+                    return await self._continue(session, saved, None, None, quality_threshold)
+            await self._run(session, state, tasks)
+        return state
+
+    async def resume(
+        self,
+        project_id: str,
+        *,
+        max_usd: float | None = None,
+        max_time_seconds: float | None = None,
+        quality_threshold: float | None = None,
+    ) -> ProjectState:
+        """Continue an interrupted project where it stopped, with its spend and clock carried over.
+
+        Its budget, time limit and settings are kept unless given here. A finished project
+        (SUCCESS, PARTIAL_SUCCESS) is returned as saved and nothing runs. An unknown id raises
+        ``UnknownProjectError``.
+        """
+        if not self._use_state and self.state_manager is None:
+            raise ConfigError("resuming needs a state manager")
+        async with self._session() as session:
+            assert session.store is not None
+            saved = await session.store.load(project_id)
+            return await self._continue(
+                session, saved, max_usd, max_time_seconds, quality_threshold
+            )
+
+    # -- the run -------------------------------------------------------------------------------
+    async def _continue(
+        self,
+        session: _Session,
+        saved: SavedProject,
+        max_usd: float | None,
+        max_time_seconds: float | None,
+        quality_threshold: float | None,
+    ) -> ProjectState:
+        settings = {**saved.settings, **self.extra_settings}
+        if quality_threshold is not None:
+            _check_threshold(quality_threshold)
+            settings["quality_threshold"] = quality_threshold
+        budget = Budget(
+            max_usd=saved.max_usd if max_usd is None else max_usd,
+            max_time_seconds=saved.max_time_seconds
+            if max_time_seconds is None
+            else max_time_seconds,
+            spent_usd=saved.spent_usd,
+            elapsed_before=saved.elapsed_seconds,
+            phase_spent={**Budget().phase_spent, **saved.phase_spent},
+        )
+        state = ProjectState(
+            project_id=saved.project_id,
+            project_description=saved.description,
+            success_criteria=saved.criteria,
+            budget=budget,
+            status=saved.status,
+            reason=saved.reason,
+            quality_threshold=settings.get("quality_threshold", self.quality_threshold),
+        )
+        resolve = _resolver(session.client)
+        if saved.tasks is not None:
+            state.tasks, state.execution_order = saved.tasks, saved.execution_order
+        for task_id, record in saved.results.items():
+            state.results[task_id] = TaskResult.from_record(record, resolve)
+        if saved.status in FINISHED:
+            state.api_health = session.client.api_health()
+            self.emit(Event("already_finished", data={"status": saved.status.value}))
+            return state
+        assert session.store is not None
+        await session.store.update_run(
+            saved.project_id,
+            max_usd=budget.max_usd,
+            max_time_seconds=budget.max_time_seconds,
+            settings=settings,
+        )
+        # Only finished tasks are kept; interrupted ones run again, replaying their journal.
+        state.results = {t: state.results[t] for t in saved.final_tasks if t in state.results}
+        state.status, state.reason = ProjectStatus.RUNNING, ""
+        await self._run(session, state, state.tasks or None)
         return state
 
     async def _run(
+        self, session: _Session, state: ProjectState, tasks: Mapping[str, Task] | None
+    ) -> None:
+        budget = state.budget
+        budget.on_phase_warning.append(self._phase_warning)
+        journal = (
+            Journal(session.store, state.project_id, budget) if session.store is not None else None
+        )
+        gateway = LLMGateway(session.client, budget, session.cache, journal)
+        self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
+        try:
+            await self._plan_and_execute(session, state, gateway, tasks)
+        except asyncio.CancelledError:
+            state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
+            raise
+        finally:
+            budget.on_phase_warning.remove(self._phase_warning)
+            state.api_health = session.client.api_health()
+            if session.store is not None:
+                # Shielded: the final status must be written even while being cancelled.
+                await asyncio.shield(
+                    session.store.finish(
+                        state.project_id, state.status, state.reason, budget.elapsed_seconds
+                    )
+                )
+        self.emit(Event("run_finished", data={"status": state.status.value}))
+
+    async def _plan_and_execute(
         self,
+        session: _Session,
         state: ProjectState,
-        client: UnifiedClient,
-        cache: DiskCache | None,
+        gateway: LLMGateway,
         tasks: Mapping[str, Task] | None,
     ) -> None:
+        client = session.client
         try:
             client.require_providers()
         except NoProvidersError as exc:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
         router = Router(client.catalog, tuple(client.available_models()), client.is_healthy)
-        gateway = LLMGateway(client, state.budget, cache)
         ctx = TaskContext(
             gateway=gateway,
             router=router,
@@ -133,8 +268,19 @@ class Orchestrator:
                     tasks = await self._decompose(state, gateway, router)
                 state.tasks = dict(tasks)
                 state.execution_order = execution_order(state.tasks)
-                self.emit(Event("decomposed", data={"tasks": len(state.tasks)}))
-                await self._execute(state, ctx)
+                if session.store is not None:
+                    await session.store.save_plan(
+                        state.project_id,
+                        state.tasks,
+                        state.execution_order,
+                        state.budget.elapsed_seconds,
+                    )
+                self.emit(
+                    Event(
+                        "decomposed", data={"tasks": len(state.tasks), "done": len(state.results)}
+                    )
+                )
+                await self._execute(session, state, ctx)
         except TimeoutError:
             timed_out = True
         except DecompositionFailed as exc:
@@ -143,7 +289,7 @@ class Orchestrator:
         except BudgetExceeded as exc:
             state.status, state.reason = ProjectStatus.BUDGET_EXHAUSTED, str(exc)
             return
-        self._close_unfinished(state, "time limit reached" if timed_out else "not started")
+        await self._close_unfinished(session, state, timed_out)
         state.status = _final_status(state, timed_out, ctx.budget_exhausted)
 
     async def _decompose(
@@ -185,9 +331,11 @@ class Orchestrator:
         detail = problems[-1] if problems else "no model available"
         raise DecompositionFailed(f"decomposition failed: {detail}")
 
-    async def _execute(self, state: ProjectState, ctx: TaskContext) -> None:
+    async def _execute(self, session: _Session, state: ProjectState, ctx: TaskContext) -> None:
         """Start every task as soon as its own dependencies are done."""
         finished = {task_id: asyncio.Event() for task_id in state.execution_order}
+        for task_id in state.results:
+            finished[task_id].set()  # checkpointed by an earlier run of this project
 
         async def run_one(task: Task) -> None:
             try:
@@ -199,39 +347,101 @@ class Orchestrator:
                     if state.results[d].status in (TaskStatus.FAILED, TaskStatus.SKIPPED)
                 ]
                 if blocked:
-                    self._skip(state, task, f"dependency {blocked[0]} did not produce output")
+                    reason = f"dependency {blocked[0]} did not produce output"
+                    await self._skip(session, state, task, reason, final=True)
                 elif ctx.budget_exhausted:
-                    self._skip(state, task, "budget exhausted before it started")
+                    reason = "budget exhausted before it started"
+                    await self._skip(session, state, task, reason, final=False)
                 else:
-                    await self._run_task(state, task, ctx)
+                    await self._run_task(session, state, task, ctx)
             finally:
                 finished[task.id].set()
 
         async with asyncio.TaskGroup() as group:
             for task_id in state.execution_order:
-                group.create_task(run_one(state.tasks[task_id]))
+                if task_id not in state.results:
+                    group.create_task(run_one(state.tasks[task_id]))
 
-    async def _run_task(self, state: ProjectState, task: Task, ctx: TaskContext) -> None:
+    async def _run_task(
+        self, session: _Session, state: ProjectState, task: Task, ctx: TaskContext
+    ) -> None:
         result = TaskResult(task.id)
         state.results[task.id] = result
         self.emit(Event("task_started", task.id))
         dependencies = {d: state.results[d] for d in task.dependencies}
-        await TaskRunner(task, ctx, dependencies, result).run()
+        try:
+            await TaskRunner(task, ctx, dependencies, result).run()
+        finally:
+            # Shielded: a task stopped by Ctrl-C or the clock still leaves its checkpoint.
+            await asyncio.shield(self._checkpoint(session, state, result))
         self.emit(Event("task_finished", task.id, data={"result": result}))
 
-    def _skip(self, state: ProjectState, task: Task, reason: str) -> None:
-        state.results[task.id] = TaskResult(task.id, status=TaskStatus.SKIPPED, reason=reason)
+    async def _skip(
+        self, session: _Session, state: ProjectState, task: Task, reason: str, *, final: bool
+    ) -> None:
+        result = TaskResult(
+            task.id, status=TaskStatus.SKIPPED, reason=reason, interrupted=not final
+        )
+        state.results[task.id] = result
+        await self._checkpoint(session, state, result)
         self.emit(Event("task_skipped", task.id, data={"reason": reason}))
 
-    def _close_unfinished(self, state: ProjectState, reason: str) -> None:
+    async def _checkpoint(self, session: _Session, state: ProjectState, result: TaskResult) -> None:
+        if session.store is not None:
+            await session.store.checkpoint(
+                state.project_id,
+                result.task_id,
+                result.to_record(),
+                final=not result.interrupted,
+                elapsed=state.budget.elapsed_seconds,
+            )
+
+    async def _close_unfinished(
+        self, session: _Session, state: ProjectState, timed_out: bool
+    ) -> None:
+        reason = "time limit reached" if timed_out else "not started"
         for task_id in state.execution_order:
             result = state.results.get(task_id)
             if result is None:
-                state.results[task_id] = TaskResult(
-                    task_id, status=TaskStatus.SKIPPED, reason=reason
+                result = TaskResult(
+                    task_id, status=TaskStatus.SKIPPED, reason=reason, interrupted=True
                 )
+                state.results[task_id] = result
+                await self._checkpoint(session, state, result)
             elif result.reason == "interrupted":
                 result.reason = reason
+                await self._checkpoint(session, state, result)
+
+    # -- resources and settings ---------------------------------------------------------------
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[_Session]:
+        """The client, cache and state store of one call, closing what was created here."""
+        async with AsyncExitStack() as stack:
+            client = self._client
+            if client is None:
+                client = UnifiedClient(max_concurrency=self.max_concurrency)
+                stack.push_async_callback(client.aclose)
+            cache = self._cache
+            if cache is None and self._use_cache:
+                cache = DiskCache()
+                stack.push_async_callback(cache.aclose)
+            store = self.state_manager
+            if store is None and self._use_state:
+                store = StateManager()
+                stack.push_async_callback(store.aclose)
+            yield _Session(client, cache, store)
+
+    def _settings(self, threshold: float) -> dict[str, Any]:
+        return {
+            **self.extra_settings,
+            "quality_threshold": threshold,
+            "concurrency": self.max_concurrency,
+            "min_tasks": self.min_tasks,
+            "max_tasks": self.max_tasks,
+        }
+
+    def _phase_warning(self, phase: str, ratio: float) -> None:
+        self.emit(Event("budget_warning", data={"phase": phase, "ratio": ratio}))
 
 
 def _final_status(state: ProjectState, timed_out: bool, budget_exhausted: bool) -> ProjectStatus:
@@ -240,9 +450,31 @@ def _final_status(state: ProjectState, timed_out: bool, budget_exhausted: bool) 
         return ProjectStatus.SUCCESS
     if timed_out:
         return ProjectStatus.TIMEOUT
-    if budget_exhausted:
+    if budget_exhausted or any(state.results[t].interrupted for t in state.execution_order):
         return ProjectStatus.BUDGET_EXHAUSTED
     return ProjectStatus.PARTIAL_SUCCESS
+
+
+def _resolver(client: UnifiedClient):
+    def resolve(key: str) -> Model | None:
+        with suppress(UnknownModelError):
+            return client.catalog.resolve(key)
+        return None  # the model left the catalog since; the result keeps everything else
+
+    return resolve
+
+
+def _given(value: float | None, saved: float) -> float:
+    return saved if value is None else value
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError("quality threshold must be between 0 and 1")
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def new_project_id() -> str:

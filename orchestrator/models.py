@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,6 +40,7 @@ class TaskStatus(StrEnum):
 
 class ProjectStatus(StrEnum):
     RUNNING = "RUNNING"
+    INTERRUPTED = "INTERRUPTED"  # stopped by Ctrl-C; resumable
     SUCCESS = "SUCCESS"
     PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
@@ -106,6 +108,37 @@ class TaskResult:
     validator_results: list[ValidatorResult] = field(default_factory=list)
     score_history: list[float] = field(default_factory=list)
     reason: str = ""  # why it stopped, failed or was skipped, in one line
+    # Stopped by the run (budget, time, Ctrl-C) rather than finished: a resume runs it again.
+    interrupted: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to restore this result, models by their catalog key."""
+        record = self.to_dict()
+        record["model_used"] = self.model_used.key if self.model_used else None
+        record["reviewer_model"] = self.reviewer_model.key if self.reviewer_model else None
+        record["interrupted"] = self.interrupted
+        return record
+
+    @classmethod
+    def from_record(
+        cls, record: dict[str, Any], resolve: Callable[[str], Model | None]
+    ) -> TaskResult:
+        return cls(
+            task_id=record["task_id"],
+            output=record["output"],
+            score=record["score"],
+            status=TaskStatus(record["status"]),
+            model_used=resolve(record["model_used"]) if record["model_used"] else None,
+            reviewer_model=resolve(record["reviewer_model"]) if record["reviewer_model"] else None,
+            iterations=record["iterations"],
+            cost_usd=record["cost_usd"],
+            deterministic_check_passed=record["deterministic_check_passed"],
+            degraded_fallback_count=record["degraded_fallback_count"],
+            validator_results=[ValidatorResult(**v) for v in record["validator_results"]],
+            score_history=list(record["score_history"]),
+            reason=record["reason"],
+            interrupted=record.get("interrupted", False),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

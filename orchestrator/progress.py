@@ -16,7 +16,7 @@ class ProgressPrinter:
     On a terminal the running-calls line is redrawn in place; elsewhere every event is a line.
     """
 
-    def __init__(self, budget: Budget, stream: TextIO | None = None) -> None:
+    def __init__(self, budget: Budget | None = None, stream: TextIO | None = None) -> None:
         self.budget = budget
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
@@ -27,9 +27,13 @@ class ProgressPrinter:
 
     def __call__(self, event: Event) -> None:
         kind = event.kind
-        if kind == "decomposed":
+        if kind == "run_started":
+            self.budget = event.data["budget"]  # a resumed run brings its own, spend carried over
+        elif kind == "decomposed":
             self.total = event.data["tasks"]
-            self._line(f"plan: {self.total} tasks")
+            self.done = event.data.get("done", 0)
+            resumed = f", {self.done} already done" if self.done else ""
+            self._line(f"plan: {self.total} tasks{resumed}")
         elif kind == "call_started":
             who = event.task_id or "plan"
             self.running[who] = f"{who}:{event.role}@{event.model}"
@@ -49,7 +53,8 @@ class ProgressPrinter:
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
 
     def _prefix(self) -> str:
-        spent = f"${self.budget.spent_usd:.4f}/${self.budget.max_usd:.2f}"
+        budget = self.budget or Budget()
+        spent = f"${budget.spent_usd:.4f}/${budget.max_usd:.2f}"
         return f"[{self.done}/{self.total or '?'} | {spent}]"
 
     def _line(self, text: str) -> None:

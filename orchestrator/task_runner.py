@@ -89,10 +89,12 @@ class TaskRunner:
             await self._improve(task_text, draft.text, author, max_tokens)
         except BudgetExceeded:
             self.ctx.budget_exhausted = True
+            result.interrupted = True
             return self._finish("budget exhausted")
         except ChainExhausted as exc:
             return self._finish(str(exc))
         except asyncio.CancelledError:
+            result.interrupted = True
             self._finish("interrupted")
             raise
         return self._finish(result.reason or "")
@@ -274,6 +276,7 @@ class TaskRunner:
                     max_tokens=max_tokens,
                     phase=phase,
                     slot=slot,
+                    task_id=self.task.id,
                     schema=schema,
                 )
             except ProviderError as exc:

@@ -1,0 +1,244 @@
+"""One SQLite file of ours, opened safely: WAL, busy_timeout, and never a foreign file touched.
+
+The cache and the state database both sit on this. Each statement runs to completion in one job
+on aiosqlite's thread; explicit transactions take a lock so that no other coroutine's statement
+can slip in between their statements on the shared connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .errors import OrchestratorError
+
+BUSY_TIMEOUT_MS = 5000
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+class SQLiteStore:
+    """A lazily opened aiosqlite connection to a file marked with ``format_tag``.
+
+    ``kind`` names the file in errors ("cache", "state"); ``error`` is the exception class
+    raised, always with a one-line message naming the file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kind: str,
+        format_tag: str,
+        schema: Sequence[str],
+        error: type[OrchestratorError],
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self.format_tag = format_tag
+        self.schema = tuple(schema)
+        self.error = error
+        self._db: aiosqlite.Connection | None = None
+        self._open_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+
+    async def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement, committed on its own, rows read."""
+        db = await self.connection()
+        with self.translated_errors():
+            async with self._write_lock:
+                return await _run(db, sql, args)
+
+    async def transaction(self, statements: Sequence[Statement]) -> None:
+        """Several statements that commit together or not at all."""
+        db = await self.connection()
+        with self.translated_errors():
+            async with self._write_lock:
+                await _run(db, "BEGIN IMMEDIATE")
+                try:
+                    for sql, args in statements:
+                        await _run(db, sql, args)
+                    await _run(db, "COMMIT")
+                except BaseException:
+                    with suppress(sqlite3.Error, ValueError):
+                        await asyncio.shield(_run(db, "ROLLBACK"))
+                    raise
+
+    async def aclose(self) -> None:
+        """Close the connection and end its thread. Safe to call more than once."""
+        self._closed = True
+        # Waits out an open in progress, which would otherwise leave a connection behind.
+        async with self._open_lock:
+            db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            finally:
+                await _thread_gone(db)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def connection(self) -> aiosqlite.Connection:
+        if self._closed:
+            raise self.error(f"{self.kind} is closed")
+        if self._db is not None:
+            return self._db
+        async with self._open_lock:
+            if self._closed:
+                raise self.error(f"{self.kind} is closed")
+            if self._db is None:
+                self._db = await self._open()
+            return self._db
+
+    async def _open(self) -> aiosqlite.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self.error(
+                f"cannot create the directory for {self.kind} file {self.path}: {exc}"
+            ) from exc
+        # Autocommit: each statement commits alone, and transactions are only ever explicit.
+        db = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await db
+        except sqlite3.Error as exc:
+            await _thread_gone(db)
+            raise self.error(f"cannot open {self.kind} file {self.path}: {exc}") from exc
+        try:
+            await self._prepare(db)
+        except BaseException:
+            # The reason the file was refused matters more than a failure to close it.
+            with suppress(Exception):
+                await db.close()
+            await _thread_gone(db)
+            raise
+        return db
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        """Check the file is ours (or empty) before anything writes to it, then set it up."""
+        try:
+            await _run(db, f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # Read-only inspection first: switching to WAL rewrites the header of any SQLite
+            # file, so it must wait until we know the file is empty or already ours.
+            if await self._inspect(db) == "empty":
+                await self._create_schema(db)
+            await self._enable_wal(db)
+            await _run(db, "PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def _enable_wal(self, db: aiosqlite.Connection) -> None:
+        # Two connections switching a new file to WAL at once both hold a read lock while
+        # asking for the write lock; SQLite refuses one at once instead of calling the busy
+        # handler (it would deadlock), so that wait has to happen here.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                await _run(db, "PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = (getattr(exc, "sqlite_errorname", "") or "").startswith("SQLITE_BUSY")
+                if not busy or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.005)
+
+    async def _create_schema(self, db: aiosqlite.Connection) -> None:
+        await _run(db, "BEGIN IMMEDIATE")
+        try:
+            # Another process may have initialised (or claimed) the file since the first look.
+            if await self._inspect(db) == "empty":
+                await _run(db, "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                for statement in self.schema:
+                    await _run(db, statement)
+                await _run(
+                    db,
+                    "INSERT INTO meta (key, value) VALUES ('format', ?)",
+                    (self.format_tag,),
+                )
+            await _run(db, "COMMIT")
+        except sqlite3.Error:
+            # Best effort: on failure _open closes the connection, which rolls back anyway.
+            with suppress(sqlite3.Error):
+                await _run(db, "ROLLBACK")
+            raise
+
+    async def _inspect(self, db: aiosqlite.Connection) -> str:
+        """``"empty"`` or ``"ours"``; anything else raises without writing to the file."""
+        names = {row[0] for row in await _run(db, "SELECT name FROM sqlite_master")}
+        if not names:
+            return "empty"
+        found: str | None = None
+        if "meta" in names:
+            try:
+                rows = await _run(db, "SELECT value FROM meta WHERE key = 'format'")
+            except sqlite3.OperationalError:
+                rows = []  # a table called meta with other columns: someone else's
+            found = str(rows[0][0]) if rows else None
+        if found == self.format_tag:
+            return "ours"
+        what = f"format {found!r}" if found is not None else "no orchestrator format marker"
+        raise self.error(
+            f"{self.kind} file {self.path} is a SQLite database of another kind ({what}); "
+            "move it away or pass another path"
+        )
+
+    def _translate(self, exc: sqlite3.Error) -> OrchestratorError:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return self.error(
+                f"{self.kind} file {self.path} is not a valid {self.kind} database: {exc}; "
+                "move it away or pass another path"
+            )
+        return self.error(f"{self.kind} file {self.path}: {exc}")
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """One-line errors for anything a database operation raises."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        except ValueError as exc:
+            # aiosqlite reports use after close as ValueError: aclose() ran while we awaited.
+            if self._closed:
+                raise self.error(f"{self.kind} is closed") from exc
+            raise
+
+
+async def _run(
+    db: aiosqlite.Connection, sql: str, args: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
+    """Run one statement to completion, rows read, in a single job on the connection's thread.
+
+    Coroutines share the connection, so a statement left half-read across an await (as with
+    ``execute`` then ``fetchone``) would hold a read transaction open while another coroutine
+    writes; SQLite fails such a write with "database is locked" at once, ignoring
+    busy_timeout, whenever another connection is writing or has written meanwhile.
+    """
+    return list(await db.execute_fetchall(sql, args))
+
+
+async def _thread_gone(db: aiosqlite.Connection) -> None:
+    """Wait until aiosqlite's worker thread has really exited.
+
+    aiosqlite resolves the close future just before its thread leaves its loop, so right
+    after ``close()`` the thread can still be alive for a moment; callers (and tests counting
+    threads) must not see it. ``_thread`` is private, hence the tolerant lookup.
+    """
+    thread = getattr(db, "_thread", None)
+    if thread is None or thread.ident is None:
+        return
+    for _ in range(1000):
+        if not thread.is_alive():
+            return
+        await asyncio.sleep(0.001)

@@ -1,0 +1,339 @@
+"""``StateManager``: projects, task checkpoints and the journal of paid calls, in SQLite (WAL).
+
+What is stored is what changed: the project row once (then its status and clock), one row per
+finished task, and one row per paid call. A journaled call's answer is kept only while its task
+may still be resumed; its cost stays forever, so the spend of a project is always the sum of
+what it really paid, even after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, OrchestratorError
+from .models import ProjectStatus, Task, TaskType
+from .settings import home_dir
+from .sqlite_store import SQLiteStore
+
+STATE_FORMAT = "orchestrator-state-1"
+
+_SCHEMA = (
+    "CREATE TABLE projects ("
+    " id TEXT PRIMARY KEY, description TEXT NOT NULL, criteria TEXT NOT NULL,"
+    " max_usd REAL NOT NULL, max_time_seconds REAL NOT NULL, settings TEXT NOT NULL,"
+    " plan TEXT, task_count INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL,"
+    " reason TEXT NOT NULL DEFAULT '', elapsed_seconds REAL NOT NULL DEFAULT 0,"
+    " created_at REAL NOT NULL, updated_at REAL NOT NULL)",
+    "CREATE TABLE results ("
+    " project_id TEXT NOT NULL, task_id TEXT NOT NULL, final INTEGER NOT NULL,"
+    " record BLOB NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (project_id, task_id))",
+    "CREATE TABLE journal ("
+    " project_id TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
+    " cost_usd REAL NOT NULL, elapsed_seconds REAL NOT NULL, entry BLOB,"
+    " created_at REAL NOT NULL, PRIMARY KEY (project_id, key))",
+    "CREATE INDEX journal_task ON journal (project_id, task_id)",
+)
+
+
+class StateError(OrchestratorError):
+    """The state file cannot be used (corrupt, foreign, unreachable) or is closed."""
+
+
+class UnknownProjectError(ConfigError):
+    def __init__(self, project_id: str) -> None:
+        super().__init__(
+            f"unknown project id {project_id!r}: run 'python -m orchestrator --list-projects' "
+            "to see the known ones"
+        )
+
+
+@dataclass
+class SavedProject:
+    project_id: str
+    description: str
+    criteria: str
+    max_usd: float
+    max_time_seconds: float
+    settings: dict[str, Any]
+    status: ProjectStatus
+    reason: str
+    tasks: dict[str, Task] | None
+    execution_order: list[str]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final_tasks: set[str] = field(default_factory=set)
+    spent_usd: float = 0.0
+    phase_spent: dict[str, float] = field(default_factory=dict)
+    elapsed_seconds: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    project_id: str
+    status: str
+    spent_usd: float
+    max_usd: float
+    tasks_done: int
+    tasks_total: int
+    updated_at: float
+
+
+class StateManager:
+    """Durable project state in ``$ORCHESTRATOR_HOME/state.db`` (or ``path``).
+
+    Every write is one statement or one short transaction, so many runs and many tasks can
+    share the file; no lock is held while anything else is awaited.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else home_dir() / "state.db"
+        self._store = SQLiteStore(
+            self.path, kind="state", format_tag=STATE_FORMAT, schema=_SCHEMA, error=StateError
+        )
+
+    async def __aenter__(self) -> StateManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
+
+    # -- projects -------------------------------------------------------------------------------
+    async def create_project(
+        self,
+        project_id: str,
+        *,
+        description: str,
+        criteria: str,
+        max_usd: float,
+        max_time_seconds: float,
+        settings: dict[str, Any],
+    ) -> bool:
+        """Record a new project as RUNNING; False when the id is already taken."""
+        now = time.time()
+        rows = await self._store.run(
+            "INSERT INTO projects (id, description, criteria, max_usd, max_time_seconds,"
+            " settings, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
+            (
+                project_id,
+                description,
+                criteria,
+                max_usd,
+                max_time_seconds,
+                json.dumps(settings),
+                ProjectStatus.RUNNING.value,
+                now,
+                now,
+            ),
+        )
+        return bool(rows)
+
+    async def update_run(
+        self,
+        project_id: str,
+        *,
+        max_usd: float,
+        max_time_seconds: float,
+        settings: dict[str, Any],
+    ) -> None:
+        """A resumed run's limits and settings, and its status back to RUNNING."""
+        await self._store.run(
+            "UPDATE projects SET max_usd = ?, max_time_seconds = ?, settings = ?, status = ?,"
+            " reason = '', updated_at = ? WHERE id = ?",
+            (
+                max_usd,
+                max_time_seconds,
+                json.dumps(settings),
+                ProjectStatus.RUNNING.value,
+                time.time(),
+                project_id,
+            ),
+        )
+
+    async def save_plan(
+        self, project_id: str, tasks: dict[str, Task], order: list[str], elapsed: float
+    ) -> None:
+        plan = json.dumps({"tasks": [t.to_dict() for t in tasks.values()], "order": order})
+        await self._store.transaction(
+            [
+                (
+                    "UPDATE projects SET plan = ?, task_count = ?, elapsed_seconds = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (plan, len(tasks), elapsed, time.time(), project_id),
+                ),
+                # The plan is stored: the decomposition answer is no longer needed to resume.
+                (
+                    "UPDATE journal SET entry = NULL WHERE project_id = ? AND task_id = ''",
+                    (project_id,),
+                ),
+            ]
+        )
+
+    async def checkpoint(
+        self, project_id: str, task_id: str, record: dict[str, Any], final: bool, elapsed: float
+    ) -> None:
+        """A task's result and the run's clock, in one transaction."""
+        now = time.time()
+        statements = [
+            (
+                "INSERT INTO results (project_id, task_id, final, record, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (project_id, task_id) DO UPDATE SET"
+                " final = excluded.final, record = excluded.record,"
+                " updated_at = excluded.updated_at",
+                (project_id, task_id, int(final), _pack(record), now),
+            ),
+            (
+                "UPDATE projects SET elapsed_seconds = MAX(elapsed_seconds, ?), updated_at = ?"
+                " WHERE id = ?",
+                (elapsed, now, project_id),
+            ),
+        ]
+        if final:
+            # A finished task is never re-run, so its answers need not be kept for replay.
+            statements.append(
+                (
+                    "UPDATE journal SET entry = NULL WHERE project_id = ? AND task_id = ?",
+                    (project_id, task_id),
+                )
+            )
+        await self._store.transaction(statements)
+
+    async def finish(
+        self, project_id: str, status: ProjectStatus, reason: str, elapsed: float
+    ) -> None:
+        await self._store.run(
+            "UPDATE projects SET status = ?, reason = ?, elapsed_seconds = MAX(elapsed_seconds, ?),"
+            " updated_at = ? WHERE id = ?",
+            (status.value, reason, elapsed, time.time(), project_id),
+        )
+
+    async def load(self, project_id: str) -> SavedProject:
+        rows = await self._store.run(
+            "SELECT description, criteria, max_usd, max_time_seconds, settings, status, reason,"
+            " plan, elapsed_seconds, updated_at FROM projects WHERE id = ?",
+            (project_id,),
+        )
+        if not rows:
+            raise UnknownProjectError(project_id)
+        (description, criteria, max_usd, max_time, settings, status, reason, plan, elapsed, upd) = (
+            rows[0]
+        )
+        tasks, order = _plan(plan)
+        project = SavedProject(
+            project_id=project_id,
+            description=description,
+            criteria=criteria,
+            max_usd=max_usd,
+            max_time_seconds=max_time,
+            settings=json.loads(settings),
+            status=ProjectStatus(status),
+            reason=reason,
+            tasks=tasks,
+            execution_order=order,
+            elapsed_seconds=elapsed,
+            updated_at=upd,
+        )
+        for task_id, final, record in await self._store.run(
+            "SELECT task_id, final, record FROM results WHERE project_id = ?", (project_id,)
+        ):
+            project.results[task_id] = _unpack(record)
+            if final:
+                project.final_tasks.add(task_id)
+        for phase, cost, latest in await self._store.run(
+            "SELECT phase, SUM(cost_usd), MAX(elapsed_seconds) FROM journal"
+            " WHERE project_id = ? GROUP BY phase",
+            (project_id,),
+        ):
+            project.phase_spent[phase] = cost
+            project.spent_usd += cost
+            # The clock is checkpointed per task; paid calls since then still moved it on.
+            project.elapsed_seconds = max(project.elapsed_seconds, latest)
+        return project
+
+    async def list_projects(self) -> list[ProjectSummary]:
+        """Every project, newest first."""
+        rows = await self._store.run(
+            "SELECT p.id, p.status, p.max_usd, p.task_count, p.updated_at,"
+            " (SELECT COALESCE(SUM(cost_usd), 0) FROM journal j WHERE j.project_id = p.id),"
+            " (SELECT COUNT(*) FROM results r WHERE r.project_id = p.id AND r.final = 1)"
+            " FROM projects p ORDER BY p.updated_at DESC, p.created_at DESC"
+        )
+        return [
+            ProjectSummary(
+                project_id=pid,
+                status=status,
+                spent_usd=spent,
+                max_usd=max_usd,
+                tasks_done=done,
+                tasks_total=total,
+                updated_at=updated,
+            )
+            for pid, status, max_usd, total, updated, spent, done in rows
+        ]
+
+    # -- the journal of paid calls ------------------------------------------------------------
+    async def journal_get(self, project_id: str, key: str) -> dict[str, Any] | None:
+        rows = await self._store.run(
+            "SELECT entry, cost_usd FROM journal WHERE project_id = ? AND key = ?",
+            (project_id, key),
+        )
+        if not rows or rows[0][0] is None:
+            return None
+        entry = _unpack(rows[0][0])
+        entry["cost_usd"] = rows[0][1]
+        return entry
+
+    async def journal_put(
+        self,
+        project_id: str,
+        key: str,
+        *,
+        task_id: str,
+        phase: str,
+        cost_usd: float,
+        entry: dict[str, Any],
+        elapsed: float,
+    ) -> None:
+        await self._store.run(
+            "INSERT INTO journal (project_id, key, task_id, phase, cost_usd, elapsed_seconds,"
+            " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (project_id, key) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd,"
+            " entry = excluded.entry, elapsed_seconds = excluded.elapsed_seconds",
+            (project_id, key, task_id, phase, cost_usd, elapsed, _pack(entry), time.time()),
+        )
+
+
+def _pack(value: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 6)
+
+
+def _unpack(blob: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(blob))
+
+
+def _plan(text: str | None) -> tuple[dict[str, Task] | None, list[str]]:
+    if text is None:
+        return None, []
+    plan = json.loads(text)
+    tasks = {
+        t["id"]: Task(
+            id=t["id"],
+            type=TaskType(t["type"]),
+            prompt=t["prompt"],
+            dependencies=list(t.get("dependencies", [])),
+            hard_validators=list(t.get("hard_validators", [])),
+            acceptance=t.get("acceptance"),
+            output_schema=t.get("output_schema"),
+        )
+        for t in plan["tasks"]
+    }
+    return tasks, list(plan["order"])
