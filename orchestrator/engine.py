@@ -171,6 +171,8 @@ class Orchestrator:
         if quality_threshold is not None:
             _check_threshold(quality_threshold)
             settings["quality_threshold"] = quality_threshold
+        if saved.status in FINISHED:
+            max_usd = max_time_seconds = None  # a finished project is reported as it was
         budget = Budget(
             max_usd=saved.max_usd if max_usd is None else max_usd,
             max_time_seconds=saved.max_time_seconds
@@ -347,8 +349,13 @@ class Orchestrator:
                     if state.results[d].status in (TaskStatus.FAILED, TaskStatus.SKIPPED)
                 ]
                 if blocked:
-                    reason = f"dependency {blocked[0]} did not produce output"
-                    await self._skip(session, state, task, reason, final=True)
+                    # A dependency stopped by the run is unfinished, not failed: so is this task.
+                    stopped = [d for d in blocked if state.results[d].interrupted]
+                    if stopped:
+                        reason = f"dependency {stopped[0]} was interrupted"
+                    else:
+                        reason = f"dependency {blocked[0]} did not produce output"
+                    await self._skip(session, state, task, reason, final=not stopped)
                 elif ctx.budget_exhausted:
                     reason = "budget exhausted before it started"
                     await self._skip(session, state, task, reason, final=False)

@@ -217,6 +217,15 @@ class StateManager:
         )
 
     async def load(self, project_id: str) -> SavedProject:
+        try:
+            return await self._load(project_id)
+        except (ValueError, KeyError, TypeError, zlib.error) as exc:
+            # Hand-edited or damaged rows: name the file rather than show a traceback.
+            raise StateError(
+                f"state file {self.path}: project {project_id!r} cannot be read ({exc})"
+            ) from exc
+
+    async def _load(self, project_id: str) -> SavedProject:
         rows = await self._store.run(
             "SELECT description, criteria, max_usd, max_time_seconds, settings, status, reason,"
             " plan, elapsed_seconds, updated_at FROM projects WHERE id = ?",

@@ -1,0 +1,139 @@
+"""Resuming through the Python API: spend and clock carried over, finished work never redone."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import fake_env
+from scripted_llm import ScriptedLLM, TaskScript
+
+from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
+from orchestrator.engine import Orchestrator
+from orchestrator.models import ProjectStatus, TaskStatus
+from orchestrator.state import StateManager, UnknownProjectError
+
+FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
+DESCRIPTION = "[project] Build an add library"
+CRITERIA = "add works and is tested"
+
+
+@pytest.fixture
+def llm(fake):
+    scripted = ScriptedLLM()
+    fake.responder = scripted
+    return scripted
+
+
+async def orchestrate(fake, action, *, budget=None, **kwargs):
+    """Run ``action(orchestrator)`` with a new client and state manager, as a new process would."""
+    async with (
+        UnifiedClient(env=fake_env(fake.base_url), retry=FAST, max_concurrency=3) as client,
+        StateManager() as store,
+    ):
+        orchestrator = Orchestrator(
+            budget=budget or Budget(max_usd=5.0, max_time_seconds=60),
+            state_manager=store,
+            client=client,
+            use_cache=False,
+        )
+        return await action(orchestrator, **kwargs)
+
+
+async def start(orchestrator, **kwargs):
+    return await orchestrator.run_project(DESCRIPTION, CRITERIA, "p1", **kwargs)
+
+
+async def resume(orchestrator, **kwargs):
+    return await orchestrator.resume("p1", **kwargs)
+
+
+async def test_a_run_stopped_by_its_budget_continues_with_a_bigger_one(fake, llm):
+    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.006, max_time_seconds=60))
+    assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
+    paid_before = stopped.budget.spent_usd
+    done_before = {t for t, r in stopped.results.items() if r.status is TaskStatus.COMPLETED}
+    requests_before = fake.count()
+
+    resumed = await orchestrate(fake, resume, max_usd=1.0)
+
+    assert resumed.status is ProjectStatus.SUCCESS
+    assert resumed.budget.max_usd == 1.0
+    assert resumed.budget.spent_usd >= paid_before  # carried over, not restarted
+    assert resumed.budget.spent_usd <= 1.0
+    assert set(resumed.results) == set(resumed.tasks)
+    assert llm.count("plan") == 1  # the plan was saved, not asked for again
+    # Tasks finished before the stop were not run again.
+    new_tasks = {task for _, task, _ in llm.roles[requests_before:]}
+    assert not new_tasks & done_before
+
+
+async def test_a_task_interrupted_mid_loop_replays_its_paid_calls(fake, llm):
+    llm.scripts["core"] = TaskScript(scores=[0.5, 0.6, 0.95])
+    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.004, max_time_seconds=60))
+    assert stopped.results["core"].interrupted
+    calls_for_core = llm.count("revise", "core")
+
+    resumed = await orchestrate(fake, resume, max_usd=1.0)
+
+    core = resumed.results["core"]
+    assert core.status is TaskStatus.COMPLETED and core.score_history == [0.5, 0.6, 0.95]
+    # Each revision was paid once: the ones before the stop were replayed from the journal.
+    assert llm.count("revise", "core") == 3
+    assert calls_for_core <= 3
+    assert core.cost_usd > 0
+
+
+async def test_resuming_a_finished_project_changes_nothing(fake, llm):
+    finished = await orchestrate(fake, start)
+    assert finished.status is ProjectStatus.SUCCESS
+    requests = fake.count()
+
+    again = await orchestrate(fake, resume, max_usd=100.0)
+
+    assert again.status is ProjectStatus.SUCCESS
+    assert fake.count() == requests
+    assert again.budget.max_usd == finished.budget.max_usd  # the override was not applied
+    assert {t: r.output for t, r in again.results.items()} == {
+        t: r.output for t, r in finished.results.items()
+    }
+    async with StateManager() as store:
+        assert (await store.load("p1")).status is ProjectStatus.SUCCESS
+
+
+async def test_an_unknown_project_id_is_a_clear_error(fake, llm):
+    with pytest.raises(UnknownProjectError, match="--list-projects"):
+        await orchestrate(fake, resume)
+
+
+async def test_a_taken_project_id_with_another_description_is_refused(fake, llm):
+    await orchestrate(fake, start)
+    requests = fake.count()
+
+    async def other(orchestrator):
+        return await orchestrator.run_project("a different project", CRITERIA, "p1")
+
+    with pytest.raises(ConfigError, match="already belongs to another project"):
+        await orchestrate(fake, other)
+    assert fake.count() == requests
+
+
+async def test_the_same_project_id_and_description_continues_the_project(fake, llm):
+    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.006, max_time_seconds=60))
+    assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
+
+    continued = await orchestrate(fake, start, budget=Budget(max_usd=0.006, max_time_seconds=60))
+
+    # Same limits as saved: the project picks up where it stopped instead of starting over.
+    assert llm.count("plan") == 1
+    assert continued.budget.spent_usd >= stopped.budget.spent_usd
+
+
+async def test_a_timed_out_run_resumes_with_more_time_and_its_clock_carried_over(fake, llm):
+    llm.delay = 0.3
+    stopped = await orchestrate(fake, start, budget=Budget(max_usd=5.0, max_time_seconds=1.5))
+    assert stopped.status is ProjectStatus.TIMEOUT
+    llm.delay = 0
+
+    resumed = await orchestrate(fake, resume, max_time_seconds=60)
+
+    assert resumed.status is ProjectStatus.SUCCESS
+    assert resumed.budget.elapsed_seconds >= 1.5
