@@ -218,9 +218,10 @@ class Orchestrator:
     ) -> None:
         budget = state.budget
         budget.on_phase_warning.append(self._phase_warning)
-        journal = (
-            Journal(session.store, state.project_id, budget) if session.store is not None else None
-        )
+        journal = None
+        if session.store is not None:
+            journal = Journal(session.store, state.project_id, budget)
+            await journal.load()
         gateway = LLMGateway(session.client, budget, session.cache, journal)
         self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
         try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from .budget import Budget
@@ -21,8 +22,15 @@ class Journal:
     store: StateManager
     project_id: str
     budget: Budget
+    # Keys with a replayable answer, read once per run: a fresh run never queries per call.
+    replayable: set[str] = field(default_factory=set)
+
+    async def load(self) -> None:
+        self.replayable = await self.store.journal_keys(self.project_id)
 
     async def get(self, key: str) -> dict[str, Any] | None:
+        if key not in self.replayable:
+            return None
         return await self.store.journal_get(self.project_id, key)
 
     async def put(
@@ -114,12 +122,18 @@ class LLMGateway:
                     key, task_id=task_id, phase=phase, cost_usd=exc.spent_usd, entry=failure
                 )
             raise
+        entry = _entry(answer)
+        writes = []
         if self.journal is not None:
-            await self.journal.put(
-                key, task_id=task_id, phase=phase, cost_usd=answer.cost_usd, entry=_entry(answer)
+            writes.append(
+                self.journal.put(
+                    key, task_id=task_id, phase=phase, cost_usd=answer.cost_usd, entry=entry
+                )
             )
         if self.cache is not None:
-            await self.cache.put(key, _entry(answer))
+            writes.append(self.cache.put(key, entry))
+        # Two files, two connections: both writes go at once, and both finish before use.
+        await asyncio.gather(*writes)
         return answer
 
 

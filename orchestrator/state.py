@@ -290,6 +290,13 @@ class StateManager:
         ]
 
     # -- the journal of paid calls ------------------------------------------------------------
+    async def journal_keys(self, project_id: str) -> set[str]:
+        """Keys of the journaled calls whose answers are still kept (replayable)."""
+        rows = await self._store.run(
+            "SELECT key FROM journal WHERE project_id = ? AND entry IS NOT NULL", (project_id,)
+        )
+        return {row[0] for row in rows}
+
     async def journal_get(self, project_id: str, key: str) -> dict[str, Any] | None:
         rows = await self._store.run(
             "SELECT entry, cost_usd FROM journal WHERE project_id = ? AND key = ?",
