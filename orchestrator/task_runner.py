@@ -64,7 +64,6 @@ class TaskRunner:
         self.ctx = ctx
         self.dependencies = dependencies
         self.result = result
-        self.best_validators: list[ValidatorResult] = []
 
     async def run(self) -> TaskResult:
         task, result = self.task, self.result
@@ -102,6 +101,8 @@ class TaskRunner:
     async def _improve(self, task_text: str, current: str, author: Model, max_tokens: int) -> None:
         task, result, ctx = self.task, self.result, self.ctx
         feedback: list[str] = []
+        best_notes: list[str] = []
+        passes: list[bool] = []
         for iteration in range(1, task.type.max_iterations + 1):
             result.iterations = iteration
             critique = await self._critique(task_text, current, author, iteration)
@@ -125,23 +126,25 @@ class TaskRunner:
             else:
                 score, reasoning = 0.0, ""
             result.score_history.append(score)
+            passes.append(passed)
+            notes = [f"Validator {v.name} failed: {v.detail}" for v in validators if not v.passed]
+            if reasoning:
+                notes.append(f"Evaluator's assessment (score {score:.2f}):\n{reasoning}")
             if score >= result.score:
                 self._keep(current, score, passed, validators, author)
-            feedback = [
-                f"Validator {v.name} failed: {v.detail}" for v in validators if not v.passed
-            ]
-            if reasoning:
-                feedback.append(f"Evaluator's assessment (score {score:.2f}):\n{reasoning}")
+                best_notes = notes
             if passed and score >= ctx.threshold:
                 result.reason = ""
                 return
-            if len(result.score_history) >= 2 and (
+            # A score forced to 0 by a validator says nothing about a plateau: the next
+            # revision gets the validator's message to fix.
+            if passes[-2:] == [True, True] and (
                 abs(result.score_history[-1] - result.score_history[-2]) < PLATEAU_DELTA
             ):
                 result.reason = f"score plateaued at {result.score:.2f}"
                 return
-            # Revise from the best answer so far, not from a regression.
-            current = result.output
+            # Revise from the best answer so far, not from a regression, with its own feedback.
+            current, feedback = result.output, list(best_notes)
         result.reason = f"best score {result.score:.2f} after {task.type.max_iterations} iterations"
 
     def _keep(

@@ -159,6 +159,17 @@ async def test_a_validator_failure_scores_zero_and_the_next_revision_fixes_it(fa
     assert llm.judged_versions("calc") == [2]
 
 
+async def test_repeated_validator_failures_are_not_a_plateau(fake, llm):
+    llm.plan = [code_task("calc")]
+    llm.scripts["calc"] = TaskScript(scores=[0.9], broken_versions={1, 2})
+
+    state = await run(fake, tasks=as_tasks(llm.plan))
+
+    result = state.results["calc"]
+    assert result.score_history == [0.0, 0.0, 0.9]
+    assert result.status is TaskStatus.COMPLETED
+
+
 async def test_the_loop_stops_as_soon_as_the_threshold_is_met(fake, llm):
     llm.plan = [code_task("calc")]
     llm.scripts["calc"] = TaskScript(scores=[0.86])
