@@ -128,8 +128,11 @@ class UnifiedClient:
         return self.health.available(m.provider, m.key)
 
     def api_health(self) -> dict[str, bool]:
-        """Availability of every usable model now, keyed by model id."""
-        return {m.value: self.is_healthy(m) for m in self.available_models()}
+        """Availability of every usable model now, keyed by model id (``provider/id`` when two
+        providers serve the same id)."""
+        models = self.available_models()
+        ids = [m.value for m in models]
+        return {(m.value if ids.count(m.value) == 1 else m.key): self.is_healthy(m) for m in models}
 
     # -- calling ------------------------------------------------------------------------------
     async def complete(
