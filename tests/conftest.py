@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_provider import FakeProvider
+from scripted_llm import ScriptedLLM
 
 from orchestrator import RetryPolicy, UnifiedClient
 
@@ -87,6 +89,14 @@ def fake_env(base_url: str, providers: tuple[str, ...] | None = None) -> dict[st
 
 
 @pytest.fixture
+def llm(fake):
+    """The scripted LLMs behind the fake provider, playing every role of a run."""
+    scripted = ScriptedLLM()
+    fake.responder = scripted
+    return scripted
+
+
+@pytest.fixture
 async def client(fake):
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=5) as c:
         yield c
@@ -129,3 +139,13 @@ def clean_environment() -> dict[str, str]:
         p for p in (str(PROJECT_ROOT), clean.get("PYTHONPATH")) if p
     )
     return clean
+
+
+def sqlite_rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Look at the file the way another program would, closing the connection afterwards."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()

@@ -8,12 +8,12 @@ import sqlite3
 import sys
 import threading
 import time
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import aiosqlite
 import pytest
+from conftest import sqlite_rows
 
 from orchestrator.cache import CacheError, DiskCache, cache_key
 from orchestrator.errors import OrchestratorError
@@ -40,16 +40,6 @@ def key_with(**changes: Any) -> str:
 
 def params_with(**changes: Any) -> dict[str, Any]:
     return {**BASE["params"], **changes}
-
-
-def sqlite_rows(path: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Look at the file the way another program would, closing the connection afterwards."""
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 # --- cache_key ---------------------------------------------------------------------------

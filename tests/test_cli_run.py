@@ -10,17 +10,10 @@ import time
 
 import pytest
 from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli
-from scripted_llm import ScriptedLLM, TaskScript
+from scripted_llm import TaskScript
 
 PROJECT = "[project] Build an add library"
 CRITERIA = "add works and is tested"
-
-
-@pytest.fixture
-def llm(fake):
-    scripted = ScriptedLLM()
-    fake.responder = scripted
-    return scripted
 
 
 def cli_env(fake, tmp_path, **extra):

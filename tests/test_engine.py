@@ -8,7 +8,7 @@ import random
 import pytest
 from conftest import fake_env
 from fake_provider import Reply
-from scripted_llm import ScriptedLLM, TaskScript, default_plan
+from scripted_llm import TaskScript, default_plan
 
 from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
 from orchestrator.budget import BudgetExceeded
@@ -53,13 +53,6 @@ def as_tasks(plan: list[dict]) -> dict[str, Task]:
         )
         for t in plan
     }
-
-
-@pytest.fixture
-def llm(fake):
-    scripted = ScriptedLLM()
-    fake.responder = scripted
-    return scripted
 
 
 async def run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import fake_env
-from scripted_llm import ScriptedLLM, TaskScript
+from scripted_llm import TaskScript
 
 from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
 from orchestrator.engine import Orchestrator
@@ -14,13 +14,6 @@ from orchestrator.state import StateManager, UnknownProjectError
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
 DESCRIPTION = "[project] Build an add library"
 CRITERIA = "add works and is tested"
-
-
-@pytest.fixture
-def llm(fake):
-    scripted = ScriptedLLM()
-    fake.responder = scripted
-    return scripted
 
 
 async def orchestrate(fake, action, *, budget=None, **kwargs):

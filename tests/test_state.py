@@ -7,11 +7,10 @@ import json
 import random
 import sqlite3
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_environment, write_file
+from conftest import clean_environment, sqlite_rows, write_file
 
 from orchestrator import Budget, Catalog, ConfigError, Orchestrator, Task, TaskType, UnifiedClient
 from orchestrator.cache import DiskCache
@@ -27,16 +26,6 @@ PROJECT = {
     "max_time_seconds": 600.0,
     "settings": {"quality_threshold": 0.85},
 }
-
-
-def sqlite_rows(path: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Look at the file the way another program would, closing the connection afterwards."""
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def code_text(rng: random.Random, size: int = 1500) -> str:
