@@ -155,6 +155,9 @@ def _project_spec(args: argparse.Namespace) -> ProjectSpec:
     ):
         if value is not None:
             setattr(merged, name, value)
+    if merged.output_dir:
+        # Absolute, so a resume started from another directory writes to the same place.
+        merged.output_dir = str(Path(merged.output_dir).resolve())
     return merged
 
 
