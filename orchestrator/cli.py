@@ -18,7 +18,7 @@ from .client import UnifiedClient
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .models import ProjectState, ProjectStatus
-from .output_writer import write_outputs
+from .output_writer import OutputError, write_outputs
 from .progress import ProgressPrinter, results_table
 from .project_file import ProjectSpec, load_project_file
 from .settings import CATALOG_ENV, load_environment
@@ -231,7 +231,14 @@ async def _resume(args: argparse.Namespace) -> int:
 async def _report(state: ProjectState, output_dir: str | None) -> int:
     sys.stdout.write(results_table(state))
     if output_dir:
-        written = await asyncio.to_thread(write_outputs, state, output_dir)
+        try:
+            written = await asyncio.to_thread(write_outputs, state, output_dir)
+        except OutputError as exc:
+            # The results are saved in the state file: nothing paid for is lost.
+            raise OrchestratorError(
+                f"{exc}; the results are saved, write them with "
+                f"--resume {state.project_id} --output-dir DIR"
+            ) from exc
         print(f"wrote {len(written)} files to {output_dir}", file=sys.stderr)
     return exit_code(state)
 

@@ -196,3 +196,23 @@ def test_ctrl_c_stops_a_run_cleanly(fake, llm, tmp_path):
     assert process.returncode == 130
     assert "interrupted" in stderr
     assert "Traceback" not in stderr
+
+
+def test_outputs_that_cannot_be_written_are_not_lost(fake, llm, tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    env = cli_env(fake, tmp_path)
+    bad = tmp_path / "blocker" / "out"
+
+    failed = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--project-id", "keep", "-o", str(bad),
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+
+    assert failed.returncode == 2
+    assert "--resume keep --output-dir" in failed.stderr
+    requests = fake.count()
+    good = tmp_path / "out"
+    written = run_cli("--resume", "keep", "-o", str(good), cwd=tmp_path, env=env)
+    assert written.returncode == 0, written.stderr
+    assert (good / "summary.json").exists()
+    assert fake.count() == requests  # written from the saved results, nothing paid again
