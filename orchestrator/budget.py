@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +23,15 @@ PHASE_SHARES: dict[str, float] = {
 
 
 class BudgetExceeded(OrchestratorError):
-    """A call's worst-case cost does not fit in what is left, so it is not made."""
+    """A call's worst-case cost does not fit in what is left, so it is not made.
+
+    ``spent_usd`` is what the request had already paid before it was stopped (e.g. an answer
+    whose repair request no longer fitted), so that spend is never lost from the books.
+    """
+
+    def __init__(self, message: str, spent_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.spent_usd = spent_usd
 
 
 @dataclass
@@ -50,10 +60,15 @@ class Budget:
     on_phase_warning: list[Callable[[str, float], None]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_usd < 0 or self.max_time_seconds <= 0:
-            raise ValueError("budget needs max_usd >= 0 and max_time_seconds > 0")
+        limits = (self.max_usd, self.max_time_seconds)
+        if not all(math.isfinite(v) for v in limits) or self.max_usd < 0:
+            raise ValueError("budget needs a finite max_usd >= 0 and max_time_seconds > 0")
+        if self.max_time_seconds <= 0:
+            raise ValueError("budget needs a finite max_usd >= 0 and max_time_seconds > 0")
         self._started = self.clock()
         self._warned: set[str] = set()
+        # Replaced on every settlement, so waiters wake up and look again.
+        self._settled = asyncio.Event()
 
     @property
     def remaining_usd(self) -> float:
@@ -75,16 +90,32 @@ class Budget:
         return self.elapsed_seconds < self.max_time_seconds
 
     def can_afford(self, cost: float) -> bool:
+        """Whether a call costing ``cost`` could be reserved now (calls in flight hold theirs)."""
         return self.available_usd >= cost
 
     def reserve(self, amount: float, phase: str) -> Reservation:
+        """Hold ``amount`` now, or raise ``BudgetExceeded``."""
         if amount > self.available_usd:
-            raise BudgetExceeded(
-                f"a call needing up to ${amount:.4f} does not fit in the "
-                f"${max(self.available_usd, 0):.4f} left of ${self.max_usd:.2f}"
-            )
+            raise self._exceeded(amount)
         self.reserved_usd += amount
         return Reservation(amount, phase)
+
+    async def acquire(self, amount: float, phase: str) -> Reservation:
+        """Hold ``amount``, waiting for calls in flight to settle if they hold what it needs.
+
+        Raises ``BudgetExceeded`` only when the call cannot fit even once nothing else is held.
+        """
+        while amount > self.available_usd:
+            if self.reserved_usd <= 0 or amount > self.remaining_usd:
+                raise self._exceeded(amount)
+            await self._settled.wait()
+        return self.reserve(amount, phase)
+
+    def _exceeded(self, amount: float) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"a call needing up to ${amount:.4f} does not fit in the "
+            f"${max(self.remaining_usd, 0):.4f} left of ${self.max_usd:.2f}"
+        )
 
     def settle(self, reservation: Reservation, actual: float) -> None:
         self._close(reservation)
@@ -113,6 +144,8 @@ class Budget:
         if reservation.open:
             reservation.open = False
             self.reserved_usd = max(0.0, self.reserved_usd - reservation.amount)
+            settled, self._settled = self._settled, asyncio.Event()
+            settled.set()
 
     def _check_phase(self, phase: str) -> None:
         share = PHASE_SHARES.get(phase)
@@ -136,8 +169,8 @@ class PhaseGuard:
     budget: Budget
     phase: str
 
-    def reserve(self, worst_case_usd: float) -> Reservation:
-        return self.budget.reserve(worst_case_usd, self.phase)
+    async def reserve(self, worst_case_usd: float) -> Reservation:
+        return await self.budget.acquire(worst_case_usd, self.phase)
 
     def settle(self, ticket: Reservation, actual_usd: float) -> None:
         self.budget.settle(ticket, actual_usd)

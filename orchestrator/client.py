@@ -23,6 +23,7 @@ from .errors import (
 from .health import HealthRegistry
 from .providers import make_adapter
 from .providers.base import (
+    TIMED_OUT,
     ChatRequest,
     Endpoint,
     Failure,
@@ -62,7 +63,7 @@ class Completion:
 class SpendGuard(Protocol):
     """Holds money for one paid call before it is made; see ``Budget.guard``."""
 
-    def reserve(self, worst_case_usd: float) -> Any:
+    async def reserve(self, worst_case_usd: float) -> Any:
         """Return a ticket, or raise (e.g. ``BudgetExceeded``) so the call is not made."""
         ...
 
@@ -236,17 +237,26 @@ class UnifiedClient:
                     retryable=True,
                     attempts=attempt - 1,
                 )
-            ticket = spend.reserve(worst_case) if spend is not None else None
+            ticket = None
             try:
-                async with self._slots, asyncio.timeout(self.timeout):
-                    raw = await adapter.complete(model.value, request)
+                async with self._slots:
+                    # Reserved once a slot is ours, so queued calls hold no money meanwhile.
+                    if spend is not None:
+                        ticket = await spend.reserve(worst_case)
+                    async with asyncio.timeout(self.timeout):
+                        raw = await adapter.complete(model.value, request)
             except BaseException as exc:
-                # Failed attempts are not billed by the vendors; give the reservation back.
-                if spend is not None:
-                    spend.release(ticket)
-                if not isinstance(exc, Exception):
+                failure = None
+                if isinstance(exc, Exception):
+                    failure = _timeout_failure(exc) or adapter.classify(exc)
+                if ticket is not None:
+                    if failure is not None and failure.maybe_billed:
+                        # Never under-count: what we stopped waiting for may still be billed.
+                        spend.settle(ticket, worst_case)
+                    else:
+                        spend.release(ticket)  # errors and refused requests are not billed
+                if failure is None:
                     raise
-                failure = _timeout_failure(exc) or adapter.classify(exc)
                 if failure is None:
                     raise
                 self._record_failure(model, failure)
@@ -352,7 +362,7 @@ def _messages(messages: MessagesLike) -> tuple[Message, ...]:
 def _timeout_failure(exc: BaseException) -> Failure | None:
     # Our own deadline (asyncio.timeout) fires as a bare TimeoutError whatever the transport.
     if type(exc) is TimeoutError:
-        return Failure("transient", None, None, "timed out")
+        return TIMED_OUT
     return None
 
 

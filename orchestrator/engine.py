@@ -100,7 +100,8 @@ class Orchestrator:
         """Run a new project and return its final state; failures are statuses, not raises.
 
         An existing ``project_id`` with the same description continues that project (as
-        ``resume`` does); with a different description it is refused with ``ConfigError``.
+        ``resume`` does, with this orchestrator's budget, time limit and threshold); with a
+        different description it is refused with ``ConfigError``.
         """
         if tasks is not None:
             # Tasks built in code get the same checks as a project file's: ids, deps, validators.
@@ -131,7 +132,14 @@ class Orchestrator:
                             f"project id {state.project_id!r} already belongs to another project "
                             f"({_excerpt(saved.description)!r}); choose another id or resume it"
                         )
-                    return await self._continue(session, saved, None, None, quality_threshold)
+                    # The same project again: it continues, under this call's limits.
+                    return await self._continue(
+                        session,
+                        saved,
+                        self.budget.max_usd,
+                        self.budget.max_time_seconds,
+                        threshold,
+                    )
             await self._run(session, state, tasks)
         return state
 
@@ -357,10 +365,9 @@ class Orchestrator:
                     else:
                         reason = f"dependency {blocked[0]} did not produce output"
                     await self._skip(session, state, task, reason, final=not stopped)
-                elif ctx.budget_exhausted:
-                    reason = "budget exhausted before it started"
-                    await self._skip(session, state, task, reason, final=False)
                 else:
+                    # Started even after another task ran out of budget: a cheaper task may
+                    # still fit, and one that does not stops at its first call, unpaid.
                     await self._run_task(session, state, task, ctx)
             finally:
                 finished[task.id].set()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .budget import Budget
-from .cache import DiskCache, cache_key
+from .budget import Budget, BudgetExceeded, PhaseGuard, Reservation
+from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
 from .client import Completion, UnifiedClient
 from .errors import ProviderError, StructuredOutputError
 from .providers.base import Message
 from .state import StateManager
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,9 +103,10 @@ class LLMGateway:
             if entry is not None:
                 return _replay(entry, model)
         if self.cache is not None:
-            hit = await self.cache.get(key)
+            hit = await self._cache_lookup(key)
             if hit is not None:
                 return _from_cache(hit, model)
+        meter = _Meter(self.budget.guard(phase))
         try:
             answer = await self.client.complete(
                 model,
@@ -111,30 +115,83 @@ class LLMGateway:
                 max_tokens=max_tokens,
                 temperature=temperature,
                 schema=schema,
-                spend=self.budget.guard(phase),
+                spend=meter,
             )
-        except ProviderError as exc:
-            if exc.spent_usd and self.journal is not None:
-                # Paid for, but unusable: the spend must survive a crash, and a resume must
-                # meet the same verdict instead of paying for it again.
-                failure = {"error": type(exc).__name__, "message": str(exc)}
-                await self.journal.put(
-                    key, task_id=task_id, phase=phase, cost_usd=exc.spent_usd, entry=failure
-                )
+        except (ProviderError, BudgetExceeded) as exc:
+            # Whatever the budget was charged stays on the books of the task and the journal.
+            exc.spent_usd = meter.charged
+            if meter.charged and self.journal is not None:
+                await self._journal_failure(exc, key, task_id, phase, meter.charged)
             raise
+        answer = replace(answer, cost_usd=meter.charged)
         entry = _entry(answer)
         writes = []
         if self.journal is not None:
             writes.append(
                 self.journal.put(
-                    key, task_id=task_id, phase=phase, cost_usd=answer.cost_usd, entry=entry
+                    key, task_id=task_id, phase=phase, cost_usd=meter.charged, entry=entry
                 )
             )
         if self.cache is not None:
-            writes.append(self.cache.put(key, entry))
+            writes.append(self._cache_put(key, entry))
         # Two files, two connections: both writes go at once, and both finish before use.
         await asyncio.gather(*writes)
         return answer
+
+    async def _journal_failure(
+        self, exc: Exception, key: str, task_id: str, phase: str, charged: float
+    ) -> None:
+        assert self.journal is not None
+        if isinstance(exc, StructuredOutputError):
+            # Paid for but unusable: a resume meets the same verdict instead of paying again.
+            entry: dict[str, Any] | None = {"error": type(exc).__name__, "message": str(exc)}
+            journal_key = key
+        else:
+            # Spend with nothing to replay (a timeout, a repair that no longer fitted): kept
+            # under a key of its own so a resume asks again instead of replaying a failure.
+            entry, journal_key = None, f"{key}#unanswered"
+        await self.journal.put(
+            journal_key, task_id=task_id, phase=phase, cost_usd=charged, entry=entry
+        )
+
+    async def _cache_lookup(self, key: str) -> dict[str, Any] | None:
+        assert self.cache is not None
+        try:
+            return await self.cache.get(key)
+        except CacheError as exc:
+            self._drop_cache(exc)
+            return None
+
+    async def _cache_put(self, key: str, entry: dict[str, Any]) -> None:
+        if self.cache is None:
+            return
+        try:
+            await self.cache.put(key, entry)
+        except CacheError as exc:
+            self._drop_cache(exc)
+
+    def _drop_cache(self, exc: CacheError) -> None:
+        # The cache only saves money; losing it mid-run must not stop paid work.
+        log.warning("cache disabled for the rest of the run: %s", exc)
+        self.cache = None
+
+
+class _Meter:
+    """A spend guard that remembers what it charged, for the journal and the task's cost."""
+
+    def __init__(self, guard: PhaseGuard) -> None:
+        self.guard = guard
+        self.charged = 0.0
+
+    async def reserve(self, worst_case_usd: float) -> Reservation:
+        return await self.guard.reserve(worst_case_usd)
+
+    def settle(self, ticket: Reservation, actual_usd: float) -> None:
+        self.guard.settle(ticket, actual_usd)
+        self.charged += actual_usd
+
+    def release(self, ticket: Reservation) -> None:
+        self.guard.release(ticket)
 
 
 def _entry(answer: Completion) -> dict[str, Any]:

@@ -316,15 +316,25 @@ class StateManager:
         task_id: str,
         phase: str,
         cost_usd: float,
-        entry: dict[str, Any],
+        entry: dict[str, Any] | None,
         elapsed: float,
     ) -> None:
+        """Record a paid call; ``entry`` None records spend with no answer to replay."""
         await self._store.run(
             "INSERT INTO journal (project_id, key, task_id, phase, cost_usd, elapsed_seconds,"
             " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (project_id, key) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd,"
             " entry = excluded.entry, elapsed_seconds = excluded.elapsed_seconds",
-            (project_id, key, task_id, phase, cost_usd, elapsed, _pack(entry), time.time()),
+            (
+                project_id,
+                key,
+                task_id,
+                phase,
+                cost_usd,
+                elapsed,
+                None if entry is None else _pack(entry),
+                time.time(),
+            ),
         )
 
 

@@ -267,8 +267,13 @@ class TaskRunner:
         schema: dict | None = None,
         counts_fallbacks: bool = False,
     ) -> tuple[Completion, Model]:
-        """Ask the first model of ``chain`` that answers; each failure hands over to the next."""
+        """Ask the first model of ``chain`` that answers; each failure hands over to the next.
+
+        A model whose worst case no longer fits the budget hands over too: a cheaper one may.
+        ``BudgetExceeded`` is raised only when no model could be afforded.
+        """
         failures: list[str] = []
+        refused: BudgetExceeded | None = None
         for model in chain:
             self.ctx.emit(Event("call_started", self.task.id, model.value, phase))
             try:
@@ -282,8 +287,10 @@ class TaskRunner:
                     task_id=self.task.id,
                     schema=schema,
                 )
-            except ProviderError as exc:
+            except (ProviderError, BudgetExceeded) as exc:
                 self.result.cost_usd += exc.spent_usd
+                if isinstance(exc, BudgetExceeded):
+                    refused = exc
                 failures.append(str(exc))
                 if counts_fallbacks:
                     self.result.degraded_fallback_count += 1
@@ -299,6 +306,8 @@ class TaskRunner:
                 )
             )
             return answer, model
+        if refused is not None:
+            raise BudgetExceeded(str(refused))
         last = failures[-1] if failures else "no model to ask"
         raise ChainExhausted(f"every model failed for {phase}; last: {last}")
 

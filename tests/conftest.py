@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -149,3 +150,11 @@ def sqlite_rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
             return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+async def eventually(condition) -> None:
+    """Wait (up to 30 s) for ``condition()``, which the fake's server thread makes true."""
+    async with asyncio.timeout(30):
+        # Polling, not an Event: the condition changes in another thread.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

@@ -47,10 +47,13 @@ class ScriptedLLM:
         plan: list[dict[str, Any]] | None = None,
         scripts: dict[str, TaskScript] | None = None,
         delay: float = 0.0,
+        bill_max_output: bool = False,
     ) -> None:
         self.plan = plan if plan is not None else default_plan()
         self.scripts = scripts or {}
         self.delay = delay
+        # Bill every answer as if it used all of max_tokens, as a verbose model would.
+        self.bill_max_output = bill_max_output
         self._lock = threading.Lock()
         self._judged: dict[str, list[int]] = {}  # task -> versions in the order first judged
         self.roles: list[tuple[str, str | None, str]] = []  # (role, task, model) per request
@@ -72,7 +75,8 @@ class ScriptedLLM:
             # Every revision is a new version, even one made from an older best answer.
             version = self.count("revise", task_id) if role == "revise" else 0
             body = _answer(task_id, script, version, task_type)
-        return Reply(text=body, delay=self.delay)
+        output_tokens = _max_tokens(request) if self.bill_max_output else None
+        return Reply(text=body, delay=self.delay, output_tokens=output_tokens)
 
     def _score(self, task_id: str | None, script: TaskScript, text: str) -> float:
         graded = text.split("--- Answer to grade ---", 1)[-1]
@@ -90,6 +94,12 @@ class ScriptedLLM:
 
     def count(self, role: str, task_id: str | None = None) -> int:
         return sum(1 for r, t, _ in self.roles if r == role and (task_id is None or t == task_id))
+
+
+def _max_tokens(request: RecordedRequest) -> int:
+    body = request.body
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(limit or body.get("generationConfig", {}).get("maxOutputTokens") or 1)
 
 
 def _task_of(text: str) -> tuple[str, str | None]:
@@ -143,4 +153,9 @@ def from_env() -> ScriptedLLM:
         )
         for task_id, spec in config.get("scripts", {}).items()
     }
-    return ScriptedLLM(plan=config.get("plan"), scripts=scripts, delay=config.get("delay", 0.0))
+    return ScriptedLLM(
+        plan=config.get("plan"),
+        scripts=scripts,
+        delay=config.get("delay", 0.0),
+        bill_max_output=config.get("bill_max_output", False),
+    )

@@ -92,6 +92,7 @@ def test_a_project_file_runs_its_own_tasks_without_decomposition(fake, llm, tmp_
 )
 def test_each_status_has_its_own_exit_code(fake, llm, tmp_path, scripts, flags, code, status):
     llm.scripts.update(scripts)
+    llm.bill_max_output = True  # long answers, so a small budget really runs out
 
     result = run_cli(
         "-p", PROJECT, "-c", CRITERIA, "--no-cache", *flags,

@@ -292,14 +292,30 @@ async def test_time_limit_ends_the_run_with_timeout_and_keeps_what_was_done(fake
 
 
 async def test_budget_exhaustion_stops_the_run_without_overspending(fake, llm):
+    llm.bill_max_output = True  # every answer as long as allowed: the run costs about $0.28
     budget = Budget(max_usd=0.05, max_time_seconds=60)
 
     state = await run(fake, budget=budget)
 
     assert state.status is ProjectStatus.BUDGET_EXHAUSTED
-    assert 0 < budget.spent_usd <= budget.max_usd
+    assert budget.spent_usd <= budget.max_usd
+    # It stops because nothing more fits, not early: most of the budget did real work.
+    assert budget.spent_usd > 0.8 * budget.max_usd
     assert budget.reserved_usd == 0
     assert any("budget" in r.reason for r in state.results.values())
+    assert sum(r.cost_usd for r in state.results.values()) == pytest.approx(
+        budget.spent_usd - budget.phase_spent["decomposition"]
+    )
+
+
+async def test_a_tight_budget_falls_back_to_models_it_can_afford(fake, llm):
+    # Claude Opus's worst case for a writing task (2048 tokens at $25/M) is about $0.05.
+    state = await run(fake, budget=Budget(max_usd=0.04, max_time_seconds=60))
+
+    assert state.status is ProjectStatus.SUCCESS
+    docs = state.results["docs"]
+    assert docs.model_used.id != "claude-opus-5"
+    assert docs.degraded_fallback_count >= 1
 
 
 async def test_no_provider_key_is_a_system_failure_naming_the_variables():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from conftest import fake_env
+from conftest import eventually, fake_env
 from scripted_llm import TaskScript
 
 from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
@@ -40,7 +42,8 @@ async def resume(orchestrator, **kwargs):
 
 
 async def test_a_run_stopped_by_its_budget_continues_with_a_bigger_one(fake, llm):
-    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.006, max_time_seconds=60))
+    llm.bill_max_output = True  # the whole run costs about $0.28
+    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.1, max_time_seconds=60))
     assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
     paid_before = stopped.budget.spent_usd
     done_before = {t for t, r in stopped.results.items() if r.status is TaskStatus.COMPLETED}
@@ -61,18 +64,26 @@ async def test_a_run_stopped_by_its_budget_continues_with_a_bigger_one(fake, llm
 
 async def test_a_task_interrupted_mid_loop_replays_its_paid_calls(fake, llm):
     llm.scripts["core"] = TaskScript(scores=[0.5, 0.6, 0.95])
-    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.004, max_time_seconds=60))
-    assert stopped.results["core"].interrupted
-    calls_for_core = llm.count("revise", "core")
+    llm.delay = 0.05
+    run = asyncio.create_task(orchestrate(fake, start))
+    # The third critique is asked only after both revisions and four verdicts were journaled.
+    await eventually(lambda: llm.count("critique", "core") >= 3)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    async with StateManager() as store:
+        assert (await store.load("p1")).status is ProjectStatus.INTERRUPTED
 
-    resumed = await orchestrate(fake, resume, max_usd=1.0)
+    resumed = await orchestrate(fake, resume)
 
     core = resumed.results["core"]
     assert core.status is TaskStatus.COMPLETED and core.score_history == [0.5, 0.6, 0.95]
-    # Each revision was paid once: the ones before the stop were replayed from the journal.
+    # Paid once each: the calls made before the interruption were replayed from the journal;
+    # only the critique in flight at that moment was asked again.
     assert llm.count("revise", "core") == 3
-    assert calls_for_core <= 3
-    assert core.cost_usd > 0
+    assert llm.count("grade", "core") == 6
+    assert llm.count("critique", "core") == 4
+    assert llm.count("generate", "core") == 1
 
 
 async def test_resuming_a_finished_project_changes_nothing(fake, llm):
@@ -110,13 +121,16 @@ async def test_a_taken_project_id_with_another_description_is_refused(fake, llm)
 
 
 async def test_the_same_project_id_and_description_continues_the_project(fake, llm):
-    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.006, max_time_seconds=60))
+    llm.bill_max_output = True
+    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.05, max_time_seconds=60))
     assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
 
-    continued = await orchestrate(fake, start, budget=Budget(max_usd=0.006, max_time_seconds=60))
+    continued = await orchestrate(fake, start, budget=Budget(max_usd=1.0, max_time_seconds=60))
 
-    # Same limits as saved: the project picks up where it stopped instead of starting over.
+    # The project picks up where it stopped, with the limits of the new command.
     assert llm.count("plan") == 1
+    assert continued.status is ProjectStatus.SUCCESS
+    assert continued.budget.max_usd == 1.0
     assert continued.budget.spent_usd >= stopped.budget.spent_usd
 
 

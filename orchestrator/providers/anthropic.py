@@ -8,6 +8,8 @@ import anthropic
 import httpx2
 
 from .base import (
+    CONNECTION_FAILED,
+    TIMED_OUT,
     ChatRequest,
     Endpoint,
     Failure,
@@ -47,9 +49,9 @@ class AnthropicAdapter:
         if isinstance(exc, anthropic.APIStatusError):
             return status_failure(exc.status_code, exc.response.headers, _detail(exc))
         if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException | TimeoutError):
-            return Failure("transient", None, None, "timed out")
+            return TIMED_OUT
         if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
-            return Failure("connection", None, None, "connection failed")
+            return CONNECTION_FAILED
         return None
 
     async def aclose(self) -> None:

@@ -62,6 +62,8 @@ class Failure:
     status: int | None = None
     retry_after: float | None = None
     detail: str = ""
+    # The vendor may have generated (and will bill) the answer we stopped waiting for.
+    maybe_billed: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -92,6 +94,10 @@ class ProviderAdapter(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+TIMED_OUT = Failure("transient", detail="timed out", maybe_billed=True)
+CONNECTION_FAILED = Failure("connection", detail="connection failed")
 
 
 def estimate_tokens(text: str) -> int:

@@ -8,6 +8,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from .base import (
+    CONNECTION_FAILED,
+    TIMED_OUT,
     ChatRequest,
     Endpoint,
     Failure,
@@ -73,9 +75,9 @@ class GeminiAdapter:
             headers = getattr(response, "headers", None)
             return status_failure(int(exc.code), headers, str(exc.message or exc.status)[:200])
         if isinstance(exc, httpx2.TimeoutException | TimeoutError):
-            return Failure("transient", None, None, "timed out")
+            return TIMED_OUT
         if isinstance(exc, httpx2.TransportError | ConnectionError):
-            return Failure("connection", None, None, "connection failed")
+            return CONNECTION_FAILED
         return None
 
     async def aclose(self) -> None:

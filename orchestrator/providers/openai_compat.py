@@ -8,6 +8,8 @@ import httpx2
 import openai
 
 from .base import (
+    CONNECTION_FAILED,
+    TIMED_OUT,
     ChatRequest,
     Endpoint,
     Failure,
@@ -60,9 +62,9 @@ class OpenAICompatibleAdapter:
         if isinstance(exc, openai.APIStatusError):
             return status_failure(exc.status_code, exc.response.headers, _detail(exc))
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException | TimeoutError):
-            return Failure("transient", None, None, "timed out")
+            return TIMED_OUT
         if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-            return Failure("connection", None, None, "connection failed")
+            return CONNECTION_FAILED
         return None
 
     async def aclose(self) -> None:
