@@ -141,6 +141,10 @@ class DiskCache:
         """Delete every stored response (the file and its format marker stay)."""
         await self._store.run("DELETE FROM responses")
 
+    async def open(self) -> None:
+        """Open (and check) the file now rather than on first use."""
+        await self._store.connection()
+
     async def aclose(self) -> None:
         """Close the connection and end its thread. Safe to call more than once."""
         await self._store.aclose()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -110,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_limits(args)
         if args.resume:
             project_id = args.resume
+            _probe_output_dir(args.output_dir)
             return asyncio.run(_resume(args))
         spec = _project_spec(args)
+        _probe_output_dir(spec.output_dir)
         spec.project_id = project_id = spec.project_id or new_project_id()
         return asyncio.run(_run(spec, args))
     except OrchestratorError as exc:
@@ -124,16 +128,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_limits(args: argparse.Namespace) -> None:
-    if args.budget is not None and args.budget <= 0:
-        raise _usage("--budget must be greater than 0")
-    if args.time is not None and args.time <= 0:
-        raise _usage("--time must be greater than 0")
+    # "not x > 0" rather than "x <= 0", so that nan is refused too.
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise _usage("--budget must be a number greater than 0")
+    if args.time is not None and not (math.isfinite(args.time) and args.time > 0):
+        raise _usage("--time must be a number greater than 0")
     if args.concurrency is not None and args.concurrency < 1:
         raise _usage("--concurrency must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise _usage("--threshold must be between 0 and 1")
-    if args.output_dir is not None and Path(args.output_dir).is_file():
-        raise _usage(f"--output-dir {args.output_dir} is a file")
+
+
+def _probe_output_dir(directory: str | None) -> None:
+    """Make sure the outputs can be written before anything is paid for."""
+    if directory is None:
+        return
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise _usage(f"--output-dir {directory} cannot be written: {exc.strerror}") from None
 
 
 def _project_spec(args: argparse.Namespace) -> ProjectSpec:

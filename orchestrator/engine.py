@@ -18,7 +18,13 @@ from .budget import Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Model
 from .client import UnifiedClient
-from .errors import ConfigError, NoProvidersError, ProviderError, UnknownModelError
+from .errors import (
+    ConfigError,
+    NoProvidersError,
+    OrchestratorError,
+    ProviderError,
+    UnknownModelError,
+)
 from .events import Event, EventSink, ignore
 from .gateway import Journal, LLMGateway
 from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
@@ -182,10 +188,8 @@ class Orchestrator:
         if saved.status in FINISHED:
             max_usd = max_time_seconds = None  # a finished project is reported as it was
         budget = Budget(
-            max_usd=saved.max_usd if max_usd is None else max_usd,
-            max_time_seconds=saved.max_time_seconds
-            if max_time_seconds is None
-            else max_time_seconds,
+            max_usd=_given(max_usd, saved.max_usd),
+            max_time_seconds=_given(max_time_seconds, saved.max_time_seconds),
             spent_usd=saved.spent_usd,
             elapsed_before=saved.elapsed_seconds,
             phase_spent={**Budget().phase_spent, **saved.phase_spent},
@@ -300,6 +304,16 @@ class Orchestrator:
         except BudgetExceeded as exc:
             state.status, state.reason = ProjectStatus.BUDGET_EXHAUSTED, str(exc)
             return
+        except (OrchestratorError, ExceptionGroup) as exc:
+            # Storage failing mid-run (a full disk, a file taken away): stop, keep what was
+            # checkpointed, and say why. Anything else is a bug and propagates as one.
+            errors = _leaves(exc)
+            if not all(isinstance(e, OrchestratorError) for e in errors):
+                raise
+            with suppress(OrchestratorError):  # the store may be what failed
+                await self._close_unfinished(session, state, timed_out=False)
+            state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(errors[0])
+            return
         await self._close_unfinished(session, state, timed_out)
         state.status = _final_status(state, timed_out, ctx.budget_exhausted)
 
@@ -403,11 +417,12 @@ class Orchestrator:
 
     async def _checkpoint(self, session: _Session, state: ProjectState, result: TaskResult) -> None:
         if session.store is not None:
+            unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
             await session.store.checkpoint(
                 state.project_id,
                 result.task_id,
                 result.to_record(),
-                final=not result.interrupted,
+                final=not (result.interrupted or unfinished),
                 elapsed=state.budget.elapsed_seconds,
             )
 
@@ -444,6 +459,10 @@ class Orchestrator:
             if store is None and self._use_state:
                 store = StateManager()
                 stack.push_async_callback(store.aclose)
+            # Opened before anything is paid for: a corrupt or foreign file stops us here.
+            for storage in (cache, store):
+                if storage is not None:
+                    await storage.open()
             yield _Session(client, cache, store)
 
     def _settings(self, threshold: float) -> dict[str, Any]:
@@ -477,6 +496,12 @@ def _resolver(client: UnifiedClient):
         return None  # the model left the catalog since; the result keeps everything else
 
     return resolve
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _given(value: float | None, saved: float) -> float:

@@ -24,10 +24,6 @@ class TaskType(StrEnum):
     def max_iterations(self) -> int:
         return 3 if self in (TaskType.CODE_GEN, TaskType.REASONING) else 2
 
-    @property
-    def is_code(self) -> bool:
-        return self is TaskType.CODE_GEN
-
 
 class TaskStatus(StrEnum):
     PENDING = "pending"

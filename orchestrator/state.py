@@ -103,6 +103,10 @@ class StateManager:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    async def open(self) -> None:
+        """Open (and check) the file now rather than on first use."""
+        await self._store.connection()
+
     async def aclose(self) -> None:
         await self._store.aclose()
 

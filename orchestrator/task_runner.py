@@ -96,6 +96,11 @@ class TaskRunner:
             result.interrupted = True
             self._finish("interrupted")
             raise
+        except Exception as exc:
+            # Not the task's fault (a full disk, a locked file, a bug): resumable, not final.
+            result.interrupted = True
+            self._finish(f"stopped by an error: {exc}")
+            raise
         return self._finish(result.reason or "")
 
     async def _improve(self, task_text: str, current: str, author: Model, max_tokens: int) -> None:

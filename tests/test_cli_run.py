@@ -199,21 +199,35 @@ def test_ctrl_c_stops_a_run_cleanly(fake, llm, tmp_path):
     assert "Traceback" not in stderr
 
 
-def test_outputs_that_cannot_be_written_are_not_lost(fake, llm, tmp_path):
-    (tmp_path / "blocker").write_text("a file where a directory should be")
-    env = cli_env(fake, tmp_path)
-    bad = tmp_path / "blocker" / "out"
+@pytest.mark.parametrize("name", ["cache.db", "state.db"])
+def test_a_corrupt_database_stops_the_run_before_anything_is_paid(fake, llm, tmp_path, name):
+    damaged = tmp_path / "home" / name  # the autouse fixture made this home
+    damaged.write_bytes(b"this is not a database" * 100)
 
-    failed = run_cli(
-        "-p", PROJECT, "-c", CRITERIA, "--project-id", "keep", "-o", str(bad),
-        cwd=tmp_path, env=env,
+    result = run_cli("-p", PROJECT, "-c", CRITERIA, cwd=tmp_path, env=cli_env(fake, tmp_path))
+
+    assert result.returncode == 2
+    assert str(damaged) in result.stderr and result.stderr.count("\n") == 1
+    assert fake.count() == 0
+    assert damaged.read_bytes() == b"this is not a database" * 100
+
+
+@pytest.mark.parametrize("flag", ["--budget", "--time"])
+def test_a_limit_that_is_not_a_number_is_refused(tmp_path, flag):
+    result = run_cli("-p", "x", "-c", "y", flag, "nan", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert flag in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_before_the_run(fake, llm, tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+
+    result = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "-o", str(tmp_path / "blocker" / "out"),
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
     )  # fmt: skip
 
-    assert failed.returncode == 2
-    assert "--resume keep --output-dir" in failed.stderr
-    requests = fake.count()
-    good = tmp_path / "out"
-    written = run_cli("--resume", "keep", "-o", str(good), cwd=tmp_path, env=env)
-    assert written.returncode == 0, written.stderr
-    assert (good / "summary.json").exists()
-    assert fake.count() == requests  # written from the saved results, nothing paid again
+    assert result.returncode == 2
+    assert "--output-dir" in result.stderr and result.stderr.count("\n") == 1
+    assert fake.count() == 0

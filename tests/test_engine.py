@@ -12,9 +12,10 @@ from scripted_llm import TaskScript, default_plan
 
 from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
 from orchestrator.budget import BudgetExceeded
-from orchestrator.cache import DiskCache
+from orchestrator.cache import CacheError, DiskCache
 from orchestrator.engine import Orchestrator
 from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
+from orchestrator.state import StateError, StateManager
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
 CRITERIA = "add works and is tested"
@@ -389,3 +390,46 @@ async def test_concurrent_calls_never_overshoot_the_ceiling(fake, seed):
     assert "refused" in outcomes and "paid" in outcomes
     assert budget.spent_usd <= budget.max_usd
     assert budget.reserved_usd == pytest.approx(0)
+
+
+# -- storage failing ----------------------------------------------------------------------------
+class FailingJournal(StateManager):
+    """A state file that stops accepting writes after a few paid calls (a full disk)."""
+
+    def __init__(self, path, fail_after: int) -> None:
+        super().__init__(path)
+        self.writes = 0
+        self.fail_after = fail_after
+
+    async def journal_put(self, *args, **kwargs) -> None:
+        self.writes += 1
+        if self.writes > self.fail_after:
+            raise StateError(f"state file {self.path}: database or disk is full")
+        await super().journal_put(*args, **kwargs)
+
+
+class FailingCache(DiskCache):
+    async def put(self, key, value) -> None:
+        raise CacheError(f"cache file {self.path}: database or disk is full")
+
+
+async def test_a_state_file_that_fails_mid_run_stops_it_as_a_resumable_system_failure(
+    fake, llm, tmp_path
+):
+    store = FailingJournal(tmp_path / "state.db", fail_after=8)
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orchestrator = Orchestrator(client=client, state_manager=store, use_cache=False)
+        state = await orchestrator.run_project("[p] x", CRITERIA, "disk")
+
+    assert state.status is ProjectStatus.SYSTEM_FAILURE
+    assert "disk is full" in state.reason
+    unfinished = [r for r in state.results.values() if r.status is not TaskStatus.COMPLETED]
+    assert unfinished and all(r.interrupted for r in unfinished)
+    await store.aclose()
+
+
+async def test_a_cache_that_fails_mid_run_is_dropped_and_the_run_goes_on(fake, llm, tmp_path):
+    async with FailingCache(tmp_path / "cache.db") as cache:
+        state = await run(fake, cache=cache)
+
+    assert state.status is ProjectStatus.SUCCESS
