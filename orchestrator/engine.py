@@ -31,12 +31,13 @@ from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, T
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
-from .state import SavedProject, StateManager
+from .state import SavedProject, StateManager, new_owner
 from .task_runner import TaskContext, TaskRunner
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
 from .validators import KNOWN_VALIDATORS
 
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
+LEASE_SECONDS = 60.0  # how long a run holds its project without renewing
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
 
@@ -235,22 +236,23 @@ class Orchestrator:
             journal = Journal(session.store, state.project_id, budget)
             await journal.load()
         gateway = LLMGateway(session.client, budget, session.cache, journal)
-        self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
-        try:
-            await self._plan_and_execute(session, state, gateway, tasks)
-        except asyncio.CancelledError:
-            state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
-            raise
-        finally:
-            budget.on_phase_warning.remove(self._phase_warning)
-            state.api_health = session.client.api_health()
-            if session.store is not None:
-                # Shielded: the final status must be written even while being cancelled.
-                await asyncio.shield(
-                    session.store.finish(
-                        state.project_id, state.status, state.reason, budget.elapsed_seconds
+        async with self._claimed(session, state.project_id):
+            self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
+            try:
+                await self._plan_and_execute(session, state, gateway, tasks)
+            except asyncio.CancelledError:
+                state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
+                raise
+            finally:
+                budget.on_phase_warning.remove(self._phase_warning)
+                state.api_health = session.client.api_health()
+                if session.store is not None:
+                    # Shielded: the final status must be written even while being cancelled.
+                    await asyncio.shield(
+                        session.store.finish(
+                            state.project_id, state.status, state.reason, budget.elapsed_seconds
+                        )
                     )
-                )
         self.emit(Event("run_finished", data={"status": state.status.value}))
 
     async def _plan_and_execute(
@@ -441,6 +443,36 @@ class Orchestrator:
             elif result.reason == "interrupted":
                 result.reason = reason
                 await self._checkpoint(session, state, result)
+
+    @asynccontextmanager
+    async def _claimed(self, session: _Session, project_id: str) -> AsyncIterator[None]:
+        """Hold the project for this run, renewing the lease, so no other run pays for it."""
+        store = session.store
+        if store is None:
+            yield
+            return
+        owner = new_owner()
+        holder = await store.claim(project_id, owner, LEASE_SECONDS)
+        if holder is not None:
+            raise ConfigError(
+                f"project {project_id!r} is being run by {holder}; wait for that run to end "
+                "or stop it, then resume"
+            )
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(LEASE_SECONDS / 3)
+                await store.renew(project_id, owner, LEASE_SECONDS)
+
+        renewer = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with suppress(asyncio.CancelledError, OrchestratorError):
+                await renewer
+            with suppress(OrchestratorError):
+                await asyncio.shield(store.release(project_id, owner))
 
     # -- resources and settings ---------------------------------------------------------------
     @asynccontextmanager

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ _SCHEMA = (
     " max_usd REAL NOT NULL, max_time_seconds REAL NOT NULL, settings TEXT NOT NULL,"
     " plan TEXT, task_count INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL,"
     " reason TEXT NOT NULL DEFAULT '', elapsed_seconds REAL NOT NULL DEFAULT 0,"
+    " owner TEXT, lease_until REAL NOT NULL DEFAULT 0,"
     " created_at REAL NOT NULL, updated_at REAL NOT NULL)",
     "CREATE TABLE results ("
     " project_id TEXT NOT NULL, task_id TEXT NOT NULL, final INTEGER NOT NULL,"
@@ -140,6 +143,45 @@ class StateManager:
             ),
         )
         return bool(rows)
+
+    async def claim(self, project_id: str, owner: str, lease_seconds: float) -> str | None:
+        """Take the project for one run: None when it is ours now, else who holds it.
+
+        A holder whose lease ran out, or whose process on this machine is gone (``kill -9``),
+        loses it; a live one keeps it, so two processes never pay for the same project.
+        """
+        now = time.time()
+        taken = await self._store.run(
+            "UPDATE projects SET owner = ?, lease_until = ? WHERE id = ?"
+            " AND (owner IS NULL OR owner = ? OR lease_until < ?) RETURNING id",
+            (owner, now + lease_seconds, project_id, owner, now),
+        )
+        if taken:
+            return None
+        rows = await self._store.run("SELECT owner FROM projects WHERE id = ?", (project_id,))
+        holder = rows[0][0] if rows else None
+        if holder is None or not _owner_alive(holder):
+            # Compare-and-set on the dead holder, so two claimants cannot both win.
+            taken = await self._store.run(
+                "UPDATE projects SET owner = ?, lease_until = ? WHERE id = ?"
+                " AND owner IS ? RETURNING id",
+                (owner, now + lease_seconds, project_id, holder),
+            )
+            if taken:
+                return None
+        return holder or "another run"
+
+    async def renew(self, project_id: str, owner: str, lease_seconds: float) -> None:
+        await self._store.run(
+            "UPDATE projects SET lease_until = ? WHERE id = ? AND owner = ?",
+            (time.time() + lease_seconds, project_id, owner),
+        )
+
+    async def release(self, project_id: str, owner: str) -> None:
+        await self._store.run(
+            "UPDATE projects SET owner = NULL, lease_until = 0 WHERE id = ? AND owner = ?",
+            (project_id, owner),
+        )
 
     async def update_run(
         self,
@@ -340,6 +382,25 @@ class StateManager:
                 time.time(),
             ),
         )
+
+
+def new_owner() -> str:
+    """Who runs a project: this machine, this process, and this run within it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # another machine: only its lease can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _pack(value: dict[str, Any]) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 from conftest import eventually, fake_env
@@ -144,3 +145,33 @@ async def test_a_timed_out_run_resumes_with_more_time_and_its_clock_carried_over
 
     assert resumed.status is ProjectStatus.SUCCESS
     assert resumed.budget.elapsed_seconds >= 1.5
+
+
+async def test_a_project_being_run_cannot_be_run_twice_at_once(fake, llm):
+    llm.delay = 0.05
+    first = asyncio.create_task(orchestrate(fake, start))
+    await eventually(lambda: fake.count() >= 2)
+
+    with pytest.raises(ConfigError, match="is being run by"):
+        await orchestrate(fake, resume)
+    with pytest.raises(ConfigError, match="is being run by"):
+        await orchestrate(fake, start)
+
+    finished = await first
+    assert finished.status is ProjectStatus.SUCCESS
+    assert llm.count("plan") == 1  # nothing was paid twice
+
+
+async def test_a_run_killed_outright_does_not_hold_its_project(fake, llm, tmp_path):
+    async with StateManager() as store:
+        await store.create_project(
+            "p1", description=DESCRIPTION, criteria=CRITERIA, max_usd=5.0,
+            max_time_seconds=60, settings={},
+        )  # fmt: skip
+        # A holder on this machine whose process no longer exists, as after kill -9.
+        dead = f"{socket.gethostname()}:{2**22 + 12345}:gone"
+        assert await store.claim("p1", dead, lease_seconds=3600) is None
+
+    resumed = await orchestrate(fake, resume)
+
+    assert resumed.status is ProjectStatus.SUCCESS
