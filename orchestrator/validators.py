@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
+from xml.etree import ElementTree
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
@@ -60,7 +61,7 @@ _PYTEST_ENV_UNSET = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")
 # A block written under one of these names would replace the test runner itself, letting the
 # code under test report whatever it likes.
 _RESERVED_MODULES = frozenset(
-    {"pytest", "_pytest", "pluggy", "py", "sitecustomize", "usercustomize"}
+    {"pytest", "_pytest", "pluggy", "py", "sitecustomize", "usercustomize", "conftest"}
 )
 
 _FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
@@ -476,6 +477,21 @@ def _prepare_pytest(root: str, dependency_blocks: list[str], own_blocks: list[st
     return tests
 
 
+def _junit_counts(report: Path) -> dict[str, int] | None:
+    """Tests run, and how they ended, from pytest's JUnit XML report (None if absent)."""
+    try:
+        root = ElementTree.parse(report).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for name in totals:
+            totals[name] += int(suite.get(name, "0") or 0)
+    failed = totals["failures"] + totals["errors"] + totals["skipped"]
+    return {**totals, "passed": totals["tests"] - failed}
+
+
 def _pytest_detail(lines: list[str]) -> str:
     summary = next(
         (line.strip("= ") for line in reversed(lines) if _PYTEST_SUMMARY.search(line)), ""
@@ -498,17 +514,27 @@ async def _check_pytest(
             return _failed("pytest", f"could not write the code: {exc}")
         if not tests:
             return _failed("pytest", "no tests found")
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no"]
-        try:
-            done = await _run_sandboxed(
-                [*argv, *tests], root, seconds=seconds, unset=_PYTEST_ENV_UNSET
-            )
-        except OSError as exc:
-            return _failed("pytest", f"could not start pytest: {exc}")
+        # The report lives outside the code's directory, and conftest hooks are off, so the
+        # verdict is pytest's own count rather than anything the code under test prints.
+        with tempfile.TemporaryDirectory(prefix="orchestrator-report-") as report_dir:
+            report = Path(report_dir, "report.xml")
+            argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+            argv += ["--color=no", "--noconftest", f"--junitxml={report}"]
+            try:
+                done = await _run_sandboxed(
+                    [*argv, *tests], root, seconds=seconds, unset=_PYTEST_ENV_UNSET
+                )
+            except OSError as exc:
+                return _failed("pytest", f"could not start pytest: {exc}")
+            counts = await asyncio.to_thread(_junit_counts, report)
     if done.timed_out:
         return _failed("pytest", f"timed out after {seconds:g}s")
     detail = _pytest_detail(done.lines)
     if done.returncode == 0:
+        if counts is None:
+            return _failed("pytest", "pytest reported no results")
+        if counts["passed"] < 1:
+            return _failed("pytest", f"no test passed ({detail or 'nothing ran'})")
         return _passed("pytest", detail)
     if not detail:
         last = done.lines[-1] if done.lines else "no output"

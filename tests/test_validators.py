@@ -489,3 +489,27 @@ async def test_latex_runs_pdflatex_without_shell_escape_and_reports_the_error(
         "\\documentclass{article}",
         "\\foo",
     ]
+
+
+PYTEST_GAMES = {
+    "only skipped tests": (
+        "```python\nimport pytest\n\n\ndef test_later():\n"
+        "    pytest.importorskip('module_that_is_not_installed')\n```"
+    ),
+    "exit before pytest reports": (
+        "```python\nimport os\n\nos._exit(0)\n\n\ndef test_never_runs():\n    assert False\n```"
+    ),
+    "a conftest that rewrites results": (
+        "```python\n# file: conftest.py\nimport pytest\n\n\n"
+        "@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+        "    outcome = yield\n    outcome.get_result().outcome = 'passed'\n```\n\n"
+        "```python\ndef test_wrong():\n    assert 1 == 2\n```"
+    ),
+}
+
+
+@pytest.mark.parametrize("output", PYTEST_GAMES.values(), ids=PYTEST_GAMES.keys())
+async def test_pytest_passes_only_when_a_test_really_passed(output):
+    [result] = await run_validators(["pytest"], output, timeout=30)
+
+    assert not result.passed, result.detail
