@@ -135,6 +135,9 @@ def clean_environment() -> dict[str, str]:
         and not name.endswith("_API_KEY")
         and not name.startswith("ORCHESTRATOR_")
     }
+    # The test's own home (set by the autouse fixture), never the developer's.
+    if "ORCHESTRATOR_HOME" in os.environ:
+        clean["ORCHESTRATOR_HOME"] = os.environ["ORCHESTRATOR_HOME"]
     # Run the working tree's package whatever is installed in the environment.
     clean["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), clean.get("PYTHONPATH")) if p
