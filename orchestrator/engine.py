@@ -244,6 +244,7 @@ class Orchestrator:
                 state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
                 raise
             finally:
+                await asyncio.shield(gateway.flush())
                 budget.on_phase_warning.remove(self._phase_warning)
                 state.api_health = session.client.api_health()
                 if session.store is not None:

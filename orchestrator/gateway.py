@@ -70,6 +70,7 @@ class LLMGateway:
         self.budget = budget
         self.cache = cache
         self.journal = journal
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def ask(
         self,
@@ -125,18 +126,23 @@ class LLMGateway:
             raise
         answer = replace(answer, cost_usd=meter.charged)
         entry = _entry(answer)
-        writes = []
-        if self.journal is not None:
-            writes.append(
-                self.journal.put(
-                    key, task_id=task_id, phase=phase, cost_usd=meter.charged, entry=entry
-                )
-            )
         if self.cache is not None:
-            writes.append(self._cache_put(key, entry))
-        # Two files, two connections: both writes go at once, and both finish before use.
-        await asyncio.gather(*writes)
+            # The cache only saves later runs money: it is written in the background (and
+            # flushed at the end of the run), off the path to the next call.
+            write = asyncio.create_task(self._cache_put(key, entry))
+            self._pending.add(write)
+            write.add_done_callback(self._pending.discard)
+        if self.journal is not None:
+            # The journal is what a resume relies on: written before the answer is used.
+            await self.journal.put(
+                key, task_id=task_id, phase=phase, cost_usd=meter.charged, entry=entry
+            )
         return answer
+
+    async def flush(self) -> None:
+        """Wait for the cache writes still in progress."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def _journal_failure(
         self, exc: Exception, key: str, task_id: str, phase: str, charged: float

@@ -54,8 +54,13 @@ class SQLiteStore:
         """One statement, committed on its own, rows read."""
         db = await self.connection()
         with self.translated_errors():
-            async with self._write_lock:
-                return await _run(db, sql, args)
+            if self._write_lock.locked():
+                # A transaction is between its statements: wait rather than slip into it.
+                async with self._write_lock:
+                    return await _run(db, sql, args)
+            # Enqueued on the connection's thread before this coroutine yields, so a
+            # transaction that starts later queues its BEGIN after this statement.
+            return await _run(db, sql, args)
 
     async def transaction(self, statements: Sequence[Statement]) -> None:
         """Several statements that commit together or not at all."""
