@@ -271,7 +271,7 @@ async def _list_projects() -> int:
             (
                 p.project_id,
                 p.status,
-                f"${p.spent_usd:.4f} / ${p.max_usd:.2f}",
+                f"${p.spent_usd:.4f} / ${p.max_usd:.{2 if p.max_usd >= 1 else 4}f}",
                 f"{p.tasks_done}/{p.tasks_total}",
                 datetime.fromtimestamp(p.updated_at).strftime("%Y-%m-%d %H:%M:%S"),
             )
