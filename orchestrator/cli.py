@@ -21,7 +21,7 @@ from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .models import ProjectState, ProjectStatus
 from .output_writer import OutputError, write_outputs
-from .progress import ProgressPrinter, results_table
+from .progress import ProgressPrinter, results_table, text_table
 from .project_file import ProjectSpec, load_project_file
 from .settings import CATALOG_ENV, load_environment
 from .state import StateManager
@@ -276,9 +276,7 @@ async def _list_projects() -> int:
                 datetime.fromtimestamp(p.updated_at).strftime("%Y-%m-%d %H:%M:%S"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    print("\n".join(text_table(rows)))
     return EXIT_SUCCESS
 
 
@@ -324,16 +322,7 @@ def format_catalog(catalog: Catalog, env: Mapping[str, str]) -> str:
                 "yes" if catalog.providers[m.provider].usable(env) else "no",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {3, 4, 5, 6}
-    lines = [
-        "  ".join(
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows, right=frozenset({3, 4, 5, 6}))
     lines.append("")
     lines.append("Prices: USD per 1M tokens. json: native JSON-schema output, or JSON mode.")
     for name, spec in catalog.providers.items():

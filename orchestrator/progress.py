@@ -101,11 +101,7 @@ def results_table(state: ProjectState) -> str:
                 _checks(result),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows)
     budget = state.budget
     lines.append("")
     lines.append(
@@ -125,3 +121,18 @@ def _checks(result: TaskResult) -> str:
         f"{v.name}:{'skip' if v.skipped else 'ok' if v.passed else 'FAIL'}"
         for v in result.validator_results
     )
+
+
+def text_table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Aligned columns, the first row a header underlined with dashes; ``right`` columns are
+    right-aligned (numbers)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
