@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, asyncio.CancelledError):
+        # The run is saved; a second Ctrl-C now must not turn a clean exit into a crash.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         hint = f"; resume with: python -m orchestrator --resume {project_id}" if project_id else ""
         print(f"orchestrator: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
