@@ -9,8 +9,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Event:
-    """``kind`` is one of: run_started, decomposed, task_started, call_started, call_finished,
-    task_finished, task_skipped, budget_warning, run_finished."""
+    """``kind`` is one of: run_started, decomposed, task_started, call_started, call_finished
+    (``data``: cost_usd, cached, replayed), task_finished, task_skipped, budget_warning,
+    run_finished, already_finished (a resumed project that had nothing left to do)."""
 
     kind: str
     task_id: str | None = None

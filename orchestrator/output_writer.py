@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fences import code_blocks, has_fence
 from .models import ProjectState, Task, TaskResult, TaskType
 
 SUMMARY_NAME = "summary.json"
@@ -31,8 +32,6 @@ _EXTENSIONS = {
 _TYPE_NAMES = "|".join(re.escape(t.value) for t in TaskType)
 _OWN_TASK_FILE = re.compile(rf"task_\d{{3,}}_(?:{_TYPE_NAMES})\.(?:py|md|json)")
 
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,})[ \t]*([^`\s]*)[^`]*$")
-
 
 class OutputError(ConfigError):
     """The output directory cannot be created or written, or a write would leave it."""
@@ -44,11 +43,10 @@ def strip_fences(text: str, languages: Iterable[str] = ("python", "py", "")) -> 
     ``""`` stands for an untagged fence. Text with no such block is returned unchanged, so an
     answer a model gave without fences is kept whole.
     """
-    wanted = {language.lower() for language in languages}
-    bodies = [body for language, body in _fenced_blocks(text) if language in wanted]
-    if not bodies:
+    if not has_fence(text):
         return text
-    return "\n\n\n".join(bodies)
+    bodies = [body.strip("\n") for body in code_blocks(text, tuple(languages))]
+    return "\n\n\n".join(bodies) if bodies else text
 
 
 def output_filename(index: int, task: Task, output: str) -> str:
@@ -88,30 +86,6 @@ def write_outputs(state: ProjectState, directory: str | os.PathLike[str]) -> lis
 # --- rendering ------------------------------------------------------------------------------
 
 
-def _fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """Every fenced block as (lowercased language, body); an unclosed fence runs to the end,
-    because a model cut off by its token limit still produced usable code."""
-    blocks: list[tuple[str, str]] = []
-    fence = 0
-    language = ""
-    body: list[str] = []
-    for line in text.splitlines():
-        if not fence:
-            match = _FENCE_OPEN.match(line)
-            if match:
-                fence, language, body = len(match.group(1)), match.group(2).lower(), []
-            continue
-        stripped = line.strip()
-        if len(stripped) >= fence and set(stripped) == {"`"} and len(line) - len(line.lstrip()) < 4:
-            blocks.append((language, "\n".join(body).strip("\n")))
-            fence = 0
-        else:
-            body.append(line)
-    if fence:
-        blocks.append((language, "\n".join(body).strip("\n")))
-    return blocks
-
-
 def _parse_json(text: str) -> Any:
     def reject(constant: str) -> Any:
         # NaN and Infinity are not JSON; accepting them would write a file other tools reject.
@@ -126,7 +100,8 @@ def _render(task: Task, output: str) -> tuple[str, str]:
         return "py", _with_newline(strip_fences(output))
     if task_type is TaskType.DATA_EXTRACT:
         candidates = [output.strip()]
-        candidates += [body for language, body in _fenced_blocks(output) if language == "json"][:1]
+        if has_fence(output):
+            candidates += code_blocks(output, ("json",))[:1]
         for candidate in candidates:
             try:
                 data = _parse_json(candidate)

@@ -73,7 +73,6 @@ class SavedProject:
     spent_usd: float = 0.0
     phase_spent: dict[str, float] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
-    updated_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -274,14 +273,14 @@ class StateManager:
     async def _load(self, project_id: str) -> SavedProject:
         rows = await self._store.run(
             "SELECT description, criteria, max_usd, max_time_seconds, settings, status, reason,"
-            " plan, elapsed_seconds, updated_at FROM projects WHERE id = ?",
+            " plan, elapsed_seconds FROM projects WHERE id = ?",
             (project_id,),
         )
         if not rows:
             raise UnknownProjectError(project_id)
-        (description, criteria, max_usd, max_time, settings, status, reason, plan, elapsed, upd) = (
-            rows[0]
-        )
+        (description, criteria, max_usd, max_time, settings, status, reason, plan, elapsed) = rows[
+            0
+        ]
         tasks, order = _plan(plan)
         project = SavedProject(
             project_id=project_id,
@@ -295,7 +294,6 @@ class StateManager:
             tasks=tasks,
             execution_order=order,
             elapsed_seconds=elapsed,
-            updated_at=upd,
         )
         for task_id, final, record in await self._store.run(
             "SELECT task_id, final, record FROM results WHERE project_id = ?", (project_id,)

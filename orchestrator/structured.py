@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import jsonschema
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n(.*?)\n?```", re.DOTALL)
+from .fences import code_blocks, has_fence
 
 
 class InvalidAnswer(ValueError):
@@ -18,7 +17,8 @@ class InvalidAnswer(ValueError):
 def extract_json(text: str) -> Any:
     """The JSON value in ``text``: the whole text, a fenced block, or the outermost braces."""
     candidates = [text.strip()]
-    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
+    if has_fence(text):
+        candidates += [block.strip() for block in code_blocks(text, ("json", ""))]
     for opener, closer in (("{", "}"), ("[", "]")):
         start, end = text.find(opener), text.rfind(closer)
         if 0 <= start < end:

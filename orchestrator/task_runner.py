@@ -307,7 +307,11 @@ class TaskRunner:
                     self.task.id,
                     model.value,
                     phase,
-                    {"cost_usd": answer.cost_usd, "cached": answer.from_cache},
+                    {
+                        "cost_usd": answer.cost_usd,
+                        "cached": answer.from_cache,
+                        "replayed": answer.replayed,
+                    },
                 )
             )
             return answer, model

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -33,6 +33,7 @@ from xml.etree import ElementTree
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
+from .fences import code_blocks
 from .models import ValidatorResult
 
 __all__ = ["KNOWN_VALIDATORS", "code_blocks", "run_validators", "unknown_validators"]
@@ -64,8 +65,6 @@ _RESERVED_MODULES = frozenset(
     {"pytest", "_pytest", "pluggy", "py", "sitecustomize", "usercustomize", "conftest"}
 )
 
-_FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
-_TAG = re.compile(r"[A-Za-z0-9_+#-]*")
 _FILE_COMMENT = re.compile(r"^#\s*(?:file|filename)\s*:\s*(?P<name>\S+)\s*$", re.IGNORECASE)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
 _TEST_DEF = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+test_", re.MULTILINE)
@@ -84,67 +83,6 @@ _WARNINGS_LOCK = threading.Lock()
 def unknown_validators(names: Iterable[str]) -> list[str]:
     """The names that are not known validators, in the order given."""
     return [name for name in names if name not in KNOWN_VALIDATORS]
-
-
-def code_blocks(text: str, languages: Collection[str] = ("python", "py", "")) -> list[str]:
-    """The contents of every fenced block whose language tag is in ``languages``.
-
-    Fences are ``` or ~~~ (three or more, indented at most three spaces); the tag is the first
-    word of the info string, compared case-insensitively, and "" stands for an untagged block.
-    A fence left open runs to the end of the text, as in Markdown, so a truncated answer keeps
-    its last block. Text with no fence at all is one block by itself (none if it is blank).
-    """
-    wanted = {language.lower() for language in languages}
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the text's final newline, not an empty last line
-    blocks: list[str] = []
-    saw_fence = False
-    i = 0
-    while i < len(lines):
-        opening = _opening_fence(lines[i])
-        if opening is None:
-            i += 1
-            continue
-        saw_fence = True
-        indent, fence, tag = opening
-        body: list[str] = []
-        i += 1
-        while i < len(lines) and not _closes(lines[i], fence):
-            body.append(_strip_indent(lines[i], indent))
-            i += 1
-        i += 1  # past the closing fence
-        if tag in wanted:
-            blocks.append("\n".join(body) + "\n" if body else "")
-    if not saw_fence:
-        return [text] if text.strip() else []
-    return blocks
-
-
-def _opening_fence(line: str) -> tuple[int, str, str] | None:
-    match = _FENCE_OPEN.match(line)
-    if match is None:
-        return None
-    fence, info = match["fence"], match["info"].strip()
-    # A backtick in the info string means inline code such as ```x```, not a fence.
-    if fence[0] == "`" and "`" in info:
-        return None
-    tag = _TAG.match(info.lstrip("{."))
-    return len(match["indent"]), fence, tag.group().lower() if tag else ""
-
-
-def _closes(line: str, fence: str) -> bool:
-    stripped = line.strip()
-    return (
-        len(line) - len(line.lstrip(" ")) <= 3
-        and len(stripped) >= len(fence)
-        and set(stripped) == {fence[0]}
-    )
-
-
-def _strip_indent(line: str, indent: int) -> str:
-    removable = len(line) - len(line.lstrip(" "))
-    return line[min(indent, removable) :]
 
 
 def _python_blocks(text: str) -> list[str]:
