@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("-o", "--output-dir", metavar="DIR", help="write task outputs to DIR")
     limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    limits.add_argument(
+        "--unsafe-validators",
+        action="store_true",
+        help="run model-written code (pytest, latex validators) WITHOUT a sandbox where none is "
+        "available; it can then read your files and keys and use your network",
+    )
     saved = parser.add_argument_group("saved projects")
     saved.add_argument("--resume", metavar="ID", help="continue an interrupted project")
     saved.add_argument(
@@ -203,6 +209,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             client=client,
             use_cache=not args.no_cache,
             quality_threshold=_or(spec.quality_threshold, 0.85),
+            unsafe_validators=args.unsafe_validators,
             on_event=ProgressPrinter(budget),
             extra_settings=settings,
         )
@@ -228,6 +235,7 @@ async def _resume(args: argparse.Namespace) -> int:
                 max_concurrency=concurrency,
                 client=client,
                 use_cache=use_cache,
+                unsafe_validators=args.unsafe_validators,
                 on_event=printer,
                 extra_settings={"output_dir": output_dir, "use_cache": use_cache},
             )

@@ -8,6 +8,7 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
@@ -31,14 +32,17 @@ from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, T
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
+from .sandbox import detect, unsafe
 from .state import SavedProject, StateManager, new_owner
 from .task_runner import TaskContext, TaskRunner
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
-from .validators import KNOWN_VALIDATORS
+from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
 LEASE_SECONDS = 60.0  # how long a run holds its project without renewing
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
+
+log = logging.getLogger(__name__)
 
 
 class DecompositionFailed(Exception):
@@ -74,6 +78,7 @@ class Orchestrator:
         quality_threshold: float = 0.85,
         on_event: EventSink | None = None,
         validator_timeout: float = 60.0,
+        unsafe_validators: bool = False,
         min_tasks: int = 5,
         max_tasks: int = 15,
         extra_settings: Mapping[str, Any] | None = None,
@@ -89,6 +94,8 @@ class Orchestrator:
         self.quality_threshold = quality_threshold
         self.emit = on_event or ignore
         self.validator_timeout = validator_timeout
+        # Run model-written code without isolation: only when the user explicitly asks.
+        self.unsafe_validators = unsafe_validators
         self.min_tasks = min_tasks
         self.max_tasks = max_tasks
         # Saved with the project (e.g. the CLI's output directory) and returned on resume.
@@ -278,6 +285,7 @@ class Orchestrator:
             threshold=state.quality_threshold,
             emit=self.emit,
             validator_timeout=self.validator_timeout,
+            unsafe_validators=self.unsafe_validators,
         )
         timed_out = False
         try:
@@ -298,6 +306,7 @@ class Orchestrator:
                         "decomposed", data={"tasks": len(state.tasks), "done": len(state.results)}
                     )
                 )
+                await self._choose_sandbox(state)
                 await self._execute(session, state, ctx)
         except TimeoutError:
             timed_out = True
@@ -319,6 +328,21 @@ class Orchestrator:
             return
         await self._close_unfinished(session, state, timed_out)
         state.status = _final_status(state, timed_out, ctx.budget_exhausted)
+
+    async def _choose_sandbox(self, state: ProjectState) -> None:
+        """Say once, before any task runs, how model-written code will be run, if it will."""
+        pending = [t for t in state.tasks.values() if t.id not in state.results]
+        if not any(EXECUTING_VALIDATORS.intersection(t.hard_validators) for t in pending):
+            return
+        box = await detect()
+        if box is None and self.unsafe_validators:
+            box = unsafe()
+            log.warning(
+                "no sandbox available: validators run model-written code WITHOUT isolation "
+                "(unsafe_validators); it can read your files and keys and use your network"
+            )
+        state.sandbox = box.isolation if box else "unavailable"
+        self.emit(Event("sandbox", data={"isolation": state.sandbox}))
 
     async def _decompose(
         self, state: ProjectState, gateway: LLMGateway, router: Router

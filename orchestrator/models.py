@@ -73,18 +73,21 @@ class Task:
 
 @dataclass(frozen=True)
 class ValidatorResult:
-    """One hard validator's verdict. A skipped validator (tool absent) counts as passed."""
+    """One hard validator's verdict. A skipped validator (tool absent) counts as passed; one
+    that was ``not_run`` (it would execute model code and no sandbox is available) does not."""
 
     name: str
     passed: bool
     skipped: bool = False
     detail: str = ""
+    not_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "passed": self.passed,
             "skipped": self.skipped,
+            "not_run": self.not_run,
             "detail": self.detail,
         }
 
@@ -167,3 +170,6 @@ class ProjectState:
     api_health: dict[str, bool] = field(default_factory=dict)
     quality_threshold: float = 0.85
     reason: str = ""  # for SYSTEM_FAILURE and early stops: what happened, in one line
+    # How model-written code was run by the validators: "bubblewrap", "unshare",
+    # "none (unsafe)", "unavailable" (so it was not run), or "" when no task needed it.
+    sandbox: str = ""

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import ConfigError
 from .fences import code_blocks, has_fence
 from .models import ProjectState, Task, TaskResult, TaskType
+from .sandbox import NO_SANDBOX
 
 SUMMARY_NAME = "summary.json"
 README_NAME = "README.md"
@@ -164,6 +165,7 @@ def _summary(
         },
         "execution_order": list(state.execution_order),
         "api_health": dict(state.api_health),
+        "sandbox": _sandbox(state.sandbox),
         "tasks": [
             {
                 "index": index,
@@ -174,6 +176,17 @@ def _summary(
             for index, task in order
         ],
     }
+
+
+def _sandbox(isolation: str) -> dict[str, Any] | None:
+    """How validators ran model-written code, and what that means, for summary.json."""
+    if not isolation:
+        return None
+    notes = {
+        "unavailable": NO_SANDBOX,
+        "none (unsafe)": "run without isolation (--unsafe-validators)",
+    }
+    return {"isolation": isolation, "note": notes.get(isolation, "isolated")}
 
 
 def _result_dict(result: TaskResult | None) -> dict[str, Any] | None:
@@ -245,7 +258,11 @@ def _validators(result: TaskResult) -> str:
     parts = []
     for verdict in result.validator_results:
         part = f"{verdict.name} {'✓' if verdict.passed else '✗'}"
-        parts.append(f"{part} (skipped)" if verdict.skipped else part)
+        if verdict.skipped:
+            part += " (skipped)"
+        elif verdict.not_run:
+            part += " (not run: no sandbox)"
+        parts.append(part)
     return ", ".join(parts)
 
 

@@ -7,7 +7,8 @@ from typing import TextIO
 
 from .budget import Budget
 from .events import Event
-from .models import ProjectState, TaskResult
+from .models import ProjectState, TaskResult, ValidatorResult
+from .sandbox import NO_SANDBOX
 
 
 class ProgressPrinter:
@@ -48,6 +49,17 @@ class ProgressPrinter:
         elif kind == "task_skipped":
             self.done += 1
             self._line(f"{event.task_id} skipped: {event.data['reason']}")
+        elif kind == "sandbox":
+            isolation = event.data["isolation"]
+            if isolation == "unavailable":
+                self._line(f"warning: code-running validators {NO_SANDBOX}; tasks cannot pass them")
+            elif isolation == "none (unsafe)":
+                self._line(
+                    "WARNING: --unsafe-validators: model-written code runs WITHOUT a sandbox, "
+                    "with your files, network and user"
+                )
+            else:
+                self._line(f"validators run model-written code in a {isolation} sandbox")
         elif kind == "budget_warning":
             share = event.data["ratio"]
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
@@ -117,10 +129,15 @@ def results_table(state: ProjectState) -> str:
 def _checks(result: TaskResult) -> str:
     if not result.validator_results:
         return "-"
-    return ",".join(
-        f"{v.name}:{'skip' if v.skipped else 'ok' if v.passed else 'FAIL'}"
-        for v in result.validator_results
-    )
+    return ",".join(f"{v.name}:{_verdict(v)}" for v in result.validator_results)
+
+
+def _verdict(result: ValidatorResult) -> str:
+    if result.skipped:
+        return "skip"
+    if result.passed:
+        return "ok"
+    return "NOT RUN" if result.not_run else "FAIL"
 
 
 def text_table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:

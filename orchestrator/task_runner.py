@@ -26,6 +26,7 @@ from .prompts import (
 )
 from .providers.base import Message
 from .routing import CRITIQUE_MAX_TOKENS, ROUTING_TABLE, Router
+from .sandbox import NO_SANDBOX
 from .validators import run_validators
 
 PLATEAU_DELTA = 0.02
@@ -47,6 +48,7 @@ class TaskContext:
     threshold: float
     emit: EventSink
     validator_timeout: float = 60.0
+    unsafe_validators: bool = False
     budget_exhausted: bool = False
 
 
@@ -124,22 +126,28 @@ class TaskRunner:
                 output_schema=task.output_schema,
                 dependency_outputs={k: v.output for k, v in self.dependencies.items()},
                 timeout=ctx.validator_timeout,
+                unsafe_validators=ctx.unsafe_validators,
             )
             passed = all(v.passed for v in validators)
-            if passed:
+            # A validator that could not run (no sandbox) is no failure of the answer: no
+            # revision can fix it, so it neither zeroes the score nor asks for one. It still
+            # keeps the task from counting as passed.
+            failed = [v for v in validators if not v.passed and not v.not_run]
+            if not failed:
                 score, reasoning = await self._evaluate(task_text, current, author, iteration)
             else:
                 score, reasoning = 0.0, ""
             result.score_history.append(score)
-            passes.append(passed)
-            notes = [f"Validator {v.name} failed: {v.detail}" for v in validators if not v.passed]
+            passes.append(not failed)
+            notes = [f"Validator {v.name} failed: {v.detail}" for v in failed]
             if reasoning:
                 notes.append(f"Evaluator's assessment (score {score:.2f}):\n{reasoning}")
             if score >= result.score:
                 self._keep(current, score, passed, validators, author)
                 best_notes = notes
-            if passed and score >= ctx.threshold:
-                result.reason = ""
+            if not failed and score >= ctx.threshold:
+                not_run = [v.name for v in validators if v.not_run]
+                result.reason = f"{', '.join(not_run)}: {NO_SANDBOX}" if not_run else ""
                 return
             # A score forced to 0 by a validator says nothing about a plateau: the next
             # revision gets the validator's message to fix.

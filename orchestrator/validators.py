@@ -1,40 +1,45 @@
 """Hard validators: deterministic checks of a task's output; one failure forces its score to 0.0.
 
-Model output is untrusted. It never chooses a path outside a fresh temporary directory, a
-command to run or a package to install. Generated code runs only here, in a subprocess in its
-own session and temporary directory, under a time limit, with credentials removed from its
-environment. Nothing here blocks the event loop: subprocesses are asynchronous and CPU or file
-work runs in a worker thread.
-
-POSIX only: a timed-out run is stopped by killing its whole process group.
+Model output is untrusted. It never chooses a path outside a fresh scratch directory, a command
+to run or a package to install. The validators that execute it (``pytest``, and ``latex``: TeX
+is a programming language) run it only through ``sandbox``; with no sandbox available they do
+not run it and say so. Nothing here blocks the event loop: subprocesses are asynchronous and CPU
+or file work runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
 import re
 import shutil
-import signal
 import sys
-import tempfile
 import threading
 import warnings
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
-from xml.etree import ElementTree
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
+from . import pytest_channel
 from .fences import code_blocks
 from .models import ValidatorResult
+from .sandbox import (
+    NO_SANDBOX,
+    Completed,
+    Sandbox,
+    detect,
+    hand_over,
+    run_tool,
+    scratch_dir,
+    unsafe,
+)
 
 __all__ = ["KNOWN_VALIDATORS", "code_blocks", "run_validators", "unknown_validators"]
 
@@ -45,19 +50,15 @@ KNOWN_VALIDATORS: frozenset[str] = frozenset(
 MIN_LENGTH = 10
 MAX_LENGTH = 50_000
 DETAIL_LIMIT = 300
-OUTPUT_CAP = 64 * 1024  # bytes of a subprocess's output kept: half from the start, half the end
+# The validators that execute model output, and so need a sandbox.
+EXECUTING_VALIDATORS: frozenset[str] = frozenset({"pytest", "latex"})
+PYTEST_RUNNER = pytest_channel.__file__
 
 # What the validators treat as Python. Wider than code_blocks' default because models do write
 # ```python3, and missing such a block would fail a correct answer.
 PYTHON_TAGS = ("python", "py", "python3", "")
 
 _NO_OUTPUTS: Mapping[str, str] = MappingProxyType({})
-
-# Substrings (of the upper-cased name) of environment variables generated code must not see.
-_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
-
-# The verdict must not depend on the caller's own pytest options or plugins.
-_PYTEST_ENV_UNSET = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")
 
 # A block written under one of these names would replace the test runner itself, letting the
 # code under test report whatever it likes.
@@ -68,10 +69,6 @@ _RESERVED_MODULES = frozenset(
 _FILE_COMMENT = re.compile(r"^#\s*(?:file|filename)\s*:\s*(?P<name>\S+)\s*$", re.IGNORECASE)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
 _TEST_DEF = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+test_", re.MULTILINE)
-_PYTEST_SUMMARY = re.compile(
-    r"\b(?:passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?|no tests ran)\b"
-    r".*\bin \d+(?:\.\d+)?s\b"
-)
 _RUFF_DIAGNOSTIC = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+): (?P<message>.*)$")
 _RUFF_BLOCK_FILE = re.compile(r"^block_(?P<n>\d+)\.py$")
 
@@ -96,12 +93,15 @@ async def run_validators(
     output_schema: dict[str, Any] | None = None,
     dependency_outputs: Mapping[str, str] = _NO_OUTPUTS,
     timeout: float = 60.0,  # noqa: ASYNC109 - a limit per subprocess, not for the whole call
+    unsafe_validators: bool = False,
 ) -> list[ValidatorResult]:
     """Run the named validators on ``output``: one result per name, in the same order.
 
     ``output_schema`` is what ``json_schema`` checks against; ``dependency_outputs`` (task id to
     output) supplies code the ``pytest`` validator writes before this output's own; ``timeout``
-    (seconds) limits each validator's subprocess. Unknown names raise ``ValueError``.
+    (seconds) limits each validator's subprocess. Code is executed only in the sandbox that
+    ``sandbox.detect()`` finds; without one, the executing validators report ``not_run``, or
+    with ``unsafe_validators`` run it unisolated. Unknown names raise ``ValueError``.
     """
     if isinstance(names, str):
         raise TypeError("names must be a sequence of validator names, not one string")
@@ -114,13 +114,18 @@ async def run_validators(
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
 
+    box: Sandbox | None = None
+    if EXECUTING_VALIDATORS.intersection(names):
+        box = await detect()
+        if box is None and unsafe_validators:
+            box = unsafe()
     checks = {
         "python_syntax": lambda: asyncio.to_thread(_check_syntax, output),
         "length": lambda: _check_length(output),
         "json_schema": lambda: asyncio.to_thread(_check_json, output, output_schema),
-        "pytest": lambda: _check_pytest(output, dependency_outputs, timeout),
+        "pytest": lambda: _check_pytest(output, dependency_outputs, timeout, box),
         "ruff": lambda: _check_ruff(output, timeout),
-        "latex": lambda: _check_latex(output, timeout),
+        "latex": lambda: _check_latex(output, timeout, box),
     }
     tasks = [asyncio.create_task(checks[name]()) for name in names]
     try:
@@ -220,119 +225,7 @@ def _check_json(output: str, schema: dict[str, Any] | None) -> ValidatorResult:
     return _failed("json_schema", f"{error.json_path}: {error.message}{more}")
 
 
-# --- sandboxed subprocesses -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Completed:
-    returncode: int | None  # None when the run was stopped at its time limit
-    output: str  # stdout and stderr interleaved; the middle is dropped beyond OUTPUT_CAP
-
-    @property
-    def timed_out(self) -> bool:
-        return self.returncode is None
-
-    @property
-    def lines(self) -> list[str]:
-        return [line.strip() for line in self.output.splitlines() if line.strip()]
-
-
-class _CappedOutput:
-    """Keeps the first and last ``cap / 2`` bytes: tools put their summary at the end."""
-
-    def __init__(self, cap: int = OUTPUT_CAP) -> None:
-        self._half = cap // 2
-        self._head = bytearray()
-        self._tail = bytearray()
-        self._dropped = False
-
-    def feed(self, chunk: bytes) -> None:
-        room = self._half - len(self._head)
-        if room > 0:
-            self._head += chunk[:room]
-            chunk = chunk[room:]
-        self._tail += chunk
-        if len(self._tail) > self._half:
-            self._dropped = True
-            del self._tail[: len(self._tail) - self._half]
-
-    def text(self) -> str:
-        gap = b"\n[... output truncated ...]\n" if self._dropped else b""
-        return bytes(self._head + gap + self._tail).decode("utf-8", errors="replace")
-
-
-def _is_secret(name: str) -> bool:
-    upper = name.upper()
-    return upper.endswith("_BASE_URL") or any(marker in upper for marker in _SECRET_MARKERS)
-
-
-def _sandbox_env(workdir: str, unset: Iterable[str] = ()) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not _is_secret(name)}
-    for name in unset:
-        env.pop(name, None)
-    env.update(PYTHONDONTWRITEBYTECODE="1", HOME=workdir, PYTHONPATH=workdir)
-    return env
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-async def _drain(stream: asyncio.StreamReader, sink: _CappedOutput) -> None:
-    while chunk := await stream.read(65536):
-        sink.feed(chunk)
-
-
-async def _run_sandboxed(
-    argv: Sequence[str], workdir: str, *, seconds: float, unset: Iterable[str] = ()
-) -> _Completed:
-    """Run ``argv`` in ``workdir`` with a scrubbed environment; stop its process group at
-    ``seconds`` or on cancellation. Raises OSError if the program cannot be started."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=workdir,
-        env=_sandbox_env(workdir, unset),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    sink = _CappedOutput()
-    reader = asyncio.create_task(_drain(proc.stdout, sink))
-    timed_out = False
-    try:
-        async with asyncio.timeout(seconds):
-            # Shielded so that a timeout leaves the reader to collect what is still in the pipe.
-            await asyncio.shield(reader)
-            await proc.wait()
-    except TimeoutError:
-        timed_out = True
-    finally:
-        # Also after a normal exit: anything the code started in the background shares the
-        # group and must not outlive the check.
-        _kill_group(proc.pid)
-        await proc.wait()
-        # A process that left our session can hold the pipe open forever; stop waiting for it.
-        await asyncio.wait({reader}, timeout=1.0)
-        reader.cancel()
-    return _Completed(None if timed_out else proc.returncode, sink.text())
-
-
-def _make_tempdir() -> tuple[tempfile.TemporaryDirectory[str], str]:
-    tmp = tempfile.TemporaryDirectory(prefix="orchestrator-validate-", ignore_cleanup_errors=True)
-    # Resolved, so that containment checks compare like with like (/tmp may be a symlink).
-    return tmp, os.path.realpath(tmp.name)
-
-
-@contextlib.asynccontextmanager
-async def _workdir() -> AsyncIterator[str]:
-    tmp, path = await asyncio.to_thread(_make_tempdir)
-    try:
-        yield path
-    finally:
-        await asyncio.to_thread(tmp.cleanup)
+# --- subprocesses -----------------------------------------------------------------------------
 
 
 def _write(root: str, files: Mapping[str, str]) -> None:
@@ -346,6 +239,10 @@ def _exit_description(tool: str, returncode: int) -> str:
     if returncode < 0:
         return f"{tool} was killed by signal {-returncode}"
     return f"{tool} exited with status {returncode}"
+
+
+def _not_run(name: str) -> ValidatorResult:
+    return ValidatorResult(name, passed=False, not_run=True, detail=NO_SANDBOX)
 
 
 # --- pytest -----------------------------------------------------------------------------------
@@ -404,80 +301,164 @@ def _plan_files(root: str, dependency_blocks: list[str], own_blocks: list[str]) 
 
 
 def _prepare_pytest(root: str, dependency_blocks: list[str], own_blocks: list[str]) -> list[str]:
-    """Write the blocks and an empty pytest.ini under ``root``; return the test files."""
+    """Write the blocks and a pytest.ini under ``root``; return the test files."""
     files = _plan_files(root, dependency_blocks, own_blocks)
     tests = [name for name, source in files.items() if _has_tests(source)]
     if tests:
         # Makes root the rootdir, so no pytest.ini, pyproject.toml or conftest.py above the
-        # temporary directory can change how the tests run.
-        Path(root, "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+        # scratch directory can change how the tests run; `pythonpath` lets tests import the
+        # modules beside them and in packages below.
+        Path(root, "pytest.ini").write_text("[pytest]\npythonpath = .\n", encoding="utf-8")
         _write(root, files)
+        hand_over(root)
     return tests
 
 
-def _junit_counts(report: Path) -> dict[str, int] | None:
-    """Tests run, and how they ended, from pytest's JUnit XML report (None if absent)."""
-    try:
-        root = ElementTree.parse(report).getroot()
-    except (OSError, ElementTree.ParseError):
-        return None
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    for suite in suites:
-        for name in totals:
-            totals[name] += int(suite.get(name, "0") or 0)
-    failed = totals["failures"] + totals["errors"] + totals["skipped"]
-    return {**totals, "passed": totals["tests"] - failed}
-
-
-def _pytest_detail(lines: list[str]) -> str:
-    summary = next(
-        (line.strip("= ") for line in reversed(lines) if _PYTEST_SUMMARY.search(line)), ""
-    )
-    first_problem = next((line for line in lines if line.startswith(("FAILED ", "ERROR "))), "")
-    return "; ".join(part for part in (summary, first_problem) if part)
-
-
 async def _check_pytest(
-    output: str, dependency_outputs: Mapping[str, str], seconds: float
+    output: str, dependency_outputs: Mapping[str, str], seconds: float, box: Sandbox | None
 ) -> ValidatorResult:
     if not _pytest_installed():
         return _failed("pytest", "pytest is not installed")
     dependency_blocks = [b for text in dependency_outputs.values() for b in _python_blocks(text)]
     own_blocks = _python_blocks(output)
-    async with _workdir() as root:
+    if not any(_has_tests(block) for block in own_blocks + dependency_blocks):
+        return _failed("pytest", "no tests found")
+    if box is None:
+        return _not_run("pytest")
+    async with scratch_dir() as root:
         try:
             tests = await asyncio.to_thread(_prepare_pytest, root, dependency_blocks, own_blocks)
         except OSError as exc:
             return _failed("pytest", f"could not write the code: {exc}")
         if not tests:
             return _failed("pytest", "no tests found")
-        # The report lives outside the code's directory, and conftest hooks are off, so the
-        # verdict is pytest's own count rather than anything the code under test prints.
-        with tempfile.TemporaryDirectory(prefix="orchestrator-report-") as report_dir:
-            report = Path(report_dir, "report.xml")
-            argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-            argv += ["--color=no", "--noconftest", f"--junitxml={report}"]
-            try:
-                done = await _run_sandboxed(
-                    [*argv, *tests], root, seconds=seconds, unset=_PYTEST_ENV_UNSET
-                )
-            except OSError as exc:
-                return _failed("pytest", f"could not start pytest: {exc}")
-            counts = await asyncio.to_thread(_junit_counts, report)
+        # The verdict comes only from the outcomes streamed over the channel as pytest reports
+        # them, checked against its totals and exit status; conftest hooks are off.
+        argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}"]
+        argv += ["-q", "-p", "no:cacheprovider", "--color=no", "--noconftest", *tests]
+        try:
+            done = await box.run(
+                argv, root, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER]
+            )
+        except OSError as exc:
+            return _failed("pytest", f"could not start pytest: {exc}")
     if done.timed_out:
         return _failed("pytest", f"timed out after {seconds:g}s")
-    detail = _pytest_detail(done.lines)
-    if done.returncode == 0:
-        if counts is None:
-            return _failed("pytest", "pytest reported no results")
-        if counts["passed"] < 1:
-            return _failed("pytest", f"no test passed ({detail or 'nothing ran'})")
-        return _passed("pytest", detail)
-    if not detail:
-        last = done.lines[-1] if done.lines else "no output"
-        detail = f"{_exit_description('pytest', done.returncode or 0)}: {last}"
-    return _failed("pytest", detail)
+    return _pytest_verdict(done)
+
+
+@dataclass
+class _TestStream:
+    """What pytest streamed: outcomes per test, collection errors and its closing totals."""
+
+    collected: int | None = None
+    finish: dict[str, Any] | None = None
+    outcomes: dict[str, str] = field(default_factory=dict)  # passed / failed / skipped
+    failed_reports: int = 0
+    problems: list[str] = field(default_factory=list)  # "FAILED id - message", in order
+    garbled: str = ""
+
+    @classmethod
+    def parse(cls, data: bytes) -> _TestStream:
+        stream = cls()
+        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+            if stream.garbled:
+                break
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                stream.garbled = f"line {number} of the result channel is not a message"
+            elif stream.finish is not None:
+                stream.garbled = "messages after the session finished"
+            else:
+                stream._take(message)
+        return stream
+
+    def _take(self, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "collected" and isinstance(message.get("count"), int):
+            self.collected = message["count"]
+        elif event == "collect_error":
+            self.problems.append(f"ERROR collecting {message.get('id')} - {message.get('message')}")
+        elif event == "report":
+            self._report(message)
+        elif event == "finish" and all(
+            isinstance(message.get(k), int) for k in ("exitstatus", "collected", "failed")
+        ):
+            self.finish = message
+        else:
+            self.garbled = f"unexpected message {str(event)[:40]!r}"
+
+    def _report(self, message: dict[str, Any]) -> None:
+        test, when, outcome = message.get("id"), message.get("when"), message.get("outcome")
+        if not isinstance(test, str) or outcome not in ("passed", "failed", "skipped"):
+            self.garbled = "a malformed test report"
+            return
+        xfail = bool(message.get("xfail"))
+        if outcome == "failed" and not xfail:
+            self.failed_reports += 1
+            self.outcomes[test] = "failed"
+            label = "FAILED" if when == "call" else f"ERROR at {when} of"
+            self.problems.append(f"{label} {test} - {message.get('message') or 'failed'}")
+        elif self.outcomes.get(test) != "failed":
+            if when == "call":
+                # An expected failure (or an unexpected pass) is not a passing test.
+                self.outcomes[test] = "skipped" if xfail else outcome
+            elif outcome == "skipped" or test not in self.outcomes:
+                self.outcomes[test] = "skipped" if outcome == "skipped" else "pending"
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for o in self.outcomes.values() if o == outcome)
+
+    def contradiction(self, returncode: int) -> str:
+        """Why the stream, the session's totals and the exit status disagree, or ""."""
+        if self.garbled:
+            return self.garbled
+        if self.finish is None:
+            if returncode == 0:
+                return "pytest exited with status 0 before reporting its results"
+            return ""  # stopped (killed, crashed): reported as such, not as a contradiction
+        status = self.finish["exitstatus"]
+        if status != returncode:
+            return f"pytest's session ended with status {status} but it exited with {returncode}"
+        if self.finish["failed"] != self.failed_reports:
+            return (
+                f"{self.failed_reports} failure(s) streamed, "
+                f"{self.finish['failed']} in the session's totals"
+            )
+        if status == 0 and (self.problems or self.count("pending")):
+            return "exit status 0 with failing or unfinished tests"
+        if status == 0 and self.collected != len(self.outcomes):
+            return f"{self.collected} test(s) collected, {len(self.outcomes)} reported"
+        return ""
+
+
+def _pytest_verdict(done: Completed) -> ValidatorResult:
+    returncode = done.returncode or 0
+    stream = _TestStream.parse(done.channel)
+    contradiction = stream.contradiction(returncode)
+    if contradiction:
+        return _failed("pytest", f"test results inconsistent: {contradiction}")
+    passed = stream.count("passed")
+    counts = ", ".join(
+        f"{n} {outcome}"
+        for outcome in ("failed", "passed", "skipped")
+        if (n := stream.count(outcome))
+    )
+    if stream.finish is None:
+        # Stopped before its totals: killed by a limit, or crashed.
+        last = stream.problems[0] if stream.problems else (done.lines or ["no output"])[-1]
+        parts = (_exit_description("pytest", returncode), counts, last)
+        return _failed("pytest", "; ".join(p for p in parts if p))
+    if stream.problems:
+        return _failed("pytest", "; ".join(p for p in (counts, stream.problems[0]) if p))
+    if returncode != 0 or not stream.outcomes:
+        return _failed("pytest", counts or "no tests ran")
+    if passed < 1:
+        return _failed("pytest", f"no test passed ({counts})")
+    return _passed("pytest", counts)
 
 
 # --- ruff -------------------------------------------------------------------------------------
@@ -514,10 +495,11 @@ async def _check_ruff(output: str, seconds: float) -> ValidatorResult:
     argv = [ruff, "check", "--no-cache", "--isolated", "--select", "E,F", "--ignore", "E501"]
     argv += ["--quiet"]
     argv += ["--output-format", "concise", *files]
-    async with _workdir() as root:
+    async with scratch_dir() as root:
         try:
             await asyncio.to_thread(_write, root, files)
-            done = await _run_sandboxed(argv, root, seconds=seconds)
+            # ruff reads the code without running it: no sandbox needed.
+            done = await run_tool(argv, root, seconds=seconds)
         except OSError as exc:
             return _failed("ruff", f"could not run ruff: {exc}")
     if done.timed_out:
@@ -539,18 +521,23 @@ def _find_pdflatex() -> str | None:
     return shutil.which("pdflatex")
 
 
-async def _check_latex(output: str, seconds: float) -> ValidatorResult:
+async def _check_latex(output: str, seconds: float, box: Sandbox | None) -> ValidatorResult:
     pdflatex = _find_pdflatex()
     if pdflatex is None:
         return _skipped("latex", "pdflatex is not installed")
     candidates = code_blocks(output, ("latex", "tex")) or code_blocks(output, ("",))
     if not candidates or not candidates[0].strip():
         return _failed("latex", "no LaTeX found")
+    # TeX is a programming language that can read any file it can see: it runs sandboxed.
+    if box is None:
+        return _not_run("latex")
     argv = [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "doc.tex"]
-    async with _workdir() as root:
+    async with scratch_dir() as root:
         try:
             await asyncio.to_thread(_write, root, {"doc.tex": candidates[0]})
-            done = await _run_sandboxed(argv, root, seconds=seconds)
+            await asyncio.to_thread(hand_over, root)
+            tool_dir = os.path.dirname(pdflatex)
+            done = await box.run(argv, root, seconds=seconds, read_only=[tool_dir])
         except OSError as exc:
             return _failed("latex", f"could not run pdflatex: {exc}")
     if done.timed_out:

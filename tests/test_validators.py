@@ -7,11 +7,11 @@ import asyncio
 import importlib.util
 import itertools
 import os
-import stat
 import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -75,15 +75,30 @@ ADD = py(
     """
 )
 
-SLEEPING_TEST = """
-import os, subprocess, sys, time
-from pathlib import Path
+
+def sleeping_test(marker: str) -> str:
+    """A test that starts a child and sleeps; both carry ``marker`` on their command line."""
+    return f"""
+import subprocess, sys, time
 
 def test_sleeps():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    Path(os.environ["PID_RECORD"]).write_text(f"{os.getpid()} {child.pid}")
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "{marker}"])
     time.sleep(60)
 """
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes (seen from outside any sandbox) whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
 
 
 # --- names ----------------------------------------------------------------------------------
@@ -275,31 +290,27 @@ async def test_pytest_without_tests_fails():
     assert result.detail == "no tests found"
 
 
-async def test_pytest_timeout_fails_fast_and_leaves_no_process(tmp_path, monkeypatch):
-    record = tmp_path / "pids"
-    monkeypatch.setenv("PID_RECORD", str(record))
+async def test_pytest_timeout_fails_fast_and_leaves_no_process():
+    marker = f"orchestrator-sleeper-{uuid.uuid4().hex}"
     started = time.monotonic()
-    result = await check("pytest", py(SLEEPING_TEST), timeout=2)
+    result = await check("pytest", py(sleeping_test(marker)), timeout=2)
     assert time.monotonic() - started < 6
     assert not result.passed
     assert result.detail == "timed out after 2s"
-    pids = [int(pid) for pid in record.read_text().split()]
-    assert wait_dead(pids) == []
+    assert wait_dead(processes_with(marker)) == []
 
 
-async def test_cancelling_a_run_kills_its_processes(tmp_path, monkeypatch):
-    record = tmp_path / "pids"
-    monkeypatch.setenv("PID_RECORD", str(record))
-    task = asyncio.create_task(run_validators(["pytest"], py(SLEEPING_TEST), timeout=30))
+async def test_cancelling_a_run_kills_its_processes():
+    marker = f"orchestrator-sleeper-{uuid.uuid4().hex}"
+    task = asyncio.create_task(run_validators(["pytest"], py(sleeping_test(marker)), timeout=30))
     deadline = time.monotonic() + 10
-    while not (record.exists() and len(record.read_text().split()) == 2):
+    while not processes_with(marker):
         assert time.monotonic() < deadline, "the generated test never started"
         await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    pids = [int(pid) for pid in record.read_text().split()]
-    assert wait_dead(pids) == []
+    assert wait_dead(processes_with(marker)) == []
 
 
 async def test_dependency_code_is_importable_by_a_later_tasks_tests():
@@ -361,23 +372,25 @@ def callers_file() -> Path:
     return path
 
 
-async def test_generated_code_sees_no_keys_and_not_the_callers_directory(monkeypatch, callers_file):
+async def test_generated_code_sees_none_of_the_users_variables_nor_the_callers_directory(
+    monkeypatch, callers_file
+):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp-must-not-leak")
     monkeypatch.setenv("DB_PASSWORD", "hunter2")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://proxy.invalid/v1")
-    monkeypatch.setenv("ORCH_TEST_VISIBLE", "yes")
+    monkeypatch.setenv("ORCH_TEST_VISIBLE", "no, not even a harmless one")
     output = py(
-        """
+        f"""
         import os
 
-        def test_environment_is_scrubbed():
-            for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD", "OPENAI_BASE_URL"):
-                assert name not in os.environ
-            assert os.environ["ORCH_TEST_VISIBLE"] == "yes"
-            assert os.environ["HOME"] == os.getcwd()
-            assert os.environ["PYTHONPATH"] == os.getcwd()
-            assert os.environ["PYTHONDONTWRITEBYTECODE"] == "1"
+        def test_environment_is_minimal():
+            allowed = {{"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD",
+                       "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8",
+                       "PYTEST_VERSION", "PYTEST_CURRENT_TEST"}}  # set by pytest itself
+            assert set(os.environ) <= allowed, sorted(set(os.environ) - allowed)
+            assert os.environ["HOME"] != {str(Path.home())!r}
+            assert not os.path.exists({str(callers_file.resolve())!r})
             assert not os.path.exists("callers_file.txt")
         """
     )
@@ -464,31 +477,22 @@ async def test_latex_runs_pdflatex_without_shell_escape_and_reports_the_error(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pdflatex"
+    # It reports, as its error line, how it was called and what it was given to compile.
     fake.write_text(
         "#!/bin/sh\n"
-        'printf "%s\\n" "$@" > "$TEX_RECORD"\n'
-        'cat doc.tex >> "$TEX_RECORD"\n'
         "echo 'This is pdfTeX'\n"
-        "echo '! Undefined control sequence.'\n"
-        "echo 'l.3 \\foo'\n"
+        "printf '%s\\n' \"! args: $* | doc: $(tr '\\n' ' ' < doc.tex)\"\n"
         "exit 1\n"
     )
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    record = tmp_path / "record"
-    monkeypatch.setenv("TEX_RECORD", str(record))
     output = "The document:\n```latex\n\\documentclass{article}\n\\foo\n```\n"
     result = await check("latex", output)
     assert not result.passed
-    assert result.detail == "! Undefined control sequence."
-    assert record.read_text().splitlines() == [
-        "-interaction=nonstopmode",
-        "-halt-on-error",
-        "-no-shell-escape",
-        "doc.tex",
-        "\\documentclass{article}",
-        "\\foo",
-    ]
+    assert result.detail == (
+        "! args: -interaction=nonstopmode -halt-on-error -no-shell-escape doc.tex "
+        "| doc: \\documentclass{article} \\foo"
+    )
 
 
 PYTEST_GAMES = {
