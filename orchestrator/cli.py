@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("-o", "--output-dir", metavar="DIR", help="write task outputs to DIR")
     limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     limits.add_argument(
+        "--validator-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of each validator run, e.g. a task's test suite (default 60)",
+    )
+    limits.add_argument(
         "--unsafe-validators",
         action="store_true",
         help="run model-written code (pytest, latex validators) WITHOUT a sandbox where none is "
@@ -145,6 +151,9 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise _usage("--concurrency must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise _usage("--threshold must be between 0 and 1")
+    timeout = args.validator_timeout
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise _usage("--validator-timeout must be a number greater than 0")
 
 
 def _probe_output_dir(directory: str | None) -> None:
@@ -210,6 +219,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             use_cache=not args.no_cache,
             quality_threshold=_or(spec.quality_threshold, 0.85),
             unsafe_validators=args.unsafe_validators,
+            validator_timeout=_or(args.validator_timeout, 60.0),
             on_event=ProgressPrinter(budget),
             extra_settings=settings,
         )
@@ -236,6 +246,7 @@ async def _resume(args: argparse.Namespace) -> int:
                 client=client,
                 use_cache=use_cache,
                 unsafe_validators=args.unsafe_validators,
+                validator_timeout=_or(args.validator_timeout, 60.0),
                 on_event=printer,
                 extra_settings={"output_dir": output_dir, "use_cache": use_cache},
             )

@@ -36,9 +36,11 @@ __all__ = [
     "Limits",
     "Sandbox",
     "detect",
+    "hand_over",
     "run_tool",
     "scratch_dir",
     "unsafe",
+    "why_unavailable",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,12 +179,12 @@ async def _probe_all(wanted: str) -> Sandbox | None:
     if wanted not in ("", _BUBBLEWRAP, _UNSHARE, "none"):
         log.warning("%s=%s is not one of bubblewrap, unshare, none", SANDBOX_ENV, wanted)
         return None
-    if not sys.platform.startswith("linux") or wanted == "none":
+    if wanted == "none":
         return None
     for isolation in (_BUBBLEWRAP, _UNSHARE):
         if wanted and wanted != isolation:
             continue
-        problem = await _probe(isolation)
+        problem = await why_unavailable(isolation)
         if problem is None:
             log.info("validators run model code in a %s sandbox", isolation)
             return Sandbox(isolation)
@@ -190,8 +192,22 @@ async def _probe_all(wanted: str) -> Sandbox | None:
     return None
 
 
+_problems: dict[str, str | None] = {}
+
+
+async def why_unavailable(isolation: str) -> str | None:
+    """Why ``isolation`` ("bubblewrap" or "unshare") cannot run code here, or None if it can.
+
+    Tried once per process: a small Python program is run through it.
+    """
+    if isolation not in _problems:
+        _problems[isolation] = await _probe(isolation)
+    return _problems[isolation]
+
+
 async def _probe(isolation: str) -> str | None:
-    """Why ``isolation`` cannot run a Python program here, or None if it can."""
+    if not sys.platform.startswith("linux"):
+        return "namespaces are a Linux feature"
     needed = ["bwrap"] if isolation == _BUBBLEWRAP else []
     needed += ["unshare", "prlimit", "setpriv"]
     missing = [tool for tool in needed if shutil.which(tool) is None]

