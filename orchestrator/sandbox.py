@@ -60,17 +60,14 @@ _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_ENTRIES = (
     "/etc/alternatives",
     "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
     "/etc/localtime",
     "/etc/passwd",
     "/etc/group",
-    "/etc/nsswitch.conf",
     "/etc/texmf",
     "/etc/fonts",
 )
 _DATA_DIRS = ("/var/lib/texmf",)
-_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
 @dataclass(frozen=True)
@@ -270,7 +267,8 @@ def _isolated_command(
     stage = ["unshare", "--mount", "--pid", "--fork", "--kill-child"]
     if not as_root:
         stage[1:1] = ["--user", "--map-root-user"]
-    return [*stage, "--", "/bin/sh", "-c", view.stage_script(inner), "sandbox-stage"]
+    script = view.stage_script(inner, devices=isolation == _UNSHARE)
+    return [*stage, "--", "/bin/sh", "-c", script, "sandbox-stage"]
 
 
 def _bwrap_isolation() -> list[str]:
@@ -328,10 +326,11 @@ def _nobody() -> tuple[int, int]:
 
 @dataclass
 class _View:
-    """What the code may see: read-only paths, symlinks, and the one writable directory."""
+    """What the code may see: read-only paths, copied files, symlinks, one writable directory."""
 
     workdir: str
-    read_only: list[str]
+    read_only: list[str]  # bound read-only at the same path
+    copies: list[str]  # small files of /etc: copied into the stage (one command), not bound
     symlinks: list[tuple[str, str]]  # (path, target)
     tmp_bytes: int
 
@@ -344,16 +343,18 @@ class _View:
                 symlinks.append((path, os.readlink(path)))
             elif os.path.isdir(path):
                 read_only.append(path)
-        read_only += [p for p in (*_ETC_ENTRIES, *_DATA_DIRS) if os.path.exists(p)]
+        etc = [p for p in _ETC_ENTRIES if os.path.exists(p)]
+        read_only += [p for p in (*etc, *_DATA_DIRS) if os.path.isdir(p)]
         for path in (*_python_dirs(), *extra):
             real = os.path.realpath(path)
             if os.path.exists(real) and not any(_within(real, seen) for seen in read_only):
                 read_only.append(real)
-        return cls(workdir, read_only, symlinks, tmp_bytes)
+        copies = [p for p in etc if not os.path.isdir(p)]
+        return cls(workdir, read_only, copies, symlinks, tmp_bytes)
 
     def bwrap_args(self) -> list[str]:
         args: list[str] = []
-        for path in self.read_only:
+        for path in [*self.read_only, *self.copies]:
             if not path.startswith("/tmp/"):
                 args += ["--ro-bind", path, path]
         for path, target in self.symlinks:
@@ -363,33 +364,61 @@ class _View:
         for path in self.read_only:
             if path.startswith("/tmp/"):  # e.g. a virtual environment in /tmp: over the tmpfs
                 args += ["--ro-bind", path, path]
-        return [*args, "--bind", self.workdir, self.workdir, "--chdir", self.workdir]
+        args += ["--bind", self.workdir, self.workdir, "--chdir", self.workdir]
+        # Last: the root itself (mount points included) becomes read-only.
+        return [*args, "--remount-ro", "/"]
 
-    def stage_script(self, inner: Sequence[str]) -> str:
-        """A shell script that builds this view as a new root and starts ``inner`` in it."""
+    def stage_script(self, inner: Sequence[str], *, devices: bool) -> str:
+        """A shell script that builds this view as a new read-only root, then starts ``inner``
+        in it. With ``devices``, a few device nodes; otherwise all of /dev, for bubblewrap
+        to build its own from (the code never sees the stage's).
+
+        Every command is a process, so paths are grouped into as few commands as possible.
+        """
         q = shlex.quote
+
+        def under_root(paths: Sequence[str]) -> str:
+            return " ".join(f'"$R"{q(p)}' for p in paths)
+
+        # Paths in /tmp are bound after the private /tmp is mounted, over it.
+        ordinary = [p for p in self.read_only if not p.startswith("/tmp/")]
+        in_tmp = [p for p in self.read_only if p.startswith("/tmp/")]
+        files = [p for p in ordinary if not os.path.isdir(p)]
+        tmp_files = [p for p in in_tmp if not os.path.isdir(p)]
+        nodes = [d for d in _DEVICES if devices and os.path.exists(d)]
+        dirs = {"/tmp", "/proc", "/dev", "/.old", "/etc"}
+        dirs.update(p for p in ordinary if p not in files)
+        dirs.update(os.path.dirname(p) for p in files + nodes)
+        tmp_dirs = {p for p in in_tmp if p not in tmp_files} | {self.workdir}
+        tmp_dirs.update(os.path.dirname(p) for p in tmp_files)
         lines = [
             "set -eu",
             f"R={q(self._stage_root())}",
             'mount -t tmpfs -o mode=755 sandbox "$R"',
+            f"mkdir -p {under_root(sorted(dirs))}",
         ]
-        ordinary = [p for p in self.read_only if not p.startswith("/tmp/")]
-        in_tmp = [p for p in self.read_only if p.startswith("/tmp/")]
+        if files + nodes:
+            lines.append(f"touch {under_root(files + nodes)}")
+        if self.copies:
+            lines.append(f'cp -P --preserve=mode -t "$R/etc" {" ".join(q(p) for p in self.copies)}')
+        lines += _symlink_lines(self.symlinks)
+        lines.append('mount -o remount,bind,ro "$R"')
         for path in ordinary:
-            lines += _bind_lines(path, read_only=True)
-        for path, target in self.symlinks:
-            lines.append(f'ln -s {q(target)} "$R"{q(path)}')
-        lines.append('mkdir -p "$R/tmp" "$R/proc" "$R/dev" "$R/.old"')
+            lines.append(f'mount --bind -o ro,nosuid,nodev {q(path)} "$R"{q(path)}')
         lines.append(f'mount -t tmpfs -o mode=1777,size={self.tmp_bytes} sandbox "$R/tmp"')
+        lines.append(f"mkdir -p {under_root(sorted(tmp_dirs))}")
+        if tmp_files:
+            lines.append(f"touch {under_root(tmp_files)}")
         for path in in_tmp:
-            lines += _bind_lines(path, read_only=True)
-        for device in _DEVICES:
-            if os.path.exists(device):
-                lines.append(f'touch "$R"{q(device)}; mount --bind {q(device)} "$R"{q(device)}')
-        lines += _bind_lines(self.workdir, read_only=False)
+            lines.append(f'mount --bind -o ro,nosuid,nodev {q(path)} "$R"{q(path)}')
+        for node in nodes:
+            lines.append(f'mount --bind {q(node)} "$R"{q(node)}')
+        if not devices:
+            lines.append('mount --rbind /dev "$R/dev"')
+        lines.append(f'mount --bind {q(self.workdir)} "$R"{q(self.workdir)}')
         # A proc of this stage's own PID namespace: the old root (and the host's /proc) goes.
         lines.append('mount -t proc proc "$R/proc"')
-        lines.append('cd "$R"; pivot_root . .old; umount -l /.old; rmdir /.old')
+        lines.append('cd "$R"; pivot_root . .old; umount -l /.old')
         lines.append(f"cd {q(self.workdir)}; unset OLDPWD")
         lines.append("exec " + " ".join(q(arg) for arg in inner) + ' "$@"')
         return "\n".join(lines)
@@ -399,13 +428,14 @@ class _View:
         return os.path.join(os.path.dirname(self.workdir), "root")
 
 
-def _bind_lines(path: str, *, read_only: bool) -> list[str]:
+def _symlink_lines(symlinks: Sequence[tuple[str, str]]) -> list[str]:
+    """``ln -s`` commands, one for all links named like their target (merged /usr)."""
     q = shlex.quote
-    kind = "mkdir -p" if os.path.isdir(path) else "touch"
-    parent = f'mkdir -p "$R"{q(os.path.dirname(path))}; '
-    lines = [f'{parent}{kind} "$R"{q(path)}; mount --bind {q(path)} "$R"{q(path)}']
-    if read_only:
-        lines.append(f'mount -o remount,bind,ro,nosuid,nodev "$R"{q(path)}')
+    at_root = [t for p, t in symlinks if os.path.dirname(p) == "/" and os.path.basename(t) == p[1:]]
+    lines = [f'ln -s -t "$R/" {" ".join(q(t) for t in at_root)}'] if at_root else []
+    for path, target in symlinks:
+        if target not in at_root:
+            lines.append(f'ln -s {q(target)} "$R"{q(path)}')
     return lines
 
 

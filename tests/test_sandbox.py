@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -447,3 +449,79 @@ async def test_each_run_starts_in_a_fresh_scratch_directory_that_is_removed(isol
     assert [lines[:-1] for lines, _ in seen] == [[], []]
     assert seen[0][0][-1] == seen[0][1]
     assert seen[0][1] != seen[1][1]
+
+
+# --- as an unprivileged user ---------------------------------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+UNPRIVILEGED_RUN = """
+import asyncio, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("sandbox", sys.argv[1])
+sandbox = sys.modules["sandbox"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sandbox)
+PROBE = '''
+import json, os, socket
+facts = {"pids": len([p for p in os.listdir("/proc") if p.isdigit()]), "env": sorted(os.environ)}
+for name, path in (("root", "/escape"), ("tmp", "/tmp/inside"), ("work", "inside")):
+    try:
+        open(path, "w").close()
+        facts[name] = True
+    except OSError:
+        facts[name] = False
+try:
+    socket.create_connection(("10.0.0.1", 80), timeout=1)
+    facts["network"] = True
+except OSError:
+    facts["network"] = False
+print(json.dumps(facts))
+'''
+async def main():
+    async with sandbox.scratch_dir() as workdir:
+        done = await sandbox.Sandbox(sys.argv[2]).run(
+            [sys.executable, "-I", "-S", "-c", PROBE], workdir, seconds=20)
+        print(done.returncode, done.lines[-1] if done.lines else "")
+asyncio.run(main())
+"""
+
+
+def test_an_unprivileged_user_gets_the_same_isolation(isolation):
+    """The code path for a normal user (no stage as root, no switch to nobody), run as nobody."""
+    if os.geteuid() != 0:
+        pytest.skip("this run is already unprivileged: every other test covers it")
+    module_path = Path(sandbox.__file__).resolve()
+    if not os.path.exists(SYSTEM_PYTHON) or not all(
+        p.stat().st_mode & 0o005 for p in [module_path, *module_path.parents]
+    ):
+        pytest.skip("no system Python, or the checkout is not readable by other users")
+    uid, gid = sandbox._nobody()
+    result = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+         SYSTEM_PYTHON, "-I", "-c", UNPRIVILEGED_RUN, str(module_path), isolation],
+        capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    status, _, facts = result.stdout.strip().partition(" ")
+    assert status == "0", result.stdout + result.stderr
+    assert json.loads(facts) == {
+        "pids": 1 if isolation == "unshare" else 2,  # bubblewrap keeps its own init as pid 1
+        "env": ["HOME", "LANG", "LC_ALL", "PATH", "PWD", "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8",
+                "TMPDIR"],
+        "root": False,
+        "tmp": True,
+        "work": True,
+        "network": False,
+    }  # fmt: skip
+
+
+async def test_the_code_inherits_no_file_descriptor_but_stdio_and_the_result_channel(isolation):
+    listing = "import os, sys; print(sys.argv[1], *os.listdir('/proc/self/fd'))"
+    async with sandbox.scratch_dir() as workdir:
+        sandbox.hand_over(workdir)
+        done = await sandbox.Sandbox(isolation).run(
+            [sys.executable, "-I", "-S", "-c", listing, "{channel}"],
+            workdir,
+            seconds=20,
+            channel=True,
+        )
+    channel, *fds = done.lines[-1].split()
+    # The listing itself holds one descriptor open while it reads the directory.
+    assert len(set(fds) - {"0", "1", "2", channel}) == 1, done.output
