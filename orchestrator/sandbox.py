@@ -24,6 +24,7 @@ import resource
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -103,10 +104,6 @@ class Sandbox:
     isolated: bool = True
     limits: Limits = field(default_factory=Limits)
 
-    @property
-    def description(self) -> str:
-        return self.isolation
-
     async def run(
         self,
         argv: Sequence[str],
@@ -125,17 +122,21 @@ class Sandbox:
         """
         seconds = float(seconds)
         read_fd, write_fd = os.pipe() if channel else (-1, -1)
-        argv = [arg.replace("{channel}", str(write_fd)) for arg in argv]
-        env = _minimal_env(workdir if not self.isolated else "/tmp")
-        if self.isolated:
-            command = await asyncio.to_thread(
-                _isolated_command, self.isolation, argv, workdir, seconds, self.limits, read_only
-            )
-            preexec = None
-        else:
-            command = list(argv)
-            preexec = _unsafe_limits(seconds, self.limits)
         try:
+            argv = [arg.replace("{channel}", str(write_fd)) for arg in argv]
+            env = _minimal_env(workdir if not self.isolated else "/tmp")
+            preexec = None if self.isolated else _unsafe_limits(seconds, self.limits)
+            try:
+                command = list(argv)
+                if self.isolated:
+                    command = await asyncio.to_thread(
+                        _isolated_command, self.isolation, argv, workdir, seconds, self.limits,
+                        read_only,
+                    )  # fmt: skip
+            except BaseException:
+                if write_fd >= 0:
+                    os.close(write_fd)
+                raise
             # _execute owns (and closes) the write end from here on.
             return await _execute(
                 command,
@@ -288,8 +289,6 @@ _bwrap_features: dict[str, bool] = {}
 
 def _bwrap_can_disable_userns() -> bool:
     if "disable_userns" not in _bwrap_features:
-        import subprocess
-
         try:
             usage = subprocess.run(
                 ["bwrap", "--help"], capture_output=True, text=True, timeout=10, check=False

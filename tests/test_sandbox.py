@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fake_env, run_cli, write_file
+from test_engine import code_task
 
 from orchestrator import sandbox
 from orchestrator.validators import run_validators
@@ -109,16 +110,6 @@ class Attack:
         assert self.summary["status"] == "PARTIAL_SUCCESS", self.stderr
         assert self.returncode == 3, self.stderr
         assert self.summary["sandbox"]["isolation"] == self.isolation
-
-
-def code_task(task_id: str, *deps: str, validators=("python_syntax", "pytest")) -> dict:
-    return {
-        "id": task_id,
-        "type": "code_generation",
-        "prompt": f"[{task_id}] Write add(a, b) with tests.",
-        "dependencies": list(deps),
-        "hard_validators": list(validators),
-    }
 
 
 def wait_gone(marker: str, within: float = 5.0) -> list[int]:
@@ -360,6 +351,7 @@ def test_a_well_behaved_module_passes_importing_a_dependency_tasks_module(attack
                 assert add(-2, -3) == -5
             """
         ),
+        "-v",
         tasks=[code_task("lib", validators=("python_syntax",)), code_task("attack", "lib")],
     )
     verdict = attack.verdict()
@@ -368,6 +360,7 @@ def test_a_well_behaved_module_passes_importing_a_dependency_tasks_module(attack
     assert attack.summary["status"] == "SUCCESS", attack.stderr
     assert attack.summary["sandbox"]["isolation"] == attack.isolation
     assert f"validators run model-written code in a {attack.isolation} sandbox" in attack.stderr
+    assert f"validators run model code in a {attack.isolation} sandbox" in attack.stderr  # -v
 
 
 # --- without a sandbox --------------------------------------------------------------------------
