@@ -12,11 +12,13 @@ from typing import Any, Protocol
 
 import jsonschema
 
+from .budget import BudgetExceeded
 from .catalog import Catalog, Model, ProviderSpec
 from .errors import (
     ConfigError,
     ModelUnavailableError,
     NoProvidersError,
+    OrchestratorError,
     ProviderError,
     StructuredOutputError,
 )
@@ -188,8 +190,8 @@ class UnifiedClient:
                 )
                 try:
                     raw, more = await self._call(m, repair, spend)
-                except ProviderError as exc:
-                    exc.spent_usd += self._cost(m, paid)
+                except (ProviderError, BudgetExceeded) as exc:
+                    exc.spent_usd += self._cost(m, paid)  # the first answer was paid for
                     raise
                 attempts += more
                 paid.append(raw)
@@ -246,22 +248,20 @@ class UnifiedClient:
                     async with asyncio.timeout(self.timeout):
                         raw = await adapter.complete(model.value, request)
             except BaseException as exc:
-                failure = None
-                if isinstance(exc, Exception):
-                    failure = _timeout_failure(exc) or adapter.classify(exc)
+                failure = _failure(adapter, exc)
                 if ticket is not None:
-                    if failure is not None and failure.maybe_billed:
-                        # Never under-count: what we stopped waiting for may still be billed.
+                    cancelled = isinstance(exc, asyncio.CancelledError)
+                    if cancelled or (failure is not None and failure.maybe_billed):
+                        # Never under-count: a request we stopped waiting for (timed out, or
+                        # cancelled by Ctrl-C or the deadline) may still be billed.
                         spend.settle(ticket, worst_case)
                     else:
                         spend.release(ticket)  # errors and refused requests are not billed
                 if failure is None:
                     raise
-                if failure is None:
-                    raise
                 self._record_failure(model, failure)
                 if not self.retry.should_retry(failure, attempt):
-                    raise _provider_error(model, failure, attempt) from None
+                    raise _provider_error(model, failure, attempt) from exc
                 await asyncio.sleep(self.retry.delay(failure, attempt))
                 continue
             if spend is not None:
@@ -359,11 +359,25 @@ def _messages(messages: MessagesLike) -> tuple[Message, ...]:
     return tuple(result)
 
 
-def _timeout_failure(exc: BaseException) -> Failure | None:
+def _failure(adapter: ProviderAdapter, exc: BaseException) -> Failure | None:
+    """What went wrong with a vendor call, or None for what is not the vendor's (our own
+    errors, a refused reservation, cancellation), which propagates as it is."""
+    if not isinstance(exc, Exception) or isinstance(exc, OrchestratorError):
+        return None
     # Our own deadline (asyncio.timeout) fires as a bare TimeoutError whatever the transport.
     if type(exc) is TimeoutError:
         return TIMED_OUT
-    return None
+    classified = adapter.classify(exc)
+    if classified is not None:
+        return classified
+    # Anything else the SDK raised (an HTML page where JSON was due, a body it cannot parse)
+    # is a failure of this vendor call, not a bug: the next model is tried. The request did
+    # reach the vendor, so it may be billed.
+    return Failure(
+        kind="permanent",
+        detail=f"unexpected {type(exc).__name__}: {str(exc)[:200]}",
+        maybe_billed=True,
+    )
 
 
 def _provider_error(model: Model, failure: Failure, attempts: int) -> ProviderError:

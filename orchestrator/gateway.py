@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .aio import uninterrupted
 from .budget import Budget, BudgetExceeded, PhaseGuard, Reservation
 from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
@@ -107,6 +108,8 @@ class LLMGateway:
             hit = await self._cache_lookup(key)
             if hit is not None:
                 return _from_cache(hit, model)
+        # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
+        # a cancellation), what the budget was charged is journaled here, exactly once.
         meter = _Meter(self.budget.guard(phase))
         try:
             answer = await self.client.complete(
@@ -118,11 +121,11 @@ class LLMGateway:
                 schema=schema,
                 spend=meter,
             )
-        except (ProviderError, BudgetExceeded) as exc:
-            # Whatever the budget was charged stays on the books of the task and the journal.
-            exc.spent_usd = meter.charged
+        except BaseException as exc:
+            if isinstance(exc, ProviderError | BudgetExceeded):
+                exc.spent_usd = meter.charged
             if meter.charged and self.journal is not None:
-                await self._journal_failure(exc, key, task_id, phase, meter.charged)
+                await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter.charged))
             raise
         answer = replace(answer, cost_usd=meter.charged)
         entry = _entry(answer)
@@ -134,8 +137,10 @@ class LLMGateway:
             write.add_done_callback(self._pending.discard)
         if self.journal is not None:
             # The journal is what a resume relies on: written before the answer is used.
-            await self.journal.put(
-                key, task_id=task_id, phase=phase, cost_usd=meter.charged, entry=entry
+            await uninterrupted(
+                self.journal.put(
+                    key, task_id=task_id, phase=phase, cost_usd=meter.charged, entry=entry
+                )
             )
         return answer
 
@@ -145,7 +150,7 @@ class LLMGateway:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def _journal_failure(
-        self, exc: Exception, key: str, task_id: str, phase: str, charged: float
+        self, exc: BaseException, key: str, task_id: str, phase: str, charged: float
     ) -> None:
         assert self.journal is not None
         if isinstance(exc, StructuredOutputError):
@@ -153,8 +158,8 @@ class LLMGateway:
             entry: dict[str, Any] | None = {"error": type(exc).__name__, "message": str(exc)}
             journal_key = key
         else:
-            # Spend with nothing to replay (a timeout, a repair that no longer fitted): kept
-            # under a key of its own so a resume asks again instead of replaying a failure.
+            # Spend with nothing to replay (a timeout, a cancellation, a repair that no longer
+            # fitted): kept under a key of its own so a resume asks again instead of replaying.
             entry, journal_key = None, f"{key}#unanswered"
         await self.journal.put(
             journal_key, task_id=task_id, phase=phase, cost_usd=charged, entry=entry

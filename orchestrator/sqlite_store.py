@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from .aio import uninterrupted
 from .errors import OrchestratorError
 
 BUSY_TIMEOUT_MS = 5000
@@ -39,8 +40,11 @@ class SQLiteStore:
         format_tag: str,
         schema: Sequence[str],
         error: type[OrchestratorError],
+        synchronous: str = "NORMAL",
     ) -> None:
         self.path = path
+        # FULL fsyncs every commit (a power loss keeps it); NORMAL may lose the last ones.
+        self.synchronous = synchronous
         self.kind = kind
         self.format_tag = format_tag
         self.schema = tuple(schema)
@@ -63,19 +67,16 @@ class SQLiteStore:
             return await _run(db, sql, args)
 
     async def transaction(self, statements: Sequence[Statement]) -> None:
-        """Several statements that commit together or not at all."""
+        """Several statements that commit together or not at all.
+
+        A cancellation does not cut a transaction short: it ends (COMMIT, or ROLLBACK on an
+        error) before the cancellation goes on, so the shared connection is never left inside
+        an open transaction that later writes would silently join.
+        """
         db = await self.connection()
         with self.translated_errors():
             async with self._write_lock:
-                await _run(db, "BEGIN IMMEDIATE")
-                try:
-                    for sql, args in statements:
-                        await _run(db, sql, args)
-                    await _run(db, "COMMIT")
-                except BaseException:
-                    with suppress(sqlite3.Error, ValueError):
-                        await asyncio.shield(_run(db, "ROLLBACK"))
-                    raise
+                await uninterrupted(_atomically(db, statements))
 
     async def aclose(self) -> None:
         """Close the connection and end its thread. Safe to call more than once."""
@@ -138,7 +139,7 @@ class SQLiteStore:
             if await self._inspect(db) == "empty":
                 await self._create_schema(db)
             await self._enable_wal(db)
-            await _run(db, "PRAGMA synchronous=NORMAL")
+            await _run(db, f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
@@ -158,8 +159,7 @@ class SQLiteStore:
             await asyncio.sleep(0.005)
 
     async def _create_schema(self, db: aiosqlite.Connection) -> None:
-        await _run(db, "BEGIN IMMEDIATE")
-        try:
+        async def create() -> None:
             # Another process may have initialised (or claimed) the file since the first look.
             if await self._inspect(db) == "empty":
                 await _run(db, "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -170,12 +170,8 @@ class SQLiteStore:
                     "INSERT INTO meta (key, value) VALUES ('format', ?)",
                     (self.format_tag,),
                 )
-            await _run(db, "COMMIT")
-        except sqlite3.Error:
-            # Best effort: on failure _open closes the connection, which rolls back anyway.
-            with suppress(sqlite3.Error):
-                await _run(db, "ROLLBACK")
-            raise
+
+        await uninterrupted(_atomically(db, (), body=create))
 
     async def _inspect(self, db: aiosqlite.Connection) -> str:
         """``"empty"`` or ``"ours"``; anything else raises without writing to the file."""
@@ -231,6 +227,28 @@ async def _run(
     busy_timeout, whenever another connection is writing or has written meanwhile.
     """
     return list(await db.execute_fetchall(sql, args))
+
+
+async def _atomically(
+    db: aiosqlite.Connection,
+    statements: Sequence[Statement],
+    body: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """BEGIN IMMEDIATE, the statements (or ``body``), then COMMIT; ROLLBACK on any error.
+
+    The one place a transaction is opened: every BEGIN here meets its COMMIT or ROLLBACK.
+    """
+    await _run(db, "BEGIN IMMEDIATE")
+    try:
+        for sql, args in statements:
+            await _run(db, sql, args)
+        if body is not None:
+            await body()
+        await _run(db, "COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error, ValueError):
+            await _run(db, "ROLLBACK")
+        raise
 
 
 async def _thread_gone(db: aiosqlite.Connection) -> None:

@@ -96,7 +96,13 @@ class StateManager:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else home_dir() / "state.db"
         self._store = SQLiteStore(
-            self.path, kind="state", format_tag=STATE_FORMAT, schema=_SCHEMA, error=StateError
+            self.path,
+            kind="state",
+            format_tag=STATE_FORMAT,
+            schema=_SCHEMA,
+            error=StateError,
+            # Paid calls are journaled here: a commit must survive a power loss or an OS crash.
+            synchronous="FULL",
         )
 
     async def __aenter__(self) -> StateManager:

@@ -86,6 +86,8 @@ class Reply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_tokens: int = 0
+    # Sent as it is (text/html) instead of a vendor body: a proxy's error page, say.
+    raw_body: str | None = None
 
 
 ReplyLike = Reply | str | dict | list
@@ -562,6 +564,9 @@ class _Handler(BaseHTTPRequestHandler):
             return  # server stopping: drop the connection instead of answering late
 
         seq = self.server.next_seq()
+        if reply.raw_body is not None:
+            self._send(reply.status, reply.raw_body.encode(), "text/html", reply.headers)
+            return
         if reply.status != 200:
             payload = _error_body(api, reply.status, reply.text)
         elif api == "openai":
@@ -586,10 +591,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send_json(self, status: int, payload: dict, extra: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send(status, json.dumps(payload).encode(), "application/json", extra)
+
+    def _send(
+        self, status: int, data: bytes, content_type: str, extra: dict[str, str] | None
+    ) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for name, value in (extra or {}).items():
                 self.send_header(name, value)

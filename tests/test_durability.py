@@ -66,7 +66,6 @@ class Conductor:
         self.pending = set(hold)
         self.held: list[RecordedRequest] = []
         self.fired = threading.Event()
-        self.replies: dict[int, Reply] = {}  # by id() of the RecordedRequest the fake keeps
         self.calls = 0
         self.calls_when_fired = 0
         self._lock = threading.Lock()
@@ -86,7 +85,6 @@ class Conductor:
                 if not self.pending:
                     self.calls_when_fired = self.calls
                     self.fired.set()
-            self.replies[id(request)] = reply
             return reply
 
 
@@ -114,7 +112,6 @@ class Interrupted:
     requests: list[RecordedRequest]  # every request the provider saw from the interrupted run
     in_flight: list[RecordedRequest]  # those that may have had no journaled answer at the signal
     held: list[RecordedRequest]  # those certainly unanswered at the signal
-    replies: dict[int, Reply]  # what each request was answered, to price the lost ones
 
 
 def cli_env(fake: FakeProvider, home: Path) -> dict[str, str]:
@@ -172,7 +169,6 @@ def interrupt(
         # a request reaching the fake after the signal was sent before it.
         in_flight=requests[max(0, recorded_at_signal - CONCURRENCY) :],
         held=list(conductor.held),
-        replies=dict(conductor.replies),
     )
 
 
@@ -205,11 +201,13 @@ def load(home: Path) -> SavedProject:
 _CATALOG = Catalog.load(env={})
 
 
-def cost(request: RecordedRequest, reply: Reply) -> float:
-    """What the fake bills for ``reply``: its token counts derive from text lengths."""
-    input_tokens = max(1, len(request.prompt_text) // 4)
-    output_tokens = max(1, len(reply.text) // 4)
-    return _CATALOG.resolve(request.model).price.cost(input_tokens, output_tokens)
+def worst_case(request: RecordedRequest) -> float:
+    """An upper bound on what the run charges for ``request`` (prompt bytes bound its tokens)."""
+    body = request.body
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    limit = limit or body.get("generationConfig", {}).get("maxOutputTokens") or 4096
+    input_bound = len(json.dumps(body).encode()) + 1024
+    return _CATALOG.resolve(request.model).price.cost(input_bound, int(limit))
 
 
 @dataclass(frozen=True)
@@ -296,11 +294,10 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_pays_for_nothing_twice(
     assert sum(repeats.values()) <= CONCURRENCY
     assert Counter(key(r) for r in stopped.held) <= repeats
     # The journal counts each call whose answer was used once; a call lost in flight was billed
-    # by the provider but never answered, so it may or may not be in the project's spend.
+    # by the provider but never answered: after Ctrl-C it is in the project's spend at its worst
+    # case, after kill -9 nobody was left to record it.
     first_copies = {key(r): r for r in reversed(stopped.requests)}
-    repeated_cost = sum(
-        cost(first_copies[k], stopped.replies[id(first_copies[k])]) * n for k, n in repeats.items()
-    )
+    repeated_cost = sum(worst_case(first_copies[k]) * n for k, n in repeats.items())
     assert baseline.spent_usd - 1e-9 <= saved.spent_usd <= baseline.spent_usd + repeated_cost + 1e-9
 
 
