@@ -8,6 +8,7 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -15,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from .budget import Budget, BudgetExceeded
+from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Model
 from .client import UnifiedClient
@@ -28,18 +29,18 @@ from .errors import (
 )
 from .events import Event, EventSink, ignore
 from .gateway import Journal, LLMGateway
+from .lease import Lease
 from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
 from .sandbox import detect, unsafe
-from .state import SavedProject, StateManager, new_owner
+from .state import SavedProject, StateManager
 from .task_runner import TaskContext, TaskRunner
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
-LEASE_SECONDS = 60.0  # how long a run holds its project without renewing
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,12 @@ class _Session:
     client: UnifiedClient
     cache: DiskCache | None
     store: StateManager | None
+    lease: Lease | None = None  # held while a run of the project goes on
+
+    @property
+    def may_write(self) -> bool:
+        """Whether this run may write the project's state: not once it lost the project."""
+        return self.store is not None and (self.lease is None or self.lease.lost is None)
 
 
 class Orchestrator:
@@ -126,7 +133,7 @@ class Orchestrator:
             project_id=project_id or new_project_id(),
             project_description=project_description,
             success_criteria=success_criteria,
-            budget=self.budget,
+            budget=self._fresh_budget(),
             quality_threshold=threshold,
         )
         async with self._session() as session:
@@ -154,7 +161,8 @@ class Orchestrator:
                         self.budget.max_time_seconds,
                         threshold,
                     )
-            await self._run(session, state, tasks)
+            async with self._leased(session, state.project_id):
+                await self._run(session, state, tasks)
         return state
 
     async def resume(
@@ -221,16 +229,20 @@ class Orchestrator:
             self.emit(Event("already_finished", data={"status": saved.status.value}))
             return state
         assert session.store is not None
-        await session.store.update_run(
-            saved.project_id,
-            max_usd=budget.max_usd,
-            max_time_seconds=budget.max_time_seconds,
-            settings=settings,
-        )
-        # Only finished tasks are kept; interrupted ones run again, replaying their journal.
-        state.results = {t: state.results[t] for t in saved.final_tasks if t in state.results}
-        state.status, state.reason = ProjectStatus.RUNNING, ""
-        await self._run(session, state, state.tasks or None)
+        # Claimed first: a run refused because another holds the project changes nothing.
+        async with self._leased(session, saved.project_id) as lease:
+            assert lease is not None
+            await session.store.update_run(
+                saved.project_id,
+                max_usd=budget.max_usd,
+                max_time_seconds=budget.max_time_seconds,
+                settings=settings,
+                owner=lease.owner,
+            )
+            # Only finished tasks are kept; interrupted ones run again, replaying their journal.
+            state.results = {t: state.results[t] for t in saved.final_tasks if t in state.results}
+            state.status, state.reason = ProjectStatus.RUNNING, ""
+            await self._run(session, state, state.tasks or None)
         return state
 
     async def _run(
@@ -242,25 +254,30 @@ class Orchestrator:
         if session.store is not None:
             journal = Journal(session.store, state.project_id, budget)
             await journal.load()
-        gateway = LLMGateway(session.client, budget, session.cache, journal)
-        async with self._claimed(session, state.project_id):
-            self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
-            try:
-                await self._plan_and_execute(session, state, gateway, tasks)
-            except asyncio.CancelledError:
-                state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
-                raise
-            finally:
-                await asyncio.shield(gateway.flush())
-                budget.on_phase_warning.remove(self._phase_warning)
-                state.api_health = session.client.api_health()
-                if session.store is not None:
-                    # Shielded: the final status must be written even while being cancelled.
-                    await asyncio.shield(
-                        session.store.finish(
-                            state.project_id, state.status, state.reason, budget.elapsed_seconds
-                        )
+        gateway = LLMGateway(session.client, budget, session.cache, journal, session.lease)
+        self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
+        try:
+            await self._plan_and_execute(session, state, gateway, tasks)
+        except asyncio.CancelledError:
+            state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
+            raise
+        finally:
+            await asyncio.shield(gateway.flush())
+            budget.on_phase_warning.remove(self._phase_warning)
+            state.api_health = session.client.api_health()
+            if session.may_write:
+                assert session.store is not None
+                owner = session.lease.owner if session.lease else None
+                # Shielded: the final status must be written even while being cancelled.
+                await asyncio.shield(
+                    session.store.finish(
+                        state.project_id,
+                        state.status,
+                        state.reason,
+                        budget.elapsed_seconds,
+                        owner=owner,
                     )
+                )
         self.emit(Event("run_finished", data={"status": state.status.value}))
 
     async def _plan_and_execute(
@@ -393,10 +410,13 @@ class Orchestrator:
             try:
                 for dependency in task.dependencies:
                     await finished[dependency].wait()
+                # A dependency stopped by the run (budget, clock, Ctrl-C) may hold a draft, but it
+                # is unfinished: building on it would leave stale work once it is redone.
                 blocked = [
                     d
                     for d in task.dependencies
                     if state.results[d].status in (TaskStatus.FAILED, TaskStatus.SKIPPED)
+                    or state.results[d].interrupted
                 ]
                 if blocked:
                     # A dependency stopped by the run is unfinished, not failed: so is this task.
@@ -443,7 +463,8 @@ class Orchestrator:
         self.emit(Event("task_skipped", task.id, data={"reason": reason}))
 
     async def _checkpoint(self, session: _Session, state: ProjectState, result: TaskResult) -> None:
-        if session.store is not None:
+        if session.may_write:
+            assert session.store is not None
             unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
             await session.store.checkpoint(
                 state.project_id,
@@ -470,34 +491,18 @@ class Orchestrator:
                 await self._checkpoint(session, state, result)
 
     @asynccontextmanager
-    async def _claimed(self, session: _Session, project_id: str) -> AsyncIterator[None]:
-        """Hold the project for this run, renewing the lease, so no other run pays for it."""
-        store = session.store
-        if store is None:
-            yield
+    async def _leased(self, session: _Session, project_id: str) -> AsyncIterator[Lease | None]:
+        """Hold the project for this run, so no other run pays for it (without a state store
+        there is nothing to share)."""
+        if session.store is None:
+            yield None
             return
-        owner = new_owner()
-        holder = await store.claim(project_id, owner, LEASE_SECONDS)
-        if holder is not None:
-            raise ConfigError(
-                f"project {project_id!r} is being run by {holder}; wait for that run to end "
-                "or stop it, then resume"
-            )
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(LEASE_SECONDS / 3)
-                await store.renew(project_id, owner, LEASE_SECONDS)
-
-        renewer = asyncio.create_task(renew())
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            with suppress(asyncio.CancelledError, OrchestratorError):
-                await renewer
-            with suppress(OrchestratorError):
-                await asyncio.shield(store.release(project_id, owner))
+        async with Lease(session.store, project_id) as held:
+            session.lease = held
+            try:
+                yield held
+            finally:
+                session.lease = None
 
     # -- resources and settings ---------------------------------------------------------------
     @asynccontextmanager
@@ -521,6 +526,17 @@ class Orchestrator:
                 if storage is not None:
                     await storage.open()
             yield _Session(client, cache, store)
+
+    def _fresh_budget(self) -> Budget:
+        """This orchestrator's limits, with nothing spent and the clock starting now: a run
+        never inherits the spend or the elapsed time of an earlier one (``state.budget``)."""
+        return dataclasses.replace(
+            self.budget,
+            spent_usd=0.0,
+            elapsed_before=0.0,
+            phase_spent=dict.fromkeys(PHASE_SHARES, 0.0),
+            on_phase_warning=list(self.budget.on_phase_warning),
+        )
 
     def _settings(self, threshold: float) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
 from .client import Completion, UnifiedClient
 from .errors import ProviderError, StructuredOutputError
+from .lease import Lease
 from .providers.base import Message
 from .state import StateManager
 
@@ -66,11 +67,13 @@ class LLMGateway:
         budget: Budget,
         cache: DiskCache | None,
         journal: Journal | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.client = client
         self.budget = budget
         self.cache = cache
         self.journal = journal
+        self.lease = lease
         self._pending: set[asyncio.Task[None]] = set()
 
     async def ask(
@@ -108,6 +111,8 @@ class LLMGateway:
             hit = await self._cache_lookup(key)
             if hit is not None:
                 return _from_cache(hit, model)
+        if self.lease is not None:
+            self.lease.check()  # a run that lost its project pays for nothing more
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
         # a cancellation), what the budget was charged is journaled here, exactly once.
         meter = _Meter(self.budget.guard(phase))

@@ -152,35 +152,44 @@ class StateManager:
     async def claim(self, project_id: str, owner: str, lease_seconds: float) -> str | None:
         """Take the project for one run: None when it is ours now, else who holds it.
 
-        A holder whose lease ran out, or whose process on this machine is gone (``kill -9``),
-        loses it; a live one keeps it, so two processes never pay for the same project.
+        A holder on this machine keeps the project while its process lives, whatever its lease
+        says (a clock jump must not hand a live run's project to another), and loses it once
+        gone (``kill -9``); a holder elsewhere keeps it until its lease runs out.
         """
-        now = time.time()
-        taken = await self._store.run(
-            "UPDATE projects SET owner = ?, lease_until = ? WHERE id = ?"
-            " AND (owner IS NULL OR owner = ? OR lease_until < ?) RETURNING id",
-            (owner, now + lease_seconds, project_id, owner, now),
+        rows = await self._store.run(
+            "SELECT owner, lease_until FROM projects WHERE id = ?", (project_id,)
         )
-        if taken:
-            return None
-        rows = await self._store.run("SELECT owner FROM projects WHERE id = ?", (project_id,))
-        holder = rows[0][0] if rows else None
-        if holder is None or not _owner_alive(holder):
-            # Compare-and-set on the dead holder, so two claimants cannot both win.
+        if not rows:
+            return "nobody: the project is unknown"
+        holder, lease_until = rows[0]
+        free = holder is None or holder == owner
+        if not free and _on_this_host(holder):
+            free = not _owner_alive(holder)
+        elif not free:
+            free = lease_until < time.time()
+        if free:
+            # Compare-and-set on the holder seen, so two claimants cannot both win.
             taken = await self._store.run(
                 "UPDATE projects SET owner = ?, lease_until = ? WHERE id = ?"
                 " AND owner IS ? RETURNING id",
-                (owner, now + lease_seconds, project_id, holder),
+                (owner, time.time() + lease_seconds, project_id, holder),
             )
             if taken:
                 return None
-        return holder or "another run"
+            return await self._holder(project_id)
+        return holder
 
-    async def renew(self, project_id: str, owner: str, lease_seconds: float) -> None:
-        await self._store.run(
-            "UPDATE projects SET lease_until = ? WHERE id = ? AND owner = ?",
+    async def _holder(self, project_id: str) -> str:
+        rows = await self._store.run("SELECT owner FROM projects WHERE id = ?", (project_id,))
+        return (rows[0][0] if rows else None) or "another run"
+
+    async def renew(self, project_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend our lease; False when the project is no longer ours."""
+        rows = await self._store.run(
+            "UPDATE projects SET lease_until = ? WHERE id = ? AND owner = ? RETURNING id",
             (time.time() + lease_seconds, project_id, owner),
         )
+        return bool(rows)
 
     async def release(self, project_id: str, owner: str) -> None:
         await self._store.run(
@@ -195,11 +204,13 @@ class StateManager:
         max_usd: float,
         max_time_seconds: float,
         settings: dict[str, Any],
+        owner: str,
     ) -> None:
-        """A resumed run's limits and settings, and its status back to RUNNING."""
+        """A resumed run's limits and settings, and its status back to RUNNING; only by the
+        run that holds the project's lease."""
         await self._store.run(
             "UPDATE projects SET max_usd = ?, max_time_seconds = ?, settings = ?, status = ?,"
-            " reason = '', updated_at = ? WHERE id = ?",
+            " reason = '', updated_at = ? WHERE id = ? AND owner = ?",
             (
                 max_usd,
                 max_time_seconds,
@@ -207,6 +218,7 @@ class StateManager:
                 ProjectStatus.RUNNING.value,
                 time.time(),
                 project_id,
+                owner,
             ),
         )
 
@@ -259,12 +271,19 @@ class StateManager:
         await self._store.transaction(statements)
 
     async def finish(
-        self, project_id: str, status: ProjectStatus, reason: str, elapsed: float
+        self,
+        project_id: str,
+        status: ProjectStatus,
+        reason: str,
+        elapsed: float,
+        owner: str | None = None,
     ) -> None:
+        """The run's final status; with ``owner``, only while that run still holds the lease
+        (a run that lost its project must not overwrite the status of the one that took it)."""
         await self._store.run(
             "UPDATE projects SET status = ?, reason = ?, elapsed_seconds = MAX(elapsed_seconds, ?),"
-            " updated_at = ? WHERE id = ?",
-            (status.value, reason, elapsed, time.time(), project_id),
+            " updated_at = ? WHERE id = ? AND (? IS NULL OR owner = ?)",
+            (status.value, reason, elapsed, time.time(), project_id, owner, owner),
         )
 
     async def load(self, project_id: str) -> SavedProject:
@@ -393,10 +412,15 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _owner_alive(owner: str) -> bool:
+def _on_this_host(owner: str) -> bool:
     host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    return host == socket.gethostname() and rest.partition(":")[0].isdigit()
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the process of ``owner``, on this machine, still runs."""
+    pid_text = owner.partition(":")[2].partition(":")[0]
+    if not _on_this_host(owner):
         return True  # another machine: only its lease can tell
     try:
         os.kill(int(pid_text), 0)

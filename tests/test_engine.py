@@ -297,6 +297,7 @@ async def test_budget_exhaustion_stops_the_run_without_overspending(fake, llm):
     budget = Budget(max_usd=0.05, max_time_seconds=60)
 
     state = await run(fake, budget=budget)
+    budget = state.budget  # the run's own: the one given holds the limits
 
     assert state.status is ProjectStatus.BUDGET_EXHAUSTED
     assert budget.spent_usd <= budget.max_usd

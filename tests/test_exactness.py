@@ -4,18 +4,25 @@ garbled vendor answers, reused objects and power loss. One specification per way
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sqlite3
+from pathlib import Path
 
 import pytest
 from conftest import FAST_RETRY, eventually, fake_env, sqlite_rows
 from fake_provider import Reply
+from scripted_llm import TaskScript
+from test_engine import as_tasks, code_task, prose_task
 
-from orchestrator import Budget, BudgetExceeded, ProviderError, UnifiedClient
+from orchestrator import Budget, BudgetExceeded, ConfigError, ProviderError, UnifiedClient
+from orchestrator import lease as lease_module
 from orchestrator.client import worst_case_cost
+from orchestrator.engine import Orchestrator
 from orchestrator.gateway import Journal, LLMGateway
 from orchestrator.models import ProjectStatus, TaskResult, TaskStatus
 from orchestrator.providers.base import ChatRequest, Message
-from orchestrator.state import StateManager
+from orchestrator.state import StateError, StateManager
 
 PROJECT = {
     "description": "d",
@@ -33,7 +40,7 @@ async def store(tmp_path):
         yield manager
 
 
-# --- the state database --------------------------------------------------------------------------
+# --- the state database --------------------------------------------------------------------
 
 
 async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_no_open_transaction(
@@ -84,7 +91,7 @@ async def test_the_cache_keeps_the_faster_normal_sync(tmp_path):
     assert level == 1  # NORMAL: losing the last cached answers only costs a repeat call
 
 
-# --- every paid attempt is settled and journaled, whatever ends it --------------------------------
+# --- every paid attempt is settled and journaled, whatever ends it ----------------------------
 
 SCHEMA = {
     "type": "object",
@@ -192,3 +199,152 @@ async def test_a_repair_refused_by_the_budget_reports_what_the_first_answer_cost
 
     assert caught.value.spent_usd > 0
     assert caught.value.spent_usd == pytest.approx(budget.spent_usd)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+async def run_plan(fake, plan, budget, project_id="p1", **kwargs):
+    async with (
+        UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, max_concurrency=3) as client,
+        StateManager() as store,
+    ):
+        orchestrator = Orchestrator(
+            budget=budget, state_manager=store, client=client, use_cache=False, min_tasks=1
+        )
+        if kwargs.pop("resume", False):
+            return await orchestrator.resume(project_id, **kwargs)
+        return await orchestrator.run_project(
+            "[project] Build an add library", "add works", project_id, tasks=as_tasks(plan)
+        )
+
+
+async def test_dependants_of_a_task_stopped_by_the_budget_wait_for_it_to_finish(fake, llm):
+    plan = [code_task("core"), prose_task("summary", "core", kind="summarization")]
+    llm.plan = plan
+    llm.scripts["core"] = TaskScript(scores=[0.5, 0.6, 0.95])
+    llm.bill_max_output = True  # core's loop runs out of money; the summary's calls are cheap
+
+    stopped = await run_plan(fake, plan, Budget(max_usd=0.03, max_time_seconds=60))
+
+    core, summary = stopped.results["core"], stopped.results["summary"]
+    assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
+    assert core.interrupted and core.output  # a draft, not a finished answer
+    assert summary.status is TaskStatus.SKIPPED and summary.interrupted
+    assert "core was interrupted" in summary.reason
+    assert llm.count("generate", "summary") == 0  # never built on the unfinished draft
+
+    resumed = await run_plan(fake, plan, None, resume=True, max_usd=2.0)
+
+    assert resumed.status is ProjectStatus.SUCCESS
+    # The summary was written from core's finished answer.
+    final_core = resumed.results["core"].output
+    summary_prompts = [r.prompt_text for r in fake.requests if "[summary]" in r.prompt_text]
+    assert summary_prompts and all(final_core.strip()[:40] in p for p in summary_prompts)
+
+
+async def test_each_run_of_an_orchestrator_starts_its_own_clock_and_spend(fake, llm):
+    now = [1000.0]
+    limits = Budget(max_usd=5.0, max_time_seconds=60, clock=lambda: now[0])
+    plan = [code_task("core")]
+    llm.plan = plan
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY) as client:
+        orchestrator = Orchestrator(budget=limits, client=client, use_cache=False, use_state=False)
+        now[0] += 3600  # the Budget was built an hour before the run
+        first = await orchestrator.run_project("[project] a", "c", "one", tasks=as_tasks(plan))
+        second = await orchestrator.run_project("[project] b", "c", "two", tasks=as_tasks(plan))
+
+    assert first.status is second.status is ProjectStatus.SUCCESS
+    assert first.budget is not second.budget
+    assert second.budget.spent_usd == pytest.approx(first.budget.spent_usd)  # not the sum
+    assert first.budget.elapsed_seconds < 60
+    assert limits.spent_usd == 0  # the limits given are a template, never spent
+
+
+# --- the project lease ---------------------------------------------------------------------------
+
+
+def live_holder() -> str:
+    """A run of another orchestrator in a process on this machine that is alive (ours)."""
+    return f"{socket.gethostname()}:{os.getpid()}:another"
+
+
+async def test_a_resume_refused_because_another_run_holds_the_project_changes_nothing(fake):
+    async with StateManager() as store:
+        await store.create_project("p1", **{**PROJECT, "settings": {"output_dir": "/mine"}})
+        await store.finish("p1", ProjectStatus.INTERRUPTED, "interrupted", 1.0)
+        assert await store.claim("p1", live_holder(), 60) is None
+
+    with pytest.raises(ConfigError, match="is being run by"):
+        await run_plan(fake, [], None, resume=True, max_usd=9.0, max_time_seconds=99.0)
+
+    async with StateManager() as store:
+        saved = await store.load("p1")
+    assert (saved.max_usd, saved.max_time_seconds) == (5.0, 60.0)
+    assert saved.settings == {"output_dir": "/mine"}
+    assert saved.status is ProjectStatus.INTERRUPTED
+
+
+async def test_an_expired_lease_of_a_live_run_on_this_machine_is_not_taken(tmp_path):
+    async with StateManager(tmp_path / "state.db") as store:
+        await store.create_project("p1", **PROJECT)
+        holder = live_holder()
+        assert await store.claim("p1", holder, lease_seconds=-10) is None  # expired at once
+
+        # A clock jump makes every lease look expired; a live holder still keeps its project.
+        assert await store.claim("p1", "me", 60) == holder
+
+
+@pytest.fixture
+def short_lease(monkeypatch):
+    monkeypatch.setattr(lease_module, "LEASE_SECONDS", 0.6)  # renewed every 0.2 s
+    monkeypatch.setattr(lease_module, "RETRY_SECONDS", 0.05)
+
+
+async def test_a_run_that_loses_its_lease_stops_paying_at_once_and_leaves_the_project_alone(
+    fake, llm, short_lease
+):
+    plan = [code_task("core"), code_task("more", "core"), code_task("last", "more")]
+    llm.plan = plan
+    llm.delay = 0.1
+    run = asyncio.create_task(run_plan(fake, plan, Budget(max_usd=5.0, max_time_seconds=60)))
+    await eventually(lambda: fake.count() >= 2)
+    # Another process takes the project (as after a clock jump on another machine).
+    thief = "elsewhere:1:thief"
+    steal = sqlite3.connect(Path(os.environ["ORCHESTRATOR_HOME"]) / "state.db")
+    with steal:
+        steal.execute("UPDATE projects SET owner = ?, lease_until = 1e12", (thief,))
+    steal.close()
+    paid_at_steal = fake.count()
+
+    state = await run
+
+    assert state.status is ProjectStatus.SYSTEM_FAILURE
+    assert "another run took project" in state.reason
+    # One renewal period (0.2 s) of calls at 0.1 s each, at most, and those in flight.
+    assert fake.count() - paid_at_steal <= 3 + 3
+    rows = sqlite_rows(
+        Path(os.environ["ORCHESTRATOR_HOME"]) / "state.db", "SELECT owner, status FROM projects"
+    )
+    assert rows == [(thief, "RUNNING")]  # the thief's project, untouched by the loser
+
+
+async def test_a_failed_renewal_is_retried_and_the_run_goes_on(fake, llm, short_lease, monkeypatch):
+    plan = [code_task("core")]
+    llm.plan = plan
+    llm.delay = 0.1
+    real_renew = StateManager.renew
+    failures = []
+
+    async def flaky_renew(self, *args, **kwargs):
+        if not failures:
+            failures.append("disk busy")
+            raise StateError("state file: database is locked")
+        return await real_renew(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateManager, "renew", flaky_renew)
+
+    state = await run_plan(fake, plan, Budget(max_usd=5.0, max_time_seconds=60))
+
+    assert failures
+    assert state.status is ProjectStatus.SUCCESS, state.reason

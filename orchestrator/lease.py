@@ -1,0 +1,84 @@
+"""The project lease: one run at a time pays for a project, and a run that loses it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+
+from .errors import ConfigError, OrchestratorError
+from .state import StateManager, new_owner
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0  # how long a run holds its project without renewing
+RETRY_SECONDS = 1.0  # how soon a failed renewal is tried again
+
+
+class LeaseLost(OrchestratorError):
+    """Another run took the project, or the lease could not be renewed in time."""
+
+
+class Lease:
+    """Held by one run for one project; renewed in the background while the run goes on.
+
+    ``check()`` raises ``LeaseLost`` once the lease is gone, and the run's every paid call
+    checks it first: a run that no longer holds its project stops spending at once.
+    """
+
+    def __init__(self, store: StateManager, project_id: str, seconds: float | None = None):
+        self.store = store
+        self.project_id = project_id
+        self.seconds = LEASE_SECONDS if seconds is None else seconds
+        self.owner = new_owner()
+        self.lost: str | None = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Lease:
+        holder = await self.store.claim(self.project_id, self.owner, self.seconds)
+        if holder is not None:
+            raise ConfigError(
+                f"project {self.project_id!r} is being run by {holder}; wait for that run to "
+                "end or stop it, then resume"
+            )
+        self._renewer = asyncio.create_task(self._keep())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._renewer
+        if self.lost is None:
+            with suppress(OrchestratorError):
+                await asyncio.shield(self.store.release(self.project_id, self.owner))
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
+
+    async def _keep(self) -> None:
+        # Our own monotonic clock says when the lease runs out: a wall-clock jump cannot make
+        # this run believe it still holds a lease that others already see as expired.
+        held_until = time.monotonic() + self.seconds
+        pause = self.seconds / 3
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                held = await self.store.renew(self.project_id, self.owner, self.seconds)
+            except OrchestratorError as exc:
+                if time.monotonic() + RETRY_SECONDS >= held_until:
+                    self._lose(f"the project lease could not be renewed: {exc}")
+                    return
+                pause = RETRY_SECONDS
+                continue
+            if not held:
+                self._lose(f"another run took project {self.project_id!r}")
+                return
+            held_until = time.monotonic() + self.seconds
+            pause = self.seconds / 3
+
+    def _lose(self, reason: str) -> None:
+        self.lost = f"stopped paying: {reason}"
+        log.warning("%s", self.lost)
