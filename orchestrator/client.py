@@ -162,7 +162,7 @@ class UnifiedClient:
                 raise ConfigError(f"the requested JSON Schema is invalid: {exc.message}") from None
         request = ChatRequest(
             messages=_messages(messages),
-            max_tokens=min(max_tokens or DEFAULT_MAX_TOKENS, m.max_output_tokens),
+            max_tokens=sent_max_tokens(m, max_tokens),
             system=system,
             temperature=temperature,
             json_schema=schema,
@@ -231,7 +231,7 @@ class UnifiedClient:
         attempt = 0
         while True:
             attempt += 1
-            if not self.health.available(model.provider, model.key):
+            if not self.health.admit(model.provider, model.key):
                 raise ModelUnavailableError(
                     f"{model.value} is cooling down after repeated failures",
                     model=model.value,
@@ -264,6 +264,9 @@ class UnifiedClient:
                     raise _provider_error(model, failure, attempt) from exc
                 await asyncio.sleep(self.retry.delay(failure, attempt))
                 continue
+            finally:
+                # A trial let through an open breaker ends with this attempt, however it ends.
+                self.health.end_trial(model.provider, model.key)
             if spend is not None:
                 spend.settle(ticket, self._cost(model, [raw]))
             self.health.model_breaker(model.key).record_success()
@@ -290,6 +293,10 @@ class UnifiedClient:
         """The endpoint ``model`` is called at, as configured now (part of every cache key)."""
         m = self.catalog.resolve(model)
         return self.catalog.provider_of(m).base_url(self.env)
+
+    def api_version(self, model: Model | str) -> str | None:
+        """The API version ``model``'s requests ask for (Gemini), part of every cache key."""
+        return self.catalog.provider_of(self.catalog.resolve(model)).api_version
 
     def _adapter(self, model: Model) -> ProviderAdapter:
         adapter = self._adapters.get(model.provider)
@@ -325,6 +332,11 @@ class UnifiedClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def sent_max_tokens(model: Model, max_tokens: int | None) -> int:
+    """The output limit a request for ``max_tokens`` is sent with: capped at the model's."""
+    return min(max_tokens or DEFAULT_MAX_TOKENS, model.max_output_tokens)
 
 
 def worst_case_cost(model: Model, request: ChatRequest) -> float:

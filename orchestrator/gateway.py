@@ -11,7 +11,7 @@ from .aio import uninterrupted
 from .budget import Budget, BudgetExceeded, PhaseGuard, Reservation
 from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
-from .client import Completion, UnifiedClient
+from .client import Completion, UnifiedClient, sent_max_tokens
 from .errors import ProviderError, StructuredOutputError
 from .lease import Lease
 from .providers.base import Message
@@ -89,12 +89,15 @@ class LLMGateway:
         schema: dict[str, Any] | None = None,
         temperature: float | None = None,
     ) -> Completion:
+        # Keyed on the request as it is sent: a limit the catalog caps, or another API version,
+        # is another request, never served an answer cut off under the old one.
         key = cache_key(
             provider=model.provider,
             base_url=self.client.base_url(model),
             model=model.value,
             params={
-                "max_tokens": max_tokens,
+                "max_tokens": sent_max_tokens(model, max_tokens),
+                "api_version": self.client.api_version(model),
                 "temperature": temperature,
                 "schema": schema,
                 "native_schema": schema is not None and model.json_schema,

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 @dataclass
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; lets a trial call through after ``cooldown``.
+    """Opens after ``threshold`` consecutive failures; lets ONE trial call through after
+    ``cooldown``, while every other caller still fails fast.
 
     A failed trial re-opens it at once (the failure count is still at the threshold); a success
-    closes it.
+    closes it; a trial that ends with neither (cancelled, refused) lets the next caller try.
     """
 
     threshold: int = 3
@@ -20,17 +21,38 @@ class CircuitBreaker:
     clock: Callable[[], float] = time.monotonic
     failures: int = 0
     open_until: float = 0.0
+    trial_in_flight: bool = False
+
+    @property
+    def closed(self) -> bool:
+        return self.failures < self.threshold
 
     @property
     def available(self) -> bool:
-        return self.failures < self.threshold or self.clock() >= self.open_until
+        """Whether a call would be let through now."""
+        if self.closed:
+            return True
+        return self.clock() >= self.open_until and not self.trial_in_flight
+
+    def admit(self) -> bool:
+        """Let one call through, if ``available``: once open, that call is the trial."""
+        if not self.available:
+            return False
+        if not self.closed:
+            self.trial_in_flight = True
+        return True
+
+    def end_trial(self) -> None:
+        self.trial_in_flight = False
 
     def record_success(self) -> None:
         self.failures = 0
         self.open_until = 0.0
+        self.trial_in_flight = False
 
     def record_failure(self) -> None:
         self.failures += 1
+        self.trial_in_flight = False
         if self.failures >= self.threshold:
             self.open_until = self.clock() + self.cooldown
 
@@ -66,6 +88,19 @@ class HealthRegistry:
             self.breaker(f"provider:{provider}").available
             and self.breaker(f"model:{model_key}").available
         )
+
+    def admit(self, provider: str, model_key: str) -> bool:
+        """Let one call to the model through, as a trial where a breaker is open; the caller
+        ends it with ``end_trial`` whatever happens."""
+        if not self.available(provider, model_key):
+            return False
+        self.provider_breaker(provider).admit()
+        self.model_breaker(model_key).admit()
+        return True
+
+    def end_trial(self, provider: str, model_key: str) -> None:
+        self.provider_breaker(provider).end_trial()
+        self.model_breaker(model_key).end_trial()
 
     def provider_breaker(self, provider: str) -> CircuitBreaker:
         return self.breaker(f"provider:{provider}")

@@ -10,13 +10,22 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import FAST_RETRY, eventually, fake_env, sqlite_rows
+from conftest import FAST_RETRY, eventually, fake_env, sqlite_rows, write_file
 from fake_provider import Reply
 from scripted_llm import TaskScript
 from test_engine import as_tasks, code_task, prose_task
 
-from orchestrator import Budget, BudgetExceeded, ConfigError, ProviderError, UnifiedClient
+from orchestrator import (
+    Budget,
+    BudgetExceeded,
+    ConfigError,
+    ModelUnavailableError,
+    ProviderError,
+    RetryPolicy,
+    UnifiedClient,
+)
 from orchestrator import lease as lease_module
+from orchestrator.cache import DiskCache
 from orchestrator.client import worst_case_cost
 from orchestrator.engine import Orchestrator
 from orchestrator.gateway import Journal, LLMGateway
@@ -83,8 +92,6 @@ async def test_the_state_database_syncs_every_commit_to_disk(store):
 
 
 async def test_the_cache_keeps_the_faster_normal_sync(tmp_path):
-    from orchestrator.cache import DiskCache
-
     async with DiskCache(tmp_path / "cache.db") as cache:
         db = await cache._store.connection()
         [(level,)] = await db.execute_fetchall("PRAGMA synchronous")
@@ -348,3 +355,84 @@ async def test_a_failed_renewal_is_retried_and_the_run_goes_on(fake, llm, short_
 
     assert failures
     assert state.status is ProjectStatus.SUCCESS, state.reason
+
+
+# --- the cache -------------------------------------------------------------------------------
+
+
+async def test_the_cache_is_keyed_on_the_request_as_sent_so_a_catalog_change_gets_a_new_answer(
+    fake, tmp_path
+):
+    capped = write_file(
+        tmp_path / "catalog.yaml",
+        """
+        models:
+          - id: gpt-4o-mini
+            provider: openai
+            max_output_tokens: 50
+        """,
+    )
+    fake.script("gpt-4o-mini", "an answer cut off at 50 tokens", "the whole answer")
+
+    async def ask_through(catalog_path) -> str:
+        async with (
+            UnifiedClient(
+                env=fake_env(fake.base_url), catalog_path=catalog_path, retry=FAST_RETRY
+            ) as client,
+            DiskCache(tmp_path / "cache.db") as cache,
+        ):
+            gateway = LLMGateway(client, Budget(max_usd=5.0, max_time_seconds=60), cache)
+            answer = await ask(gateway, "gpt-4o-mini", max_tokens=1000)
+            await gateway.flush()
+            return answer.text
+
+    assert await ask_through(capped) == "an answer cut off at 50 tokens"
+    # The catalog no longer caps the model: 1,000 tokens are really sent now.
+    assert await ask_through(None) == "the whole answer"
+    assert [r.body["max_completion_tokens"] for r in fake.requests] == [50, 1000]
+
+
+async def test_the_cache_key_holds_the_gemini_api_version(fake, tmp_path):
+    async def key_with(version: str | None) -> str:
+        catalog = write_file(
+            tmp_path / f"catalog-{version}.yaml",
+            f"providers:\n  google:\n    kind: gemini\n    api_version: {version or 'null'}\n",
+        )
+        async with UnifiedClient(
+            env=fake_env(fake.base_url), catalog_path=catalog, retry=FAST_RETRY
+        ) as client:
+            fake.script("gemini-2.5-flash", "hi")
+            cache = DiskCache(tmp_path / f"cache-{version}.db")
+            async with cache:
+                gateway = LLMGateway(client, Budget(max_usd=5.0, max_time_seconds=60), cache)
+                await ask(gateway, "gemini-2.5-flash")
+                await gateway.flush()
+                return (await cache._store.run("SELECT key FROM responses"))[0][0]
+
+    assert await key_with("v1beta") != await key_with("v1")
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+async def test_after_the_cooldown_one_trial_call_goes_through_and_the_others_fail_fast(fake):
+    fake.script("gpt-4o-mini", Reply(status=500, text="down"), Reply(text="back", delay=0.5))
+    async with UnifiedClient(
+        env=fake_env(fake.base_url),
+        retry=RetryPolicy(max_attempts=1),
+        failure_threshold=1,
+        cooldown=0.2,
+        max_concurrency=5,
+    ) as client:
+        with pytest.raises(ProviderError):
+            await client.complete("gpt-4o-mini", "hi")  # the breaker opens
+        await asyncio.sleep(0.25)  # the cooldown has passed
+
+        outcomes = await asyncio.gather(
+            *(client.complete("gpt-4o-mini", "hi") for _ in range(4)), return_exceptions=True
+        )
+
+    answers = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert [a.text for a in answers] == ["back"]
+    assert all(isinstance(o, ModelUnavailableError) for o in outcomes if o not in answers)
+    assert fake.count() == 2  # the failure, then the one trial
