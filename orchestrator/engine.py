@@ -465,6 +465,9 @@ class Orchestrator:
     async def _checkpoint(self, session: _Session, state: ProjectState, result: TaskResult) -> None:
         if session.may_write:
             assert session.store is not None
+            # The journal is the one record of what was paid: the task's cost comes from it, so
+            # charges the task never saw (a call cancelled in flight) and earlier runs count.
+            result.cost_usd = await session.store.task_spend(state.project_id, result.task_id)
             unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
             await session.store.checkpoint(
                 state.project_id,

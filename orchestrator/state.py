@@ -366,6 +366,14 @@ class StateManager:
         )
         return {row[0] for row in rows}
 
+    async def task_spend(self, project_id: str, task_id: str) -> float:
+        """What the task's journaled calls cost, answered or not, over every run of it."""
+        rows = await self._store.run(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM journal WHERE project_id = ? AND task_id = ?",
+            (project_id, task_id),
+        )
+        return float(rows[0][0])
+
     async def journal_get(self, project_id: str, key: str) -> dict[str, Any] | None:
         rows = await self._store.run(
             "SELECT entry, cost_usd FROM journal WHERE project_id = ? AND key = ?",

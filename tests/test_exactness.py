@@ -436,3 +436,22 @@ async def test_after_the_cooldown_one_trial_call_goes_through_and_the_others_fai
     assert [a.text for a in answers] == ["back"]
     assert all(isinstance(o, ModelUnavailableError) for o in outcomes if o not in answers)
     assert fake.count() == 2  # the failure, then the one trial
+
+
+async def test_a_tasks_cost_is_what_its_journal_holds_even_for_calls_cancelled_in_flight(fake, llm):
+    plan = [code_task("core")]
+    llm.plan = plan
+    llm.delay = 0.3
+    run = asyncio.create_task(run_plan(fake, plan, Budget(max_usd=5.0, max_time_seconds=60)))
+    await eventually(lambda: llm.count("critique", "core") >= 1)
+    run.cancel()  # the critique is in flight
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    async with StateManager() as store:
+        saved = await store.load("p1")
+        journaled = await store.task_spend("p1", "core")
+    rows = sqlite_rows(store.path, "SELECT key FROM journal WHERE task_id = 'core'")
+    assert any(key.endswith("#unanswered") for (key,) in rows)  # the critique, charged
+    assert saved.results["core"]["cost_usd"] == pytest.approx(journaled)
+    assert saved.spent_usd == pytest.approx(journaled)  # no decomposition: core is all of it
