@@ -4,15 +4,20 @@ garbled vendor answers, reused objects and power loss. One specification per way
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
+import random
 import socket
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import FAST_RETRY, eventually, fake_env, sqlite_rows, write_file
-from fake_provider import Reply
-from scripted_llm import TaskScript
+from fake_provider import RecordedRequest, Reply
+from fake_provider import _usage as usage
+from scripted_llm import ScriptedLLM, TaskScript
 from test_engine import as_tasks, code_task, prose_task
 
 from orchestrator import (
@@ -26,6 +31,7 @@ from orchestrator import (
 )
 from orchestrator import lease as lease_module
 from orchestrator.cache import DiskCache
+from orchestrator.catalog import Catalog
 from orchestrator.client import worst_case_cost
 from orchestrator.engine import Orchestrator
 from orchestrator.gateway import Journal, LLMGateway
@@ -33,6 +39,7 @@ from orchestrator.models import ProjectStatus, TaskResult, TaskStatus
 from orchestrator.providers.base import ChatRequest, Message
 from orchestrator.state import StateError, StateManager
 
+CATALOG = Catalog.load(env={})
 PROJECT = {
     "description": "d",
     "criteria": "c",
@@ -455,3 +462,80 @@ async def test_a_tasks_cost_is_what_its_journal_holds_even_for_calls_cancelled_i
     assert any(key.endswith("#unanswered") for (key,) in rows)  # the critique, charged
     assert saved.results["core"]["cost_usd"] == pytest.approx(journaled)
     assert saved.spent_usd == pytest.approx(journaled)  # no decomposition: core is all of it
+
+
+# --- the books, under random interruptions and failures --------------------------------------
+
+
+class BillingVendor:
+    """The scripted LLMs behind a vendor that fails at random and keeps its own bill.
+
+    A request is billed when the vendor answers it (200), whether or not anybody is still
+    waiting for the answer; an error status is not billed.
+    """
+
+    def __init__(self, llm: ScriptedLLM, rng: random.Random) -> None:
+        self.llm, self.rng = llm, rng
+        self.failing = True
+        self.billed = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        reply = self.llm(request)
+        with self._lock:
+            roll = self.rng.random() if self.failing else 1.0
+            if roll < 0.08:
+                return Reply(status=500, text="the vendor is down")
+            if roll < 0.12:
+                reply = Reply(raw_body="<html>a proxy's error page</html>")
+            elif roll < 0.35:
+                reply = dataclasses.replace(reply, delay=self.rng.uniform(0.05, 0.4))
+            self.billed += CATALOG.resolve(request.model).price.cost(*usage(request, reply))
+        return reply
+
+
+async def journal_costs(only_answered: bool = False) -> dict[str, float]:
+    async with StateManager() as store:
+        rows = await store._store.run(
+            "SELECT key, cost_usd FROM journal"
+            + (" WHERE entry IS NOT NULL" if only_answered else "")
+        )
+    return dict(rows)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_interruptions_and_failures_never_break_the_books(fake, llm, seed):
+    rng = random.Random(seed)
+    plan = []
+    for index in range(rng.randint(2, 4)):
+        deps = rng.sample([t["id"] for t in plan], k=min(len(plan), rng.randint(0, 1)))
+        make = rng.choice([code_task, prose_task])
+        plan.append(make(f"t{index}", *deps))
+    llm.plan = plan
+    llm.bill_max_output = rng.random() < 0.5
+    vendor = BillingVendor(llm, rng)
+    fake.responder = vendor
+    budget = Budget(max_usd=rng.uniform(0.01, 0.3), max_time_seconds=rng.choice([0.7, 1.5, 60]))
+
+    run = asyncio.create_task(run_plan(fake, plan, budget))
+    if rng.random() < 0.5:  # Ctrl-C at a random point
+        await asyncio.sleep(rng.uniform(0.05, 1.0))
+        run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+
+    recorded = sum((await journal_costs()).values())
+    assert recorded <= budget.max_usd + 1e-9  # the ceiling held
+    assert vendor.billed <= recorded + 1e-9  # nothing the vendor billed is missing
+    answered = await journal_costs(only_answered=True)
+
+    vendor.failing = False
+    resumed = await run_plan(fake, plan, None, resume=True, max_usd=5.0, max_time_seconds=60)
+
+    assert resumed.status in (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS), resumed.reason
+    after = await journal_costs()
+    # A resume replays every journaled answer: no journaled call was paid for again.
+    assert {key: after[key] for key in answered} == pytest.approx(answered)
+    assert vendor.billed <= sum(after.values()) + 1e-9
+    assert resumed.budget.spent_usd == pytest.approx(sum(after.values()))
+    assert sum(r.cost_usd for r in resumed.results.values()) == pytest.approx(sum(after.values()))
