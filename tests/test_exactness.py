@@ -6,18 +6,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import socket
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import FAST_RETRY, eventually, fake_env, sqlite_rows, write_file
+from conftest import (
+    FAST_RETRY,
+    clean_environment,
+    eventually,
+    fake_env,
+    sqlite_rows,
+    write_file,
+)
 from fake_provider import RecordedRequest, Reply
 from fake_provider import _usage as usage
 from scripted_llm import ScriptedLLM, TaskScript
+from test_durability import worst_case as worst_case_of
 from test_engine import as_tasks, code_task, prose_task
 
 from orchestrator import (
@@ -481,6 +491,8 @@ class BillingVendor:
         self._lock = threading.Lock()
 
     def __call__(self, request: RecordedRequest) -> Reply:
+        if not request.model:  # a body cut off by kill -9: nothing to answer or bill
+            return Reply(status=400, text="no model")
         reply = self.llm(request)
         with self._lock:
             roll = self.rng.random() if self.failing else 1.0
@@ -503,14 +515,19 @@ async def journal_costs(only_answered: bool = False) -> dict[str, float]:
     return dict(rows)
 
 
-@pytest.mark.parametrize("seed", range(8))
-async def test_random_interruptions_and_failures_never_break_the_books(fake, llm, seed):
-    rng = random.Random(seed)
-    plan = []
+def random_plan(rng: random.Random) -> list[dict]:
+    plan: list[dict] = []
     for index in range(rng.randint(2, 4)):
         deps = rng.sample([t["id"] for t in plan], k=min(len(plan), rng.randint(0, 1)))
         make = rng.choice([code_task, prose_task])
         plan.append(make(f"t{index}", *deps))
+    return plan
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_interruptions_and_failures_never_break_the_books(fake, llm, seed):
+    rng = random.Random(seed)
+    plan = random_plan(rng)
     llm.plan = plan
     llm.bill_max_output = rng.random() < 0.5
     vendor = BillingVendor(llm, rng)
@@ -539,3 +556,45 @@ async def test_random_interruptions_and_failures_never_break_the_books(fake, llm
     assert vendor.billed <= sum(after.values()) + 1e-9
     assert resumed.budget.spent_usd == pytest.approx(sum(after.values()))
     assert sum(r.cost_usd for r in resumed.results.values()) == pytest.approx(sum(after.values()))
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_kill_9_at_a_random_point_loses_at_most_the_calls_in_flight(
+    fake, llm, tmp_path, seed
+):
+    rng = random.Random(1000 + seed)
+    plan = random_plan(rng)
+    llm.plan = plan
+    vendor = BillingVendor(llm, rng)
+    fake.responder = vendor
+    max_usd = rng.uniform(0.05, 0.3)
+    project = tmp_path / "project.yaml"
+    project.write_text(json.dumps({"project": "[project] p", "criteria": "c", "tasks": plan}))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", "--file", str(project), "--project-id", "p1",
+        "--no-cache", "--concurrency", "3", "--budget", str(max_usd),
+        env={**clean_environment(), **fake_env(fake.base_url)},
+        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    kill_after = rng.randint(1, 8)
+    try:
+        await eventually(lambda: fake.count() >= kill_after or process.returncode is not None)
+        at_kill = fake.count()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+    recorded = sum((await journal_costs()).values())
+    assert recorded <= max_usd + 1e-9
+    # Nobody is left to record the calls in flight: they, at most, are billed but not recorded.
+    in_flight = [r for r in fake.requests[max(0, at_kill - 3) :] if r.model]
+    assert vendor.billed <= recorded + sum(worst_case_of(r) for r in in_flight) + 1e-9
+    answered = await journal_costs(only_answered=True)
+
+    vendor.failing = False
+    resumed = await run_plan(fake, plan, None, resume=True, max_usd=5.0, max_time_seconds=60)
+
+    assert resumed.status in (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS), resumed.reason
+    after = await journal_costs()
+    assert {key: after[key] for key in answered} == pytest.approx(answered)
