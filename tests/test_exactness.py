@@ -515,6 +515,18 @@ async def journal_costs(only_answered: bool = False) -> dict[str, float]:
     return dict(rows)
 
 
+async def resume_paying_nothing_twice(fake, plan, vendor: BillingVendor):
+    """Resume to the end with the vendor well again; no journaled call may be paid again."""
+    answered = await journal_costs(only_answered=True)
+    vendor.failing = False
+    resumed = await run_plan(fake, plan, None, resume=True, max_usd=5.0, max_time_seconds=60)
+    assert resumed.status in (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS), resumed.reason
+    after = await journal_costs()
+    # A resume replays every journaled answer: no journaled call was paid for again.
+    assert {key: after[key] for key in answered} == pytest.approx(answered)
+    return resumed, after
+
+
 def random_plan(rng: random.Random) -> list[dict]:
     plan: list[dict] = []
     for index in range(rng.randint(2, 4)):
@@ -544,15 +556,8 @@ async def test_random_interruptions_and_failures_never_break_the_books(fake, llm
     recorded = sum((await journal_costs()).values())
     assert recorded <= budget.max_usd + 1e-9  # the ceiling held
     assert vendor.billed <= recorded + 1e-9  # nothing the vendor billed is missing
-    answered = await journal_costs(only_answered=True)
+    resumed, after = await resume_paying_nothing_twice(fake, plan, vendor)
 
-    vendor.failing = False
-    resumed = await run_plan(fake, plan, None, resume=True, max_usd=5.0, max_time_seconds=60)
-
-    assert resumed.status in (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS), resumed.reason
-    after = await journal_costs()
-    # A resume replays every journaled answer: no journaled call was paid for again.
-    assert {key: after[key] for key in answered} == pytest.approx(answered)
     assert vendor.billed <= sum(after.values()) + 1e-9
     assert resumed.budget.spent_usd == pytest.approx(sum(after.values()))
     assert sum(r.cost_usd for r in resumed.results.values()) == pytest.approx(sum(after.values()))
@@ -590,11 +595,4 @@ async def test_kill_9_at_a_random_point_loses_at_most_the_calls_in_flight(
     # Nobody is left to record the calls in flight: they, at most, are billed but not recorded.
     in_flight = [r for r in fake.requests[max(0, at_kill - 3) :] if r.model]
     assert vendor.billed <= recorded + sum(worst_case_of(r) for r in in_flight) + 1e-9
-    answered = await journal_costs(only_answered=True)
-
-    vendor.failing = False
-    resumed = await run_plan(fake, plan, None, resume=True, max_usd=5.0, max_time_seconds=60)
-
-    assert resumed.status in (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS), resumed.reason
-    after = await journal_costs()
-    assert {key: after[key] for key in answered} == pytest.approx(answered)
+    await resume_paying_nothing_twice(fake, plan, vendor)
