@@ -1,5 +1,8 @@
 """Multi-LLM orchestrator: decompose a project, route tasks across vendors, under a hard budget."""
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from .budget import Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model, Price, ProviderSpec
@@ -19,6 +22,11 @@ from .events import Event
 from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
 from .providers.base import Message
 from .retry import RetryPolicy
+
+try:
+    __version__ = _version("orchestrator")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Budget",

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
+from . import __version__
 from .budget import Budget
 from .catalog import Catalog
 from .client import UnifiedClient
@@ -21,8 +23,8 @@ from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .models import ProjectState, ProjectStatus
 from .output_writer import OutputError, write_outputs
-from .progress import ProgressPrinter, results_table, text_table
-from .project_file import ProjectSpec, load_project_file
+from .progress import ProgressPrinter, format_usd, results_table, text_table
+from .project_file import ProjectSpec, check_project_id, load_project_file
 from .settings import CATALOG_ENV, load_environment
 from .state import StateManager
 
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-projects", action="store_true", help="print saved projects, newest first"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="enable DEBUG logging")
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     parser.add_argument(
         "--list-models",
         action="store_true",
@@ -133,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OrchestratorError as exc:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): what it did not want is not an error. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SUCCESS
     except (KeyboardInterrupt, asyncio.CancelledError):
         # The run is saved; a second Ctrl-C now must not turn a clean exit into a crash.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -188,6 +197,8 @@ def _project_spec(args: argparse.Namespace) -> ProjectSpec:
     ):
         if value is not None:
             setattr(merged, name, value)
+    if merged.project_id is not None:
+        check_project_id(merged.project_id)  # the same rule as the project file's field
     if merged.output_dir:
         # Absolute, so a resume started from another directory writes to the same place.
         merged.output_dir = str(Path(merged.output_dir).resolve())
@@ -292,7 +303,7 @@ async def _list_projects() -> int:
             (
                 p.project_id,
                 p.status,
-                f"${p.spent_usd:.4f} / ${p.max_usd:.{2 if p.max_usd >= 1 else 4}f}",
+                f"{format_usd(p.spent_usd)} / {format_usd(p.max_usd)}",
                 f"{p.tasks_done}/{p.tasks_total}",
                 datetime.fromtimestamp(p.updated_at).strftime("%Y-%m-%d %H:%M:%S"),
             )

@@ -31,6 +31,7 @@ from .events import Event, EventSink, ignore
 from .gateway import Journal, LLMGateway
 from .lease import Lease
 from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
+from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
@@ -124,6 +125,8 @@ class Orchestrator:
         ``resume`` does, with this orchestrator's budget, time limit and threshold); with a
         different description it is refused with ``ConfigError``.
         """
+        if project_id is not None:
+            check_project_id(project_id)
         if tasks is not None:
             # Tasks built in code get the same checks as a project file's: ids, deps, validators.
             tasks = parse_tasks({"tasks": [t.to_dict() for t in tasks.values()]}, origin="tasks")

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import ConfigError
 from .fences import code_blocks, has_fence
 from .models import ProjectState, Task, TaskResult, TaskType
+from .progress import format_usd
 from .sandbox import NO_SANDBOX
 
 SUMMARY_NAME = "summary.json"
@@ -278,7 +279,7 @@ def _row(index: int, task: Task, result: TaskResult | None, file: str | None) ->
         _cell(result.model_used.value if result.model_used else _NONE),
         _cell(result.reviewer_model.value if result.reviewer_model else _NONE),
         str(result.iterations),
-        f"{result.cost_usd:.4f}",
+        format_usd(result.cost_usd),
         _cell(_validators(result)),
         f"[{file}]({file})" if file else _NONE,
     ]
@@ -293,7 +294,7 @@ def _readme(state: ProjectState, order: list[tuple[int, Task]], files: dict[str,
         "",
         f"**Status:** {state.status.value}" + (f" — {_line(state.reason)}" if state.reason else ""),
         "",
-        f"**Spent:** ${budget.spent_usd:.4f} of ${budget.max_usd:.2f}{share}",
+        f"**Spent:** {format_usd(budget.spent_usd)} of {format_usd(budget.max_usd)}{share}",
         "",
         f"**Elapsed:** {elapsed} of {_duration(budget.max_time_seconds)}",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import TextIO
 
@@ -66,7 +67,7 @@ class ProgressPrinter:
 
     def _prefix(self) -> str:
         budget = self.budget or Budget()
-        spent = f"${budget.spent_usd:.4f}/${budget.max_usd:.2f}"
+        spent = f"{format_usd(budget.spent_usd)}/{format_usd(budget.max_usd)}"
         return f"[{self.done}/{self.total or '?'} | {spent}]"
 
     def _line(self, text: str) -> None:
@@ -89,13 +90,14 @@ def _finished(result: TaskResult) -> str:
     model = result.model_used.value if result.model_used else "-"
     text = (
         f"{result.task_id} {result.status.value} score {result.score:.2f} on {model} "
-        f"(${result.cost_usd:.4f}, {result.iterations} iterations)"
+        f"({format_usd(result.cost_usd)}, {result.iterations} "
+        f"iteration{'' if result.iterations == 1 else 's'})"
     )
     return f"{text}: {result.reason}" if result.reason else text
 
 
 def results_table(state: ProjectState) -> str:
-    header = ("task", "type", "status", "score", "model", "reviewer", "iter", "cost $", "checks")
+    header = ("task", "type", "status", "score", "model", "reviewer", "iter", "cost", "checks")
     rows = [header]
     for task_id in state.execution_order:
         task = state.tasks[task_id]
@@ -109,7 +111,7 @@ def results_table(state: ProjectState) -> str:
                 result.model_used.value if result.model_used else "-",
                 result.reviewer_model.value if result.reviewer_model else "-",
                 str(result.iterations),
-                f"{result.cost_usd:.4f}",
+                format_usd(result.cost_usd),
                 _checks(result),
             )
         )
@@ -117,7 +119,8 @@ def results_table(state: ProjectState) -> str:
     budget = state.budget
     lines.append("")
     lines.append(
-        f"status {state.status.value}: spent ${budget.spent_usd:.4f} of ${budget.max_usd:.2f}, "
+        f"status {state.status.value}: spent {format_usd(budget.spent_usd)} of "
+        f"{format_usd(budget.max_usd)}, "
         f"{budget.elapsed_seconds:.1f}s of {budget.max_time_seconds:.0f}s; "
         f"project {state.project_id}"
     )
@@ -138,6 +141,21 @@ def _verdict(result: ValidatorResult) -> str:
     if result.passed:
         return "ok"
     return "NOT RUN" if result.not_run else "FAIL"
+
+
+def format_usd(value: float) -> str:
+    """Dollars with enough digits to be true: ``$8.00``, ``$0.28``, ``$0.004``, ``$0.00004``."""
+    if not math.isfinite(value):
+        return f"${value}"
+    if value == 0:
+        return "$0.00"
+    magnitude = abs(value)
+    # About three significant digits below a dollar, cents above.
+    decimals = 2 if magnitude >= 1 else min(8, 2 - math.floor(math.log10(magnitude)))
+    text = f"{value:,.{decimals}f}"
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0").ljust(2, "0")
+    return f"${whole}.{fraction}"
 
 
 def text_table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:

@@ -7,7 +7,9 @@ validated as a task graph, and giving one skips decomposition.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -70,7 +72,13 @@ def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
         output_dir = str((file.parent / Path(output_dir).expanduser()).resolve())
 
     def number(name: str) -> float | None:
-        return float(document[name]) if name in document else None
+        if name not in document:
+            return None
+        value = float(document[name])
+        if not math.isfinite(value):
+            # YAML's .inf and .nan (and 1e309, which is infinity) pass a "greater than 0" check.
+            raise ProjectFileError(f"{origin}: field '{name}' must be a finite number, not {value}")
+        return value
 
     return ProjectSpec(
         description=description,
@@ -83,6 +91,17 @@ def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
         output_dir=output_dir,
         tasks=tasks,
     )
+
+
+def check_project_id(project_id: str) -> None:
+    """Raise ``ConfigError`` unless ``project_id`` is a safe id, as a project file must give it:
+    it is printed, stored and used in commands, so no newline, escape code or path."""
+    pattern = _validator().schema["properties"]["project_id"]["pattern"]
+    if not isinstance(project_id, str) or re.fullmatch(pattern, project_id) is None:
+        raise ConfigError(
+            f"project id {project_id!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
 
 
 @cache

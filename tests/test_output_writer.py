@@ -367,7 +367,7 @@ def test_readme_has_one_row_per_task_with_every_column(tmp_path):
 
     assert readme.startswith("# ") and "proj-42" in readme.splitlines()[0]
     assert "SUCCESS" in readme
-    assert "$1.7500 of $8.00" in readme
+    assert "$1.75 of $8.00" in readme
     assert "**Elapsed:** " in readme and " of 1m 00s" in readme
     header = next(line for line in readme.splitlines() if line.startswith("|"))
     assert [c.strip() for c in CELL_BOUNDARY.split(header)[1:-1]] == [
@@ -394,7 +394,7 @@ def test_readme_has_one_row_per_task_with_every_column(tmp_path):
         "gpt-4o",
         "claude-sonnet-5",
         "2",
-        "0.0125",
+        "$0.0125",
     ]
     assert first[9] == "python_syntax ✓, pytest ✗, ruff ✓ (skipped)"
     assert "task_001_code_generation.py" in first[10]

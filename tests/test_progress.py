@@ -35,7 +35,7 @@ def test_plain_lines_show_progress_spend_and_what_runs_where():
     lines = stream.getvalue().splitlines()
     assert lines[0].endswith("plan: 2 tasks")
     assert lines[1].endswith("a: generation on kimi-k2.6")
-    assert lines[2].startswith("[1/2 | $0.2500/$2.00]") and "a completed score 0.90" in lines[2]
+    assert lines[2].startswith("[1/2 | $0.25/$2.00]") and "a completed score 0.90" in lines[2]
     assert lines[3].startswith("[2/2") and "b skipped: dependency a" in lines[3]
     assert "\r" not in stream.getvalue()
 

@@ -1,0 +1,105 @@
+"""Rough edges a new user meets first: versions, odd ids and numbers, closed pipes, small sums."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+from conftest import clean_environment, run_cli, write_file
+
+import orchestrator
+from orchestrator import Budget, ConfigError, Orchestrator
+from orchestrator.models import ProjectState, ProjectStatus
+from orchestrator.progress import format_usd, results_table
+from orchestrator.state import StateManager
+
+
+def test_version_is_printed_and_importable(tmp_path):
+    result = run_cli("--version", cwd=tmp_path)
+
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"orchestrator {orchestrator.__version__}"
+    assert orchestrator.__version__[0].isdigit()
+
+
+def test_the_package_is_marked_as_typed():
+    assert resources.files("orchestrator").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize(
+    "project_id", ["two\nlines", "bell\x1b[31mred", "../escape", "_underscore_first", "x" * 65, ""]
+)
+def test_an_unsafe_project_id_on_the_command_line_is_refused_like_in_a_file(tmp_path, project_id):
+    result = run_cli(
+        "-p", "p", "-c", "c", "--project-id", project_id, cwd=tmp_path,
+        env={"OPENAI_API_KEY": "test"},
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "\x1b" not in result.stderr
+    assert "project id" in result.stderr and "not valid" in result.stderr
+
+
+async def test_an_unsafe_project_id_is_refused_by_the_python_api_before_anything_runs():
+    with pytest.raises(ConfigError, match="not valid"):
+        await Orchestrator(use_state=False, use_cache=False).run_project("p", "c", "../up")
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1.0e+309"])
+@pytest.mark.parametrize("field", ["budget", "time", "quality_threshold"])
+def test_a_number_that_is_not_finite_in_a_project_file_is_a_one_line_error(tmp_path, field, value):
+    project = write_file(tmp_path / "p.yaml", f"project: p\ncriteria: c\n{field}: {value}\n")
+
+    result = run_cli("--file", str(project), cwd=tmp_path, env={"OPENAI_API_KEY": "test"})
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert field in result.stderr
+
+
+def test_a_closed_pipe_ends_the_listing_quietly(tmp_path):
+    async def save_projects() -> None:
+        async with StateManager() as store:
+            for n in range(3):
+                await store.create_project(
+                    f"p{n}", description="d", criteria="c", max_usd=1.0, max_time_seconds=60,
+                    settings={},
+                )  # fmt: skip
+
+    asyncio.run(save_projects())
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`head -1`) is already gone
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "--list-projects"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+            env=clean_environment(), cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+
+    assert "Traceback" not in result.stderr
+    assert result.stderr == ""
+    assert result.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(8, "$8.00"), (0.28, "$0.28"), (0.004, "$0.004"), (0.00004, "$0.00004"), (0.1, "$0.10"),
+     (1234.5, "$1,234.50"), (0, "$0.00")],
+)  # fmt: skip
+def test_dollars_are_shown_with_enough_digits_to_be_true(value, shown):
+    assert format_usd(value) == shown
+
+
+def test_a_small_budget_is_shown_as_it_is_in_the_results():
+    state = ProjectState("p", "d", "c", Budget(max_usd=0.005), status=ProjectStatus.SUCCESS)
+    state.budget.charge(0.0042, "generation")
+
+    assert "spent $0.0042 of $0.005" in results_table(state)
