@@ -107,6 +107,7 @@ class UnifiedClient:
         self.retry = retry or RetryPolicy()
         self.health = HealthRegistry(failure_threshold, cooldown)
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._last_failure: dict[str, str] = {}  # model key or provider -> last failure
         self._adapters: dict[str, ProviderAdapter] = {}
         # A seam for in-process providers (benchmarks, engine tests); default: the vendor SDKs.
         self._make_adapter = adapter_factory or make_adapter
@@ -232,8 +233,10 @@ class UnifiedClient:
         while True:
             attempt += 1
             if not self.health.admit(model.provider, model.key):
+                last = self._last_failure.get(model.key) or self._last_failure.get(model.provider)
+                cause = f" (last: {last})" if last else ""
                 raise ModelUnavailableError(
-                    f"{model.value} is cooling down after repeated failures",
+                    f"{model.value} is cooling down after repeated failures{cause}",
                     model=model.value,
                     provider=model.provider,
                     retryable=True,
@@ -274,6 +277,9 @@ class UnifiedClient:
             return raw, attempt
 
     def _record_failure(self, model: Model, failure: Failure) -> None:
+        # Kept so that a call refused by an open breaker can say what the real failure was.
+        what = f"HTTP {failure.status}" if failure.status else failure.detail
+        self._last_failure[model.key] = self._last_failure[model.provider] = what
         if failure.kind == "auth":
             self.health.provider_breaker(model.provider).trip()
         elif failure.kind == "connection":

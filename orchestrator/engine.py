@@ -37,7 +37,7 @@ from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
 from .sandbox import detect, unsafe
 from .state import SavedProject, StateManager
-from .task_runner import TaskContext, TaskRunner
+from .task_runner import TaskContext, TaskRunner, describe_outage, is_outage
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
@@ -231,6 +231,12 @@ class Orchestrator:
             state.api_health = session.client.api_health()
             self.emit(Event("already_finished", data={"status": saved.status.value}))
             return state
+        used_up = _used_up(budget)
+        if used_up is not None:
+            # Nothing could run: say which limit and how to give more, and change nothing.
+            state.status, state.reason = used_up
+            state.api_health = session.client.api_health()
+            return state
         assert session.store is not None
         # Claimed first: a run refused because another holds the project changes nothing.
         async with self._leased(session, saved.project_id) as lease:
@@ -347,7 +353,9 @@ class Orchestrator:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(errors[0])
             return
         await self._close_unfinished(session, state, timed_out)
-        state.status = _final_status(state, timed_out, ctx.budget_exhausted)
+        state.status = _final_status(state, timed_out, ctx.budget_exhausted, bool(ctx.outages))
+        if state.status is ProjectStatus.SYSTEM_FAILURE:
+            state.reason = describe_outage(ctx.outages)
 
     async def _choose_sandbox(self, state: ProjectState) -> None:
         """Say once, before any task runs, how model-written code will be run, if it will."""
@@ -378,6 +386,8 @@ class Orchestrator:
             description=state.project_description, criteria=state.success_criteria
         )
         problems: list[str] = []
+        outages: dict[str, str] = {}
+        all_outages = True
         for model in router.decomposition_chain()[:DECOMPOSITION_ATTEMPTS]:
             self.emit(Event("call_started", model=model.value, role="decomposition"))
             try:
@@ -400,6 +410,12 @@ class Orchestrator:
                 return tasks
             except (ProviderError, TaskGraphError) as exc:
                 problems.append(str(exc))
+                if isinstance(exc, ProviderError) and is_outage(exc):
+                    outages[exc.provider] = str(exc)
+                else:
+                    all_outages = False
+        if outages and all_outages:
+            raise DecompositionFailed(f"decomposition failed: {describe_outage(outages)}")
         detail = problems[-1] if problems else "no model available"
         raise DecompositionFailed(f"decomposition failed: {detail}")
 
@@ -557,15 +573,36 @@ class Orchestrator:
         self.emit(Event("budget_warning", data={"phase": phase, "ratio": ratio}))
 
 
-def _final_status(state: ProjectState, timed_out: bool, budget_exhausted: bool) -> ProjectStatus:
+def _final_status(
+    state: ProjectState, timed_out: bool, budget_exhausted: bool, outage: bool
+) -> ProjectStatus:
     statuses = [state.results[t].status for t in state.execution_order]
     if statuses and all(s is TaskStatus.COMPLETED for s in statuses):
         return ProjectStatus.SUCCESS
     if timed_out:
         return ProjectStatus.TIMEOUT
+    if outage:
+        # Providers being down says nothing of the work: the run stops, resumable, and says so.
+        return ProjectStatus.SYSTEM_FAILURE
     if budget_exhausted or any(state.results[t].interrupted for t in state.execution_order):
         return ProjectStatus.BUDGET_EXHAUSTED
     return ProjectStatus.PARTIAL_SUCCESS
+
+
+def _used_up(budget: Budget) -> tuple[ProjectStatus, str] | None:
+    """The limit a resume would hit before doing anything, with how to raise it, if any."""
+    if budget.seconds_left() <= 0:
+        return ProjectStatus.TIMEOUT, (
+            f"the time limit of {budget.max_time_seconds:g} s is used up "
+            f"({budget.elapsed_seconds:.0f} s elapsed); resume with --time SECONDS "
+            "(max_time_seconds=) to give it more"
+        )
+    if budget.remaining_usd <= 0:
+        return ProjectStatus.BUDGET_EXHAUSTED, (
+            f"the budget of ${budget.max_usd:g} is spent; resume with --budget USD (max_usd=) "
+            "to give it more"
+        )
+    return None
 
 
 def _resolver(client: UnifiedClient):

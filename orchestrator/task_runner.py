@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .budget import Budget, BudgetExceeded
 from .catalog import Model
 from .client import Completion
-from .errors import ProviderError
+from .errors import ProviderError, StructuredOutputError
 from .events import Event, EventSink
 from .gateway import LLMGateway
 from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
@@ -39,6 +39,35 @@ class ChainExhausted(Exception):
     """Every model in a role's chain failed for this call."""
 
 
+class ProvidersUnavailable(Exception):
+    """Every model in a role's chain failed for provider reasons (down, refusing, timing out):
+    an outage, never a verdict on the task. ``errors`` maps each provider to its last error."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__(describe_outage(errors))
+        self.errors = errors
+
+
+def is_outage(exc: ProviderError) -> bool:
+    """Whether a failed call says the provider is unavailable (down, overloaded, unreachable,
+    timing out, rate limiting after our retries, refusing our key) rather than anything about
+    the request or the answer (400, 404, 422, an answer that never validated)."""
+    if isinstance(exc, StructuredOutputError):
+        return False
+    return exc.retryable or exc.status in (401, 403)
+
+
+def describe_outage(errors: Mapping[str, str]) -> str:
+    """One line naming the providers that failed and their last errors."""
+    parts = [f"{provider} ({_one_line(error, 120)})" for provider, error in errors.items()]
+    return "providers unavailable: " + "; ".join(parts)
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 @dataclass
 class TaskContext:
     gateway: LLMGateway
@@ -50,6 +79,8 @@ class TaskContext:
     validator_timeout: float = 60.0
     unsafe_validators: bool = False
     budget_exhausted: bool = False
+    # Providers whose outage stopped a task, with their last errors: the run cannot finish.
+    outages: dict[str, str] = field(default_factory=dict)
 
 
 class TaskRunner:
@@ -93,6 +124,11 @@ class TaskRunner:
             result.interrupted = True
             return self._finish("budget exhausted")
         except ChainExhausted as exc:
+            return self._finish(str(exc))
+        except ProvidersUnavailable as exc:
+            # Not the task's fault: it keeps what it has and runs again on resume.
+            self.ctx.outages.update(exc.errors)
+            result.interrupted = True
             return self._finish(str(exc))
         except asyncio.CancelledError:
             result.interrupted = True
@@ -228,9 +264,10 @@ class TaskRunner:
         messages = [Message("user", evaluate_prompt(task_text, answer))]
         verdicts: list[Completion] = []
         refused = False
+        outage: ProvidersUnavailable | None = None
 
         async def one(repeat: int) -> None:
-            nonlocal refused
+            nonlocal refused, outage
             try:
                 verdict, evaluator = await self._ask_chain(
                     chain,
@@ -242,6 +279,9 @@ class TaskRunner:
                     schema=EVALUATION_SCHEMA,
                 )
             except ChainExhausted:
+                return
+            except ProvidersUnavailable as exc:
+                outage = exc  # one verdict from a provider still up still counts
                 return
             except BudgetExceeded:
                 refused = True  # one verdict that fits the budget still counts
@@ -257,6 +297,8 @@ class TaskRunner:
             group.create_task(one(2))
         if not verdicts and refused:
             raise BudgetExceeded("no evaluation fits in the budget left")
+        if not verdicts and outage is not None:
+            raise outage  # a score that could not be obtained is not a score of 0
         scores = [float(v.parsed["score"]) for v in verdicts]
         if len(scores) == 2 and abs(scores[0] - scores[1]) > CONSISTENCY_DELTA:
             await one(3)
@@ -286,6 +328,8 @@ class TaskRunner:
         ``BudgetExceeded`` is raised only when no model could be afforded.
         """
         failures: list[str] = []
+        outages: dict[str, str] = {}
+        other_failure = False
         refused: BudgetExceeded | None = None
         for model in chain:
             self.ctx.emit(Event("call_started", self.task.id, model.value, phase))
@@ -304,6 +348,10 @@ class TaskRunner:
                 self.result.cost_usd += exc.spent_usd
                 if isinstance(exc, BudgetExceeded):
                     refused = exc
+                elif is_outage(exc):
+                    outages[exc.provider] = str(exc)
+                else:
+                    other_failure = True  # a bad request or a bad answer, not an outage
                 failures.append(str(exc))
                 if counts_fallbacks:
                     self.result.degraded_fallback_count += 1
@@ -325,6 +373,8 @@ class TaskRunner:
             return answer, model
         if refused is not None:
             raise BudgetExceeded(str(refused))
+        if outages and not other_failure:
+            raise ProvidersUnavailable(outages)
         last = failures[-1] if failures else "no model to ask"
         raise ChainExhausted(f"every model failed for {phase}; last: {last}")
 

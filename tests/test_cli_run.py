@@ -231,3 +231,59 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_the_run(fake, ll
     assert result.returncode == 2
     assert "--output-dir" in result.stderr and result.stderr.count("\n") == 1
     assert fake.count() == 0
+
+
+# --- resuming from each terminal status ---------------------------------------------------------
+
+
+def resume_cli(fake, tmp_path, project_id, *flags):
+    before = fake.count()
+    result = run_cli("--resume", project_id, *flags, cwd=tmp_path, env=cli_env(fake, tmp_path))
+    return result, fake.count() - before
+
+
+def test_a_timed_out_run_resumed_without_more_time_says_so_and_with_more_finishes(
+    fake, llm, tmp_path
+):
+    llm.delay = 0.5
+    first = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--time", "1.5", "--no-cache", "--project-id", "slow",
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+    assert first.returncode == 5, first.stderr
+    llm.delay = 0.0
+
+    again, calls = resume_cli(fake, tmp_path, "slow")
+
+    assert again.returncode == 5, again.stderr
+    assert "Traceback" not in again.stderr
+    [reason] = [line for line in again.stdout.splitlines() if line.startswith("reason: ")]
+    assert "time limit of 1.5 s is used up" in reason and "--time" in reason
+    assert calls == 0
+
+    more, _ = resume_cli(fake, tmp_path, "slow", "--time", "120")
+
+    assert more.returncode == 0, more.stderr
+    assert "status SUCCESS" in more.stdout
+
+
+def test_a_run_out_of_budget_resumed_without_more_stays_so_and_with_more_finishes(
+    fake, llm, tmp_path
+):
+    llm.bill_max_output = True
+    first = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--budget", "0.05", "--no-cache", "--project-id", "poor",
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+    assert first.returncode == 4, first.stderr
+
+    again, calls = resume_cli(fake, tmp_path, "poor")
+
+    assert again.returncode == 4, again.stderr
+    assert "status BUDGET_EXHAUSTED" in again.stdout
+    assert calls == 0  # nothing that fits: nothing sent
+
+    more, _ = resume_cli(fake, tmp_path, "poor", "--budget", "2")
+
+    assert more.returncode == 0, more.stderr
+    assert "status SUCCESS" in more.stdout

@@ -1,0 +1,103 @@
+"""Outages are outages, not bad answers: a run whose providers go away stops, resumable, says
+which providers failed and why, and continues once they are back, paying for nothing twice."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import FAST_RETRY, fake_env, run_cli
+from fake_provider import Reply
+from scripted_llm import ScriptedLLM
+from test_engine import as_tasks, code_task, prose_task
+
+from orchestrator import Budget, UnifiedClient
+from orchestrator.engine import Orchestrator
+from orchestrator.models import ProjectStatus, TaskStatus
+from orchestrator.state import StateManager
+
+PLAN = [code_task("core"), prose_task("docs", "core"), prose_task("notes")]
+
+
+class Outage:
+    """The scripted LLMs, until the vendor goes down (every request 503) and comes back."""
+
+    def __init__(self, llm: ScriptedLLM, fail_after: int) -> None:
+        self.llm, self.fail_after = llm, fail_after
+        self.down = False
+        self.answered = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request):
+        with self._lock:
+            if self.answered >= self.fail_after:
+                self.down = True
+            if self.down:
+                return Reply(status=503, text="the service is unavailable")
+            self.answered += 1
+        return self.llm(request)
+
+
+async def run(fake, *, resume: bool = False, budget: Budget | None = None):
+    async with (
+        UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, max_concurrency=3) as client,
+        StateManager() as store,
+    ):
+        orchestrator = Orchestrator(
+            budget=budget or Budget(max_usd=5.0, max_time_seconds=60),
+            state_manager=store,
+            client=client,
+            use_cache=False,
+        )
+        if resume:
+            return await orchestrator.resume("p1")
+        return await orchestrator.run_project(
+            "[project] Build an add library", "add works", "p1", tasks=as_tasks(PLAN)
+        )
+
+
+async def answered_journal() -> dict[str, float]:
+    async with StateManager() as store:
+        rows = await store._store.run("SELECT key, cost_usd FROM journal WHERE entry IS NOT NULL")
+    return dict(rows)
+
+
+async def test_a_provider_going_away_mid_run_stops_it_resumably_and_names_the_providers(fake, llm):
+    llm.plan = PLAN
+    outage = Outage(llm, fail_after=4)  # core's draft, critique and revision get through
+    fake.responder = outage
+
+    stopped = await run(fake)
+
+    assert stopped.status is ProjectStatus.SYSTEM_FAILURE
+    assert stopped.reason.startswith("providers unavailable: ")
+    assert "503" in stopped.reason
+    for result in stopped.results.values():
+        assert "plateaued" not in result.reason  # nothing was judged on a missing verdict
+        assert result.interrupted, result
+    assert stopped.results["core"].output  # what was paid for is kept
+    assert not all(stopped.api_health.values())  # the outage shows in api_health
+    answered = await answered_journal()
+
+    outage.down, outage.fail_after = False, 10**9  # the vendor is back
+    resumed = await run(fake, resume=True)
+
+    assert resumed.status is ProjectStatus.SUCCESS, resumed.reason
+    assert all(r.status is TaskStatus.COMPLETED for r in resumed.results.values())
+    after = await answered_journal()
+    assert {key: after.get(key, cost) for key, cost in answered.items()} == answered
+
+
+def test_every_vendor_down_ends_system_failure_exit_6_with_one_line_naming_them(
+    fake, llm, tmp_path
+):
+    llm.plan = PLAN
+    fake.responder = Outage(llm, fail_after=0)
+    env = {**fake_env(fake.base_url, ("openai", "anthropic"))}
+
+    result = run_cli("-p", "[project] p", "-c", "c", "--budget", "1", cwd=tmp_path, env=env)
+
+    assert result.returncode == 6, result.stderr
+    [reason] = [line for line in result.stdout.splitlines() if line.startswith("reason: ")]
+    assert "providers unavailable" in reason
+    assert "openai (" in reason and "503" in reason
+    assert "status SYSTEM_FAILURE" in result.stdout
