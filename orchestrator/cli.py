@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--concurrency", type=int, help="max LLM calls in flight (default 3)")
     limits.add_argument(
+        "--max-tasks",
+        type=int,
+        metavar="N",
+        help="a hard cap on the planned tasks (default: none; the planner is asked for 5-15)",
+    )
+    limits.add_argument(
         "--threshold", type=float, help="quality score a task must reach, 0-1 (default 0.85)"
     )
     limits.add_argument("-o", "--output-dir", metavar="DIR", help="write task outputs to DIR")
@@ -158,6 +164,8 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise _usage("--time must be a number greater than 0")
     if args.concurrency is not None and args.concurrency < 1:
         raise _usage("--concurrency must be at least 1")
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise _usage("--max-tasks must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise _usage("--threshold must be between 0 and 1")
     timeout = args.validator_timeout
@@ -231,6 +239,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             quality_threshold=_or(spec.quality_threshold, 0.85),
             unsafe_validators=args.unsafe_validators,
             validator_timeout=_or(args.validator_timeout, 60.0),
+            max_tasks=args.max_tasks,
             on_event=ProgressPrinter(budget),
             extra_settings=settings,
         )
@@ -258,6 +267,7 @@ async def _resume(args: argparse.Namespace) -> int:
                 use_cache=use_cache,
                 unsafe_validators=args.unsafe_validators,
                 validator_timeout=_or(args.validator_timeout, 60.0),
+                max_tasks=args.max_tasks or settings.get("max_tasks"),
                 on_event=printer,
                 extra_settings={"output_dir": output_dir, "use_cache": use_cache},
             )

@@ -42,6 +42,7 @@ from .taskgraph import TaskGraphError, decomposition_schema, execution_order, pa
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
+PLANNED_TASKS = (5, 15)  # what the planner is asked for; a plan outside it is still run
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class Orchestrator:
         validator_timeout: float = 60.0,
         unsafe_validators: bool = False,
         min_tasks: int = 5,
-        max_tasks: int = 15,
+        max_tasks: int | None = None,
         extra_settings: Mapping[str, Any] | None = None,
     ) -> None:
         _check_threshold(quality_threshold)
@@ -104,6 +105,8 @@ class Orchestrator:
         self.validator_timeout = validator_timeout
         # Run model-written code without isolation: only when the user explicitly asks.
         self.unsafe_validators = unsafe_validators
+        # The planner is asked for PLANNED_TASKS tasks (from min_tasks); any valid plan is run.
+        # Only max_tasks, when given, is a hard cap.
         self.min_tasks = min_tasks
         self.max_tasks = max_tasks
         # Saved with the project (e.g. the CLI's output directory) and returned on resume.
@@ -375,10 +378,11 @@ class Orchestrator:
     async def _decompose(
         self, state: ProjectState, gateway: LLMGateway, router: Router
     ) -> dict[str, Task]:
-        schema = decomposition_schema(min_tasks=self.min_tasks, max_tasks=self.max_tasks)
+        schema = decomposition_schema(min_tasks=1, max_tasks=self.max_tasks)
+        guidance = self._planned_tasks()
         system = DECOMPOSE_SYSTEM.format(
-            min_tasks=self.min_tasks,
-            max_tasks=self.max_tasks,
+            min_tasks=guidance[0],
+            max_tasks=guidance[1],
             types=", ".join(t.value for t in TaskType),
             validators=", ".join(sorted(KNOWN_VALIDATORS)),
         )
@@ -403,10 +407,11 @@ class Orchestrator:
                 tasks = parse_tasks(
                     answer.parsed,
                     origin=f"decomposition by {model.value}",
-                    min_tasks=self.min_tasks,
                     max_tasks=self.max_tasks,
                 )
                 execution_order(tasks)  # a cyclic plan is as unusable as a malformed one
+                if not guidance[0] <= len(tasks) <= guidance[1]:
+                    self.emit(Event("plan_size", data={"tasks": len(tasks), "guidance": guidance}))
                 return tasks
             except (ProviderError, TaskGraphError) as exc:
                 problems.append(str(exc))
@@ -417,7 +422,15 @@ class Orchestrator:
         if outages and all_outages:
             raise DecompositionFailed(f"decomposition failed: {describe_outage(outages)}")
         detail = problems[-1] if problems else "no model available"
+        if self.max_tasks is not None and "need at most" in detail:
+            detail += "; raise --max-tasks (max_tasks=) or simplify the project"
         raise DecompositionFailed(f"decomposition failed: {detail}")
+
+    def _planned_tasks(self) -> tuple[int, int]:
+        """How many tasks the planner is asked for: guidance, not a rule."""
+        upper = PLANNED_TASKS[1] if self.max_tasks is None else self.max_tasks
+        lower = min(self.min_tasks, upper)
+        return lower, max(lower, min(PLANNED_TASKS[1], upper))
 
     async def _execute(self, session: _Session, state: ProjectState, ctx: TaskContext) -> None:
         """Start every task as soon as its own dependencies are done."""

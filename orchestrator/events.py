@@ -11,6 +11,7 @@ from typing import Any
 class Event:
     """``kind`` is one of: run_started, decomposed, task_started, call_started, call_finished
     (``data``: cost_usd, cached, replayed), task_finished, task_skipped, budget_warning,
+    plan_size (``data``: tasks, guidance; a plan outside the range asked for, run as it is),
     sandbox (``data``: isolation, how validators will run model code; sent once, when a task
     needs it), run_finished, already_finished (a resumed project that had nothing left to do)."""
 

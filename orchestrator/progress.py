@@ -50,6 +50,12 @@ class ProgressPrinter:
         elif kind == "task_skipped":
             self.done += 1
             self._line(f"{event.task_id} skipped: {event.data['reason']}")
+        elif kind == "plan_size":
+            low, high = event.data["guidance"]
+            self._line(
+                f"note: the plan has {event.data['tasks']} tasks (asked for {low}-{high}); "
+                "running it as planned"
+            )
         elif kind == "sandbox":
             isolation = event.data["isolation"]
             if isolation == "unavailable":

@@ -39,8 +39,20 @@ def parse_answer(text: str, schema: dict[str, Any]) -> Any:
     )
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
-        raise InvalidAnswer(f"at {where}: {error.message}")
+        raise InvalidAnswer(f"at {where}: {_problem(error)}")
     return value
+
+
+def _problem(error: jsonschema.ValidationError) -> str:
+    """The error in one short line: never a dump of the whole answer."""
+    value, limit = error.instance, error.validator_value
+    if error.validator in ("minItems", "maxItems") and isinstance(value, list):
+        path = list(error.absolute_path)
+        noun = str(path[-1]) if path and isinstance(path[-1], str) else "items"
+        need = "at least" if error.validator == "minItems" else "at most"
+        return f"got {len(value)} {noun}, need {need} {limit}"
+    message = " ".join(error.message.split())
+    return message if len(message) <= 200 else message[:199] + "…"
 
 
 def repair_prompt(problem: str) -> str:

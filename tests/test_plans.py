@@ -1,0 +1,57 @@
+"""Plans: the planner is asked for 5-15 tasks, but any valid plan it pays for is run; only a cap
+the user sets is a rule, enforced with one repair request and a one-line failure."""
+
+from __future__ import annotations
+
+from conftest import FAST_RETRY, fake_env, run_cli
+from scripted_llm import default_plan
+
+from orchestrator import Budget, UnifiedClient
+from orchestrator.engine import Orchestrator
+from orchestrator.events import Event
+from orchestrator.models import ProjectStatus
+
+
+async def plan_and_run(fake, **options):
+    events: list[Event] = []
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY) as client:
+        orchestrator = Orchestrator(
+            budget=Budget(max_usd=5.0, max_time_seconds=60),
+            client=client,
+            use_cache=False,
+            use_state=False,
+            on_event=events.append,
+            **options,
+        )
+        state = await orchestrator.run_project("[project] Build an add library", "add works")
+    return state, events
+
+
+async def test_a_valid_plan_with_fewer_tasks_than_asked_for_is_run_and_noted(fake, llm):
+    llm.plan = default_plan()[:4]  # the planner was asked for 5-15
+
+    state, events = await plan_and_run(fake)
+
+    assert state.status is ProjectStatus.SUCCESS, state.reason
+    assert len(state.tasks) == 4
+    [note] = [e for e in events if e.kind == "plan_size"]
+    assert note.data == {"tasks": 4, "guidance": (5, 15)}
+
+
+async def test_a_plan_over_the_users_cap_gets_one_repair_then_a_one_line_failure(fake, llm):
+    state, _ = await plan_and_run(fake, max_tasks=3)  # the scripted planner insists on 5
+
+    assert state.status is ProjectStatus.SYSTEM_FAILURE
+    assert "got 5 tasks, need at most 3" in state.reason
+    assert "--max-tasks" in state.reason
+    assert "\n" not in state.reason and len(state.reason) < 400  # no dump of the answer
+    assert llm.count("plan") == 4  # two planners, each asked once more to repair
+
+
+def test_max_tasks_on_the_command_line_is_that_cap(fake, llm, tmp_path):
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+
+    result = run_cli("-p", "[project] p", "-c", "c", "--max-tasks", "2", cwd=tmp_path, env=env)
+
+    assert result.returncode == 6, result.stderr
+    assert "got 5 tasks, need at most 2" in result.stdout
