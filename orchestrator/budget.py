@@ -67,6 +67,7 @@ class Budget:
             raise ValueError("budget needs a finite max_usd >= 0 and max_time_seconds > 0")
         self._started = self.clock()
         self._warned: set[str] = set()
+        self._open = 0  # reservations not yet settled or released
         # Replaced on every settlement, so waiters wake up and look again.
         self._settled = asyncio.Event()
 
@@ -98,6 +99,7 @@ class Budget:
         if amount > self.available_usd:
             raise self._exceeded(amount)
         self.reserved_usd += amount
+        self._open += 1
         return Reservation(amount, phase)
 
     async def acquire(self, amount: float, phase: str) -> Reservation:
@@ -143,7 +145,10 @@ class Budget:
     def _close(self, reservation: Reservation) -> None:
         if reservation.open:
             reservation.open = False
-            self.reserved_usd = max(0.0, self.reserved_usd - reservation.amount)
+            self._open -= 1
+            # Exactly zero once nothing is held: subtracting floats would leave a residue.
+            left = self.reserved_usd - reservation.amount
+            self.reserved_usd = max(0.0, left) if self._open else 0.0
             settled, self._settled = self._settled, asyncio.Event()
             settled.set()
 

@@ -125,7 +125,11 @@ class UnifiedClient:
         """Raise ``NoProvidersError`` naming the variables to set when no provider has a key."""
         if not self.usable_providers():
             names = ", ".join(self.catalog.key_variables())
-            raise NoProvidersError(f"no LLM provider is configured: set at least one of {names}")
+            raise NoProvidersError(
+                f"no LLM provider is configured: set at least one of {names} (see .env.example), "
+                "or add a keyless OpenAI-compatible endpoint such as a local Ollama to your "
+                "catalog file (--catalog)"
+            )
 
     def is_healthy(self, model: Model | str) -> bool:
         m = self.catalog.resolve(model)

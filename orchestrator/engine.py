@@ -311,6 +311,7 @@ class Orchestrator:
             router=router,
             budget=state.budget,
             criteria=state.success_criteria,
+            description=state.project_description,
             threshold=state.quality_threshold,
             emit=self.emit,
             validator_timeout=self.validator_timeout,

@@ -53,8 +53,9 @@ EVALUATION_SCHEMA = {
 }
 
 
-def task_prompt(task: Task, criteria: str, context: str) -> str:
-    parts = [f"Task ({task.type.value}):\n{task.prompt}"]
+def task_prompt(task: Task, description: str, criteria: str, context: str) -> str:
+    parts = [f"Project (what this task is part of):\n{description}"]
+    parts.append(f"Task ({task.type.value}):\n{task.prompt}")
     if task.acceptance:
         parts.append(f"Acceptance notes for this task:\n{task.acceptance}")
     parts.append(f"Project acceptance criteria:\n{criteria}")

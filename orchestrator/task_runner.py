@@ -74,6 +74,7 @@ class TaskContext:
     router: Router
     budget: Budget
     criteria: str
+    description: str
     threshold: float
     emit: EventSink
     validator_timeout: float = 60.0
@@ -104,7 +105,7 @@ class TaskRunner:
         chain = self.ctx.router.generation_chain(task.type)
         if not chain:
             return self._finish("no usable model for this task type")
-        task_text = task_prompt(task, self.ctx.criteria, self._context(chain))
+        task_text = task_prompt(task, self.ctx.description, self.ctx.criteria, self._context(chain))
         max_tokens = self.ctx.router.max_tokens(task.type)
         try:
             draft, author = await self._ask_chain(
@@ -384,7 +385,8 @@ class TaskRunner:
             return ""
         window = min(m.context_window for m in chain)
         reserve = self.ctx.router.max_tokens(self.task.type) + 2000
-        room = max(2000, (window - reserve) * CHARS_PER_TOKEN - len(self.task.prompt))
+        own = len(self.task.prompt) + len(self.ctx.description) + len(self.ctx.criteria)
+        room = max(2000, (window - reserve) * CHARS_PER_TOKEN - own)
         share = room // len(self.dependencies)
         parts = []
         for task_id, dep in self.dependencies.items():

@@ -55,3 +55,11 @@ def test_max_tasks_on_the_command_line_is_that_cap(fake, llm, tmp_path):
 
     assert result.returncode == 6, result.stderr
     assert "got 5 tasks, need at most 2" in result.stdout
+
+
+async def test_every_task_is_told_the_project_it_is_part_of(fake, llm):
+    state, _ = await plan_and_run(fake)
+
+    assert state.status is ProjectStatus.SUCCESS
+    authors = [r for r in fake.requests if "Task (" in r.prompt_text]
+    assert authors and all("[project] Build an add library" in r.prompt_text for r in authors)
