@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--criteria", help="acceptance criteria (required for a new run)")
     run.add_argument("-f", "--file", metavar="PATH", help="load the project from a YAML file")
     run.add_argument("--project-id", help="explicit project id (default: generated)")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard what is saved under --project-id (results and journal) and start again",
+    )
     limits = parser.add_argument_group("limits and settings (for a resume: overrides)")
     limits.add_argument("-b", "--budget", type=float, help="spend ceiling in USD (default 8.0)")
     limits.add_argument(
@@ -244,8 +249,9 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             extra_settings=settings,
         )
         state = await orchestrator.run_project(
-            spec.description, spec.criteria, spec.project_id, tasks=spec.tasks
-        )
+            spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
+            restart=args.restart,
+        )  # fmt: skip
     return await _report(state, spec.output_dir)
 
 

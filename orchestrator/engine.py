@@ -36,7 +36,7 @@ from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
 from .sandbox import detect, unsafe
-from .state import SavedProject, StateManager
+from .state import SavedProject, StateManager, UnknownProjectError
 from .task_runner import TaskContext, TaskRunner, describe_outage, is_outage
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
@@ -121,12 +121,14 @@ class Orchestrator:
         *,
         tasks: Mapping[str, Task] | None = None,
         quality_threshold: float | None = None,
+        restart: bool = False,
     ) -> ProjectState:
         """Run a new project and return its final state; failures are statuses, not raises.
 
-        An existing ``project_id`` with the same description continues that project (as
-        ``resume`` does, with this orchestrator's budget, time limit and threshold); with a
-        different description it is refused with ``ConfigError``.
+        An existing ``project_id`` with the same inputs continues that project (as ``resume``
+        does, with this orchestrator's budget, time limit and threshold); with other inputs
+        (description, criteria, tasks) it is refused with ``ConfigError`` before anything is
+        paid, unless ``restart`` discards its saved state (journal included) first.
         """
         if project_id is not None:
             check_project_id(project_id)
@@ -143,6 +145,8 @@ class Orchestrator:
             quality_threshold=threshold,
         )
         async with self._session() as session:
+            if session.store is not None and restart:
+                await self._discard(session, state.project_id)
             if session.store is not None:
                 created = await session.store.create_project(
                     state.project_id,
@@ -154,10 +158,12 @@ class Orchestrator:
                 )
                 if not created:
                     saved = await session.store.load(state.project_id)
-                    if saved.description != project_description:
+                    changed = _changed_inputs(saved, project_description, success_criteria, tasks)
+                    if changed:
                         raise ConfigError(
-                            f"project id {state.project_id!r} already belongs to another project "
-                            f"({_excerpt(saved.description)!r}); choose another id or resume it"
+                            f"project id {state.project_id!r} was saved with other inputs "
+                            f"({'; '.join(changed)}): use another --project-id, or --restart "
+                            "(restart=True) to discard its saved state and start again"
                         )
                     # The same project again: it continues, under this call's limits.
                     return await self._continue(
@@ -526,6 +532,16 @@ class Orchestrator:
                 result.reason = reason
                 await self._checkpoint(session, state, result)
 
+    async def _discard(self, session: _Session, project_id: str) -> None:
+        """Forget a project's saved state, once no other run holds it."""
+        assert session.store is not None
+        try:
+            await session.store.load(project_id)
+        except UnknownProjectError:
+            return
+        async with self._leased(session, project_id):
+            await session.store.delete_project(project_id)
+
     @asynccontextmanager
     async def _leased(self, session: _Session, project_id: str) -> AsyncIterator[Lease | None]:
         """Hold the project for this run, so no other run pays for it (without a state store
@@ -617,6 +633,29 @@ def _used_up(budget: Budget) -> tuple[ProjectStatus, str] | None:
             "to give it more"
         )
     return None
+
+
+def _changed_inputs(
+    saved: SavedProject, description: str, criteria: str, tasks: Mapping[str, Task] | None
+) -> list[str]:
+    """What differs between a saved project and a new run under its id, one phrase each."""
+    changed = []
+    if saved.description != description:
+        changed.append(f"description was {_excerpt(saved.description)!r}")
+    if saved.criteria != criteria:
+        changed.append(f"criteria were {_excerpt(saved.criteria)!r}")
+    if tasks is not None and saved.tasks is not None:
+        before = {t: task.to_dict() for t, task in saved.tasks.items()}
+        after = {t: task.to_dict() for t, task in tasks.items()}
+        edited = sorted(t for t in before.keys() & after.keys() if before[t] != after[t])
+        for label, ids in (
+            ("tasks added", sorted(after.keys() - before.keys())),
+            ("tasks removed", sorted(before.keys() - after.keys())),
+            ("tasks changed", edited),
+        ):
+            if ids:
+                changed.append(f"{label}: {', '.join(ids)}")
+    return changed
 
 
 def _resolver(client: UnifiedClient):

@@ -222,6 +222,16 @@ class StateManager:
             ),
         )
 
+    async def delete_project(self, project_id: str) -> None:
+        """Forget a project entirely: its row, its results and its journal."""
+        await self._store.transaction(
+            [
+                ("DELETE FROM journal WHERE project_id = ?", (project_id,)),
+                ("DELETE FROM results WHERE project_id = ?", (project_id,)),
+                ("DELETE FROM projects WHERE id = ?", (project_id,)),
+            ]
+        )
+
     async def save_plan(
         self, project_id: str, tasks: dict[str, Task], order: list[str], elapsed: float
     ) -> None:

@@ -8,10 +8,11 @@ import socket
 import pytest
 from conftest import eventually, fake_env
 from scripted_llm import TaskScript
+from test_engine import as_tasks
 
 from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
 from orchestrator.engine import Orchestrator
-from orchestrator.models import ProjectStatus, TaskStatus
+from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
 from orchestrator.state import StateManager, UnknownProjectError
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
@@ -116,9 +117,48 @@ async def test_a_taken_project_id_with_another_description_is_refused(fake, llm)
     async def other(orchestrator):
         return await orchestrator.run_project("a different project", CRITERIA, "p1")
 
-    with pytest.raises(ConfigError, match="already belongs to another project"):
+    with pytest.raises(ConfigError, match=r"saved with other inputs \(description was"):
         await orchestrate(fake, other)
     assert fake.count() == requests
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"success_criteria": "add is fast"}, "criteria were 'add works and is tested'"),
+        ({"tasks": "edited"}, "tasks changed: core"),
+        ({"tasks": "extended"}, "tasks added: extra"),
+    ],
+)
+async def test_a_finished_project_rerun_with_changed_inputs_is_refused_before_any_spend(
+    fake, llm, change, said
+):
+    plan = as_tasks(llm.plan)
+    await orchestrate(fake, start, tasks=plan)
+    requests = fake.count()
+    if change.get("tasks") == "edited":
+        plan["core"].prompt += " Also subtract."
+    elif change.get("tasks") == "extended":
+        plan["extra"] = Task("extra", TaskType.WRITING, "[extra] More.", ["core"], ["length"])
+    criteria = change.get("success_criteria", CRITERIA)
+
+    async def rerun(orchestrator):
+        return await orchestrator.run_project(DESCRIPTION, criteria, "p1", tasks=plan)
+
+    with pytest.raises(ConfigError, match=said):
+        await orchestrate(fake, rerun)
+    assert fake.count() == requests
+
+    async def restart(orchestrator):
+        return await orchestrator.run_project(DESCRIPTION, criteria, "p1", tasks=plan, restart=True)
+
+    fresh = await orchestrate(fake, restart)
+
+    assert fresh.status is ProjectStatus.SUCCESS
+    assert fake.count() > requests  # started again, paid again: what --restart means
+    async with StateManager() as store:
+        saved = await store.load("p1")
+    assert saved.criteria == criteria and set(saved.tasks) == set(plan)
 
 
 async def test_the_same_project_id_and_description_continues_the_project(fake, llm):
