@@ -100,6 +100,14 @@ class Budget:
             raise self._exceeded(amount)
         self.reserved_usd += amount
         self._open += 1
+        log.debug(
+            "reserved $%.6f for %s (held $%.6f, spent $%.6f of $%.2f)",
+            amount,
+            phase,
+            self.reserved_usd,
+            self.spent_usd,
+            self.max_usd,
+        )
         return Reservation(amount, phase)
 
     async def acquire(self, amount: float, phase: str) -> Reservation:
@@ -121,6 +129,7 @@ class Budget:
 
     def settle(self, reservation: Reservation, actual: float) -> None:
         self._close(reservation)
+        log.debug("settled $%.6f of $%.6f reserved", actual, reservation.amount)
         if actual > reservation.amount:
             log.warning(
                 "a call cost $%.6f, more than its reserved worst case $%.6f",

@@ -104,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     saved.add_argument(
         "--list-projects", action="store_true", help="print saved projects, newest first"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="enable DEBUG logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: this tool's decisions at DEBUG (routing, cache, journal, retries, budget); "
+        "-vv: the vendor SDKs' and HTTP libraries' too",
+    )
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     parser.add_argument(
         "--list-models",
@@ -123,9 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.verbose:
+        logging.getLogger("orchestrator").setLevel(logging.DEBUG)
     project_id: str | None = None
     try:
         if args.list_models:

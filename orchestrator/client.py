@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ from .settings import load_environment
 from .structured import InvalidAnswer, parse_answer, repair_prompt
 
 DEFAULT_MAX_TOKENS = 4096
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,10 @@ class UnifiedClient:
                 self._record_failure(model, failure)
                 if not self.retry.should_retry(failure, attempt):
                     raise _provider_error(model, failure, attempt) from exc
-                await asyncio.sleep(self.retry.delay(failure, attempt))
+                wait = self.retry.delay(failure, attempt)
+                what = f"HTTP {failure.status}" if failure.status else failure.detail
+                log.debug("%s: %s; retry %d in %.2fs", model.value, what, attempt, wait)
+                await asyncio.sleep(wait)
                 continue
             finally:
                 # A trial let through an open breaker ends with this attempt, however it ends.

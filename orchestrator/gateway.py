@@ -109,11 +109,14 @@ class LLMGateway:
         if self.journal is not None:
             entry = await self.journal.get(key)
             if entry is not None:
+                log.debug("%s on %s: replayed from the journal (paid before)", slot, model.value)
                 return _replay(entry, model)
         if self.cache is not None:
             hit = await self._cache_lookup(key)
             if hit is not None:
+                log.debug("%s on %s: cache hit", slot, model.value)
                 return _from_cache(hit, model)
+            log.debug("%s on %s: cache miss", slot, model.value)
         if self.lease is not None:
             self.lease.check()  # a run that lost its project pays for nothing more
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
@@ -136,6 +139,14 @@ class LLMGateway:
                 await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter.charged))
             raise
         answer = replace(answer, cost_usd=meter.charged)
+        log.debug(
+            "%s on %s: paid $%.6f (%d tokens in, %d out)",
+            slot,
+            model.value,
+            meter.charged,
+            answer.input_tokens,
+            answer.output_tokens,
+        )
         entry = _entry(answer)
         if self.cache is not None:
             # The cache only saves later runs money: it is written in the background (and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from .providers.base import Message
 from .routing import CRITIQUE_MAX_TOKENS, ROUTING_TABLE, Router
 from .sandbox import NO_SANDBOX
 from .validators import run_validators
+
+log = logging.getLogger(__name__)
 
 PLATEAU_DELTA = 0.02
 CONSISTENCY_DELTA = 0.05
@@ -103,6 +106,12 @@ class TaskRunner:
         task, result = self.task, self.result
         result.status = TaskStatus.RUNNING
         chain = self.ctx.router.generation_chain(task.type)
+        log.debug(
+            "%s (%s): models in order %s (routing table, then the cheapest usable)",
+            task.id,
+            task.type.value,
+            ", ".join(m.value for m in chain),
+        )
         if not chain:
             return self._finish("no usable model for this task type")
         task_text = task_prompt(task, self.ctx.description, self.ctx.criteria, self._context(chain))
@@ -354,6 +363,7 @@ class TaskRunner:
                 else:
                     other_failure = True  # a bad request or a bad answer, not an outage
                 failures.append(str(exc))
+                log.debug("%s %s: %s failed, next model: %s", self.task.id, phase, model.value, exc)
                 if counts_fallbacks:
                     self.result.degraded_fallback_count += 1
                 continue

@@ -9,7 +9,7 @@ import sys
 from importlib import resources
 
 import pytest
-from conftest import clean_environment, run_cli, write_file
+from conftest import clean_environment, fake_env, run_cli, write_file
 
 import orchestrator
 from orchestrator import Budget, ConfigError, Orchestrator
@@ -103,3 +103,18 @@ def test_a_small_budget_is_shown_as_it_is_in_the_results():
     state.budget.charge(0.0042, "generation")
 
     assert "spent $0.0042 of $0.005" in results_table(state)
+
+
+def test_v_shows_this_tools_decisions_and_vv_the_libraries_too(fake, llm, tmp_path):
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    args = ("-p", "[project] Build an add library", "-c", "add works", "--no-cache")
+
+    once = run_cli(*args, "-v", "--project-id", "once", cwd=tmp_path, env=env)
+    twice = run_cli(*args, "-vv", "--project-id", "twice", cwd=tmp_path, env=env)
+
+    assert once.returncode == twice.returncode == 0, once.stderr
+    for decision in ("models in order", "reserved $", "settled $", "paid $"):
+        assert decision in once.stderr, decision
+    libraries = ("DEBUG httpx", "DEBUG openai", "DEBUG anthropic", "DEBUG google")
+    assert not any(line.startswith(libraries) for line in once.stderr.splitlines())
+    assert any(line.startswith(libraries) for line in twice.stderr.splitlines())
