@@ -22,6 +22,7 @@ from .events import Event
 from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
 from .providers.base import Message
 from .retry import RetryPolicy
+from .state import StateManager, UnknownProjectError
 
 try:
     __version__ = _version("orchestrator")
@@ -49,6 +50,7 @@ __all__ = [
     "ProviderError",
     "ProviderSpec",
     "RetryPolicy",
+    "StateManager",
     "StructuredOutputError",
     "Task",
     "TaskResult",
@@ -56,4 +58,5 @@ __all__ = [
     "TaskType",
     "UnifiedClient",
     "UnknownModelError",
+    "UnknownProjectError",
 ]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import pytest
 from conftest import clean_environment, fake_env, run_cli, write_file
@@ -118,3 +120,10 @@ def test_v_shows_this_tools_decisions_and_vv_the_libraries_too(fake, llm, tmp_pa
     libraries = ("DEBUG httpx", "DEBUG openai", "DEBUG anthropic", "DEBUG google")
     assert not any(line.startswith(libraries) for line in once.stderr.splitlines())
     assert any(line.startswith(libraries) for line in twice.stderr.splitlines())
+
+
+def test_every_class_the_readme_names_is_importable_from_the_package():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"`([A-Z][a-z][A-Za-z]*)(?:\(|`)", readme))
+    assert {"Orchestrator", "StateManager", "UnknownProjectError"} <= names
+    assert [n for n in sorted(names) if not hasattr(orchestrator, n)] == []
