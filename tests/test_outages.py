@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 
-from conftest import FAST_RETRY, fake_env, run_cli
+from conftest import fake_env, run_cli
 from fake_provider import Reply
 from scripted_llm import ScriptedLLM
 from test_engine import as_tasks, code_task, prose_task
+from test_resume import orchestrate, start
+from test_resume import resume as resume_project
 
-from orchestrator import Budget, UnifiedClient
-from orchestrator.engine import Orchestrator
 from orchestrator.models import ProjectStatus, TaskStatus
 from orchestrator.state import StateManager
 
@@ -37,22 +37,10 @@ class Outage:
         return self.llm(request)
 
 
-async def run(fake, *, resume: bool = False, budget: Budget | None = None):
-    async with (
-        UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, max_concurrency=3) as client,
-        StateManager() as store,
-    ):
-        orchestrator = Orchestrator(
-            budget=budget or Budget(max_usd=5.0, max_time_seconds=60),
-            state_manager=store,
-            client=client,
-            use_cache=False,
-        )
-        if resume:
-            return await orchestrator.resume("p1")
-        return await orchestrator.run_project(
-            "[project] Build an add library", "add works", "p1", tasks=as_tasks(PLAN)
-        )
+async def run(fake, *, resume: bool = False):
+    if resume:
+        return await orchestrate(fake, resume_project)
+    return await orchestrate(fake, start, tasks=as_tasks(PLAN))
 
 
 async def answered_journal() -> dict[str, float]:
