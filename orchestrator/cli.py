@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, help="quality score a task must reach, 0-1 (default 0.85)"
     )
     limits.add_argument("-o", "--output-dir", metavar="DIR", help="write task outputs to DIR")
+    limits.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --output-dir replace files this tool did not write or that changed since",
+    )
     limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     limits.add_argument(
         "--validator-timeout",
@@ -261,7 +266,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
             restart=args.restart,
         )  # fmt: skip
-    return await _report(state, spec.output_dir)
+    return await _report(state, spec.output_dir, args.overwrite)
 
 
 async def _resume(args: argparse.Namespace) -> int:
@@ -298,14 +303,16 @@ async def _resume(args: argparse.Namespace) -> int:
                 max_time_seconds=args.time,
                 quality_threshold=args.threshold,
             )
-    return await _report(state, output_dir)
+    if saved.status in FINISHED and not args.output_dir:
+        output_dir = None  # nothing ran: nothing new to write, unless asked for explicitly
+    return await _report(state, output_dir, args.overwrite)
 
 
-async def _report(state: ProjectState, output_dir: str | None) -> int:
+async def _report(state: ProjectState, output_dir: str | None, overwrite: bool) -> int:
     sys.stdout.write(results_table(state))
     if output_dir:
         try:
-            written = await asyncio.to_thread(write_outputs, state, output_dir)
+            written = await asyncio.to_thread(write_outputs, state, output_dir, overwrite=overwrite)
         except OutputError as exc:
             # The results are saved in the state file: nothing paid for is lost.
             raise OrchestratorError(

@@ -7,6 +7,7 @@ path: a task file is named from its position in the execution order and its type
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from .sandbox import NO_SANDBOX
 
 SUMMARY_NAME = "summary.json"
 README_NAME = "README.md"
+MANIFEST_NAME = ".orchestrator-manifest.json"  # what was written here, with content hashes
 
 _EXTENSIONS = {
     TaskType.CODE_GEN: "py",
@@ -33,6 +35,7 @@ _EXTENSIONS = {
 # Exactly the names this module produces, so a re-run can tell its own stale files from the user's.
 _TYPE_NAMES = "|".join(re.escape(t.value) for t in TaskType)
 _OWN_TASK_FILE = re.compile(rf"task_\d{{3,}}_(?:{_TYPE_NAMES})\.(?:py|md|json)")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class OutputError(ConfigError):
@@ -56,15 +59,20 @@ def output_filename(index: int, task: Task, output: str) -> str:
     return _filename(index, task, _render(task, output)[0])
 
 
-def write_outputs(state: ProjectState, directory: str | os.PathLike[str]) -> list[Path]:
+def write_outputs(
+    state: ProjectState, directory: str | os.PathLike[str], *, overwrite: bool = False
+) -> list[Path]:
     """Write every task output, summary.json and README.md into ``directory``; return the paths.
 
-    Synchronous on purpose: the engine runs it with ``asyncio.to_thread``.
+    A file is replaced (or removed as stale) only if it is still what this tool wrote there, as
+    its manifest records; anything else there (a file edited by hand, another tool's) stops the
+    write before any change, unless ``overwrite``. Synchronous on purpose: the engine runs it
+    with ``asyncio.to_thread``.
     """
     root = _prepare(Path(directory))
     order = _ordered_tasks(state)
 
-    written: list[Path] = []
+    planned: dict[str, str] = {}
     files: dict[str, str] = {}
     for index, task in order:
         result = state.results.get(task.id)
@@ -72,17 +80,82 @@ def write_outputs(state: ProjectState, directory: str | os.PathLike[str]) -> lis
             continue
         extension, content = _render(task, result.output)
         name = _filename(index, task, extension)
-        written.append(_write(root, name, content))
+        planned[name] = content
         files[task.id] = name
-
     summary = _summary(state, order, files)
     text = json.dumps(_finite(summary), indent=2, ensure_ascii=False, allow_nan=False)
-    written.append(_write(root, SUMMARY_NAME, text + "\n"))
-    written.append(_write(root, README_NAME, _readme(state, order, files)))
+    planned[SUMMARY_NAME] = text + "\n"
+    planned[README_NAME] = _readme(state, order, files)
 
+    owner, ours = _read_manifest(root)
+    stale = [n for n in ours if n not in planned and _OWN_TASK_FILE.fullmatch(n)]
+    if not overwrite:
+        if owner not in (None, state.project_id) and any((root / n).exists() for n in ours):
+            raise OutputError(
+                f"output directory {_show(root)} holds the results of project {owner!r}; "
+                "nothing was written: choose another --output-dir, or pass --overwrite to "
+                "replace them"
+            )
+        _refuse_foreign_changes(root, ours, [*planned, *stale], planned)
+    written = [_write(root, name, content) for name, content in planned.items()]
+    _write(root, MANIFEST_NAME, _manifest(state.project_id, planned))
     # Removed only after the new files are in place, so a failed run never loses more than it wrote.
-    _remove_stale(root, set(files.values()))
+    _remove_stale(root, stale)
     return written
+
+
+def _digest(content: str | bytes) -> str:
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest(project_id: str, planned: dict[str, str]) -> str:
+    files = {name: _digest(content) for name, content in sorted(planned.items())}
+    document = {"written_by": "orchestrator", "project_id": project_id, "files": files}
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _read_manifest(root: Path) -> tuple[str | None, dict[str, str]]:
+    """Which project this tool last wrote here, and its files by name and content hash."""
+    try:
+        data = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+        files = data["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, {}
+    if not isinstance(files, dict):
+        return None, {}
+    owner = data.get("project_id")
+    ours = {str(k): str(v) for k, v in files.items() if _PLAIN_NAME.fullmatch(str(k))}
+    return (str(owner) if owner is not None else None), ours
+
+
+def _refuse_foreign_changes(
+    root: Path, ours: dict[str, str], names: list[str], planned: dict[str, str]
+) -> None:
+    """Raise ``OutputError`` naming every file that would be replaced or removed although it
+    is not (or no longer) what this tool wrote; a file already holding the new content is fine."""
+    foreign = []
+    for name in names:
+        path = root / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        try:
+            current = _digest(path.read_bytes()) if path.is_file() else None
+        except OSError:
+            current = None
+        if current is None or (
+            current != ours.get(name) and current != _digest(planned.get(name, ""))
+        ):
+            foreign.append(name)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise OutputError(
+            f"output directory {_show(root)} holds files this tool did not write or that were "
+            f"changed since ({shown}); nothing was written: choose another --output-dir, or pass "
+            "--overwrite to replace them"
+        )
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -378,13 +451,12 @@ def _write(root: Path, name: str, content: str) -> Path:
     return path
 
 
-def _remove_stale(root: Path, keep: set[str]) -> None:
+def _remove_stale(root: Path, stale: list[str]) -> None:
     """Task files this writer left on an earlier run that this run did not write (fewer tasks, or
-    extraction now .md instead of .json), so the directory matches summary.json. Only names this
-    module produces are touched."""
-    for entry in root.iterdir():
-        if entry.name in keep or not _OWN_TASK_FILE.fullmatch(entry.name):
-            continue
+    extraction now .md instead of .json), so the directory matches summary.json. Only files the
+    manifest says this module wrote are touched."""
+    for name in stale:
+        entry = root / name
         if entry.is_symlink() or entry.is_file():
             try:
                 entry.unlink()

@@ -43,6 +43,7 @@ def test_a_run_from_the_command_line_succeeds_and_writes_its_outputs(fake, llm, 
     assert "Traceback" not in result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        ".orchestrator-manifest.json",
         "README.md",
         "summary.json",
         "task_001_code_generation.py",
@@ -287,3 +288,26 @@ def test_a_run_out_of_budget_resumed_without_more_stays_so_and_with_more_finishe
 
     assert more.returncode == 0, more.stderr
     assert "status SUCCESS" in more.stdout
+
+
+def test_a_resume_with_nothing_to_do_writes_nothing_and_a_hand_edit_survives(fake, llm, tmp_path):
+    out = tmp_path / "results"
+    first = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--project-id", "done", "--output-dir", str(out),
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    edited = out / "task_001_code_generation.py"
+    edited.write_text("# my own fix\n", encoding="utf-8")
+
+    again, _ = resume_cli(fake, tmp_path, "done")
+
+    assert again.returncode == 0, again.stderr
+    assert "already finished" in again.stderr and "wrote" not in again.stderr
+    assert edited.read_text(encoding="utf-8") == "# my own fix\n"
+
+    asked, _ = resume_cli(fake, tmp_path, "done", "--output-dir", str(out))
+
+    assert asked.returncode == 2
+    assert "task_001_code_generation.py" in asked.stderr and "--overwrite" in asked.stderr
+    assert edited.read_text(encoding="utf-8") == "# my own fix\n"

@@ -20,7 +20,13 @@ from orchestrator.models import (
     TaskType,
     ValidatorResult,
 )
-from orchestrator.output_writer import OutputError, output_filename, strip_fences, write_outputs
+from orchestrator.output_writer import (
+    MANIFEST_NAME,
+    OutputError,
+    output_filename,
+    strip_fences,
+    write_outputs,
+)
 
 CATALOG = Catalog.load(env={})
 GPT = CATALOG.resolve("gpt-4o")
@@ -122,7 +128,8 @@ def test_layout_matches_the_design_document(tmp_path):
         "README.md",
     ]
     assert written == [out.resolve() / name for name in names]
-    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    # Beside them, the manifest of what was written (so a later write never loses a user's file).
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, MANIFEST_NAME])
     for path in written:
         assert path.read_text(encoding="utf-8").endswith("\n")
 
@@ -284,7 +291,9 @@ def test_hostile_task_ids_never_reach_the_file_system(tmp_path):
     written = write_outputs(state, out)
 
     added = tree(tmp_path) - before
-    assert added == {Path("out")} | {Path("out") / p.name for p in written}
+    assert added == {Path("out"), Path("out") / MANIFEST_NAME} | {
+        Path("out") / p.name for p in written
+    }
     assert all(p.parent == out.resolve() for p in written)
     assert [p.name for p in written[:-2]] == [
         "task_001_code_generation.py",
@@ -492,21 +501,67 @@ def test_rewriting_overwrites_our_files_and_keeps_the_users(tmp_path):
     assert (out / "task_001_my_own.py").read_text(encoding="utf-8") == "mine too"
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [p.name for p in written] + ["notes.txt", "task_001_my_own.py"]
+        [p.name for p in written] + ["notes.txt", "task_001_my_own.py", MANIFEST_NAME]
     )
 
 
-def test_a_link_in_place_of_our_file_is_replaced_not_written_through(tmp_path):
+def test_a_link_in_place_of_our_file_stops_the_write_and_is_never_written_through(tmp_path):
     outside = tmp_path / "outside.txt"
     outside.write_text("untouched", encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
     (out / "README.md").symlink_to(outside)
 
-    write_outputs(design_state(), out)
+    with pytest.raises(OutputError, match=r"README\.md.*--overwrite"):
+        write_outputs(design_state(), out)
+    assert (out / "README.md").is_symlink() and sorted(out.iterdir()) == [out / "README.md"]
+
+    write_outputs(design_state(), out, overwrite=True)
 
     assert outside.read_text(encoding="utf-8") == "untouched"
     assert not (out / "README.md").is_symlink()
+
+
+def test_a_file_edited_by_hand_is_never_overwritten_without_being_asked(tmp_path):
+    out = tmp_path / "out"
+    state = design_state()
+    write_outputs(state, out)
+    edited = out / "task_001_code_generation.py"
+    edited.write_text("# my fix\n", encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    state.results["task_001"].output = "```python\nANSWER = 42\n```"
+    with pytest.raises(OutputError) as refused:
+        write_outputs(state, out)
+
+    assert "task_001_code_generation.py" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing changed
+    write_outputs(state, out, overwrite=True)
+    assert edited.read_text(encoding="utf-8") == "ANSWER = 42\n"
+
+
+def test_writing_the_same_project_again_replaces_what_this_tool_wrote(tmp_path):
+    out = tmp_path / "out"
+    write_outputs(design_state(), out)
+    before = {p.name: p.read_bytes() for p in out.glob("task_*")}
+
+    write_outputs(design_state(), out)  # summary.json's clock moved on: replaced, not refused
+
+    assert {p.name: p.read_bytes() for p in out.glob("task_*")} == before
+
+
+def test_another_projects_results_are_not_replaced_without_being_asked(tmp_path):
+    out = tmp_path / "out"
+    write_outputs(design_state(), out)
+    other = design_state()
+    other.project_id = "another-project"
+
+    with pytest.raises(OutputError, match="results of project 'proj-42'"):
+        write_outputs(other, out)
+    write_outputs(other, out, overwrite=True)
+
+    assert json.loads((out / "summary.json").read_text())["project_id"] == "another-project"
 
 
 def test_a_file_where_the_directory_should_be_is_an_output_error(tmp_path):
