@@ -35,7 +35,7 @@ from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Router
-from .sandbox import detect, unsafe
+from .sandbox import choose
 from .state import SavedProject, StateManager, UnknownProjectError
 from .task_runner import TaskContext, TaskRunner, describe_outage, is_outage
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
@@ -372,9 +372,8 @@ class Orchestrator:
         pending = [t for t in state.tasks.values() if t.id not in state.results]
         if not any(EXECUTING_VALIDATORS.intersection(t.hard_validators) for t in pending):
             return
-        box = await detect()
-        if box is None and self.unsafe_validators:
-            box = unsafe()
+        box = await choose(unsafe_allowed=self.unsafe_validators)
+        if box is not None and not box.isolated:
             log.warning(
                 "no sandbox available: validators run model-written code WITHOUT isolation "
                 "(unsafe_validators); it can read your files and keys and use your network"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pwd
@@ -36,6 +37,7 @@ __all__ = [
     "Completed",
     "Limits",
     "Sandbox",
+    "choose",
     "detect",
     "hand_over",
     "run_tool",
@@ -122,39 +124,51 @@ class Sandbox:
         """
         seconds = float(seconds)
         read_fd, write_fd = os.pipe() if channel else (-1, -1)
+        argv = [arg.replace("{channel}", str(write_fd)) for arg in argv]
         try:
-            argv = [arg.replace("{channel}", str(write_fd)) for arg in argv]
-            env = _minimal_env(workdir if not self.isolated else "/tmp")
-            preexec = None if self.isolated else _unsafe_limits(seconds, self.limits)
-            try:
-                command = list(argv)
-                if self.isolated:
-                    command = await asyncio.to_thread(
-                        _isolated_command, self.isolation, argv, workdir, seconds, self.limits,
-                        read_only,
-                    )  # fmt: skip
-            except BaseException:
-                if write_fd >= 0:
-                    os.close(write_fd)
-                raise
+            command = list(argv)
+            if self.isolated:
+                command = await asyncio.to_thread(self._prepare, argv, workdir, seconds, read_only)
+        except BaseException:
+            for fd in (read_fd, write_fd):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        try:
             # _execute owns (and closes) the write end from here on.
             return await _execute(
                 command,
                 cwd=workdir,
-                env=env,
+                env=_minimal_env("/tmp" if self.isolated else workdir),
                 seconds=seconds,
                 pass_fds=(write_fd,) if channel else (),
                 channel_fd=read_fd if channel else None,
-                preexec_fn=preexec,
+                preexec_fn=None if self.isolated else _unsafe_limits(seconds, self.limits),
             )
         finally:
             if read_fd >= 0:
                 os.close(read_fd)
 
+    def _prepare(
+        self, argv: list[str], workdir: str, seconds: float, read_only: Sequence[str]
+    ) -> list[str]:
+        """The isolated command line, with ``workdir`` handed over to whoever runs the code."""
+        hand_over(workdir)
+        return _isolated_command(self.isolation, argv, workdir, seconds, self.limits, read_only)
+
 
 def unsafe(limits: Limits | None = None) -> Sandbox:
     """No isolation: the user opted out. A scrubbed environment and limits, nothing more."""
     return Sandbox(_UNSAFE, isolated=False, limits=limits or Limits())
+
+
+async def choose(*, unsafe_allowed: bool) -> Sandbox | None:
+    """Where to run model-written code: the detected sandbox; failing that, no isolation if
+    the user allowed it; else None (the code is not run)."""
+    box = await detect()
+    if box is None and unsafe_allowed:
+        return unsafe()
+    return box
 
 
 _detected: dict[str, Sandbox | None] = {}
@@ -284,19 +298,15 @@ def _bwrap_isolation() -> list[str]:
     ]
 
 
-_bwrap_features: dict[str, bool] = {}
-
-
+@functools.cache
 def _bwrap_can_disable_userns() -> bool:
-    if "disable_userns" not in _bwrap_features:
-        try:
-            usage = subprocess.run(
-                ["bwrap", "--help"], capture_output=True, text=True, timeout=10, check=False
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            usage = ""
-        _bwrap_features["disable_userns"] = "--disable-userns" in usage
-    return _bwrap_features["disable_userns"]
+    try:
+        usage = subprocess.run(
+            ["bwrap", "--help"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--disable-userns" in usage
 
 
 def _prlimit(seconds: float, limits: Limits) -> list[str]:
@@ -474,7 +484,7 @@ def _make_scratch() -> str:
 
 def hand_over(workdir: str) -> None:
     """Make ``workdir`` and what was written into it the sandboxed code's own (as root, the
-    code runs as nobody). Call it after writing the files, before ``Sandbox.run``."""
+    code runs as nobody); ``Sandbox.run`` does it before every isolated run."""
     if os.geteuid() != 0:
         return
     uid, gid = _nobody()

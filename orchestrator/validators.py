@@ -34,11 +34,9 @@ from .sandbox import (
     NO_SANDBOX,
     Completed,
     Sandbox,
-    detect,
-    hand_over,
+    choose,
     run_tool,
     scratch_dir,
-    unsafe,
 )
 
 __all__ = ["KNOWN_VALIDATORS", "code_blocks", "run_validators", "unknown_validators"]
@@ -116,9 +114,7 @@ async def run_validators(
 
     box: Sandbox | None = None
     if EXECUTING_VALIDATORS.intersection(names):
-        box = await detect()
-        if box is None and unsafe_validators:
-            box = unsafe()
+        box = await choose(unsafe_allowed=unsafe_validators)
     checks = {
         "python_syntax": lambda: asyncio.to_thread(_check_syntax, output),
         "length": lambda: _check_length(output),
@@ -310,7 +306,6 @@ def _prepare_pytest(root: str, dependency_blocks: list[str], own_blocks: list[st
         # modules beside them and in packages below.
         Path(root, "pytest.ini").write_text("[pytest]\npythonpath = .\n", encoding="utf-8")
         _write(root, files)
-        hand_over(root)
     return tests
 
 
@@ -535,7 +530,6 @@ async def _check_latex(output: str, seconds: float, box: Sandbox | None) -> Vali
     async with scratch_dir() as root:
         try:
             await asyncio.to_thread(_write, root, {"doc.tex": candidates[0]})
-            await asyncio.to_thread(hand_over, root)
             tool_dir = os.path.dirname(pdflatex)
             done = await box.run(argv, root, seconds=seconds, read_only=[tool_dir])
         except OSError as exc:

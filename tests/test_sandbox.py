@@ -433,7 +433,6 @@ async def test_each_run_starts_in_a_fresh_scratch_directory_that_is_removed(isol
     seen = []
     for _ in range(2):
         async with sandbox.scratch_dir() as workdir:
-            sandbox.hand_over(workdir)
             done = await box.run(
                 ["/bin/sh", "-c", "ls -A; touch left-behind; pwd"], workdir, seconds=20
             )
@@ -508,7 +507,6 @@ def test_an_unprivileged_user_gets_the_same_isolation(isolation):
 async def test_the_code_inherits_no_file_descriptor_but_stdio_and_the_result_channel(isolation):
     listing = "import os, sys; print(sys.argv[1], *os.listdir('/proc/self/fd'))"
     async with sandbox.scratch_dir() as workdir:
-        sandbox.hand_over(workdir)
         done = await sandbox.Sandbox(isolation).run(
             [sys.executable, "-I", "-S", "-c", listing, "{channel}"],
             workdir,
