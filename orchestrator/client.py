@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import jsonschema
@@ -22,7 +22,9 @@ from .errors import (
     OrchestratorError,
     ProviderError,
     StructuredOutputError,
+    TruncatedAnswerError,
 )
+from .fences import join_continuation
 from .health import HealthRegistry
 from .providers import make_adapter
 from .providers.base import (
@@ -40,6 +42,12 @@ from .settings import load_environment
 from .structured import InvalidAnswer, parse_answer, repair_prompt
 
 DEFAULT_MAX_TOKENS = 4096
+# A prose or code answer cut off by the output limit is continued at most this often.
+MAX_CONTINUATIONS = 2
+CONTINUE_PROMPT = (
+    "Your answer was cut off by the output limit. Continue it exactly where it stopped: "
+    "repeat nothing, add no preamble, and do not reopen a code block that is still open."
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,18 @@ class Completion:
     reported_model: str | None = None
     from_cache: bool = False
     replayed: bool = False  # answered from the project's journal: paid before, not again
+    stop_reason: str | None = None  # the vendor's word for why the (last part of the) answer ended
+    # What it took to get a whole answer, e.g. "cut off at 4096 output tokens; continued once".
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Answer:
+    text: str
+    attempts: int
+    max_tokens: int  # the limit the answer was finally asked with
+    notes: list[str]
+    parsed: Any = None
 
 
 class SpendGuard(Protocol):
@@ -177,46 +197,15 @@ class UnifiedClient:
             native_schema=schema is not None and m.json_schema,
         )
         started = time.monotonic()
-        raw, attempts = await self._call(m, request, spend)
-        paid = [raw]
-        parsed = None
-        if schema is not None:
-            try:
-                parsed = parse_answer(raw.text, schema)
-            except InvalidAnswer as first_problem:
-                repair = ChatRequest(
-                    messages=(
-                        *request.messages,
-                        Message("assistant", raw.text),
-                        Message("user", repair_prompt(str(first_problem))),
-                    ),
-                    max_tokens=request.max_tokens,
-                    system=system,
-                    temperature=temperature,
-                    json_schema=schema,
-                    native_schema=request.native_schema,
-                )
-                try:
-                    raw, more = await self._call(m, repair, spend)
-                except (ProviderError, BudgetExceeded) as exc:
-                    exc.spent_usd += self._cost(m, paid)  # the first answer was paid for
-                    raise
-                attempts += more
-                paid.append(raw)
-                try:
-                    parsed = parse_answer(raw.text, schema)
-                except InvalidAnswer as problem:
-                    raise StructuredOutputError(
-                        f"{m.value} did not answer with JSON matching the schema ({problem}), "
-                        "even after a repair request",
-                        model=m.value,
-                        provider=m.provider,
-                        attempts=attempts,
-                        spent_usd=self._cost(m, paid),
-                    ) from None
+        paid: list[RawCompletion] = []
+        try:
+            answer = await self._answer(m, request, spend, paid)
+        except (ProviderError, BudgetExceeded) as exc:
+            exc.spent_usd += self._cost(m, paid)  # what was answered before it failed is paid
+            raise
         return Completion(
-            text=raw.text,
-            parsed=parsed,
+            text=answer.text,
+            parsed=answer.parsed,
             model=m,
             provider=m.provider,
             input_tokens=sum(r.input_tokens for r in paid),
@@ -224,10 +213,104 @@ class UnifiedClient:
             cached_tokens=sum(r.cached_tokens for r in paid),
             cost_usd=self._cost(m, paid),
             latency_seconds=time.monotonic() - started,
-            attempts=attempts,
+            attempts=answer.attempts,
             paid_calls=len(paid),
             usage_estimated=any(r.usage_estimated for r in paid),
-            reported_model=raw.reported_model,
+            reported_model=paid[-1].reported_model,
+            stop_reason=paid[-1].stop_reason,
+            notes=tuple(answer.notes),
+        )
+
+    async def _answer(
+        self,
+        model: Model,
+        request: ChatRequest,
+        spend: SpendGuard | None,
+        paid: list[RawCompletion],
+    ) -> _Answer:
+        """A whole answer, parsed and repaired once when a schema is asked for."""
+        answer = await self._whole(model, request, spend, paid)
+        schema = request.json_schema
+        if schema is None:
+            return answer
+        try:
+            answer.parsed = parse_answer(answer.text, schema)
+            return answer
+        except InvalidAnswer as first_problem:
+            repair = replace(
+                request,
+                messages=(
+                    *request.messages,
+                    Message("assistant", answer.text),
+                    Message("user", repair_prompt(str(first_problem))),
+                ),
+                max_tokens=answer.max_tokens,
+            )
+        repaired = await self._whole(model, repair, spend, paid)
+        repaired.attempts += answer.attempts
+        repaired.notes[:0] = answer.notes
+        try:
+            repaired.parsed = parse_answer(repaired.text, schema)
+        except InvalidAnswer as problem:
+            raise StructuredOutputError(
+                f"{model.value} did not answer with JSON matching the schema ({problem}), "
+                "even after a repair request",
+                model=model.value,
+                provider=model.provider,
+                attempts=repaired.attempts,
+            ) from None
+        return repaired
+
+    async def _whole(
+        self,
+        model: Model,
+        request: ChatRequest,
+        spend: SpendGuard | None,
+        paid: list[RawCompletion],
+    ) -> _Answer:
+        """The answer to ``request``, never one the output limit cut off.
+
+        Prose and code are continued where they stopped (the part already paid for is kept);
+        JSON, and an answer cut off before any text, are asked again with a larger limit, up to
+        the model's own. ``TruncatedAnswerError`` when neither gives a whole answer.
+        """
+        raw, attempts = await self._call(model, request, spend)
+        paid.append(raw)
+        text, continued, notes = raw.text, 0, []
+        while raw.truncated:
+            cut_at = request.max_tokens
+            if request.json_schema is None and text.strip():
+                if continued == MAX_CONTINUATIONS:
+                    raise self._truncated(model, cut_at, f"even after {continued} continuations")
+                continued += 1
+                follow_up = (Message("assistant", text), Message("user", CONTINUE_PROMPT))
+                raw, more = await self._call(
+                    model, replace(request, messages=(*request.messages, *follow_up)), spend
+                )
+                text = join_continuation(text, raw.text)
+            else:
+                limit = min(model.max_output_tokens, cut_at * 4)
+                if limit <= cut_at:
+                    raise self._truncated(model, cut_at, "the most this model can write")
+                notes.append(f"cut off at {cut_at} output tokens; asked again with {limit}")
+                request = replace(request, max_tokens=limit)
+                raw, more = await self._call(model, request, spend)
+                text = raw.text
+            attempts += more
+            paid.append(raw)
+        if continued:
+            times = "once" if continued == 1 else f"{continued} times"
+            notes.append(f"cut off at {request.max_tokens} output tokens; continued {times}")
+        for note in notes:
+            log.info("%s: %s", model.value, note)
+        return _Answer(text, attempts, request.max_tokens, notes)
+
+    @staticmethod
+    def _truncated(model: Model, max_tokens: int, why: str) -> TruncatedAnswerError:
+        return TruncatedAnswerError(
+            f"{model.value}'s answer was cut off at {max_tokens} output tokens ({why})",
+            model=model.value,
+            provider=model.provider,
         )
 
     async def _call(

@@ -56,3 +56,8 @@ class ModelUnavailableError(ProviderError):
 
 class StructuredOutputError(ProviderError):
     """The answer did not match the requested JSON Schema, even after one repair request."""
+
+
+class TruncatedAnswerError(ProviderError):
+    """The answer kept running into the output limit: continuing it, or asking again with the
+    model's largest limit, never produced a whole answer. A cut-off answer is never used."""

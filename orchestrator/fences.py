@@ -73,3 +73,29 @@ def _closes(line: str, fence: str) -> bool:
 def _strip_indent(line: str, indent: int) -> str:
     removable = len(line) - len(line.lstrip(" "))
     return line[min(indent, removable) :]
+
+
+def join_continuation(text: str, continuation: str) -> str:
+    """``text`` followed by a model's continuation of it.
+
+    Asked to continue an answer cut off inside a code block, models often reopen the block
+    first; that fence would end the block instead, so it is dropped.
+    """
+    if _open_fence(text) is not None:
+        first, newline, rest = continuation.lstrip("\n").partition("\n")
+        if _opening_fence(first) is not None:
+            continuation = rest if newline else ""
+    return text + continuation
+
+
+def _open_fence(text: str) -> str | None:
+    """The fence of the block still open at the end of ``text``, if any."""
+    open_fence: str | None = None
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if open_fence is None:
+            opening = _opening_fence(line)
+            if opening is not None:
+                open_fence = opening[1]
+        elif _closes(line, open_fence):
+            open_fence = None
+    return open_fence

@@ -12,12 +12,16 @@ from .budget import Budget, BudgetExceeded, PhaseGuard, Reservation
 from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
 from .client import Completion, UnifiedClient, sent_max_tokens
-from .errors import ProviderError, StructuredOutputError
+from .errors import ProviderError, StructuredOutputError, TruncatedAnswerError
 from .lease import Lease
 from .providers.base import Message
 from .state import StateManager
 
 log = logging.getLogger(__name__)
+
+# Failures that are a paid answer's final verdict, journaled so a resume does not pay again.
+_VERDICTS = (StructuredOutputError, TruncatedAnswerError)
+_VERDICTS_BY_NAME = {error.__name__: error for error in _VERDICTS}
 
 
 @dataclass
@@ -172,7 +176,7 @@ class LLMGateway:
         self, exc: BaseException, key: str, task_id: str, phase: str, charged: float
     ) -> None:
         assert self.journal is not None
-        if isinstance(exc, StructuredOutputError):
+        if isinstance(exc, _VERDICTS):
             # Paid for but unusable: a resume meets the same verdict instead of paying again.
             entry: dict[str, Any] | None = {"error": type(exc).__name__, "message": str(exc)}
             journal_key = key
@@ -233,13 +237,14 @@ def _entry(answer: Completion) -> dict[str, Any]:
         "cached_tokens": answer.cached_tokens,
         "cost_usd": answer.cost_usd,
         "reported_model": answer.reported_model,
+        "stop_reason": answer.stop_reason,
+        "notes": list(answer.notes),
     }
 
 
 def _replay(entry: dict[str, Any], model: Model) -> Completion:
     if "error" in entry:
-        structured = entry["error"] == "StructuredOutputError"
-        error = StructuredOutputError if structured else ProviderError
+        error = _VERDICTS_BY_NAME.get(entry["error"], ProviderError)
         raise error(
             entry["message"],
             model=model.value,
@@ -269,5 +274,7 @@ def _completion(entry: dict[str, Any], model: Model, *, cost: float, **flags: bo
         attempts=0,
         paid_calls=0,
         reported_model=entry.get("reported_model"),
+        stop_reason=entry.get("stop_reason"),
+        notes=tuple(entry.get("notes", ())),
         **flags,
     )

@@ -109,6 +109,9 @@ class TaskResult:
     reason: str = ""  # why it stopped, failed or was skipped, in one line
     # Stopped by the run (budget, time, Ctrl-C) rather than finished: a resume runs it again.
     interrupted: bool = False
+    # What it took to get answers, e.g. "generation (gpt-5): cut off at 4096 output tokens;
+    # continued once".
+    notes: list[str] = field(default_factory=list)
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to restore this result, models by their catalog key."""
@@ -137,6 +140,7 @@ class TaskResult:
             score_history=list(record["score_history"]),
             reason=record["reason"],
             interrupted=record.get("interrupted", False),
+            notes=list(record.get("notes", [])),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +157,7 @@ class TaskResult:
             "validator_results": [v.to_dict() for v in self.validator_results],
             "score_history": list(self.score_history),
             "reason": self.reason,
+            "notes": list(self.notes),
             "output": self.output,
         }
 

@@ -380,8 +380,10 @@ def _readme(state: ProjectState, order: list[tuple[int, Task]], files: dict[str,
     for index, task in order:
         result = state.results.get(task.id)
         lines.append("| " + " | ".join(_row(index, task, result, files.get(task.id))) + " |")
-        if result is not None and result.reason:
-            notes.append(f"- **{index}** ({_line(task.id)}): {_line(result.reason)}")
+        if result is None:
+            continue
+        for note in ([result.reason] if result.reason else []) + result.notes:
+            notes.append(f"- **{index}** ({_line(task.id)}): {_line(note)}")
     if notes:
         lines += ["", "## Notes", "", *notes]
     lines += ["", f"Every score, cost and raw output is in [{SUMMARY_NAME}]({SUMMARY_NAME}).", ""]

@@ -99,7 +99,8 @@ def _finished(result: TaskResult) -> str:
         f"({format_usd(result.cost_usd)}, {result.iterations} "
         f"iteration{'' if result.iterations == 1 else 's'})"
     )
-    return f"{text}: {result.reason}" if result.reason else text
+    text = f"{text}: {result.reason}" if result.reason else text
+    return "; ".join([text, *result.notes])
 
 
 def results_table(state: ProjectState) -> str:

@@ -368,6 +368,10 @@ class TaskRunner:
                     self.result.degraded_fallback_count += 1
                 continue
             self.result.cost_usd += answer.cost_usd
+            for note in answer.notes:
+                line = f"{phase} ({model.value}): {note}"
+                if line not in self.result.notes:
+                    self.result.notes.append(line)
             self.ctx.emit(
                 Event(
                     "call_finished",
@@ -378,6 +382,7 @@ class TaskRunner:
                         "cost_usd": answer.cost_usd,
                         "cached": answer.from_cache,
                         "replayed": answer.replayed,
+                        "notes": list(answer.notes),
                     },
                 )
             )

@@ -14,7 +14,9 @@ import pytest
 from fake_provider import FakeProvider
 from scripted_llm import ScriptedLLM
 
-from orchestrator import RetryPolicy, UnifiedClient
+from orchestrator import Budget, RetryPolicy, UnifiedClient
+from orchestrator.gateway import Journal, LLMGateway
+from orchestrator.state import StateManager
 
 KEY_VARIABLES = (
     "OPENAI_API_KEY",
@@ -95,6 +97,20 @@ def llm(fake):
     scripted = ScriptedLLM()
     fake.responder = scripted
     return scripted
+
+
+@pytest.fixture
+async def gateway(fake, tmp_path):
+    """A gateway over the real SDKs and the fake, journaling project "p" into a state file."""
+    store = StateManager(tmp_path / "state.db")
+    await store.create_project(
+        "p", description="d", criteria="c", max_usd=5.0, max_time_seconds=60.0, settings={}
+    )
+    budget = Budget(max_usd=5.0, max_time_seconds=60)
+    journal = Journal(store, "p", budget)
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=10) as client:
+        yield LLMGateway(client, budget, None, journal)
+    await store.aclose()
 
 
 @pytest.fixture

@@ -88,6 +88,9 @@ class Reply:
     cached_tokens: int = 0
     # Sent as it is (text/html) instead of a vendor body: a proxy's error page, say.
     raw_body: str | None = None
+    # Cut off by the output limit: finish_reason "length" / stop_reason "max_tokens" /
+    # finishReason "MAX_TOKENS", as a real server says when max_tokens ran out.
+    truncated: bool = False
 
 
 ReplyLike = Reply | str | dict | list
@@ -361,7 +364,7 @@ def _openai_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": reply.text, "refusal": None},
-                "finish_reason": "stop",
+                "finish_reason": "length" if reply.truncated else "stop",
                 "logprobs": None,
             }
         ],
@@ -378,7 +381,7 @@ def _openai_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
 def _anthropic_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
     in_tok, out_tok = _usage(rec, reply)
     content: list[dict] = [{"type": "text", "text": reply.text}]
-    stop_reason = "end_turn"
+    stop_reason = "max_tokens" if reply.truncated else "end_turn"
     if rec.forced_tool is not None:
         try:
             tool_input = json.loads(reply.text)
@@ -419,7 +422,7 @@ def _gemini_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
         "candidates": [
             {
                 "content": {"role": "model", "parts": [{"text": reply.text}]},
-                "finishReason": "STOP",
+                "finishReason": "MAX_TOKENS" if reply.truncated else "STOP",
                 "index": 0,
             }
         ],

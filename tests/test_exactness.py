@@ -44,7 +44,7 @@ from orchestrator.cache import DiskCache
 from orchestrator.catalog import Catalog
 from orchestrator.client import worst_case_cost
 from orchestrator.engine import Orchestrator
-from orchestrator.gateway import Journal, LLMGateway
+from orchestrator.gateway import LLMGateway
 from orchestrator.models import ProjectStatus, TaskResult, TaskStatus
 from orchestrator.providers.base import ChatRequest, Message
 from orchestrator.state import StateError, StateManager
@@ -124,18 +124,6 @@ SCHEMA = {
     "additionalProperties": False,
 }
 HTML_PAGE = "<html><body><h1>502 Bad Gateway</h1></body></html>"
-
-
-@pytest.fixture
-async def gateway(fake, tmp_path):
-    """A gateway over the real SDKs and the fake, journaling into a state file."""
-    store = StateManager(tmp_path / "state.db")
-    await store.create_project("p", **PROJECT)
-    budget = Budget(max_usd=5.0, max_time_seconds=60)
-    journal = Journal(store, "p", budget)
-    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=10) as client:
-        yield LLMGateway(client, budget, None, journal)
-    await store.aclose()
 
 
 def worst_case(gateway: LLMGateway, model: str, prompt: str, max_tokens: int) -> float:

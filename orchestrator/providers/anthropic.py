@@ -18,6 +18,9 @@ from .base import (
     system_prompt,
 )
 
+# Generation stopped by a limit, not by the model: the text is not the whole answer.
+CUT_OFF = ("max_tokens", "model_context_window_exceeded")
+
 
 class AnthropicAdapter:
     def __init__(self, endpoint: Endpoint) -> None:
@@ -43,6 +46,8 @@ class AnthropicAdapter:
             cached_tokens=cached,
             cache_write_tokens=written,
             reported_model=message.model,
+            stop_reason=message.stop_reason,
+            truncated=message.stop_reason in CUT_OFF,
         )
 
     def classify(self, exc: BaseException) -> Failure | None:

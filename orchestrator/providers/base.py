@@ -43,6 +43,8 @@ class RawCompletion:
 
     ``input_tokens`` counts every prompt token, cached and cache-written ones included;
     ``output_tokens`` includes reasoning / thinking tokens, since vendors bill them as output.
+    ``stop_reason`` is the vendor's own word for why generation ended; ``truncated`` says it
+    was the output limit, so the text is not the whole answer.
     """
 
     text: str
@@ -52,6 +54,8 @@ class RawCompletion:
     cache_write_tokens: int = 0
     reported_model: str | None = None
     usage_estimated: bool = False
+    stop_reason: str | None = None
+    truncated: bool = False
 
 
 @dataclass(frozen=True)

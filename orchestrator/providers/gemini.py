@@ -50,6 +50,8 @@ class GeminiAdapter:
             config=_config(request),
         )
         text = _text(response)
+        stop = _finish_reason(response)
+        ending = {"stop_reason": stop, "truncated": stop == "MAX_TOKENS"}
         usage = response.usage_metadata
         if usage is None or usage.prompt_token_count is None:
             prompt = "".join(m.content for m in request.messages) + (request.system or "")
@@ -59,6 +61,7 @@ class GeminiAdapter:
                 output_tokens=estimate_tokens(text),
                 reported_model=response.model_version,
                 usage_estimated=True,
+                **ending,
             )
         return RawCompletion(
             text=text,
@@ -67,6 +70,7 @@ class GeminiAdapter:
             output_tokens=(usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0),
             cached_tokens=usage.cached_content_token_count or 0,
             reported_model=response.model_version,
+            **ending,
         )
 
     def classify(self, exc: BaseException) -> Failure | None:
@@ -107,3 +111,10 @@ def _text(response: types.GenerateContentResponse) -> str:
     if content is None or not content.parts:
         return ""
     return "".join(part.text for part in content.parts if part.text and not part.thought)
+
+
+def _finish_reason(response: types.GenerateContentResponse) -> str | None:
+    if not response.candidates or response.candidates[0].finish_reason is None:
+        return None
+    reason = response.candidates[0].finish_reason
+    return getattr(reason, "value", None) or str(reason)

@@ -36,6 +36,8 @@ class OpenAICompatibleAdapter:
         )
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content or "") if choice is not None else ""
+        stop = choice.finish_reason if choice is not None else None
+        ending = {"stop_reason": stop, "truncated": stop == "length"}
         usage = response.usage
         if usage is None:
             prompt = "".join(m["content"] for m in _messages(request))
@@ -45,6 +47,7 @@ class OpenAICompatibleAdapter:
                 output_tokens=estimate_tokens(text),
                 reported_model=response.model,
                 usage_estimated=True,
+                **ending,
             )
         details = usage.prompt_tokens_details
         cached = (details.cached_tokens or 0) if details is not None else 0
@@ -56,6 +59,7 @@ class OpenAICompatibleAdapter:
             output_tokens=usage.completion_tokens,
             cached_tokens=cached,
             reported_model=response.model,
+            **ending,
         )
 
     def classify(self, exc: BaseException) -> Failure | None:
