@@ -16,6 +16,7 @@ from .errors import (
     OrchestratorError,
     ProviderError,
     StructuredOutputError,
+    TruncatedAnswerError,
     UnknownModelError,
 )
 from .events import Event
@@ -56,6 +57,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskType",
+    "TruncatedAnswerError",
     "UnifiedClient",
     "UnknownModelError",
     "UnknownProjectError",

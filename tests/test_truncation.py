@@ -9,9 +9,8 @@ from fake_provider import Reply
 from test_exactness import ask, journal_rows
 from test_resume import orchestrate, start
 
-from orchestrator import StructuredOutputError
+from orchestrator import StructuredOutputError, TruncatedAnswerError
 from orchestrator.client import CONTINUE_PROMPT, MAX_CONTINUATIONS
-from orchestrator.errors import TruncatedAnswerError
 from orchestrator.models import ProjectStatus, TaskStatus
 from orchestrator.providers import make_adapter
 from orchestrator.providers.base import ChatRequest, Message
