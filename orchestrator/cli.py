@@ -248,6 +248,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
         StateManager() as store,
         UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client,
     ):
+        printer = _progress(args, budget)
         client.require_providers()
         orchestrator = Orchestrator(
             budget=budget,
@@ -259,13 +260,14 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             unsafe_validators=args.unsafe_validators,
             validator_timeout=_or(args.validator_timeout, 60.0),
             max_tasks=args.max_tasks,
-            on_event=ProgressPrinter(budget),
+            on_event=printer,
             extra_settings=settings,
         )
-        state = await orchestrator.run_project(
-            spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
-            restart=args.restart,
-        )  # fmt: skip
+        with printer:  # the live area is gone before the results or an error is printed
+            state = await orchestrator.run_project(
+                spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
+                restart=args.restart,
+            )  # fmt: skip
     return await _report(state, spec.output_dir, args.overwrite)
 
 
@@ -279,7 +281,7 @@ async def _resume(args: argparse.Namespace) -> int:
         async with UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client:
             if saved.status not in FINISHED:
                 client.require_providers()
-            printer = ProgressPrinter()
+            printer = _progress(args)
             orchestrator = Orchestrator(
                 state_manager=store,
                 max_concurrency=concurrency,
@@ -297,12 +299,13 @@ async def _resume(args: argparse.Namespace) -> int:
                     f"{saved.status.value}; nothing to do",
                     file=sys.stderr,
                 )
-            state = await orchestrator.resume(
-                args.resume,
-                max_usd=args.budget,
-                max_time_seconds=args.time,
-                quality_threshold=args.threshold,
-            )
+            with printer:
+                state = await orchestrator.resume(
+                    args.resume,
+                    max_usd=args.budget,
+                    max_time_seconds=args.time,
+                    quality_threshold=args.threshold,
+                )
     if saved.status in FINISHED and not args.output_dir:
         output_dir = None  # nothing ran: nothing new to write, unless asked for explicitly
     return await _report(state, output_dir, args.overwrite)
@@ -358,6 +361,11 @@ async def _guarded() -> AsyncIterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _progress(args: argparse.Namespace, budget: Budget | None = None) -> ProgressPrinter:
+    # With -v, log lines go to the same terminal: a live area redrawn in place would tear them.
+    return ProgressPrinter(budget, live=False if args.verbose else None)
 
 
 def _or(value: float | None, default: float) -> float:

@@ -399,7 +399,8 @@ class Orchestrator:
         outages: dict[str, str] = {}
         all_outages = True
         for model in router.decomposition_chain()[:DECOMPOSITION_ATTEMPTS]:
-            self.emit(Event("call_started", model=model.value, role="decomposition"))
+            about = {"phase": "decomposition"}
+            self.emit(Event("call_started", model=model.value, role="decomposition", data=about))
             try:
                 answer = await gateway.ask(
                     model,
@@ -410,6 +411,8 @@ class Orchestrator:
                     slot="decompose",
                     schema=schema,
                 )
+                finished = {**about, "cost_usd": answer.cost_usd, "cached": answer.from_cache}
+                self.emit(Event("call_finished", None, model.value, "decomposition", finished))
                 tasks = parse_tasks(
                     answer.parsed,
                     origin=f"decomposition by {model.value}",
@@ -420,6 +423,9 @@ class Orchestrator:
                     self.emit(Event("plan_size", data={"tasks": len(tasks), "guidance": guidance}))
                 return tasks
             except (ProviderError, TaskGraphError) as exc:
+                if isinstance(exc, ProviderError):
+                    failed = {**about, "error": str(exc)}
+                    self.emit(Event("call_failed", None, model.value, "decomposition", failed))
                 problems.append(str(exc))
                 if isinstance(exc, ProviderError) and is_outage(exc):
                     outages[exc.provider] = str(exc)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import shutil
 import sys
+from dataclasses import dataclass
 from typing import TextIO
 
 from .budget import Budget
@@ -12,43 +16,77 @@ from .models import ProjectState, TaskResult, ValidatorResult
 from .sandbox import NO_SANDBOX
 
 
+@dataclass
+class _Activity:
+    """What one task (or the planner) is doing now, for the live area."""
+
+    step: str
+    model: str
+    iteration: int
+    calls: int = 1  # in flight: an evaluation asks for two verdicts at once
+
+    def describe(self, who: str) -> str:
+        times = f" x{self.calls}" if self.calls > 1 else ""
+        state = "" if self.calls else ", done"
+        round_ = f", iteration {self.iteration}" if self.iteration > 1 else ""
+        return f"{who}: {self.step}{times} on {self.model}{round_}{state}"
+
+
 class ProgressPrinter:
     """Turns engine events into lines: tasks done / total, what runs on which model, spend.
 
-    On a terminal the running-calls line is redrawn in place; elsewhere every event is a line.
+    On a terminal (``live``, by default when the stream is one) the lines scroll above a live
+    area, one line per running task, redrawn in place and cut to the terminal's width; finished
+    tasks leave it, and ``close()`` (or leaving the ``with`` block) erases it, before a results
+    table or an error is printed. Elsewhere every call is a line of its own.
     """
 
-    def __init__(self, budget: Budget | None = None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, budget: Budget | None = None, stream: TextIO | None = None, live: bool | None = None
+    ) -> None:
         self.budget = budget
         self.stream = stream or sys.stderr
-        self.interactive = self.stream.isatty()
+        self.interactive = self.stream.isatty() if live is None else live
         self.total = 0
         self.done = 0
-        self.running: dict[str, str] = {}
-        self._status_shown = False
+        self.running: dict[str, _Activity] = {}
+        self._drawn = 0  # lines of the live area on the screen now
+
+    def __enter__(self) -> ProgressPrinter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Erase the live area, leaving the cursor where the next output belongs."""
+        self._erase()
+        self.stream.flush()
 
     def __call__(self, event: Event) -> None:
         kind = event.kind
         if kind == "run_started":
             self.budget = event.data["budget"]  # a resumed run brings its own, spend carried over
         elif kind == "decomposed":
+            self.running.pop(PLANNER, None)
             self.total = event.data["tasks"]
             self.done = event.data.get("done", 0)
             resumed = f", {self.done} already done" if self.done else ""
             self._line(f"plan: {self.total} tasks{resumed}")
         elif kind == "call_started":
-            who = event.task_id or "plan"
-            self.running[who] = f"{who}:{event.role}@{event.model}"
-            if self.interactive:
-                self._status()
-            else:
-                self._line(f"{who}: {event.role} on {event.model}")
+            self._call_started(event)
+        elif kind in ("call_finished", "call_failed"):
+            activity = self.running.get(event.task_id or PLANNER)
+            if activity is not None and activity.step == event.role:
+                activity.calls = max(0, activity.calls - 1)
+            self._redraw()
         elif kind == "task_finished":
             self.done += 1
             self.running.pop(event.task_id or "", None)
             self._line(f"{_finished(event.data['result'])}")
         elif kind == "task_skipped":
             self.done += 1
+            self.running.pop(event.task_id or "", None)
             self._line(f"{event.task_id} skipped: {event.data['reason']}")
         elif kind == "plan_size":
             low, high = event.data["guidance"]
@@ -71,25 +109,91 @@ class ProgressPrinter:
             share = event.data["ratio"]
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
 
+    def _call_started(self, event: Event) -> None:
+        who = event.task_id or PLANNER
+        step, model = event.role or "call", event.model or "?"
+        iteration = int(event.data.get("iteration", 0))
+        current = self.running.get(who)
+        if (
+            current is not None
+            and current.calls
+            and (current.step, current.model)
+            == (
+                step,
+                model,
+            )
+        ):
+            current.calls += 1  # the second verdict of an evaluation: the same line
+            self._redraw()
+            return
+        self.running[who] = activity = _Activity(step, model, iteration)
+        if self.interactive:
+            self._redraw()
+        else:
+            tie_break = (
+                " (a third verdict: the two disagreed)" if event.data.get("repeat") == 3 else ""
+            )
+            self._line(activity.describe(who) + tie_break)
+
     def _prefix(self) -> str:
         budget = self.budget or Budget()
         spent = f"{format_usd(budget.spent_usd)}/{format_usd(budget.max_usd)}"
         return f"[{self.done}/{self.total or '?'} | {spent}]"
 
     def _line(self, text: str) -> None:
-        if self._status_shown:
-            self.stream.write("\r\033[K")
-            self._status_shown = False
+        """A line that stays: written above the live area, which is drawn again below it."""
+        self._erase()
         self.stream.write(f"{self._prefix()} {text}\n")
+        self._draw()
         self.stream.flush()
-        if self.interactive and self.running:
-            self._status()
 
-    def _status(self) -> None:
-        calls = ", ".join(self.running.values())
-        self.stream.write(f"\r\033[K{self._prefix()} running: {calls}"[:200])
+    def _redraw(self) -> None:
+        if not self.interactive:
+            return
+        self._erase()
+        self._draw()
         self.stream.flush()
-        self._status_shown = True
+
+    def _draw(self) -> None:
+        if not self.interactive or not self.running:
+            return
+        columns, rows = _terminal_size(self.stream)
+        lines = [f"{self._prefix()} running {_count(len(self.running), 'task')}:"]
+        entries = [f"  {activity.describe(who)}" for who, activity in self.running.items()]
+        room = max(1, rows - 2)
+        if len(entries) > room:
+            hidden = len(entries) - room + 1
+            entries = [*entries[: room - 1], f"  ... and {hidden} more"]
+        # One column short of the width: a line that fills it would wrap on some terminals,
+        # and the area could no longer be erased by counting its lines.
+        width = max(10, columns - 1)
+        for line in lines + entries:
+            self.stream.write(_fit(line, width) + "\n")
+        self._drawn = 1 + len(entries)
+
+    def _erase(self) -> None:
+        if self._drawn:
+            self.stream.write(f"\r\033[{self._drawn}A\033[J")
+            self._drawn = 0
+
+
+PLANNER = "plan"
+
+
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        size = shutil.get_terminal_size()
+    return size.columns or 80, size.lines or 24
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _finished(result: TaskResult) -> str:

@@ -124,6 +124,7 @@ class TaskRunner:
                 max_tokens=max_tokens,
                 phase="generation",
                 slot=f"{task.id}/generate",
+                step="generation",
                 counts_fallbacks=True,
             )
             # The draft is kept until a judged version replaces it, so an interruption keeps it.
@@ -235,6 +236,8 @@ class TaskRunner:
                 max_tokens=CRITIQUE_MAX_TOKENS,
                 phase="cross_review",
                 slot=f"{self.task.id}/{iteration}/critique",
+                step="critique",
+                iteration=iteration,
             )
         except ChainExhausted:
             return None
@@ -263,6 +266,8 @@ class TaskRunner:
             max_tokens=max_tokens,
             phase="generation",
             slot=f"{self.task.id}/{iteration}/revise",
+            step="revision",
+            iteration=iteration,
             counts_fallbacks=True,
         )
         return revised.text, model
@@ -286,6 +291,9 @@ class TaskRunner:
                     max_tokens=EVALUATION_MAX_TOKENS,
                     phase="evaluation",
                     slot=f"{self.task.id}/{iteration}/evaluate/{repeat}",
+                    step="evaluation",
+                    iteration=iteration,
+                    repeat=repeat,
                     schema=EVALUATION_SCHEMA,
                 )
             except ChainExhausted:
@@ -329,10 +337,17 @@ class TaskRunner:
         max_tokens: int,
         phase: str,
         slot: str,
+        step: str,
+        iteration: int = 0,
+        repeat: int = 0,
         schema: dict | None = None,
         counts_fallbacks: bool = False,
     ) -> tuple[Completion, Model]:
         """Ask the first model of ``chain`` that answers; each failure hands over to the next.
+
+        ``phase`` is the budget partition the call is paid from; ``step`` (generation,
+        critique, revision, evaluation), ``iteration`` and ``repeat`` (which of an
+        evaluation's verdicts) say what it is for, in the events.
 
         A model whose worst case no longer fits the budget hands over too: a cheaper one may.
         ``BudgetExceeded`` is raised only when no model could be afforded.
@@ -341,8 +356,9 @@ class TaskRunner:
         outages: dict[str, str] = {}
         other_failure = False
         refused: BudgetExceeded | None = None
+        about = {"phase": phase, "iteration": iteration, "repeat": repeat}
         for model in chain:
-            self.ctx.emit(Event("call_started", self.task.id, model.value, phase))
+            self.ctx.emit(Event("call_started", self.task.id, model.value, step, about))
             try:
                 answer = await self.ctx.gateway.ask(
                     model,
@@ -356,6 +372,11 @@ class TaskRunner:
                 )
             except (ProviderError, BudgetExceeded) as exc:
                 self.result.cost_usd += exc.spent_usd
+                self.ctx.emit(
+                    Event(
+                        "call_failed", self.task.id, model.value, step, {**about, "error": str(exc)}
+                    )
+                )
                 if isinstance(exc, BudgetExceeded):
                     refused = exc
                 elif is_outage(exc):
@@ -377,8 +398,9 @@ class TaskRunner:
                     "call_finished",
                     self.task.id,
                     model.value,
-                    phase,
+                    step,
                     {
+                        **about,
                         "cost_usd": answer.cost_usd,
                         "cached": answer.from_cache,
                         "replayed": answer.replayed,

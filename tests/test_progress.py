@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pyte
+import pytest
+from conftest import clean_environment, fake_env
 
 from orchestrator import Budget, Event
 from orchestrator.catalog import Catalog
 from orchestrator.models import TaskResult, TaskStatus
 from orchestrator.progress import ProgressPrinter
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def feed(printer: ProgressPrinter, budget: Budget) -> None:
@@ -40,12 +48,196 @@ def test_plain_lines_show_progress_spend_and_what_runs_where():
     assert "\r" not in stream.getvalue()
 
 
-def test_a_terminal_gets_a_running_line_redrawn_in_place():
-    stream = Terminal()
-    budget = Budget(max_usd=2.0, max_time_seconds=60)
+class Screen(io.TextIOBase):
+    """A terminal the printer writes to: a pyte screen behind a tty's newline translation."""
 
-    feed(ProgressPrinter(stream=stream), budget)
+    def __init__(self, columns: int = 60, rows: int = 40) -> None:
+        self.screen = pyte.Screen(columns, rows)
+        self._feed = pyte.Stream(self.screen)
 
-    text = stream.getvalue()
-    assert "\r\033[K" in text and "running: a:generation@kimi-k2.6" in text
-    assert "a: generation on kimi-k2.6\n" not in text  # calls are not logged line by line
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._feed.feed(text.replace("\n", "\r\n"))  # what the tty's ONLCR does
+        return len(text)
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display if line.strip()]
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("LINES", "40")
+    return Screen(100, 40)
+
+
+def start(printer: ProgressPrinter, budget: Budget, tasks: int = 3) -> None:
+    printer(Event("run_started", data={"project_id": "p", "budget": budget}))
+    printer(Event("decomposed", data={"tasks": tasks, "done": 0}))
+
+
+def call(printer, task, step, model="kimi-k2.6", kind="call_started", **data):
+    printer(Event(kind, task, model, step, {"phase": "generation", **data}))
+
+
+def finished(printer, task_id: str) -> None:
+    model = Catalog.load(env={}).resolve("kimi")
+    result = TaskResult(
+        task_id, output="x", score=0.9, status=TaskStatus.COMPLETED, model_used=model, iterations=1
+    )
+    printer(Event("task_finished", task_id, data={"result": result}))
+
+
+def test_a_terminal_shows_one_live_line_per_running_task_redrawn_in_place(terminal):
+    printer = ProgressPrinter(stream=terminal)
+    start(printer, Budget(max_usd=2.0, max_time_seconds=60))
+    call(printer, None, "decomposition")
+    printer(Event("decomposed", data={"tasks": 3, "done": 0}))
+    call(printer, "a", "generation")
+    call(printer, "b", "generation", model="gpt-4o-mini")
+    call(printer, "a", "generation", kind="call_finished")
+    call(printer, "a", "revision", iteration=2)
+
+    assert terminal.lines()[-3:] == [
+        "[0/3 | $0.00/$2.00] running 2 tasks:",
+        "  a: revision on kimi-k2.6, iteration 2",
+        "  b: generation on gpt-4o-mini",
+    ]
+    assert not any("plan:" in line and "decomposition" in line for line in terminal.lines())
+
+    finished(printer, "a")
+
+    # The finished task's line stays above; its entry leaves the live area.
+    assert terminal.lines()[-3:] == [
+        "[1/3 | $0.00/$2.00] a completed score 0.90 on kimi-k2.6 ($0.00, 1 iteration)",
+        "[1/3 | $0.00/$2.00] running 1 task:",
+        "  b: generation on gpt-4o-mini",
+    ]
+
+    printer.close()
+
+    assert terminal.lines()[-1].startswith("[1/3 | $0.00/$2.00] a completed")
+    assert not any("running" in line for line in terminal.lines())
+
+
+def test_live_lines_fit_a_narrow_terminal_so_the_area_erases_cleanly(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "24")
+    terminal = Screen(24, 40)
+    printer = ProgressPrinter(stream=terminal)
+    start(printer, Budget(max_usd=2.0, max_time_seconds=60))
+    call(printer, "a_task_with_a_long_name", "evaluation", model="claude-opus-4-7", iteration=3)
+
+    area = terminal.lines()[-2:]
+    assert area == ["[0/3 | $0.00/$2.00] ru…", "  a_task_with_a_long_n…"]  # 23 of 24
+
+    printer.close()
+
+    assert terminal.lines() == ["[0/3 | $0.00/$2.00] plan", ": 3 tasks"]  # wrapped, not torn
+
+
+def test_a_live_area_taller_than_the_terminal_is_cut_short(monkeypatch):
+    monkeypatch.setenv("LINES", "6")
+    terminal = Screen(60, 6)
+    printer = ProgressPrinter(stream=terminal)
+    start(printer, Budget(max_usd=2.0, max_time_seconds=60), tasks=9)
+    for index in range(9):
+        call(printer, f"t{index}", "generation")
+
+    assert terminal.lines() == [
+        "[0/9 | $0.00/$2.00] running 9 tasks:",
+        "  t0: generation on kimi-k2.6",
+        "  t1: generation on kimi-k2.6",
+        "  t2: generation on kimi-k2.6",
+        "  ... and 6 more",
+    ]
+    printer.close()
+    assert terminal.lines() == []  # the plan line scrolled up, and the area is gone
+
+
+def test_an_evaluations_two_verdicts_are_one_line(terminal):
+    stream = io.StringIO()
+    plain = ProgressPrinter(stream=stream)
+    live = ProgressPrinter(stream=terminal)
+    for printer in (plain, live):
+        start(printer, Budget(max_usd=2.0, max_time_seconds=60))
+        call(printer, "a", "evaluation", iteration=1, repeat=1)
+        call(printer, "a", "evaluation", iteration=1, repeat=2)
+
+    assert stream.getvalue().count("a: evaluation on kimi-k2.6") == 1
+    assert terminal.lines()[-1] == "  a: evaluation x2 on kimi-k2.6"
+
+    for printer in (plain, live):
+        call(printer, "a", "evaluation", kind="call_finished")
+        call(printer, "a", "evaluation", kind="call_finished")
+        call(printer, "a", "evaluation", iteration=1, repeat=3)
+
+    assert "a: evaluation on kimi-k2.6 (a third verdict: the two disagreed)" in stream.getvalue()
+    assert terminal.lines()[-1] == "  a: evaluation on kimi-k2.6"
+
+
+def test_a_revision_is_shown_as_one(terminal):
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream=stream)
+    start(printer, Budget(max_usd=2.0, max_time_seconds=60))
+    call(printer, "a", "revision", iteration=2)
+
+    assert stream.getvalue().splitlines()[-1].endswith("a: revision on kimi-k2.6, iteration 2")
+
+
+def run_in_terminal(args, *, env, cwd, columns=120, rows=80):
+    """``python -m orchestrator ARGS`` on a pseudo-terminal, as a user at a terminal runs it:
+    its exit code, the screen it leaves, and the bytes it wrote."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
+    )  # fmt: skip
+    os.close(slave)
+    screen = pyte.Screen(columns, rows)
+    stream = pyte.ByteStream(screen)
+    written = bytearray()
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                break
+            if not data:
+                break
+            written += data
+            stream.feed(data)
+    finally:
+        os.close(master)
+    return process.wait(timeout=10), screen, bytes(written)
+
+
+def test_at_a_real_terminal_the_live_area_is_gone_before_the_results_table(fake, llm, tmp_path):
+    llm.delay = 0.05  # calls overlap, so the live area is drawn and redrawn
+    env = {
+        **clean_environment(),
+        **fake_env(fake.base_url),
+        "ORCHESTRATOR_HOME": str(tmp_path / "home"),
+    }
+
+    code, screen, written = run_in_terminal(
+        ["-p", "[project] Build an add library", "-c", "add works", "--budget", "2"],
+        env=env,
+        cwd=tmp_path,
+    )
+
+    lines = [line.rstrip() for line in screen.display if line.strip()]
+    assert code == 0, "\n".join(lines)
+    assert b"\x1b[J" in written and b"running" in written  # the live area was drawn
+    assert not any("running" in line or line.startswith("  ") for line in lines)
+    for task_id in ("core", "review", "docs", "summary", "extract"):
+        assert sum(f"] {task_id} completed" in line for line in lines) == 1
+    header = next(i for i, line in enumerate(lines) if line.startswith("task "))
+    assert all(line.startswith("[") for line in lines[:header])  # nothing torn above it
+    assert any(line.startswith("status SUCCESS") for line in lines[header:])
