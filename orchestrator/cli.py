@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
-from . import __version__
+from . import __version__, providers
 from .budget import Budget
 from .catalog import Catalog
 from .client import UnifiedClient
@@ -132,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        # The process is about to end: the vendor SDKs' many objects are left to the OS
+        # instead of the interpreter's final collection over them (0.7 s measured).
+        gc.freeze()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    providers.freeze_imported_sdks()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import jsonschema
 
+from . import providers
 from .budget import BudgetExceeded
 from .catalog import Catalog, Model, ProviderSpec
 from .errors import (
@@ -26,7 +27,6 @@ from .errors import (
 )
 from .fences import join_continuation
 from .health import HealthRegistry
-from .providers import make_adapter
 from .providers.base import (
     TIMED_OUT,
     ChatRequest,
@@ -133,7 +133,8 @@ class UnifiedClient:
         self._last_failure: dict[str, str] = {}  # model key or provider -> last failure
         self._adapters: dict[str, ProviderAdapter] = {}
         # A seam for in-process providers (benchmarks, engine tests); default: the vendor SDKs.
-        self._make_adapter = adapter_factory or make_adapter
+        self._adapter_factory = adapter_factory
+        self._adapter_locks: dict[str, asyncio.Lock] = {}
 
     # -- what can be called -------------------------------------------------------------------
     def usable_providers(self) -> list[str]:
@@ -317,7 +318,7 @@ class UnifiedClient:
         self, model: Model, request: ChatRequest, spend: SpendGuard | None
     ) -> tuple[RawCompletion, int]:
         """One answer, retrying what our policy retries. Returns the answer and attempts made."""
-        adapter = self._adapter(model)
+        adapter = await self._adapter(model)
         worst_case = worst_case_cost(model, request)
         attempt = 0
         while True:
@@ -397,12 +398,30 @@ class UnifiedClient:
         """The API version ``model``'s requests ask for (Gemini), part of every cache key."""
         return self.catalog.provider_of(self.catalog.resolve(model)).api_version
 
-    def _adapter(self, model: Model) -> ProviderAdapter:
+    def preload(self, models: Iterable[Model | str] | None = None) -> None:
+        """Start importing, off the event loop, the vendor SDKs that ``models`` (default: every
+        usable model) are called through, so the first calls do not wait for them on the loop."""
+        if self._adapter_factory is not None:
+            return
+        chosen = self.available_models() if models is None else map(self.catalog.resolve, models)
+        providers.preload(self.catalog.provider_of(m).kind for m in chosen)
+
+    async def _adapter(self, model: Model) -> ProviderAdapter:
         adapter = self._adapters.get(model.provider)
-        if adapter is None:
-            spec = self.catalog.provider_of(model)
-            adapter = self._make_adapter(spec.kind, self._endpoint(spec))
-            self._adapters[model.provider] = adapter
+        if adapter is not None:
+            return adapter
+        spec = self.catalog.provider_of(model)
+        endpoint = self._endpoint(spec)
+        # One lock per provider: a call to a provider whose SDK is already imported never
+        # waits behind another provider's import.
+        async with self._adapter_locks.setdefault(model.provider, asyncio.Lock()):
+            adapter = self._adapters.get(model.provider)  # made while this call waited
+            if adapter is None:
+                if self._adapter_factory is not None:
+                    adapter = self._adapter_factory(spec.kind, endpoint)
+                else:
+                    adapter = await providers.load_adapter(spec.kind, endpoint)
+                self._adapters[model.provider] = adapter
         return adapter
 
     def _endpoint(self, spec: ProviderSpec) -> Endpoint:

@@ -145,6 +145,7 @@ class Orchestrator:
             quality_threshold=threshold,
         )
         async with self._session() as session:
+            session.client.preload()  # the SDKs load in the background while we set up
             if session.store is not None and restart:
                 await self._discard(session, state.project_id)
             if session.store is not None:
@@ -196,6 +197,8 @@ class Orchestrator:
         async with self._session() as session:
             assert session.store is not None
             saved = await session.store.load(project_id)
+            if saved.status not in FINISHED:
+                session.client.preload()
             return await self._continue(
                 session, saved, max_usd, max_time_seconds, quality_threshold
             )
