@@ -166,6 +166,10 @@ class Catalog:
         return names
 
 
+# libyaml's loader where PyYAML was built with it: the catalog is read at every start.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @cache
 def _schema() -> dict[str, Any]:
     text = resources.files("orchestrator").joinpath("data/catalog.schema.json").read_text()
@@ -193,7 +197,7 @@ def _read_document(path: Path) -> dict[str, Any]:
 
 def _parse(text: str, origin: str) -> dict[str, Any]:
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

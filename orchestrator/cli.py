@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    providers.freeze_imported_sdks()
+    providers.configure_for_command_line()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -284,13 +284,12 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
 
 async def _resume(args: argparse.Namespace) -> int:
     async with _guarded(), StateManager() as store:
-        saved = await store.load(args.resume)
-        settings = saved.settings
+        status, settings = await store.run_settings(args.resume)
         concurrency = args.concurrency or int(settings.get("concurrency", 3))
         output_dir = args.output_dir or settings.get("output_dir")
         use_cache = settings.get("use_cache", True) and not args.no_cache
         async with UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client:
-            if saved.status not in FINISHED:
+            if status not in FINISHED:
                 client.require_providers()
             printer = _progress(args)
             orchestrator = Orchestrator(
@@ -304,10 +303,10 @@ async def _resume(args: argparse.Namespace) -> int:
                 on_event=printer,
                 extra_settings={"output_dir": output_dir, "use_cache": use_cache},
             )
-            if saved.status in FINISHED:
+            if status in FINISHED:
                 print(
-                    f"project {saved.project_id} already finished with status "
-                    f"{saved.status.value}; nothing to do",
+                    f"project {args.resume} already finished with status "
+                    f"{status.value}; nothing to do",
                     file=sys.stderr,
                 )
             with printer:
@@ -317,7 +316,7 @@ async def _resume(args: argparse.Namespace) -> int:
                     max_time_seconds=args.time,
                     quality_threshold=args.threshold,
                 )
-    if saved.status in FINISHED and not args.output_dir:
+    if status in FINISHED and not args.output_dir:
         output_dir = None  # nothing ran: nothing new to write, unless asked for explicitly
     return await _report(state, output_dir, args.overwrite)
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -399,12 +400,13 @@ class UnifiedClient:
         return self.catalog.provider_of(self.catalog.resolve(model)).api_version
 
     def preload(self, models: Iterable[Model | str] | None = None) -> None:
-        """Start importing, off the event loop, the vendor SDKs that ``models`` (default: every
-        usable model) are called through, so the first calls do not wait for them on the loop."""
+        """Start importing, off the event loop, the vendor SDKs that ``models`` are called
+        through (default: every usable model), so that calls do not wait for them on the loop.
+        A model listed more than once weighs more: its SDK is wanted sooner."""
         if self._adapter_factory is not None:
             return
         chosen = self.available_models() if models is None else map(self.catalog.resolve, models)
-        providers.preload(self.catalog.provider_of(m).kind for m in chosen)
+        providers.preload(Counter(self.catalog.provider_of(m).kind for m in chosen))
 
     async def _adapter(self, model: Model) -> ProviderAdapter:
         adapter = self._adapters.get(model.provider)

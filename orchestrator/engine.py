@@ -145,7 +145,6 @@ class Orchestrator:
             quality_threshold=threshold,
         )
         async with self._session() as session:
-            session.client.preload()  # the SDKs load in the background while we set up
             if session.store is not None and restart:
                 await self._discard(session, state.project_id)
             if session.store is not None:
@@ -197,8 +196,6 @@ class Orchestrator:
         async with self._session() as session:
             assert session.store is not None
             saved = await session.store.load(project_id)
-            if saved.status not in FINISHED:
-                session.client.preload()
             return await self._continue(
                 session, saved, max_usd, max_time_seconds, quality_threshold
             )
@@ -315,6 +312,8 @@ class Orchestrator:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
         router = Router(client.catalog, tuple(client.available_models()), client.is_healthy)
+        # The SDKs the first calls need load in the background while the run gets going.
+        client.preload(_first_calls(router, state, tasks))
         ctx = TaskContext(
             gateway=gateway,
             router=router,
@@ -664,6 +663,22 @@ def _changed_inputs(
             if ids:
                 changed.append(f"{label}: {', '.join(ids)}")
     return changed
+
+
+def _first_calls(
+    router: Router, state: ProjectState, tasks: Mapping[str, Task] | None
+) -> list[Model]:
+    """The models the run's first calls go to: the planner's and, for an unknown plan, those of
+    every task type; otherwise those of the tasks that can start at once."""
+    if tasks is None:
+        types = [t for t in TaskType if t is not TaskType.EVALUATE]
+        return router.decomposition_chain()[:1] + router.first_calls(types)
+    ready = [
+        task
+        for task_id, task in tasks.items()
+        if task_id not in state.results and all(d in state.results for d in task.dependencies)
+    ]
+    return router.first_calls(task.type for task in ready)
 
 
 def _resolver(client: UnifiedClient):

@@ -52,6 +52,17 @@ class Router:
     def evaluator_chain(self, author: Model) -> list[Model]:
         return _away_from(author, self._ordered(self._preferred(TaskType.EVALUATE)))
 
+    def first_calls(self, task_types: Iterable[TaskType]) -> list[Model]:
+        """The models a task of each of ``task_types`` asks first: author, critic, evaluator."""
+        calls: list[Model] = []
+        for task_type in task_types:
+            chain = self.generation_chain(task_type)
+            if chain:
+                author = chain[0]
+                calls += [author, *self.reviewer_chain(task_type, author)[:1]]
+                calls += self.evaluator_chain(author)[:1]
+        return calls
+
     def decomposition_chain(self) -> list[Model]:
         """The cheapest usable models first."""
         return self._ordered([])

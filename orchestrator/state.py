@@ -296,6 +296,20 @@ class StateManager:
             (status.value, reason, elapsed, time.time(), project_id, owner, owner),
         )
 
+    async def run_settings(self, project_id: str) -> tuple[ProjectStatus, dict[str, Any]]:
+        """A saved project's status and settings, without reading its results."""
+        rows = await self._store.run(
+            "SELECT status, settings FROM projects WHERE id = ?", (project_id,)
+        )
+        if not rows:
+            raise UnknownProjectError(project_id)
+        try:
+            return ProjectStatus(rows[0][0]), json.loads(rows[0][1])
+        except ValueError as exc:
+            raise StateError(
+                f"state file {self.path}: project {project_id!r} cannot be read ({exc})"
+            ) from exc
+
     async def load(self, project_id: str) -> SavedProject:
         try:
             return await self._load(project_id)

@@ -91,14 +91,14 @@ def test_what_a_call_waits_for_is_imported_before_what_was_only_preloaded(monkey
     monkeypatch.setattr(providers, "_import", imports)
     loader = providers._SdkLoader()
 
-    loader.preload(["anthropic", "gemini", "openai"])  # openai, the cheapest, starts at once
-    assert imports.started.wait(10)
+    loader.preload({"anthropic": 1, "gemini": 1, "openai": 1})
+    assert imports.started.wait(10)  # one starts at once: gemini, the quickest per call
     wanted = loader.adapter("anthropic", endpoint("anthropic"))
     imports.gate.set()
 
     assert wanted.result(10) == ("adapter", "anthropic", "anthropic")
-    loader.imports["gemini"].result(10)
-    assert imports.order == ["openai", "anthropic", "gemini"]
+    loader.imports["openai"].result(10)
+    assert imports.order == ["gemini", "anthropic", "openai"]
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_import_others_wait_for(monkeypatch):
@@ -115,3 +115,18 @@ async def test_a_cancelled_caller_does_not_cancel_the_import_others_wait_for(mon
     assert await second == ("adapter", "gemini", "google")
     assert first.cancelled()
     assert imports.order == ["gemini"]
+
+
+def test_preloading_favours_the_sdks_most_first_calls_need(monkeypatch):
+    imports = GatedImports()
+    monkeypatch.setattr(providers, "_import", imports)
+    loader = providers._SdkLoader()
+
+    loader.preload({"openai": 1})
+    assert imports.started.wait(10)
+    # Anthropic's SDK takes longest to import, but ten calls wait for it and one for gemini's.
+    loader.preload({"gemini": 1, "anthropic": 10})
+    imports.gate.set()
+
+    loader.imports["gemini"].result(10)
+    assert imports.order == ["openai", "anthropic", "gemini"]

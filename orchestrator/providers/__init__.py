@@ -12,57 +12,65 @@ import asyncio
 import gc
 import importlib
 import itertools
+import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from .base import Endpoint, ProviderAdapter
 
-# Provider kind -> (adapter module, class), in the order they are cheapest to import: the
-# calls waiting for the cheaper SDKs start first (measured: openai 0.26 s, google-genai 0.32 s,
-# anthropic 0.8 s on 2 cores).
-_ADAPTERS: dict[str, tuple[str, str]] = {
-    "openai": (".openai_compat", "OpenAICompatibleAdapter"),
-    "gemini": (".gemini", "GeminiAdapter"),
-    "anthropic": (".anthropic", "AnthropicAdapter"),
+IMPORT_SWITCH_INTERVAL = 0.0002  # seconds; the interpreter's default is 0.005
+# Provider kind -> (adapter module, class, seconds its import takes). The times were measured on
+# 2 cores with the collector off (google-genai after openai, whose dependencies it shares); only
+# their ratios matter: they order the imports.
+_ADAPTERS: dict[str, tuple[str, str, float]] = {
+    "openai": (".openai_compat", "OpenAICompatibleAdapter", 0.27),
+    "gemini": (".gemini", "GeminiAdapter", 0.15),
+    "anthropic": (".anthropic", "AnthropicAdapter", 0.55),
 }
 
 
 class _SdkLoader:
-    """Imports adapter modules one at a time in a daemon thread: what calls wait for before what
-    was only preloaded, the cheapest first."""
+    """Imports adapter modules, and builds adapters, one at a time in a daemon thread.
+
+    What calls wait for goes before what was only preloaded; within each, the order is import
+    time over the calls expected to need that SDK (the order that makes calls wait least in
+    all), and building an adapter whose SDK is in comes first: it takes milliseconds.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.imports: dict[str, Future[type]] = {}
+        self._weights: dict[str, float] = {}  # kind -> calls expected to need it
         self._queue: list[_Job] = []
         self._worker: threading.Thread | None = None
         self._jobs = itertools.count()
-        self.freeze = False
+        self.owns_process = False  # see configure_for_command_line
 
-    def preload(self, kinds: Iterable[str]) -> None:
-        """Queue the imports of ``kinds`` not imported or queued yet."""
+    def preload(self, demand: Mapping[str, float]) -> None:
+        """Queue the imports of the kinds in ``demand`` (kind -> calls expected to need it)."""
         with self._lock:
-            for kind in kinds:
-                if kind in _ADAPTERS:
+            for kind, calls in demand.items():
+                if kind in _ADAPTERS and calls > 0:
+                    self._weights[kind] = max(self._weights.get(kind, 0.0), calls)
                     self._import_future(kind)
             self._start()
 
     def adapter(self, kind: str, endpoint: Endpoint) -> Future[ProviderAdapter]:
-        """An adapter for ``endpoint``, built in this thread right after its SDK's import, ahead
-        of anything only preloaded: on the event loop's thread, building an SDK client took
-        several times as long while another SDK was being imported (one interpreter lock)."""
+        """An adapter for ``endpoint``, built here right after its SDK's import: on the event
+        loop's thread, building an SDK client took several times as long while another SDK was
+        being imported (they share one interpreter lock)."""
         with self._lock:
             imported = self._import_future(kind)
             for job in self._queue:
                 if job.future is imported:
                     job.demanded = True
             built: Future[ProviderAdapter] = Future()
-            build = _Job(_cost(kind), next(self._jobs), lambda: imported.result()(endpoint), built)
-            build.demanded = True
-            self._queue.append(build)
+            job = _Job(kind, next(self._jobs), lambda: imported.result()(endpoint), built)
+            job.after, job.demanded = imported, True
+            self._queue.append(job)
             self._start()
             return built
 
@@ -70,8 +78,15 @@ class _SdkLoader:
         future = self.imports.get(kind)
         if future is None:
             future = self.imports[kind] = Future()
-            self._queue.append(_Job(_cost(kind), next(self._jobs), lambda: _import(kind), future))
+            self._queue.append(_Job(kind, next(self._jobs), lambda: _import(kind), future))
         return future
+
+    def _order(self, job: _Job) -> tuple[bool, float, int]:
+        if job.after is not None and job.after.done():
+            seconds = 0.0
+        else:
+            seconds = _ADAPTERS[job.kind][2] / self._weights.get(job.kind, 1.0)
+        return (not job.demanded, seconds, job.seq)
 
     def _start(self) -> None:
         if self._queue and self._worker is None:
@@ -82,46 +97,48 @@ class _SdkLoader:
             self._worker.start()
 
     def _work(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._worker = None
-                    return
-                job = min(self._queue, key=_Job.order)
-                self._queue.remove(job)
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            try:
-                job.future.set_result(job.run())
-            except BaseException as exc:  # handed to whoever awaits it
-                job.future.set_exception(exc)
+        switch_interval = sys.getswitchinterval()
+        if self.owns_process:
+            # An import holds the interpreter lock for long stretches; the event loop, woken
+            # by every socket event, waited up to 5 ms for it each time.
+            sys.setswitchinterval(IMPORT_SWITCH_INTERVAL)
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._worker = None
+                        return
+                    job = min(self._queue, key=self._order)
+                    self._queue.remove(job)
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    job.future.set_result(job.run())
+                except BaseException as exc:  # handed to whoever awaits it
+                    job.future.set_exception(exc)
+        finally:
+            sys.setswitchinterval(switch_interval)
 
 
 @dataclass
 class _Job:
-    cost: int
+    kind: str
     seq: int
     run: Callable[[], Any]
     future: Future[Any]
     demanded: bool = False  # a call waits for it
-
-    def order(self) -> tuple[bool, int, int]:
-        return (not self.demanded, self.cost, self.seq)
-
-
-def _cost(kind: str) -> int:
-    return list(_ADAPTERS).index(kind)
+    after: Future[Any] | None = None  # the import an adapter's construction needs
 
 
 def _import(kind: str) -> type:
-    module, name = _ADAPTERS[kind]
+    module, name, _ = _ADAPTERS[kind]
     # The SDKs build thousands of classes; cyclic garbage collections over that growing heap
     # were a quarter of their import time. Nothing an import makes is cyclic garbage.
     collecting = gc.isenabled()
     gc.disable()
     try:
         adapter_class = getattr(importlib.import_module(module, __name__), name)
-        if _loader.freeze:
+        if _loader.owns_process:
             # Otherwise the next young-generation collections walk every object the import
             # made (measured: 0.3 s of pauses in the first seconds of a run).
             gc.freeze()
@@ -134,18 +151,21 @@ def _import(kind: str) -> type:
 _loader = _SdkLoader()
 
 
-def freeze_imported_sdks() -> None:
-    """Move what each SDK import creates out of reach of the garbage collector for good.
+def configure_for_command_line() -> None:
+    """Tune the imports for a process that is all ours, as the command line's is.
 
-    For a process that owns its heap, such as the command line: ``gc.freeze`` also exempts
-    whatever else exists at that moment, so a library user's process is never asked to.
+    What each SDK import creates is moved out of the garbage collector's reach for good
+    (``gc.freeze``, which would also exempt a library user's own objects), and while imports
+    run the interpreter hands its lock between threads more often, so the event loop's calls
+    are not starved by them (``sys.setswitchinterval``, process-wide).
     """
-    _loader.freeze = True
+    _loader.owns_process = True
 
 
-def preload(kinds: Iterable[str]) -> None:
-    """Start importing, in the background, the SDKs of the provider ``kinds`` a run will use."""
-    _loader.preload(kinds)
+def preload(demand: Mapping[str, float]) -> None:
+    """Start importing, in the background, the SDKs of the provider kinds a run will use;
+    ``demand`` maps each kind to how many of the run's first calls need it."""
+    _loader.preload(demand)
 
 
 async def load_adapter(kind: str, endpoint: Endpoint) -> ProviderAdapter:
