@@ -7,7 +7,6 @@ built-in one field by field, anything else is added. Aliases named by a later fi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,12 +14,15 @@ from datetime import date
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from .errors import CatalogError, UnknownModelError
+from .schemas import best_match, shipped
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
 from .settings import CATALOG_ENV, first_set
 
 _MODEL_FIELDS_REQUIRED = ("price", "context_window", "max_output_tokens")
@@ -171,18 +173,13 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @cache
-def _schema() -> dict[str, Any]:
-    text = resources.files("orchestrator").joinpath("data/catalog.schema.json").read_text()
-    return json.loads(text)
-
-
-@cache
 def _builtin_text() -> str:
     return resources.files("orchestrator").joinpath("data/catalog.yaml").read_text()
 
 
 def _builtin_document() -> dict[str, Any]:
-    return _parse(_builtin_text(), "built-in catalog")
+    # Shipped data, checked against the schema by the tests rather than at every start.
+    return _parse(_builtin_text(), "built-in catalog", check=False)
 
 
 def _read_document(path: Path) -> dict[str, Any]:
@@ -195,7 +192,7 @@ def _read_document(path: Path) -> dict[str, Any]:
     return _parse(text, str(path))
 
 
-def _parse(text: str, origin: str) -> dict[str, Any]:
+def _parse(text: str, origin: str, *, check: bool = True) -> dict[str, Any]:
     try:
         document = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
@@ -207,9 +204,7 @@ def _parse(text: str, origin: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise CatalogError(f"catalog file {origin}: expected a mapping with 'providers' / 'models'")
     _dates_as_text(document)
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(_schema()).iter_errors(document)
-    )
+    error = best_match(shipped("catalog.schema.json").iter_errors(document)) if check else None
     if error is not None:
         raise CatalogError(f"catalog file {origin}: {_describe(document, error)}")
     return document
@@ -223,7 +218,7 @@ def _dates_as_text(document: dict[str, Any]) -> None:
             entry["as_of"] = entry["as_of"].isoformat()
 
 
-def _describe(document: dict[str, Any], error: jsonschema.ValidationError) -> str:
+def _describe(document: dict[str, Any], error: ValidationError) -> str:
     path = list(error.absolute_path)
     where = "top level"
     if len(path) >= 2 and path[0] == "models" and isinstance(path[1], int):

@@ -259,8 +259,8 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
         StateManager() as store,
         UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client,
     ):
-        printer = _progress(args, budget)
         client.require_providers()
+        printer = _progress(args, budget)
         orchestrator = Orchestrator(
             budget=budget,
             state_manager=store,

@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-import jsonschema
-
 from . import providers
 from .budget import BudgetExceeded
 from .catalog import Catalog, Model, ProviderSpec
@@ -39,6 +37,7 @@ from .providers.base import (
     system_prompt,
 )
 from .retry import RetryPolicy
+from .schemas import schema_problem
 from .settings import load_environment
 from .structured import InvalidAnswer, parse_answer, repair_prompt
 
@@ -186,10 +185,9 @@ class UnifiedClient:
         """
         m = self.catalog.resolve(model)
         if schema is not None:
-            try:
-                jsonschema.Draft202012Validator.check_schema(schema)
-            except jsonschema.SchemaError as exc:
-                raise ConfigError(f"the requested JSON Schema is invalid: {exc.message}") from None
+            problem = schema_problem(schema)
+            if problem is not None:
+                raise ConfigError(f"the requested JSON Schema is invalid: {problem}")
         request = ChatRequest(
             messages=_messages(messages),
             max_tokens=sent_max_tokens(m, max_tokens),

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +145,7 @@ class Orchestrator:
             quality_threshold=threshold,
         )
         async with self._session() as session:
+            _preload(session.client, tasks, done=set())
             if session.store is not None and restart:
                 await self._discard(session, state.project_id)
             if session.store is not None:
@@ -236,6 +237,8 @@ class Orchestrator:
             state.tasks, state.execution_order = saved.tasks, saved.execution_order
         for task_id, record in saved.results.items():
             state.results[task_id] = TaskResult.from_record(record, resolve)
+        if saved.status not in FINISHED:
+            _preload(session.client, saved.tasks, done=saved.final_tasks)
         if saved.status in FINISHED:
             state.api_health = session.client.api_health()
             self.emit(Event("already_finished", data={"status": saved.status.value}))
@@ -312,8 +315,6 @@ class Orchestrator:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
         router = Router(client.catalog, tuple(client.available_models()), client.is_healthy)
-        # The SDKs the first calls need load in the background while the run gets going.
-        client.preload(_first_calls(router, state, tasks))
         ctx = TaskContext(
             gateway=gateway,
             router=router,
@@ -665,20 +666,23 @@ def _changed_inputs(
     return changed
 
 
-def _first_calls(
-    router: Router, state: ProjectState, tasks: Mapping[str, Task] | None
-) -> list[Model]:
-    """The models the run's first calls go to: the planner's and, for an unknown plan, those of
-    every task type; otherwise those of the tasks that can start at once."""
+def _preload(
+    client: UnifiedClient, tasks: Mapping[str, Task] | None, *, done: Collection[str]
+) -> None:
+    """Start loading the SDKs of the models the run's first calls go to, in the background, as
+    soon as the plan is known: the planner's and, as the plan is not known yet, those of every
+    task type; otherwise those of the tasks not ``done`` that can start at once."""
+    router = Router(client.catalog, tuple(client.available_models()), client.is_healthy)
     if tasks is None:
         types = [t for t in TaskType if t is not TaskType.EVALUATE]
-        return router.decomposition_chain()[:1] + router.first_calls(types)
+        client.preload(router.decomposition_chain()[:1] + router.first_calls(types))
+        return
     ready = [
         task
         for task_id, task in tasks.items()
-        if task_id not in state.results and all(d in state.results for d in task.dependencies)
+        if task_id not in done and all(d in done for d in task.dependencies)
     ]
-    return router.first_calls(task.type for task in ready)
+    client.preload(router.first_calls(task.type for task in ready))
 
 
 def _resolver(client: UnifiedClient):

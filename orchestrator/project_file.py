@@ -6,21 +6,18 @@ validated as a task graph, and giving one skips decomposition.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from .errors import ConfigError
 from .models import Task
+from .schemas import best_match, shipped, shipped_schema
 from .taskgraph import TaskGraphError, describe_schema_error, parse_tasks
 
 # Each field may be spelled the way the CLI flag is or the way the Python API is.
@@ -52,7 +49,7 @@ def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
     file = Path(path)
     origin = f"project file {file}"
     document = _read(file, origin)
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(document))
+    error = best_match(shipped("project.schema.json").iter_errors(document))
     if error is not None:
         raise ProjectFileError(f"{origin}: {describe_schema_error(document, error)}")
     description = _one_of(document, "project", origin)
@@ -96,18 +93,12 @@ def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
 def check_project_id(project_id: str) -> None:
     """Raise ``ConfigError`` unless ``project_id`` is a safe id, as a project file must give it:
     it is printed, stored and used in commands, so no newline, escape code or path."""
-    pattern = _validator().schema["properties"]["project_id"]["pattern"]
+    pattern = shipped_schema("project.schema.json")["properties"]["project_id"]["pattern"]
     if not isinstance(project_id, str) or re.fullmatch(pattern, project_id) is None:
         raise ConfigError(
             f"project id {project_id!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
         )
-
-
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    text = resources.files("orchestrator").joinpath("data/project.schema.json").read_text()
-    return jsonschema.Draft202012Validator(json.loads(text))
 
 
 def _read(file: Path, origin: str) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from .fences import code_blocks, has_fence
+from .schemas import first_error
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
 
 
 class InvalidAnswer(ValueError):
@@ -34,16 +36,14 @@ def extract_json(text: str) -> Any:
 def parse_answer(text: str, schema: dict[str, Any]) -> Any:
     """The answer's JSON value if it validates against ``schema``; otherwise ``InvalidAnswer``."""
     value = extract_json(text)
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema).iter_errors(value)
-    )
+    error = first_error(schema, value)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
         raise InvalidAnswer(f"at {where}: {_problem(error)}")
     return value
 
 
-def _problem(error: jsonschema.ValidationError) -> str:
+def _problem(error: ValidationError) -> str:
     """The error in one short line: never a dump of the whole answer."""
     value, limit = error.instance, error.validator_value
     if error.validator in ("minItems", "maxItems") and isinstance(value, list):

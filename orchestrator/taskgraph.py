@@ -10,18 +10,19 @@ from __future__ import annotations
 import copy
 import difflib
 import heapq
-import json
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
-from functools import cache
-from importlib import resources
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .models import Task, TaskType
+from .schemas import best_match, schema_problem, shipped, shipped_schema
 from .validators import KNOWN_VALIDATORS
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
+
+TASKS_SCHEMA = "tasks.schema.json"
 
 _ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -35,20 +36,9 @@ class TaskGraphError(ConfigError):
     """A task list that cannot be run: malformed, inconsistent, or cyclic."""
 
 
-@cache
-def _shipped_schema() -> dict[str, Any]:
-    text = resources.files("orchestrator").joinpath("data/tasks.schema.json").read_text()
-    return json.loads(text)
-
-
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_shipped_schema())
-
-
 def task_schema() -> dict[str, Any]:
     """The shipped JSON Schema for a task list (a copy: callers may change it freely)."""
-    return copy.deepcopy(_shipped_schema())
+    return copy.deepcopy(shipped_schema(TASKS_SCHEMA))
 
 
 def decomposition_schema(*, min_tasks: int = 1, max_tasks: int | None = None) -> dict[str, Any]:
@@ -112,20 +102,19 @@ def parse_tasks(
     optional field means the field is absent.
     """
     document = {"tasks": data} if isinstance(data, list) else data
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(document))
+    error = best_match(shipped(TASKS_SCHEMA).iter_errors(document))
     if error is not None:
         raise TaskGraphError(f"{origin}: {describe_schema_error(document, error)}")
     entries: list[dict[str, Any]] = document["tasks"]
     for index, entry in enumerate(entries):
         schema = entry.get("output_schema")
         if schema is not None:
-            try:
-                jsonschema.Draft202012Validator.check_schema(schema)
-            except jsonschema.SchemaError as exc:
+            problem = schema_problem(schema)
+            if problem is not None:
                 raise TaskGraphError(
                     f"{origin}: {_task_label(entries, index)} field 'output_schema': "
-                    f"not a valid JSON Schema ({_one_line(exc.message)})"
-                ) from None
+                    f"not a valid JSON Schema ({_one_line(problem)})"
+                )
 
     seen: dict[str, int] = {}
     for index, entry in enumerate(entries):
@@ -328,7 +317,7 @@ def _field_path(parts: Sequence[Any]) -> str:
     return text
 
 
-def describe_schema_error(document: Any, error: jsonschema.ValidationError) -> str:
+def describe_schema_error(document: Any, error: ValidationError) -> str:
     """Where ``error`` is (a task by index and id, then the field) and what is wrong, one line."""
     path = list(error.absolute_path)
     if len(path) >= 2 and path[0] == "tasks" and isinstance(path[1], int):
@@ -382,7 +371,7 @@ def _short(value: Any) -> str:
     return _one_line(repr(value), 60)
 
 
-def explain_schema_error(error: jsonschema.ValidationError) -> str:
+def explain_schema_error(error: ValidationError) -> str:
     """What a ``jsonschema`` error means, in one line, without the location."""
     keyword, expected, value = error.validator, error.validator_value, error.instance
     if keyword == "required" and isinstance(value, dict):

@@ -24,9 +24,6 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
-
 from . import pytest_channel
 from .fences import code_blocks
 from .models import ValidatorResult
@@ -38,6 +35,7 @@ from .sandbox import (
     run_tool,
     scratch_dir,
 )
+from .schemas import best_match, schema_problem, validator
 
 __all__ = ["KNOWN_VALIDATORS", "code_blocks", "run_validators", "unknown_validators"]
 
@@ -206,12 +204,11 @@ def _check_json(output: str, schema: dict[str, Any] | None) -> ValidatorResult:
         return _failed("json_schema", "invalid JSON: nested too deeply")
     if schema is None:
         return _passed("json_schema", "valid JSON; no schema given")
+    problem = schema_problem(schema)
+    if problem is not None:
+        return _failed("json_schema", f"output_schema is not a valid JSON Schema: {problem}")
     try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        return _failed("json_schema", f"output_schema is not a valid JSON Schema: {exc.message}")
-    try:
-        errors = list(Draft202012Validator(schema).iter_errors(data))
+        errors = list(validator(schema).iter_errors(data))
     except RecursionError:
         return _failed("json_schema", "JSON nested too deeply to validate")
     if not errors:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import LOCAL_CATALOG, write_file
 
 from orchestrator import Catalog, CatalogError, Model, Price, UnknownModelError
@@ -511,3 +512,13 @@ def test_home_dir_defaults_to_a_directory_in_the_user_home(tmp_path, monkeypatch
     monkeypatch.delenv("ORCHESTRATOR_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert home_dir() == tmp_path / ".orchestrator_cache"
+
+
+def test_the_built_in_catalog_matches_the_catalog_schema():
+    # Not checked at start-up (it ships with the package): checked here instead.
+    from orchestrator.catalog import _builtin_text
+    from orchestrator.schemas import shipped
+
+    document = yaml.safe_load(_builtin_text())
+    errors = [e.message for e in shipped("catalog.schema.json").iter_errors(document)]
+    assert errors == []

@@ -1,0 +1,57 @@
+"""JSON Schema checks (Draft 2020-12) through ``jsonschema``, imported on first use.
+
+Importing ``jsonschema`` is a fifth of the package's own start-up, and a run's first calls need
+no schema: a resumed run's first provider call comes sooner without it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
+
+
+def validator(schema: dict[str, Any]) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema)
+
+
+@cache
+def shipped_schema(name: str) -> dict[str, Any]:
+    """One of the schemas in ``orchestrator/data`` (shared: copy it before changing it)."""
+    return json.loads(resources.files("orchestrator").joinpath(f"data/{name}").read_text())
+
+
+@cache
+def shipped(name: str) -> Draft202012Validator:
+    """A validator for one of the schemas in ``orchestrator/data``, built once."""
+    return validator(shipped_schema(name))
+
+
+def best_match(errors: Iterable[ValidationError]) -> ValidationError | None:
+    """The error that best says what is wrong (``jsonschema``'s choice), or None."""
+    from jsonschema.exceptions import best_match
+
+    return best_match(errors)
+
+
+def first_error(schema: dict[str, Any], instance: Any) -> ValidationError | None:
+    """How ``instance`` best fails ``schema``, or None when it matches."""
+    return best_match(validator(schema).iter_errors(instance))
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why ``schema`` is not a valid JSON Schema, or None when it is one."""
+    from jsonschema import Draft202012Validator, SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return str(exc.message)
+    return None
