@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__, providers
 from .budget import Budget
@@ -132,17 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run() -> NoReturn:
+    """The ``orchestrator`` program (``python -m orchestrator``): a process of its own."""
+    providers.configure_for_command_line()
     try:
-        return _main(argv)
+        code = main()
     finally:
         # The process is about to end: the vendor SDKs' many objects are left to the OS
         # instead of the interpreter's final collection over them (0.7 s measured).
         gc.freeze()
+    raise SystemExit(code)
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    providers.configure_for_command_line()
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line, for ``argv`` (default: the process's arguments); the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -237,15 +237,8 @@ class UnifiedClient:
             answer.parsed = parse_answer(answer.text, schema)
             return answer
         except InvalidAnswer as first_problem:
-            repair = replace(
-                request,
-                messages=(
-                    *request.messages,
-                    Message("assistant", answer.text),
-                    Message("user", repair_prompt(str(first_problem))),
-                ),
-                max_tokens=answer.max_tokens,
-            )
+            repair = _follow_up(request, answer.text, repair_prompt(str(first_problem)))
+            repair = replace(repair, max_tokens=answer.max_tokens)
         repaired = await self._whole(model, repair, spend, paid)
         repaired.attempts += answer.attempts
         repaired.notes[:0] = answer.notes
@@ -283,9 +276,8 @@ class UnifiedClient:
                 if continued == MAX_CONTINUATIONS:
                     raise self._truncated(model, cut_at, f"even after {continued} continuations")
                 continued += 1
-                follow_up = (Message("assistant", text), Message("user", CONTINUE_PROMPT))
                 raw, more = await self._call(
-                    model, replace(request, messages=(*request.messages, *follow_up)), spend
+                    model, _follow_up(request, text, CONTINUE_PROMPT), spend
                 )
                 text = join_continuation(text, raw.text)
             else:
@@ -470,6 +462,12 @@ def worst_case_cost(model: Model, request: ChatRequest) -> float:
         prompt_bytes += 2 * len(json.dumps(request.json_schema).encode())
     input_bound = prompt_bytes + 16 * (len(request.messages) + 1) + 512
     return model.price.cost(input_bound, request.max_tokens)
+
+
+def _follow_up(request: ChatRequest, answer: str, prompt: str) -> ChatRequest:
+    """``request`` carried on: the model's ``answer`` to it, then our ``prompt`` about that."""
+    messages = (*request.messages, Message("assistant", answer), Message("user", prompt))
+    return replace(request, messages=messages)
 
 
 def _messages(messages: MessagesLike) -> tuple[Message, ...]:

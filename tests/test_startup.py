@@ -29,9 +29,11 @@ class Watch:
         return None
 
 sys.meta_path.insert(0, Watch())
-from orchestrator.cli import main
-code = main(sys.argv[1:])
-print(json.dumps({{"code": code, "imported_by": seen}}))
+from orchestrator.cli import run
+try:
+    run()
+except SystemExit as exit:
+    print(json.dumps({{"code": exit.code, "imported_by": seen}}))
 """
 
 
