@@ -20,9 +20,26 @@ from .errors import (
     UnknownModelError,
 )
 from .events import Event
-from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
+from .models import (
+    ModelProfile,
+    ProjectState,
+    ProjectStatus,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskType,
+    build_default_profiles,
+)
+from .optimization import (
+    GreedyBackend,
+    OptimizationBackend,
+    ParetoBackend,
+    RoutingTableBackend,
+    WeightedSumBackend,
+)
 from .providers.base import Message
 from .retry import RetryPolicy
+from .routing import Decision, Router
 from .state import StateManager, UnknownProjectError
 
 try:
@@ -37,20 +54,27 @@ __all__ = [
     "CatalogError",
     "Completion",
     "ConfigError",
+    "Decision",
     "DiskCache",
     "Event",
+    "GreedyBackend",
     "Message",
     "Model",
+    "ModelProfile",
     "ModelUnavailableError",
     "NoProvidersError",
+    "OptimizationBackend",
     "Orchestrator",
     "OrchestratorError",
+    "ParetoBackend",
     "Price",
     "ProjectState",
     "ProjectStatus",
     "ProviderError",
     "ProviderSpec",
     "RetryPolicy",
+    "Router",
+    "RoutingTableBackend",
     "StateManager",
     "StructuredOutputError",
     "Task",
@@ -61,4 +85,6 @@ __all__ = [
     "UnifiedClient",
     "UnknownModelError",
     "UnknownProjectError",
+    "WeightedSumBackend",
+    "build_default_profiles",
 ]

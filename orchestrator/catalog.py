@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from jsonschema import ValidationError
 from .settings import CATALOG_ENV, first_set
 
+DEFAULT_QUALITY = 0.7  # for a model whose catalog entry gives no prior
 _MODEL_FIELDS_REQUIRED = ("price", "context_window", "max_output_tokens")
 _PROVIDER_FIELDS_REQUIRED = ("kind",)
 
@@ -75,6 +76,8 @@ class Model:
     aliases: tuple[str, ...] = ()
     as_of: str = ""
     source: str = ""
+    # A prior for quality-aware routing (0 to 1); evaluations during runs replace it.
+    quality: float = DEFAULT_QUALITY
 
     @property
     def value(self) -> str:
@@ -100,6 +103,11 @@ class ProviderSpec:
     base_url_env: tuple[str, ...] = ()
     default_base_url: str | None = None
     api_version: str | None = None
+    # What policies check: where requests are processed by default, and whether the vendor's
+    # default terms let it train on them ("unknown" and None mean the catalog does not say).
+    region: str = "unknown"
+    trains_on_output: bool | None = None
+    terms: str = ""
 
     def api_key(self, env: Mapping[str, str]) -> str | None:
         """The key from the environment; endpoints that need none get a placeholder."""
@@ -297,6 +305,9 @@ def _provider_spec(name: str, fields: dict[str, Any], origin: str) -> ProviderSp
         base_url_env=() if fields.get("base_url") else tuple(fields.get("base_url_env") or ()),
         default_base_url=base_url,
         api_version=fields.get("api_version"),
+        region=str(fields.get("region", "unknown")).lower(),
+        trains_on_output=fields.get("trains_on_output"),
+        terms=" ".join(str(fields.get(k, "")) for k in ("terms", "terms_as_of")).strip(),
     )
 
 
@@ -338,6 +349,7 @@ def _model(
         vision=bool(caps.get("vision", False)),
         as_of=str(fields.get("as_of", "")),
         source=str(fields.get("source", "")),
+        quality=float(fields.get("quality", DEFAULT_QUALITY)),
     )
 
 

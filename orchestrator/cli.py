@@ -24,6 +24,7 @@ from .client import UnifiedClient
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .models import ProjectState, ProjectStatus
+from .optimization import BACKENDS
 from .output_writer import OutputError, write_outputs
 from .progress import ProgressPrinter, format_usd, results_table, text_table
 from .project_file import ProjectSpec, check_project_id, load_project_file
@@ -94,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let --output-dir replace files this tool did not write or that changed since",
     )
     limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    limits.add_argument(
+        "--routing",
+        choices=sorted(BACKENDS),
+        help="how models are put in order for each job: table (the routing table, default), "
+        "greedy (quality x trust / cost), weighted (weighted sum), pareto (non-dominated first)",
+    )
     limits.add_argument(
         "--validator-timeout",
         type=float,
@@ -257,7 +264,8 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
         max_time_seconds=_or(spec.time, 5400.0),
     )
     concurrency = spec.concurrency or 3
-    settings = {"output_dir": spec.output_dir, "use_cache": not args.no_cache}
+    routing = args.routing or "table"
+    settings = {"output_dir": spec.output_dir, "use_cache": not args.no_cache, "routing": routing}
     async with (
         _guarded(),
         StateManager() as store,
@@ -277,6 +285,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             max_tasks=args.max_tasks,
             on_event=printer,
             extra_settings=settings,
+            optimization_backend=BACKENDS[routing](),
         )
         with printer:  # the live area is gone before the results or an error is printed
             state = await orchestrator.run_project(
@@ -292,6 +301,9 @@ async def _resume(args: argparse.Namespace) -> int:
         concurrency = args.concurrency or int(settings.get("concurrency", 3))
         output_dir = args.output_dir or settings.get("output_dir")
         use_cache = settings.get("use_cache", True) and not args.no_cache
+        routing = args.routing or settings.get("routing", "table")
+        if routing not in BACKENDS:
+            raise OrchestratorError(f"project {args.resume}: unknown routing {routing!r} saved")
         async with UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client:
             if status not in FINISHED:
                 client.require_providers()
@@ -305,7 +317,12 @@ async def _resume(args: argparse.Namespace) -> int:
                 validator_timeout=_or(args.validator_timeout, 60.0),
                 max_tasks=args.max_tasks or settings.get("max_tasks"),
                 on_event=printer,
-                extra_settings={"output_dir": output_dir, "use_cache": use_cache},
+                extra_settings={
+                    "output_dir": output_dir,
+                    "use_cache": use_cache,
+                    "routing": routing,
+                },
+                optimization_backend=BACKENDS[routing](),
             )
             if status in FINISHED:
                 print(

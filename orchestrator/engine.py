@@ -30,11 +30,21 @@ from .errors import (
 from .events import Event, EventSink, ignore
 from .gateway import Journal, LLMGateway
 from .lease import Lease
-from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
+from .models import (
+    ModelProfile,
+    ProjectState,
+    ProjectStatus,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskType,
+    build_default_profiles,
+)
+from .optimization import OptimizationBackend, RoutingTableBackend
 from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
-from .routing import DECOMPOSITION_MAX_TOKENS, Router
+from .routing import DECOMPOSITION_MAX_TOKENS, Decision, Router
 from .sandbox import choose
 from .state import SavedProject, StateManager, UnknownProjectError
 from .task_runner import TaskContext, TaskRunner, describe_outage, is_outage
@@ -91,6 +101,7 @@ class Orchestrator:
         min_tasks: int = 5,
         max_tasks: int | None = None,
         extra_settings: Mapping[str, Any] | None = None,
+        optimization_backend: OptimizationBackend | None = None,
     ) -> None:
         _check_threshold(quality_threshold)
         self.budget = budget or Budget()
@@ -111,6 +122,17 @@ class Orchestrator:
         self.max_tasks = max_tasks
         # Saved with the project (e.g. the CLI's output directory) and returned on resume.
         self.extra_settings = dict(extra_settings or {})
+        self.optimization_backend: OptimizationBackend = (
+            optimization_backend or RoutingTableBackend()
+        )
+        # What this orchestrator's runs measured about each model (quality, trust, latency),
+        # by ``provider/id``; built from the client's catalog at the first run.
+        self.profiles: dict[str, ModelProfile] = {}
+
+    def set_optimization_backend(self, backend: OptimizationBackend) -> None:
+        """How models are put in order for every choice of the next runs (see
+        ``orchestrator.optimization``); the default is the routing table's order."""
+        self.optimization_backend = backend
 
     # -- public entry points ----------------------------------------------------------------------
     async def run_project(
@@ -145,7 +167,7 @@ class Orchestrator:
             quality_threshold=threshold,
         )
         async with self._session() as session:
-            _preload(session.client, tasks, done=set())
+            self._preload(session.client, tasks, done=set())
             if session.store is not None and restart:
                 await self._discard(session, state.project_id)
             if session.store is not None:
@@ -238,7 +260,7 @@ class Orchestrator:
         for task_id, record in saved.results.items():
             state.results[task_id] = TaskResult.from_record(record, resolve)
         if saved.status not in FINISHED:
-            _preload(session.client, saved.tasks, done=saved.final_tasks)
+            self._preload(session.client, saved.tasks, done=saved.final_tasks)
         if saved.status in FINISHED:
             state.api_health = session.client.api_health()
             self.emit(Event("already_finished", data={"status": saved.status.value}))
@@ -314,7 +336,7 @@ class Orchestrator:
         except NoProvidersError as exc:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
-        router = Router(client.catalog, tuple(client.available_models()), client.is_healthy)
+        router = self._router(client)
         ctx = TaskContext(
             gateway=gateway,
             router=router,
@@ -587,6 +609,51 @@ class Orchestrator:
                     await storage.open()
             yield _Session(client, cache, store)
 
+    def _router(self, client: UnifiedClient) -> Router:
+        """The model chooser of a run: this orchestrator's backend and profiles, over the
+        models usable now, every choice reported."""
+        if not self.profiles:
+            self.profiles = build_default_profiles(client.catalog)
+        return Router(
+            client.catalog,
+            tuple(client.available_models()),
+            client.is_healthy,
+            backend=self.optimization_backend,
+            profiles=self.profiles,
+            on_decision=self._decided,
+        )
+
+    def _decided(self, decision: Decision) -> None:
+        log.debug("%s", decision.explain())
+        chosen = decision.chosen.value if decision.chosen else None
+        self.emit(
+            Event(
+                "model_selected",
+                decision.task_id,
+                chosen,
+                decision.role,
+                {"decision": decision, "backend": decision.backend},
+            )
+        )
+
+    def _preload(
+        self, client: UnifiedClient, tasks: Mapping[str, Task] | None, *, done: Collection[str]
+    ) -> None:
+        """Start loading the SDKs of the models the run's first calls go to, in the background,
+        as soon as the plan is known: the planner's and, as the plan is not known yet, those of
+        every task type; otherwise those of the tasks not ``done`` that can start at once."""
+        router = self._router(client)
+        if tasks is None:
+            types = [t for t in TaskType if t is not TaskType.EVALUATE]
+            client.preload(router.first_calls([], planner=True) + router.first_calls(types))
+            return
+        ready = [
+            task
+            for task_id, task in tasks.items()
+            if task_id not in done and all(d in done for d in task.dependencies)
+        ]
+        client.preload(router.first_calls(task.type for task in ready))
+
     def _fresh_budget(self) -> Budget:
         """This orchestrator's limits, with nothing spent and the clock starting now: a run
         never inherits the spend or the elapsed time of an earlier one (``state.budget``)."""
@@ -664,25 +731,6 @@ def _changed_inputs(
             if ids:
                 changed.append(f"{label}: {', '.join(ids)}")
     return changed
-
-
-def _preload(
-    client: UnifiedClient, tasks: Mapping[str, Task] | None, *, done: Collection[str]
-) -> None:
-    """Start loading the SDKs of the models the run's first calls go to, in the background, as
-    soon as the plan is known: the planner's and, as the plan is not known yet, those of every
-    task type; otherwise those of the tasks not ``done`` that can start at once."""
-    router = Router(client.catalog, tuple(client.available_models()), client.is_healthy)
-    if tasks is None:
-        types = [t for t in TaskType if t is not TaskType.EVALUATE]
-        client.preload(router.decomposition_chain()[:1] + router.first_calls(types))
-        return
-    ready = [
-        task
-        for task_id, task in tasks.items()
-        if task_id not in done and all(d in done for d in task.dependencies)
-    ]
-    client.preload(router.first_calls(task.type for task in ready))
 
 
 def _resolver(client: UnifiedClient):

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from .budget import Budget
-from .catalog import Model
+from .catalog import Catalog, Model
 
 
 class TaskType(StrEnum):
@@ -178,3 +178,73 @@ class ProjectState:
     # How model-written code was run by the validators: "bubblewrap", "unshare",
     # "none (unsafe)", "unavailable" (so it was not run), or "" when no task needed it.
     sandbox: str = ""
+
+
+# Weight of the newest sample in the moving averages of a profile.
+PROFILE_EMA_ALPHA = 0.2
+
+
+@dataclass
+class ModelProfile:
+    """What model selection knows about one model: the catalog's facts (provider, region,
+    training terms, prices, context) and what calls and evaluations measured.
+
+    ``quality`` starts at the catalog's prior and follows the model's evaluation scores;
+    ``trust`` is a moving average of its calls' outcomes (1 answered, 0 failed); ``latency_ms``
+    is ``None`` until a call was measured.
+    """
+
+    model: Model
+    region: str
+    trains_on_output: bool | None
+    quality: float
+    trust: float = 1.0
+    latency_ms: float | None = None
+    calls: int = 0
+    failures: int = 0
+    evaluations: int = 0
+
+    @property
+    def provider(self) -> str:
+        return self.model.provider
+
+    @property
+    def success_rate(self) -> float:
+        return 1.0 if not self.calls else (self.calls - self.failures) / self.calls
+
+    def cost_per_call(self, input_tokens: int, output_tokens: int) -> float:
+        return self.model.price.cost(input_tokens, output_tokens)
+
+    def record_call(self, seconds: float, ok: bool) -> None:
+        """A paid call's outcome (answers from the cache or the journal say nothing new)."""
+        self.calls += 1
+        self.failures += not ok
+        self.trust = _ema(self.trust, 1.0 if ok else 0.0)
+        if ok:
+            millis = seconds * 1000
+            self.latency_ms = millis if self.latency_ms is None else _ema(self.latency_ms, millis)
+
+    def record_quality(self, score: float) -> None:
+        """An evaluation score of one of the model's answers."""
+        self.evaluations += 1
+        self.quality = _ema(self.quality, score)
+
+
+def _ema(average: float, sample: float) -> float:
+    return (1 - PROFILE_EMA_ALPHA) * average + PROFILE_EMA_ALPHA * sample
+
+
+def build_default_profiles(catalog: Catalog | None = None) -> dict[str, ModelProfile]:
+    """A profile per catalog model (the built-in catalog by default), keyed by ``provider/id``,
+    holding the catalog's facts and priors until calls and evaluations update it."""
+    catalog = catalog if catalog is not None else Catalog.load()
+    profiles = {}
+    for model in catalog.models:
+        provider = catalog.provider_of(model)
+        profiles[model.key] = ModelProfile(
+            model=model,
+            region=provider.region,
+            trains_on_output=provider.trains_on_output,
+            quality=model.quality,
+        )
+    return profiles

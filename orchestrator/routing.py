@@ -1,13 +1,14 @@
-"""Which model does what: the design routing table, resolved to the models usable now."""
+"""Which model does what: every model choice of a run, with its reasons."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from .catalog import Catalog, Model
 from .errors import UnknownModelError
-from .models import TaskType
+from .models import ModelProfile, TaskType
+from .optimization import Candidate, OptimizationBackend, Ranked, RoutingTableBackend
 
 # The design document's priority lists, by the names it uses; the catalog maps each name to a
 # current model id, and a user catalog file can re-point any of them.
@@ -25,47 +26,144 @@ DECOMPOSITION_MAX_TOKENS = 4096
 CRITIQUE_MAX_TOKENS = 1024
 
 
+# A job's cost is estimated for a prompt this long and an answer as long as the job allows.
+TYPICAL_PROMPT_TOKENS = 2000
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One model selection: for what, by which backend, the chain it produced (each model with
+    the reason for its place) and the models kept at the back with why."""
+
+    role: str  # planner, generation, critic or evaluator
+    task_type: TaskType | None
+    task_id: str | None
+    backend: str
+    ranked: tuple[Ranked, ...]
+    held_back: tuple[tuple[Model, str], ...] = ()
+
+    @property
+    def chain(self) -> list[Model]:
+        return [r.model for r in self.ranked] + [m for m, _ in self.held_back]
+
+    @property
+    def chosen(self) -> Model | None:
+        chain = self.chain
+        return chain[0] if chain else None
+
+    def explain(self) -> str:
+        """The decision in one line, for logs and audits."""
+        what = f"{self.role} for {self.task_id or self.task_type or 'the plan'}"
+        if self.chosen is None:
+            return f"{what}: no usable model"
+        first = self.ranked[0] if self.ranked else None
+        why = first.reason if first is not None else dict(self.held_back)[self.chosen]
+        order = ", ".join(m.value for m in self.chain)
+        return f"{what}: {self.chosen.value} ({self.backend}: {why}); then {order}"
+
+
 @dataclass(frozen=True)
 class Router:
-    """Model chains for each role, over the models usable now and healthy.
+    """The one place models are chosen: a chain for each role (planner, author, critic,
+    evaluator; each chain's tail is the fallback), over the models usable now.
 
-    ``usable`` lists the models whose provider has a key; ``healthy`` says whether a model's
-    circuit breaker lets calls through at this moment.
+    Candidates are every usable model, with the routing table's position for the job and the
+    job's estimated cost; ``backend`` puts them in order; models whose circuit breaker is open go
+    to the back. Each choice is handed to ``on_decision`` with its reasons.
     """
 
     catalog: Catalog
     usable: tuple[Model, ...]
     healthy: Callable[[Model], bool] = lambda model: True
+    backend: OptimizationBackend = field(default_factory=RoutingTableBackend)
+    profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
+    on_decision: Callable[[Decision], None] | None = None
 
     def max_tokens(self, task_type: TaskType) -> int:
         return ROUTING_TABLE[task_type][1]
 
-    def generation_chain(self, task_type: TaskType) -> list[Model]:
-        """The priority list, then every other usable model from cheapest up, healthy first."""
-        return self._ordered(self._preferred(task_type))
+    def generation_chain(self, task_type: TaskType, task_id: str | None = None) -> list[Model]:
+        """Authors (and revisers) for a task of ``task_type``."""
+        preferred = self._preferred(task_type)
+        return self._select("generation", task_type, task_id, preferred, self.max_tokens(task_type))
 
-    def reviewer_chain(self, task_type: TaskType, author: Model) -> list[Model]:
+    def reviewer_chain(
+        self, task_type: TaskType, author: Model, task_id: str | None = None
+    ) -> list[Model]:
         """Critics: another provider first, then another model, then the author as a last resort."""
         role = TaskType.CODE_REVIEW if task_type is TaskType.CODE_GEN else task_type
-        return _away_from(author, self._ordered(self._preferred(role)))
+        preferred = self._preferred(role)
+        return self._select(
+            "critic", task_type, task_id, preferred, CRITIQUE_MAX_TOKENS, away_from=author
+        )
 
-    def evaluator_chain(self, author: Model) -> list[Model]:
-        return _away_from(author, self._ordered(self._preferred(TaskType.EVALUATE)))
-
-    def first_calls(self, task_types: Iterable[TaskType]) -> list[Model]:
-        """The models a task of each of ``task_types`` asks first: author, critic, evaluator."""
-        calls: list[Model] = []
-        for task_type in task_types:
-            chain = self.generation_chain(task_type)
-            if chain:
-                author = chain[0]
-                calls += [author, *self.reviewer_chain(task_type, author)[:1]]
-                calls += self.evaluator_chain(author)[:1]
-        return calls
+    def evaluator_chain(
+        self, author: Model, task_id: str | None = None, task_type: TaskType | None = None
+    ) -> list[Model]:
+        preferred = self._preferred(TaskType.EVALUATE)
+        limit = self.max_tokens(TaskType.EVALUATE)
+        return self._select("evaluator", task_type, task_id, preferred, limit, away_from=author)
 
     def decomposition_chain(self) -> list[Model]:
-        """The cheapest usable models first."""
-        return self._ordered([])
+        """The planner: no table entry, so the backend's order (the cheapest first by default)."""
+        return self._select("planner", None, None, [], DECOMPOSITION_MAX_TOKENS)
+
+    def first_calls(self, task_types: Iterable[TaskType], *, planner: bool = False) -> list[Model]:
+        """The models a task of each of ``task_types`` asks first (author, critic, evaluator),
+        and with ``planner`` the planner's: a forecast, reported to nobody."""
+        quiet = replace(self, on_decision=None)
+        calls: list[Model] = quiet.decomposition_chain()[:1] if planner else []
+        for task_type in task_types:
+            chain = quiet.generation_chain(task_type)
+            if chain:
+                author = chain[0]
+                calls += [author, *quiet.reviewer_chain(task_type, author)[:1]]
+                calls += quiet.evaluator_chain(author)[:1]
+        return calls
+
+    def _select(
+        self,
+        role: str,
+        task_type: TaskType | None,
+        task_id: str | None,
+        preferred: list[Model],
+        output_tokens: int,
+        away_from: Model | None = None,
+    ) -> list[Model]:
+        candidates = [
+            Candidate(
+                profile=(profile := self._profile(model)),
+                cost_usd=profile.cost_per_call(TYPICAL_PROMPT_TOKENS, output_tokens),
+                table_rank=preferred.index(model) if model in preferred else None,
+            )
+            for model in self.usable
+        ]
+        ranked = self.backend.rank(candidates)
+        if away_from is not None:
+            ranked = _away_from(away_from, ranked)
+        held_back = tuple(
+            (r.model, f"held back: failing recently ({r.reason})")
+            for r in ranked
+            if not self.healthy(r.model)
+        )
+        decision = Decision(
+            role=role,
+            task_type=task_type,
+            task_id=task_id,
+            backend=self.backend.name,
+            ranked=tuple(r for r in ranked if self.healthy(r.model)),
+            held_back=held_back,
+        )
+        if self.on_decision is not None:
+            self.on_decision(decision)
+        return decision.chain
+
+    def _profile(self, model: Model) -> ModelProfile:
+        profile = self.profiles.get(model.key)
+        if profile is None:
+            provider = self.catalog.provider_of(model)
+            profile = ModelProfile(model, provider.region, provider.trains_on_output, model.quality)
+        return profile
 
     def _preferred(self, task_type: TaskType) -> list[Model]:
         names, _ = ROUTING_TABLE[task_type]
@@ -79,19 +177,10 @@ class Router:
                 preferred.append(model)
         return preferred
 
-    def _ordered(self, preferred: list[Model]) -> list[Model]:
-        rest = sorted(
-            (m for m in self.usable if m not in preferred),
-            key=lambda m: (m.price.input + m.price.output, m.price.output),
-        )
-        chain = preferred + rest
-        # Healthy models first; unhealthy ones stay at the back in case they recover mid-run.
-        return [m for m in chain if self.healthy(m)] + [m for m in chain if not self.healthy(m)]
 
-
-def _away_from(author: Model, chain: Iterable[Model]) -> list[Model]:
-    models = list(chain)
-    other_provider = [m for m in models if m.provider != author.provider]
-    other_model = [m for m in models if m.provider == author.provider and m != author]
-    same = [m for m in models if m == author]
+def _away_from(author: Model, ranked: Iterable[Ranked]) -> list[Ranked]:
+    items = list(ranked)
+    other_provider = [r for r in items if r.model.provider != author.provider]
+    other_model = [r for r in items if r.model.provider == author.provider and r.model != author]
+    same = [r for r in items if r.model == author]
     return other_provider + other_model + same

@@ -105,13 +105,7 @@ class TaskRunner:
     async def run(self) -> TaskResult:
         task, result = self.task, self.result
         result.status = TaskStatus.RUNNING
-        chain = self.ctx.router.generation_chain(task.type)
-        log.debug(
-            "%s (%s): models in order %s (routing table, then the cheapest usable)",
-            task.id,
-            task.type.value,
-            ", ".join(m.value for m in chain),
-        )
+        chain = self.ctx.router.generation_chain(task.type, task.id)
         if not chain:
             return self._finish("no usable model for this task type")
         task_text = task_prompt(task, self.ctx.description, self.ctx.criteria, self._context(chain))
@@ -225,7 +219,8 @@ class TaskRunner:
     async def _critique(
         self, task_text: str, answer: str, author: Model, iteration: int
     ) -> str | None:
-        chain = [m for m in self.ctx.router.reviewer_chain(self.task.type, author) if m != author]
+        critics = self.ctx.router.reviewer_chain(self.task.type, author, self.task.id)
+        chain = [m for m in critics if m != author]
         if not chain:
             return None  # nobody else to ask; the evaluator's feedback drives revisions instead
         try:
@@ -253,7 +248,7 @@ class TaskRunner:
         max_tokens: int,
         iteration: int,
     ) -> tuple[str, Model]:
-        chain = self.ctx.router.generation_chain(self.task.type)
+        chain = self.ctx.router.generation_chain(self.task.type, self.task.id)
         chain = [author] + [m for m in chain if m != author]
         revised, model = await self._ask_chain(
             chain,
@@ -275,7 +270,7 @@ class TaskRunner:
     async def _evaluate(
         self, task_text: str, answer: str, author: Model, iteration: int
     ) -> tuple[float, str]:
-        chain = self.ctx.router.evaluator_chain(author)
+        chain = self.ctx.router.evaluator_chain(author, self.task.id, self.task.type)
         messages = [Message("user", evaluate_prompt(task_text, answer))]
         verdicts: list[Completion] = []
         refused = False
@@ -325,6 +320,9 @@ class TaskRunner:
             return 0.0, ""
         # Two verdicts that disagree take the lower; a third breaks the tie by the median.
         score = statistics.median(scores) if len(scores) == 3 else min(scores)
+        profile = self.ctx.router.profiles.get(author.key)
+        if profile is not None:
+            profile.record_quality(score)  # what quality-aware routing learns the model is worth
         closest = min(verdicts, key=lambda v: abs(float(v.parsed["score"]) - score))
         return score, str(closest.parsed.get("reasoning", ""))
 
@@ -372,6 +370,8 @@ class TaskRunner:
                 )
             except (ProviderError, BudgetExceeded) as exc:
                 self.result.cost_usd += exc.spent_usd
+                if isinstance(exc, ProviderError):
+                    self._measured(model, None)
                 self.ctx.emit(
                     Event(
                         "call_failed", self.task.id, model.value, step, {**about, "error": str(exc)}
@@ -389,6 +389,8 @@ class TaskRunner:
                     self.result.degraded_fallback_count += 1
                 continue
             self.result.cost_usd += answer.cost_usd
+            if not (answer.from_cache or answer.replayed):
+                self._measured(model, answer.latency_seconds)
             for note in answer.notes:
                 line = f"{phase} ({model.value}): {note}"
                 if line not in self.result.notes:
@@ -415,6 +417,12 @@ class TaskRunner:
             raise ProvidersUnavailable(outages)
         last = failures[-1] if failures else "no model to ask"
         raise ChainExhausted(f"every model failed for {phase}; last: {last}")
+
+    def _measured(self, model: Model, seconds: float | None) -> None:
+        """A paid call's outcome (``None``: it failed) into the model's profile."""
+        profile = self.ctx.router.profiles.get(model.key)
+        if profile is not None:
+            profile.record_call(seconds or 0.0, ok=seconds is not None)
 
     def _context(self, chain: list[Model]) -> str:
         """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""

@@ -115,7 +115,7 @@ def test_v_shows_this_tools_decisions_and_vv_the_libraries_too(fake, llm, tmp_pa
     twice = run_cli(*args, "-vv", "--project-id", "twice", cwd=tmp_path, env=env)
 
     assert once.returncode == twice.returncode == 0, once.stderr
-    for decision in ("models in order", "reserved $", "settled $", "paid $"):
+    for decision in ("(table: routing table choice 1)", "reserved $", "settled $", "paid $"):
         assert decision in once.stderr, decision
     libraries = ("DEBUG httpx", "DEBUG openai", "DEBUG anthropic", "DEBUG google")
     assert not any(line.startswith(libraries) for line in once.stderr.splitlines())
