@@ -37,6 +37,9 @@ from .optimization import (
     RoutingTableBackend,
     WeightedSumBackend,
 )
+from .planner import ConstraintPlanner
+from .policy import EnforcementMode, Policy, PolicyEngine, PolicyHierarchy, PolicySet
+from .policy_dsl import PolicyAnalyzer, PolicyError, load_policy_file
 from .providers.base import Message
 from .retry import RetryPolicy
 from .routing import Decision, Router
@@ -54,8 +57,10 @@ __all__ = [
     "CatalogError",
     "Completion",
     "ConfigError",
+    "ConstraintPlanner",
     "Decision",
     "DiskCache",
+    "EnforcementMode",
     "Event",
     "GreedyBackend",
     "Message",
@@ -67,6 +72,12 @@ __all__ = [
     "Orchestrator",
     "OrchestratorError",
     "ParetoBackend",
+    "Policy",
+    "PolicyAnalyzer",
+    "PolicyEngine",
+    "PolicyError",
+    "PolicyHierarchy",
+    "PolicySet",
     "Price",
     "ProjectState",
     "ProjectStatus",
@@ -87,4 +98,5 @@ __all__ = [
     "UnknownProjectError",
     "WeightedSumBackend",
     "build_default_profiles",
+    "load_policy_file",
 ]

@@ -26,6 +26,8 @@ from .errors import OrchestratorError
 from .models import ProjectState, ProjectStatus
 from .optimization import BACKENDS
 from .output_writer import OutputError, write_outputs
+from .policy import PolicySet
+from .policy_dsl import PolicyAnalyzer, load_policy_file
 from .progress import ProgressPrinter, format_usd, results_table, text_table
 from .project_file import ProjectSpec, check_project_id, load_project_file
 from .settings import CATALOG_ENV, load_environment
@@ -95,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="let --output-dir replace files this tool did not write or that changed since",
     )
     limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    governance = parser.add_argument_group("governance")
+    governance.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="policy file (YAML or JSON: global / team / job policies) every model choice obeys",
+    )
+    governance.add_argument("--team", help="the team whose policies apply (with --policy)")
+    governance.add_argument("--job", metavar="ID", help="the job whose policies apply")
     limits.add_argument(
         "--routing",
         choices=sorted(BACKENDS),
@@ -286,6 +296,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             on_event=printer,
             extra_settings=settings,
             optimization_backend=BACKENDS[routing](),
+            policies=_policies(args),
         )
         with printer:  # the live area is gone before the results or an error is printed
             state = await orchestrator.run_project(
@@ -323,6 +334,7 @@ async def _resume(args: argparse.Namespace) -> int:
                     "routing": routing,
                 },
                 optimization_backend=BACKENDS[routing](),
+                policies=_policies(args),
             )
             if status in FINISHED:
                 print(
@@ -392,6 +404,23 @@ async def _guarded() -> AsyncIterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _policies(args: argparse.Namespace) -> PolicySet | None:
+    """The policies ``--policy`` gives for ``--team`` / ``--job``; their contradictions refuse
+    the run, their warnings are printed."""
+    if args.policy is None:
+        if args.team or args.job:
+            raise OrchestratorError("--team and --job select policies: give --policy FILE too")
+        return None
+    policies = load_policy_file(args.policy).policies_for(team=args.team, job_id=args.job)
+    report = PolicyAnalyzer.analyze(policies)
+    if report.errors:
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise OrchestratorError(f"policy file {args.policy}: {report.errors[0]}{more}")
+    for warning in report.warnings:
+        print(f"orchestrator: warning: {warning}", file=sys.stderr)
+    return policies
 
 
 def _progress(args: argparse.Namespace, budget: Budget | None = None) -> ProgressPrinter:

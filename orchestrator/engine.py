@@ -11,9 +11,9 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .budget import PHASE_SHARES, Budget, BudgetExceeded
@@ -41,6 +41,8 @@ from .models import (
     build_default_profiles,
 )
 from .optimization import OptimizationBackend, RoutingTableBackend
+from .planner import ConstraintPlanner
+from .policy import Policy, PolicyEngine, PolicySet
 from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
@@ -68,6 +70,7 @@ class _Session:
     cache: DiskCache | None
     store: StateManager | None
     lease: Lease | None = None  # held while a run of the project goes on
+    policies: PolicySet = field(default_factory=PolicySet)  # what this run's choices obey
 
     @property
     def may_write(self) -> bool:
@@ -102,6 +105,7 @@ class Orchestrator:
         max_tasks: int | None = None,
         extra_settings: Mapping[str, Any] | None = None,
         optimization_backend: OptimizationBackend | None = None,
+        policies: Iterable[Policy] | None = None,
     ) -> None:
         _check_threshold(quality_threshold)
         self.budget = budget or Budget()
@@ -125,6 +129,9 @@ class Orchestrator:
         self.optimization_backend: OptimizationBackend = (
             optimization_backend or RoutingTableBackend()
         )
+        # Checked at every model choice of this orchestrator's runs (``orchestrator.policy``);
+        # a resumed project keeps the ones it was started with unless others are given here.
+        self.policies = PolicySet(policies or ())
         # What this orchestrator's runs measured about each model (quality, trust, latency),
         # by ``provider/id``; built from the client's catalog at the first run.
         self.profiles: dict[str, ModelProfile] = {}
@@ -167,7 +174,9 @@ class Orchestrator:
             quality_threshold=threshold,
         )
         async with self._session() as session:
-            self._preload(session.client, tasks, done=set())
+            session.policies = self.policies
+            self._refuse_uncovered(session, tasks)
+            self._preload(session, tasks, done=set())
             if session.store is not None and restart:
                 await self._discard(session, state.project_id)
             if session.store is not None:
@@ -260,7 +269,12 @@ class Orchestrator:
         for task_id, record in saved.results.items():
             state.results[task_id] = TaskResult.from_record(record, resolve)
         if saved.status not in FINISHED:
-            self._preload(session.client, saved.tasks, done=saved.final_tasks)
+            session.policies = self.policies or PolicySet(
+                Policy(**entry) for entry in settings.get("policies") or []
+            )
+            settings["policies"] = [p.to_dict() for p in session.policies]
+            self._refuse_uncovered(session, saved.tasks)
+            self._preload(session, saved.tasks, done=saved.final_tasks)
         if saved.status in FINISHED:
             state.api_health = session.client.api_health()
             self.emit(Event("already_finished", data={"status": saved.status.value}))
@@ -336,7 +350,7 @@ class Orchestrator:
         except NoProvidersError as exc:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
-        router = self._router(client)
+        router = self._router(session, state.budget)
         ctx = TaskContext(
             gateway=gateway,
             router=router,
@@ -609,11 +623,16 @@ class Orchestrator:
                     await storage.open()
             yield _Session(client, cache, store)
 
-    def _router(self, client: UnifiedClient) -> Router:
-        """The model chooser of a run: this orchestrator's backend and profiles, over the
-        models usable now, every choice reported."""
+    def _router(self, session: _Session, budget: Budget | None = None) -> Router:
+        """The model chooser of a run: this orchestrator's backend and profiles, the run's
+        policies and budget, over the models usable now, every choice reported."""
+        client = session.client
         if not self.profiles:
             self.profiles = build_default_profiles(client.catalog)
+        planner = ConstraintPlanner(
+            PolicyEngine(session.policies),
+            budget_left=(lambda: budget.remaining_usd) if budget is not None else None,
+        )
         return Router(
             client.catalog,
             tuple(client.available_models()),
@@ -621,7 +640,28 @@ class Orchestrator:
             backend=self.optimization_backend,
             profiles=self.profiles,
             on_decision=self._decided,
+            planner=planner,
         )
+
+    def _refuse_uncovered(self, session: _Session, tasks: Mapping[str, Task] | None) -> None:
+        """Refuse, before anything is paid, a run whose policies leave some job without a
+        model: the planner (without a task list), a task type's authors, the evaluators."""
+        if not session.policies or not session.client.usable_providers():
+            return
+        router = replace(self._router(session), on_decision=None)
+        types = sorted({t.type for t in tasks.values()}) if tasks is not None else list(TaskType)
+        missing = [t.value for t in types if t is not TaskType.EVALUATE]
+        missing = [name for name in missing if not router.generation_chain(TaskType(name))]
+        if tasks is None and not router.decomposition_chain():
+            missing.insert(0, "decomposition")
+        if router.usable and not router.evaluator_chain(router.usable[0]):
+            missing.append("evaluation")
+        if missing:
+            names = ", ".join(p.name for p in session.policies)
+            raise ConfigError(
+                f"the policies ({names}) leave no model for: {', '.join(missing)}; "
+                "allow more providers, models or regions"
+            )
 
     def _decided(self, decision: Decision) -> None:
         log.debug("%s", decision.explain())
@@ -637,12 +677,13 @@ class Orchestrator:
         )
 
     def _preload(
-        self, client: UnifiedClient, tasks: Mapping[str, Task] | None, *, done: Collection[str]
+        self, session: _Session, tasks: Mapping[str, Task] | None, *, done: Collection[str]
     ) -> None:
         """Start loading the SDKs of the models the run's first calls go to, in the background,
         as soon as the plan is known: the planner's and, as the plan is not known yet, those of
         every task type; otherwise those of the tasks not ``done`` that can start at once."""
-        router = self._router(client)
+        client = session.client
+        router = self._router(session)
         if tasks is None:
             types = [t for t in TaskType if t is not TaskType.EVALUATE]
             client.preload(router.first_calls([], planner=True) + router.first_calls(types))
@@ -668,6 +709,7 @@ class Orchestrator:
     def _settings(self, threshold: float) -> dict[str, Any]:
         return {
             **self.extra_settings,
+            "policies": [p.to_dict() for p in self.policies],
             "quality_threshold": threshold,
             "concurrency": self.max_concurrency,
             "min_tasks": self.min_tasks,

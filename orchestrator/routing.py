@@ -9,6 +9,7 @@ from .catalog import Catalog, Model
 from .errors import UnknownModelError
 from .models import ModelProfile, TaskType
 from .optimization import Candidate, OptimizationBackend, Ranked, RoutingTableBackend
+from .planner import ConstraintPlanner, Screened
 
 # The design document's priority lists, by the names it uses; the catalog maps each name to a
 # current model id, and a user catalog file can re-point any of them.
@@ -33,7 +34,8 @@ TYPICAL_PROMPT_TOKENS = 2000
 @dataclass(frozen=True)
 class Decision:
     """One model selection: for what, by which backend, the chain it produced (each model with
-    the reason for its place) and the models kept at the back with why."""
+    the reason for its place), the models kept at the back and those a policy excluded, with
+    why, and what the chosen models still violate under SOFT or MONITOR policies."""
 
     role: str  # planner, generation, critic or evaluator
     task_type: TaskType | None
@@ -41,6 +43,8 @@ class Decision:
     backend: str
     ranked: tuple[Ranked, ...]
     held_back: tuple[tuple[Model, str], ...] = ()
+    excluded: tuple[tuple[Model, str], ...] = ()
+    violations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # model key -> text
 
     @property
     def chain(self) -> list[Model]:
@@ -59,7 +63,13 @@ class Decision:
         first = self.ranked[0] if self.ranked else None
         why = first.reason if first is not None else dict(self.held_back)[self.chosen]
         order = ", ".join(m.value for m in self.chain)
-        return f"{what}: {self.chosen.value} ({self.backend}: {why}); then {order}"
+        line = f"{what}: {self.chosen.value} ({self.backend}: {why}); then {order}"
+        if self.excluded:
+            line += f"; {len(self.excluded)} excluded by policy"
+        recorded = self.violations.get(self.chosen.key)
+        if recorded:
+            line += f"; policy violations allowed: {'; '.join(recorded)}"
+        return line
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class Router:
     backend: OptimizationBackend = field(default_factory=RoutingTableBackend)
     profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
     on_decision: Callable[[Decision], None] | None = None
+    planner: ConstraintPlanner = field(default_factory=ConstraintPlanner)
 
     def max_tokens(self, task_type: TaskType) -> int:
         return ROUTING_TABLE[task_type][1]
@@ -138,25 +149,39 @@ class Router:
             )
             for model in self.usable
         ]
-        ranked = self.backend.rank(candidates)
+        screened = self.planner.screen(candidates)
+        ranked = self.backend.rank(screened.allowed)
         if away_from is not None:
             ranked = _away_from(away_from, ranked)
+        ready = [r for r in ranked if self._ready(r.model, screened)]
         held_back = tuple(
-            (r.model, f"held back: failing recently ({r.reason})")
+            (r.model, f"held back: {self._held_because(r.model, screened)} ({r.reason})")
             for r in ranked
-            if not self.healthy(r.model)
+            if not self._ready(r.model, screened)
         )
         decision = Decision(
             role=role,
             task_type=task_type,
             task_id=task_id,
             backend=self.backend.name,
-            ranked=tuple(r for r in ranked if self.healthy(r.model)),
+            ranked=tuple(ready),
             held_back=held_back,
+            excluded=tuple(screened.excluded),
+            violations={
+                key: tuple(str(v) for v in found) for key, found in screened.violations.items()
+            },
         )
         if self.on_decision is not None:
             self.on_decision(decision)
         return decision.chain
+
+    def _ready(self, model: Model, screened: Screened) -> bool:
+        return self.healthy(model) and model.key not in screened.unaffordable
+
+    def _held_because(self, model: Model, screened: Screened) -> str:
+        if not self.healthy(model):
+            return "failing recently"
+        return "a call may cost more than the budget left"
 
     def _profile(self, model: Model) -> ModelProfile:
         profile = self.profiles.get(model.key)
