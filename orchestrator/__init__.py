@@ -7,6 +7,7 @@ from .budget import Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model, Price, ProviderSpec
 from .client import Completion, UnifiedClient
+from .cost import CostForecaster, CostPredictor, ForecastReport, RiskLevel
 from .engine import Orchestrator
 from .errors import (
     CatalogError,
@@ -58,10 +59,13 @@ __all__ = [
     "Completion",
     "ConfigError",
     "ConstraintPlanner",
+    "CostForecaster",
+    "CostPredictor",
     "Decision",
     "DiskCache",
     "EnforcementMode",
     "Event",
+    "ForecastReport",
     "GreedyBackend",
     "Message",
     "Model",
@@ -84,6 +88,7 @@ __all__ = [
     "ProviderError",
     "ProviderSpec",
     "RetryPolicy",
+    "RiskLevel",
     "Router",
     "RoutingTableBackend",
     "StateManager",

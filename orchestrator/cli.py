@@ -21,15 +21,18 @@ from . import __version__, providers
 from .budget import Budget
 from .catalog import Catalog
 from .client import UnifiedClient
+from .cost import CostForecaster, CostPredictor
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
-from .models import ProjectState, ProjectStatus
+from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from .optimization import BACKENDS
 from .output_writer import OutputError, write_outputs
-from .policy import PolicySet
+from .planner import ConstraintPlanner
+from .policy import PolicyEngine, PolicySet
 from .policy_dsl import PolicyAnalyzer, load_policy_file
 from .progress import ProgressPrinter, format_usd, results_table, text_table
 from .project_file import ProjectSpec, check_project_id, load_project_file
+from .routing import Router
 from .settings import CATALOG_ENV, load_environment
 from .state import StateManager
 
@@ -104,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="policy file (YAML or JSON: global / team / job policies) every model choice obeys",
     )
     governance.add_argument("--team", help="the team whose policies apply (with --policy)")
+    governance.add_argument(
+        "--forecast",
+        action="store_true",
+        help="print the expected cost of the project and its risk to the budget, calling no "
+        "model (no key needed), and exit",
+    )
     governance.add_argument("--job", metavar="ID", help="the job whose policies apply")
     limits.add_argument(
         "--routing",
@@ -187,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _probe_output_dir(args.output_dir)
             return asyncio.run(_resume(args))
         spec = _project_spec(args)
+        if args.forecast:
+            sys.stdout.write(forecast_text(spec, args))
+            return EXIT_SUCCESS
         _probe_output_dir(spec.output_dir)
         spec.project_id = project_id = spec.project_id or new_project_id()
         return asyncio.run(_run(spec, args))
@@ -421,6 +433,61 @@ def _policies(args: argparse.Namespace) -> PolicySet | None:
     for warning in report.warnings:
         print(f"orchestrator: warning: {warning}", file=sys.stderr)
     return policies
+
+
+# Without a task list, a forecast assumes a plan this long (the middle of what is asked for).
+ASSUMED_PLAN_TASKS = 10
+
+
+def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
+    """The ``--forecast`` report: what the project is expected to cost with the models this
+    routing would choose, and what that assumes."""
+    env = load_environment()
+    catalog = Catalog.load(args.catalog, env=env)
+    keyed = set(catalog.usable_providers(env))
+    profiles = {
+        key: profile
+        for key, profile in build_default_profiles(catalog).items()
+        if not keyed or profile.provider in keyed
+    }
+    routing = args.routing or "table"
+    models = tuple(p.model for p in profiles.values())
+    engine = PolicyEngine(_policies(args) or ())
+    router = Router(
+        catalog, models, backend=BACKENDS[routing](), profiles=profiles,
+        planner=ConstraintPlanner(engine),
+    )  # fmt: skip
+    tasks = list(spec.tasks.values()) if spec.tasks else None
+    assumptions = []
+    if tasks is None:
+        tasks = [
+            Task(f"t{i}", TaskType.CODE_GEN, spec.description) for i in range(ASSUMED_PLAN_TASKS)
+        ]
+        assumptions.append(
+            f"no task list: the planner's call and {ASSUMED_PLAN_TASKS} tasks, each priced as "
+            "code generation (give tasks: in a project file for a closer figure)"
+        )
+    budget = Budget(max_usd=_or(spec.budget, 8.0))
+    report = CostForecaster.forecast(
+        tasks, profiles, CostPredictor(), budget, router=router, decomposition=spec.tasks is None
+    )
+    assumptions += report.assumptions
+    assumptions.append(
+        f"routing {routing}, over "
+        + (f"the providers with a key ({', '.join(sorted(keyed))})" if keyed else
+           "every catalog model (no provider key is set)")
+        + "; catalog prices of a 2,000-token prompt and a full-length answer"
+    )  # fmt: skip
+    rows = [("phase", "expected")]
+    rows += [(phase, format_usd(usd)) for phase, usd in report.estimated_per_phase.items()]
+    share = report.estimated_total_usd / budget.max_usd
+    lines = [f"forecast for {len(tasks)} tasks; no model was called", *text_table(rows)]
+    lines.append(
+        f"total {format_usd(report.estimated_total_usd)} of {format_usd(budget.max_usd)} "
+        f"({share:.0%}): risk {report.risk_level.value}"
+    )
+    lines += [f"assumes: {a}" for a in assumptions]
+    return "\n".join(lines) + "\n"
 
 
 def _progress(args: argparse.Namespace, budget: Budget | None = None) -> ProgressPrinter:

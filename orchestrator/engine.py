@@ -20,6 +20,7 @@ from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Model
 from .client import UnifiedClient
+from .cost import CostPredictor
 from .errors import (
     ConfigError,
     NoProvidersError,
@@ -106,6 +107,7 @@ class Orchestrator:
         extra_settings: Mapping[str, Any] | None = None,
         optimization_backend: OptimizationBackend | None = None,
         policies: Iterable[Policy] | None = None,
+        cost_predictor: CostPredictor | None = None,
     ) -> None:
         _check_threshold(quality_threshold)
         self.budget = budget or Budget()
@@ -132,6 +134,9 @@ class Orchestrator:
         # Checked at every model choice of this orchestrator's runs (``orchestrator.policy``);
         # a resumed project keeps the ones it was started with unless others are given here.
         self.policies = PolicySet(policies or ())
+        # What calls of each model and task type cost: routing and forecasts use it, every
+        # answered call feeds it, and it is saved with each project it ran.
+        self.cost_predictor = cost_predictor or CostPredictor()
         # What this orchestrator's runs measured about each model (quality, trust, latency),
         # by ``provider/id``; built from the client's catalog at the first run.
         self.profiles: dict[str, ModelProfile] = {}
@@ -268,6 +273,8 @@ class Orchestrator:
             state.tasks, state.execution_order = saved.tasks, saved.execution_order
         for task_id, record in saved.results.items():
             state.results[task_id] = TaskResult.from_record(record, resolve)
+        if saved.status not in FINISHED and session.store is not None:
+            self.cost_predictor.load(await session.store.cost_estimates(saved.project_id))
         if saved.status not in FINISHED:
             session.policies = self.policies or PolicySet(
                 Policy(**entry) for entry in settings.get("policies") or []
@@ -324,6 +331,8 @@ class Orchestrator:
             state.api_health = session.client.api_health()
             if session.may_write:
                 assert session.store is not None
+                estimates = self.cost_predictor.export()
+                await asyncio.shield(session.store.save_cost_estimates(state.project_id, estimates))
                 owner = session.lease.owner if session.lease else None
                 # Shielded: the final status must be written even while being cancelled.
                 await asyncio.shield(
@@ -641,6 +650,7 @@ class Orchestrator:
             profiles=self.profiles,
             on_decision=self._decided,
             planner=planner,
+            cost_model=self.cost_predictor,
         )
 
     def _refuse_uncovered(self, session: _Session, tasks: Mapping[str, Task] | None) -> None:

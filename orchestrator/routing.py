@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from .catalog import Catalog, Model
 from .errors import UnknownModelError
@@ -29,6 +30,20 @@ CRITIQUE_MAX_TOKENS = 1024
 
 # A job's cost is estimated for a prompt this long and an answer as long as the job allows.
 TYPICAL_PROMPT_TOKENS = 2000
+
+
+class CallCostModel(Protocol):
+    """What calls cost as measured (``orchestrator.cost.CostPredictor``)."""
+
+    def predict(self, model: Model, task_type: TaskType) -> float: ...
+
+    def samples(self, model: Model, task_type: TaskType) -> int: ...
+
+    def record(self, model: Model, task_type: TaskType, actual_cost_usd: float) -> None: ...
+
+
+# The task type a role's calls are measured under, when it is not the task's own.
+ROLE_TASK_TYPES = {"critic": TaskType.CODE_REVIEW, "evaluator": TaskType.EVALUATE}
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,8 @@ class Router:
     profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
     on_decision: Callable[[Decision], None] | None = None
     planner: ConstraintPlanner = field(default_factory=ConstraintPlanner)
+    # Measured call costs replace the catalog estimate once a (model, task type) has any.
+    cost_model: CallCostModel | None = None
 
     def max_tokens(self, task_type: TaskType) -> int:
         return ROUTING_TABLE[task_type][1]
@@ -141,10 +158,11 @@ class Router:
         output_tokens: int,
         away_from: Model | None = None,
     ) -> list[Model]:
+        measured_as = ROLE_TASK_TYPES.get(role, task_type)
         candidates = [
             Candidate(
                 profile=(profile := self._profile(model)),
-                cost_usd=profile.cost_per_call(TYPICAL_PROMPT_TOKENS, output_tokens),
+                cost_usd=self._call_cost(profile, measured_as, output_tokens),
                 table_rank=preferred.index(model) if model in preferred else None,
             )
             for model in self.usable
@@ -174,6 +192,15 @@ class Router:
         if self.on_decision is not None:
             self.on_decision(decision)
         return decision.chain
+
+    def _call_cost(
+        self, profile: ModelProfile, task_type: TaskType | None, output_tokens: int
+    ) -> float:
+        model = profile.model
+        costs = self.cost_model
+        if costs is not None and task_type is not None and costs.samples(model, task_type):
+            return costs.predict(model, task_type)
+        return profile.cost_per_call(TYPICAL_PROMPT_TOKENS, output_tokens)
 
     def _ready(self, model: Model, screened: Screened) -> bool:
         return self.healthy(model) and model.key not in screened.unaffordable

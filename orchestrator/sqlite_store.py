@@ -41,6 +41,7 @@ class SQLiteStore:
         schema: Sequence[str],
         error: type[OrchestratorError],
         synchronous: str = "NORMAL",
+        additions: Sequence[str] = (),
     ) -> None:
         self.path = path
         # FULL fsyncs every commit (a power loss keeps it); NORMAL may lose the last ones.
@@ -48,6 +49,9 @@ class SQLiteStore:
         self.kind = kind
         self.format_tag = format_tag
         self.schema = tuple(schema)
+        # Idempotent statements (CREATE TABLE IF NOT EXISTS ...) for what later versions added:
+        # run at every open, so a file made by an earlier version gains them in place.
+        self.additions = tuple(additions)
         self.error = error
         self._db: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
@@ -138,6 +142,8 @@ class SQLiteStore:
             # file, so it must wait until we know the file is empty or already ours.
             if await self._inspect(db) == "empty":
                 await self._create_schema(db)
+            if self.additions:
+                await uninterrupted(_atomically(db, [(sql, ()) for sql in self.additions]))
             await self._enable_wal(db)
             await _run(db, f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.Error as exc:

@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ _SCHEMA = (
     " cost_usd REAL NOT NULL, elapsed_seconds REAL NOT NULL, entry BLOB,"
     " created_at REAL NOT NULL, PRIMARY KEY (project_id, key))",
     "CREATE INDEX journal_task ON journal (project_id, task_id)",
+)
+# Tables added since the format was first released; a file made before them gains them.
+_ADDITIONS = (
+    "CREATE TABLE IF NOT EXISTS cost_estimates ("
+    " project_id TEXT NOT NULL, model TEXT NOT NULL, task_type TEXT NOT NULL,"
+    " average_usd REAL NOT NULL, samples INTEGER NOT NULL,"
+    " PRIMARY KEY (project_id, model, task_type))",
 )
 
 
@@ -100,6 +108,7 @@ class StateManager:
             kind="state",
             format_tag=STATE_FORMAT,
             schema=_SCHEMA,
+            additions=_ADDITIONS,
             error=StateError,
             # Paid calls are journaled here: a commit must survive a power loss or an OS crash.
             synchronous="FULL",
@@ -227,6 +236,7 @@ class StateManager:
         await self._store.transaction(
             [
                 ("DELETE FROM journal WHERE project_id = ?", (project_id,)),
+                ("DELETE FROM cost_estimates WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM results WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM projects WHERE id = ?", (project_id,)),
             ]
@@ -436,6 +446,32 @@ class StateManager:
                 None if entry is None else _pack(entry),
                 time.time(),
             ),
+        )
+
+    # -- what calls cost, learnt per model and task type -----------------------------------------
+    async def cost_estimates(self, project_id: str) -> list[tuple[str, str, float, int]]:
+        """(model key, task type, moving average USD per call, samples) the project learnt."""
+        rows = await self._store.run(
+            "SELECT model, task_type, average_usd, samples FROM cost_estimates"
+            " WHERE project_id = ?",
+            (project_id,),
+        )
+        return [(str(m), str(t), float(a), int(n)) for m, t, a, n in rows]
+
+    async def save_cost_estimates(
+        self, project_id: str, estimates: Iterable[tuple[str, str, float, int]]
+    ) -> None:
+        await self._store.transaction(
+            [
+                (
+                    "INSERT INTO cost_estimates (project_id, model, task_type, average_usd,"
+                    " samples) VALUES (?, ?, ?, ?, ?) ON CONFLICT (project_id, model, task_type)"
+                    " DO UPDATE SET average_usd = excluded.average_usd,"
+                    " samples = excluded.samples",
+                    (project_id, model, task_type, average, samples),
+                )
+                for model, task_type, average, samples in estimates
+            ]
         )
 
 

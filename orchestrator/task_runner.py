@@ -26,7 +26,7 @@ from .prompts import (
     task_prompt,
 )
 from .providers.base import Message
-from .routing import CRITIQUE_MAX_TOKENS, ROUTING_TABLE, Router
+from .routing import CRITIQUE_MAX_TOKENS, ROLE_TASK_TYPES, ROUTING_TABLE, Router
 from .sandbox import NO_SANDBOX
 from .validators import run_validators
 
@@ -36,6 +36,11 @@ PLATEAU_DELTA = 0.02
 CONSISTENCY_DELTA = 0.05
 EVALUATION_MAX_TOKENS = ROUTING_TABLE[TaskType.EVALUATE][1]
 CHARS_PER_TOKEN = 3  # conservative for code; trimming must never overflow a window
+# The task type a phase's calls are priced under, when it is not the task's own.
+PHASE_TASK_TYPES = {
+    "cross_review": ROLE_TASK_TYPES["critic"],
+    "evaluation": ROLE_TASK_TYPES["evaluator"],
+}
 
 
 class ChainExhausted(Exception):
@@ -391,6 +396,7 @@ class TaskRunner:
             self.result.cost_usd += answer.cost_usd
             if not (answer.from_cache or answer.replayed):
                 self._measured(model, answer.latency_seconds)
+                self._priced(model, phase, answer.cost_usd)
             for note in answer.notes:
                 line = f"{phase} ({model.value}): {note}"
                 if line not in self.result.notes:
@@ -423,6 +429,12 @@ class TaskRunner:
         profile = self.ctx.router.profiles.get(model.key)
         if profile is not None:
             profile.record_call(seconds or 0.0, ok=seconds is not None)
+
+    def _priced(self, model: Model, phase: str, cost_usd: float) -> None:
+        """What an answered call cost, into the run's cost predictor."""
+        predictor = self.ctx.router.cost_model
+        if predictor is not None:
+            predictor.record(model, PHASE_TASK_TYPES.get(phase, self.task.type), cost_usd)
 
     def _context(self, chain: list[Model]) -> str:
         """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""

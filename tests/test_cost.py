@@ -1,0 +1,130 @@
+"""The cost layer: predicted call costs that learn from the run, and forecasts before any spend."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import fake_env, run_cli
+from test_resume import FAST
+
+from orchestrator import Budget, Catalog, Orchestrator, UnifiedClient
+from orchestrator.cost import CostForecaster, CostPredictor, RiskLevel, typical_call_usd
+from orchestrator.models import ProjectStatus, Task, TaskType, build_default_profiles
+from orchestrator.optimization import GreedyBackend
+from orchestrator.state import StateManager
+
+CATALOG = Catalog.load(env={})
+KIMI = CATALOG.resolve("kimi")
+CODE_TASK = {"core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.")}
+
+
+def test_the_design_documents_predictor_example_runs():
+    predictor = CostPredictor(alpha=0.1)  # EMA; falls back to the catalog for unknown pairs
+
+    predictor.record(KIMI, TaskType.CODE_GEN, actual_cost_usd=0.000032)
+    est = predictor.predict(KIMI, TaskType.CODE_GEN)
+    cheapest = predictor.cheapest_model(
+        TaskType.CODE_GEN, candidates=[KIMI, CATALOG.resolve("claude-opus")]
+    )
+
+    assert est == 0.000032
+    assert cheapest is KIMI
+
+
+def test_the_moving_average_weighs_the_newest_call_by_alpha_and_unknown_pairs_use_prices():
+    predictor = CostPredictor(alpha=0.5)
+    predictor.record(KIMI, TaskType.CODE_GEN, 0.01)
+    predictor.record(KIMI, TaskType.CODE_GEN, 0.03)
+
+    assert predictor.predict(KIMI, TaskType.CODE_GEN) == pytest.approx(0.02)
+    assert predictor.samples(KIMI, TaskType.CODE_GEN) == 2
+    assert predictor.predict(KIMI, TaskType.SUMMARIZE) == typical_call_usd(KIMI, TaskType.SUMMARIZE)
+    with pytest.raises(ValueError):
+        CostPredictor(alpha=0)
+
+
+async def run(fake, **options):
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False, **options)
+        return await orch.run_project("[project] add", "add works", "p1", tasks=CODE_TASK)
+
+
+async def test_every_answered_call_feeds_the_predictor_and_it_is_saved_with_the_project(fake, llm):
+    predictor = CostPredictor()
+
+    state = await run(fake, cost_predictor=predictor)
+
+    author = state.results["core"].model_used
+    assert predictor.samples(author, TaskType.CODE_GEN) == 2  # the draft and the revision
+    assert predictor.predict(author, TaskType.CODE_GEN) > 0
+    async with StateManager() as store:
+        saved = {(m, t): n for m, t, _, n in await store.cost_estimates("p1")}
+    assert saved[(author.key, "code_generation")] == 2
+    assert any(t == "evaluation" for _, t in saved)  # evaluations are learnt apart
+
+    # A later orchestrator resuming the project starts from what it learnt.
+    fresh = CostPredictor()
+    fresh.load([(author.key, "code_generation", 0.5, 2)])
+    assert fresh.predict(author, TaskType.CODE_GEN) == 0.5
+
+
+async def test_routing_follows_measured_costs_once_there_are_some(fake, llm):
+    predictor = CostPredictor()
+    flash_lite = CATALOG.resolve("gemini-flash-lite")
+    predictor.record(flash_lite, TaskType.CODE_GEN, 5.0)  # measured: far dearer than listed
+
+    state = await run(fake, cost_predictor=predictor, optimization_backend=GreedyBackend())
+
+    assert state.status is ProjectStatus.SUCCESS
+    assert state.results["core"].model_used != flash_lite  # greedy's choice without the data
+
+
+def test_the_design_documents_forecast_example_runs_with_its_risk_levels():
+    tasks = [Task(f"t{i}", TaskType.CODE_GEN, "x") for i in range(3)]
+    predictor = CostPredictor(alpha=0.1)
+    profiles = build_default_profiles()
+
+    report = CostForecaster.forecast(tasks, profiles, predictor, budget=Budget(max_usd=10.0))
+
+    assert report.estimated_total_usd == pytest.approx(sum(report.estimated_per_phase.values()))
+    assert set(report.estimated_per_phase) == {
+        "decomposition", "generation", "cross_review", "evaluation",
+    }  # fmt: skip
+    assert report.risk_level is RiskLevel.LOW
+    total = report.estimated_total_usd
+    for budget, level in ((total / 0.49, "low"), (total / 0.6, "medium"), (total / 0.8, "high")):
+        again = CostForecaster.forecast(tasks, profiles, predictor, budget=Budget(max_usd=budget))
+        assert again.risk_level.value == level
+
+
+async def test_a_forecast_is_an_upper_estimate_of_a_run_that_passes_first_time(fake, llm):
+    llm.bill_max_output = True  # every answer as long as it may be, as the forecast assumes
+    tasks = {
+        t.id: t
+        for t in (
+            Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests."),
+            Task("docs", TaskType.WRITING, "[docs] Write a README section.", ["core"]),
+            Task("summary", TaskType.SUMMARIZE, "[summary] Summarise the work.", ["docs"]),
+        )
+    }
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False)
+        profiles = build_default_profiles(client.catalog)
+        forecast = CostForecaster.forecast(tasks, profiles, budget=Budget(max_usd=5.0))
+        state = await orch.run_project("[project] add", "add works", tasks=tasks)
+
+    spent = state.budget.spent_usd
+    print(f"forecast ${forecast.estimated_total_usd:.4f}, spent ${spent:.4f}")
+    assert state.status is ProjectStatus.SUCCESS
+    # Full-length answers, prompts shorter than the 2,000 tokens assumed: 71 % of it here.
+    assert 0.6 * forecast.estimated_total_usd <= spent <= forecast.estimated_total_usd
+
+
+def test_forecast_on_the_command_line_calls_nothing_and_needs_no_key(tmp_path, fake):
+    result = run_cli("-p", "A rate limiter", "-c", "tests pass", "--forecast", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "no model was called" in result.stdout
+    assert "risk low" in result.stdout
+    assert "assumes: no task list: the planner's call and 10 tasks" in result.stdout
+    assert "every catalog model (no provider key is set)" in result.stdout
+    assert fake.count() == 0
