@@ -23,7 +23,7 @@ from .schemas import best_match, shipped
 
 if TYPE_CHECKING:
     from jsonschema import ValidationError
-from .settings import CATALOG_ENV, first_set
+from .settings import CATALOG_ENV, first_set, read_user_file
 
 DEFAULT_QUALITY = 0.7  # for a model whose catalog entry gives no prior
 _MODEL_FIELDS_REQUIRED = ("price", "context_window", "max_output_tokens")
@@ -191,13 +191,7 @@ def _builtin_document() -> dict[str, Any]:
 
 
 def _read_document(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CatalogError(f"catalog file {path}: cannot be read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise CatalogError(f"catalog file {path}: not UTF-8 text") from None
-    return _parse(text, str(path))
+    return _parse(read_user_file(path, f"catalog file {path}", CatalogError), str(path))
 
 
 def _parse(text: str, origin: str, *, check: bool = True) -> dict[str, Any]:

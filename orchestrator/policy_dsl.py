@@ -20,6 +20,7 @@ import yaml
 from .errors import ConfigError
 from .policy import Policy, PolicyHierarchy
 from .schemas import best_match, shipped
+from .settings import read_user_file
 from .taskgraph import explain_schema_error
 
 
@@ -31,12 +32,7 @@ def load_policy_file(path: str | Path) -> PolicyHierarchy:
     """The hierarchy a policy file describes; ``PolicyError`` names the file and the entry."""
     file = Path(path)
     origin = f"policy file {file}"
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{origin}: cannot be read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise PolicyError(f"{origin}: not UTF-8 text") from None
+    text = read_user_file(file, origin, PolicyError)
     try:
         document = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -18,6 +18,7 @@ import yaml
 from .errors import ConfigError
 from .models import Task
 from .schemas import best_match, shipped, shipped_schema
+from .settings import read_user_file
 from .taskgraph import TaskGraphError, describe_schema_error, parse_tasks
 
 # Each field may be spelled the way the CLI flag is or the way the Python API is.
@@ -102,14 +103,7 @@ def check_project_id(project_id: str) -> None:
 
 
 def _read(file: Path, origin: str) -> dict[str, Any]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProjectFileError(f"{origin}: no such file") from None
-    except OSError as exc:
-        raise ProjectFileError(f"{origin}: cannot be read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ProjectFileError(f"{origin}: not UTF-8 text") from None
+    text = read_user_file(file, origin, ProjectFileError)
     try:
         document = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:

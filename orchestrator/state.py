@@ -316,18 +316,17 @@ class StateManager:
         try:
             return ProjectStatus(rows[0][0]), json.loads(rows[0][1])
         except ValueError as exc:
-            raise StateError(
-                f"state file {self.path}: project {project_id!r} cannot be read ({exc})"
-            ) from exc
+            raise self._unreadable(project_id, exc) from exc
 
     async def load(self, project_id: str) -> SavedProject:
         try:
             return await self._load(project_id)
         except (ValueError, KeyError, TypeError, zlib.error) as exc:
             # Hand-edited or damaged rows: name the file rather than show a traceback.
-            raise StateError(
-                f"state file {self.path}: project {project_id!r} cannot be read ({exc})"
-            ) from exc
+            raise self._unreadable(project_id, exc) from exc
+
+    def _unreadable(self, project_id: str, exc: Exception) -> StateError:
+        return StateError(f"state file {self.path}: project {project_id!r} cannot be read ({exc})")
 
     async def _load(self, project_id: str) -> SavedProject:
         rows = await self._store.run(

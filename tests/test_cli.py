@@ -137,7 +137,7 @@ INVALID_CATALOGS = [
     ),
     pytest.param("models:\n  - id: x\n   provider: [\n", "line 3", id="bad-yaml"),
     pytest.param("modles: []\n", "'modles'", id="unknown-key"),
-    pytest.param(None, "cannot be read", id="missing-file"),
+    pytest.param(None, "no such file", id="missing-file"),
     pytest.param(
         b"models:\n  - id: x\n    provider: openai\n    source: caf\xe9\n",
         "catalog.yaml",
