@@ -7,7 +7,14 @@ from .budget import Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model, Price, ProviderSpec
 from .client import Completion, UnifiedClient
-from .cost import CostForecaster, CostPredictor, ForecastReport, RiskLevel
+from .cost import (
+    BudgetCapExceeded,
+    BudgetHierarchy,
+    CostForecaster,
+    CostPredictor,
+    ForecastReport,
+    RiskLevel,
+)
 from .engine import Orchestrator
 from .errors import (
     CatalogError,
@@ -53,7 +60,9 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 
 __all__ = [
     "Budget",
+    "BudgetCapExceeded",
     "BudgetExceeded",
+    "BudgetHierarchy",
     "Catalog",
     "CatalogError",
     "Completion",

@@ -21,7 +21,7 @@ from . import __version__, providers
 from .budget import Budget
 from .catalog import Catalog
 from .client import UnifiedClient
-from .cost import CostForecaster, CostPredictor
+from .cost import BudgetHierarchy, CostForecaster, CostPredictor
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
@@ -106,14 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="policy file (YAML or JSON: global / team / job policies) every model choice obeys",
     )
-    governance.add_argument("--team", help="the team whose policies apply (with --policy)")
+    governance.add_argument(
+        "--team", help="the team the run is for: its policies apply and its budget cap is charged"
+    )
     governance.add_argument(
         "--forecast",
         action="store_true",
         help="print the expected cost of the project and its risk to the budget, calling no "
         "model (no key needed), and exit",
     )
-    governance.add_argument("--job", metavar="ID", help="the job whose policies apply")
+    governance.add_argument(
+        "--job", metavar="ID", help="the job the run is for: its policies and its budget cap"
+    )
+    for scope, what in (("org", "every project in the state file"), ("team", "--team's runs"),
+                        ("job", "--job's runs")):  # fmt: skip
+        governance.add_argument(
+            f"--{scope}-cap",
+            type=float,
+            metavar="USD",
+            help=f"a cap on what {what} may spend in all, saved for later runs; a run that "
+            "could pass a cap is refused before any spend",
+        )
     limits.add_argument(
         "--routing",
         choices=sorted(BACKENDS),
@@ -309,11 +322,12 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             extra_settings=settings,
             optimization_backend=BACKENDS[routing](),
             policies=_policies(args),
+            budget_hierarchy=_caps(args),
         )
         with printer:  # the live area is gone before the results or an error is printed
             state = await orchestrator.run_project(
                 spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
-                restart=args.restart,
+                restart=args.restart, team=args.team, job_id=args.job,
             )  # fmt: skip
     return await _report(state, spec.output_dir, args.overwrite)
 
@@ -347,6 +361,7 @@ async def _resume(args: argparse.Namespace) -> int:
                 },
                 optimization_backend=BACKENDS[routing](),
                 policies=_policies(args),
+                budget_hierarchy=_caps(args),
             )
             if status in FINISHED:
                 print(
@@ -418,12 +433,25 @@ async def _guarded() -> AsyncIterator[None]:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _caps(args: argparse.Namespace) -> BudgetHierarchy:
+    for scope in ("team", "job"):
+        if getattr(args, f"{scope}_cap") is not None and not getattr(args, scope):
+            raise OrchestratorError(f"--{scope}-cap needs --{scope} to say whose cap it is")
+    for scope in ("org", "team", "job"):
+        cap = getattr(args, f"{scope}_cap")
+        if cap is not None and not (cap > 0 and math.isfinite(cap)):
+            raise OrchestratorError(f"--{scope}-cap must be a positive number of dollars")
+    return BudgetHierarchy(
+        org_max_usd=args.org_cap,
+        team_budgets={args.team: args.team_cap} if args.team_cap is not None else None,
+        job_budgets={args.job: args.job_cap} if args.job_cap is not None else None,
+    )
+
+
 def _policies(args: argparse.Namespace) -> PolicySet | None:
     """The policies ``--policy`` gives for ``--team`` / ``--job``; their contradictions refuse
     the run, their warnings are printed."""
     if args.policy is None:
-        if args.team or args.job:
-            raise OrchestratorError("--team and --job select policies: give --policy FILE too")
         return None
     policies = load_policy_file(args.policy).policies_for(team=args.team, job_id=args.job)
     report = PolicyAnalyzer.analyze(policies)

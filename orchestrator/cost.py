@@ -15,7 +15,9 @@ from enum import StrEnum
 
 from .budget import Budget
 from .catalog import Catalog, Model
+from .errors import ConfigError
 from .models import ModelProfile, Task, TaskType
+from .progress import format_usd
 from .routing import (
     CRITIQUE_MAX_TOKENS,
     DECOMPOSITION_MAX_TOKENS,
@@ -153,3 +155,76 @@ class CostForecaster:
             "each further iteration adds about the same again"
         ]
         return ForecastReport(total, phases, risk, budget.max_usd, per_task, assumptions)
+
+
+class BudgetCapExceeded(ConfigError, ValueError):
+    """A run that could take an organisation, team or job past its cap: refused unpaid."""
+
+
+class BudgetHierarchy:
+    """Caps across runs: the organisation's (every project in the state file), each team's and
+    each job's, in USD. Spend is what the projects charged to them paid (their journals), so it
+    survives restarts; runs of this process in flight also hold what they may still spend, so
+    runs started together (an ``AgentPool``) never overshoot a cap between them."""
+
+    def __init__(
+        self,
+        org_max_usd: float | None = None,
+        team_budgets: Mapping[str, float] | None = None,
+        job_budgets: Mapping[str, float] | None = None,
+    ) -> None:
+        self.caps: dict[str, float] = {}
+        if org_max_usd is not None:
+            self.caps["org"] = float(org_max_usd)
+        self.caps.update({f"team:{t}": float(c) for t, c in (team_budgets or {}).items()})
+        self.caps.update({f"job:{j}": float(c) for j, c in (job_budgets or {}).items()})
+        for scope, cap in self.caps.items():
+            if not cap > 0 or cap == float("inf"):
+                raise ValueError(f"the {_scope_name(scope)} cap must be a positive amount")
+        self._holds: dict[int, tuple[tuple[str, ...], float]] = {}
+        self._next_hold = 0
+
+    def hold(
+        self,
+        spent: Mapping[str, float],
+        caps: Mapping[str, float],
+        may_spend: float,
+        team: str | None,
+        job_id: str | None,
+    ) -> int:
+        """Set ``may_spend`` aside in every scope of the run, or raise ``BudgetCapExceeded``
+        naming the first cap it could pass and by how much. ``spent`` is what the scopes paid
+        so far, ``caps`` the caps in force (this hierarchy's over the saved ones)."""
+        scopes = (
+            "org",
+            *([f"team:{team}"] if team else []),
+            *([f"job:{job_id}"] if job_id else []),
+        )
+        for scope in scopes:
+            cap = caps.get(scope)
+            if cap is None:
+                continue
+            held = sum(
+                amount for held_scopes, amount in self._holds.values() if scope in held_scopes
+            )
+            committed = spent.get(scope, 0.0) + held
+            if committed + may_spend > cap + 1e-12:
+                over = committed + may_spend - cap
+                paid = format_usd(spent.get(scope, 0.0))
+                raise BudgetCapExceeded(
+                    f"the {_scope_name(scope)} budget of {format_usd(cap)} could be exceeded by "
+                    f"{format_usd(over)}: {paid} spent, {format_usd(held)} held by runs in "
+                    f"progress, and this run may spend up to {format_usd(may_spend)}"
+                )
+        self._next_hold += 1
+        self._holds[self._next_hold] = (scopes, may_spend)
+        return self._next_hold
+
+    def release(self, hold: int) -> None:
+        """The run ended: what it spent is in its journal now."""
+        self._holds.pop(hold, None)
+
+
+def _scope_name(scope: str) -> str:
+    kind, _, name = scope.partition(":")
+    return {"org": "organisation", "team": f"team {name}", "job": f"job {name}"}[kind]

@@ -20,7 +20,7 @@ from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Model
 from .client import UnifiedClient
-from .cost import CostPredictor
+from .cost import BudgetHierarchy, CostPredictor
 from .errors import (
     ConfigError,
     NoProvidersError,
@@ -108,6 +108,7 @@ class Orchestrator:
         optimization_backend: OptimizationBackend | None = None,
         policies: Iterable[Policy] | None = None,
         cost_predictor: CostPredictor | None = None,
+        budget_hierarchy: BudgetHierarchy | None = None,
     ) -> None:
         _check_threshold(quality_threshold)
         self.budget = budget or Budget()
@@ -137,6 +138,9 @@ class Orchestrator:
         # What calls of each model and task type cost: routing and forecasts use it, every
         # answered call feeds it, and it is saved with each project it ran.
         self.cost_predictor = cost_predictor or CostPredictor()
+        # Caps across runs (organisation, team, job), saved in the state file for later runs;
+        # share one between orchestrators that run at once so they hold money together.
+        self.budget_hierarchy = budget_hierarchy or BudgetHierarchy()
         # What this orchestrator's runs measured about each model (quality, trust, latency),
         # by ``provider/id``; built from the client's catalog at the first run.
         self.profiles: dict[str, ModelProfile] = {}
@@ -156,8 +160,14 @@ class Orchestrator:
         tasks: Mapping[str, Task] | None = None,
         quality_threshold: float | None = None,
         restart: bool = False,
+        team: str | None = None,
+        job_id: str | None = None,
     ) -> ProjectState:
         """Run a new project and return its final state; failures are statuses, not raises.
+
+        ``team`` and ``job_id`` charge the run to those budget caps (``budget_hierarchy``, and
+        caps saved by earlier runs): a run that could pass one is refused with
+        ``BudgetCapExceeded`` before anything is paid.
 
         An existing ``project_id`` with the same inputs continues that project (as ``resume``
         does, with this orchestrator's budget, time limit and threshold); with other inputs
@@ -178,7 +188,10 @@ class Orchestrator:
             budget=self._fresh_budget(),
             quality_threshold=threshold,
         )
-        async with self._session() as session:
+        async with (
+            self._session() as session,
+            self._capped(session, team, job_id, self.budget.max_usd),
+        ):
             session.policies = self.policies
             self._refuse_uncovered(session, tasks)
             self._preload(session, tasks, done=set())
@@ -191,7 +204,7 @@ class Orchestrator:
                     criteria=success_criteria,
                     max_usd=self.budget.max_usd,
                     max_time_seconds=self.budget.max_time_seconds,
-                    settings=self._settings(threshold),
+                    settings={**self._settings(threshold), "team": team, "job": job_id},
                 )
                 if not created:
                     saved = await session.store.load(state.project_id)
@@ -233,9 +246,12 @@ class Orchestrator:
         async with self._session() as session:
             assert session.store is not None
             saved = await session.store.load(project_id)
-            return await self._continue(
-                session, saved, max_usd, max_time_seconds, quality_threshold
-            )
+            may_spend = _given(max_usd, saved.max_usd) - saved.spent_usd
+            team, job_id = saved.settings.get("team"), saved.settings.get("job")
+            async with self._capped(session, team, job_id, max(0.0, may_spend)):
+                return await self._continue(
+                    session, saved, max_usd, max_time_seconds, quality_threshold
+                )
 
     # -- the run -------------------------------------------------------------------------------
     async def _continue(
@@ -631,6 +647,29 @@ class Orchestrator:
                 if storage is not None:
                     await storage.open()
             yield _Session(client, cache, store)
+
+    @asynccontextmanager
+    async def _capped(
+        self, session: _Session, team: str | None, job_id: str | None, may_spend: float
+    ) -> AsyncIterator[None]:
+        """Hold ``may_spend`` against the organisation's, the team's and the job's caps while
+        the run goes on (``BudgetCapExceeded`` if it could pass one)."""
+        store, hierarchy = session.store, self.budget_hierarchy
+        if store is None:
+            yield
+            return
+        if hierarchy.caps:
+            await store.save_budget_caps(hierarchy.caps)  # for later runs and processes
+        caps = await store.budget_caps()
+        if not caps:
+            yield
+            return
+        spent = await store.scope_spend(team, job_id)
+        hold = hierarchy.hold(spent, caps, may_spend, team, job_id)
+        try:
+            yield
+        finally:
+            hierarchy.release(hold)
 
     def _router(self, session: _Session, budget: Budget | None = None) -> Router:
         """The model chooser of a run: this orchestrator's backend and profiles, the run's

@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ _ADDITIONS = (
     " project_id TEXT NOT NULL, model TEXT NOT NULL, task_type TEXT NOT NULL,"
     " average_usd REAL NOT NULL, samples INTEGER NOT NULL,"
     " PRIMARY KEY (project_id, model, task_type))",
+    "CREATE TABLE IF NOT EXISTS budget_caps (scope TEXT PRIMARY KEY, max_usd REAL NOT NULL)",
 )
 
 
@@ -472,6 +473,43 @@ class StateManager:
                 for model, task_type, average, samples in estimates
             ]
         )
+
+    # -- caps across runs: the organisation (every project here), a team, a job -----------------
+    async def budget_caps(self) -> dict[str, float]:
+        """Saved caps by scope: ``org``, ``team:NAME``, ``job:ID``."""
+        rows = await self._store.run("SELECT scope, max_usd FROM budget_caps")
+        return {str(scope): float(cap) for scope, cap in rows}
+
+    async def save_budget_caps(self, caps: Mapping[str, float]) -> None:
+        await self._store.transaction(
+            [
+                (
+                    "INSERT INTO budget_caps (scope, max_usd) VALUES (?, ?)"
+                    " ON CONFLICT (scope) DO UPDATE SET max_usd = excluded.max_usd",
+                    (scope, cap),
+                )
+                for scope, cap in caps.items()
+            ]
+        )
+
+    async def scope_spend(self, team: str | None, job_id: str | None) -> dict[str, float]:
+        """What every project here spent (``org``), and those charged to ``team`` / ``job_id``
+        (their ``team`` / ``job`` setting): from the journal, so nothing paid is missed."""
+        charged_to = (
+            "COALESCE(SUM(CASE WHEN json_extract(p.settings, ?) = ? THEN j.cost_usd END), 0)"
+        )
+        rows = await self._store.run(
+            f"SELECT COALESCE(SUM(j.cost_usd), 0), {charged_to}, {charged_to}"
+            " FROM journal j JOIN projects p ON p.id = j.project_id",
+            ("$.team", team, "$.job", job_id),
+        )
+        org, team_spent, job_spent = rows[0]
+        spent = {"org": float(org)}
+        if team is not None:
+            spent[f"team:{team}"] = float(team_spent)
+        if job_id is not None:
+            spent[f"job:{job_id}"] = float(job_spent)
+        return spent
 
 
 def new_owner() -> str:

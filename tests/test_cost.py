@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import fake_env, run_cli
 from test_resume import FAST
 
 from orchestrator import Budget, Catalog, Orchestrator, UnifiedClient
-from orchestrator.cost import CostForecaster, CostPredictor, RiskLevel, typical_call_usd
-from orchestrator.models import ProjectStatus, Task, TaskType, build_default_profiles
+from orchestrator.cost import (
+    BudgetCapExceeded,
+    BudgetHierarchy,
+    CostForecaster,
+    CostPredictor,
+    RiskLevel,
+    typical_call_usd,
+)
+from orchestrator.models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from orchestrator.optimization import GreedyBackend
 from orchestrator.state import StateManager
 
@@ -128,3 +137,69 @@ def test_forecast_on_the_command_line_calls_nothing_and_needs_no_key(tmp_path, f
     assert "assumes: no task list: the planner's call and 10 tasks" in result.stdout
     assert "every catalog model (no provider key is set)" in result.stdout
     assert fake.count() == 0
+
+
+async def charged_run(fake, hierarchy=None, budget=10.0, **charge):
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(
+            budget=Budget(max_usd=budget), client=client, use_cache=False,
+            budget_hierarchy=hierarchy,
+        )  # fmt: skip
+        return await orch.run_project("[project] add", "add works", tasks=CODE_TASK, **charge)
+
+
+async def test_the_design_documents_hierarchy_caps_runs_across_orchestrators(fake, llm):
+    hier = BudgetHierarchy(
+        org_max_usd=100.0,
+        team_budgets={"eng": 30.0},
+        job_budgets={"job_001": 10.0},
+    )
+
+    first = await charged_run(fake, hier, team="eng", job_id="job_001")
+    assert first.status is ProjectStatus.SUCCESS
+    requests = fake.count()
+
+    # The job has spent something, so another $10 run could pass its $10 cap: refused unpaid,
+    # even by an orchestrator that was given no hierarchy (the caps are saved).
+    with pytest.raises(ValueError, match=r"the job job_001 budget of \$10\.00 could be exceeded"):
+        await charged_run(fake, None, team="eng", job_id="job_001")
+    assert fake.count() == requests
+
+    fits = await charged_run(fake, None, budget=9.0, team="eng", job_id="job_001")
+    assert fits.status is ProjectStatus.SUCCESS
+
+
+async def test_runs_at_once_hold_their_budgets_so_together_they_never_pass_a_cap(fake, llm):
+    llm.delay = 0.2
+    hier = BudgetHierarchy(team_budgets={"eng": 12.0})
+
+    results = await asyncio.gather(
+        charged_run(fake, hier, team="eng"),
+        charged_run(fake, hier, team="eng"),
+        return_exceptions=True,
+    )
+
+    refused = [r for r in results if isinstance(r, BudgetCapExceeded)]
+    assert len(refused) == 1
+    assert "held by runs in progress" in str(refused[0])
+    assert sum(isinstance(r, ProjectState) for r in results) == 1
+
+
+def test_the_command_line_charges_a_team_and_refuses_a_run_that_could_pass_its_cap(
+    fake, llm, tmp_path
+):
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    project = ("-p", "[project] Build an add library", "-c", "add works", "--budget", "2")
+
+    refused = run_cli(*project, "--team", "eng", "--team-cap", "1.5", cwd=tmp_path, env=env)
+
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "orchestrator: error: the team eng budget of $1.50 could be exceeded by $0.50: "
+        "$0.00 spent, $0.00 held by runs in progress, and this run may spend up to $2.00"
+    ]
+    assert fake.count() == 0
+    # The cap was saved: a later run for the team is held to it without repeating it.
+    again = run_cli(*project, "--team", "eng", cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "team eng budget of $1.50" in again.stderr
+    assert run_cli(*project, "--team", "ops", cwd=tmp_path, env=env).returncode == 0
