@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from .agents import AgentPool, TaskChannel
 from .budget import Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model, Price, ProviderSpec
@@ -46,7 +47,14 @@ from .optimization import (
     WeightedSumBackend,
 )
 from .planner import ConstraintPlanner
-from .policy import EnforcementMode, Policy, PolicyEngine, PolicyHierarchy, PolicySet
+from .policy import (
+    EnforcementMode,
+    JobSpec,
+    Policy,
+    PolicyEngine,
+    PolicyHierarchy,
+    PolicySet,
+)
 from .policy_dsl import PolicyAnalyzer, PolicyError, load_policy_file
 from .providers.base import Message
 from .retry import RetryPolicy
@@ -59,6 +67,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AgentPool",
     "Budget",
     "BudgetCapExceeded",
     "BudgetExceeded",
@@ -76,6 +85,7 @@ __all__ = [
     "Event",
     "ForecastReport",
     "GreedyBackend",
+    "JobSpec",
     "Message",
     "Model",
     "ModelProfile",
@@ -103,6 +113,7 @@ __all__ = [
     "StateManager",
     "StructuredOutputError",
     "Task",
+    "TaskChannel",
     "TaskResult",
     "TaskStatus",
     "TaskType",

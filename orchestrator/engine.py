@@ -8,6 +8,7 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import uuid
@@ -16,6 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .agents import TaskChannel
 from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Model
@@ -43,7 +45,7 @@ from .models import (
 )
 from .optimization import OptimizationBackend, RoutingTableBackend
 from .planner import ConstraintPlanner
-from .policy import Policy, PolicyEngine, PolicySet
+from .policy import JobSpec, Policy, PolicyEngine, PolicySet
 from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
@@ -144,6 +146,7 @@ class Orchestrator:
         # What this orchestrator's runs measured about each model (quality, trust, latency),
         # by ``provider/id``; built from the client's catalog at the first run.
         self.profiles: dict[str, ModelProfile] = {}
+        self.channels: dict[str, TaskChannel] = {}
 
     def set_optimization_backend(self, backend: OptimizationBackend) -> None:
         """How models are put in order for every choice of the next runs (see
@@ -226,6 +229,27 @@ class Orchestrator:
             async with self._leased(session, state.project_id):
                 await self._run(session, state, tasks)
         return state
+
+    async def run_job(self, spec: JobSpec) -> ProjectState:
+        """Run ``spec`` with its own budget, charged to its team's and job's caps and under its
+        policies besides this orchestrator's; the caps and every policy are checked before
+        anything is paid (``BudgetCapExceeded``, ``ConfigError``)."""
+        job = copy.copy(self)  # the same client, stores, profiles and predictor
+        job.budget = spec.budget
+        job.policies = PolicySet([*self.policies, *spec.policies])
+        return await job.run_project(
+            spec.project_description,
+            spec.success_criteria,
+            spec.project_id,
+            tasks=spec.tasks,
+            team=spec.team,
+            job_id=spec.job_id,
+        )
+
+    def get_channel(self, name: str) -> TaskChannel:
+        """The channel called ``name``, created on first use: for hooks and event handlers to
+        pass structured results between the tasks of a run."""
+        return self.channels.setdefault(name, TaskChannel())
 
     async def resume(
         self,
@@ -675,8 +699,8 @@ class Orchestrator:
         """The model chooser of a run: this orchestrator's backend and profiles, the run's
         policies and budget, over the models usable now, every choice reported."""
         client = session.client
-        if not self.profiles:
-            self.profiles = build_default_profiles(client.catalog)
+        if not self.profiles:  # filled in place: a job's copy of this orchestrator shares it
+            self.profiles.update(build_default_profiles(client.catalog))
         planner = ConstraintPlanner(
             PolicyEngine(session.policies),
             budget_left=(lambda: budget.remaining_usd) if budget is not None else None,

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+from .budget import Budget
 from .catalog import Model
-from .models import ModelProfile
+from .models import ModelProfile, Task
 
 
 class EnforcementMode(StrEnum):
@@ -173,3 +174,18 @@ def _names(values: Iterable[str] | str) -> tuple[str, ...]:
     if isinstance(values, str):
         values = [values]
     return tuple(str(v).strip().lower() for v in values)
+
+
+@dataclass
+class JobSpec:
+    """One job for ``Orchestrator.run_job`` or an ``AgentPool``: a project with its own budget,
+    charged to ``team`` / ``job_id``'s caps, under ``policies`` besides the orchestrator's."""
+
+    project_description: str
+    success_criteria: str
+    budget: Budget = field(default_factory=Budget)
+    team: str | None = None
+    job_id: str | None = None
+    policies: Iterable[Policy] = ()
+    tasks: Mapping[str, Task] | None = None
+    project_id: str | None = None

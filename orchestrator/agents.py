@@ -1,0 +1,118 @@
+"""Several orchestrators at once (``AgentPool``) and messages between the tasks of a run
+(``TaskChannel``)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .models import ModelProfile, ProjectState
+
+if TYPE_CHECKING:
+    from .cost import BudgetHierarchy
+    from .engine import Orchestrator
+    from .policy import JobSpec
+
+
+class TaskChannel:
+    """A first-in first-out channel: ``put`` and ``get`` as an ``asyncio.Queue`` (``get`` waits
+    for an item), and ``peek_all`` to read what is waiting without taking it."""
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._nonempty = asyncio.Event()
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def put_nowait(self, item: Any) -> None:
+        """``put`` for synchronous callbacks (event handlers, sync hooks)."""
+        self._items.append(item)
+        self._nonempty.set()
+
+    async def get(self) -> Any:
+        """The oldest item, waiting for one if there is none."""
+        while not self._items:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        return self._items.popleft()
+
+    def peek_all(self) -> list[Any]:
+        """Everything waiting, oldest first; it stays in the channel."""
+        return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class AgentPool:
+    """Orchestrators (agents) that run jobs at once: A/B tests of routing backends, ensembles,
+    spreading load. The agents share one ``BudgetHierarchy``, so the caps hold across them."""
+
+    def __init__(self, budget_hierarchy: BudgetHierarchy | None = None) -> None:
+        self.agents: dict[str, Orchestrator] = {}
+        self.budget_hierarchy = budget_hierarchy
+
+    def add_agent(self, name: str, orchestrator: Orchestrator) -> None:
+        if name in self.agents:
+            raise ValueError(f"an agent called {name!r} is already in the pool")
+        if self.budget_hierarchy is None:
+            self.budget_hierarchy = orchestrator.budget_hierarchy
+        else:
+            self.budget_hierarchy.caps.update(orchestrator.budget_hierarchy.caps)
+            orchestrator.budget_hierarchy = self.budget_hierarchy
+        self.agents[name] = orchestrator
+
+    async def run_parallel(
+        self, jobs: Mapping[str, JobSpec]
+    ) -> dict[str, ProjectState | BaseException]:
+        """Each agent runs its job, all at once; an agent that fails (a cap, a policy, an
+        error) has its exception as its result and never stops the others."""
+        unknown = [name for name in jobs if name not in self.agents]
+        if unknown:
+            raise KeyError(f"no agent called {', '.join(map(repr, unknown))} in the pool")
+        names = list(jobs)
+        results = await asyncio.gather(
+            *(self.agents[name].run_job(jobs[name]) for name in names), return_exceptions=True
+        )
+        return dict(zip(names, results, strict=True))
+
+    @staticmethod
+    def best_result(
+        results: Mapping[str, ProjectState | BaseException],
+    ) -> tuple[str, ProjectState] | None:
+        """The agent whose run has the highest mean task score (failed agents left out)."""
+        scored = [
+            (statistics.fmean(r.score for r in state.results.values()), name, state)
+            for name, state in results.items()
+            if isinstance(state, ProjectState) and state.results
+        ]
+        if not scored:
+            return None
+        _, name, state = max(scored, key=lambda item: item[0])
+        return name, state
+
+    def merge_telemetry(self) -> dict[str, ModelProfile]:
+        """Every agent's model profiles in one: moving averages (quality, trust, latency)
+        averaged over the agents that measured the model, counters summed."""
+        merged: dict[str, ModelProfile] = {}
+        for key in {key for agent in self.agents.values() for key in agent.profiles}:
+            profiles = [a.profiles[key] for a in self.agents.values() if key in a.profiles]
+            measured = [p for p in profiles if p.calls or p.evaluations] or profiles
+            latencies = [p.latency_ms for p in measured if p.latency_ms is not None]
+            first = profiles[0]
+            merged[key] = ModelProfile(
+                model=first.model,
+                region=first.region,
+                trains_on_output=first.trains_on_output,
+                quality=statistics.fmean(p.quality for p in measured),
+                trust=statistics.fmean(p.trust for p in measured),
+                latency_ms=statistics.fmean(latencies) if latencies else None,
+                calls=sum(p.calls for p in profiles),
+                failures=sum(p.failures for p in profiles),
+                evaluations=sum(p.evaluations for p in profiles),
+            )
+        return merged
