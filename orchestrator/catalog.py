@@ -57,8 +57,27 @@ class Price:
         return micro / 1_000_000
 
 
+class _NamedModels(type):
+    """``Model.KIMI_K2_5``, ``Model.GPT_4O``: the design document's constants, looked up in the
+    built-in catalog by name (letters and digits compared, so KIMI_K2_5 finds "Kimi K2.5")."""
+
+    def __getattr__(cls, name: str) -> Model:
+        if not name.isupper():
+            raise AttributeError(name)
+        wanted = _squashed(name)
+        catalog = _builtin_catalog()
+        for key, models in catalog._lookup.items():
+            if _squashed(key) == wanted and len(models) == 1:
+                return models[0]
+        raise AttributeError(f"no model in the built-in catalog is called {name}")
+
+
+def _squashed(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
 @dataclass(frozen=True)
-class Model:
+class Model(metaclass=_NamedModels):
     """One catalog entry. ``value`` is the id the vendor's API expects.
 
     ``alias`` is the short display name (the id when none is declared); ``aliases`` holds every
@@ -178,6 +197,11 @@ class Catalog:
 
 # libyaml's loader where PyYAML was built with it: the catalog is read at every start.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@cache
+def _builtin_catalog() -> Catalog:
+    return _build([("built-in catalog", _builtin_document())])
 
 
 @cache

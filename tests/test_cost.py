@@ -8,7 +8,7 @@ import pytest
 from conftest import fake_env, run_cli
 from test_resume import FAST
 
-from orchestrator import Budget, Catalog, Orchestrator, UnifiedClient
+from orchestrator import Budget, Catalog, Model, Orchestrator, UnifiedClient
 from orchestrator.cost import (
     BudgetCapExceeded,
     BudgetHierarchy,
@@ -29,14 +29,18 @@ CODE_TASK = {"core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) wit
 def test_the_design_documents_predictor_example_runs():
     predictor = CostPredictor(alpha=0.1)  # EMA; falls back to the catalog for unknown pairs
 
-    predictor.record(KIMI, TaskType.CODE_GEN, actual_cost_usd=0.000032)
-    est = predictor.predict(KIMI, TaskType.CODE_GEN)
+    # Record actual observed costs during execution
+    predictor.record(Model.KIMI_K2_5, TaskType.CODE_GEN, actual_cost_usd=0.000032)
+    # Predict future cost (EMA or catalog fallback)
+    est = predictor.predict(Model.KIMI_K2_5, TaskType.CODE_GEN)
+    # Find the cheapest model for a task type
     cheapest = predictor.cheapest_model(
-        TaskType.CODE_GEN, candidates=[KIMI, CATALOG.resolve("claude-opus")]
+        TaskType.CODE_GEN, candidates=[Model.KIMI_K2_5, Model.CLAUDE_3_5_OPUS]
     )
 
+    assert Model.KIMI_K2_5 == KIMI  # the design's names are the catalog's aliases
     assert est == 0.000032
-    assert cheapest is KIMI
+    assert cheapest == KIMI
 
 
 def test_the_moving_average_weighs_the_newest_call_by_alpha_and_unknown_pairs_use_prices():
@@ -203,3 +207,33 @@ def test_the_command_line_charges_a_team_and_refuses_a_run_that_could_pass_its_c
     again = run_cli(*project, "--team", "eng", cwd=tmp_path, env=env)
     assert again.returncode == 2 and "team eng budget of $1.50" in again.stderr
     assert run_cli(*project, "--team", "ops", cwd=tmp_path, env=env).returncode == 0
+
+
+def test_the_constraint_planner_picks_the_best_model_the_policies_and_budget_allow():
+    from orchestrator.optimization import Candidate
+    from orchestrator.planner import ConstraintPlanner
+    from orchestrator.policy import Policy, PolicyEngine
+
+    profiles = build_default_profiles(CATALOG)
+    candidates = [
+        Candidate(profiles[m.key], cost_usd=cost)
+        for m, cost in (
+            (CATALOG.resolve("gemini-flash-lite"), 0.002),  # greedy's favourite, but blocked
+            (CATALOG.resolve("deepseek-flash"), 0.005),
+            (CATALOG.resolve("gpt-4o-mini"), 0.004),
+            (CATALOG.resolve("claude-opus"), 0.12),
+        )
+    ]
+    planner = ConstraintPlanner(
+        PolicyEngine([Policy("no_google", blocked_providers=["google"])]),
+        budget_left=lambda: 0.05,
+    )
+
+    best = planner.best(candidates, GreedyBackend())
+    screened = planner.screen(candidates)
+
+    assert best is not None and best.model.value == "gpt-4o-mini"
+    assert [(m.value, why) for m, why in screened.excluded] == [
+        ("gemini-2.5-flash-lite", "excluded by policy no_google: provider google is blocked")
+    ]
+    assert screened.unaffordable == {"anthropic/claude-opus-5"}
