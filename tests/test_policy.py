@@ -241,3 +241,37 @@ def test_the_command_line_applies_a_teams_policies_and_refuses_contradictions(fa
         f"orchestrator: error: policy file {bad}: policy a: allowed_regions is empty: no model fits"
     ]
     assert fake.count() == before
+
+
+MANUAL_OVERRIDE_YAML = """
+global:
+  - name: performance_focused
+    allowed_providers: [anthropic, openai]
+    allowed_models: [claude-opus, gpt-4o]
+
+  - name: cost_focused
+    allowed_providers: [kimi, deepseek]
+    allowed_models: [moonshot-v1, deepseek-chat]
+"""
+
+
+async def test_the_design_documents_manual_override_limits_a_run_to_the_models_it_names(
+    fake, llm, tmp_path
+):
+    hierarchy = load_policy_file(write_file(tmp_path / "override.yaml", MANUAL_OVERRIDE_YAML))
+    both = hierarchy.policies_for()
+
+    # Together they allow nothing: the analyzer says so before any run.
+    report = PolicyAnalyzer.analyze(both)
+    assert report.warnings == [
+        "policies performance_focused and cost_focused allow no provider in common"
+    ]
+    with pytest.raises(ConfigError, match="leave no model for: code_generation, evaluation"):
+        await run(fake, both)
+
+    events = []
+    state = await run(fake, [both.policies[0]], events=events)
+
+    assert state.status is ProjectStatus.SUCCESS
+    assert {r.model for r in fake.requests} <= {"claude-opus-5", "gpt-4o"}
+    assert state.results["core"].model_used.value in {"claude-opus-5", "gpt-4o"}
