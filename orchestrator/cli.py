@@ -242,6 +242,8 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise _usage("--concurrency must be at least 1")
     if args.max_tasks is not None and args.max_tasks < 1:
         raise _usage("--max-tasks must be at least 1")
+    if args.forecast and args.resume:
+        raise _usage("--forecast is for a new project (--project / --file), not --resume")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise _usage("--threshold must be between 0 and 1")
     timeout = args.validator_timeout

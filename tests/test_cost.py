@@ -237,3 +237,18 @@ def test_the_constraint_planner_picks_the_best_model_the_policies_and_budget_all
         ("gemini-2.5-flash-lite", "excluded by policy no_google: provider google is blocked")
     ]
     assert screened.unaffordable == {"anthropic/claude-opus-5"}
+
+
+def test_forecast_is_for_a_new_project_and_applies_the_policies(tmp_path):
+    refused = run_cli("--resume", "p1", "--forecast", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--forecast is for a new project" in refused.stderr
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text("global:\n  - name: us\n    allowed_regions: [us]\n")
+    args = ("-p", "x", "-c", "y", "--forecast")
+    free = run_cli(*args, cwd=tmp_path)
+    us_only = run_cli(*args, "--policy", str(policy), cwd=tmp_path)
+
+    assert free.returncode == us_only.returncode == 0
+    assert free.stdout != us_only.stdout  # Kimi, the table's first author, is not in the US
