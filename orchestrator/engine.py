@@ -30,7 +30,7 @@ from .errors import (
     ProviderError,
     UnknownModelError,
 )
-from .events import Event, EventSink, ignore
+from .events import Event, EventSink, guarded, ignore
 from .gateway import Journal, LLMGateway
 from .lease import Lease
 from .models import (
@@ -121,7 +121,7 @@ class Orchestrator:
         self.max_concurrency = max_concurrency
         self._client = client
         self.quality_threshold = quality_threshold
-        self.emit = on_event or ignore
+        self.emit = guarded(on_event) if on_event is not None else ignore
         self.validator_timeout = validator_timeout
         # Run model-written code without isolation: only when the user explicitly asks.
         self.unsafe_validators = unsafe_validators

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,3 +35,27 @@ EventSink = Callable[[Event], None]
 
 def ignore(event: Event) -> None:
     """The default sink."""
+
+
+def guarded(sink: EventSink) -> EventSink:
+    """``sink``, made harmless to the run: an exception it raises is logged (once) and the run
+    goes on, since a display or a user's handler failing says nothing about the work."""
+    failed = False
+
+    def deliver(event: Event) -> None:
+        nonlocal failed
+        try:
+            sink(event)
+        except Exception as exc:
+            if not failed:
+                failed = True
+                name = getattr(sink, "__qualname__", type(sink).__name__)
+                log.warning(
+                    "event handler %s raised %s: %s; the run goes on (further errors from it "
+                    "are not logged)",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    return deliver

@@ -435,3 +435,22 @@ async def test_a_cache_that_fails_mid_run_is_dropped_and_the_run_goes_on(fake, l
         state = await run(fake, cache=cache)
 
     assert state.status is ProjectStatus.SUCCESS
+
+
+async def test_an_event_handler_that_raises_never_breaks_the_run(fake, llm, caplog):
+    calls = []
+
+    def broken(event):
+        calls.append(event.kind)
+        raise RuntimeError("display crashed")
+
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orchestrator = Orchestrator(
+            budget=Budget(max_usd=5.0), client=client, use_cache=False, on_event=broken
+        )
+        state = await orchestrator.run_project("[project] Build an add library", "add works")
+
+    assert state.status is ProjectStatus.SUCCESS
+    assert "task_finished" in calls  # it kept being called
+    warnings = [r.getMessage() for r in caplog.records if "display crashed" in r.getMessage()]
+    assert len(warnings) == 1 and "the run goes on" in warnings[0]
