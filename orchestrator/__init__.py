@@ -29,6 +29,7 @@ from .errors import (
     UnknownModelError,
 )
 from .events import Event
+from .hooks import EventType, HookRegistry
 from .models import (
     ModelProfile,
     ProjectState,
@@ -83,8 +84,10 @@ __all__ = [
     "DiskCache",
     "EnforcementMode",
     "Event",
+    "EventType",
     "ForecastReport",
     "GreedyBackend",
+    "HookRegistry",
     "JobSpec",
     "Message",
     "Model",

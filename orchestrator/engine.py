@@ -32,6 +32,7 @@ from .errors import (
 )
 from .events import Event, EventSink, guarded, ignore
 from .gateway import Journal, LLMGateway
+from .hooks import EventType, Hook, HookRegistry
 from .lease import Lease
 from .models import (
     ModelProfile,
@@ -121,7 +122,9 @@ class Orchestrator:
         self.max_concurrency = max_concurrency
         self._client = client
         self.quality_threshold = quality_threshold
-        self.emit = guarded(on_event) if on_event is not None else ignore
+        self._on_event = guarded(on_event) if on_event is not None else ignore
+        self.hooks = HookRegistry()
+        self.emit: EventSink = self._emit
         self.validator_timeout = validator_timeout
         # Run model-written code without isolation: only when the user explicitly asks.
         self.unsafe_validators = unsafe_validators
@@ -147,6 +150,16 @@ class Orchestrator:
         # by ``provider/id``; built from the client's catalog at the first run.
         self.profiles: dict[str, ModelProfile] = {}
         self.channels: dict[str, TaskChannel] = {}
+
+    def add_hook(self, event_type: EventType, callback: Hook) -> None:
+        """Call ``callback`` with keyword arguments on every ``event_type`` of this
+        orchestrator's runs (``orchestrator.hooks``): sync or async, time-boxed, and never able
+        to break or stall a run."""
+        self.hooks.add(event_type, callback)
+
+    def _emit(self, event: Event) -> None:
+        self._on_event(event)
+        self.hooks.dispatch(event)
 
     def set_optimization_backend(self, backend: OptimizationBackend) -> None:
         """How models are put in order for every choice of the next runs (see
@@ -364,6 +377,7 @@ class Orchestrator:
             await self._plan_and_execute(session, state, gateway, tasks)
         except asyncio.CancelledError:
             state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
+            await asyncio.shield(self.hooks.drain(cancel=True))
             raise
         finally:
             await asyncio.shield(gateway.flush())
@@ -385,6 +399,7 @@ class Orchestrator:
                     )
                 )
         self.emit(Event("run_finished", data={"status": state.status.value}))
+        await self.hooks.drain()  # each is time-boxed: a slow one cannot hold the run up long
 
     async def _plan_and_execute(
         self,

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 class Event:
     """``kind`` is one of: run_started, decomposed, task_started, call_started, call_finished
     (``data``: cost_usd, cached, replayed, notes), call_failed (``data``: error),
+    validation_failed (``data``: validators, the failed ``ValidatorResult``s; iteration),
+    model_selected (``data``: decision, backend),
     task_finished, task_skipped, budget_warning,
     plan_size (``data``: tasks, guidance; a plan outside the range asked for, run as it is),
     sandbox (``data``: isolation, how validators will run model code; sent once, when a task

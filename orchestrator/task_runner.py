@@ -179,6 +179,9 @@ class TaskRunner:
             # revision can fix it, so it neither zeroes the score nor asks for one. It still
             # keeps the task from counting as passed.
             failed = [v for v in validators if not v.passed and not v.not_run]
+            if failed:
+                data = {"validators": failed, "iteration": iteration}
+                ctx.emit(Event("validation_failed", task.id, author.value, data=data))
             if not failed:
                 score, reasoning = await self._evaluate(task_text, current, author, iteration)
             else:

@@ -1,0 +1,135 @@
+"""Hooks: callbacks on a run's lifecycle events that can never break or stall it.
+
+``orch.add_hook(EventType.TASK_COMPLETED, callback)``: the callback gets keyword arguments (take
+``**_`` for the ones you do not use). Coroutine functions run as tasks of their own; plain
+functions run in a thread of their own, so neither holds up the run. Each call is time-boxed
+(``HookRegistry.timeout``): a callback that raises or overruns is logged once, and one that
+overran is called no more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from enum import StrEnum
+from typing import Any
+
+from .events import Event
+
+log = logging.getLogger(__name__)
+
+HOOK_TIMEOUT_SECONDS = 10.0
+
+
+class EventType(StrEnum):
+    TASK_STARTED = "task_started"  # task_id
+    TASK_COMPLETED = "task_completed"  # task_id, result (a TaskResult), status
+    VALIDATION_FAILED = "validation_failed"  # task_id, model, validators, iteration
+    BUDGET_WARNING = "budget_warning"  # phase, ratio
+    MODEL_SELECTED = "model_selected"  # task_id, model, role, backend, decision
+
+
+Hook = Callable[..., Any]
+
+
+def _hook_call(event: Event) -> tuple[EventType, dict[str, Any]] | None:
+    """Which hooks an engine event is for, and their keyword arguments."""
+    data = event.data
+    if event.kind == "task_started":
+        return EventType.TASK_STARTED, {"task_id": event.task_id}
+    if event.kind == "task_finished":
+        result = data["result"]
+        return EventType.TASK_COMPLETED, {
+            "task_id": event.task_id, "result": result, "status": result.status,
+        }  # fmt: skip
+    if event.kind == "validation_failed":
+        return EventType.VALIDATION_FAILED, {
+            "task_id": event.task_id, "model": event.model,
+            "validators": data["validators"], "iteration": data["iteration"],
+        }  # fmt: skip
+    if event.kind == "budget_warning":
+        return EventType.BUDGET_WARNING, {"phase": data["phase"], "ratio": data["ratio"]}
+    if event.kind == "model_selected":
+        return EventType.MODEL_SELECTED, {
+            "task_id": event.task_id, "model": event.model, "role": event.role,
+            "backend": data["backend"], "decision": data["decision"],
+        }  # fmt: skip
+    return None
+
+
+class HookRegistry:
+    def __init__(self, timeout: float = HOOK_TIMEOUT_SECONDS) -> None:
+        self.timeout = timeout
+        self._hooks: dict[EventType, list[Hook]] = {}
+        self._failed: set[int] = set()  # ids of callbacks already reported
+        self._stopped: set[int] = set()  # ids of callbacks that overran: not called again
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def add(self, event_type: EventType, callback: Hook) -> None:
+        self._hooks.setdefault(EventType(event_type), []).append(callback)
+
+    def dispatch(self, event: Event) -> None:
+        """Start the hooks of ``event`` (from the event loop's thread); never raises."""
+        found = _hook_call(event)
+        if found is None:
+            return
+        event_type, kwargs = found
+        for callback in self._hooks.get(event_type, []):
+            if id(callback) not in self._stopped:
+                task = asyncio.get_running_loop().create_task(self._boxed(callback, kwargs))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def drain(self, *, cancel: bool = False) -> None:
+        """Let the hooks still running finish within their time box (``cancel``: stop them)."""
+        pending = list(self._pending)
+        if cancel:
+            for task in pending:
+                task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _boxed(self, callback: Hook, kwargs: dict[str, Any]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                if inspect.iscoroutinefunction(callback):
+                    await callback(**kwargs)
+                else:
+                    await asyncio.wrap_future(_in_own_thread(callback, kwargs))
+        except TimeoutError:
+            self._stopped.add(id(callback))
+            self._report(
+                callback, f"did not return within {self.timeout:g} s; it is called no more"
+            )
+        except Exception as exc:
+            self._report(callback, f"raised {type(exc).__name__}: {exc}")
+
+    def _report(self, callback: Hook, what: str) -> None:
+        if id(callback) in self._failed:
+            return
+        self._failed.add(id(callback))
+        name = getattr(callback, "__name__", type(callback).__name__)
+        log.warning(
+            "hook %s %s; the run goes on (further errors from it are not logged)", name, what
+        )
+
+
+def _in_own_thread(callback: Hook, kwargs: dict[str, Any]) -> Future[Any]:
+    """Run a plain function in a daemon thread: one that hangs never holds up the run, nor the
+    process's exit."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(callback(**kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="orchestrator-hook", daemon=True).start()
+    return future

@@ -1,0 +1,118 @@
+"""Hooks: the design's lifecycle callbacks, sync or async, never able to break or stall a run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from conftest import fake_env
+from scripted_llm import TaskScript
+from test_resume import FAST
+
+from orchestrator import Budget, Orchestrator, UnifiedClient
+from orchestrator.hooks import EventType
+from orchestrator.models import ProjectStatus, Task, TaskType
+
+TASKS = {
+    "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],
+                 ["python_syntax"]),
+}  # fmt: skip
+
+
+async def run(fake, orch_hooks, *, budget=10.0, hook_seconds=None):
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=budget), client=client, use_cache=False)
+        if hook_seconds is not None:
+            orch.hooks.timeout = hook_seconds
+        orch_hooks(orch)
+        started = time.monotonic()
+        state = await orch.run_project("[project] add", "add works", tasks=TASKS)
+        return state, time.monotonic() - started
+
+
+async def test_the_design_documents_hooks_run_with_the_arguments_it_shows(fake, llm, capsys):
+    llm.scripts["core"] = TaskScript(scores=[0.9], broken_versions={0, 1})  # fails validation
+    llm.bill_max_output = True  # so the cheap budget crosses a phase's share
+
+    def hooks(orch):
+        orch.add_hook(EventType.TASK_COMPLETED, lambda task_id, result, **_:
+            print(f"[{task_id}] score={result.score:.3f}"))  # fmt: skip
+
+        orch.add_hook(EventType.BUDGET_WARNING, lambda phase, ratio, **_:
+            print(f"WARNING: {phase} at {ratio:.0%} of budget"))  # fmt: skip
+
+        orch.add_hook(EventType.VALIDATION_FAILED, lambda task_id, model, **_:
+            print(f"Validator failed for {task_id} using {model}"))  # fmt: skip
+
+    state, _ = await run(fake, hooks, budget=0.08)
+
+    printed = capsys.readouterr().out.splitlines()
+    assert f"[core] score={state.results['core'].score:.3f}" in printed
+    author = state.results["core"].model_used.value
+    assert f"Validator failed for core using {author}" in printed
+    assert any(line.startswith("WARNING: generation at") for line in printed)
+
+
+async def test_async_hooks_are_awaited_and_model_choices_reach_them(fake, llm):
+    chosen = []
+
+    async def on_selected(task_id, model, role, decision, **_):
+        await asyncio.sleep(0)
+        chosen.append((role, task_id, model, decision.backend))
+
+    state, _ = await run(fake, lambda orch: orch.add_hook(EventType.MODEL_SELECTED, on_selected))
+
+    assert state.status is ProjectStatus.SUCCESS
+    author = state.results["core"].model_used.value
+    assert ("generation", "core", author, "table") in chosen
+    assert {role for role, *_ in chosen} >= {"generation", "critic", "evaluator"}
+
+
+async def test_hooks_that_raise_or_hang_are_logged_once_and_never_hold_up_the_run(
+    fake, llm, caplog
+):
+    caplog.set_level(logging.WARNING, logger="orchestrator.hooks")
+    released = threading.Event()
+
+    def raising(**_):
+        raise RuntimeError("dashboard down")
+
+    def hanging(**_):
+        released.wait(30)  # a sync hook stuck on I/O
+
+    async def sleeping(**_):
+        await asyncio.sleep(30)
+
+    def hooks(orch):
+        for callback in (raising, hanging, sleeping):
+            orch.add_hook(EventType.MODEL_SELECTED, callback)
+            orch.add_hook(EventType.TASK_COMPLETED, callback)
+
+    try:
+        state, seconds = await run(fake, hooks, hook_seconds=0.3)
+    finally:
+        released.set()
+
+    assert state.status is ProjectStatus.SUCCESS
+    assert seconds < 5  # time-boxed: not the 30 s the hooks would take
+    messages = [r.getMessage() for r in caplog.records]
+    for name, what in (("raising", "raised RuntimeError: dashboard down"),
+                       ("hanging", "did not return within 0.3 s"),
+                       ("sleeping", "did not return within 0.3 s")):  # fmt: skip
+        about = [m for m in messages if m.startswith(f"hook {name} ")]
+        assert len(about) == 1 and what in about[0], about
+
+
+async def test_the_on_event_stream_still_sees_every_event_beside_the_hooks(fake, llm):
+    kinds = []
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(
+            budget=Budget(max_usd=5.0), client=client, use_cache=False,
+            on_event=lambda event: kinds.append(event.kind),
+        )  # fmt: skip
+        orch.add_hook(EventType.TASK_STARTED, lambda task_id, **_: kinds.append("hook"))
+        await orch.run_project("[project] add", "add works", tasks=TASKS)
+
+    assert "task_started" in kinds and "task_finished" in kinds and "hook" in kinds
