@@ -365,6 +365,7 @@ class Orchestrator:
     async def _run(
         self, session: _Session, state: ProjectState, tasks: Mapping[str, Task] | None
     ) -> None:
+        await self._load_telemetry(session)
         budget = state.budget
         budget.on_phase_warning.append(self._phase_warning)
         journal = None
@@ -387,6 +388,8 @@ class Orchestrator:
                 assert session.store is not None
                 estimates = self.cost_predictor.export()
                 await asyncio.shield(session.store.save_cost_estimates(state.project_id, estimates))
+                measured = {k: p.to_record() for k, p in self.profiles.items() if p.calls}
+                await asyncio.shield(session.store.save_model_telemetry(measured))
                 owner = session.lease.owner if session.lease else None
                 # Shielded: the final status must be written even while being cancelled.
                 await asyncio.shield(
@@ -709,6 +712,18 @@ class Orchestrator:
             yield
         finally:
             hierarchy.release(hold)
+
+    async def _load_telemetry(self, session: _Session) -> None:
+        """What earlier runs measured about each model, for those this orchestrator has not
+        measured itself: routing and the metrics start from it."""
+        if session.store is None:
+            return
+        if not self.profiles:
+            self.profiles.update(build_default_profiles(session.client.catalog))
+        for key, record in (await session.store.model_telemetry()).items():
+            profile = self.profiles.get(key)
+            if profile is not None and not profile.calls and not profile.evaluations:
+                profile.restore(record)
 
     def _router(self, session: _Session, budget: Budget | None = None) -> Router:
         """The model chooser of a run: this orchestrator's backend and profiles, the run's

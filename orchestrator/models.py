@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -182,6 +184,7 @@ class ProjectState:
 
 # Weight of the newest sample in the moving averages of a profile.
 PROFILE_EMA_ALPHA = 0.2
+LATENCY_SAMPLES = 50  # the rolling buffer a profile's p95 latency is read from
 
 
 @dataclass
@@ -203,6 +206,11 @@ class ModelProfile:
     calls: int = 0
     failures: int = 0
     evaluations: int = 0
+    validator_failures: int = 0
+    # A moving average of what an answered call cost (cache hits and replays are not calls).
+    cost_avg_usd: float | None = None
+    # The latest call latencies, for a real 95th percentile rather than a guess from the mean.
+    recent_latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     @property
     def provider(self) -> str:
@@ -212,17 +220,48 @@ class ModelProfile:
     def success_rate(self) -> float:
         return 1.0 if not self.calls else (self.calls - self.failures) / self.calls
 
+    @property
+    def latency_p95_ms(self) -> float | None:
+        """The 95th percentile of the last ``LATENCY_SAMPLES`` call latencies (nearest rank)."""
+        if not self.recent_latencies_ms:
+            return None
+        ordered = sorted(self.recent_latencies_ms)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
     def cost_per_call(self, input_tokens: int, output_tokens: int) -> float:
         return self.model.price.cost(input_tokens, output_tokens)
 
-    def record_call(self, seconds: float, ok: bool) -> None:
-        """A paid call's outcome (answers from the cache or the journal say nothing new)."""
+    def record_call(self, seconds: float, ok: bool, cost_usd: float | None = None) -> None:
+        """A paid call's outcome (answers from the cache or the journal say nothing new); the
+        cost of an answered one."""
         self.calls += 1
         self.failures += not ok
         self.trust = _ema(self.trust, 1.0 if ok else 0.0)
         if ok:
             millis = seconds * 1000
             self.latency_ms = millis if self.latency_ms is None else _ema(self.latency_ms, millis)
+            self.recent_latencies_ms.append(millis)
+            if cost_usd is not None:
+                average = self.cost_avg_usd
+                self.cost_avg_usd = cost_usd if average is None else _ema(average, cost_usd)
+
+    def to_record(self) -> dict[str, Any]:
+        """What was measured, for the state file (the catalog facts are not saved)."""
+        return {
+            "quality": self.quality, "trust": self.trust, "latency_ms": self.latency_ms,
+            "calls": self.calls, "failures": self.failures, "evaluations": self.evaluations,
+            "validator_failures": self.validator_failures, "cost_avg_usd": self.cost_avg_usd,
+            "recent_latencies_ms": list(self.recent_latencies_ms),
+        }  # fmt: skip
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """Take what an earlier run measured (saved by ``to_record``)."""
+        for name in ("quality", "trust", "latency_ms", "cost_avg_usd"):
+            if name in record:
+                setattr(self, name, record[name])
+        for name in ("calls", "failures", "evaluations", "validator_failures"):
+            setattr(self, name, int(record.get(name, 0)))
+        self.recent_latencies_ms.extend(float(x) for x in record.get("recent_latencies_ms", []))
 
     def record_quality(self, score: float) -> None:
         """An evaluation score of one of the model's answers."""

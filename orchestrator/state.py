@@ -50,6 +50,7 @@ _ADDITIONS = (
     " average_usd REAL NOT NULL, samples INTEGER NOT NULL,"
     " PRIMARY KEY (project_id, model, task_type))",
     "CREATE TABLE IF NOT EXISTS budget_caps (scope TEXT PRIMARY KEY, max_usd REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS model_telemetry (model TEXT PRIMARY KEY, record TEXT NOT NULL)",
 )
 
 
@@ -471,6 +472,29 @@ class StateManager:
                     (project_id, model, task_type, average, samples),
                 )
                 for model, task_type, average, samples in estimates
+            ]
+        )
+
+    # -- what runs measured about each model, across runs -------------------------------------
+    async def model_telemetry(self) -> dict[str, dict[str, Any]]:
+        rows = await self._store.run("SELECT model, record FROM model_telemetry")
+        found: dict[str, dict[str, Any]] = {}
+        for model, record in rows:
+            try:
+                found[str(model)] = json.loads(record)
+            except ValueError:
+                continue  # a damaged row only costs what it measured
+        return found
+
+    async def save_model_telemetry(self, records: Mapping[str, dict[str, Any]]) -> None:
+        await self._store.transaction(
+            [
+                (
+                    "INSERT INTO model_telemetry (model, record) VALUES (?, ?)"
+                    " ON CONFLICT (model) DO UPDATE SET record = excluded.record",
+                    (model, json.dumps(record)),
+                )
+                for model, record in records.items()
             ]
         )
 

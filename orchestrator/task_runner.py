@@ -180,6 +180,9 @@ class TaskRunner:
             # keeps the task from counting as passed.
             failed = [v for v in validators if not v.passed and not v.not_run]
             if failed:
+                profile = ctx.router.profiles.get(author.key)
+                if profile is not None:
+                    profile.validator_failures += len(failed)
                 data = {"validators": failed, "iteration": iteration}
                 ctx.emit(Event("validation_failed", task.id, author.value, data=data))
             if not failed:
@@ -398,7 +401,7 @@ class TaskRunner:
                 continue
             self.result.cost_usd += answer.cost_usd
             if not (answer.from_cache or answer.replayed):
-                self._measured(model, answer.latency_seconds)
+                self._measured(model, answer.latency_seconds, answer.cost_usd)
                 self._priced(model, phase, answer.cost_usd)
             for note in answer.notes:
                 line = f"{phase} ({model.value}): {note}"
@@ -427,11 +430,11 @@ class TaskRunner:
         last = failures[-1] if failures else "no model to ask"
         raise ChainExhausted(f"every model failed for {phase}; last: {last}")
 
-    def _measured(self, model: Model, seconds: float | None) -> None:
+    def _measured(self, model: Model, seconds: float | None, cost_usd: float | None = None) -> None:
         """A paid call's outcome (``None``: it failed) into the model's profile."""
         profile = self.ctx.router.profiles.get(model.key)
         if profile is not None:
-            profile.record_call(seconds or 0.0, ok=seconds is not None)
+            profile.record_call(seconds or 0.0, ok=seconds is not None, cost_usd=cost_usd)
 
     def _priced(self, model: Model, phase: str, cost_usd: float) -> None:
         """What an answered call cost, into the run's cost predictor."""

@@ -1,0 +1,49 @@
+"""Telemetry: what runs measure about each model, fed by every call, kept across runs."""
+
+from __future__ import annotations
+
+from conftest import fake_env
+from scripted_llm import TaskScript
+from test_resume import FAST
+
+from orchestrator import Budget, Catalog, Orchestrator, UnifiedClient
+from orchestrator.models import LATENCY_SAMPLES, ModelProfile, Task, TaskType
+
+TASKS = {
+    "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],
+                 ["python_syntax"]),
+}  # fmt: skip
+
+
+def test_p95_latency_is_read_from_the_last_fifty_calls():
+    model = Catalog.load(env={}).resolve("kimi")
+    profile = ModelProfile(model, "cn", True, 0.8)
+    for millis in [10_000] * 10 + list(range(1, 101)):  # the slow early calls roll out
+        profile.record_call(millis / 1000, ok=True, cost_usd=0.01)
+
+    assert len(profile.recent_latencies_ms) == LATENCY_SAMPLES
+    assert profile.latency_p95_ms == 98  # of 51..100
+    assert profile.cost_avg_usd == 0.01
+
+
+async def run(fake):
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False)
+        state = await orch.run_project("[project] add", "add works", tasks=TASKS)
+        return orch, state
+
+
+async def test_every_call_and_validator_failure_is_measured_and_kept_for_later_runs(fake, llm):
+    llm.scripts["core"] = TaskScript(scores=[0.9], broken_versions={1})  # 1st revision broken
+
+    first, state = await run(fake)
+    author = state.results["core"].model_used
+    measured = first.profiles[author.key]
+    assert measured.calls >= 2 and measured.validator_failures >= 1
+    assert measured.latency_p95_ms is not None and measured.cost_avg_usd
+
+    # A new orchestrator (a new process) starts from what the state file kept.
+    again, _ = await run(fake)
+    kept = again.profiles[author.key]
+    assert kept.calls > measured.calls  # the earlier run's calls plus this one's
+    assert kept.validator_failures >= measured.validator_failures
