@@ -19,7 +19,6 @@ from .errors import ConfigError
 from .models import ModelProfile, Task, TaskType
 from .progress import format_usd
 from .routing import (
-    CRITIQUE_MAX_TOKENS,
     DECOMPOSITION_MAX_TOKENS,
     ROLE_TASK_TYPES,
     ROUTING_TABLE,
@@ -35,8 +34,6 @@ def typical_call_usd(model: Model, task_type: TaskType | None) -> float:
     """The catalog price of a call of ``task_type`` (None: a plan): a typical prompt and an
     answer as long as the job allows, so an upper estimate rather than a lower one."""
     output = DECOMPOSITION_MAX_TOKENS if task_type is None else ROUTING_TABLE[task_type][1]
-    if task_type is CRITIQUE_TYPE:
-        output = max(output, CRITIQUE_MAX_TOKENS)
     return model.price.cost(TYPICAL_PROMPT_TOKENS, output)
 
 

@@ -718,19 +718,21 @@ class Orchestrator:
         measured itself: routing and the metrics start from it."""
         if session.store is None:
             return
-        if not self.profiles:
-            self.profiles.update(build_default_profiles(session.client.catalog))
+        self._ensure_profiles(session.client)
         for key, record in (await session.store.model_telemetry()).items():
             profile = self.profiles.get(key)
             if profile is not None and not profile.calls and not profile.evaluations:
                 profile.restore(record)
 
+    def _ensure_profiles(self, client: UnifiedClient) -> None:
+        if not self.profiles:  # filled in place: a job's copy of this orchestrator shares it
+            self.profiles.update(build_default_profiles(client.catalog))
+
     def _router(self, session: _Session, budget: Budget | None = None) -> Router:
         """The model chooser of a run: this orchestrator's backend and profiles, the run's
         policies and budget, over the models usable now, every choice reported."""
         client = session.client
-        if not self.profiles:  # filled in place: a job's copy of this orchestrator shares it
-            self.profiles.update(build_default_profiles(client.catalog))
+        self._ensure_profiles(client)
         planner = ConstraintPlanner(
             PolicyEngine(session.policies),
             budget_left=(lambda: budget.remaining_usd) if budget is not None else None,
@@ -789,7 +791,7 @@ class Orchestrator:
         router = self._router(session)
         if tasks is None:
             types = [t for t in TaskType if t is not TaskType.EVALUATE]
-            client.preload(router.first_calls([], planner=True) + router.first_calls(types))
+            client.preload(router.first_calls(types, planner=True))
             return
         ready = [
             task

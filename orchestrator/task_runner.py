@@ -382,7 +382,7 @@ class TaskRunner:
             except (ProviderError, BudgetExceeded) as exc:
                 self.result.cost_usd += exc.spent_usd
                 if isinstance(exc, ProviderError):
-                    self._measured(model, None)
+                    self._measured(model, phase, None)
                 self.ctx.emit(
                     Event(
                         "call_failed", self.task.id, model.value, step, {**about, "error": str(exc)}
@@ -401,8 +401,7 @@ class TaskRunner:
                 continue
             self.result.cost_usd += answer.cost_usd
             if not (answer.from_cache or answer.replayed):
-                self._measured(model, answer.latency_seconds, answer.cost_usd)
-                self._priced(model, phase, answer.cost_usd)
+                self._measured(model, phase, answer)
             for note in answer.notes:
                 line = f"{phase} ({model.value}): {note}"
                 if line not in self.result.notes:
@@ -430,17 +429,19 @@ class TaskRunner:
         last = failures[-1] if failures else "no model to ask"
         raise ChainExhausted(f"every model failed for {phase}; last: {last}")
 
-    def _measured(self, model: Model, seconds: float | None, cost_usd: float | None = None) -> None:
-        """A paid call's outcome (``None``: it failed) into the model's profile."""
+    def _measured(self, model: Model, phase: str, answer: Completion | None) -> None:
+        """A paid call's outcome (``None``: it failed) into the model's profile and, answered,
+        its cost into the cost predictor."""
         profile = self.ctx.router.profiles.get(model.key)
         if profile is not None:
-            profile.record_call(seconds or 0.0, ok=seconds is not None, cost_usd=cost_usd)
-
-    def _priced(self, model: Model, phase: str, cost_usd: float) -> None:
-        """What an answered call cost, into the run's cost predictor."""
+            if answer is None:
+                profile.record_call(0.0, ok=False)
+            else:
+                profile.record_call(answer.latency_seconds, ok=True, cost_usd=answer.cost_usd)
         predictor = self.ctx.router.cost_model
-        if predictor is not None:
-            predictor.record(model, PHASE_TASK_TYPES.get(phase, self.task.type), cost_usd)
+        if answer is not None and predictor is not None:
+            task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
+            predictor.record(model, task_type, answer.cost_usd)
 
     def _context(self, chain: list[Model]) -> str:
         """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""
