@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .models import ModelProfile, ProjectState
+from .telemetry import merge_profiles
 
 if TYPE_CHECKING:
     from .cost import BudgetHierarchy
@@ -96,23 +97,6 @@ class AgentPool:
         return name, state
 
     def merge_telemetry(self) -> dict[str, ModelProfile]:
-        """Every agent's model profiles in one: moving averages (quality, trust, latency)
+        """Every agent's model profiles in one: moving averages (quality, trust, latency, cost)
         averaged over the agents that measured the model, counters summed."""
-        merged: dict[str, ModelProfile] = {}
-        for key in {key for agent in self.agents.values() for key in agent.profiles}:
-            profiles = [a.profiles[key] for a in self.agents.values() if key in a.profiles]
-            measured = [p for p in profiles if p.calls or p.evaluations] or profiles
-            latencies = [p.latency_ms for p in measured if p.latency_ms is not None]
-            first = profiles[0]
-            merged[key] = ModelProfile(
-                model=first.model,
-                region=first.region,
-                trains_on_output=first.trains_on_output,
-                quality=statistics.fmean(p.quality for p in measured),
-                trust=statistics.fmean(p.trust for p in measured),
-                latency_ms=statistics.fmean(latencies) if latencies else None,
-                calls=sum(p.calls for p in profiles),
-                failures=sum(p.failures for p in profiles),
-                evaluations=sum(p.evaluations for p in profiles),
-            )
-        return merged
+        return merge_profiles(agent.profiles for agent in self.agents.values())

@@ -13,17 +13,20 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, providers
+from .audit import AuditLog, verify
 from .budget import Budget
 from .catalog import Catalog
 from .client import UnifiedClient
 from .cost import BudgetHierarchy, CostForecaster, CostPredictor
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
+from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from .optimization import BACKENDS
 from .output_writer import OutputError, write_outputs
@@ -145,6 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="run model-written code (pytest, latex validators) WITHOUT a sandbox where none is "
         "available; it can then read your files and keys and use your network",
     )
+    watch = parser.add_argument_group("watching a run")
+    watch.add_argument(
+        "--metrics-out",
+        metavar="FILE",
+        help="model and run metrics: FILE.prom (Prometheus text format, for a textfile "
+        "collector; needs the metrics extra) or FILE.json, rewritten after every task; - "
+        "prints a table at the end",
+    )
+    watch.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append a hash-chained JSONL record of every model choice and call to FILE as "
+        "the run goes",
+    )
+    watch.add_argument(
+        "--verify-audit",
+        metavar="FILE",
+        help="check an audit log's hash chain (exit 0 intact, 1 tampered with) and exit",
+    )
     saved = parser.add_argument_group("saved projects")
     saved.add_argument("--resume", metavar="ID", help="continue an interrupted project")
     saved.add_argument(
@@ -203,18 +225,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_SUCCESS
         if args.list_projects:
             return asyncio.run(_list_projects())
+        if args.verify_audit:
+            return _verify_audit(args.verify_audit)
         _check_limits(args)
         if args.resume:
             project_id = args.resume
             _probe_output_dir(args.output_dir)
-            return asyncio.run(_resume(args))
+            return asyncio.run(_resume(args, _Watch.from_args(args)))
         spec = _project_spec(args)
         if args.forecast:
             sys.stdout.write(forecast_text(spec, args))
             return EXIT_SUCCESS
         _probe_output_dir(spec.output_dir)
+        watch = _Watch.from_args(args)
         spec.project_id = project_id = spec.project_id or new_project_id()
-        return asyncio.run(_run(spec, args))
+        return asyncio.run(_run(spec, args, watch))
     except OrchestratorError as exc:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -295,7 +320,60 @@ def _usage(message: str) -> OrchestratorError:
     return OrchestratorError(message)
 
 
-async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
+def _verify_audit(path: str) -> int:
+    check = verify(path)
+    print(check.describe(path), file=sys.stdout if check.ok else sys.stderr)
+    return EXIT_SUCCESS if check.ok else 1
+
+
+@dataclass
+class _Watch:
+    """What the run is watched with: a metrics exporter and an audit log, both checked before
+    anything is paid."""
+
+    metrics: MetricsExporter | None = None
+    audit: AuditLog | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> _Watch:
+        metrics = None
+        if args.metrics_out:
+            metrics = exporter_for(args.metrics_out)
+            if args.metrics_out != "-":
+                _probe_file(args.metrics_out, "--metrics-out")
+        audit = None
+        if args.audit_log:
+            _probe_file(args.audit_log, "--audit-log")
+            audit = AuditLog(args.audit_log)
+        return cls(metrics, audit)
+
+    def attach(self, orchestrator: Orchestrator, printer: ProgressPrinter) -> None:
+        orchestrator.display(printer)
+        orchestrator.set_metrics_exporter(self.metrics)
+        orchestrator.audit_log = self.audit
+
+    async def finish(self, orchestrator: Orchestrator) -> None:
+        if self.metrics is not None and not self.metrics.follows_run:
+            orchestrator.export_metrics()  # the console table, after the results
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.close)
+            print(
+                f"audit log {self.audit.path}: {len(self.audit.records)} records added; "
+                f"head {self.audit.head}",
+                file=sys.stderr,
+            )
+
+
+def _probe_file(name: str, flag: str) -> None:
+    """A file the run will write: its directory must exist and be writable."""
+    directory = Path(name).resolve().parent
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise _usage(f"{flag} {name}: directory {directory} does not exist or is not writable")
+    if Path(name).is_dir():
+        raise _usage(f"{flag} {name} is a directory")
+
+
+async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> int:
     budget = Budget(
         max_usd=_or(spec.budget, 8.0),
         max_time_seconds=_or(spec.time, 5400.0),
@@ -320,21 +398,23 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace) -> int:
             unsafe_validators=args.unsafe_validators,
             validator_timeout=_or(args.validator_timeout, 60.0),
             max_tasks=args.max_tasks,
-            on_event=printer,
             extra_settings=settings,
             optimization_backend=BACKENDS[routing](),
             policies=_policies(args),
             budget_hierarchy=_caps(args),
         )
+        watch.attach(orchestrator, printer)
         with printer:  # the live area is gone before the results or an error is printed
             state = await orchestrator.run_project(
                 spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
                 restart=args.restart, team=args.team, job_id=args.job,
             )  # fmt: skip
-    return await _report(state, spec.output_dir, args.overwrite)
+    code = await _report(state, spec.output_dir, args.overwrite)
+    await watch.finish(orchestrator)
+    return code
 
 
-async def _resume(args: argparse.Namespace) -> int:
+async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
     async with _guarded(), StateManager() as store:
         status, settings = await store.run_settings(args.resume)
         concurrency = args.concurrency or int(settings.get("concurrency", 3))
@@ -355,7 +435,6 @@ async def _resume(args: argparse.Namespace) -> int:
                 unsafe_validators=args.unsafe_validators,
                 validator_timeout=_or(args.validator_timeout, 60.0),
                 max_tasks=args.max_tasks or settings.get("max_tasks"),
-                on_event=printer,
                 extra_settings={
                     "output_dir": output_dir,
                     "use_cache": use_cache,
@@ -365,6 +444,7 @@ async def _resume(args: argparse.Namespace) -> int:
                 policies=_policies(args),
                 budget_hierarchy=_caps(args),
             )
+            watch.attach(orchestrator, printer)
             if status in FINISHED:
                 print(
                     f"project {args.resume} already finished with status "
@@ -380,7 +460,9 @@ async def _resume(args: argparse.Namespace) -> int:
                 )
     if status in FINISHED and not args.output_dir:
         output_dir = None  # nothing ran: nothing new to write, unless asked for explicitly
-    return await _report(state, output_dir, args.overwrite)
+    code = await _report(state, output_dir, args.overwrite)
+    await watch.finish(orchestrator)
+    return code
 
 
 async def _report(state: ProjectState, output_dir: str | None, overwrite: bool) -> int:

@@ -140,6 +140,11 @@ class UnifiedClient:
     def usable_providers(self) -> list[str]:
         return self.catalog.usable_providers(self.env)
 
+    def secrets(self) -> set[str]:
+        """The API keys this client was given: what logs, audits and metrics must never show."""
+        keys = (spec.api_key(self.env) for spec in self.catalog.providers.values())
+        return {key for key in keys if key}
+
     def available_models(self) -> list[Model]:
         """Models whose provider has a key, in catalog order (healthy or not)."""
         usable = set(self.usable_providers())
@@ -497,15 +502,21 @@ def _failure(adapter: ProviderAdapter, exc: BaseException) -> Failure | None:
         return TIMED_OUT
     classified = adapter.classify(exc)
     if classified is not None:
-        return classified
+        return replace(classified, detail=_without_key(classified.detail, adapter))
     # Anything else the SDK raised (an HTML page where JSON was due, a body it cannot parse)
     # is a failure of this vendor call, not a bug: the next model is tried. The request did
     # reach the vendor, so it may be billed.
     return Failure(
         kind="permanent",
-        detail=f"unexpected {type(exc).__name__}: {str(exc)[:200]}",
+        detail=_without_key(f"unexpected {type(exc).__name__}: {str(exc)[:200]}", adapter),
         maybe_billed=True,
     )
+
+
+def _without_key(detail: str, adapter: ProviderAdapter) -> str:
+    """A vendor's error text, which may quote the key it was sent (a 401 often does), without it."""
+    key = adapter.endpoint.api_key
+    return detail.replace(key, "[redacted]") if key and len(key) >= 8 else detail
 
 
 def _provider_error(model: Model, failure: Failure, attempts: int) -> ProviderError:

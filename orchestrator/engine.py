@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .agents import TaskChannel
+from .audit import AuditLog
 from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Model
@@ -30,19 +31,19 @@ from .errors import (
     ProviderError,
     UnknownModelError,
 )
-from .events import Event, EventSink, guarded, ignore
+from .events import Event, EventPump, EventSink, guarded, ignore
 from .gateway import Journal, LLMGateway
 from .hooks import EventType, Hook, HookRegistry
 from .lease import Lease
+from .metrics import MetricsExporter, MetricsFeed, MetricsSnapshot
+from .metrics import collect as collect_metrics
 from .models import (
-    ModelProfile,
     ProjectState,
     ProjectStatus,
     Task,
     TaskResult,
     TaskStatus,
     TaskType,
-    build_default_profiles,
 )
 from .optimization import OptimizationBackend, RoutingTableBackend
 from .planner import ConstraintPlanner
@@ -55,6 +56,7 @@ from .sandbox import choose
 from .state import SavedProject, StateManager, UnknownProjectError
 from .task_runner import TaskContext, TaskRunner, describe_outage, is_outage
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
+from .telemetry import ModelProfile, TelemetryCollector
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
@@ -112,6 +114,7 @@ class Orchestrator:
         policies: Iterable[Policy] | None = None,
         cost_predictor: CostPredictor | None = None,
         budget_hierarchy: BudgetHierarchy | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         _check_threshold(quality_threshold)
         self.budget = budget or Budget()
@@ -122,8 +125,12 @@ class Orchestrator:
         self.max_concurrency = max_concurrency
         self._client = client
         self.quality_threshold = quality_threshold
-        self._on_event = guarded(on_event) if on_event is not None else ignore
         self.hooks = HookRegistry()
+        # Time-boxed like the hooks (``hooks.timeout``).
+        self._on_event = (
+            EventPump(on_event, lambda: self.hooks.timeout) if on_event is not None else None
+        )
+        self._display: EventSink = ignore
         self.emit: EventSink = self._emit
         self.validator_timeout = validator_timeout
         # Run model-written code without isolation: only when the user explicitly asks.
@@ -146,10 +153,20 @@ class Orchestrator:
         # Caps across runs (organisation, team, job), saved in the state file for later runs;
         # share one between orchestrators that run at once so they hold money together.
         self.budget_hierarchy = budget_hierarchy or BudgetHierarchy()
-        # What this orchestrator's runs measured about each model (quality, trust, latency),
-        # by ``provider/id``; built from the client's catalog at the first run.
-        self.profiles: dict[str, ModelProfile] = {}
+        # What this orchestrator's runs measured about each model (quality, trust, latency,
+        # cost), by ``provider/id``; built from the client's catalog at the first run.
+        self.telemetry = TelemetryCollector()
+        self.metrics_exporter: MetricsExporter | None = None
+        self._metrics_feed: MetricsFeed | None = None
+        self._current_run: ProjectState | None = None  # the run the metrics report on
         self.channels: dict[str, TaskChannel] = {}
+        # Every model selection and every call of this orchestrator's runs, hash-chained.
+        self.audit_log = audit_log
+
+    @property
+    def profiles(self) -> dict[str, ModelProfile]:
+        """What this orchestrator's runs measured about each model (``self.telemetry``)."""
+        return self.telemetry.profiles
 
     def add_hook(self, event_type: EventType, callback: Hook) -> None:
         """Call ``callback`` with keyword arguments on every ``event_type`` of this
@@ -157,9 +174,36 @@ class Orchestrator:
         to break or stall a run."""
         self.hooks.add(event_type, callback)
 
+    def display(self, sink: EventSink) -> None:
+        """Also send every event to ``sink``, called in order on the event loop's thread as
+        each happens: for a progress display that must not race the program's other output.
+        It must return at once (``on_event`` handlers run off the loop, time-boxed); one that
+        raises is logged once."""
+        self._display = guarded(sink)
+
     def _emit(self, event: Event) -> None:
-        self._on_event(event)
+        self._display(event)
+        if self._on_event is not None:
+            self._on_event(event)
         self.hooks.dispatch(event)
+        if event.kind == "task_finished" and self._metrics_feed is not None:
+            self._metrics_feed.request()
+
+    def set_metrics_exporter(self, exporter: MetricsExporter | None) -> None:
+        """Where ``export_metrics`` writes (``orchestrator.metrics``); a file exporter is also
+        written after every finished task and at the end of each run."""
+        self.metrics_exporter = exporter
+
+    def export_metrics(self) -> MetricsSnapshot:
+        """Export the model telemetry and the latest run's figures with the exporter set (if
+        any), and return them."""
+        snapshot = self._metrics_snapshot()
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.export(snapshot)
+        return snapshot
+
+    def _metrics_snapshot(self) -> MetricsSnapshot:
+        return collect_metrics(self.telemetry.profiles, self._current_run)
 
     def set_optimization_backend(self, backend: OptimizationBackend) -> None:
         """How models are put in order for every choice of the next runs (see
@@ -366,13 +410,30 @@ class Orchestrator:
         self, session: _Session, state: ProjectState, tasks: Mapping[str, Task] | None
     ) -> None:
         await self._load_telemetry(session)
+        self._current_run = state
+        exporter = self.metrics_exporter
+        feed = self._metrics_feed = (
+            MetricsFeed(exporter, self._metrics_snapshot)
+            if exporter is not None and getattr(exporter, "follows_run", False)
+            else None
+        )
         budget = state.budget
         budget.on_phase_warning.append(self._phase_warning)
         journal = None
         if session.store is not None:
             journal = Journal(session.store, state.project_id, budget)
             await journal.load()
-        gateway = LLMGateway(session.client, budget, session.cache, journal, session.lease)
+        if self.audit_log is not None:
+            self.audit_log.add_secrets(session.client.secrets())
+        gateway = LLMGateway(
+            session.client,
+            budget,
+            session.cache,
+            journal,
+            session.lease,
+            audit=self.audit_log,
+            project_id=state.project_id,
+        )
         self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
         try:
             await self._plan_and_execute(session, state, gateway, tasks)
@@ -388,7 +449,7 @@ class Orchestrator:
                 assert session.store is not None
                 estimates = self.cost_predictor.export()
                 await asyncio.shield(session.store.save_cost_estimates(state.project_id, estimates))
-                measured = {k: p.to_record() for k, p in self.profiles.items() if p.calls}
+                measured = self.telemetry.export()
                 await asyncio.shield(session.store.save_model_telemetry(measured))
                 owner = session.lease.owner if session.lease else None
                 # Shielded: the final status must be written even while being cancelled.
@@ -401,6 +462,11 @@ class Orchestrator:
                         owner=owner,
                     )
                 )
+            if feed is not None:
+                await feed.flush()  # the final figures, even while being cancelled
+                self._metrics_feed = None
+            if self.audit_log is not None:
+                await asyncio.shield(asyncio.to_thread(self.audit_log.sync))
         self.emit(Event("run_finished", data={"status": state.status.value}))
         await self.hooks.drain()  # each is time-boxed: a slow one cannot hold the run up long
 
@@ -426,6 +492,7 @@ class Orchestrator:
             description=state.project_description,
             threshold=state.quality_threshold,
             emit=self.emit,
+            telemetry=self.telemetry,
             validator_timeout=self.validator_timeout,
             unsafe_validators=self.unsafe_validators,
         )
@@ -688,7 +755,11 @@ class Orchestrator:
             for storage in (cache, store):
                 if storage is not None:
                     await storage.open()
-            yield _Session(client, cache, store)
+            try:
+                yield _Session(client, cache, store)
+            finally:
+                if self._on_event is not None:  # the handler has seen the call's events
+                    await asyncio.shield(self._on_event.drain())
 
     @asynccontextmanager
     async def _capped(
@@ -718,21 +789,14 @@ class Orchestrator:
         measured itself: routing and the metrics start from it."""
         if session.store is None:
             return
-        self._ensure_profiles(session.client)
-        for key, record in (await session.store.model_telemetry()).items():
-            profile = self.profiles.get(key)
-            if profile is not None and not profile.calls and not profile.evaluations:
-                profile.restore(record)
-
-    def _ensure_profiles(self, client: UnifiedClient) -> None:
-        if not self.profiles:  # filled in place: a job's copy of this orchestrator shares it
-            self.profiles.update(build_default_profiles(client.catalog))
+        self.telemetry.ensure(session.client.catalog)
+        self.telemetry.restore(await session.store.model_telemetry())
 
     def _router(self, session: _Session, budget: Budget | None = None) -> Router:
         """The model chooser of a run: this orchestrator's backend and profiles, the run's
         policies and budget, over the models usable now, every choice reported."""
         client = session.client
-        self._ensure_profiles(client)
+        self.telemetry.ensure(client.catalog)
         planner = ConstraintPlanner(
             PolicyEngine(session.policies),
             budget_left=(lambda: budget.remaining_usd) if budget is not None else None,
@@ -742,7 +806,7 @@ class Orchestrator:
             tuple(client.available_models()),
             client.is_healthy,
             backend=self.optimization_backend,
-            profiles=self.profiles,
+            profiles=self.telemetry.profiles,
             on_decision=self._decided,
             planner=planner,
             cost_model=self.cost_predictor,
@@ -770,6 +834,14 @@ class Orchestrator:
 
     def _decided(self, decision: Decision) -> None:
         log.debug("%s", decision.explain())
+        if self.audit_log is not None:
+            run = self._current_run
+            self.audit_log.record(
+                "decision",
+                decision.to_record(),
+                project_id=run.project_id if run is not None else None,
+                task_id=decision.task_id,
+            )
         chosen = decision.chosen.value if decision.chosen else None
         self.emit(
             Event(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .aio import uninterrupted
+from .audit import AuditLog
 from .budget import Budget, BudgetExceeded, PhaseGuard, Reservation
 from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
@@ -72,12 +73,16 @@ class LLMGateway:
         cache: DiskCache | None,
         journal: Journal | None = None,
         lease: Lease | None = None,
+        audit: AuditLog | None = None,
+        project_id: str | None = None,
     ) -> None:
         self.client = client
         self.budget = budget
         self.cache = cache
         self.journal = journal
         self.lease = lease
+        self.audit = audit
+        self.project_id = project_id
         self._pending: set[asyncio.Task[None]] = set()
 
     async def ask(
@@ -114,12 +119,20 @@ class LLMGateway:
             entry = await self.journal.get(key)
             if entry is not None:
                 log.debug("%s on %s: replayed from the journal (paid before)", slot, model.value)
-                return _replay(entry, model)
+                try:
+                    replayed = _replay(entry, model)
+                except ProviderError as verdict:
+                    self._audit(model, task_id, phase, slot, "journal", error=verdict)
+                    raise
+                self._audit(model, task_id, phase, slot, "journal", answer=replayed)
+                return replayed
         if self.cache is not None:
             hit = await self._cache_lookup(key)
             if hit is not None:
                 log.debug("%s on %s: cache hit", slot, model.value)
-                return _from_cache(hit, model)
+                cached = _from_cache(hit, model)
+                self._audit(model, task_id, phase, slot, "cache", answer=cached)
+                return cached
             log.debug("%s on %s: cache miss", slot, model.value)
         if self.lease is not None:
             self.lease.check()  # a run that lost its project pays for nothing more
@@ -139,10 +152,12 @@ class LLMGateway:
         except BaseException as exc:
             if isinstance(exc, ProviderError | BudgetExceeded):
                 exc.spent_usd = meter.charged
+            self._audit(model, task_id, phase, slot, "paid", meter=meter, error=exc)
             if meter.charged and self.journal is not None:
                 await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter.charged))
             raise
         answer = replace(answer, cost_usd=meter.charged)
+        self._audit(model, task_id, phase, slot, "paid", meter=meter, answer=answer)
         log.debug(
             "%s on %s: paid $%.6f (%d tokens in, %d out)",
             slot,
@@ -166,6 +181,51 @@ class LLMGateway:
                 )
             )
         return answer
+
+    def _audit(
+        self,
+        model: Model,
+        task_id: str,
+        phase: str,
+        slot: str,
+        source: str,
+        *,
+        meter: _Meter | None = None,
+        answer: Completion | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """One audit record per call: where its answer came from and what it cost."""
+        if self.audit is None:
+            return
+        data: dict[str, Any] = {
+            "phase": phase, "slot": slot, "model": model.value, "provider": model.provider,
+            "source": source,  # paid (a vendor call), cache or journal (nothing paid now)
+            "reserved_usd": meter.reserved if meter else 0.0,
+            "settled_usd": meter.charged if meter else 0.0,
+        }  # fmt: skip
+        if answer is not None:
+            data.update(
+                outcome="answered",
+                input_tokens=answer.input_tokens,
+                output_tokens=answer.output_tokens,
+                cached_tokens=answer.cached_tokens,
+                attempts=answer.attempts,
+                latency_ms=round(answer.latency_seconds * 1000, 1),
+                reported_model=answer.reported_model,
+                stop_reason=answer.stop_reason,
+                notes=list(answer.notes),
+            )
+        elif isinstance(error, asyncio.CancelledError):
+            data.update(outcome="cancelled")
+        elif error is not None:
+            refused = isinstance(error, BudgetExceeded)
+            data.update(
+                outcome="budget_refused" if refused else "failed",
+                error=type(error).__name__,
+                message=str(error),
+                attempts=getattr(error, "attempts", None),
+            )
+        self.audit.record("call", data, project_id=self.project_id, task_id=task_id or None)
 
     async def flush(self) -> None:
         """Wait for the cache writes still in progress."""
@@ -216,9 +276,12 @@ class _Meter:
     def __init__(self, guard: PhaseGuard) -> None:
         self.guard = guard
         self.charged = 0.0
+        self.reserved = 0.0  # the worst cases held, for the audit
 
     async def reserve(self, worst_case_usd: float) -> Reservation:
-        return await self.guard.reserve(worst_case_usd)
+        ticket = await self.guard.reserve(worst_case_usd)
+        self.reserved += worst_case_usd
+        return ticket
 
     def settle(self, ticket: Reservation, actual_usd: float) -> None:
         self.guard.settle(ticket, actual_usd)

@@ -6,19 +6,18 @@ path: a task file is named from its position in the execution order and its type
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .fences import code_blocks, has_fence
+from .files import write_atomically
 from .models import ProjectState, Task, TaskResult, TaskType
 from .progress import format_usd
 from .sandbox import NO_SANDBOX
@@ -427,27 +426,10 @@ def _target(root: Path, name: str) -> Path:
 
 
 def _write(root: Path, name: str, content: str) -> Path:
-    """Write atomically: a reader sees the old file or the new one, never half of either.
-
-    ``O_EXCL`` makes the temporary file new, never a link someone left in its place, and
-    ``os.replace`` swaps the directory entry rather than writing through a link at ``name``.
-    """
     path = _target(root, name)
-    temporary = root / f".{name}.{secrets.token_hex(6)}.tmp"
-    created = False
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        created = True
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_atomically(path, content)
     except OSError as error:
-        if created:
-            # The write error is the one worth reporting, not a failed cleanup after it.
-            with contextlib.suppress(OSError):
-                temporary.unlink()
         reason = error.strerror or type(error).__name__
         raise OutputError(f"cannot write {_show(path)}: {reason}") from None
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .catalog import Catalog, Model
 from .errors import UnknownModelError
@@ -69,6 +69,23 @@ class Decision:
     def chosen(self) -> Model | None:
         chain = self.chain
         return chain[0] if chain else None
+
+    def to_record(self) -> dict[str, Any]:
+        """The decision as data, for the audit log: every candidate with the reason for its
+        place, the policy verdicts with theirs, and the choice."""
+        return {
+            "role": self.role,
+            "task_type": self.task_type.value if self.task_type else None,
+            "backend": self.backend,
+            "chosen": self.chosen.key if self.chosen else None,
+            "candidates": [
+                {"model": r.model.key, "score": r.score, "reason": r.reason} for r in self.ranked
+            ],
+            "held_back": [{"model": m.key, "reason": why} for m, why in self.held_back],
+            "excluded": [{"model": m.key, "reason": why} for m, why in self.excluded],
+            "violations": {key: list(found) for key, found in self.violations.items()},
+            "explanation": self.explain(),
+        }
 
     def explain(self) -> str:
         """The decision in one line, for logs and audits."""

@@ -28,6 +28,7 @@ from .prompts import (
 from .providers.base import Message
 from .routing import CRITIQUE_MAX_TOKENS, ROLE_TASK_TYPES, ROUTING_TABLE, Router
 from .sandbox import NO_SANDBOX
+from .telemetry import TelemetryCollector
 from .validators import run_validators
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class TaskContext:
     description: str
     threshold: float
     emit: EventSink
+    telemetry: TelemetryCollector = field(default_factory=TelemetryCollector)
     validator_timeout: float = 60.0
     unsafe_validators: bool = False
     budget_exhausted: bool = False
@@ -180,9 +182,7 @@ class TaskRunner:
             # keeps the task from counting as passed.
             failed = [v for v in validators if not v.passed and not v.not_run]
             if failed:
-                profile = ctx.router.profiles.get(author.key)
-                if profile is not None:
-                    profile.validator_failures += len(failed)
+                ctx.telemetry.record_validator_failures(author, len(failed))
                 data = {"validators": failed, "iteration": iteration}
                 ctx.emit(Event("validation_failed", task.id, author.value, data=data))
             if not failed:
@@ -331,9 +331,8 @@ class TaskRunner:
             return 0.0, ""
         # Two verdicts that disagree take the lower; a third breaks the tie by the median.
         score = statistics.median(scores) if len(scores) == 3 else min(scores)
-        profile = self.ctx.router.profiles.get(author.key)
-        if profile is not None:
-            profile.record_quality(score)  # what quality-aware routing learns the model is worth
+        # What quality-aware routing learns the model is worth.
+        self.ctx.telemetry.record_quality(author, score)
         closest = min(verdicts, key=lambda v: abs(float(v.parsed["score"]) - score))
         return score, str(closest.parsed.get("reasoning", ""))
 
@@ -432,12 +431,12 @@ class TaskRunner:
     def _measured(self, model: Model, phase: str, answer: Completion | None) -> None:
         """A paid call's outcome (``None``: it failed) into the model's profile and, answered,
         its cost into the cost predictor."""
-        profile = self.ctx.router.profiles.get(model.key)
-        if profile is not None:
-            if answer is None:
-                profile.record_call(0.0, ok=False)
-            else:
-                profile.record_call(answer.latency_seconds, ok=True, cost_usd=answer.cost_usd)
+        if answer is None:
+            self.ctx.telemetry.record_call(model, 0.0, ok=False)
+        else:
+            self.ctx.telemetry.record_call(
+                model, answer.latency_seconds, ok=True, cost_usd=answer.cost_usd
+            )
         predictor = self.ctx.router.cost_model
         if answer is not None and predictor is not None:
             task_type = PHASE_TASK_TYPES.get(phase, self.task.type)

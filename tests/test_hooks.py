@@ -116,3 +116,33 @@ async def test_the_on_event_stream_still_sees_every_event_beside_the_hooks(fake,
         await orch.run_project("[project] add", "add works", tasks=TASKS)
 
     assert "task_started" in kinds and "task_finished" in kinds and "hook" in kinds
+
+
+async def test_an_on_event_handler_that_hangs_is_logged_once_and_never_stalls_the_run(
+    fake, llm, caplog
+):
+    release = threading.Event()
+    seen = []
+
+    def hangs_on_the_first_task(event):
+        seen.append(event.kind)
+        if event.kind == "task_started":
+            release.wait(30)  # a dashboard that stopped answering
+
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(
+            budget=Budget(max_usd=5.0), client=client, use_cache=False,
+            on_event=hangs_on_the_first_task,
+        )  # fmt: skip
+        orch.hooks.timeout = 0.3
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            state = await orch.run_project("[project] add", "add works", tasks=TASKS)
+        took = time.monotonic() - started
+    release.set()
+
+    assert state.status is ProjectStatus.SUCCESS
+    assert took < 5
+    assert seen[:2] == ["run_started", "decomposed"]  # in order, up to the one it hung on
+    hung = [r for r in caplog.records if "has not returned within 0.3 s" in r.getMessage()]
+    assert len(hung) == 1
