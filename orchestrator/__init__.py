@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .agents import AgentPool, TaskChannel
+from .audit import AuditCheck, AuditLog, AuditRecord
 from .budget import Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model, Price, ProviderSpec
@@ -30,6 +31,13 @@ from .errors import (
 )
 from .events import Event
 from .hooks import EventType, HookRegistry
+from .metrics import (
+    ConsoleExporter,
+    JSONExporter,
+    MetricsExporter,
+    MetricsSnapshot,
+    PrometheusExporter,
+)
 from .models import (
     ModelProfile,
     ProjectState,
@@ -61,6 +69,7 @@ from .providers.base import Message
 from .retry import RetryPolicy
 from .routing import Decision, Router
 from .state import StateManager, UnknownProjectError
+from .telemetry import TelemetryCollector
 
 try:
     __version__ = _version("orchestrator")
@@ -69,6 +78,9 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 
 __all__ = [
     "AgentPool",
+    "AuditCheck",
+    "AuditLog",
+    "AuditRecord",
     "Budget",
     "BudgetCapExceeded",
     "BudgetExceeded",
@@ -77,6 +89,7 @@ __all__ = [
     "CatalogError",
     "Completion",
     "ConfigError",
+    "ConsoleExporter",
     "ConstraintPlanner",
     "CostForecaster",
     "CostPredictor",
@@ -88,8 +101,11 @@ __all__ = [
     "ForecastReport",
     "GreedyBackend",
     "HookRegistry",
+    "JSONExporter",
     "JobSpec",
     "Message",
+    "MetricsExporter",
+    "MetricsSnapshot",
     "Model",
     "ModelProfile",
     "ModelUnavailableError",
@@ -107,6 +123,7 @@ __all__ = [
     "Price",
     "ProjectState",
     "ProjectStatus",
+    "PrometheusExporter",
     "ProviderError",
     "ProviderSpec",
     "RetryPolicy",
@@ -120,6 +137,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskType",
+    "TelemetryCollector",
     "TruncatedAnswerError",
     "UnifiedClient",
     "UnknownModelError",

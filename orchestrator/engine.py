@@ -433,6 +433,7 @@ class Orchestrator:
             session.lease,
             audit=self.audit_log,
             project_id=state.project_id,
+            telemetry=self.telemetry,
         )
         self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
         try:

@@ -13,10 +13,16 @@ from .budget import Budget, BudgetExceeded, PhaseGuard, Reservation
 from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
 from .client import Completion, UnifiedClient, sent_max_tokens
-from .errors import ProviderError, StructuredOutputError, TruncatedAnswerError
+from .errors import (
+    ModelUnavailableError,
+    ProviderError,
+    StructuredOutputError,
+    TruncatedAnswerError,
+)
 from .lease import Lease
 from .providers.base import Message
 from .state import StateManager
+from .telemetry import TelemetryCollector
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,7 @@ class LLMGateway:
         lease: Lease | None = None,
         audit: AuditLog | None = None,
         project_id: str | None = None,
+        telemetry: TelemetryCollector | None = None,
     ) -> None:
         self.client = client
         self.budget = budget
@@ -83,6 +90,9 @@ class LLMGateway:
         self.lease = lease
         self.audit = audit
         self.project_id = project_id
+        # Fed here, where every paid call passes and answers from the cache or the journal
+        # (which measure nothing) are told apart from calls.
+        self.telemetry = telemetry if telemetry is not None else TelemetryCollector()
         self._pending: set[asyncio.Task[None]] = set()
 
     async def ask(
@@ -153,11 +163,14 @@ class LLMGateway:
             if isinstance(exc, ProviderError | BudgetExceeded):
                 exc.spent_usd = meter.charged
             self._audit(model, task_id, phase, slot, "paid", meter=meter, error=exc)
+            if isinstance(exc, ProviderError) and not isinstance(exc, ModelUnavailableError):
+                self.telemetry.record_call(model, 0.0, ok=False)
             if meter.charged and self.journal is not None:
                 await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter.charged))
             raise
         answer = replace(answer, cost_usd=meter.charged)
         self._audit(model, task_id, phase, slot, "paid", meter=meter, answer=answer)
+        self.telemetry.record_call(model, answer.latency_seconds, ok=True, cost_usd=meter.charged)
         log.debug(
             "%s on %s: paid $%.6f (%d tokens in, %d out)",
             slot,

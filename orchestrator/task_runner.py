@@ -380,8 +380,6 @@ class TaskRunner:
                 )
             except (ProviderError, BudgetExceeded) as exc:
                 self.result.cost_usd += exc.spent_usd
-                if isinstance(exc, ProviderError):
-                    self._measured(model, phase, None)
                 self.ctx.emit(
                     Event(
                         "call_failed", self.task.id, model.value, step, {**about, "error": str(exc)}
@@ -399,8 +397,10 @@ class TaskRunner:
                     self.result.degraded_fallback_count += 1
                 continue
             self.result.cost_usd += answer.cost_usd
-            if not (answer.from_cache or answer.replayed):
-                self._measured(model, phase, answer)
+            predictor = self.ctx.router.cost_model
+            if predictor is not None and not (answer.from_cache or answer.replayed):
+                task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
+                predictor.record(model, task_type, answer.cost_usd)
             for note in answer.notes:
                 line = f"{phase} ({model.value}): {note}"
                 if line not in self.result.notes:
@@ -427,20 +427,6 @@ class TaskRunner:
             raise ProvidersUnavailable(outages)
         last = failures[-1] if failures else "no model to ask"
         raise ChainExhausted(f"every model failed for {phase}; last: {last}")
-
-    def _measured(self, model: Model, phase: str, answer: Completion | None) -> None:
-        """A paid call's outcome (``None``: it failed) into the model's profile and, answered,
-        its cost into the cost predictor."""
-        if answer is None:
-            self.ctx.telemetry.record_call(model, 0.0, ok=False)
-        else:
-            self.ctx.telemetry.record_call(
-                model, answer.latency_seconds, ok=True, cost_usd=answer.cost_usd
-            )
-        predictor = self.ctx.router.cost_model
-        if answer is not None and predictor is not None:
-            task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
-            predictor.record(model, task_type, answer.cost_usd)
 
     def _context(self, chain: list[Model]) -> str:
         """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""

@@ -47,3 +47,20 @@ async def test_every_call_and_validator_failure_is_measured_and_kept_for_later_r
     kept = again.profiles[author.key]
     assert kept.calls > measured.calls  # the earlier run's calls plus this one's
     assert kept.validator_failures >= measured.validator_failures
+
+
+async def test_the_planners_calls_count_and_cache_hits_do_not(fake, llm):
+    async def run_with_cache():
+        async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+            orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_state=False)
+            await orch.run_project("[project] add", "add works")
+            return orch
+
+    first = await run_with_cache()
+    measured = {k: p.calls for k, p in first.telemetry.measured().items()}
+    assert sum(measured.values()) == fake.count()  # the decomposition's call included
+
+    again = await run_with_cache()  # every answer from the cache: nothing was called
+
+    assert fake.count() == sum(measured.values())
+    assert not any(p.calls for p in again.profiles.values())
