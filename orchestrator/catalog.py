@@ -8,7 +8,7 @@ built-in one field by field, anything else is added. Aliases named by a later fi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -127,6 +127,9 @@ class ProviderSpec:
     region: str = "unknown"
     trains_on_output: bool | None = None
     terms: str = ""
+    # What answers, for cache and journal keys, where the URL changes from run to run (the
+    # embedded local server's port); None: the base URL says it.
+    identity: str | None = None
 
     def api_key(self, env: Mapping[str, str]) -> str | None:
         """The key from the environment; endpoints that need none get a placeholder."""
@@ -148,6 +151,7 @@ class Catalog:
     models: list[Model]
     files: list[str] = field(default_factory=list)
     _lookup: dict[str, list[Model]] = field(default_factory=dict, repr=False)
+    _documents: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
 
     @classmethod
     def load(
@@ -163,6 +167,27 @@ class Catalog:
         if user_path is not None:
             documents.append((str(user_path), _read_document(Path(user_path))))
         return _build(documents)
+
+    def extended(self, origin: str, document: dict[str, Any]) -> Catalog:
+        """This catalog with ``document`` (same shape as a catalog file) merged over it."""
+        return _build([*self._documents, (origin, document)])
+
+    def only(self, providers: Iterable[str]) -> Catalog:
+        """This catalog with just ``providers`` and their models (``--providers``)."""
+        names = {name.strip().lower() for name in providers}
+        unknown = sorted(names - set(self.providers))
+        if unknown:
+            known = ", ".join(sorted(self.providers))
+            raise CatalogError(f"unknown provider {unknown[0]!r}: the catalog has {known}")
+        kept = [m for m in self.models if m.provider in names]
+        catalog = Catalog(
+            providers={n: spec for n, spec in self.providers.items() if n in names},
+            models=kept,
+            files=list(self.files),
+            _documents=list(self._documents),
+        )
+        catalog._lookup = _index(kept)
+        return catalog
 
     def resolve(self, name: str | Model) -> Model:
         """A model by alias, id or ``provider/id`` (case-insensitive)."""
@@ -260,7 +285,7 @@ def _describe(document: dict[str, Any], error: ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
-def _build(documents: Iterable[tuple[str, dict[str, Any]]]) -> Catalog:
+def _build(documents: Sequence[tuple[str, dict[str, Any]]]) -> Catalog:
     providers: dict[str, dict[str, Any]] = {}
     provider_origin: dict[str, str] = {}
     models: dict[tuple[str, str], dict[str, Any]] = {}
@@ -296,7 +321,7 @@ def _build(documents: Iterable[tuple[str, dict[str, Any]]]) -> Catalog:
     built = [
         _model(fields, origin_of[key], specs, alias_owner, key) for key, fields in models.items()
     ]
-    catalog = Catalog(providers=specs, models=built, files=files)
+    catalog = Catalog(providers=specs, models=built, files=files, _documents=list(documents))
     catalog._lookup = _index(built)
     return catalog
 
@@ -326,6 +351,7 @@ def _provider_spec(name: str, fields: dict[str, Any], origin: str) -> ProviderSp
         region=str(fields.get("region", "unknown")).lower(),
         trains_on_output=fields.get("trains_on_output"),
         terms=" ".join(str(fields.get(k, "")) for k in ("terms", "terms_as_of")).strip(),
+        identity=fields.get("identity"),
     )
 
 

@@ -12,11 +12,11 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__, providers
 from .audit import AuditLog, verify
@@ -26,6 +26,7 @@ from .client import UnifiedClient
 from .cost import BudgetHierarchy, CostForecaster, CostPredictor
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
+from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local, saved_as
 from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from .optimization import BACKENDS
@@ -135,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(BACKENDS),
         help="how models are put in order for each job: table (the routing table, default), "
         "greedy (quality x trust / cost), weighted (weighted sum), pareto (non-dominated first)",
+    )
+    models = parser.add_argument_group("models")
+    models.add_argument(
+        "--local",
+        action="store_true",
+        help="run every step on the embedded local model (offline, $0; needs the local extra)",
+    )
+    models.add_argument(
+        "--local-model",
+        metavar="PATH",
+        help="serve this GGUF file locally instead of the embedded model (implies --local)",
+    )
+    models.add_argument(
+        "--providers",
+        metavar="NAMES",
+        help="use only these providers of the catalog, comma-separated (e.g. local, or "
+        "openai,anthropic); the others are hidden",
     )
     limits.add_argument(
         "--validator-timeout",
@@ -384,7 +402,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
     async with (
         _guarded(),
         StateManager() as store,
-        UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client,
+        _client(args, concurrency, settings) as client,
     ):
         client.require_providers()
         printer = _progress(args, budget)
@@ -423,7 +441,14 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
         routing = args.routing or settings.get("routing", "table")
         if routing not in BACKENDS:
             raise OrchestratorError(f"project {args.resume}: unknown routing {routing!r} saved")
-        async with UnifiedClient(catalog_path=args.catalog, max_concurrency=concurrency) as client:
+        resumed = {
+            "output_dir": output_dir,
+            "use_cache": use_cache,
+            "routing": routing,
+            "local": settings.get("local"),
+            "providers": settings.get("providers"),
+        }
+        async with _client(args, concurrency, resumed, running=status not in FINISHED) as client:
             if status not in FINISHED:
                 client.require_providers()
             printer = _progress(args)
@@ -435,11 +460,7 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
                 unsafe_validators=args.unsafe_validators,
                 validator_timeout=_or(args.validator_timeout, 60.0),
                 max_tasks=args.max_tasks or settings.get("max_tasks"),
-                extra_settings={
-                    "output_dir": output_dir,
-                    "use_cache": use_cache,
-                    "routing": routing,
-                },
+                extra_settings=resumed,
                 optimization_backend=BACKENDS[routing](),
                 policies=_policies(args),
                 budget_hierarchy=_caps(args),
@@ -499,6 +520,48 @@ async def _list_projects() -> int:
         )
     print("\n".join(text_table(rows)))
     return EXIT_SUCCESS
+
+
+@asynccontextmanager
+async def _client(
+    args: argparse.Namespace, concurrency: int, settings: dict[str, Any], *, running: bool = True
+) -> AsyncIterator[UnifiedClient]:
+    """The run's client: the catalog's providers (only those of --providers), and a local
+    model served for the run's length where one is asked for, was saved with the project, or
+    stands in for missing keys. What was chosen is written into ``settings`` for a resume."""
+    env = load_environment()
+    catalog = Catalog.load(args.catalog, env=env)
+    providers = _provider_names(args.providers) or settings.get("providers")
+    requested = args.local_model or args.local or settings.get("local")
+    if providers and LOCAL_PROVIDER in providers:
+        requested = requested or True
+    elif providers and requested:
+        providers = [*providers, LOCAL_PROVIDER]  # --local beside named cloud providers
+    cloud = catalog.only(p for p in providers if p != LOCAL_PROVIDER) if providers else catalog
+    local, stands_in = choose_local(
+        requested if running else None, keys_usable=bool(cloud.usable_providers(env))
+    )
+    async with AsyncExitStack() as stack:
+        if local is not None:
+            await stack.enter_async_context(local)
+            catalog = local.catalog(catalog)
+            if stands_in:
+                print(f"orchestrator: {KEYLESS_NOTE}", file=sys.stderr)
+            providers = providers or [LOCAL_PROVIDER]
+        if providers:
+            catalog = catalog.only(providers)
+        settings.update(local=saved_as(local), providers=providers)
+        client = UnifiedClient(catalog=catalog, env=env, max_concurrency=concurrency)
+        yield await stack.enter_async_context(client)
+
+
+def _provider_names(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not names:
+        raise _usage("--providers needs at least one provider name")
+    return names
 
 
 @asynccontextmanager

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .fences import join_continuation
 from .health import HealthRegistry
+from .local import INSTALL_COMMAND
 from .providers.base import (
     TIMED_OUT,
     ChatRequest,
@@ -157,7 +158,7 @@ class UnifiedClient:
             raise NoProvidersError(
                 f"no LLM provider is configured: set at least one of {names} (see .env.example), "
                 "or add a keyless OpenAI-compatible endpoint such as a local Ollama to your "
-                "catalog file (--catalog)"
+                f"catalog file (--catalog), or run offline on the embedded model: {INSTALL_COMMAND}"
             )
 
     def is_healthy(self, model: Model | str) -> bool:
@@ -386,9 +387,15 @@ class UnifiedClient:
         )
 
     def base_url(self, model: Model | str) -> str | None:
-        """The endpoint ``model`` is called at, as configured now (part of every cache key)."""
+        """The endpoint ``model`` is called at, as configured now."""
         m = self.catalog.resolve(model)
         return self.catalog.provider_of(m).base_url(self.env)
+
+    def endpoint_identity(self, model: Model | str) -> str | None:
+        """What answers ``model``'s calls, for cache and journal keys: the base URL, or the
+        provider's stable identity where its URL changes from run to run."""
+        m = self.catalog.resolve(model)
+        return self.catalog.provider_of(m).identity or self.base_url(m)
 
     def api_version(self, model: Model | str) -> str | None:
         """The API version ``model``'s requests ask for (Gemini), part of every cache key."""

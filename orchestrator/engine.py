@@ -11,6 +11,7 @@ import asyncio
 import copy
 import dataclasses
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
@@ -21,7 +22,7 @@ from .agents import TaskChannel
 from .audit import AuditLog
 from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
-from .catalog import Model
+from .catalog import Catalog, Model
 from .client import UnifiedClient
 from .cost import BudgetHierarchy, CostPredictor
 from .errors import (
@@ -35,6 +36,7 @@ from .events import Event, EventPump, EventSink, guarded, ignore
 from .gateway import Journal, LLMGateway
 from .hooks import EventType, Hook, HookRegistry
 from .lease import Lease
+from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local
 from .metrics import MetricsExporter, MetricsFeed, MetricsSnapshot
 from .metrics import collect as collect_metrics
 from .models import (
@@ -53,6 +55,7 @@ from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Decision, Router
 from .sandbox import choose
+from .settings import load_environment
 from .state import SavedProject, StateManager, UnknownProjectError
 from .task_runner import TaskContext, TaskRunner, describe_outage, is_outage
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
@@ -115,6 +118,7 @@ class Orchestrator:
         cost_predictor: CostPredictor | None = None,
         budget_hierarchy: BudgetHierarchy | None = None,
         audit_log: AuditLog | None = None,
+        local: bool | str | os.PathLike[str] = False,
     ) -> None:
         _check_threshold(quality_threshold)
         self.budget = budget or Budget()
@@ -162,6 +166,9 @@ class Orchestrator:
         self.channels: dict[str, TaskChannel] = {}
         # Every model selection and every call of this orchestrator's runs, hash-chained.
         self.audit_log = audit_log
+        # Without a client given: True runs every step on the embedded local model, a path on
+        # that GGUF file (``orchestrator.local``); with no key set, the embedded model stands in.
+        self.local = local
 
     @property
     def profiles(self) -> dict[str, ModelProfile]:
@@ -742,8 +749,7 @@ class Orchestrator:
         async with AsyncExitStack() as stack:
             client = self._client
             if client is None:
-                client = UnifiedClient(max_concurrency=self.max_concurrency)
-                stack.push_async_callback(client.aclose)
+                client = await self._default_client(stack)
             cache = self._cache
             if cache is None and self._use_cache:
                 cache = DiskCache()
@@ -761,6 +767,20 @@ class Orchestrator:
             finally:
                 if self._on_event is not None:  # the handler has seen the call's events
                     await asyncio.shield(self._on_event.drain())
+
+    async def _default_client(self, stack: AsyncExitStack) -> UnifiedClient:
+        """A client over the user's keys, or over a local model served for the call's length."""
+        env = load_environment()
+        catalog = Catalog.load(env=env)
+        local, stands_in = choose_local(self.local, keys_usable=bool(catalog.usable_providers(env)))
+        if local is not None:
+            await stack.enter_async_context(local)
+            catalog = local.catalog(catalog).only([LOCAL_PROVIDER])
+            if stands_in:
+                log.warning("%s", KEYLESS_NOTE)
+        client = UnifiedClient(catalog=catalog, env=env, max_concurrency=self.max_concurrency)
+        stack.push_async_callback(client.aclose)
+        return client
 
     @asynccontextmanager
     async def _capped(

@@ -112,7 +112,7 @@ class LLMGateway:
         # is another request, never served an answer cut off under the old one.
         key = cache_key(
             provider=model.provider,
-            base_url=self.client.base_url(model),
+            base_url=self.client.endpoint_identity(model),
             model=model.value,
             params={
                 "max_tokens": sent_max_tokens(model, max_tokens),

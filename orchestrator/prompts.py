@@ -46,7 +46,8 @@ EVALUATION_SCHEMA = {
     "type": "object",
     "properties": {
         "score": {"type": "number", "minimum": 0, "maximum": 1},
-        "reasoning": {"type": "string"},
+        # Bounded, so a small model's verdict cannot ramble into its output limit.
+        "reasoning": {"type": "string", "maxLength": 1000},
     },
     "required": ["score", "reasoning"],
     "additionalProperties": False,

@@ -60,3 +60,30 @@ def repair_prompt(problem: str) -> str:
         f"Your previous answer was rejected: {problem}. Reply again with only the corrected JSON, "
         "matching the schema exactly, with no other text."
     )
+
+
+# Keywords the cloud vendors' native structured output rejects (OpenAI strict answers 400) or
+# ignores. Our schemas keep them: answers are validated against them here, and a local server's
+# constrained decoding (llama.cpp, vLLM) uses them to keep a small model's answer bounded.
+VENDOR_UNSUPPORTED = frozenset(
+    {"$schema", "$id", "title", "default", "examples", "minLength", "maxLength", "uniqueItems"}
+)
+# Where a schema's keys name properties rather than keywords.
+_NAMED = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+
+
+def vendor_schema(schema: Any) -> Any:
+    """``schema`` without the keywords a cloud vendor's native structured output rejects."""
+    if isinstance(schema, list):
+        return [vendor_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in VENDOR_UNSUPPORTED:
+            continue
+        if key in _NAMED and isinstance(value, dict):
+            result[key] = {name: vendor_schema(sub) for name, sub in value.items()}
+        else:
+            result[key] = vendor_schema(value)
+    return result

@@ -25,11 +25,18 @@ if TYPE_CHECKING:
 TASKS_SCHEMA = "tasks.schema.json"
 
 _ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Some text that is not all spaces; anchored, as grammar-constrained decoders need.
+NOT_BLANK = r"^[\s\S]*\S[\s\S]*$"
 
-# Keywords OpenAI's strict mode rejects with a 400 (or that are meaningless to a decoder).
-_STRICT_UNSUPPORTED = frozenset(
-    {"$schema", "$id", "title", "default", "examples", "minLength", "maxLength", "uniqueItems"}
-)
+# Keywords meaningless to a decoder. Length and count bounds stay: they keep a small model's
+# plan bounded on a local server, and cloud vendors get the schema without them
+# (``structured.vendor_schema``).
+_STRICT_UNSUPPORTED = frozenset({"$schema", "$id", "title", "default", "examples", "uniqueItems"})
+# Bounds of a planned task, generous for real plans.
+PROMPT_MAX_CHARS = 4000
+ACCEPTANCE_MAX_CHARS = 1000
+DEPENDENCIES_MAX = 20
+PLANNED_TASKS_MAX = 40
 
 
 class TaskGraphError(ConfigError):
@@ -52,12 +59,16 @@ def decomposition_schema(*, min_tasks: int = 1, max_tasks: int | None = None) ->
     """
     schema = task_schema()
     task = schema["properties"]["tasks"]["items"]
-    del task["properties"]["output_schema"]
-    task["properties"]["hard_validators"]["items"]["enum"] = sorted(KNOWN_VALIDATORS)
+    fields = task["properties"]
+    del fields["output_schema"]
+    fields["hard_validators"]["items"]["enum"] = sorted(KNOWN_VALIDATORS)
+    fields["hard_validators"]["maxItems"] = len(KNOWN_VALIDATORS)
+    fields["prompt"]["maxLength"] = PROMPT_MAX_CHARS
+    fields["acceptance"]["maxLength"] = ACCEPTANCE_MAX_CHARS
+    fields["dependencies"]["maxItems"] = DEPENDENCIES_MAX
     tasks = schema["properties"]["tasks"]
     tasks["minItems"] = min_tasks
-    if max_tasks is not None:
-        tasks["maxItems"] = max_tasks
+    tasks["maxItems"] = max_tasks if max_tasks is not None else PLANNED_TASKS_MAX
     return _strict(schema)
 
 
@@ -394,7 +405,9 @@ def explain_schema_error(error: ValidationError) -> str:
             f"{_short(value)} is not a valid id (letters, digits, '_', '.', '-', at most 64, "
             "starting with a letter or digit)"
         )
-    if (keyword == "minLength" and expected == 1) or (keyword == "pattern" and expected == r"\S"):
+    if (keyword == "minLength" and expected == 1) or (
+        keyword == "pattern" and expected in (r"\S", NOT_BLANK)
+    ):
         return "must not be empty"
     if keyword == "minItems" and expected == 1:
         return "must not be empty"

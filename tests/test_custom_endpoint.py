@@ -100,3 +100,23 @@ async def test_endpoint_with_key_env_is_unavailable_until_the_key_is_set(tmp_pat
         with pytest.raises(NoProvidersError, match="LOCAL_KEY"):
             await client.complete("llama-local", "hi")
     assert fake.requests == []
+
+
+async def test_a_local_server_gets_the_schemas_bounds_and_a_cloud_vendor_does_not(
+    tmp_path, fake, client
+):
+    from orchestrator.prompts import EVALUATION_SCHEMA
+
+    fake.responder = lambda request: {"score": 0.5, "reasoning": "fine"}
+    path = local_catalog(tmp_path, fake.base_url)
+    text = path.read_text().replace("max_output_tokens: 4096", "max_output_tokens: 4096\n"
+                                    "    capabilities: {json_schema: true}")  # fmt: skip
+    path.write_text(text)
+    async with UnifiedClient(catalog_path=path, env={}) as local:
+        await local.complete("llama-local", "grade", schema=EVALUATION_SCHEMA)
+    await client.complete("gpt-4o", "grade", schema=EVALUATION_SCHEMA)
+
+    local_sent, vendor_sent = (r.body["response_format"]["json_schema"] for r in fake.requests)
+    assert local_sent["schema"]["properties"]["reasoning"]["maxLength"] == 1000
+    assert "maxLength" not in vendor_sent["schema"]["properties"]["reasoning"]
+    assert vendor_sent["strict"] is True

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.models import Task, TaskType
 from orchestrator.providers.openai_compat import is_strict_compatible
+from orchestrator.structured import VENDOR_UNSUPPORTED, vendor_schema
 from orchestrator.taskgraph import (
     TaskGraphError,
     critical_path_length,
@@ -240,8 +241,12 @@ def test_decomposition_schema_is_strict_compatible():
         5,
         15,
     )
-    # Keywords OpenAI's strict mode rejects outright.
-    assert not _keywords(schema) & {"default", "minLength", "maxLength", "$schema", "title"}
+    assert not _keywords(schema) & {"default", "$schema", "title"}
+    # Bounds stay, for a local server's constrained decoding; cloud vendors get the schema
+    # without the keywords their strict modes reject.
+    assert task["properties"]["prompt"]["maxLength"] and task["properties"]["prompt"]["pattern"]
+    assert is_strict_compatible(vendor_schema(schema))
+    assert not _keywords(vendor_schema(schema)) & VENDOR_UNSUPPORTED
 
 
 def test_an_answer_valid_under_the_decomposition_schema_parses():

@@ -7,6 +7,7 @@ from typing import Any
 import anthropic
 import httpx2
 
+from ..structured import vendor_schema
 from .base import (
     CONNECTION_FAILED,
     TIMED_OUT,
@@ -76,7 +77,7 @@ def _payload(model_id: str, request: ChatRequest) -> dict[str, Any]:
         payload["temperature"] = request.temperature
     if request.json_schema is not None and request.native_schema:
         payload["output_config"] = {
-            "format": {"type": "json_schema", "schema": request.json_schema}
+            "format": {"type": "json_schema", "schema": vendor_schema(request.json_schema)}
         }
     return payload
 

