@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve this GGUF file locally instead of the embedded model (implies --local)",
     )
     models.add_argument(
+        "--allow-single-verdict",
+        action="store_true",
+        help="let a task complete on one usable evaluation when the other failed (default: "
+        "two verdicts are needed)",
+    )
+    models.add_argument(
         "--providers",
         metavar="NAMES",
         help="use only these providers of the catalog, comma-separated (e.g. local, or "
@@ -416,6 +422,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
             unsafe_validators=args.unsafe_validators,
             validator_timeout=_or(args.validator_timeout, 60.0),
             max_tasks=args.max_tasks,
+            allow_single_verdict=args.allow_single_verdict,
             extra_settings=settings,
             optimization_backend=BACKENDS[routing](),
             policies=_policies(args),
@@ -460,6 +467,7 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
                 unsafe_validators=args.unsafe_validators,
                 validator_timeout=_or(args.validator_timeout, 60.0),
                 max_tasks=args.max_tasks or settings.get("max_tasks"),
+                allow_single_verdict=args.allow_single_verdict,
                 extra_settings=resumed,
                 optimization_backend=BACKENDS[routing](),
                 policies=_policies(args),

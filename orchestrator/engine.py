@@ -62,6 +62,10 @@ from .taskgraph import TaskGraphError, decomposition_schema, execution_order, pa
 from .telemetry import ModelProfile, TelemetryCollector
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
+ONE_MODEL = (
+    "one model only ({}): it critiques nothing and grades its own answers, so scores are "
+    "self-assessed; add a key or a second model for independent review"
+)
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
 PLANNED_TASKS = (5, 15)  # what the planner is asked for; a plan outside it is still run
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
@@ -119,6 +123,7 @@ class Orchestrator:
         budget_hierarchy: BudgetHierarchy | None = None,
         audit_log: AuditLog | None = None,
         local: bool | str | os.PathLike[str] = False,
+        allow_single_verdict: bool = False,
     ) -> None:
         _check_threshold(quality_threshold)
         self.budget = budget or Budget()
@@ -169,6 +174,9 @@ class Orchestrator:
         # Without a client given: True runs every step on the embedded local model, a path on
         # that GGUF file (``orchestrator.local``); with no key set, the embedded model stands in.
         self.local = local
+        # A task completes on two agreeing verdicts; with this, one usable verdict suffices
+        # when the other evaluation failed.
+        self.allow_single_verdict = allow_single_verdict
 
     @property
     def profiles(self) -> dict[str, ModelProfile]:
@@ -492,6 +500,8 @@ class Orchestrator:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
         router = self._router(session, state.budget)
+        if len(router.usable) == 1:
+            self.emit(Event("notice", data={"message": ONE_MODEL.format(router.usable[0].value)}))
         ctx = TaskContext(
             gateway=gateway,
             router=router,
@@ -501,6 +511,7 @@ class Orchestrator:
             threshold=state.quality_threshold,
             emit=self.emit,
             telemetry=self.telemetry,
+            allow_single_verdict=self.allow_single_verdict,
             validator_timeout=self.validator_timeout,
             unsafe_validators=self.unsafe_validators,
         )

@@ -23,7 +23,9 @@ class Event:
     task_finished, task_skipped, budget_warning,
     plan_size (``data``: tasks, guidance; a plan outside the range asked for, run as it is),
     sandbox (``data``: isolation, how validators will run model code; sent once, when a task
-    needs it), run_finished, already_finished (a resumed project that had nothing left to do).
+    needs it), notice (``data``: message, something about the run to tell its user once, e.g.
+    that one model plays every role), run_finished, already_finished (a resumed project that
+    had nothing left to do).
 
     For calls, ``role`` is the step (decomposition, generation, critique, revision,
     evaluation) and ``data`` also holds ``phase`` (the budget partition paying for it),

@@ -105,6 +105,8 @@ class ProgressPrinter:
                 )
             else:
                 self._line(f"validators run model-written code in a {isolation} sandbox")
+        elif kind == "notice":
+            self._line(f"note: {event.data['message']}")
         elif kind == "budget_warning":
             share = event.data["ratio"]
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")

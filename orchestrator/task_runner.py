@@ -38,6 +38,11 @@ CONSISTENCY_DELTA = 0.05
 EVALUATION_MAX_TOKENS = ROUTING_TABLE[TaskType.EVALUATE][1]
 CHARS_PER_TOKEN = 3  # conservative for code; trimming must never overflow a window
 # The task type a phase's calls are priced under, when it is not the task's own.
+ONE_VERDICT = (
+    "only one of the two evaluations gave a usable verdict, which is not enough to complete the "
+    "task (allow it with --allow-single-verdict)"
+)
+
 PHASE_TASK_TYPES = {
     "cross_review": ROLE_TASK_TYPES["critic"],
     "evaluation": ROLE_TASK_TYPES["evaluator"],
@@ -89,6 +94,8 @@ class TaskContext:
     telemetry: TelemetryCollector = field(default_factory=TelemetryCollector)
     validator_timeout: float = 60.0
     unsafe_validators: bool = False
+    # A task may complete on one usable verdict when the other evaluation failed.
+    allow_single_verdict: bool = False
     budget_exhausted: bool = False
     # Providers whose outage stopped a task, with their last errors: the run cannot finish.
     outages: dict[str, str] = field(default_factory=dict)
@@ -108,6 +115,8 @@ class TaskRunner:
         self.ctx = ctx
         self.dependencies = dependencies
         self.result = result
+        # Whether the kept answer's score rests on enough verdicts for the task to complete.
+        self._confirmed = False
 
     async def run(self) -> TaskResult:
         task, result = self.task, self.result
@@ -185,8 +194,14 @@ class TaskRunner:
                 ctx.telemetry.record_validator_failures(author, len(failed))
                 data = {"validators": failed, "iteration": iteration}
                 ctx.emit(Event("validation_failed", task.id, author.value, data=data))
+            confirmed = False
             if not failed:
-                score, reasoning = await self._evaluate(task_text, current, author, iteration)
+                score, reasoning, verdicts = await self._evaluate(
+                    task_text, current, author, iteration
+                )
+                confirmed = verdicts >= 2 or ctx.allow_single_verdict
+                if verdicts == 1 and score >= ctx.threshold and not confirmed:
+                    self._note(f"iteration {iteration}: {ONE_VERDICT}")
             else:
                 score, reasoning = 0.0, ""
             result.score_history.append(score)
@@ -196,8 +211,9 @@ class TaskRunner:
                 notes.append(f"Evaluator's assessment (score {score:.2f}):\n{reasoning}")
             if score >= result.score:
                 self._keep(current, score, passed, validators, author)
+                self._confirmed = confirmed
                 best_notes = notes
-            if not failed and score >= ctx.threshold:
+            if not failed and score >= ctx.threshold and confirmed:
                 not_run = [v.name for v in validators if v.not_run]
                 result.reason = f"{', '.join(not_run)}: {NO_SANDBOX}" if not_run else ""
                 return
@@ -233,7 +249,9 @@ class TaskRunner:
         critics = self.ctx.router.reviewer_chain(self.task.type, author, self.task.id)
         chain = [m for m in critics if m != author]
         if not chain:
-            return None  # nobody else to ask; the evaluator's feedback drives revisions instead
+            # Nobody else to ask; the evaluator's feedback drives revisions instead.
+            self._note("no critique: no model other than its author was available")
+            return None
         try:
             review, critic = await self._ask_chain(
                 chain,
@@ -280,7 +298,8 @@ class TaskRunner:
 
     async def _evaluate(
         self, task_text: str, answer: str, author: Model, iteration: int
-    ) -> tuple[float, str]:
+    ) -> tuple[float, str, int]:
+        """The answer's score, the reasoning closest to it, and how many verdicts it rests on."""
         chain = self.ctx.router.evaluator_chain(author, self.task.id, self.task.type)
         messages = [Message("user", evaluate_prompt(task_text, answer))]
         verdicts: list[Completion] = []
@@ -313,6 +332,8 @@ class TaskRunner:
             verdicts.append(verdict)
             if self.result.reviewer_model is None:
                 self.result.reviewer_model = evaluator
+            if evaluator == author:
+                self._note("evaluated by its own author: no other model was available")
 
         # The two verdicts are independent; asking both at once halves the evaluation latency,
         # and the task group never leaves one running behind the other.
@@ -328,13 +349,13 @@ class TaskRunner:
             await one(3)
             scores = [float(v.parsed["score"]) for v in verdicts]
         if not scores:
-            return 0.0, ""
+            return 0.0, "", 0
         # Two verdicts that disagree take the lower; a third breaks the tie by the median.
         score = statistics.median(scores) if len(scores) == 3 else min(scores)
         # What quality-aware routing learns the model is worth.
         self.ctx.telemetry.record_quality(author, score)
         closest = min(verdicts, key=lambda v: abs(float(v.parsed["score"]) - score))
-        return score, str(closest.parsed.get("reasoning", ""))
+        return score, str(closest.parsed.get("reasoning", "")), len(scores)
 
     async def _ask_chain(
         self,
@@ -442,6 +463,10 @@ class TaskRunner:
             parts.append(f"### {task_id}\n{_trim(dep.output, share)}")
         return "\n\n".join(parts)
 
+    def _note(self, note: str) -> None:
+        if note not in self.result.notes:
+            self.result.notes.append(note)
+
     def _finish(self, reason: str) -> TaskResult:
         result = self.result
         if reason:
@@ -449,9 +474,16 @@ class TaskRunner:
         if (
             result.output
             and result.deterministic_check_passed
-            and (result.score >= self.ctx.threshold)
+            and result.score >= self.ctx.threshold
+            and self._confirmed
         ):
             result.status = TaskStatus.COMPLETED
+        elif (
+            result.output
+            and result.deterministic_check_passed
+            and result.score >= (self.ctx.threshold)
+        ):
+            result.status, result.reason = TaskStatus.DEGRADED, ONE_VERDICT
         elif result.output:
             result.status = TaskStatus.DEGRADED
         else:

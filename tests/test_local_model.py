@@ -14,7 +14,6 @@ from conftest import PROJECT_ROOT, run_cli
 from orchestrator import Orchestrator, UnifiedClient
 from orchestrator.local import LOCAL_PROVIDER, LocalModel, embedded_available
 from orchestrator.models import ProjectStatus, Task, TaskType
-from orchestrator.prompts import EVALUATION_SCHEMA
 
 pytestmark = [
     pytest.mark.real_llm,
@@ -52,15 +51,30 @@ async def test_a_plain_completion_counts_its_tokens_and_costs_nothing(server):
     assert answer.model.key == f"local/{server.model_id}"
 
 
-async def test_a_structured_answer_validates_against_its_schema(server):
+VERDICT = {
+    "type": "object",
+    "properties": {
+        "valid_python": {"type": "string", "enum": ["yes", "no"]},
+        "confidence": {"type": "integer", "minimum": 0, "maximum": 10},
+        "reason": {"type": "string", "maxLength": 200},
+    },
+    "required": ["valid_python", "confidence", "reason"],
+    "additionalProperties": False,
+}
+
+
+async def test_a_structured_answer_validates_against_its_schema_at_the_first_try(server):
     async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
         answer = await client.complete(
-            "local", "Rate the answer 'def add(a, b): return a + b' from 0 to 1.",
-            schema=EVALUATION_SCHEMA, max_tokens=200,
+            "local", "Is 'def add(a, b): return a + b' valid Python?",
+            schema=VERDICT, max_tokens=200,
         )  # fmt: skip
 
-    assert 0 <= answer.parsed["score"] <= 1
-    assert len(answer.parsed["reasoning"]) <= 1000
+    # The server's constrained decoding holds the answer to the schema, bounds included: no
+    # repair request was needed.
+    assert answer.paid_calls == 1
+    assert answer.parsed["valid_python"] in ("yes", "no")
+    assert 0 <= answer.parsed["confidence"] <= 10 and len(answer.parsed["reason"]) <= 200
 
 
 async def test_the_anthropic_adapter_speaks_to_the_servers_messages_route(server):

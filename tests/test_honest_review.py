@@ -1,0 +1,78 @@
+"""Review that is what it says: one verdict is not two, and a model grading itself is named."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import fake_env
+from fake_provider import Reply
+from scripted_llm import TaskScript
+from test_custom_endpoint import MODEL_ID, local_catalog
+from test_resume import FAST
+
+from orchestrator import Budget, Orchestrator, UnifiedClient
+from orchestrator.models import Task, TaskStatus, TaskType
+
+TASKS = {
+    "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],
+                 ["python_syntax"]),
+}  # fmt: skip
+
+
+def only_the_first_verdict_usable(llm):
+    """Every grading request after the first gets an answer that is not a verdict."""
+    lock, graded = threading.Lock(), []
+
+    def responder(request):
+        if "You grade an answer" in request.prompt_text:
+            with lock:
+                graded.append(request)
+                if len(graded) > 1:
+                    return Reply(text="I think it is quite good overall.")
+        return llm(request)
+
+    return responder
+
+
+async def run(fake, **options):
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False, **options)
+        return await orch.run_project("[project] add", "add works", tasks=TASKS)
+
+
+async def test_one_usable_verdict_of_two_does_not_complete_a_task(fake, llm):
+    llm.scripts["core"] = TaskScript(scores=[0.95])
+    fake.responder = only_the_first_verdict_usable(llm)
+
+    state = await run(fake)
+
+    core = state.results["core"]
+    assert core.score >= 0.95 and core.status is TaskStatus.DEGRADED
+    assert "only one of the two evaluations" in core.reason
+    assert "--allow-single-verdict" in core.reason
+
+
+async def test_a_user_may_allow_one_verdict_to_complete_it(fake, llm):
+    llm.scripts["core"] = TaskScript(scores=[0.95])
+    fake.responder = only_the_first_verdict_usable(llm)
+
+    state = await run(fake, allow_single_verdict=True)
+
+    assert state.results["core"].status is TaskStatus.COMPLETED
+
+
+async def test_with_one_model_the_run_says_it_grades_itself(fake, llm, tmp_path):
+    events = []
+    path = local_catalog(tmp_path, fake.base_url)
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=1.0), client=client, use_cache=False)
+        orch.display(events.append)
+        state = await orch.run_project("[project] add", "add works", tasks=TASKS)
+
+    notices = [e.data["message"] for e in events if e.kind == "notice"]
+    assert len(notices) == 1 and f"one model only ({MODEL_ID})" in notices[0]
+    core = state.results["core"]
+    assert core.reviewer_model == core.model_used
+    assert "evaluated by its own author: no other model was available" in core.notes
+    assert "no critique: no model other than its author was available" in core.notes
+    assert llm.count("critique") == 0
