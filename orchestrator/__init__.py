@@ -21,6 +21,7 @@ from .engine import Orchestrator
 from .errors import (
     CatalogError,
     ConfigError,
+    ContextWindowError,
     ModelUnavailableError,
     NoProvidersError,
     OrchestratorError,
@@ -91,6 +92,7 @@ __all__ = [
     "ConfigError",
     "ConsoleExporter",
     "ConstraintPlanner",
+    "ContextWindowError",
     "CostForecaster",
     "CostPredictor",
     "Decision",

@@ -17,6 +17,7 @@ from .budget import BudgetExceeded
 from .catalog import Catalog, Model, ProviderSpec
 from .errors import (
     ConfigError,
+    ContextWindowError,
     ModelUnavailableError,
     NoProvidersError,
     OrchestratorError,
@@ -45,6 +46,8 @@ from .structured import InvalidAnswer, parse_answer, repair_prompt
 DEFAULT_MAX_TOKENS = 4096
 # A prose or code answer cut off by the output limit is continued at most this often.
 MAX_CONTINUATIONS = 2
+# Fewer output tokens than this left in a context window: the prompt does not fit the model.
+MIN_OUTPUT_ROOM = 64
 CONTINUE_PROMPT = (
     "Your answer was cut off by the output limit. Continue it exactly where it stopped: "
     "repeat nothing, add no preamble, and do not reopen a code block that is still open."
@@ -132,6 +135,7 @@ class UnifiedClient:
         self.health = HealthRegistry(failure_threshold, cooldown)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._last_failure: dict[str, str] = {}  # model key or provider -> last failure
+        self._mismatches: set[tuple[str, str]] = set()  # (requested, reported) said already
         self._adapters: dict[str, ProviderAdapter] = {}
         # A seam for in-process providers (benchmarks, engine tests); default: the vendor SDKs.
         self._adapter_factory = adapter_factory
@@ -202,6 +206,7 @@ class UnifiedClient:
             json_schema=schema,
             native_schema=schema is not None and m.json_schema,
         )
+        request = fitted(m, request)
         started = time.monotonic()
         paid: list[RawCompletion] = []
         try:
@@ -224,8 +229,24 @@ class UnifiedClient:
             usage_estimated=any(r.usage_estimated for r in paid),
             reported_model=paid[-1].reported_model,
             stop_reason=paid[-1].stop_reason,
-            notes=tuple(answer.notes),
+            notes=(*answer.notes, *self._another_model(m, paid[-1].reported_model)),
         )
+
+    def _another_model(self, model: Model, reported: str | None) -> list[str]:
+        """A note when the server says another model answered than the one asked for (a base
+        URL pointed at a server that serves something else): said once as a warning, noted on
+        every answer; costs stay at the requested model's prices, which may overstate them."""
+        if reported is None or same_model(model.id, reported):
+            return []
+        note = (
+            f"answered by {reported!r}, not {model.id!r}: the server at "
+            f"{self.base_url(model) or 'the vendor'} serves another model "
+            "(costs are counted at the requested model's prices)"
+        )
+        if (model.key, reported) not in self._mismatches:
+            self._mismatches.add((model.key, reported))
+            log.warning("%s", note)
+        return [note]
 
     async def _answer(
         self,
@@ -282,12 +303,13 @@ class UnifiedClient:
                 if continued == MAX_CONTINUATIONS:
                     raise self._truncated(model, cut_at, f"even after {continued} continuations")
                 continued += 1
-                raw, more = await self._call(
-                    model, _follow_up(request, text, CONTINUE_PROMPT), spend
-                )
+                follow_up = _follow_up(request, text, CONTINUE_PROMPT)
+                if output_room(model, follow_up) < MIN_OUTPUT_ROOM:
+                    raise self._truncated(model, cut_at, "no room left in its context window")
+                raw, more = await self._call(model, fitted(model, follow_up), spend)
                 text = join_continuation(text, raw.text)
             else:
-                limit = min(model.max_output_tokens, cut_at * 4)
+                limit = min(model.max_output_tokens, cut_at * 4, output_room(model, request))
                 if limit <= cut_at:
                     raise self._truncated(model, cut_at, "the most this model can write")
                 notes.append(f"cut off at {cut_at} output tokens; asked again with {limit}")
@@ -461,19 +483,41 @@ def sent_max_tokens(model: Model, max_tokens: int | None) -> int:
     return min(max_tokens or DEFAULT_MAX_TOKENS, model.max_output_tokens)
 
 
-def worst_case_cost(model: Model, request: ChatRequest) -> float:
-    """An upper bound on what ``request`` can cost: prompt bytes bound its tokens from above.
-
-    A token always stands for at least one byte of text; the margins cover chat-template tokens and
-    the vendor-side tokens a native schema mode adds.
-    """
+def prompt_token_bound(request: ChatRequest) -> int:
+    """An upper bound on the prompt's tokens: a token always stands for at least one byte of
+    text; the margins cover chat-template tokens and the vendor-side tokens a native schema
+    mode adds."""
     prompt_bytes = len(system_prompt(request).encode()) + sum(
         len(m.content.encode()) for m in request.messages
     )
     if request.json_schema is not None and request.native_schema:
         prompt_bytes += 2 * len(json.dumps(request.json_schema).encode())
-    input_bound = prompt_bytes + 16 * (len(request.messages) + 1) + 512
-    return model.price.cost(input_bound, request.max_tokens)
+    return prompt_bytes + 16 * (len(request.messages) + 1) + 512
+
+
+def worst_case_cost(model: Model, request: ChatRequest) -> float:
+    """An upper bound on what ``request`` can cost."""
+    return model.price.cost(prompt_token_bound(request), request.max_tokens)
+
+
+def output_room(model: Model, request: ChatRequest) -> int:
+    """The most output tokens ``request`` can ask of ``model`` without the prompt and the answer
+    passing its context window (a server answers that with HTTP 400, or cuts the answer off)."""
+    return model.context_window - prompt_token_bound(request)
+
+
+def fitted(model: Model, request: ChatRequest) -> ChatRequest:
+    """``request`` with its output limit lowered to fit ``model``'s context window; a prompt
+    that leaves no useful room is refused before anything is sent (the next model is asked)."""
+    room = output_room(model, request)
+    if room < MIN_OUTPUT_ROOM:
+        raise ContextWindowError(
+            f"{model.value}'s context window ({model.context_window} tokens) cannot take this "
+            f"prompt (up to {prompt_token_bound(request)} tokens) and an answer",
+            model=model.value,
+            provider=model.provider,
+        )
+    return request if request.max_tokens <= room else replace(request, max_tokens=room)
 
 
 def _follow_up(request: ChatRequest, answer: str, prompt: str) -> ChatRequest:
@@ -508,6 +552,10 @@ def _failure(adapter: ProviderAdapter, exc: BaseException) -> Failure | None:
     if type(exc) is TimeoutError:
         return TIMED_OUT
     classified = adapter.classify(exc)
+    if classified is not None and classified.kind == "connection":
+        # Where, and how: "connection refused" is a server that is not running.
+        how = "connection refused" if _refused(exc) else "cannot connect"
+        return replace(classified, detail=f"{how} at {adapter.endpoint.base_url or 'the vendor'}")
     if classified is not None:
         return replace(classified, detail=_without_key(classified.detail, adapter))
     # Anything else the SDK raised (an HTML page where JSON was due, a body it cannot parse)
@@ -518,6 +566,25 @@ def _failure(adapter: ProviderAdapter, exc: BaseException) -> Failure | None:
         detail=_without_key(f"unexpected {type(exc).__name__}: {str(exc)[:200]}", adapter),
         maybe_billed=True,
     )
+
+
+def same_model(requested: str, reported: str) -> bool:
+    """Whether ``reported`` names the requested model: vendors answer under a dated or
+    versioned name (``gpt-4o`` as ``gpt-4o-2024-08-06``, Gemini as ``models/...``)."""
+    asked = requested.lower().removeprefix("models/")
+    said = reported.lower().removeprefix("models/")
+    return said == asked or said.startswith(asked) or asked.startswith(said)
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _without_key(detail: str, adapter: ProviderAdapter) -> str:

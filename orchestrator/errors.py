@@ -54,6 +54,11 @@ class ModelUnavailableError(ProviderError):
     """The model's circuit breaker is open: it failed recently and is cooling down."""
 
 
+class ContextWindowError(ProviderError):
+    """The prompt leaves no room for an answer in the model's context window: nothing was sent,
+    and the next model of the chain is asked."""
+
+
 class StructuredOutputError(ProviderError):
     """The answer did not match the requested JSON Schema, even after one repair request."""
 

@@ -14,6 +14,7 @@ from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
 from .client import Completion, UnifiedClient, sent_max_tokens
 from .errors import (
+    ContextWindowError,
     ModelUnavailableError,
     ProviderError,
     StructuredOutputError,
@@ -163,7 +164,9 @@ class LLMGateway:
             if isinstance(exc, ProviderError | BudgetExceeded):
                 exc.spent_usd = meter.charged
             self._audit(model, task_id, phase, slot, "paid", meter=meter, error=exc)
-            if isinstance(exc, ProviderError) and not isinstance(exc, ModelUnavailableError):
+            # Refused before sending (circuit open, prompt too long): no call to measure.
+            not_sent = (ModelUnavailableError, ContextWindowError)
+            if isinstance(exc, ProviderError) and not isinstance(exc, not_sent):
                 self.telemetry.record_call(model, 0.0, ok=False)
             if meter.charged and self.journal is not None:
                 await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter.charged))

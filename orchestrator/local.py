@@ -14,6 +14,9 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +34,8 @@ INSTALL_COMMAND = "pip install 'orchestrator[local]' && pip install --no-deps ll
 # Tokens of context the server holds, shared by its parallel slots; SmolLM2 was trained on 8k.
 DEFAULT_CONTEXT = 8192
 PARALLEL_SLOTS = 2
+READY_SECONDS = 60.0
+STOP_SECONDS = 10.0
 
 
 def embedded_model_path() -> Path | None:
@@ -54,6 +59,21 @@ def server_installed() -> bool:
 def embedded_available() -> bool:
     """Whether a run can fall back on the embedded model (the extra and the model installed)."""
     return server_installed() and embedded_model_path() is not None
+
+
+def _wait_until_ready(root: str) -> None:
+    """Until the server answers its health check: started is serving (and safe to stop)."""
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(f"{root}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass  # not listening yet, or 503 while the model loads
+        if time.monotonic() > deadline:
+            raise ConfigError(f"the local model server at {root} did not become ready")
+        time.sleep(0.02)
 
 
 def _model_id(path: Path) -> str:
@@ -120,11 +140,25 @@ class LocalModel:
         await asyncio.shield(asyncio.to_thread(self._start, path))
 
     async def stop(self) -> None:
-        if self._server is not None:
-            # The server stops when its object is destroyed (a blocking join): the last
-            # reference is dropped in a worker thread.
-            holder, self._server = [self._server], None
-            await asyncio.shield(asyncio.to_thread(holder.clear))
+        if self._server is None:
+            return
+        # The server stops when its object is destroyed, which joins the server's own thread:
+        # done in a daemon thread of its own, waited for within STOP_SECONDS, so a server that
+        # never stops can hold up neither the event loop nor the process's exit.
+        holder, self._server = [self._server], None
+        done = threading.Event()
+
+        def destroy() -> None:
+            holder.clear()
+            done.set()
+
+        threading.Thread(target=destroy, name="local-model-stop", daemon=True).start()
+        waited = 0.0
+        while not done.is_set() and waited < STOP_SECONDS:
+            await asyncio.sleep(0.01)
+            waited += 0.01
+        if not done.is_set():
+            log.warning("the local model server did not stop within %g s", STOP_SECONDS)
 
     def _start(self, path: Path) -> None:
         import xllamacpp
@@ -141,7 +175,9 @@ class LocalModel:
             self._server = xllamacpp.Server(params)
         except Exception as exc:  # the library raises plain exceptions for a bad file
             raise ConfigError(f"local model {path}: the server could not load it ({exc})") from None
-        self.base_url = f"{self._server.listening_address}/v1"
+        root = self._server.listening_address
+        _wait_until_ready(root)
+        self.base_url = f"{root}/v1"
         log.debug("%s served at %s", path.name, self.base_url)
 
     def catalog(self, base: Catalog | None = None) -> Catalog:

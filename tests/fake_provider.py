@@ -91,6 +91,9 @@ class Reply:
     # Cut off by the output limit: finish_reason "length" / stop_reason "max_tokens" /
     # finishReason "MAX_TOKENS", as a real server says when max_tokens ran out.
     truncated: bool = False
+    # The model the body says answered (default: the one requested), as a server that serves
+    # another model than the one asked for says.
+    answered_by: str | None = None
 
 
 ReplyLike = Reply | str | dict | list
@@ -359,7 +362,7 @@ def _openai_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
         "id": f"chatcmpl-fake{seq}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": rec.model,
+        "model": reply.answered_by or rec.model,
         "choices": [
             {
                 "index": 0,
@@ -403,7 +406,7 @@ def _anthropic_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
         "id": f"msg_fake{seq}",
         "type": "message",
         "role": "assistant",
-        "model": rec.model,
+        "model": reply.answered_by or rec.model,
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
@@ -432,7 +435,7 @@ def _gemini_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
             "totalTokenCount": in_tok + out_tok,
             "cachedContentTokenCount": reply.cached_tokens,
         },
-        "modelVersion": rec.model,
+        "modelVersion": reply.answered_by or rec.model,
         "responseId": f"fake{seq}",
     }
 

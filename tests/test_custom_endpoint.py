@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 
 import pytest
 from fake_provider import Reply
+from test_resume import FAST
 
-from orchestrator import NoProvidersError, UnifiedClient
+from orchestrator import Budget, ContextWindowError, NoProvidersError, Orchestrator, UnifiedClient
+from orchestrator.models import ProjectStatus, Task, TaskType
 
 MODEL_ID = "llama3.1:8b"
 
@@ -120,3 +123,51 @@ async def test_a_local_server_gets_the_schemas_bounds_and_a_cloud_vendor_does_no
     assert local_sent["schema"]["properties"]["reasoning"]["maxLength"] == 1000
     assert "maxLength" not in vendor_sent["schema"]["properties"]["reasoning"]
     assert vendor_sent["strict"] is True
+
+
+async def test_the_output_limit_never_passes_the_models_context_window(tmp_path, fake):
+    path = local_catalog(tmp_path, fake.base_url)
+    path.write_text(path.read_text().replace("context_window: 131072", "context_window: 4096"))
+    prompt = "x" * 1400  # a 1,400-byte prompt is at most about 1,450 tokens with the template
+
+    async with UnifiedClient(catalog_path=path, env={}) as client:
+        await client.complete("llama-local", prompt, max_tokens=4096)
+        with pytest.raises(ContextWindowError, match="context window"):
+            await client.complete("llama-local", "x" * 5000)
+
+    (sent,) = fake.requests  # the prompt that cannot fit was never sent
+    assert sent.body["max_tokens"] + 1400 <= 4096
+    assert sent.body["max_tokens"] >= 2000  # lowered to fit, not to nothing
+
+
+async def test_an_endpoint_that_is_not_running_is_an_outage_naming_its_url(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free: nothing listens there once closed
+    path = local_catalog(tmp_path, f"http://127.0.0.1:{port}")
+    tasks = {"core": Task("core", TaskType.CODE_GEN, "Write add.", [], ["python_syntax"])}
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=1.0), client=client, use_cache=False)
+        state = await orch.run_project("add", "add works", tasks=tasks)
+
+    assert state.status is ProjectStatus.SYSTEM_FAILURE  # an outage, not a quality verdict
+    assert f"connection refused at http://127.0.0.1:{port}/custom/v1" in state.reason
+
+
+async def test_an_answer_from_another_model_than_requested_is_said_once_and_noted(
+    fake, client, caplog
+):
+    # OPENAI_BASE_URL pointed at a server that serves something else than the vendor's models.
+    fake.script("gpt-4o", *[Reply("hi", answered_by="smollm2-135m-instruct")] * 2)
+    fake.script("gpt-4o-mini", Reply("hi", answered_by="gpt-4o-mini-2024-07-18"))
+
+    first = await client.complete("gpt-4o", "hello")
+    second = await client.complete("gpt-4o", "hello again")
+    dated = await client.complete("gpt-4o-mini", "hello")
+
+    assert first.reported_model == "smollm2-135m-instruct"
+    assert any("answered by 'smollm2-135m-instruct', not 'gpt-4o'" in n for n in first.notes)
+    assert second.notes == first.notes
+    assert not dated.notes  # a dated name of the requested model is the requested model
+    warned = [r for r in caplog.records if "serves another model" in r.getMessage()]
+    assert len(warned) == 1

@@ -10,8 +10,15 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import PROJECT_ROOT, run_cli
+from test_resume import FAST
 
-from orchestrator import Orchestrator, UnifiedClient
+from orchestrator import (
+    ContextWindowError,
+    Orchestrator,
+    ProviderError,
+    TruncatedAnswerError,
+    UnifiedClient,
+)
 from orchestrator.local import LOCAL_PROVIDER, LocalModel, embedded_available
 from orchestrator.models import ProjectStatus, Task, TaskType
 
@@ -151,3 +158,57 @@ async def test_a_local_model_context_stops_its_server_on_error():
             assert port_open(url)
             raise RuntimeError("the run failed")
     assert not port_open(url)
+
+
+async def test_a_prompt_near_the_context_window_gets_a_fitted_limit_not_an_error():
+    long_prompt = "Reply with one word: hello. " + "(padding) " * 130  # about 1,300 bytes
+    async with (
+        LocalModel(context=2048) as small,
+        UnifiedClient(catalog=small.catalog().only([LOCAL_PROVIDER]), env={}) as client,
+    ):
+        # 1,024 output tokens would pass the 2,048-token window with this prompt: the limit is
+        # lowered to the hundred or so that fit, and the server answers (a server like vLLM
+        # refuses the request outright otherwise). An answer that runs into that limit is
+        # reported as cut off, never taken as whole.
+        try:
+            answer = await client.complete("local", long_prompt, max_tokens=1024)
+            assert answer.text.strip()
+        except TruncatedAnswerError as cut_off:
+            assert "context window" in str(cut_off)
+        with pytest.raises(ContextWindowError):
+            await client.complete("local", "x" * 3000)
+
+
+async def test_a_stopped_server_is_reported_as_connection_refused_at_its_url():
+    local = LocalModel(context=1024)
+    async with local:
+        catalog = local.catalog().only([LOCAL_PROVIDER])
+    async with UnifiedClient(catalog=catalog, env={}, retry=FAST) as client:
+        with pytest.raises(ProviderError, match=f"connection refused at {local.base_url}"):
+            await client.complete("local", "hello", max_tokens=8)
+
+
+async def test_a_vendor_model_id_sent_to_this_server_is_seen_to_be_answered_by_another(server):
+    # As with OPENAI_BASE_URL pointed at a local server: the request names a vendor's model.
+    catalog = server.catalog().extended(
+        "test",
+        {
+            "providers": {"pointed_elsewhere": {"kind": "openai", "base_url": server.base_url}},
+            "models": [
+                {
+                    "id": "gpt-4o",
+                    "provider": "pointed_elsewhere",
+                    "price": {"input": 2.5, "output": 10},
+                    "context_window": server.context,
+                    "max_output_tokens": 256,
+                }
+            ],
+        },
+    )
+    async with UnifiedClient(catalog=catalog.only(["pointed_elsewhere"]), env={}) as client:
+        answer = await client.complete(
+            "pointed_elsewhere/gpt-4o", "Reply with one word: hello", max_tokens=128
+        )
+
+    assert answer.reported_model == server.model_id
+    assert any(f"answered by {server.model_id!r}, not 'gpt-4o'" in n for n in answer.notes)
