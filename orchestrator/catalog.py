@@ -130,6 +130,9 @@ class ProviderSpec:
     # What answers, for cache and journal keys, where the URL changes from run to run (the
     # embedded local server's port); None: the base URL says it.
     identity: str | None = None
+    # Seconds one attempt may take (a slow local model needs more than a cloud vendor); None:
+    # the client's default.
+    timeout: float | None = None
 
     def api_key(self, env: Mapping[str, str]) -> str | None:
         """The key from the environment; endpoints that need none get a placeholder."""
@@ -352,6 +355,7 @@ def _provider_spec(name: str, fields: dict[str, Any], origin: str) -> ProviderSp
         trains_on_output=fields.get("trains_on_output"),
         terms=" ".join(str(fields.get(k, "")) for k in ("terms", "terms_as_of")).strip(),
         identity=fields.get("identity"),
+        timeout=float(fields["timeout"]) if fields.get("timeout") is not None else None,
     )
 
 

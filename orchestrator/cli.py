@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve this GGUF file locally instead of the embedded model (implies --local)",
     )
     models.add_argument(
+        "--call-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds one attempt at a model call may take, for every provider (default: the "
+        "catalog's per-provider timeout, else 300)",
+    )
+    models.add_argument(
         "--allow-single-verdict",
         action="store_true",
         help="let a task complete on one usable evaluation when the other failed (default: "
@@ -287,6 +294,9 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise _usage("--budget must be a number greater than 0")
     if args.time is not None and not (math.isfinite(args.time) and args.time > 0):
         raise _usage("--time must be a number greater than 0")
+    timeout = args.call_timeout
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise _usage("--call-timeout must be a number greater than 0")
     if args.concurrency is not None and args.concurrency < 1:
         raise _usage("--concurrency must be at least 1")
     if args.max_tasks is not None and args.max_tasks < 1:
@@ -454,6 +464,7 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
             "routing": routing,
             "local": settings.get("local"),
             "providers": settings.get("providers"),
+            "call_timeout": settings.get("call_timeout"),
         }
         async with _client(args, concurrency, resumed, running=status not in FINISHED) as client:
             if status not in FINISHED:
@@ -558,7 +569,11 @@ async def _client(
             providers = providers or [LOCAL_PROVIDER]
         if providers:
             catalog = catalog.only(providers)
-        settings.update(local=saved_as(local), providers=providers)
+        timeout = args.call_timeout or settings.get("call_timeout")
+        if timeout:
+            every = {name: {"timeout": timeout} for name in catalog.providers}
+            catalog = catalog.extended("--call-timeout", {"providers": every})
+        settings.update(local=saved_as(local), providers=providers, call_timeout=timeout)
         client = UnifiedClient(catalog=catalog, env=env, max_concurrency=concurrency)
         yield await stack.enter_async_context(client)
 

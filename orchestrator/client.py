@@ -358,7 +358,7 @@ class UnifiedClient:
                     # Reserved once a slot is ours, so queued calls hold no money meanwhile.
                     if spend is not None:
                         ticket = await spend.reserve(worst_case)
-                    async with asyncio.timeout(self.timeout):
+                    async with asyncio.timeout(self.attempt_timeout(model)):
                         raw = await adapter.complete(model.value, request)
             except BaseException as exc:
                 failure = _failure(adapter, exc)
@@ -413,6 +413,12 @@ class UnifiedClient:
         m = self.catalog.resolve(model)
         return self.catalog.provider_of(m).base_url(self.env)
 
+    def attempt_timeout(self, of: Model | ProviderSpec) -> float:
+        """Seconds one attempt at ``of``'s provider may take: the catalog's ``timeout`` for the
+        provider, else the client's."""
+        spec = of if isinstance(of, ProviderSpec) else self.catalog.provider_of(of)
+        return spec.timeout if spec.timeout is not None else self.timeout
+
     def endpoint_identity(self, model: Model | str) -> str | None:
         """What answers ``model``'s calls, for cache and journal keys: the base URL, or the
         provider's stable identity where its URL changes from run to run."""
@@ -459,7 +465,7 @@ class UnifiedClient:
             provider=spec.name,
             base_url=spec.base_url(self.env),
             api_key=key,
-            timeout=self.timeout,
+            timeout=self.attempt_timeout(spec),
             api_version=spec.api_version,
         )
 

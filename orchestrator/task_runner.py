@@ -135,6 +135,7 @@ class TaskRunner:
                 phase="generation",
                 slot=f"{task.id}/generate",
                 step="generation",
+                schema=self._answer_schema(),
                 counts_fallbacks=True,
             )
             # The draft is kept until a judged version replaces it, so an interruption keeps it.
@@ -292,6 +293,7 @@ class TaskRunner:
             slot=f"{self.task.id}/{iteration}/revise",
             step="revision",
             iteration=iteration,
+            schema=self._answer_schema(),
             counts_fallbacks=True,
         )
         return revised.text, model
@@ -462,6 +464,14 @@ class TaskRunner:
         for task_id, dep in self.dependencies.items():
             parts.append(f"### {task_id}\n{_trim(dep.output, share)}")
         return "\n\n".join(parts)
+
+    def _answer_schema(self) -> dict | None:
+        """The schema a task's answer must match, sent with its generation and revisions so a
+        server's structured output (a local server's constrained decoding) holds it to it."""
+        task = self.task
+        if task.output_schema and "json_schema" in task.hard_validators:
+            return task.output_schema
+        return None
 
     def _note(self, note: str) -> None:
         if note not in self.result.notes:

@@ -10,7 +10,14 @@ import pytest
 from fake_provider import Reply
 from test_resume import FAST
 
-from orchestrator import Budget, ContextWindowError, NoProvidersError, Orchestrator, UnifiedClient
+from orchestrator import (
+    Budget,
+    ContextWindowError,
+    NoProvidersError,
+    Orchestrator,
+    ProviderError,
+    UnifiedClient,
+)
 from orchestrator.models import ProjectStatus, Task, TaskType
 
 MODEL_ID = "llama3.1:8b"
@@ -171,3 +178,14 @@ async def test_an_answer_from_another_model_than_requested_is_said_once_and_note
     assert not dated.notes  # a dated name of the requested model is the requested model
     warned = [r for r in caplog.records if "serves another model" in r.getMessage()]
     assert len(warned) == 1
+
+
+async def test_a_providers_catalog_timeout_bounds_each_attempt(tmp_path, fake):
+    path = local_catalog(tmp_path, fake.base_url)
+    path.write_text(path.read_text().replace("base_url:", "timeout: 0.3\n    base_url:", 1))
+    fake.script(MODEL_ID, Reply(text="late", delay=2.0), Reply(text="late", delay=2.0))
+
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST, timeout=300) as client:
+        assert client.attempt_timeout(client.catalog.resolve("llama-local")) == 0.3
+        with pytest.raises(ProviderError, match="timed out"):
+            await client.complete("llama-local", "hello")

@@ -76,3 +76,25 @@ async def test_with_one_model_the_run_says_it_grades_itself(fake, llm, tmp_path)
     assert "evaluated by its own author: no other model was available" in core.notes
     assert "no critique: no model other than its author was available" in core.notes
     assert llm.count("critique") == 0
+
+
+async def test_a_tasks_output_schema_is_sent_with_its_generation(fake, llm):
+    schema = {
+        "type": "object",
+        "properties": {"functions": {"type": "array", "items": {"type": "string"}},
+                       "version": {"type": "string"}},
+        "required": ["functions", "version"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    tasks = {
+        "extract": Task("extract", TaskType.DATA_EXTRACT, "[extract] List the functions.", [],
+                        ["json_schema"], output_schema=schema),
+    }  # fmt: skip
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False)
+        state = await orch.run_project("[project] add", "add works", tasks=tasks)
+
+    assert state.results["extract"].status is TaskStatus.COMPLETED
+    generation = next(r for r in fake.requests if "[extract]" in r.prompt_text)
+    assert generation.schema is not None
+    assert set(generation.schema["properties"]) == {"functions", "version"}
