@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from .fences import code_blocks, has_fence
@@ -87,3 +88,39 @@ def vendor_schema(schema: Any) -> Any:
         else:
             result[key] = vendor_schema(value)
     return result
+
+
+# A bounded number becomes a list of values this far apart for grammar-constrained decoding.
+DECODER_STEP = 0.01
+_DECODER_MAX_VALUES = 201
+
+
+def decoder_schema(schema: Any) -> Any:
+    """``schema`` as a local server's grammar-constrained decoding can enforce it: llama.cpp's
+    grammar keeps a number's type but not its range (a 135M model grading "0 to 1" wrote 9), so
+    a number bounded on both sides becomes the values between its bounds, ``DECODER_STEP``
+    apart (every one of them valid under the original schema, which answers are checked
+    against)."""
+    if isinstance(schema, list):
+        return [decoder_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if schema.get("type") == "number" and _finite(low) and _finite(high) and low <= high:
+        count = round((high - low) / DECODER_STEP) + 1
+        if count <= _DECODER_MAX_VALUES:
+            values = sorted({round(low + i * DECODER_STEP, 2) for i in range(count)} | {low, high})
+            kept = {k: v for k, v in schema.items() if k not in ("type", "minimum", "maximum")}
+            return {**kept, "enum": [v for v in values if low <= v <= high]}
+    return {
+        key: (
+            {name: decoder_schema(sub) for name, sub in value.items()}
+            if key in _NAMED and isinstance(value, dict)
+            else decoder_schema(value)
+        )
+        for key, value in schema.items()
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

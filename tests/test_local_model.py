@@ -21,6 +21,7 @@ from orchestrator import (
 )
 from orchestrator.local import LOCAL_PROVIDER, LocalModel, embedded_available
 from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.prompts import EVALUATE_SYSTEM, EVALUATION_SCHEMA, evaluate_prompt
 
 pytestmark = [
     pytest.mark.real_llm,
@@ -82,6 +83,21 @@ async def test_a_structured_answer_validates_against_its_schema_at_the_first_try
     assert answer.paid_calls == 1
     assert answer.parsed["valid_python"] in ("yes", "no")
     assert 0 <= answer.parsed["confidence"] <= 10 and len(answer.parsed["reason"]) <= 200
+
+
+async def test_the_evaluators_verdicts_are_valid_at_the_first_try(server):
+    prompt = evaluate_prompt("Task: write add(a, b) in Python.", "def add(a, b):\n    return a + b")
+    async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
+        verdicts = [
+            await client.complete(
+                "local", prompt, system=EVALUATE_SYSTEM, schema=EVALUATION_SCHEMA, max_tokens=600
+            )
+            for _ in range(3)
+        ]
+
+    # Without its score's range in the grammar this model graded "0 to 1" with 3, 8.5 or 9.
+    assert [v.paid_calls for v in verdicts] == [1, 1, 1]
+    assert all(0 <= v.parsed["score"] <= 1 for v in verdicts)
 
 
 async def test_the_anthropic_adapter_speaks_to_the_servers_messages_route(server):

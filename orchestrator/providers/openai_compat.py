@@ -7,7 +7,7 @@ from typing import Any
 import httpx2
 import openai
 
-from ..structured import vendor_schema
+from ..structured import decoder_schema, vendor_schema
 from .base import (
     CONNECTION_FAILED,
     TIMED_OUT,
@@ -100,7 +100,7 @@ def _payload(model_id: str, request: ChatRequest, provider: str) -> dict[str, An
             schema = (
                 vendor_schema(request.json_schema)
                 if provider in CLOUD_VENDORS
-                else request.json_schema
+                else decoder_schema(request.json_schema)
             )
             payload["response_format"] = {
                 "type": "json_schema",
