@@ -552,11 +552,12 @@ async def _client(
     catalog = Catalog.load(args.catalog, env=env)
     providers = _provider_names(args.providers) or settings.get("providers")
     requested = args.local_model or args.local or settings.get("local")
-    if providers and LOCAL_PROVIDER in providers:
-        requested = requested or True
+    if providers and LOCAL_PROVIDER in providers and LOCAL_PROVIDER not in catalog.providers:
+        requested = requested or True  # the embedded model, unless the catalog has a "local"
     elif providers and requested:
         providers = [*providers, LOCAL_PROVIDER]  # --local beside named cloud providers
-    cloud = catalog.only(p for p in providers if p != LOCAL_PROVIDER) if providers else catalog
+    others = [p for p in providers or () if p != LOCAL_PROVIDER or p in catalog.providers]
+    cloud = catalog.only(others) if providers else catalog
     local, stands_in = choose_local(
         requested if running else None, keys_usable=bool(cloud.usable_providers(env))
     )

@@ -185,7 +185,13 @@ class LocalModel:
         """``base`` (the built-in catalog by default) with the ``local`` provider added."""
         if not self.base_url:
             raise RuntimeError("the local server is not running")
-        return (base or Catalog.load(env={})).extended(
+        base = base or Catalog.load(env={})
+        if LOCAL_PROVIDER in base.providers:
+            raise ConfigError(
+                f"the catalog already has a provider named {LOCAL_PROVIDER!r}: rename it to "
+                "run the embedded model beside it"
+            )
+        return base.extended(
             f"{self.description}",
             {
                 "providers": {

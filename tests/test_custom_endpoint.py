@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import fake_env, run_cli
 from fake_provider import Reply
 from test_resume import FAST
 
@@ -192,3 +193,18 @@ async def test_a_providers_catalog_timeout_bounds_each_attempt(tmp_path, fake):
         assert client.attempt_timeout(client.catalog.resolve("llama-local")) == 0.3
         with pytest.raises(ProviderError, match="timed out"):
             await client.complete("llama-local", "hello")
+
+
+def test_providers_hides_the_rest_of_the_catalog_from_a_run(fake, llm, tmp_path):
+    path = local_catalog(tmp_path, fake.base_url)
+    # Every vendor keyed too, and pointed at the same server: none of them may be asked.
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+
+    result = run_cli(
+        "-p", "[project] add", "-c", "add works", "--catalog", str(path), "--providers", "local",
+        "--budget", "1", cwd=tmp_path, env=env,
+    )  # fmt: skip
+
+    assert result.returncode in (0, 3), result.stderr
+    assert fake.requests and {r.model for r in fake.requests} == {MODEL_ID}
+    assert "one model only" in result.stderr

@@ -163,7 +163,7 @@ def test_the_cli_runs_the_example_on_the_embedded_model_without_a_key(tmp_path):
     tasks = {t["id"]: t for t in summary["tasks"]}
     assert set(tasks) == {"code", "note"}
     if status == "SUCCESS":
-        assert all(t["status"] == "completed" for t in tasks.values())
+        assert all(t["result"]["status"] == "completed" for t in tasks.values())
 
 
 async def test_a_local_model_context_stops_its_server_on_error():
