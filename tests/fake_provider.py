@@ -94,6 +94,9 @@ class Reply:
     # The model the body says answered (default: the one requested), as a server that serves
     # another model than the one asked for says.
     answered_by: str | None = None
+    # A streamed answer (stream=true, OpenAI format) comes a word at a time, this many seconds
+    # apart, as a slow model generates.
+    stream_interval: float = 0.0
 
 
 ReplyLike = Reply | str | dict | list
@@ -381,6 +384,31 @@ def _openai_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
     }
 
 
+def _openai_chunks(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
+    """A streamed chat completion: the text a word at a time, the finish reason, then usage
+    (when the request asked for it with stream_options.include_usage)."""
+    in_tok, out_tok = _usage(rec, reply)
+    base = {
+        "id": f"chatcmpl-fake{seq}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": reply.answered_by or rec.model,
+    }
+    words = re.findall(r"\S+\s*|\s+", reply.text) or [""]
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+        for word in words
+    ]
+    finish = "length" if reply.truncated else "stop"
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    if (rec.body.get("stream_options") or {}).get("include_usage"):
+        usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok,
+                 "total_tokens": in_tok + out_tok,
+                 "prompt_tokens_details": {"cached_tokens": reply.cached_tokens}}  # fmt: skip
+        chunks.append({**base, "choices": [], "usage": usage})
+    return chunks
+
+
 def _anthropic_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
     in_tok, out_tok = _usage(rec, reply)
     content: list[dict] = [{"type": "text", "text": reply.text}]
@@ -554,7 +582,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if api != "gemini":
             model = str(body.get("model", ""))
-        if body.get("stream") or (gemini and gemini["method"] != "generateContent"):
+        streamed = bool(body.get("stream")) and api == "openai"
+        if (body.get("stream") and not streamed) or (
+            gemini and gemini["method"] != "generateContent"
+        ):
             # Streaming (and other Gemini methods) are deliberately unsupported: fail loudly
             # rather than return a body the SDK would misparse.
             what = gemini["method"] if gemini else "stream=true"
@@ -572,6 +603,9 @@ class _Handler(BaseHTTPRequestHandler):
         seq = self.server.next_seq()
         if reply.raw_body is not None:
             self._send(reply.status, reply.raw_body.encode(), "text/html", reply.headers)
+            return
+        if reply.status == 200 and streamed:
+            self._send_stream(_openai_chunks(rec, reply, seq), reply.stream_interval, fake)
             return
         if reply.status != 200:
             payload = _error_body(api, reply.status, reply.text)
@@ -595,6 +629,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else b""
+
+    def _send_stream(self, chunks: list[dict], interval: float, fake: FakeProvider) -> None:
+        """Server-sent events, as OpenAI streams: one ``data:`` line a chunk, then [DONE]."""
+        try:
+            self.send_response(200)
+            # HTTP/1.0: the body ends when the connection closes, after [DONE].
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for number, chunk in enumerate(chunks):
+                if number and interval > 0 and fake._stopping.wait(interval):
+                    return
+                self._write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            self._write_chunk(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
 
     def _send_json(self, status: int, payload: dict, extra: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json", extra)

@@ -208,3 +208,34 @@ def test_providers_hides_the_rest_of_the_catalog_from_a_run(fake, llm, tmp_path)
     assert result.returncode in (0, 3), result.stderr
     assert fake.requests and {r.model for r in fake.requests} == {MODEL_ID}
     assert "one model only" in result.stderr
+
+
+def streaming_catalog(tmp_path, fake, timeout):
+    path = local_catalog(tmp_path, fake.base_url)
+    text = f"stream: true\n    timeout: {timeout}\n    base_url:"
+    path.write_text(path.read_text().replace("base_url:", text, 1))
+    return path
+
+
+async def test_a_slow_but_steady_streamed_answer_is_never_cut_off_by_the_time_limit(tmp_path, fake):
+    answer_text = "one two three four five six seven eight"
+    # 1.4 s in all, a word every 0.2 s: three times the 0.5 s limit, never 0.5 s without a word.
+    fake.script(MODEL_ID, Reply(text=answer_text, stream_interval=0.2, output_tokens=8))
+    path = streaming_catalog(tmp_path, fake, 0.5)
+
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
+        answer = await client.complete("llama-local", "count")
+
+    assert answer.text == answer_text
+    assert answer.output_tokens == 8 and not answer.usage_estimated  # usage from the stream
+    assert answer.attempts == 1 and len(fake.requests) == 1  # not asked again from scratch
+    assert fake.requests[0].body["stream"] is True
+
+
+async def test_a_stream_that_stalls_is_timed_out(tmp_path, fake):
+    fake.script(MODEL_ID, *[Reply(text="late", delay=2.0)] * 2)
+    path = streaming_catalog(tmp_path, fake, 0.3)
+
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
+        with pytest.raises(ProviderError, match="timed out"):
+            await client.complete("llama-local", "hello")

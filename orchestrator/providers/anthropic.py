@@ -14,6 +14,7 @@ from .base import (
     ChatRequest,
     Endpoint,
     Failure,
+    Progress,
     RawCompletion,
     status_failure,
     system_prompt,
@@ -33,7 +34,12 @@ class AnthropicAdapter:
             max_retries=0,
         )
 
-    async def complete(self, model_id: str, request: ChatRequest) -> RawCompletion:
+    async def complete(
+        self,
+        model_id: str,
+        request: ChatRequest,
+        progress: Progress | None = None,  # not streamed: the attempt's limit is for all of it
+    ) -> RawCompletion:
         message = await self._client.messages.create(**_payload(model_id, request))
         text = "".join(block.text for block in message.content if block.type == "text")
         usage = message.usage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -84,6 +85,13 @@ class Endpoint:
     timeout: float
     api_version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Ask for the answer as it is generated (where the adapter can): the attempt's time limit
+    # then runs from the latest piece, not from the start.
+    stream: bool = False
+
+
+# Called by an adapter whenever a streamed answer makes progress.
+Progress = Callable[[], None]
 
 
 class ProviderAdapter(Protocol):
@@ -91,7 +99,9 @@ class ProviderAdapter(Protocol):
 
     endpoint: Endpoint
 
-    async def complete(self, model_id: str, request: ChatRequest) -> RawCompletion: ...
+    async def complete(
+        self, model_id: str, request: ChatRequest, progress: Progress | None = None
+    ) -> RawCompletion: ...
 
     def classify(self, exc: BaseException) -> Failure | None:
         """How the client should treat ``exc``; ``None`` means it is not a provider failure."""

@@ -14,6 +14,7 @@ from .base import (
     ChatRequest,
     Endpoint,
     Failure,
+    Progress,
     RawCompletion,
     estimate_tokens,
     status_failure,
@@ -38,7 +39,12 @@ class GeminiAdapter:
             ),
         )
 
-    async def complete(self, model_id: str, request: ChatRequest) -> RawCompletion:
+    async def complete(
+        self,
+        model_id: str,
+        request: ChatRequest,
+        progress: Progress | None = None,  # not streamed: the attempt's limit is for all of it
+    ) -> RawCompletion:
         response = await self._client.aio.models.generate_content(
             model=model_id,
             contents=[

@@ -14,6 +14,7 @@ from .base import (
     ChatRequest,
     Endpoint,
     Failure,
+    Progress,
     RawCompletion,
     estimate_tokens,
     status_failure,
@@ -31,37 +32,43 @@ class OpenAICompatibleAdapter:
             max_retries=0,
         )
 
-    async def complete(self, model_id: str, request: ChatRequest) -> RawCompletion:
-        response = await self._client.chat.completions.create(
-            **_payload(model_id, request, self.endpoint.provider)
-        )
+    async def complete(
+        self, model_id: str, request: ChatRequest, progress: Progress | None = None
+    ) -> RawCompletion:
+        payload = _payload(model_id, request, self.endpoint.provider)
+        if self.endpoint.stream:
+            return await self._streamed(payload, request, progress)
+        response = await self._client.chat.completions.create(**payload)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content or "") if choice is not None else ""
         stop = choice.finish_reason if choice is not None else None
-        ending = {"stop_reason": stop, "truncated": stop == "length"}
-        usage = response.usage
-        if usage is None:
-            prompt = "".join(m["content"] for m in _messages(request))
-            return RawCompletion(
-                text=text,
-                input_tokens=estimate_tokens(prompt),
-                output_tokens=estimate_tokens(text),
-                reported_model=response.model,
-                usage_estimated=True,
-                **ending,
-            )
-        details = usage.prompt_tokens_details
-        cached = (details.cached_tokens or 0) if details is not None else 0
-        # DeepSeek reports its cache hits in a field of its own.
-        cached = cached or int(getattr(usage, "prompt_cache_hit_tokens", 0) or 0)
-        return RawCompletion(
-            text=text,
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
-            cached_tokens=cached,
-            reported_model=response.model,
-            **ending,
+        return _completion(request, text, stop, response.usage, response.model)
+
+    async def _streamed(
+        self, payload: dict[str, Any], request: ChatRequest, progress: Progress | None
+    ) -> RawCompletion:
+        """The answer as it is generated: each piece tells ``progress`` the server is alive,
+        so a slow model is timed out only when it stops producing, not for being slow."""
+        stream = await self._client.chat.completions.create(
+            **payload, stream=True, stream_options={"include_usage": True}
         )
+        parts: list[str] = []
+        stop: str | None = None
+        usage: Any = None
+        model = payload["model"]
+        try:
+            async for chunk in stream:
+                if progress is not None:
+                    progress()
+                model = chunk.model or model
+                usage = chunk.usage or usage
+                for choice in chunk.choices:
+                    if choice.delta is not None and choice.delta.content:
+                        parts.append(choice.delta.content)
+                    stop = choice.finish_reason or stop
+        finally:
+            await stream.close()  # the connection is given back however the stream ends
+        return _completion(request, "".join(parts), stop, usage, model)
 
     def classify(self, exc: BaseException) -> Failure | None:
         if isinstance(exc, openai.APIStatusError):
@@ -74,6 +81,34 @@ class OpenAICompatibleAdapter:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _completion(
+    request: ChatRequest, text: str, stop: str | None, usage: Any, reported: str | None
+) -> RawCompletion:
+    ending = {"stop_reason": stop, "truncated": stop == "length"}
+    if usage is None:
+        prompt = "".join(m["content"] for m in _messages(request))
+        return RawCompletion(
+            text=text,
+            input_tokens=estimate_tokens(prompt),
+            output_tokens=estimate_tokens(text),
+            reported_model=reported,
+            usage_estimated=True,
+            **ending,
+        )
+    details = usage.prompt_tokens_details
+    cached = (details.cached_tokens or 0) if details is not None else 0
+    # DeepSeek reports its cache hits in a field of its own.
+    cached = cached or int(getattr(usage, "prompt_cache_hit_tokens", 0) or 0)
+    return RawCompletion(
+        text=text,
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+        cached_tokens=cached,
+        reported_model=reported,
+        **ending,
+    )
 
 
 def _messages(request: ChatRequest) -> list[dict[str, str]]:
