@@ -385,3 +385,10 @@ async def test_closing_the_client_closes_every_vendor_connection(fake):
     openai_client, anthropic_client, _ = sdk_clients
     assert openai_client.is_closed() and anthropic_client.is_closed()
     assert client._adapters == {}
+
+
+async def test_a_temperature_never_breaks_a_call_to_anthropic(client, fake):
+    # The Anthropic SDK's messages.create takes no sampling parameters any more.
+    answer = await client.complete("claude-haiku-4-5", "hello", temperature=0.2)
+
+    assert answer.text and "temperature" not in fake.requests[-1].body

@@ -19,7 +19,12 @@ from orchestrator import (
     TruncatedAnswerError,
     UnifiedClient,
 )
-from orchestrator.local import LOCAL_PROVIDER, LocalModel, embedded_available
+from orchestrator.local import (
+    LOCAL_PROVIDER,
+    LocalModel,
+    embedded_available,
+    embedded_model_path,
+)
 from orchestrator.models import ProjectStatus, Task, TaskType
 from orchestrator.prompts import EVALUATE_SYSTEM, EVALUATION_SCHEMA, evaluate_prompt
 
@@ -42,6 +47,33 @@ def server():
     asyncio.run(local.stop())
 
 
+# Greedy decoding and a terse system prompt: this model then answers "Hello." in 3 tokens, every
+# time, where sampling sometimes rambles past any small limit.
+TERSE = {"system": "Answer in as few words as possible.", "temperature": 0, "max_tokens": 64}
+HELLO = "Reply with one word: hello"
+
+
+def another_endpoint(server, provider, kind, base_url, model_id):
+    """The server's catalog plus ``provider`` (speaking ``kind``) at ``base_url``, with one
+    model: ``model_id``, aliased ``msgs``."""
+    return server.catalog().extended(
+        "test",
+        {
+            "providers": {provider: {"kind": kind, "base_url": base_url}},
+            "models": [
+                {
+                    "id": model_id,
+                    "provider": provider,
+                    "alias": "msgs",
+                    "context_window": server.context,
+                    "max_output_tokens": 256,
+                    "price": {"input": 0, "output": 0},
+                }
+            ],
+        },
+    )
+
+
 def port_open(base_url: str) -> bool:
     parts = urlsplit(base_url)
     with socket.socket() as probe:
@@ -51,10 +83,11 @@ def port_open(base_url: str) -> bool:
 
 async def test_a_plain_completion_counts_its_tokens_and_costs_nothing(server):
     async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
-        answer = await client.complete("local", "Reply with one word: hello", max_tokens=64)
+        answer = await client.complete("local", HELLO, **TERSE)
 
     assert answer.text.strip()
     assert answer.input_tokens > 0 and answer.output_tokens > 0
+    assert not answer.usage_estimated  # counted by the server, read from the end of the stream
     assert answer.cost_usd == 0.0
     assert answer.model.key == f"local/{server.model_id}"
 
@@ -75,7 +108,7 @@ async def test_a_structured_answer_validates_against_its_schema_at_the_first_try
     async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
         answer = await client.complete(
             "local", "Is 'def add(a, b): return a + b' valid Python?",
-            schema=VERDICT, max_tokens=200,
+            schema=VERDICT, max_tokens=400,
         )  # fmt: skip
 
     # The server's constrained decoding holds the answer to the schema, bounds included: no
@@ -102,27 +135,10 @@ async def test_the_evaluators_verdicts_are_valid_at_the_first_try(server):
 
 async def test_the_anthropic_adapter_speaks_to_the_servers_messages_route(server):
     root = server.base_url.removesuffix("/v1")
-    catalog = server.catalog().extended(
-        "test",
-        {
-            "providers": {"local_messages": {"kind": "anthropic", "base_url": root}},
-            "models": [
-                {
-                    "id": server.model_id,
-                    "provider": "local_messages",
-                    "alias": "msgs",
-                    "price": {"input": 0, "output": 0},
-                    "context_window": server.context,
-                    "max_output_tokens": 256,
-                }
-            ],
-        },
-    )
+    catalog = another_endpoint(server, "local_messages", "anthropic", root, server.model_id)
     async with UnifiedClient(catalog=catalog.only(["local_messages"]), env={}) as client:
-        try:
-            answer = await client.complete("msgs", "Reply with one word: hello", max_tokens=128)
-        except TruncatedAnswerError:
-            return  # read, and its stop reason understood: this small model rambled on
+        answer = await client.complete("msgs", HELLO, **TERSE)
+
     assert answer.text.strip() and answer.output_tokens > 0 and answer.cost_usd == 0.0
 
 
@@ -155,6 +171,7 @@ def test_the_cli_runs_the_example_on_the_embedded_model_without_a_key(tmp_path):
     )  # fmt: skip
 
     assert "running on the embedded local model" in result.stderr  # said once, why and how
+    assert "one model only (smollm2-135m-instruct)" in result.stderr
     assert result.stderr.count("running on the embedded local model") == 1
     assert "Traceback" not in result.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -208,25 +225,33 @@ async def test_a_stopped_server_is_reported_as_connection_refused_at_its_url():
 
 async def test_a_vendor_model_id_sent_to_this_server_is_seen_to_be_answered_by_another(server):
     # As with OPENAI_BASE_URL pointed at a local server: the request names a vendor's model.
-    catalog = server.catalog().extended(
-        "test",
-        {
-            "providers": {"pointed_elsewhere": {"kind": "openai", "base_url": server.base_url}},
-            "models": [
-                {
-                    "id": "gpt-4o",
-                    "provider": "pointed_elsewhere",
-                    "price": {"input": 2.5, "output": 10},
-                    "context_window": server.context,
-                    "max_output_tokens": 256,
-                }
-            ],
-        },
-    )
+    catalog = another_endpoint(server, "pointed_elsewhere", "openai", server.base_url, "gpt-4o")
     async with UnifiedClient(catalog=catalog.only(["pointed_elsewhere"]), env={}) as client:
-        answer = await client.complete(
-            "pointed_elsewhere/gpt-4o", "Reply with one word: hello", max_tokens=128
-        )
+        answer = await client.complete("pointed_elsewhere/gpt-4o", HELLO, **TERSE)
 
     assert answer.reported_model == server.model_id
     assert any(f"answered by {server.model_id!r}, not 'gpt-4o'" in n for n in answer.notes)
+
+
+async def test_another_gguf_file_is_served_under_its_own_name(tmp_path):
+    other = tmp_path / "My-Model.Q4.gguf"
+    other.symlink_to(embedded_model_path())
+
+    async with (
+        LocalModel(model_path=other, context=2048) as local,
+        UnifiedClient(catalog=local.catalog().only([LOCAL_PROVIDER]), env={}) as client,
+    ):
+        assert [m.key for m in client.available_models()] == ["local/my-model.q4"]
+        # A bounded structured answer: it always ends within its limit.
+        answer = await client.complete(
+            "local", "Is 'x = 1' valid Python?", schema=VERDICT, max_tokens=400
+        )
+
+    assert answer.reported_model == "my-model.q4" and not answer.notes
+
+
+def test_a_local_model_file_that_does_not_exist_is_a_one_line_error(tmp_path):
+    result = run_cli("-p", "x", "-c", "y", "--local-model", "missing.gguf", cwd=tmp_path)
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "missing.gguf" in result.stderr

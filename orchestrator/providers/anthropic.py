@@ -79,8 +79,8 @@ def _payload(model_id: str, request: ChatRequest) -> dict[str, Any]:
     }
     if system:
         payload["system"] = system
-    if request.temperature is not None:
-        payload["temperature"] = request.temperature
+    # No temperature: the SDK's messages.create (2.14) no longer takes sampling parameters,
+    # and passing one raised a TypeError that failed every call that had one.
     if request.json_schema is not None and request.native_schema:
         payload["output_config"] = {
             "format": {"type": "json_schema", "schema": vendor_schema(request.json_schema)}
