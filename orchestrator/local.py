@@ -90,7 +90,7 @@ class LocalModel:
 
     model_path: Path | None = None
     context: int = DEFAULT_CONTEXT
-    max_output_tokens: int = 2048
+    max_output_tokens: int = 1024  # a 135M model says what it can in far less
 
     def __post_init__(self) -> None:
         self._server: Any = None

@@ -409,6 +409,29 @@ def _openai_chunks(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
     return chunks
 
 
+def _anthropic_events(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
+    """A streamed message: its start (with the input usage), the text a word at a time, then
+    the stop reason with the output usage."""
+    in_tok, out_tok = _usage(rec, reply)
+    usage = {"input_tokens": in_tok, "output_tokens": 1, "cache_creation_input_tokens": 0,
+             "cache_read_input_tokens": reply.cached_tokens}  # fmt: skip
+    message = {"id": f"msg_fake{seq}", "type": "message", "role": "assistant",
+               "model": reply.answered_by or rec.model, "content": [], "stop_reason": None,
+               "stop_sequence": None, "usage": usage}  # fmt: skip
+    words = re.findall(r"\S+\s*|\s+", reply.text) or [""]
+    stop = "max_tokens" if reply.truncated else "end_turn"
+    return [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+          for w in words),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+         "usage": {"output_tokens": out_tok}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+
+
 def _anthropic_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
     in_tok, out_tok = _usage(rec, reply)
     content: list[dict] = [{"type": "text", "text": reply.text}]
@@ -582,7 +605,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if api != "gemini":
             model = str(body.get("model", ""))
-        streamed = bool(body.get("stream")) and api == "openai"
+        streamed = bool(body.get("stream")) and api in ("openai", "anthropic")
         if (body.get("stream") and not streamed) or (
             gemini and gemini["method"] != "generateContent"
         ):
@@ -605,7 +628,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply.status, reply.raw_body.encode(), "text/html", reply.headers)
             return
         if reply.status == 200 and streamed:
-            self._send_stream(_openai_chunks(rec, reply, seq), reply.stream_interval, fake)
+            chunks = (_openai_chunks if api == "openai" else _anthropic_events)(rec, reply, seq)
+            self._send_stream(chunks, reply.stream_interval, fake, done=api == "openai")
             return
         if reply.status != 200:
             payload = _error_body(api, reply.status, reply.text)
@@ -630,8 +654,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send_stream(self, chunks: list[dict], interval: float, fake: FakeProvider) -> None:
-        """Server-sent events, as OpenAI streams: one ``data:`` line a chunk, then [DONE]."""
+    def _send_stream(
+        self, chunks: list[dict], interval: float, fake: FakeProvider, *, done: bool
+    ) -> None:
+        """Server-sent events: one ``data:`` line a chunk (after an ``event:`` line naming its
+        type, as Anthropic streams), then ``[DONE]`` as OpenAI ends."""
         try:
             self.send_response(200)
             # HTTP/1.0: the body ends when the connection closes, after [DONE].
@@ -640,8 +667,10 @@ class _Handler(BaseHTTPRequestHandler):
             for number, chunk in enumerate(chunks):
                 if number and interval > 0 and fake._stopping.wait(interval):
                     return
-                self._write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
-            self._write_chunk(b"data: [DONE]\n\n")
+                named = "" if done else f"event: {chunk['type']}\n"
+                self._write_chunk(f"{named}data: {json.dumps(chunk)}\n\n".encode())
+            if done:
+                self._write_chunk(b"data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
 

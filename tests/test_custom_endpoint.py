@@ -210,18 +210,24 @@ def test_providers_hides_the_rest_of_the_catalog_from_a_run(fake, llm, tmp_path)
     assert "one model only" in result.stderr
 
 
-def streaming_catalog(tmp_path, fake, timeout):
+def streaming_catalog(tmp_path, fake, timeout, kind="openai"):
     path = local_catalog(tmp_path, fake.base_url)
     text = f"stream: true\n    timeout: {timeout}\n    base_url:"
-    path.write_text(path.read_text().replace("base_url:", text, 1))
+    text = path.read_text().replace("base_url:", text, 1).replace("kind: openai", f"kind: {kind}")
+    if kind == "anthropic":  # its SDK adds /v1/messages to the server's root
+        text = text.replace("/custom/v1", "")
+    path.write_text(text)
     return path
 
 
-async def test_a_slow_but_steady_streamed_answer_is_never_cut_off_by_the_time_limit(tmp_path, fake):
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_slow_but_steady_streamed_answer_is_never_cut_off_by_the_time_limit(
+    tmp_path, fake, kind
+):
     answer_text = "one two three four five six seven eight"
     # 1.4 s in all, a word every 0.2 s: three times the 0.5 s limit, never 0.5 s without a word.
     fake.script(MODEL_ID, Reply(text=answer_text, stream_interval=0.2, output_tokens=8))
-    path = streaming_catalog(tmp_path, fake, 0.5)
+    path = streaming_catalog(tmp_path, fake, 0.5, kind)
 
     async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
         answer = await client.complete("llama-local", "count")

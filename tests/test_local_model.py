@@ -53,13 +53,13 @@ TERSE = {"system": "Answer in as few words as possible.", "temperature": 0, "max
 HELLO = "Reply with one word: hello"
 
 
-def another_endpoint(server, provider, kind, base_url, model_id):
+def another_endpoint(server, provider, kind, base_url, model_id, stream=False):
     """The server's catalog plus ``provider`` (speaking ``kind``) at ``base_url``, with one
     model: ``model_id``, aliased ``msgs``."""
     return server.catalog().extended(
         "test",
         {
-            "providers": {provider: {"kind": kind, "base_url": base_url}},
+            "providers": {provider: {"kind": kind, "base_url": base_url, "stream": stream}},
             "models": [
                 {
                     "id": model_id,
@@ -135,11 +135,13 @@ async def test_the_evaluators_verdicts_are_valid_at_the_first_try(server):
 
 async def test_the_anthropic_adapter_speaks_to_the_servers_messages_route(server):
     root = server.base_url.removesuffix("/v1")
-    catalog = another_endpoint(server, "local_messages", "anthropic", root, server.model_id)
-    async with UnifiedClient(catalog=catalog.only(["local_messages"]), env={}) as client:
-        answer = await client.complete("msgs", HELLO, **TERSE)
+    for stream in (False, True):
+        catalog = another_endpoint(server, "local_messages", "anthropic", root, server.model_id,
+                                   stream)  # fmt: skip
+        async with UnifiedClient(catalog=catalog.only(["local_messages"]), env={}) as client:
+            answer = await client.complete("msgs", HELLO, **TERSE)
 
-    assert answer.text.strip() and answer.output_tokens > 0 and answer.cost_usd == 0.0
+        assert answer.text.strip() and answer.output_tokens > 0 and answer.cost_usd == 0.0
 
 
 async def test_an_orchestrator_runs_a_task_on_the_local_model_and_stops_its_server():

@@ -35,26 +35,50 @@ class AnthropicAdapter:
         )
 
     async def complete(
-        self,
-        model_id: str,
-        request: ChatRequest,
-        progress: Progress | None = None,  # not streamed: the attempt's limit is for all of it
+        self, model_id: str, request: ChatRequest, progress: Progress | None = None
     ) -> RawCompletion:
-        message = await self._client.messages.create(**_payload(model_id, request))
+        payload = _payload(model_id, request)
+        if self.endpoint.stream:
+            return await self._streamed(payload, progress)
+        message = await self._client.messages.create(**payload)
         text = "".join(block.text for block in message.content if block.type == "text")
         usage = message.usage
-        cached = usage.cache_read_input_tokens or 0
-        written = usage.cache_creation_input_tokens or 0
-        return RawCompletion(
-            text=text,
-            # Anthropic's input_tokens leaves out cache reads and writes; ours counts them all.
-            input_tokens=usage.input_tokens + cached + written,
-            output_tokens=usage.output_tokens,
-            cached_tokens=cached,
-            cache_write_tokens=written,
-            reported_model=message.model,
-            stop_reason=message.stop_reason,
-            truncated=message.stop_reason in CUT_OFF,
+        return _completion(
+            text,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens or 0,
+            usage.cache_creation_input_tokens or 0,
+            message.model,
+            message.stop_reason,
+        )
+
+    async def _streamed(self, payload: dict[str, Any], progress: Progress | None) -> RawCompletion:
+        """The answer as it is generated (see ``Endpoint.stream``): the usage comes with the
+        first event and the output count and stop reason with the last."""
+        stream = await self._client.messages.create(**payload, stream=True)
+        parts: list[str] = []
+        model, stop = payload["model"], None
+        input_tokens = output_tokens = cached = written = 0
+        try:
+            async for event in stream:
+                if progress is not None:
+                    progress()
+                if event.type == "message_start":
+                    usage = event.message.usage
+                    model = event.message.model or model
+                    input_tokens, output_tokens = usage.input_tokens, usage.output_tokens or 0
+                    cached = usage.cache_read_input_tokens or 0
+                    written = usage.cache_creation_input_tokens or 0
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    parts.append(event.delta.text)
+                elif event.type == "message_delta":
+                    stop = event.delta.stop_reason or stop
+                    output_tokens = event.usage.output_tokens or output_tokens
+        finally:
+            await stream.close()
+        return _completion(
+            "".join(parts), input_tokens, output_tokens, cached, written, model, stop
         )
 
     def classify(self, exc: BaseException) -> Failure | None:
@@ -68,6 +92,28 @@ class AnthropicAdapter:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _completion(
+    text: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int,
+    written: int,
+    model: str | None,
+    stop: str | None,
+) -> RawCompletion:
+    return RawCompletion(
+        text=text,
+        # Anthropic's input_tokens leaves out cache reads and writes; ours counts them all.
+        input_tokens=input_tokens + cached + written,
+        output_tokens=output_tokens,
+        cached_tokens=cached,
+        cache_write_tokens=written,
+        reported_model=model,
+        stop_reason=stop,
+        truncated=stop in CUT_OFF,
+    )
 
 
 def _payload(model_id: str, request: ChatRequest) -> dict[str, Any]:
