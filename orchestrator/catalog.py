@@ -133,7 +133,7 @@ class ProviderSpec:
     # Seconds one attempt may take (a slow local model needs more than a cloud vendor); None:
     # the client's default.
     timeout: float | None = None
-    # Answers are streamed (OpenAI and Anthropic formats): ``timeout`` then bounds the wait for
+    # Answers are streamed (any wire format): ``timeout`` then bounds the wait for
     # each piece, so a slow but steady model is never cut off and paid again.
     stream: bool = False
 

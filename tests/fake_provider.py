@@ -39,7 +39,7 @@ __all__ = ["FakeProvider", "RecordedRequest", "Reply"]
 _OPENAI_RE = re.compile(r"^(?:/.*)?/chat/completions$")
 _ANTHROPIC_RE = re.compile(r"^(?:/.*)?/v1/messages$")
 _GEMINI_RE = re.compile(
-    r"^(?:/.*)?/(?P<version>v[0-9][a-z0-9]*)/models/(?P<model>[^/:]+):(?P<method>\w+)$"
+    r"^(?:/.*)?/(?P<version>v[0-9][a-z0-9]*)/models/(?P<model>[^/]+):(?P<method>\w+)$"
 )
 _MODELS_RE = re.compile(r"^(?:/.*)?/models$")
 _ERR_RE = re.compile(r"^err-(?P<status>\d{3})(?:-ra(?P<retry_after>\d+(?:\.\d+)?))?$")
@@ -409,6 +409,35 @@ def _openai_chunks(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
     return chunks
 
 
+def api_events(chunk: dict) -> bool:
+    """Anthropic names each event's type on a line of its own; the others do not."""
+    return chunk.get("type") in _ANTHROPIC_EVENT_TYPES
+
+
+_ANTHROPIC_EVENT_TYPES = {"message_start", "content_block_start", "content_block_delta",
+                          "content_block_stop", "message_delta", "message_stop"}  # fmt: skip
+
+
+def _gemini_chunks(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
+    """A streamed generateContent: the text a word at a time, then the finish reason and the
+    usage in the last piece."""
+    whole = _gemini_body(rec, reply, seq)
+    words = re.findall(r"\S+\s*|\s+", reply.text) or [""]
+    pieces = []
+    for number, word in enumerate(words):
+        content = {"role": "model", "parts": [{"text": word}]}
+        piece = {
+            "candidates": [{"content": content, "index": 0}],
+            "modelVersion": whole["modelVersion"],
+            "responseId": whole["responseId"],
+        }
+        if number == len(words) - 1:
+            piece["candidates"][0]["finishReason"] = whole["candidates"][0]["finishReason"]
+            piece["usageMetadata"] = whole["usageMetadata"]
+        pieces.append(piece)
+    return pieces
+
+
 def _anthropic_events(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
     """A streamed message: its start (with the input usage), the text a word at a time, then
     the stop reason with the output usage."""
@@ -605,9 +634,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if api != "gemini":
             model = str(body.get("model", ""))
-        streamed = bool(body.get("stream")) and api in ("openai", "anthropic")
+        gemini_streams = bool(gemini) and gemini["method"] == "streamGenerateContent"
+        streamed = gemini_streams or (bool(body.get("stream")) and api in ("openai", "anthropic"))
         if (body.get("stream") and not streamed) or (
-            gemini and gemini["method"] != "generateContent"
+            gemini and gemini["method"] not in ("generateContent", "streamGenerateContent")
         ):
             # Streaming (and other Gemini methods) are deliberately unsupported: fail loudly
             # rather than return a body the SDK would misparse.
@@ -628,7 +658,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply.status, reply.raw_body.encode(), "text/html", reply.headers)
             return
         if reply.status == 200 and streamed:
-            chunks = (_openai_chunks if api == "openai" else _anthropic_events)(rec, reply, seq)
+            events = {"openai": _openai_chunks, "anthropic": _anthropic_events}
+            chunks = events.get(api, _gemini_chunks)(rec, reply, seq)
             self._send_stream(chunks, reply.stream_interval, fake, done=api == "openai")
             return
         if reply.status != 200:
@@ -667,7 +698,7 @@ class _Handler(BaseHTTPRequestHandler):
             for number, chunk in enumerate(chunks):
                 if number and interval > 0 and fake._stopping.wait(interval):
                     return
-                named = "" if done else f"event: {chunk['type']}\n"
+                named = f"event: {chunk['type']}\n" if api_events(chunk) else ""
                 self._write_chunk(f"{named}data: {json.dumps(chunk)}\n\n".encode())
             if done:
                 self._write_chunk(b"data: [DONE]\n\n")

@@ -363,8 +363,8 @@ def test_sync_use_and_bad_requests(fake):
     assert status == 401 and err["error"]["type"] == "authentication_error"
     assert post("/v1/chat/completions", b"{nope", {"x-api-key": "k"})[0] == 400
     assert post("/v2/unknown", body, {"x-api-key": "k"})[0] == 404
-    # Streaming is served in OpenAI's and Anthropic's formats; Gemini's fails loudly.
-    assert post("/v1beta/models/m:streamGenerateContent", body, {"x-goog-api-key": "k"})[0] == 400
+    # Streaming is served in every vendor's format; other Gemini methods fail loudly.
+    assert post("/v1beta/models/m:countTokens", body, {"x-goog-api-key": "k"})[0] == 400
 
 
 def test_standalone_process_serves_and_logs(tmp_path):

@@ -162,20 +162,18 @@ async def test_an_orchestrator_runs_a_task_on_the_local_model_and_stops_its_serv
     assert served  # it ran
 
 
-def test_the_cli_runs_the_example_on_the_embedded_model_without_a_key(tmp_path):
+def test_the_cli_runs_the_example_with_local(tmp_path):
     out = tmp_path / "results"
     example = PROJECT_ROOT / "projects" / "example_local.yaml"
 
     # The small model's answers vary in length from run to run: the clock bounds the test.
     result = run_cli(
-        "--file", str(example), "--output-dir", str(out), "--time", "70", cwd=tmp_path,
-        timeout=150,
+        "--file", str(example), "--local", "--output-dir", str(out), "--time", "70",
+        cwd=tmp_path, timeout=150,
     )  # fmt: skip
 
-    assert "running on the embedded local model" in result.stderr  # said once, why and how
-    assert "one model only (smollm2-135m-instruct)" in result.stderr
-    assert result.stderr.count("running on the embedded local model") == 1
     assert "Traceback" not in result.stderr
+    assert "one model only (smollm2-135m-instruct)" in result.stderr
     summary = json.loads((out / "summary.json").read_text())
     status = summary["status"]
     assert result.returncode == {"SUCCESS": 0, "PARTIAL_SUCCESS": 3, "TIMEOUT": 5}[status]
@@ -185,6 +183,21 @@ def test_the_cli_runs_the_example_on_the_embedded_model_without_a_key(tmp_path):
     assert set(tasks) == {"code", "note"}
     if status == "SUCCESS":
         assert all(t["result"]["status"] == "completed" for t in tasks.values())
+
+
+def test_without_a_key_the_embedded_model_stands_in_and_says_so_once(tmp_path):
+    project = tmp_path / "tiny.yaml"
+    project.write_text(
+        "project: Say hello.\ncriteria: It says hello.\ntasks:\n"
+        "  - {id: hello, type: summarization, prompt: 'Say hello in one word.'}\n"
+    )
+
+    result = run_cli("--file", str(project), "--time", "40", cwd=tmp_path, timeout=100)
+
+    assert result.stderr.count("no provider key is set: running on the embedded local model") == 1
+    assert "Traceback" not in result.stderr
+    assert result.returncode in (0, 3, 5)  # SUCCESS, PARTIAL_SUCCESS (quality), TIMEOUT
+    assert "smollm2-135m-instruct" in result.stdout
 
 
 async def test_a_local_model_context_stops_its_server_on_error():

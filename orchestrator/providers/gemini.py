@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx2
 from google import genai
 from google.genai import errors as genai_errors
@@ -40,45 +42,32 @@ class GeminiAdapter:
         )
 
     async def complete(
-        self,
-        model_id: str,
-        request: ChatRequest,
-        progress: Progress | None = None,  # not streamed: the attempt's limit is for all of it
+        self, model_id: str, request: ChatRequest, progress: Progress | None = None
     ) -> RawCompletion:
-        response = await self._client.aio.models.generate_content(
-            model=model_id,
-            contents=[
+        arguments: dict[str, Any] = {
+            "model": model_id,
+            "contents": [
                 types.Content(
                     role="model" if m.role == "assistant" else "user",
                     parts=[types.Part(text=m.content)],
                 )
                 for m in request.messages
             ],
-            config=_config(request),
-        )
-        text = _text(response)
-        stop = _finish_reason(response)
-        ending = {"stop_reason": stop, "truncated": stop == "MAX_TOKENS"}
-        usage = response.usage_metadata
-        if usage is None or usage.prompt_token_count is None:
-            prompt = "".join(m.content for m in request.messages) + (request.system or "")
-            return RawCompletion(
-                text=text,
-                input_tokens=estimate_tokens(prompt),
-                output_tokens=estimate_tokens(text),
-                reported_model=response.model_version,
-                usage_estimated=True,
-                **ending,
-            )
-        return RawCompletion(
-            text=text,
-            input_tokens=usage.prompt_token_count,
-            # Thinking tokens are billed as output but reported apart from the candidates.
-            output_tokens=(usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0),
-            cached_tokens=usage.cached_content_token_count or 0,
-            reported_model=response.model_version,
-            **ending,
-        )
+            "config": _config(request),
+        }
+        if not self.endpoint.stream:
+            response = await self._client.aio.models.generate_content(**arguments)
+            return _completion(request, _text(response), response)
+        # Streamed (see ``Endpoint.stream``): each piece carries some text; the last one the
+        # finish reason and the usage.
+        parts: list[str] = []
+        last = None
+        async for piece in await self._client.aio.models.generate_content_stream(**arguments):
+            if progress is not None:
+                progress()
+            parts.append(_text(piece))
+            last = piece
+        return _completion(request, "".join(parts), last)
 
     def classify(self, exc: BaseException) -> Failure | None:
         if isinstance(exc, genai_errors.APIError):
@@ -94,6 +83,32 @@ class GeminiAdapter:
     async def aclose(self) -> None:
         await self._client.aio.aclose()
         await self._http.aclose()
+
+
+def _completion(request: ChatRequest, text: str, response: Any) -> RawCompletion:
+    stop = _finish_reason(response) if response is not None else None
+    ending = {"stop_reason": stop, "truncated": stop == "MAX_TOKENS"}
+    usage = response.usage_metadata if response is not None else None
+    reported = response.model_version if response is not None else None
+    if usage is None or usage.prompt_token_count is None:
+        prompt = "".join(m.content for m in request.messages) + (request.system or "")
+        return RawCompletion(
+            text=text,
+            input_tokens=estimate_tokens(prompt),
+            output_tokens=estimate_tokens(text),
+            reported_model=reported,
+            usage_estimated=True,
+            **ending,
+        )
+    return RawCompletion(
+        text=text,
+        input_tokens=usage.prompt_token_count,
+        # Thinking tokens are billed as output but reported apart from the candidates.
+        output_tokens=(usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0),
+        cached_tokens=usage.cached_content_token_count or 0,
+        reported_model=reported,
+        **ending,
+    )
 
 
 def _config(request: ChatRequest) -> types.GenerateContentConfig:
