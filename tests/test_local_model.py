@@ -270,3 +270,14 @@ def test_a_local_model_file_that_does_not_exist_is_a_one_line_error(tmp_path):
 
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "missing.gguf" in result.stderr
+
+
+async def test_a_ctrl_c_while_the_model_loads_leaves_no_server_running():
+    local = LocalModel(context=1024)
+    starting = asyncio.create_task(local.start())
+    await asyncio.sleep(0.05)  # the load is under way in its thread
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+
+    assert local.base_url and not port_open(local.base_url)
