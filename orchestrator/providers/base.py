@@ -119,6 +119,21 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def with_estimated_usage(
+    text: str, prompt: str, reported: str | None, stop: str | None, truncated: bool
+) -> RawCompletion:
+    """An answer whose server reported no usage: its tokens estimated from the texts."""
+    return RawCompletion(
+        text=text,
+        input_tokens=estimate_tokens(prompt),
+        output_tokens=estimate_tokens(text),
+        reported_model=reported,
+        usage_estimated=True,
+        stop_reason=stop,
+        truncated=truncated,
+    )
+
+
 JSON_INSTRUCTIONS = (
     "Answer with a single JSON value only: no prose, no code fences. "
     "It must validate against this JSON Schema:\n{schema}"

@@ -18,9 +18,9 @@ from .base import (
     Failure,
     Progress,
     RawCompletion,
-    estimate_tokens,
     status_failure,
     system_prompt,
+    with_estimated_usage,
 )
 
 
@@ -92,14 +92,7 @@ def _completion(request: ChatRequest, text: str, response: Any) -> RawCompletion
     reported = response.model_version if response is not None else None
     if usage is None or usage.prompt_token_count is None:
         prompt = "".join(m.content for m in request.messages) + (request.system or "")
-        return RawCompletion(
-            text=text,
-            input_tokens=estimate_tokens(prompt),
-            output_tokens=estimate_tokens(text),
-            reported_model=reported,
-            usage_estimated=True,
-            **ending,
-        )
+        return with_estimated_usage(text, prompt, reported, stop, stop == "MAX_TOKENS")
     return RawCompletion(
         text=text,
         input_tokens=usage.prompt_token_count,

@@ -16,9 +16,9 @@ from .base import (
     Failure,
     Progress,
     RawCompletion,
-    estimate_tokens,
     status_failure,
     system_prompt,
+    with_estimated_usage,
 )
 
 
@@ -89,14 +89,7 @@ def _completion(
     ending = {"stop_reason": stop, "truncated": stop == "length"}
     if usage is None:
         prompt = "".join(m["content"] for m in _messages(request))
-        return RawCompletion(
-            text=text,
-            input_tokens=estimate_tokens(prompt),
-            output_tokens=estimate_tokens(text),
-            reported_model=reported,
-            usage_estimated=True,
-            **ending,
-        )
+        return with_estimated_usage(text, prompt, reported, stop, stop == "length")
     details = usage.prompt_tokens_details
     cached = (details.cached_tokens or 0) if details is not None else 0
     # DeepSeek reports its cache hits in a field of its own.
