@@ -46,8 +46,7 @@ EVALUATION_SCHEMA = {
     "type": "object",
     "properties": {
         "score": {"type": "number", "minimum": 0, "maximum": 1},
-        # Bounded, so a small model's verdict cannot ramble into its output limit.
-        "reasoning": {"type": "string", "maxLength": 1000},
+        "reasoning": {"type": "string"},
     },
     "required": ["score", "reasoning"],
     "additionalProperties": False,

@@ -93,6 +93,9 @@ def vendor_schema(schema: Any) -> Any:
 # A bounded number becomes a list of values this far apart for grammar-constrained decoding.
 DECODER_STEP = 0.01
 _DECODER_MAX_VALUES = 201
+# The longest free text a local server's decoding lets a model write into one field: at most a
+# token a character, so an answer of a few such fields ends within its output limit.
+DECODER_MAX_STRING = 400
 
 
 def decoder_schema(schema: Any) -> Any:
@@ -100,11 +103,14 @@ def decoder_schema(schema: Any) -> Any:
     grammar keeps a number's type but not its range (a 135M model grading "0 to 1" wrote 9), so
     a number bounded on both sides becomes the values between its bounds, ``DECODER_STEP``
     apart (every one of them valid under the original schema, which answers are checked
-    against)."""
+    against). A free-text string gets at most ``DECODER_MAX_STRING`` characters, so a small
+    model cannot ramble past its output limit (answers are not checked against this bound)."""
     if isinstance(schema, list):
         return [decoder_schema(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
+    if schema.get("type") == "string" and not {"maxLength", "enum", "pattern"} & set(schema):
+        return {**schema, "maxLength": DECODER_MAX_STRING}
     low, high = schema.get("minimum"), schema.get("maximum")
     if schema.get("type") == "number" and _finite(low) and _finite(high) and low <= high:
         count = round((high - low) / DECODER_STEP) + 1

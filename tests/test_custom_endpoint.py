@@ -128,7 +128,7 @@ async def test_a_local_server_gets_the_schemas_bounds_and_a_cloud_vendor_does_no
     await client.complete("gpt-4o", "grade", schema=EVALUATION_SCHEMA)
 
     local_sent, vendor_sent = (r.body["response_format"]["json_schema"] for r in fake.requests)
-    assert local_sent["schema"]["properties"]["reasoning"]["maxLength"] == 1000
+    assert local_sent["schema"]["properties"]["reasoning"]["maxLength"] == 400
     # A grammar keeps a number's type but not its range: the server gets the values in range.
     scores = local_sent["schema"]["properties"]["score"]["enum"]
     assert len(scores) == 101 and min(scores) == 0 and max(scores) == 1
