@@ -115,7 +115,7 @@ def collect(
     models = tuple(
         ModelMetrics.of(key, profile)
         for key, profile in sorted(profiles.items())
-        if profile.calls or profile.evaluations or profile.validator_failures
+        if profile.measured
     )
     run = RunMetrics.of(state) if state is not None else None
     return MetricsSnapshot(models, run, time.time())

@@ -217,6 +217,11 @@ class ModelProfile:
         return self.model.provider
 
     @property
+    def measured(self) -> bool:
+        """Whether any call, evaluation or validator run has told us something about it."""
+        return bool(self.calls or self.evaluations or self.validator_failures)
+
+    @property
     def success_rate(self) -> float:
         return 1.0 if not self.calls else (self.calls - self.failures) / self.calls
 

@@ -50,7 +50,7 @@ class TelemetryCollector:
 
     def measured(self) -> dict[str, ModelProfile]:
         """The profiles something was measured for, in key order."""
-        return {k: p for k, p in sorted(self.profiles.items()) if _measured(p)}
+        return {k: p for k, p in sorted(self.profiles.items()) if p.measured}
 
     def export(self) -> dict[str, dict[str, Any]]:
         """What was measured, for the state file."""
@@ -60,7 +60,7 @@ class TelemetryCollector:
         """Start from what earlier runs measured, for the models not measured here yet."""
         for key, record in records.items():
             profile = self.profiles.get(key)
-            if profile is not None and not _measured(profile):
+            if profile is not None and not profile.measured:
                 profile.restore(record)
 
 
@@ -72,7 +72,7 @@ def merge_profiles(sources: Iterable[Mapping[str, ModelProfile]]) -> dict[str, M
     merged: dict[str, ModelProfile] = {}
     for key in sorted({key for profiles in sources for key in profiles}):
         profiles = [p[key] for p in sources if key in p]
-        measured = [p for p in profiles if _measured(p)] or profiles
+        measured = [p for p in profiles if p.measured] or profiles
         first = profiles[0]
         merged[key] = profile = ModelProfile(
             model=first.model,
@@ -90,10 +90,6 @@ def merge_profiles(sources: Iterable[Mapping[str, ModelProfile]]) -> dict[str, M
         for source in profiles:
             profile.recent_latencies_ms.extend(source.recent_latencies_ms)
     return merged
-
-
-def _measured(profile: ModelProfile) -> bool:
-    return bool(profile.calls or profile.evaluations or profile.validator_failures)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
