@@ -170,13 +170,19 @@ async def test_an_orchestrator_runs_a_task_on_the_local_model_and_stops_its_serv
 
     state = await orch.run_project("A tiny add helper.", "add(a, b) is valid Python.", tasks=tasks)
 
+    # Under load the model may not finish its first answer within the clock (the task then has
+    # no author): every call it started still went to the local server, at $0.
+    called = {event.model for event in served if event.kind == "call_started"}
+    assert called == {LocalModel().model_id}
     result = state.results["code"]
-    assert result.model_used.provider == LOCAL_PROVIDER
+    if result.model_used is not None:
+        assert result.model_used.provider == LOCAL_PROVIDER
+    else:
+        assert state.status == ProjectStatus.TIMEOUT, (state.status, result.reason)
     assert state.budget.spent_usd == 0.0
     assert state.status in (
         ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS, ProjectStatus.TIMEOUT
     )  # fmt: skip
-    assert served  # it ran
 
 
 def test_the_cli_runs_the_example_with_local(tmp_path):
