@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, providers
+from .assembly import TREE_NAME
 from .audit import AuditLog, verify
 from .budget import Budget
 from .catalog import Catalog
@@ -26,11 +27,12 @@ from .client import UnifiedClient
 from .cost import BudgetHierarchy, CostForecaster, CostPredictor
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
+from .integration import DEFAULT_ROUNDS
 from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local, saved_as
 from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from .optimization import BACKENDS
-from .output_writer import OutputError, write_outputs
+from .output_writer import OutputError, check_tree_name, write_outputs
 from .planner import ConstraintPlanner
 from .policy import PolicyEngine, PolicySet
 from .policy_dsl import PolicyAnalyzer, load_policy_file
@@ -104,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="let --output-dir replace files this tool did not write or that changed since",
     )
     limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    assembly = parser.add_argument_group("the project tree and its integration")
+    assembly.add_argument(
+        "--tree-name",
+        metavar="NAME",
+        help="directory inside --output-dir the tasks' named files are assembled in "
+        f"(default {TREE_NAME})",
+    )
+    assembly.add_argument(
+        "--integration-rounds",
+        type=int,
+        metavar="N",
+        help="after the tasks, revision rounds that send the tree's failing checks back to "
+        f"the tasks that wrote the files (default {DEFAULT_ROUNDS}; 0: check only)",
+    )
+    assembly.add_argument(
+        "--no-integration",
+        action="store_true",
+        help="do not check the assembled tree (compile, imports, ruff, its tests in the "
+        "sandbox) nor revise it; statuses come from the tasks alone",
+    )
     governance = parser.add_argument_group("governance")
     governance.add_argument(
         "--policy",
@@ -308,6 +330,15 @@ def _check_limits(args: argparse.Namespace) -> None:
     timeout = args.validator_timeout
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise _usage("--validator-timeout must be a number greater than 0")
+    if args.integration_rounds is not None and args.integration_rounds < 0:
+        raise _usage("--integration-rounds must be 0 or more")
+    if args.integration_rounds is not None and args.no_integration:
+        raise _usage("--integration-rounds and --no-integration contradict each other")
+    if args.tree_name is not None:
+        try:
+            check_tree_name(args.tree_name)
+        except OutputError as exc:
+            raise _usage(f"--tree-name: {exc}") from None
 
 
 def _probe_output_dir(directory: str | None) -> None:
@@ -414,7 +445,12 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
     )
     concurrency = spec.concurrency or 3
     routing = args.routing or "table"
-    settings = {"output_dir": spec.output_dir, "use_cache": not args.no_cache, "routing": routing}
+    settings = {
+        "output_dir": spec.output_dir,
+        "use_cache": not args.no_cache,
+        "routing": routing,
+        "tree_name": args.tree_name or TREE_NAME,
+    }
     async with (
         _guarded(),
         StateManager() as store,
@@ -433,6 +469,8 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
             validator_timeout=_or(args.validator_timeout, 60.0),
             max_tasks=args.max_tasks,
             allow_single_verdict=args.allow_single_verdict,
+            integration=not args.no_integration,
+            integration_rounds=_or(args.integration_rounds, DEFAULT_ROUNDS),
             extra_settings=settings,
             optimization_backend=BACKENDS[routing](),
             policies=_policies(args),
@@ -444,7 +482,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
                 spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
                 restart=args.restart, team=args.team, job_id=args.job,
             )  # fmt: skip
-    code = await _report(state, spec.output_dir, args.overwrite)
+    code = await _report(state, spec.output_dir, args.overwrite, settings["tree_name"])
     await watch.finish(orchestrator)
     return code
 
@@ -465,7 +503,10 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
             "local": settings.get("local"),
             "providers": settings.get("providers"),
             "call_timeout": settings.get("call_timeout"),
+            "tree_name": args.tree_name or settings.get("tree_name") or TREE_NAME,
         }
+        integration = settings.get("integration", True) and not args.no_integration
+        rounds = _or(args.integration_rounds, settings.get("integration_rounds", DEFAULT_ROUNDS))
         async with _client(args, concurrency, resumed, running=status not in FINISHED) as client:
             if status not in FINISHED:
                 client.require_providers()
@@ -479,6 +520,8 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
                 validator_timeout=_or(args.validator_timeout, 60.0),
                 max_tasks=args.max_tasks or settings.get("max_tasks"),
                 allow_single_verdict=args.allow_single_verdict,
+                integration=integration,
+                integration_rounds=rounds,
                 extra_settings=resumed,
                 optimization_backend=BACKENDS[routing](),
                 policies=_policies(args),
@@ -500,16 +543,20 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
                 )
     if status in FINISHED and not args.output_dir:
         output_dir = None  # nothing ran: nothing new to write, unless asked for explicitly
-    code = await _report(state, output_dir, args.overwrite)
+    code = await _report(state, output_dir, args.overwrite, resumed["tree_name"])
     await watch.finish(orchestrator)
     return code
 
 
-async def _report(state: ProjectState, output_dir: str | None, overwrite: bool) -> int:
+async def _report(
+    state: ProjectState, output_dir: str | None, overwrite: bool, tree_name: str
+) -> int:
     sys.stdout.write(results_table(state))
     if output_dir:
         try:
-            written = await asyncio.to_thread(write_outputs, state, output_dir, overwrite=overwrite)
+            written = await asyncio.to_thread(
+                write_outputs, state, output_dir, overwrite=overwrite, tree_name=tree_name
+            )
         except OutputError as exc:
             # The results are saved in the state file: nothing paid for is lost.
             raise OrchestratorError(

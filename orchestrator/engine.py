@@ -35,6 +35,7 @@ from .errors import (
 from .events import Event, EventPump, EventSink, guarded, ignore
 from .gateway import Journal, LLMGateway
 from .hooks import EventType, Hook, HookRegistry
+from .integration import DEFAULT_ROUNDS, Integration, IntegrationPhase, Round
 from .lease import Lease
 from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local
 from .metrics import MetricsExporter, MetricsFeed, MetricsSnapshot
@@ -54,10 +55,16 @@ from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
 from .routing import DECOMPOSITION_MAX_TOKENS, Decision, Router
-from .sandbox import choose
+from .sandbox import Sandbox, choose
 from .settings import load_environment
-from .state import SavedProject, StateManager, UnknownProjectError
-from .task_runner import TaskContext, TaskRunner, describe_outage, is_outage
+from .state import SavedProject, StateError, StateManager, UnknownProjectError
+from .task_runner import (
+    ProvidersUnavailable,
+    TaskContext,
+    TaskRunner,
+    describe_outage,
+    is_outage,
+)
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
 from .telemetry import ModelProfile, TelemetryCollector
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
@@ -124,8 +131,12 @@ class Orchestrator:
         audit_log: AuditLog | None = None,
         local: bool | str | os.PathLike[str] = False,
         allow_single_verdict: bool = False,
+        integration: bool = True,
+        integration_rounds: int = DEFAULT_ROUNDS,
     ) -> None:
         _check_threshold(quality_threshold)
+        if integration_rounds < 0:
+            raise ConfigError("integration rounds must be 0 or more")
         self.budget = budget or Budget()
         self._cache = cache
         self._use_cache = use_cache
@@ -177,6 +188,10 @@ class Orchestrator:
         # A task completes on two agreeing verdicts; with this, one usable verdict suffices
         # when the other evaluation failed.
         self.allow_single_verdict = allow_single_verdict
+        # After the task graph: check the assembled tree together and send failures back to
+        # the tasks that wrote the files, for at most ``integration_rounds`` revision rounds.
+        self.integration = integration
+        self.integration_rounds = integration_rounds
 
     @property
     def profiles(self) -> dict[str, ModelProfile]:
@@ -385,6 +400,7 @@ class Orchestrator:
             state.tasks, state.execution_order = saved.tasks, saved.execution_order
         for task_id, record in saved.results.items():
             state.results[task_id] = TaskResult.from_record(record, resolve)
+        state.integration = _saved_integration(saved)
         if saved.status not in FINISHED and session.store is not None:
             self.cost_predictor.load(await session.store.cost_estimates(saved.project_id))
         if saved.status not in FINISHED:
@@ -536,6 +552,7 @@ class Orchestrator:
                 )
                 await self._choose_sandbox(state)
                 await self._execute(session, state, ctx)
+                await self._integrate(session, state, ctx)
         except TimeoutError:
             timed_out = True
         except DecompositionFailed as exc:
@@ -558,20 +575,83 @@ class Orchestrator:
         state.status = _final_status(state, timed_out, ctx.budget_exhausted, bool(ctx.outages))
         if state.status is ProjectStatus.SYSTEM_FAILURE:
             state.reason = describe_outage(ctx.outages)
+        elif state.status is ProjectStatus.PARTIAL_SUCCESS and state.integration is not None:
+            state.reason = state.integration.reason()
 
     async def _choose_sandbox(self, state: ProjectState) -> None:
         """Say once, before any task runs, how model-written code will be run, if it will."""
         pending = [t for t in state.tasks.values() if t.id not in state.results]
-        if not any(EXECUTING_VALIDATORS.intersection(t.hard_validators) for t in pending):
-            return
+        if any(EXECUTING_VALIDATORS.intersection(t.hard_validators) for t in pending):
+            await self._sandbox(state)
+
+    async def _sandbox(self, state: ProjectState) -> Sandbox | None:
+        """The sandbox model-written code runs in (None: it does not run), said once per run."""
         box = await choose(unsafe_allowed=self.unsafe_validators)
-        if box is not None and not box.isolated:
-            log.warning(
-                "no sandbox available: validators run model-written code WITHOUT isolation "
-                "(unsafe_validators); it can read your files and keys and use your network"
-            )
-        state.sandbox = box.isolation if box else "unavailable"
-        self.emit(Event("sandbox", data={"isolation": state.sandbox}))
+        isolation = box.isolation if box else "unavailable"
+        if state.sandbox != isolation:
+            if box is not None and not box.isolated:
+                log.warning(
+                    "no sandbox available: validators run model-written code WITHOUT isolation "
+                    "(unsafe_validators); it can read your files and keys and use your network"
+                )
+            state.sandbox = isolation
+            self.emit(Event("sandbox", data={"isolation": state.sandbox}))
+        return box
+
+    async def _integrate(self, session: _Session, state: ProjectState, ctx: TaskContext) -> None:
+        """Check the assembled tree and send its failures back (``orchestrator.integration``);
+        not after a run stopped early, which resumes here."""
+        stopped = ctx.budget_exhausted or ctx.outages
+        if not self.integration or stopped:
+            return
+        if any(state.results[t].interrupted for t in state.execution_order):
+            return
+
+        async def revise(task_id: str, request: str, number: int) -> None:
+            task, result = state.tasks[task_id], state.results[task_id]
+            dependencies = {d: state.results[d] for d in task.dependencies}
+            runner = TaskRunner(task, ctx, dependencies, result)
+            try:
+                await runner.revise_for_integration(request, number)
+            except BudgetExceeded:
+                ctx.budget_exhausted = True
+                return  # unanswered: a resume with more budget asks again
+            except ProvidersUnavailable as exc:
+                ctx.outages.update(exc.errors)
+                return
+            result.integration_round = number
+            await asyncio.shield(self._checkpoint(session, state, result))
+
+        async def save(record: Integration) -> None:
+            if session.may_write:
+                assert session.store is not None
+                await asyncio.shield(
+                    session.store.save_integration(
+                        state.project_id, record.to_dict(), state.budget.elapsed_seconds
+                    )
+                )
+
+        phase = IntegrationPhase(
+            state,
+            self.integration_rounds,
+            box=lambda: self._sandbox(state),
+            seconds=self.validator_timeout,
+            revise=revise,
+            save=save,
+            stopped=lambda: ctx.budget_exhausted or bool(ctx.outages),
+            on_round=self._integration_round,
+        )
+        await phase.run()
+
+    def _integration_round(self, report: Round, record: Integration) -> None:
+        data = {
+            "round": report.number,
+            "passed": report.passed,
+            "checks": report.describe(),
+            "revise": sorted(report.requests),
+            "finished": record.finished,
+        }
+        self.emit(Event("integration", data=data))
 
     async def _decompose(
         self, state: ProjectState, gateway: LLMGateway, router: Router
@@ -923,6 +1003,8 @@ class Orchestrator:
             "concurrency": self.max_concurrency,
             "min_tasks": self.min_tasks,
             "max_tasks": self.max_tasks,
+            "integration": self.integration,
+            "integration_rounds": self.integration_rounds,
         }
 
     def _phase_warning(self, phase: str, ratio: float) -> None:
@@ -933,7 +1015,8 @@ def _final_status(
     state: ProjectState, timed_out: bool, budget_exhausted: bool, outage: bool
 ) -> ProjectStatus:
     statuses = [state.results[t].status for t in state.execution_order]
-    if statuses and all(s is TaskStatus.COMPLETED for s in statuses):
+    integrated = state.integration is None or state.integration.passed
+    if statuses and all(s is TaskStatus.COMPLETED for s in statuses) and integrated:
         return ProjectStatus.SUCCESS
     if timed_out:
         return ProjectStatus.TIMEOUT
@@ -943,6 +1026,17 @@ def _final_status(
     if budget_exhausted or any(state.results[t].interrupted for t in state.execution_order):
         return ProjectStatus.BUDGET_EXHAUSTED
     return ProjectStatus.PARTIAL_SUCCESS
+
+
+def _saved_integration(saved: SavedProject) -> Integration | None:
+    if saved.integration is None:
+        return None
+    try:
+        return Integration.from_dict(saved.integration)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(
+            f"project {saved.project_id!r}: its saved integration record cannot be read ({exc})"
+        ) from exc
 
 
 def _used_up(budget: Budget) -> tuple[ProjectStatus, str] | None:

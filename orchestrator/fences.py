@@ -23,18 +23,24 @@ def code_blocks(text: str, languages: Collection[str] = ("python", "py", "")) ->
     its last block. Text with no fence at all is one block by itself (none if it is blank).
     """
     wanted = {language.lower() for language in languages}
+    blocks = fenced_blocks(text)
+    if not blocks and not has_fence(text):
+        return [text] if text.strip() else []
+    return [body for tag, body in blocks if tag in wanted]
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language tag, contents) of every fenced block, in order, whatever its language."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines[-1] == "":
         lines.pop()  # the text's final newline, not an empty last line
-    blocks: list[str] = []
-    saw_fence = False
+    blocks: list[tuple[str, str]] = []
     i = 0
     while i < len(lines):
         opening = _opening_fence(lines[i])
         if opening is None:
             i += 1
             continue
-        saw_fence = True
         indent, fence, tag = opening
         body: list[str] = []
         i += 1
@@ -42,10 +48,7 @@ def code_blocks(text: str, languages: Collection[str] = ("python", "py", "")) ->
             body.append(_strip_indent(lines[i], indent))
             i += 1
         i += 1  # past the closing fence
-        if tag in wanted:
-            blocks.append("\n".join(body) + "\n" if body else "")
-    if not saw_fence:
-        return [text] if text.strip() else []
+        blocks.append((tag, "\n".join(body) + "\n" if body else ""))
     return blocks
 
 

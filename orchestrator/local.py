@@ -1,4 +1,4 @@
-"""The embedded local model: a llama.cpp server run inside this process (the ``local`` extra).
+"""The embedded local model: a llama.cpp server in a child process (the ``local`` extra).
 
 ``xllamacpp`` (a prebuilt CPU llama.cpp server) serves a GGUF file on 127.0.0.1 at a free port,
 and the catalog gets a ``local`` OpenAI-compatible provider for it at $0. The default model is
@@ -13,15 +13,16 @@ import asyncio
 import contextlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
-import threading
+import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from .catalog import Catalog
 from .errors import ConfigError
@@ -62,19 +63,36 @@ def embedded_available() -> bool:
     return server_installed() and embedded_model_path() is not None
 
 
-def _wait_until_ready(root: str) -> None:
+def _healthy(root: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{root}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False  # not listening yet, or 503 while the model loads
+
+
+async def _wait_until_ready(root: str, process: subprocess.Popen[bytes]) -> None:
     """Until the server answers its health check: started is serving (and safe to stop)."""
     deadline = time.monotonic() + READY_SECONDS
-    while True:
-        try:
-            with urllib.request.urlopen(f"{root}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass  # not listening yet, or 503 while the model loads
+    while not await asyncio.to_thread(_healthy, root):
+        if process.poll() is not None:
+            raise ConfigError(f"the local model server at {root} exited while loading")
         if time.monotonic() > deadline:
             raise ConfigError(f"the local model server at {root} did not become ready")
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        process.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.warning("the local model server did not stop within %g s: killed", STOP_SECONDS)
+        process.kill()
+        process.wait()
 
 
 def _model_id(path: Path) -> str:
@@ -94,7 +112,7 @@ class LocalModel:
     max_output_tokens: int = 1024  # a 135M model says what it can in far less
 
     def __post_init__(self) -> None:
-        self._server: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
     @property
@@ -136,55 +154,52 @@ class LocalModel:
         path = self.path
         if not path.is_file():
             raise ConfigError(f"local model {path}: no such file")
-        # Loading takes about a second: off the event loop. A Ctrl-C during the load lets it
-        # finish and then stops the server, so none is left running behind the error.
-        loading = asyncio.ensure_future(asyncio.to_thread(self._start, path))
         try:
-            await asyncio.shield(loading)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await loading
-            await self.stop()
+            await self._start(path)
+        except BaseException:
+            # A Ctrl-C or an error during the load leaves no server running behind it.
+            await asyncio.shield(self.stop())
             raise
 
     async def stop(self) -> None:
-        if self._server is None:
+        """End the server's process: its standard input closes and it leaves at once; one that
+        does not within STOP_SECONDS is killed."""
+        process, self._process = self._process, None
+        if process is None:
             return
-        # The server stops when its object is destroyed, which joins the server's own thread:
-        # done in a daemon thread of its own, waited for within STOP_SECONDS, so a server that
-        # never stops can hold up neither the event loop nor the process's exit.
-        holder, self._server = [self._server], None
-        done = threading.Event()
+        await asyncio.to_thread(_end, process)
 
-        def destroy() -> None:
-            holder.clear()
-            done.set()
-
-        threading.Thread(target=destroy, name="local-model-stop", daemon=True).start()
-        waited = 0.0
-        while not done.is_set() and waited < STOP_SECONDS:
-            await asyncio.sleep(0.01)
-            waited += 0.01
-        if not done.is_set():
-            log.warning("the local model server did not stop within %g s", STOP_SECONDS)
-
-    def _start(self, path: Path) -> None:
-        import xllamacpp
-
-        params = xllamacpp.CommonParams()
-        params.model.path = str(path)
-        params.model_alias = {self.model_id}
-        params.n_ctx = self.context
-        params.n_parallel = PARALLEL_SLOTS
-        params.kv_unified = True  # the slots share the context instead of splitting it
-        params.port = 0  # a free port, chosen by the system
-        params.verbosity = -1
+    async def _start(self, path: Path) -> None:
+        # A process of its own: a server that will not stop can then be ended, never hang ours.
+        # Not an asyncio subprocess: it may be stopped from another event loop than its own.
+        command = [
+            sys.executable, "-m", "orchestrator.local_server", str(path),
+            "--alias", self.model_id, "--context", str(self.context),
+            "--slots", str(PARALLEL_SLOTS),
+        ]  # fmt: skip
+        self._process = process = await asyncio.to_thread(
+            subprocess.Popen,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # the terminal's Ctrl-C is ours to handle, not its
+        )
+        assert process.stdout is not None
         try:
-            self._server = xllamacpp.Server(params)
-        except Exception as exc:  # the library raises plain exceptions for a bad file
-            raise ConfigError(f"local model {path}: the server could not load it ({exc})") from None
-        root = self._server.listening_address
-        _wait_until_ready(root)
+            async with asyncio.timeout(READY_SECONDS):
+                line = await asyncio.to_thread(process.stdout.readline)
+        except TimeoutError:
+            raise ConfigError(f"local model {path}: the server did not start") from None
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = {"error": "the server process ended before it started"}
+        if "error" in message:
+            error = message["error"]
+            raise ConfigError(f"local model {path}: the server could not load it ({error})")
+        root = str(message["address"])
+        await _wait_until_ready(root, process)
         self.base_url = f"{root}/v1"
         log.debug("%s served at %s", path.name, self.base_url)
 

@@ -7,10 +7,13 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .budget import Budget
 from .catalog import Catalog, Model
+
+if TYPE_CHECKING:
+    from .integration import Integration
 
 
 class TaskType(StrEnum):
@@ -114,6 +117,8 @@ class TaskResult:
     # What it took to get answers, e.g. "generation (gpt-5): cut off at 4096 output tokens;
     # continued once".
     notes: list[str] = field(default_factory=list)
+    # The last integration round whose revision request this task answered (0: none).
+    integration_round: int = 0
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to restore this result, models by their catalog key."""
@@ -143,6 +148,7 @@ class TaskResult:
             reason=record["reason"],
             interrupted=record.get("interrupted", False),
             notes=list(record.get("notes", [])),
+            integration_round=int(record.get("integration_round", 0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +166,7 @@ class TaskResult:
             "score_history": list(self.score_history),
             "reason": self.reason,
             "notes": list(self.notes),
+            "integration_round": self.integration_round,
             "output": self.output,
         }
 
@@ -180,6 +187,9 @@ class ProjectState:
     # How model-written code was run by the validators: "bubblewrap", "unshare",
     # "none (unsafe)", "unavailable" (so it was not run), or "" when no task needed it.
     sandbox: str = ""
+    # The assembled tree's checks and revision rounds (``orchestrator.integration``), or None
+    # when integration is off or the tree holds no Python.
+    integration: Integration | None = None
 
 
 # Weight of the newest sample in the moving averages of a profile.

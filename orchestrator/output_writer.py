@@ -1,7 +1,10 @@
-"""Write a finished run to a directory: one file per task output, summary.json and README.md.
+"""Write a finished run to a directory: one file per task output, the project tree the tasks'
+named files make (``assembly``), summary.json and README.md.
 
-Task ids, prompts and outputs come from a model or a user, so none of them ever becomes part of a
-path: a task file is named from its position in the execution order and its type only.
+Task ids, prompts and outputs come from a model or a user, so none of them becomes part of a
+path unchecked: a task file is named from its position in the execution order and its type
+only, and a file of the tree goes only where ``assembly.tree_path`` allows, below the tree's
+directory, never through a link.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .assembly import TREE_NAME, ProjectTree, UnsafePath, assemble, tree_path
 from .errors import ConfigError
 from .fences import code_blocks, has_fence
 from .files import write_atomically
@@ -59,17 +63,24 @@ def output_filename(index: int, task: Task, output: str) -> str:
 
 
 def write_outputs(
-    state: ProjectState, directory: str | os.PathLike[str], *, overwrite: bool = False
+    state: ProjectState,
+    directory: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    tree_name: str = TREE_NAME,
 ) -> list[Path]:
-    """Write every task output, summary.json and README.md into ``directory``; return the paths.
+    """Write every task output, the project tree (in ``directory/tree_name``), summary.json and
+    README.md into ``directory``; return the paths.
 
     A file is replaced (or removed as stale) only if it is still what this tool wrote there, as
     its manifest records; anything else there (a file edited by hand, another tool's) stops the
     write before any change, unless ``overwrite``. Synchronous on purpose: the engine runs it
     with ``asyncio.to_thread``.
     """
+    check_tree_name(tree_name)
     root = _prepare(Path(directory))
     order = _ordered_tasks(state)
+    tree = assemble(state.tasks, [task.id for _, task in order], state.results)
 
     planned: dict[str, str] = {}
     files: dict[str, str] = {}
@@ -81,13 +92,15 @@ def write_outputs(
         name = _filename(index, task, extension)
         planned[name] = content
         files[task.id] = name
-    summary = _summary(state, order, files)
+    for path, file in tree.files.items():
+        planned[f"{tree_name}/{path}"] = file.content
+    summary = _summary(state, order, files, tree, tree_name)
     text = json.dumps(_finite(summary), indent=2, ensure_ascii=False, allow_nan=False)
     planned[SUMMARY_NAME] = text + "\n"
-    planned[README_NAME] = _readme(state, order, files)
+    planned[README_NAME] = _readme(state, order, files, tree, tree_name)
 
     owner, ours = _read_manifest(root)
-    stale = [n for n in ours if n not in planned and _OWN_TASK_FILE.fullmatch(n)]
+    stale = [n for n in ours if n not in planned and _own_file(n)]
     if not overwrite:
         if owner not in (None, state.project_id) and any((root / n).exists() for n in ours):
             raise OutputError(
@@ -101,6 +114,33 @@ def write_outputs(
     # Removed only after the new files are in place, so a failed run never loses more than it wrote.
     _remove_stale(root, stale)
     return written
+
+
+def check_tree_name(name: str) -> None:
+    """The tree's directory is one plain name inside the output directory."""
+    if not _PLAIN_NAME.fullmatch(name) or name in (SUMMARY_NAME, README_NAME, MANIFEST_NAME):
+        raise OutputError(
+            f"project tree name {_show(name)!s} must be one plain name (letters, digits, "
+            "'_', '.', '-') other than the result files' names"
+        )
+
+
+def _own_file(name: str) -> bool:
+    """Whether ``name`` is of a kind this module writes and may remove when stale."""
+    return bool(_OWN_TASK_FILE.fullmatch(name)) or "/" in name
+
+
+def _manifest_name(name: str) -> bool:
+    """A name the manifest may hold: a plain file name, or a safe path inside a tree."""
+    if _PLAIN_NAME.fullmatch(name):
+        return True
+    head, _, rest = name.partition("/")
+    if not _PLAIN_NAME.fullmatch(head):
+        return False
+    try:
+        return tree_path(rest) == rest
+    except UnsafePath:
+        return False
 
 
 def _digest(content: str | bytes) -> str:
@@ -124,7 +164,7 @@ def _read_manifest(root: Path) -> tuple[str | None, dict[str, str]]:
     if not isinstance(files, dict):
         return None, {}
     owner = data.get("project_id")
-    ours = {str(k): str(v) for k, v in files.items() if _PLAIN_NAME.fullmatch(str(k))}
+    ours = {str(k): str(v) for k, v in files.items() if _manifest_name(str(k))}
     return (str(owner) if owner is not None else None), ours
 
 
@@ -135,11 +175,12 @@ def _refuse_foreign_changes(
     is not (or no longer) what this tool wrote; a file already holding the new content is fine."""
     foreign = []
     for name in names:
-        path = root / name
+        path = _target(root, name)
         if not (path.exists() or path.is_symlink()):
             continue
         try:
-            current = _digest(path.read_bytes()) if path.is_file() else None
+            regular = path.is_file() and not path.is_symlink()
+            current = _digest(path.read_bytes()) if regular else None
         except OSError:
             current = None
         if current is None or (
@@ -219,9 +260,14 @@ def _ordered_tasks(state: ProjectState) -> list[tuple[int, Task]]:
 
 
 def _summary(
-    state: ProjectState, order: list[tuple[int, Task]], files: dict[str, str]
+    state: ProjectState,
+    order: list[tuple[int, Task]],
+    files: dict[str, str],
+    tree: ProjectTree,
+    tree_name: str,
 ) -> dict[str, Any]:
     budget = state.budget
+    integration = state.integration
     return {
         "project_id": state.project_id,
         "status": state.status.value,
@@ -239,6 +285,8 @@ def _summary(
         "execution_order": list(state.execution_order),
         "api_health": dict(state.api_health),
         "sandbox": _sandbox(state.sandbox),
+        "project_tree": tree.to_dict(tree_name) if tree.files or tree.refused else None,
+        "integration": integration.to_dict() if integration is not None else None,
         "tasks": [
             {
                 "index": index,
@@ -357,7 +405,13 @@ def _row(index: int, task: Task, result: TaskResult | None, file: str | None) ->
     ]
 
 
-def _readme(state: ProjectState, order: list[tuple[int, Task]], files: dict[str, str]) -> str:
+def _readme(
+    state: ProjectState,
+    order: list[tuple[int, Task]],
+    files: dict[str, str],
+    tree: ProjectTree,
+    tree_name: str,
+) -> str:
     budget = state.budget
     elapsed = _duration(budget.elapsed_seconds)
     share = f" ({budget.spent_usd / budget.max_usd:.0%})" if budget.max_usd > 0 else ""
@@ -383,10 +437,41 @@ def _readme(state: ProjectState, order: list[tuple[int, Task]], files: dict[str,
             continue
         for note in ([result.reason] if result.reason else []) + result.notes:
             notes.append(f"- **{index}** ({_line(task.id)}): {_line(note)}")
+    lines += _tree_section(state, tree, tree_name)
     if notes:
         lines += ["", "## Notes", "", *notes]
     lines += ["", f"Every score, cost and raw output is in [{SUMMARY_NAME}]({SUMMARY_NAME}).", ""]
     return "\n".join(lines)
+
+
+def _tree_section(state: ProjectState, tree: ProjectTree, tree_name: str) -> list[str]:
+    if not tree.files and not tree.refused:
+        return []
+    lines = ["", "## Project tree", ""]
+    if tree.files:
+        count = len(tree.files)
+        lines.append(f"The tasks' named files, assembled in [{tree_name}/]({tree_name}/) "
+                     f"({count} file{'s' if count != 1 else ''}).")  # fmt: skip
+    if tree.test_files:
+        src = any(path.startswith("src/") for path in tree.files)
+        command = "PYTHONPATH=src python -m pytest" if src else "python -m pytest"
+        lines += ["", f"Run its tests: `cd {tree_name} && {command}`"]
+    integration = state.integration
+    if integration is not None and integration.rounds:
+        last = integration.rounds[-1]
+        verdict = "passed" if integration.passed else "did not pass"
+        lines += ["", f"**Integration:** {verdict} — {_line(last.describe())}"]
+        if integration.note:
+            lines.append(f"({_line(integration.note)})")
+    problems = [f"- {_line(c.path)}: kept {_line(c.kept)}'s, not {_line(c.dropped)}'s "
+                f"({_line(c.reason)})" for c in tree.conflicts]  # fmt: skip
+    problems += [f"- {_line(r.name)} from {_line(r.task_id)}: not placed, {_line(r.reason)}"
+                 for r in tree.refused]  # fmt: skip
+    problems += [f"- {_line(task_id)}: {n} code block(s) name no file: only in its task file"
+                 for task_id, n in tree.unnamed.items()]  # fmt: skip
+    if problems:
+        lines += ["", "Not in the tree:", "", *problems]
+    return lines
 
 
 # --- the file system ------------------------------------------------------------------------
@@ -415,12 +500,25 @@ def _prepare(directory: Path) -> Path:
 
 
 def _target(root: Path, name: str) -> Path:
-    # Names are built here from an index and a TaskType, so this never fires; it stays as the one
-    # place that guarantees nothing lands outside ``root`` if that ever changes.
-    if name in ("", ".", "..") or "/" in name or (os.altsep and os.altsep in name) or "\0" in name:
-        raise OutputError(f"refusing to write {_show(name)}: not a plain file name")
-    path = root / name
-    if path.parent.resolve() != root:
+    """Where ``name`` (a file name, or a tree path ``tree/a/b.py``) is written under ``root``:
+    never outside it, never through a link or over a directory."""
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts) or "\0" in name:
+        raise OutputError(f"refusing to write {_show(name)}: not a relative path")
+    if os.altsep and os.altsep in name:
+        raise OutputError(f"refusing to write {_show(name)}: not a relative path")
+    directory = root
+    for part in parts[:-1]:
+        directory = directory / part
+        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+            raise OutputError(
+                f"refusing to write {_show(name)}: {_show(directory)} is a link or a file, "
+                "not a directory"
+            )
+    path = directory / parts[-1]
+    if path.is_dir() and not path.is_symlink():
+        raise OutputError(f"refusing to write {_show(path)}: it is a directory")
+    if not path.absolute().is_relative_to(root):
         raise OutputError(f"refusing to write {_show(path)}: outside {_show(root)}")
     return path
 
@@ -428,6 +526,8 @@ def _target(root: Path, name: str) -> Path:
 def _write(root: Path, name: str, content: str) -> Path:
     path = _target(root, name)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _target(root, name)  # no link appeared where a directory was just made
         write_atomically(path, content)
     except OSError as error:
         reason = error.strerror or type(error).__name__
@@ -436,14 +536,22 @@ def _write(root: Path, name: str, content: str) -> Path:
 
 
 def _remove_stale(root: Path, stale: list[str]) -> None:
-    """Task files this writer left on an earlier run that this run did not write (fewer tasks, or
-    extraction now .md instead of .json), so the directory matches summary.json. Only files the
-    manifest says this module wrote are touched."""
+    """Files this writer left on an earlier run that this run did not write (fewer tasks, a
+    file gone from the tree, extraction now .md instead of .json), so the directory matches
+    summary.json. Only files the manifest says this module wrote are touched; a tree directory
+    they leave empty goes too."""
     for name in stale:
-        entry = root / name
+        entry = _target(root, name)
         if entry.is_symlink() or entry.is_file():
             try:
                 entry.unlink()
             except OSError as error:
                 reason = error.strerror or type(error).__name__
                 raise OutputError(f"cannot remove stale {_show(entry)}: {reason}") from None
+        parent = entry.parent
+        while parent != root and parent.is_dir() and not parent.is_symlink():
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
+            parent = parent.parent

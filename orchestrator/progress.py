@@ -107,9 +107,18 @@ class ProgressPrinter:
                 self._line(f"validators run model-written code in a {isolation} sandbox")
         elif kind == "notice":
             self._line(f"note: {event.data['message']}")
+        elif kind == "integration":
+            self._integration(event.data)
         elif kind == "budget_warning":
             share = event.data["ratio"]
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
+
+    def _integration(self, data: dict) -> None:
+        verdict = "passed" if data["passed"] else "failed"
+        text = f"integration check {data['round']} {verdict}: {data['checks']}"
+        if data["revise"]:
+            text += f"; asking {', '.join(data['revise'])} to revise"
+        self._line(text)
 
     def _call_started(self, event: Event) -> None:
         who = event.task_id or PLANNER
@@ -239,6 +248,11 @@ def results_table(state: ProjectState) -> str:
     )
     if state.reason:
         lines.append(f"reason: {state.reason}")
+    integration = state.integration
+    if integration is not None and integration.rounds:
+        verdict = "passed" if integration.passed else "did not pass"
+        lines.append(f"integration {verdict}: {integration.rounds[-1].describe()}")
+        lines += [f"  {failure.summary}" for failure in integration.rounds[-1].failures[:5]]
     return "\n".join(lines) + "\n"
 
 

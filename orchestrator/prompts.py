@@ -16,13 +16,18 @@ DECOMPOSE_USER = "Project:\n{description}\n\nAcceptance criteria:\n{criteria}"
 
 GENERATE_SYSTEM = {
     TaskType.CODE_GEN: (
-        "You are an expert software engineer. Write complete, working code in fenced code blocks. "
-        "When the task asks for tests, put them in the same answer as pytest functions. "
-        "Start a block with a '# file: name.py' line to name its file."
+        "You are an expert software engineer. Write complete, working code in fenced code blocks, "
+        "one block per file, each starting with a '# file: relative/path.py' line that names "
+        "its file in the project. When the task asks for tests, write them as pytest functions "
+        "in test_*.py files that import the project's modules by those names."
     ),
     TaskType.CODE_REVIEW: "You are a meticulous code reviewer. Be specific and actionable.",
     TaskType.REASONING: "You are a careful analyst. Reason step by step and state conclusions.",
-    TaskType.WRITING: "You are a skilled technical writer.",
+    TaskType.WRITING: (
+        "You are a skilled technical writer. When the task asks for a file of the project (a "
+        "README, a usage guide), make the first line of your answer '<!-- file: README.md -->' "
+        "with the file's relative path."
+    ),
     TaskType.DATA_EXTRACT: "You extract data precisely. Answer with the requested data only.",
     TaskType.SUMMARIZE: "You write faithful, concise summaries.",
     TaskType.EVALUATE: "You are a rigorous evaluator of work against criteria.",
@@ -35,6 +40,14 @@ CRITIQUE_SYSTEM = (
 
 REVISE_INSTRUCTIONS = (
     "Revise your answer to fix the problems below. Reply with the complete revised answer only."
+)
+
+INTEGRATION_INSTRUCTIONS = (
+    "Your files were assembled with the other tasks' files into one project, and the project's "
+    "checks failed as reported below. Revise your files so that the whole project passes. Reply "
+    "with your complete revised answer: every file of yours, each in its own fenced block whose "
+    "first line is '# file: path'. Nothing can be installed: use only the standard library and "
+    "what the project already has."
 )
 
 EVALUATE_SYSTEM = (
@@ -70,6 +83,10 @@ def critique_prompt(task_text: str, answer: str) -> str:
 
 def revise_prompt(feedback: list[str]) -> str:
     return REVISE_INSTRUCTIONS + "\n\n" + "\n\n".join(feedback)
+
+
+def integration_prompt(request: str) -> str:
+    return INTEGRATION_INSTRUCTIONS + "\n\n" + request
 
 
 def evaluate_prompt(task_text: str, answer: str) -> str:

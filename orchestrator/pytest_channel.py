@@ -16,6 +16,8 @@ import os
 import sys
 
 MESSAGE_LIMIT = 300
+TRACE_LINES = 40  # the end of a failure's traceback: where it failed and why
+TRACE_LIMIT = 3000
 
 
 class Channel:
@@ -37,13 +39,25 @@ def _crash(report) -> str:
     return text[:MESSAGE_LIMIT]
 
 
+def _trace(report) -> str:
+    """The end of the failure's report, as pytest would print it, trimmed."""
+    text = str(getattr(report, "longreprtext", "") or getattr(report, "longrepr", "") or "")
+    lines = text.splitlines()[-TRACE_LINES:]
+    return "\n".join(lines)[-TRACE_LIMIT:]
+
+
 class VerdictPlugin:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
 
     def pytest_collectreport(self, report) -> None:
         if report.failed:
-            self.channel.send(event="collect_error", id=report.nodeid, message=_crash(report))
+            self.channel.send(
+                event="collect_error",
+                id=report.nodeid,
+                message=_crash(report),
+                trace=_trace(report),
+            )
 
     def pytest_collection_finish(self, session) -> None:
         self.channel.send(event="collected", count=len(session.items))
@@ -56,6 +70,7 @@ class VerdictPlugin:
             outcome=report.outcome,
             xfail=hasattr(report, "wasxfail"),
             message=_crash(report) if report.failed else "",
+            trace=_trace(report) if report.failed else "",
         )
 
     def pytest_sessionfinish(self, session, exitstatus) -> None:

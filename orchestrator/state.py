@@ -51,6 +51,7 @@ _ADDITIONS = (
     " PRIMARY KEY (project_id, model, task_type))",
     "CREATE TABLE IF NOT EXISTS budget_caps (scope TEXT PRIMARY KEY, max_usd REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS model_telemetry (model TEXT PRIMARY KEY, record TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS integration (project_id TEXT PRIMARY KEY, record TEXT NOT NULL)",
 )
 
 
@@ -83,6 +84,7 @@ class SavedProject:
     spent_usd: float = 0.0
     phase_spent: dict[str, float] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
+    integration: dict[str, Any] | None = None  # ``Integration.to_dict()``
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,7 @@ class StateManager:
                 ("DELETE FROM journal WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM cost_estimates WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM results WHERE project_id = ?", (project_id,)),
+                ("DELETE FROM integration WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM projects WHERE id = ?", (project_id,)),
             ]
         )
@@ -370,7 +373,31 @@ class StateManager:
             project.spent_usd += cost
             # The clock is checkpointed per task; paid calls since then still moved it on.
             project.elapsed_seconds = max(project.elapsed_seconds, latest)
+        for (record,) in await self._store.run(
+            "SELECT record FROM integration WHERE project_id = ?", (project_id,)
+        ):
+            project.integration = json.loads(record)
         return project
+
+    async def save_integration(
+        self, project_id: str, record: Mapping[str, Any], elapsed: float
+    ) -> None:
+        """The project's integration rounds so far (``Integration.to_dict()``) and its clock."""
+        now = time.time()
+        await self._store.transaction(
+            [
+                (
+                    "INSERT INTO integration (project_id, record) VALUES (?, ?)"
+                    " ON CONFLICT (project_id) DO UPDATE SET record = excluded.record",
+                    (project_id, json.dumps(record)),
+                ),
+                (
+                    "UPDATE projects SET elapsed_seconds = MAX(elapsed_seconds, ?), updated_at = ?"
+                    " WHERE id = ?",
+                    (elapsed, now, project_id),
+                ),
+            ]
+        )
 
     async def list_projects(self) -> list[ProjectSummary]:
         """Every project, newest first."""

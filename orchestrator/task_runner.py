@@ -14,6 +14,7 @@ from .client import Completion
 from .errors import ProviderError, StructuredOutputError
 from .events import Event, EventSink
 from .gateway import LLMGateway
+from .integration import INTEGRATION_PHASE
 from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
 from .prompts import (
     CRITIQUE_SYSTEM,
@@ -22,6 +23,7 @@ from .prompts import (
     GENERATE_SYSTEM,
     critique_prompt,
     evaluate_prompt,
+    integration_prompt,
     revise_prompt,
     task_prompt,
 )
@@ -228,6 +230,54 @@ class TaskRunner:
             # Revise from the best answer so far, not from a regression, with its own feedback.
             current, feedback = result.output, list(best_notes)
         result.reason = f"best score {result.score:.2f} after {task.type.max_iterations} iterations"
+
+    async def revise_for_integration(self, request: str, round_number: int) -> None:
+        """Answer an integration round's request: the revision replaces the task's output when
+        it still passes the task's own validators, and the outcome is noted either way. It is
+        not evaluated again: the project's checks judge it. ``BudgetExceeded`` and
+        ``ProvidersUnavailable`` propagate: the run stops and a resume asks again."""
+        task, result, ctx = self.task, self.result, self.ctx
+        label = f"integration round {round_number}"
+        chain = ctx.router.generation_chain(task.type, task.id)
+        if result.model_used is not None:
+            chain = [result.model_used] + [m for m in chain if m != result.model_used]
+        # Without the dependencies' outputs, which other revisions of the round may be
+        # changing: the request carries what the round saw, so a resume sends the same one.
+        task_text = task_prompt(task, ctx.description, ctx.criteria, "")
+        try:
+            revised, model = await self._ask_chain(
+                chain,
+                [
+                    Message("user", task_text),
+                    Message("assistant", result.output),
+                    Message("user", integration_prompt(request)),
+                ],
+                system=GENERATE_SYSTEM[task.type],
+                max_tokens=ctx.router.max_tokens(task.type),
+                phase=INTEGRATION_PHASE,
+                slot=f"{task.id}/integration/{round_number}",
+                step="integration",
+                iteration=round_number,
+                schema=self._answer_schema(),
+            )
+        except ChainExhausted as exc:
+            self._note(f"{label}: no revision ({exc}); the earlier version was kept")
+            return
+        validators = await run_validators(
+            task.hard_validators,
+            revised.text,
+            output_schema=task.output_schema,
+            dependency_outputs={k: v.output for k, v in self.dependencies.items()},
+            timeout=ctx.validator_timeout,
+            unsafe_validators=ctx.unsafe_validators,
+        )
+        failed = [v for v in validators if not v.passed and not v.not_run]
+        if failed:
+            shown = "; ".join(f"{v.name}: {v.detail}" for v in failed)
+            self._note(f"{label}: the revision failed its validators ({shown}); kept the earlier")
+            return
+        result.output, result.validator_results, result.model_used = revised.text, validators, model
+        self._note(f"{label}: revised by {model.value} to fix the project's checks")
 
     def _keep(
         self,

@@ -167,27 +167,28 @@ def _check_syntax(output: str) -> ValidatorResult:
     if not any(block.strip() for block in blocks):
         return _failed("python_syntax", "no Python code found")
     for number, source in enumerate(blocks, start=1):
-        problem = _compile_problem(source, number)
+        problem = compile_problem(source, f"block {number}")
         if problem:
             return _failed("python_syntax", problem)
     return _passed("python_syntax", f"{len(blocks)} block(s) compile")
 
 
-def _compile_problem(source: str, number: int) -> str | None:
-    """Why block ``number`` does not compile, or None if it does."""
+def compile_problem(source: str, label: str) -> str | None:
+    """Why ``source`` (called ``label`` in the message) does not compile, or None if it does.
+    Compiling runs none of it."""
     try:
         # The output's own SyntaxWarnings are not ours to print; dont_inherit keeps this
         # module's __future__ imports from changing what counts as valid.
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compile(source, f"<block {number}>", "exec", dont_inherit=True)
+            compile(source, f"<{label}>", "exec", dont_inherit=True)
     except SyntaxError as exc:
         where = f", line {exc.lineno}" if exc.lineno else ""
-        return f"block {number}{where}: {exc.msg}"
+        return f"{label}{where}: {exc.msg}"
     except ValueError as exc:  # e.g. a NUL byte, which 3.11 reports as ValueError
-        return f"block {number}: {exc}"
+        return f"{label}: {exc}"
     except (RecursionError, MemoryError):
-        return f"block {number}: nested too deeply to compile"
+        return f"{label}: nested too deeply to compile"
     return None
 
 
@@ -241,7 +242,7 @@ def _not_run(name: str) -> ValidatorResult:
 # --- pytest -----------------------------------------------------------------------------------
 
 
-def _pytest_installed() -> bool:
+def pytest_installed() -> bool:
     return importlib.util.find_spec("pytest") is not None
 
 
@@ -270,7 +271,7 @@ def _declared_path(source: str, root: str) -> str | None:
 
 
 def _compiles(source: str) -> bool:
-    return _compile_problem(source, 0) is None
+    return compile_problem(source, "block 0") is None
 
 
 def _plan_files(root: str, dependency_blocks: list[str], own_blocks: list[str]) -> dict[str, str]:
@@ -309,7 +310,7 @@ def _prepare_pytest(root: str, dependency_blocks: list[str], own_blocks: list[st
 async def _check_pytest(
     output: str, dependency_outputs: Mapping[str, str], seconds: float, box: Sandbox | None
 ) -> ValidatorResult:
-    if not _pytest_installed():
+    if not pytest_installed():
         return _failed("pytest", "pytest is not installed")
     dependency_blocks = [b for text in dependency_outputs.values() for b in _python_blocks(text)]
     own_blocks = _python_blocks(output)
@@ -336,22 +337,46 @@ async def _check_pytest(
             return _failed("pytest", f"could not start pytest: {exc}")
     if done.timed_out:
         return _failed("pytest", f"timed out after {seconds:g}s")
-    return _pytest_verdict(done)
+    return pytest_verdict(done)
+
+
+@dataclass(frozen=True)
+class TestFailure:
+    """One failing test (or a file that failed to collect), as pytest reported it."""
+
+    __test__ = False  # not a test class, whatever pytest makes of the name
+
+    test: str
+    when: str  # collection, setup, call or teardown
+    message: str
+    trace: str
+
+    @classmethod
+    def of(cls, message: dict[str, Any], when: str) -> TestFailure:
+        return cls(
+            str(message.get("id") or ""),
+            when,
+            str(message.get("message") or "failed"),
+            str(message.get("trace") or ""),
+        )
 
 
 @dataclass
-class _TestStream:
+class TestStream:
     """What pytest streamed: outcomes per test, collection errors and its closing totals."""
+
+    __test__ = False
 
     collected: int | None = None
     finish: dict[str, Any] | None = None
     outcomes: dict[str, str] = field(default_factory=dict)  # passed / failed / skipped
     failed_reports: int = 0
     problems: list[str] = field(default_factory=list)  # "FAILED id - message", in order
+    failures: list[TestFailure] = field(default_factory=list)  # the same, with their traces
     garbled: str = ""
 
     @classmethod
-    def parse(cls, data: bytes) -> _TestStream:
+    def parse(cls, data: bytes) -> TestStream:
         stream = cls()
         for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
             if stream.garbled:
@@ -374,6 +399,7 @@ class _TestStream:
             self.collected = message["count"]
         elif event == "collect_error":
             self.problems.append(f"ERROR collecting {message.get('id')} - {message.get('message')}")
+            self.failures.append(TestFailure.of(message, "collection"))
         elif event == "report":
             self._report(message)
         elif event == "finish" and all(
@@ -394,6 +420,7 @@ class _TestStream:
             self.outcomes[test] = "failed"
             label = "FAILED" if when == "call" else f"ERROR at {when} of"
             self.problems.append(f"{label} {test} - {message.get('message') or 'failed'}")
+            self.failures.append(TestFailure.of(message, str(when)))
         elif self.outcomes.get(test) != "failed":
             if when == "call":
                 # An expected failure (or an unexpected pass) is not a passing test.
@@ -427,9 +454,9 @@ class _TestStream:
         return ""
 
 
-def _pytest_verdict(done: Completed) -> ValidatorResult:
+def pytest_verdict(done: Completed) -> ValidatorResult:
     returncode = done.returncode or 0
-    stream = _TestStream.parse(done.channel)
+    stream = TestStream.parse(done.channel)
     contradiction = stream.contradiction(returncode)
     if contradiction:
         return _failed("pytest", f"test results inconsistent: {contradiction}")
@@ -456,7 +483,7 @@ def _pytest_verdict(done: Completed) -> ValidatorResult:
 # --- ruff -------------------------------------------------------------------------------------
 
 
-def _find_ruff() -> str | None:
+def find_ruff() -> str | None:
     found = shutil.which("ruff")
     if found:
         return found
@@ -476,7 +503,7 @@ def _ruff_problem(line: str) -> str:
 
 
 async def _check_ruff(output: str, seconds: float) -> ValidatorResult:
-    ruff = _find_ruff()
+    ruff = find_ruff()
     if ruff is None:
         return _skipped("ruff", "ruff is not installed")
     blocks = code_blocks(output, PYTHON_TAGS)

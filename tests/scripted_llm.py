@@ -49,10 +49,13 @@ class ScriptedLLM:
         delay: float = 0.0,
         bill_max_output: bool = False,
         answers: dict[str, str] | None = None,
+        integration_answers: dict[str, str] | None = None,
     ) -> None:
         self.plan = plan if plan is not None else default_plan()
         # Task id -> the text every version of that task's answer is (instead of add()).
         self.answers = answers if answers is not None else {}
+        # Task id -> its answer to an integration round's revision request (else its answer).
+        self.integration_answers = integration_answers if integration_answers is not None else {}
         self.scripts = scripts or {}
         self.delay = delay
         # Bill every answer as if it used all of max_tokens, as a verbose model would.
@@ -74,6 +77,9 @@ class ScriptedLLM:
             body = json.dumps({"score": self._score(task_id, script, text), "reasoning": "ok"})
         elif role == "critique":
             body = "Add a docstring and handle negative numbers."
+        elif role == "integrate":
+            body = self.integration_answers.get(task_id or "") or self.answers.get(task_id or "")
+            body = body or _answer(task_id, script, 0, task_type)
         else:
             # Every revision is a new version, even one made from an older best answer.
             version = self.count("revise", task_id) if role == "revise" else 0
@@ -122,6 +128,8 @@ def _role(text: str) -> str:
         return "grade"
     if "You review another model's answer" in text:
         return "critique"
+    if "the project's checks failed as reported below" in text:
+        return "integrate"
     if "Revise your answer to fix the problems" in text:
         return "revise"
     return "generate"

@@ -46,6 +46,7 @@ def test_a_run_from_the_command_line_succeeds_and_writes_its_outputs(fake, llm, 
     assert names == [
         ".orchestrator-manifest.json",
         "README.md",
+        "project",
         "summary.json",
         "task_001_code_generation.py",
         "task_002_code_review.md",
@@ -61,6 +62,11 @@ def test_a_run_from_the_command_line_succeeds_and_writes_its_outputs(fake, llm, 
     assert summary["budget"]["spent_usd"] > 0
     assert len(summary["tasks"]) == 5
     assert (tmp_path / "home" / "cache.db").exists()
+    # The code task's named files, assembled and checked together.
+    tree = sorted(p.name for p in (out / "project").iterdir())
+    assert tree == ["mod_core.py", "test_mod_core.py"]
+    assert summary["integration"]["passed"] is True
+    assert "integration passed" in result.stdout
 
 
 def test_a_project_file_runs_its_own_tasks_without_decomposition(fake, llm, tmp_path):

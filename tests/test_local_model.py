@@ -220,7 +220,8 @@ def test_without_a_key_the_embedded_model_stands_in_and_says_so_once(tmp_path):
     assert result.stderr.count("no provider key is set: running on the embedded local model") == 1
     assert "Traceback" not in result.stderr
     assert result.returncode in (0, 3, 5)  # SUCCESS, PARTIAL_SUCCESS (quality), TIMEOUT
-    assert "smollm2-135m-instruct" in result.stdout
+    # In the results table, or (a slow answer cut off by the clock) in the progress lines.
+    assert "generation on smollm2-135m-instruct" in result.stderr
 
 
 async def test_a_local_model_context_stops_its_server_on_error():
@@ -295,12 +296,28 @@ def test_a_local_model_file_that_does_not_exist_is_a_one_line_error(tmp_path):
     assert "missing.gguf" in result.stderr
 
 
-async def test_a_ctrl_c_while_the_model_loads_leaves_no_server_running():
+@pytest.mark.parametrize("loading", [False, True], ids=["starting", "loading"])
+async def test_a_ctrl_c_while_the_model_loads_leaves_no_server_running(loading):
     local = LocalModel(context=1024)
     starting = asyncio.create_task(local.start())
-    await asyncio.sleep(0.05)  # the load is under way in its thread
+    await asyncio.sleep(0)
+    while loading and local._process is None:  # noqa: ASYNC110 - set by another task's thread
+        await asyncio.sleep(0.002)
+    process = local._process
     starting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await starting
 
-    assert local.base_url and not port_open(local.base_url)
+    assert process is None or process.poll() is not None  # ended, not left behind
+    assert local._process is None and not local.base_url
+
+
+async def test_a_server_stops_at_once_however_often_it_is_started_and_stopped():
+    # Destroying the library's server object could wait forever on one of its threads, with
+    # the interpreter's lock held: the server lives in a process of its own, which always ends.
+    for _ in range(3):
+        local = LocalModel(context=1024)
+        async with asyncio.timeout(30):
+            async with local:
+                url = local.base_url
+        assert not port_open(url)

@@ -434,7 +434,7 @@ async def test_event_loop_stays_responsive_while_pytest_runs():
 
 
 async def test_ruff_absent_is_skipped_and_passes(monkeypatch):
-    monkeypatch.setattr(validators, "_find_ruff", lambda: None)
+    monkeypatch.setattr(validators, "find_ruff", lambda: None)
     result = await check("ruff", py("import os"))
     assert result.passed and result.skipped
     assert result.detail == "ruff is not installed"
@@ -442,13 +442,13 @@ async def test_ruff_absent_is_skipped_and_passes(monkeypatch):
 
 def test_ruff_is_found_next_to_the_interpreter_when_not_on_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    found = validators._find_ruff()
+    found = validators.find_ruff()
     assert found is not None
     assert Path(found).parent == Path(sys.executable).parent
 
 
 async def test_ruff_catches_an_unused_import():
-    assert validators._find_ruff() is not None, "ruff is a dev dependency"
+    assert validators.find_ruff() is not None, "ruff is a dev dependency"
     output = py("x = 1") + py("import os\nimport sys\n\nprint(1)")
     result = await check("ruff", output)
     assert not result.passed and not result.skipped

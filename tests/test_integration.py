@@ -1,0 +1,404 @@
+"""The output is a working project: the tasks' named files in one tree, its checks run together in
+the sandbox, and failures sent back to the tasks that wrote the files.
+
+Every run here goes over HTTP: the real SDKs, the fake provider, and scripted models whose
+answers name their files as the generation prompt asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import clean_environment, fake_env, run_cli, sqlite_rows
+from scripted_llm import ScriptedLLM
+
+from orchestrator import Budget, RetryPolicy, UnifiedClient
+from orchestrator.engine import Orchestrator
+from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.output_writer import write_outputs
+from orchestrator.sandbox import detect
+from orchestrator.state import StateManager
+
+FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
+
+needs_sandbox = pytest.mark.skipif(
+    asyncio.run(detect()) is None, reason="no sandbox (bubblewrap) here"
+)
+
+
+def files(*pairs: tuple[str, str]) -> str:
+    """An answer naming each file on its block's first line, as the generation prompt asks."""
+    return "\n\n".join(
+        f"```python\n# file: {path}\n{textwrap.dedent(body).strip()}\n```" for path, body in pairs
+    )
+
+
+BUCKET = """
+    class TokenBucket:
+        def __init__(self, capacity):
+            self.capacity = capacity
+            self.tokens = capacity
+
+        def take(self):
+            if self.tokens {op} 0:
+                return False
+            self.tokens -= 1
+            return True
+"""
+LIBRARY = files(
+    ("ratelimit/__init__.py", "from .bucket import TokenBucket\n\n__all__ = ['TokenBucket']"),
+    ("ratelimit/bucket.py", BUCKET.format(op="<=")),
+)
+# Lets one take too many: only the other task's tests can tell.
+BUGGY_LIBRARY = files(
+    ("ratelimit/__init__.py", "from .bucket import TokenBucket\n\n__all__ = ['TokenBucket']"),
+    ("ratelimit/bucket.py", BUCKET.format(op="<")),
+)
+TESTS = files(
+    (
+        "tests/test_bucket.py",
+        """
+        from ratelimit import TokenBucket
+
+
+        def test_takes_until_empty():
+            bucket = TokenBucket(2)
+            assert [bucket.take() for _ in range(3)] == [True, True, False]
+        """,
+    )
+)
+
+
+def task(task_id: str, *deps: str, validators=("python_syntax",), kind=TaskType.CODE_GEN) -> Task:
+    return Task(task_id, kind, f"[{task_id}] Write part of a rate limiter.", list(deps),
+                list(validators))  # fmt: skip
+
+
+def library_and_tests(*, tests_depend: bool = False) -> dict[str, Task]:
+    """A library task and a tests task; each passes its own validators alone."""
+    return {
+        "lib": task("lib"),
+        "tests": task("tests", *(["lib"] if tests_depend else [])),
+    }
+
+
+async def run(fake, tasks, tmp_path, *, rounds=2, budget=None, integration=True, state=True):
+    store = StateManager(tmp_path / "state.db") if state else None
+    try:
+        async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST, timeout=10) as client:
+            orchestrator = Orchestrator(
+                budget=budget or Budget(max_usd=5.0, max_time_seconds=120),
+                client=client,
+                state_manager=store,
+                use_cache=False,
+                use_state=state,
+                quality_threshold=0.8,
+                validator_timeout=30,
+                integration=integration,
+                integration_rounds=rounds,
+            )
+            events = []
+            orchestrator.display(events.append)
+            state_ = await orchestrator.run_project(
+                "[project] A rate-limiter library with tests", "it works", "rl", tasks=tasks
+            )
+            return state_, events
+    finally:
+        if store is not None:
+            await store.aclose()
+
+
+def scripted(fake, answers, integration_answers=None) -> ScriptedLLM:
+    llm = ScriptedLLM(plan=[], answers=answers, integration_answers=integration_answers or {})
+    fake.responder = llm
+    return llm
+
+
+@needs_sandbox
+async def test_a_library_and_its_tests_from_two_tasks_are_one_tree_whose_tests_pass(fake, tmp_path):
+    scripted(fake, {"lib": LIBRARY, "tests": TESTS})
+
+    state, events = await run(fake, library_and_tests(tests_depend=True), tmp_path)
+
+    assert state.status is ProjectStatus.SUCCESS, state.reason
+    integration = state.integration
+    assert integration.passed and len(integration.rounds) == 1
+    checks = {c.name: c for c in integration.rounds[0].checks}
+    assert checks["pytest"].passed and "1 passed" in checks["pytest"].detail
+    assert checks["compile"].passed and checks["imports"].passed
+    assert any(e.kind == "integration" and e.data["passed"] for e in events)
+
+    out = tmp_path / "out"
+    write_outputs(state, out)
+    tree = out / "project"
+    written = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    assert written == ["ratelimit/__init__.py", "ratelimit/bucket.py", "tests/test_bucket.py"]
+    summary = json.loads((out / "summary.json").read_text())
+    manifest = {f["path"]: f for f in summary["project_tree"]["files"]}
+    assert manifest["ratelimit/bucket.py"]["task"] == "lib"
+    assert manifest["tests/test_bucket.py"]["task"] == "tests"
+    import hashlib
+
+    for path, entry in manifest.items():
+        assert entry["sha256"] == hashlib.sha256((tree / path).read_bytes()).hexdigest()
+    # What the README tells the user to run works as written.
+    readme = (out / "README.md").read_text()
+    assert "cd project && python -m pytest" in readme
+    done = subprocess.run(  # noqa: ASYNC221 - the test's own check, after the run
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=tree, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_sandbox
+async def test_a_failing_integration_is_sent_back_and_one_revision_round_fixes_it(fake, tmp_path):
+    llm = scripted(fake, {"lib": BUGGY_LIBRARY, "tests": TESTS}, {"lib": LIBRARY})
+
+    state, events = await run(fake, library_and_tests(), tmp_path)
+
+    assert state.status is ProjectStatus.SUCCESS, state.reason
+    first, second = state.integration.rounds
+    assert not first.passed and second.passed
+    failure = next(f for f in first.failures if f.check == "pytest")
+    assert "tests/test_bucket.py::test_takes_until_empty" in failure.summary
+    # The failing test implicates the code it imports, though no frame of it failed.
+    assert set(failure.files) >= {"tests/test_bucket.py", "ratelimit/bucket.py"}
+    assert set(first.requests) == {"lib", "tests"}
+    request = first.requests["lib"]
+    assert "test_takes_until_empty" in request and "assert" in request
+    assert "tests/test_bucket.py" in request  # the other task's file, as it stands
+    assert llm.count("integrate", "lib") == 1 and llm.count("integrate", "tests") == 1
+    lib = state.results["lib"]
+    assert "bucket.py" in lib.output and "tokens <= 0" in lib.output
+    assert lib.integration_round == 1
+    assert any("integration round 1: revised" in note for note in lib.notes)
+    # Paid from the reserve partition, and counted in the task's cost.
+    assert state.budget.phase_spent["reserve"] > 0
+    assert [e.data["round"] for e in events if e.kind == "integration"] == [1, 2]
+
+
+@needs_sandbox
+async def test_a_tree_still_failing_after_its_rounds_is_a_partial_success_saying_why(
+    fake, tmp_path
+):
+    llm = scripted(fake, {"lib": BUGGY_LIBRARY, "tests": TESTS})
+
+    state, _ = await run(fake, library_and_tests(), tmp_path, rounds=1)
+
+    assert state.status is ProjectStatus.PARTIAL_SUCCESS
+    assert state.reason.startswith("integration: pytest failed")
+    assert "after 1 revision round" in state.reason
+    assert len(state.integration.rounds) == 2 and state.integration.finished
+    assert llm.count("integrate") == 2  # one round: each task asked once
+
+
+async def test_no_integration_keeps_the_task_statuses_alone(fake, tmp_path):
+    llm = scripted(fake, {"lib": BUGGY_LIBRARY, "tests": TESTS})
+
+    state, _ = await run(fake, library_and_tests(), tmp_path, integration=False)
+
+    assert state.status is ProjectStatus.SUCCESS
+    assert state.integration is None
+    assert llm.count("integrate") == 0
+
+
+@needs_sandbox
+async def test_a_test_importing_a_package_that_is_not_installed_is_a_missing_dependency(
+    fake, tmp_path
+):
+    needs_requests = files(
+        (
+            "tests/test_bucket.py",
+            """
+            import notinstalled_pkg_xyz
+            from ratelimit import TokenBucket
+
+
+            def test_takes_until_empty():
+                assert TokenBucket(1).take()
+            """,
+        )
+    )
+    scripted(fake, {"lib": LIBRARY, "tests": needs_requests})
+
+    state, _ = await run(fake, library_and_tests(), tmp_path, rounds=1)
+
+    assert state.status is ProjectStatus.PARTIAL_SUCCESS
+    first = state.integration.rounds[0]
+    assert first.missing == ["notinstalled_pkg_xyz"]
+    imports = next(c for c in first.checks if c.name == "imports")
+    assert not imports.passed and "notinstalled_pkg_xyz" in imports.detail
+    assert "never installed" in first.requests["tests"]
+    assert "lib" not in first.requests  # nothing of the library's is involved
+    assert importlib.util.find_spec("notinstalled_pkg_xyz") is None  # nothing was installed
+
+
+async def test_names_that_would_escape_or_subvert_the_tree_are_refused_and_reported(fake, tmp_path):
+    hostile = files(
+        ("../escape.py", "X = 1"),
+        ("/tmp/absolute_escape.py", "X = 1"),
+        (".github/workflows/run.yml", "on: push"),
+        ("conftest.py", "import os"),
+        ("pytest.py", "X = 1"),
+        ("safe/module.py", "X = 1"),
+    )
+    scripted(fake, {"lib": hostile})
+
+    state, _ = await run(fake, {"lib": task("lib")}, tmp_path)
+
+    out = tmp_path / "out"
+    write_outputs(state, out)
+    tree = out / "project"
+    assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file()) == [
+        "safe/module.py"
+    ]
+    assert not (tmp_path / "escape.py").exists() and not (out / "escape.py").exists()
+    assert not __import__("os").path.exists("/tmp/absolute_escape.py")
+    summary = json.loads((out / "summary.json").read_text())
+    refused = {r["name"]: r["reason"] for r in summary["project_tree"]["refused"]}
+    assert set(refused) == {
+        "../escape.py", "/tmp/absolute_escape.py", ".github/workflows/run.yml", "conftest.py",
+        "pytest.py",
+    }  # fmt: skip
+    assert "leaves the project directory" in refused["../escape.py"]
+    assert "absolute" in refused["/tmp/absolute_escape.py"]
+    assert "reserved" in refused["conftest.py"]
+    assert "test runner" in refused["pytest.py"]
+    assert "not placed" in (out / "README.md").read_text()
+
+
+async def test_two_unrelated_tasks_writing_one_file_is_a_conflict_and_a_dependent_revises_it(
+    fake, tmp_path
+):
+    scripted(
+        fake,
+        {
+            "first": files(("util.py", "WHO = 'first'")),
+            "other": files(("util.py", "WHO = 'other'")),
+            "later": files(("util.py", "WHO = 'later'"), ("app.py", "from util import WHO")),
+        },
+    )
+    tasks = {"first": task("first"), "other": task("other"), "later": task("later", "first")}
+
+    state, _ = await run(fake, tasks, tmp_path)
+
+    out = tmp_path / "out"
+    write_outputs(state, out)
+    assert (out / "project" / "util.py").read_text() == "WHO = 'later'\n"
+    summary = json.loads((out / "summary.json").read_text())
+    tree = summary["project_tree"]
+    entry = next(f for f in tree["files"] if f["path"] == "util.py")
+    assert entry["task"] == "later" and entry["revises"] == "first"
+    assert tree["conflicts"] == [
+        {
+            "path": "util.py",
+            "kept": "first",
+            "dropped": "other",
+            "reason": "other does not depend on first, so it never saw that file",
+        }
+    ]
+
+
+@needs_sandbox
+def test_kill_9_during_integration_then_resume_finishes_it_paying_for_nothing_twice(fake, tmp_path):
+    project = tmp_path / "rl.yaml"
+    project.write_text(
+        "project: '[project] A rate-limiter library with tests'\ncriteria: it works\ntasks:\n"
+        "  - {id: lib, type: code_generation, prompt: '[lib] Write the library.',"
+        " hard_validators: [python_syntax]}\n"
+        "  - {id: tests, type: code_generation, prompt: '[tests] Write its tests.',"
+        " hard_validators: [python_syntax]}\n"
+    )
+    home = tmp_path / "home"
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(home)}
+    answers = {"lib": BUGGY_LIBRARY, "tests": TESTS}
+    held = HeldIntegration(
+        ScriptedLLM(plan=[], answers=answers, integration_answers={"lib": LIBRARY})
+    )
+    fake.responder = held
+    command = [sys.executable, "-m", "orchestrator", "--file", str(project), "--project-id",
+               "rl", "--no-cache", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    process = subprocess.Popen(
+        command, env={**clean_environment(), **env}, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # The round's report is saved, lib's revision answered and checkpointed, and tests'
+        # revision request is in flight, unanswered: then the process is killed outright.
+        deadline = time.monotonic() + 90
+        while not (held.fired.is_set() and lib_revised(home)):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "integration never reached its revisions"
+            time.sleep(0.02)
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    before = fake.count()
+    resumed = ScriptedLLM(plan=[], answers=answers, integration_answers={"lib": LIBRARY})
+    fake.responder = resumed
+
+    result = run_cli("--resume", "rl", cwd=tmp_path, env=env, timeout=120)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "status SUCCESS" in result.stdout
+    # Only the request that was in flight is sent again; lib's answered revision is not.
+    assert [(r, t) for r, t, _ in resumed.roles] == [("integrate", "tests")]
+    assert len(fake.requests) - before == 1
+    journal = sqlite_rows(
+        home / "state.db", "SELECT task_id, cost_usd FROM journal WHERE phase = 'reserve'"
+    )
+    assert sorted(task for task, _ in journal) == ["lib", "tests"]  # each revision paid once
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    total = sqlite_rows(home / "state.db", "SELECT SUM(cost_usd) FROM journal")[0][0]
+    assert summary["budget"]["spent_usd"] == pytest.approx(total)
+    rounds = summary["integration"]["rounds"]
+    assert [r["passed"] for r in rounds] == [False, True]
+    assert (tmp_path / "out" / "project" / "ratelimit" / "bucket.py").read_text().count("<= 0")
+
+
+class HeldIntegration:
+    """Plays every model, holding the tests task's integration revision request unanswered."""
+
+    def __init__(self, llm: ScriptedLLM) -> None:
+        self.llm = llm
+        self.fired = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, request):
+        with self._lock:  # one at a time, so the role the script noted last is this request's
+            reply = self.llm(request)
+            role, task_id, _ = self.llm.roles[-1]
+        if (role, task_id) == ("integrate", "tests") and not self.fired.is_set():
+            self.fired.set()
+            return dataclasses.replace(reply, delay=120)
+        return reply
+
+
+def lib_revised(home) -> bool:
+    return saved(home).get("lib", {}).get("integration_round") == 1
+
+
+def saved(home) -> dict[str, dict]:
+    async def read() -> dict[str, dict]:
+        async with StateManager(home / "state.db") as store:
+            try:
+                return (await store.load("rl")).results
+            except Exception:
+                return {}
+
+    if not (home / "state.db").exists():
+        return {"lib": {}}
+    return asyncio.run(read()) or {"lib": {}}
