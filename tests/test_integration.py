@@ -309,6 +309,92 @@ async def test_two_unrelated_tasks_writing_one_file_is_a_conflict_and_a_dependen
     ]
 
 
+async def test_a_documentation_task_that_names_its_file_lands_in_the_tree(fake, tmp_path):
+    readme = "<!-- file: README.md -->\n# ratelimit\n\nA token bucket: " + "it limits. " * 3
+    scripted(fake, {"lib": LIBRARY, "readme": readme})
+    tasks = {
+        "lib": task("lib"),
+        "readme": task("readme", "lib", validators=("length",), kind=TaskType.WRITING),
+    }
+
+    state, _ = await run(fake, tasks, tmp_path)
+
+    out = tmp_path / "out"
+    write_outputs(state, out)
+    assert (out / "project" / "README.md").read_text().startswith("# ratelimit\n")
+    assert (out / "project" / "ratelimit" / "bucket.py").is_file()
+
+
+async def test_without_a_sandbox_the_trees_tests_are_not_run_and_it_is_no_success(
+    fake, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX", "none")
+    llm = scripted(fake, {"lib": LIBRARY, "tests": TESTS})
+
+    state, _ = await run(fake, library_and_tests(tests_depend=True), tmp_path)
+
+    assert state.status is ProjectStatus.PARTIAL_SUCCESS
+    assert "pytest not run" in state.reason
+    (only,) = state.integration.rounds
+    tests = next(c for c in only.checks if c.name == "pytest")
+    assert tests.not_run and not tests.passed
+    assert only.requests == {} and llm.count("integrate") == 0  # no revision can fix that
+
+
+@needs_sandbox
+async def test_money_running_out_during_integration_stops_resumably_and_resume_finishes_it(
+    fake, tmp_path
+):
+    llm = scripted(fake, {"lib": BUGGY_LIBRARY, "tests": TESTS}, {"lib": LIBRARY})
+    store = StateManager(tmp_path / "state.db")
+    budget = None
+
+    def run_out_after_the_first_check(event):
+        nonlocal budget
+        if event.kind == "run_started":
+            budget = event.data["budget"]
+        elif event.kind == "integration" and event.data["round"] == 1:
+            budget.max_usd = budget.spent_usd  # nothing left for the revisions
+
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST, timeout=10) as client:
+        orchestrator = Orchestrator(
+            budget=Budget(max_usd=5.0, max_time_seconds=120), client=client, state_manager=store,
+            use_cache=False, quality_threshold=0.8, validator_timeout=30,
+        )  # fmt: skip
+        orchestrator.display(run_out_after_the_first_check)
+        stopped = await orchestrator.run_project(
+            "[project] A rate-limiter library with tests", "it works", "rl",
+            tasks=library_and_tests(),
+        )  # fmt: skip
+        assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
+        assert llm.count("integrate") == 0  # refused before anything was sent
+        assert len(stopped.integration.rounds) == 1 and not stopped.integration.finished
+
+        resumed = await Orchestrator(client=client, state_manager=store, use_cache=False).resume(
+            "rl", max_usd=5.0
+        )
+    await store.aclose()
+
+    assert resumed.status is ProjectStatus.SUCCESS, resumed.reason
+    assert [r.passed for r in resumed.integration.rounds] == [False, True]
+    assert llm.count("integrate", "lib") == 1 and llm.count("integrate", "tests") == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--integration-rounds", "-1"], "--integration-rounds must be 0 or more"),
+        (["--tree-name", "../elsewhere"], "--tree-name"),
+        (["--no-integration", "--integration-rounds", "1"], "contradict"),
+    ],
+)
+def test_bad_integration_flags_are_one_line_errors(tmp_path, flags, message):
+    result = run_cli("-p", "x", "-c", "y", *flags, cwd=tmp_path)
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+
+
 @needs_sandbox
 def test_kill_9_during_integration_then_resume_finishes_it_paying_for_nothing_twice(fake, tmp_path):
     project = tmp_path / "rl.yaml"

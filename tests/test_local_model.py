@@ -160,7 +160,7 @@ async def test_an_orchestrator_runs_a_task_on_the_local_model_and_stops_its_serv
     }  # fmt: skip
     # The small model's answers vary in length from run to run: the clock bounds the test.
     orch = Orchestrator(
-        budget=Budget(max_time_seconds=60),
+        budget=Budget(max_time_seconds=40),
         use_cache=False,
         use_state=False,
         local=True,
@@ -191,8 +191,8 @@ def test_the_cli_runs_the_example_with_local(tmp_path):
 
     # The small model's answers vary in length from run to run: the clock bounds the test.
     result = run_cli(
-        "--file", str(example), "--local", "--output-dir", str(out), "--time", "70",
-        cwd=tmp_path, timeout=150,
+        "--file", str(example), "--local", "--output-dir", str(out), "--time", "45",
+        cwd=tmp_path, timeout=120,
     )  # fmt: skip
 
     assert "Traceback" not in result.stderr
