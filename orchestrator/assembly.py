@@ -197,6 +197,14 @@ def named_files(task_type: TaskType, output: str) -> Answer:
     return Answer()
 
 
+def as_block(file: NamedFile) -> str:
+    """``file`` as a code answer names it: a fenced block whose first line is its name."""
+    suffix = PurePosixPath(file.path).suffix.lstrip(".")
+    tag = "python" if suffix == "py" else suffix or "text"
+    fence = "````" if "```" in file.content else "```"
+    return f"{fence}{tag}\n# file: {file.path}\n{file.content.rstrip(chr(10))}\n{fence}"
+
+
 def _only_block(text: str) -> bool:
     stripped = text.strip()
     return stripped.startswith(("```", "~~~")) and stripped.endswith(("```", "~~~"))

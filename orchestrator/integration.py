@@ -208,7 +208,7 @@ async def check_tree(
         root = os.path.join(work, "tree")
         await asyncio.to_thread(_write_tree, root, tree)
         compiled, compile_failures = await asyncio.to_thread(_compile_all, tree)
-        imports, import_failures, missing = await asyncio.to_thread(_imports, tree, compiled)
+        imports, import_failures, missing = await asyncio.to_thread(_imports, tree)
         checks = [compiled, imports]
         failures = compile_failures + import_failures
         ruff, ruff_failures = await _ruff(root, tree, seconds)
@@ -241,17 +241,17 @@ def _compile_all(tree: ProjectTree) -> tuple[Check, list[Failure]]:
     return Check("compile", True, f"{count} files"), []
 
 
-def _imports(tree: ProjectTree, compiled: Check) -> tuple[Check, list[Failure], list[str]]:
+def _imports(tree: ProjectTree) -> tuple[Check, list[Failure], list[str]]:
     """Every unguarded import must resolve to the tree, the standard library or an installed
     package; nothing is installed to make one resolve."""
     local = tree.top_modules() | _anywhere_names(tree)
     importers: dict[str, list[str]] = {}
     for path in tree.python_files:
         try:
-            syntax = ast.parse(tree.files[path].content)
+            modules = _unguarded_imports(ast.parse(tree.files[path].content))
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue  # the compile check reports it
-        for module in _unguarded_imports(syntax):
+        for module in sorted(modules):
             if module not in local and not _installed(module):
                 importers.setdefault(module, []).append(path)
     failures = [

@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .assembly import as_block, named_files
 from .budget import Budget, BudgetExceeded
 from .catalog import Model
 from .client import Completion
@@ -263,9 +264,13 @@ class TaskRunner:
         except ChainExhausted as exc:
             self._note(f"{label}: no revision ({exc}); the earlier version was kept")
             return
+        text, kept = _with_unchanged_files(task.type, result.output, revised.text)
+        if text is None:
+            self._note(f"{label}: the revision named none of its files; kept the earlier")
+            return
         validators = await run_validators(
             task.hard_validators,
-            revised.text,
+            text,
             output_schema=task.output_schema,
             dependency_outputs={k: v.output for k, v in self.dependencies.items()},
             timeout=ctx.validator_timeout,
@@ -276,8 +281,9 @@ class TaskRunner:
             shown = "; ".join(f"{v.name}: {v.detail}" for v in failed)
             self._note(f"{label}: the revision failed its validators ({shown}); kept the earlier")
             return
-        result.output, result.validator_results, result.model_used = revised.text, validators, model
-        self._note(f"{label}: revised by {model.value} to fix the project's checks")
+        result.output, result.validator_results, result.model_used = text, validators, model
+        unchanged = f" ({kept} file(s) it left out kept as they were)" if kept else ""
+        self._note(f"{label}: revised by {model.value} to fix the project's checks{unchanged}")
 
     def _keep(
         self,
@@ -549,6 +555,20 @@ class TaskRunner:
         else:
             result.status = TaskStatus.FAILED
         return result
+
+
+def _with_unchanged_files(task_type: TaskType, before: str, after: str) -> tuple[str | None, int]:
+    """A revision's answer with the files of ``before`` it left out appended as they were (a
+    model often replies with the changed files only), and how many; None when the earlier
+    answer named files and the revision names none."""
+    earlier, revised = named_files(task_type, before).files, named_files(task_type, after).files
+    if earlier and not revised:
+        return None, 0
+    named = {file.path for file in revised}
+    left_out = [file for file in earlier if file.path not in named]
+    if not left_out or task_type is not TaskType.CODE_GEN:
+        return after, 0
+    return after.rstrip("\n") + "\n\n" + "\n\n".join(map(as_block, left_out)) + "\n", len(left_out)
 
 
 def _trim(text: str, limit: int) -> str:

@@ -188,6 +188,31 @@ async def test_a_failing_integration_is_sent_back_and_one_revision_round_fixes_i
 
 
 @needs_sandbox
+async def test_a_revision_sending_only_the_changed_file_keeps_the_others(fake, tmp_path):
+    only_the_fix = files(("ratelimit/bucket.py", BUCKET.format(op="<=")))
+    scripted(fake, {"lib": BUGGY_LIBRARY, "tests": TESTS}, {"lib": only_the_fix})
+
+    state, _ = await run(fake, library_and_tests(), tmp_path)
+
+    assert state.status is ProjectStatus.SUCCESS, state.reason
+    lib = state.results["lib"]
+    assert "# file: ratelimit/__init__.py" in lib.output and "tokens <= 0" in lib.output
+    assert any("1 file(s) it left out kept as they were" in note for note in lib.notes)
+
+
+@needs_sandbox
+async def test_a_revision_naming_no_file_is_not_taken(fake, tmp_path):
+    scripted(fake, {"lib": BUGGY_LIBRARY, "tests": TESTS}, {"lib": "I fixed the bucket."})
+
+    state, _ = await run(fake, library_and_tests(), tmp_path, rounds=1)
+
+    assert state.status is ProjectStatus.PARTIAL_SUCCESS
+    lib = state.results["lib"]
+    assert lib.output == BUGGY_LIBRARY
+    assert any("the revision named none of its files; kept the earlier" in n for n in lib.notes)
+
+
+@needs_sandbox
 async def test_a_tree_still_failing_after_its_rounds_is_a_partial_success_saying_why(
     fake, tmp_path
 ):
