@@ -204,8 +204,8 @@ async def check_tree(
     tree: ProjectTree, number: int, *, box: Sandbox | None, seconds: float
 ) -> Round:
     """Run every check on ``tree`` in a fresh scratch directory; ``box`` runs its tests."""
-    async with scratch_dir() as work:
-        root = os.path.join(work, "tree")
+    # The tree is the scratch directory itself: the only place its tests may write.
+    async with scratch_dir() as root:
         await asyncio.to_thread(_write_tree, root, tree)
         compiled, compile_failures = await asyncio.to_thread(_compile_all, tree)
         imports, import_failures, missing = await asyncio.to_thread(_imports, tree)
@@ -215,7 +215,7 @@ async def check_tree(
         checks.append(ruff)
         failures += ruff_failures
         if tree.test_files:
-            tests, test_failures, absent = await _pytest(work, root, tree, box, seconds)
+            tests, test_failures, absent = await _pytest(root, tree, box, seconds)
             checks.append(tests)
             failures += test_failures
             missing += [m for m in absent if m not in missing]
@@ -358,7 +358,7 @@ async def _ruff(root: str, tree: ProjectTree, seconds: float) -> tuple[Check, li
 
 
 async def _pytest(
-    work: str, root: str, tree: ProjectTree, box: Sandbox | None, seconds: float
+    root: str, tree: ProjectTree, box: Sandbox | None, seconds: float
 ) -> tuple[Check, list[Failure], list[str]]:
     if not pytest_installed():
         return Check("pytest", False, "pytest is not installed", not_run=True), [], []
@@ -367,17 +367,18 @@ async def _pytest(
     paths = [root] + (
         [os.path.join(root, "src")] if any(p.startswith("src/") for p in tree.files) else []
     )
-    config = os.path.join(work, "integration.ini")
     # Our configuration, not the tree's: a pytest.ini or pyproject.toml the models wrote
-    # cannot load plugins or change how the tests are collected and judged.
+    # cannot load plugins or change how the tests are collected and judged. Its name is
+    # hidden, which no file of the tree can be.
+    config = os.path.join(root, ".integration.ini")
     await asyncio.to_thread(
         Path(config).write_text, f"[pytest]\npythonpath = {' '.join(paths)}\n", "utf-8"
     )
     argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q", "-p", "no:cacheprovider"]
-    argv += ["--color=no", "--noconftest", "-c", config, "--rootdir", root]
-    argv += [os.path.join(root, path) for path in tree.test_files]
+    argv += ["--color=no", "--noconftest", "-c", config, "--rootdir", root, *tree.test_files]
     try:
-        done = await box.run(argv, work, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER])
+        # Run from the tree's root, so tracebacks name its files as the tree does.
+        done = await box.run(argv, root, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER])
     except OSError as exc:
         return Check("pytest", False, f"could not start pytest: {exc}"), [], []
     if done.timed_out:

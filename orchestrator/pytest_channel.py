@@ -33,10 +33,15 @@ class Channel:
 def _crash(report) -> str:
     """The short reason a report failed: the assertion or exception line."""
     crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
-    message = getattr(crash, "message", None) or str(getattr(report, "longrepr", "") or "")
-    lines = [line for line in message.splitlines() if line.strip()]
-    text = lines[-1].strip() if lines else ""
-    return text[:MESSAGE_LIMIT]
+    message = getattr(crash, "message", None)
+    if message:
+        # "assert [1] == [2]" first, then pytest's explanation of the difference.
+        lines = [line for line in message.splitlines() if line.strip()]
+        return lines[0].strip()[:MESSAGE_LIMIT] if lines else ""
+    lines = [
+        line for line in str(getattr(report, "longrepr", "") or "").splitlines() if line.strip()
+    ]
+    return lines[-1].strip()[:MESSAGE_LIMIT] if lines else ""
 
 
 def _trace(report) -> str:
