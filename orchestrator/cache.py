@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import OrchestratorError
 from .settings import home_dir
-from .sqlite_store import SQLiteStore
+from .sqlite_store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,16 @@ class DiskCache:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path: Path = Path(path).expanduser() if path is not None else home_dir() / "cache.db"
-        self._store = SQLiteStore(
-            self.path, kind="cache", format_tag=CACHE_FORMAT, schema=_SCHEMA, error=CacheError
+        self._store = open_store(
+            path,
+            home_dir() / "cache.db",
+            kind="cache",
+            format_tag=CACHE_FORMAT,
+            schema=_SCHEMA,
+            error=CacheError,
         )
+        # A file's path, or a database's URL without its password.
+        self.path: Path | str = self._store.path
         self._hits = 0
         self._misses = 0
 

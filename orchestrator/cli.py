@@ -40,6 +40,7 @@ from .progress import ProgressPrinter, format_usd, results_table, text_table
 from .project_file import ProjectSpec, check_project_id, load_project_file
 from .routing import Router
 from .settings import CATALOG_ENV, load_environment
+from .sqlite_store import DB_URL_ENV, EXTRA_COMMAND, is_postgres_url, shown
 from .state import StateManager
 
 EXIT_SUCCESS = 0
@@ -223,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     saved = parser.add_argument_group("saved projects")
     saved.add_argument("--resume", metavar="ID", help="continue an interrupted project")
     saved.add_argument(
+        "--db",
+        metavar="URL",
+        help=f"where projects, the journal and the cache are kept: a postgresql:// URL (needs "
+        f"the distributed extra) or a SQLite file for the state (default: ${DB_URL_ENV}, else "
+        "$ORCHESTRATOR_HOME/state.db and cache.db)",
+    )
+    saved.add_argument(
         "--list-projects", action="store_true", help="print saved projects, newest first"
     )
     parser.add_argument(
@@ -271,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("orchestrator").setLevel(logging.DEBUG)
     project_id: str | None = None
     try:
+        if args.db:
+            _use_database(args.db)
         if args.list_models:
             env = load_environment()
             catalog = Catalog.load(args.catalog, env=env)
@@ -308,6 +318,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; resume with: python -m orchestrator --resume {project_id}" if project_id else ""
         print(f"orchestrator: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _use_database(location: str) -> None:
+    """Every store of this process at ``location`` (``$ORCHESTRATOR_DB_URL`` for it)."""
+    if is_postgres_url(location):
+        try:
+            import psycopg  # noqa: F401 - configured: the driver must be there
+        except ImportError:
+            raise _usage(
+                f"--db {shown(location)} needs the distributed extra: {EXTRA_COMMAND}"
+            ) from None
+    os.environ[DB_URL_ENV] = location
 
 
 def _check_limits(args: argparse.Namespace) -> None:

@@ -8,12 +8,14 @@ can slip in between their statements on the shared connection.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 
@@ -31,6 +33,9 @@ class SQLiteStore:
     ``kind`` names the file in errors ("cache", "state"); ``error`` is the exception class
     raised, always with a one-line message naming the file.
     """
+
+    # One machine: a lease holder's process can be asked whether it still lives.
+    local_liveness = True
 
     def __init__(
         self,
@@ -97,6 +102,12 @@ class SQLiteStore:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def clock(self) -> float:
+        return time.time()
+
+    def json_field(self, column: str, name: str) -> str:
+        return f"json_extract({column}, '$.{name}')"
 
     async def connection(self) -> aiosqlite.Connection:
         if self._closed:
@@ -220,6 +231,54 @@ class SQLiteStore:
             if self._closed:
                 raise self.error(f"{self.kind} is closed") from exc
             raise
+
+
+DB_URL_ENV = "ORCHESTRATOR_DB_URL"
+EXTRA_COMMAND = "pip install 'orchestrator[distributed]'"
+
+
+def is_postgres_url(location: str | os.PathLike[str]) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def shown(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{parts.hostname or ''}{port}"))
+
+
+def open_store(
+    location: str | os.PathLike[str] | None,
+    default: Path,
+    *,
+    kind: str,
+    format_tag: str,
+    schema: Sequence[str],
+    error: type[OrchestratorError],
+    synchronous: str = "NORMAL",
+    additions: Sequence[str] = (),
+) -> SQLiteStore | Any:
+    """The store at ``location`` (a file path, or a ``postgresql://`` URL), else at
+    ``$ORCHESTRATOR_DB_URL``, else the SQLite file ``default``. PostgreSQL is imported only
+    when a URL names it."""
+    if location is None:
+        location = os.environ.get(DB_URL_ENV) or None
+    if location is not None and is_postgres_url(location):
+        from .postgres_store import PostgresStore
+
+        return PostgresStore(
+            str(location), kind=kind, format_tag=format_tag, schema=schema, error=error,
+            additions=additions,
+        )  # fmt: skip
+    path = Path(location).expanduser() if location is not None else default
+    return SQLiteStore(
+        path, kind=kind, format_tag=format_tag, schema=schema, error=error,
+        synchronous=synchronous, additions=additions,
+    )  # fmt: skip
 
 
 async def _run(

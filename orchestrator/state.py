@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ConfigError, OrchestratorError
 from .models import ProjectStatus, Task, TaskType
 from .settings import home_dir
-from .sqlite_store import SQLiteStore
+from .sqlite_store import open_store
 
 STATE_FORMAT = "orchestrator-state-1"
 
@@ -106,9 +106,9 @@ class StateManager:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path).expanduser() if path is not None else home_dir() / "state.db"
-        self._store = SQLiteStore(
-            self.path,
+        self._store = open_store(
+            path,
+            home_dir() / "state.db",
             kind="state",
             format_tag=STATE_FORMAT,
             schema=_SCHEMA,
@@ -117,6 +117,8 @@ class StateManager:
             # Paid calls are journaled here: a commit must survive a power loss or an OS crash.
             synchronous="FULL",
         )
+        # A file's path, or a database's URL without its password.
+        self.path: Path | str = self._store.path
 
     async def __aenter__(self) -> StateManager:
         return self
@@ -175,17 +177,18 @@ class StateManager:
         if not rows:
             return "nobody: the project is unknown"
         holder, lease_until = rows[0]
+        now = await self._store.clock()
         free = holder is None or holder == owner
-        if not free and _on_this_host(holder):
+        if not free and self._store.local_liveness and _on_this_host(holder):
             free = not _owner_alive(holder)
         elif not free:
-            free = lease_until < time.time()
+            free = lease_until < now
         if free:
             # Compare-and-set on the holder seen, so two claimants cannot both win.
             taken = await self._store.run(
                 "UPDATE projects SET owner = ?, lease_until = ? WHERE id = ?"
                 " AND owner IS ? RETURNING id",
-                (owner, time.time() + lease_seconds, project_id, holder),
+                (owner, now + lease_seconds, project_id, holder),
             )
             if taken:
                 return None
@@ -200,7 +203,7 @@ class StateManager:
         """Extend our lease; False when the project is no longer ours."""
         rows = await self._store.run(
             "UPDATE projects SET lease_until = ? WHERE id = ? AND owner = ? RETURNING id",
-            (time.time() + lease_seconds, project_id, owner),
+            (await self._store.clock() + lease_seconds, project_id, owner),
         )
         return bool(rows)
 
@@ -307,7 +310,7 @@ class StateManager:
         (a run that lost its project must not overwrite the status of the one that took it)."""
         await self._store.run(
             "UPDATE projects SET status = ?, reason = ?, elapsed_seconds = MAX(elapsed_seconds, ?),"
-            " updated_at = ? WHERE id = ? AND (? IS NULL OR owner = ?)",
+            " updated_at = ? WHERE id = ? AND (CAST(? AS TEXT) IS NULL OR owner = ?)",
             (status.value, reason, elapsed, time.time(), project_id, owner, owner),
         )
 
@@ -462,7 +465,8 @@ class StateManager:
         await self._store.run(
             "INSERT INTO journal (project_id, key, task_id, phase, cost_usd, elapsed_seconds,"
             " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (project_id, key) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd,"
+            " ON CONFLICT (project_id, key) DO UPDATE SET"
+            " cost_usd = journal.cost_usd + excluded.cost_usd,"
             " entry = excluded.entry, elapsed_seconds = excluded.elapsed_seconds",
             (
                 project_id,
@@ -546,13 +550,15 @@ class StateManager:
     async def scope_spend(self, team: str | None, job_id: str | None) -> dict[str, float]:
         """What every project here spent (``org``), and those charged to ``team`` / ``job_id``
         (their ``team`` / ``job`` setting): from the journal, so nothing paid is missed."""
-        charged_to = (
-            "COALESCE(SUM(CASE WHEN json_extract(p.settings, ?) = ? THEN j.cost_usd END), 0)"
-        )
+
+        def charged_to(field: str) -> str:
+            value = self._store.json_field("p.settings", field)
+            return f"COALESCE(SUM(CASE WHEN {value} = ? THEN j.cost_usd END), 0)"
+
         rows = await self._store.run(
-            f"SELECT COALESCE(SUM(j.cost_usd), 0), {charged_to}, {charged_to}"
+            f"SELECT COALESCE(SUM(j.cost_usd), 0), {charged_to('team')}, {charged_to('job')}"
             " FROM journal j JOIN projects p ON p.id = j.project_id",
-            ("$.team", team, "$.job", job_id),
+            (team, job_id),
         )
         org, team_spent, job_spent = rows[0]
         spent = {"org": float(org)}

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,41 @@ def isolated_home(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     return home
+
+
+PG_URL_ENV = "ORCHESTRATOR_TEST_PG_URL"  # set by .ci/postgres start
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database for one test (dropped after it), or a skip saying why
+    there is none: `.ci/run` starts a throwaway cluster; locally, `source .ci/postgres start`."""
+    admin = os.environ.get(PG_URL_ENV)
+    if not admin:
+        pytest.skip(
+            f"no PostgreSQL for the tests: {PG_URL_ENV} is not set (source .ci/postgres start)"
+        )
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("the distributed extra is not installed: pip install -e '.[distributed]'")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {admin} cannot be reached: {str(exc).splitlines()[0]}")
+    yield admin.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_location(request, tmp_path):
+    """Where a state store lives: a SQLite file, and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state.db"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
@@ -161,8 +197,18 @@ def clean_environment() -> dict[str, str]:
     return clean
 
 
-def sqlite_rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    """Look at the file the way another program would, closing the connection afterwards."""
+def sqlite_rows(path: Path | str, sql: str, args: tuple = ()) -> list[tuple]:
+    """Look at the file (or the PostgreSQL database) the way another program would, closing
+    the connection afterwards."""
+    if str(path).startswith("postgresql://"):
+        import psycopg
+
+        from orchestrator.postgres_store import to_postgres
+
+        options = "-c search_path=orchestrator_state,orchestrator_cache"
+        with psycopg.connect(str(path), autocommit=True, options=options) as pg:
+            cursor = pg.execute(to_postgres(sql), args)
+            return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
     conn = sqlite3.connect(path)
     try:
         with conn:

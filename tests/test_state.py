@@ -136,8 +136,8 @@ async def put_call(
 
 
 @pytest.fixture
-async def store(tmp_path):
-    async with StateManager(tmp_path / "state.db") as manager:
+async def store(state_location):
+    async with StateManager(state_location) as manager:
         assert await manager.create_project("p", **PROJECT)
         yield manager
 
@@ -211,17 +211,30 @@ async def test_an_unknown_project_id_is_a_config_error_pointing_at_the_list(stor
 async def test_a_checkpoint_writes_the_result_and_the_clock_in_one_transaction(store):
     await put_call(store, "k1", "a", 0.25)
     # The clock update (the checkpoint's second statement) fails, as a full disk would make it.
-    sqlite_rows(
-        store.path,
-        "CREATE TRIGGER clock_fails BEFORE UPDATE OF elapsed_seconds ON projects"
-        " BEGIN SELECT RAISE(ABORT, 'disk full'); END",
-    )
+    postgres = str(store.path).startswith("postgresql://")
+    if postgres:
+        sqlite_rows(
+            store.path,
+            "CREATE FUNCTION clock_fails() RETURNS trigger AS $$"
+            " BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql",
+        )
+        sqlite_rows(
+            store.path,
+            "CREATE TRIGGER clock_fails BEFORE UPDATE OF elapsed_seconds ON projects"
+            " FOR EACH ROW EXECUTE FUNCTION clock_fails()",
+        )
+    else:
+        sqlite_rows(
+            store.path,
+            "CREATE TRIGGER clock_fails BEFORE UPDATE OF elapsed_seconds ON projects"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
     with pytest.raises(StateError, match="disk full"):
         await store.checkpoint("p", "a", result_record("a"), final=True, elapsed=30.0)
     assert sqlite_rows(store.path, "SELECT COUNT(*) FROM results") == [(0,)]
     assert await store.journal_get("p", "k1") is not None  # its answers were not dropped either
 
-    sqlite_rows(store.path, "DROP TRIGGER clock_fails")
+    sqlite_rows(store.path, "DROP TRIGGER clock_fails" + (" ON projects" if postgres else ""))
     await store.checkpoint("p", "a", result_record("a"), final=True, elapsed=30.0)
     saved = await store.load("p")
     assert saved.results["a"]["output"] == "print(1)"

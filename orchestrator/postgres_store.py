@@ -1,0 +1,206 @@
+"""The state and the cache in PostgreSQL (the ``distributed`` extra), for many processes at once.
+
+The same statements as the SQLite store (``sqlite_store``), translated to PostgreSQL's dialect,
+over a small ``psycopg`` connection pool. Each kind of store lives in a schema of its own
+(``orchestrator_state``, ``orchestrator_cache``), marked with its format the way a SQLite file
+is, so a foreign schema is never written to. Imported only when a PostgreSQL URL is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .aio import uninterrupted
+from .errors import ConfigError, OrchestratorError
+from .sqlite_store import EXTRA_COMMAND, shown
+
+try:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+except ImportError:  # pragma: no cover - the extra is checked by ``is_postgres_url`` callers
+    psycopg = None  # type: ignore[assignment]
+    AsyncConnectionPool = None  # type: ignore[assignment,misc]
+
+CONNECT_SECONDS = 10.0
+POOL_SIZE = 8
+
+Statement = tuple[str, tuple[Any, ...]]
+
+_SCALAR_MAX = re.compile(r"\bMAX\((\w+), ")
+_NULL_SAFE_IS = re.compile(r"\bIS \?")
+_TYPES = ((re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"), "BYTEA"))
+
+
+def to_postgres(sql: str) -> str:
+    """A statement written for SQLite, in PostgreSQL's dialect: ``%s`` placeholders, the
+    two-argument ``MAX`` as ``GREATEST``, ``IS ?`` as ``IS NOT DISTINCT FROM``, 8-byte floats
+    and ``BYTEA`` in table definitions."""
+    sql = sql.replace("%", "%%")
+    sql = _SCALAR_MAX.sub(r"GREATEST(\1, ", sql)
+    sql = _NULL_SAFE_IS.sub("IS NOT DISTINCT FROM ?", sql)
+    for pattern, replacement in _TYPES:
+        sql = pattern.sub(replacement, sql)
+    return sql.replace("?", "%s")
+
+
+class PostgresStore:
+    """What ``SQLiteStore`` offers (``run``, ``transaction``, ``connection``, ``aclose``), in a
+    PostgreSQL schema of its own; ``path`` is the URL without its password."""
+
+    local_liveness = False  # leases run on the database's clock, never on process liveness
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        kind: str,
+        format_tag: str,
+        schema: Sequence[str],
+        error: type[OrchestratorError],
+        additions: Sequence[str] = (),
+    ) -> None:
+        if psycopg is None:
+            raise ConfigError(f"a PostgreSQL database needs the distributed extra: {EXTRA_COMMAND}")
+        self.url = url
+        self.path = shown(url)
+        self.kind = kind
+        self.format_tag = format_tag
+        self.schema_name = f"orchestrator_{kind}"
+        self.schema = tuple(schema)
+        self.additions = tuple(additions)
+        self.error = error
+        self._pool: Any = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement, committed on its own, rows read."""
+        pool = await self.connection()
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(to_postgres(sql), args)
+                return list(await cursor.fetchall()) if cursor.description else []
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def transaction(self, statements: Sequence[Statement]) -> None:
+        """Several statements that commit together or not at all; a cancellation waits for the
+        COMMIT or ROLLBACK."""
+        pool = await self.connection()
+
+        async def atomically() -> None:
+            async with pool.connection() as conn, conn.transaction():
+                for sql, args in statements:
+                    await conn.execute(to_postgres(sql), args)
+
+        try:
+            await uninterrupted(atomically())
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def clock(self) -> float:
+        """The database's time, in seconds since the epoch: one clock for every worker."""
+        rows = await self.run("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
+        return float(rows[0][0])
+
+    def json_field(self, column: str, name: str) -> str:
+        return f"({column}::jsonb ->> '{name}')"
+
+    async def connection(self) -> Any:
+        if self._closed:
+            raise self.error(f"{self.kind} is closed")
+        if self._pool is not None:
+            return self._pool
+        async with self._open_lock:
+            if self._closed:
+                raise self.error(f"{self.kind} is closed")
+            if self._pool is None:
+                self._pool = await self._open()
+            return self._pool
+
+    async def _open(self) -> Any:
+        try:
+            # One connection first: a refused or misnamed database fails at once, not after
+            # the pool's wait.
+            probe = await psycopg.AsyncConnection.connect(
+                self.url, connect_timeout=int(CONNECT_SECONDS), autocommit=True
+            )
+            await probe.close()
+        except psycopg.Error as exc:
+            raise self.error(
+                f"cannot use the {self.kind} database {self.path}: {_first_line(exc)}"
+            ) from exc
+        pool = AsyncConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=POOL_SIZE,
+            open=False,
+            kwargs={"autocommit": True, "options": f"-c search_path={self.schema_name}"},
+            timeout=CONNECT_SECONDS,
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_SECONDS)
+            await self._prepare(pool)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, psycopg.Error | TimeoutError) or type(exc).__name__ == "PoolTimeout":
+                raise self.error(
+                    f"cannot use the {self.kind} database {self.path}: {_first_line(exc)}"
+                ) from exc
+            raise
+        return pool
+
+    async def _prepare(self, pool: Any) -> None:
+        """Create the schema, or check it is ours, before anything writes to it."""
+        async with pool.connection() as conn, conn.transaction():
+            # One creator at a time, across processes.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.schema_name,))
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema_name}")
+            cursor = await conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (self.schema_name,),
+            )
+            names = {row[0] for row in await cursor.fetchall()}
+            if not names:
+                await conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                for statement in self.schema:
+                    await conn.execute(to_postgres(statement))
+                await conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('format', %s)", (self.format_tag,)
+                )
+            else:
+                found = None
+                if "meta" in names:
+                    cursor = await conn.execute("SELECT value FROM meta WHERE key = 'format'")
+                    row = await cursor.fetchone()
+                    found = row[0] if row else None
+                if found != self.format_tag:
+                    what = f"format {found!r}" if found is not None else "no format marker"
+                    raise self.error(
+                        f"{self.kind} database {self.path}: schema {self.schema_name} holds "
+                        f"another kind of data ({what}); use another database"
+                    )
+            for statement in self.additions:
+                await conn.execute(to_postgres(statement))
+
+    def _translate(self, exc: Exception) -> OrchestratorError:
+        return self.error(f"{self.kind} database {self.path}: {_first_line(exc)}")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        async with self._open_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,147 @@
+"""PostgreSQL as the shared store (``--db`` / ``$ORCHESTRATOR_DB_URL``): the same state and cache as
+the SQLite files, in schemas of their own, leases on the database's clock, and nothing of it
+imported unless it is configured. The storage suite itself runs on both stores (test_state.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli
+
+from orchestrator.cache import DiskCache
+from orchestrator.errors import ConfigError
+from orchestrator.state import StateError, StateManager
+
+PROJECT = {"description": "d", "criteria": "c", "max_usd": 1.0, "max_time_seconds": 60.0,
+           "settings": {}}  # fmt: skip
+
+
+async def test_the_state_and_the_cache_share_one_database_in_schemas_of_their_own(postgres_url):
+    import psycopg
+
+    async with StateManager(postgres_url) as state, DiskCache(postgres_url) as cache:
+        assert await state.create_project("p", **PROJECT)
+        await cache.put("k", {"text": "answer"})
+        assert await cache.get("k") == {"text": "answer"}
+        assert [p.project_id for p in await state.list_projects()] == ["p"]
+
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_schema LIKE 'orchestrator_%' AND table_name IN ('projects', 'responses')"
+        ).fetchall()
+    assert sorted(rows) == [("orchestrator_cache", "responses"), ("orchestrator_state", "projects")]
+
+
+async def test_a_schema_of_another_kind_is_refused_and_left_unchanged(postgres_url):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA orchestrator_state")
+        conn.execute("CREATE TABLE orchestrator_state.theirs (x int)")
+
+    async with StateManager(postgres_url) as store:
+        with pytest.raises(StateError, match="holds another kind of data") as refused:
+            await store.open()
+    assert "\n" not in str(refused.value)
+    with psycopg.connect(postgres_url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = 'orchestrator_state'"
+        ).fetchall()
+    assert tables == [("theirs",)]
+
+
+async def test_a_lease_runs_on_the_database_clock_not_on_whether_its_holder_lives(postgres_url):
+    # A holder on this machine whose process is gone, as after kill -9: on one machine's SQLite
+    # file that frees the project at once; across workers only the lease can tell.
+    gone = f"{__import__('socket').gethostname()}:999999:dead"
+    async with StateManager(postgres_url) as store:
+        assert await store.create_project("p", **PROJECT)
+        assert await store.claim("p", gone, lease_seconds=0.5) is None
+
+        assert await store.claim("p", "worker-2", lease_seconds=30) == gone
+        await asyncio.sleep(0.6)
+        assert await store.claim("p", "worker-2", lease_seconds=30) is None
+        assert not await store.renew("p", gone, lease_seconds=30)
+
+
+async def test_a_database_that_cannot_be_reached_is_one_line_without_its_password():
+    url = "postgresql://orchestrator:s3cret-pass@127.0.0.1:9/nowhere"
+    async with StateManager(url) as store:
+        started = time.monotonic()
+        with pytest.raises(StateError) as failed:
+            await store.open()
+    message = str(failed.value)
+    assert "s3cret-pass" not in message and "orchestrator:***@127.0.0.1:9" in message
+    assert "\n" not in message
+    assert time.monotonic() - started < 30
+
+
+def test_without_the_extra_a_postgresql_database_is_a_one_line_error(tmp_path, monkeypatch):
+    import orchestrator.postgres_store as postgres_store
+
+    monkeypatch.setattr(postgres_store, "psycopg", None)
+    with pytest.raises(ConfigError, match=r"distributed extra: pip install 'orchestrator\["):
+        StateManager("postgresql://u@127.0.0.1/db")
+
+    # The command line names the extra before anything runs, psycopg hidden from it.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nclass Hide:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'psycopg':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    env = clean_environment()
+    env["PYTHONPATH"] = f"{hide}:{env['PYTHONPATH']}"
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--db", "postgresql://u:pw@127.0.0.1/db",
+         "--list-projects"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "distributed extra" in result.stderr and "pw" not in result.stderr
+
+
+def test_the_sqlite_default_imports_nothing_of_the_distributed_mode(tmp_path):
+    probe = (
+        "import sys\nfrom orchestrator.cli import main\n"
+        "code = main(['--list-projects'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('psycopg', 'psycopg_pool', 'procrastinate', 'orchestrator.postgres_store')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env={**clean_environment(),
+        "ORCHESTRATOR_HOME": str(tmp_path)}, cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_kept_in_postgresql_is_listed_and_resumed_from_it(fake, llm, tmp_path, postgres_url):
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    out = tmp_path / "out"
+
+    result = run_cli(
+        "--db", postgres_url, "-p", "[project] Build an add library", "-c", "add works",
+        "--project-id", "pg1", "--output-dir", str(out), cwd=tmp_path, env=env,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "home" / "state.db").exists()  # nothing went to the SQLite default
+    listed = run_cli("--db", postgres_url, "--list-projects", cwd=tmp_path, env=env)
+    assert "pg1" in listed.stdout and "SUCCESS" in listed.stdout
+    resumed = run_cli("--resume", "pg1", cwd=tmp_path, env={**env, "ORCHESTRATOR_DB_URL":
+                      postgres_url})  # fmt: skip
+    assert resumed.returncode == 0 and "already finished with status SUCCESS" in resumed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "SUCCESS" and summary["integration"]["passed"]
