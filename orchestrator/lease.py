@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import time
 from contextlib import suppress
 
@@ -13,7 +15,22 @@ from .state import StateManager, new_owner
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0  # how long a run holds its project without renewing
+LEASE_ENV = "ORCHESTRATOR_LEASE_SECONDS"  # another length, e.g. for a fast hand-over on PostgreSQL
 RETRY_SECONDS = 1.0  # how soon a failed renewal is tried again
+
+
+def lease_seconds() -> float:
+    """``$ORCHESTRATOR_LEASE_SECONDS``, else LEASE_SECONDS."""
+    text = os.environ.get(LEASE_ENV, "").strip()
+    if not text:
+        return LEASE_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0.5):
+        raise ConfigError(f"{LEASE_ENV}={text!r}: a number of seconds of at least 0.5 is needed")
+    return seconds
 
 
 class LeaseLost(OrchestratorError):
@@ -30,7 +47,7 @@ class Lease:
     def __init__(self, store: StateManager, project_id: str, seconds: float | None = None):
         self.store = store
         self.project_id = project_id
-        self.seconds = LEASE_SECONDS if seconds is None else seconds
+        self.seconds = lease_seconds() if seconds is None else seconds
         self.owner = new_owner()
         self.lost: str | None = None
         self._renewer: asyncio.Task[None] | None = None

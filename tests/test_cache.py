@@ -123,31 +123,39 @@ def test_values_that_are_not_json_are_refused_rather_than_guessed():
 # --- DiskCache: storage ------------------------------------------------------------------
 
 
-async def test_round_trip(tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def cache_location(request, tmp_path):
+    """Where a cache lives: a SQLite file, and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "cache.db"
+    return request.getfixturevalue("postgres_url")
+
+
+async def test_round_trip(cache_location):
     value = {"text": "héllo ✓", "usage": {"input": 3, "output": 5}, "parsed": [1, None, True]}
-    async with DiskCache(tmp_path / "cache.db") as cache:
+    async with DiskCache(cache_location) as cache:
         assert await cache.get("k") is None
         await cache.put("k", value)
         assert await cache.get("k") == value
 
 
-async def test_put_overwrites_the_same_key(tmp_path):
-    async with DiskCache(tmp_path / "cache.db") as cache:
+async def test_put_overwrites_the_same_key(cache_location):
+    async with DiskCache(cache_location) as cache:
         await cache.put("k", {"v": 1})
         await cache.put("k", {"v": 2})
         assert await cache.get("k") == {"v": 2}
         assert (await cache.stats())["entries"] == 1
 
 
-async def test_returned_values_are_independent_copies(tmp_path):
-    async with DiskCache(tmp_path / "cache.db") as cache:
+async def test_returned_values_are_independent_copies(cache_location):
+    async with DiskCache(cache_location) as cache:
         await cache.put("k", {"v": [1]})
         (await cache.get("k"))["v"].append(2)
         assert await cache.get("k") == {"v": [1]}
 
 
-async def test_put_refuses_values_that_are_not_json_objects(tmp_path):
-    async with DiskCache(tmp_path / "cache.db") as cache:
+async def test_put_refuses_values_that_are_not_json_objects(cache_location):
+    async with DiskCache(cache_location) as cache:
         with pytest.raises(TypeError):
             await cache.put("k", ["not", "a", "dict"])  # type: ignore[arg-type]
         with pytest.raises(TypeError):
@@ -205,8 +213,8 @@ async def test_stats_counts_hits_and_misses_of_this_instance(tmp_path):
         assert await other.stats() == {"entries": 2, "hits": 0, "misses": 0}
 
 
-async def test_clear_removes_every_entry(tmp_path):
-    async with DiskCache(tmp_path / "cache.db") as cache:
+async def test_clear_removes_every_entry(cache_location):
+    async with DiskCache(cache_location) as cache:
         for i in range(5):
             await cache.put(f"k{i}", {"i": i})
         await cache.clear()

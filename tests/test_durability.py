@@ -114,8 +114,17 @@ class Interrupted:
     held: list[RecordedRequest]  # those certainly unanswered at the signal
 
 
+# The store a scenario keeps its state in: the SQLite file in its home, or a PostgreSQL database,
+# where a killed run's project is free once its lease (short here) has run out.
+PG_LEASE_SECONDS = 1.0
+_database: dict[Path, str] = {}
+
+
 def cli_env(fake: FakeProvider, home: Path) -> dict[str, str]:
-    return {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(home)}
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(home)}
+    if home in _database:
+        env.update(ORCHESTRATOR_DB_URL=_database[home], ORCHESTRATOR_LEASE_SECONDS="1")
+    return env
 
 
 def new_run_command() -> list[str]:
@@ -182,7 +191,10 @@ def resume(fake: FakeProvider, tmp_path: Path, home: Path, *flags: str):
 
 def listed(home: Path, cwd: Path) -> dict[str, str]:
     """This project's row of ``--list-projects``, by column title."""
-    result = run_cli("--list-projects", cwd=cwd, env={"ORCHESTRATOR_HOME": str(home)})
+    env = {"ORCHESTRATOR_HOME": str(home)}
+    if home in _database:
+        env["ORCHESTRATOR_DB_URL"] = _database[home]
+    result = run_cli("--list-projects", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
     header, *rows = (re.split(r"\s{2,}", line) for line in result.stdout.splitlines())
     mine = [dict(zip(header, row, strict=True)) for row in rows if row[0] == PROJECT_ID]
@@ -192,7 +204,7 @@ def listed(home: Path, cwd: Path) -> dict[str, str]:
 
 def load(home: Path) -> SavedProject:
     async def read() -> SavedProject:
-        async with StateManager(home / "state.db") as store:
+        async with StateManager(_database.get(home, home / "state.db")) as store:
             return await store.load(PROJECT_ID)
 
     return asyncio.run(read())
@@ -239,6 +251,7 @@ def baseline(tmp_path_factory) -> Baseline:
     return Baseline(home, requests, saved.spent_usd)
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 @pytest.mark.parametrize(
     ("signum", "where", "new_budget"),
     [
@@ -250,10 +263,12 @@ def baseline(tmp_path_factory) -> Baseline:
     ],
 )
 def test_an_interrupted_run_resumes_where_it_stopped_and_pays_for_nothing_twice(
-    fake, tmp_path, baseline, signum, where, new_budget
+    fake, tmp_path, baseline, signum, where, new_budget, store, request
 ):
     home = tmp_path / "home"
     point = KILL_POINTS[where]
+    if store == "postgres":
+        _database[home] = request.getfixturevalue("postgres_url")
 
     stopped = interrupt(fake, tmp_path, home, point, signum)
 
@@ -269,6 +284,8 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_pays_for_nothing_twice(
         assert stopped.process.returncode == -signal.SIGKILL
         assert row["status"] == "RUNNING"  # nobody was left to say otherwise
 
+    if store == "postgres" and signum == signal.SIGKILL:
+        time.sleep(PG_LEASE_SECONDS + 0.2)  # no process liveness across workers: the lease ends
     flags = ("--budget", new_budget) if new_budget else ()
     result, resumed = resume(fake, tmp_path, home, *flags)
 

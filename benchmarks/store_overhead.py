@@ -1,0 +1,87 @@
+"""What keeping the state in PostgreSQL adds to each paid call, against the SQLite file.
+
+Every paid call writes one journal row before its answer is used, and every finished task one
+checkpoint. This times both, one after another (as a run does them), on the SQLite state file
+(synchronous=FULL) and on a PostgreSQL database, and prints medians, 95th percentiles and the
+ratio. Needs the distributed extra and a server:
+
+    source .ci/postgres start     # a throwaway one; prints its URL
+    python benchmarks/store_overhead.py [--url postgresql://...] [--calls 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orchestrator.state import StateManager
+
+PROJECT = {"description": "d", "criteria": "c", "max_usd": 100.0, "max_time_seconds": 3600.0,
+           "settings": {}}  # fmt: skip
+ENTRY = {"text": "x" * 2000, "parsed": None, "input_tokens": 900, "output_tokens": 500}
+
+
+async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"journal_put": [], "checkpoint": []}
+    async with StateManager(location) as store:
+        project = f"bench-{time.time_ns()}"
+        await store.create_project(project, **PROJECT)
+        for n in range(calls):
+            started = time.perf_counter()
+            await store.journal_put(
+                project, f"k{n}", task_id=f"t{n % 10}", phase="generation", cost_usd=0.001,
+                entry=ENTRY, elapsed=float(n),
+            )  # fmt: skip
+            times["journal_put"].append(time.perf_counter() - started)
+            if n % 5 == 4:
+                started = time.perf_counter()
+                record = {"task_id": f"t{n}", "output": "y" * 4000}
+                await store.checkpoint(project, f"t{n}", record, final=True, elapsed=float(n))
+                times["checkpoint"].append(time.perf_counter() - started)
+        await store.delete_project(project)
+    return times
+
+
+def describe(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default=os.environ.get("ORCHESTRATOR_TEST_PG_URL"))
+    parser.add_argument("--calls", type=int, default=500)
+    args = parser.parse_args()
+    if not args.url:
+        raise SystemExit("give --url postgresql://... (or: source .ci/postgres start)")
+    with tempfile.TemporaryDirectory() as directory:
+        sqlite = await measure(Path(directory) / "state.db", args.calls)
+    postgres = await measure(args.url, args.calls)
+    import psycopg
+
+    with psycopg.connect(args.url) as conn:
+        fsync = conn.execute("SHOW fsync").fetchone()[0]
+        commit = conn.execute("SHOW synchronous_commit").fetchone()[0]
+    print(f"{args.calls} journal writes, {args.calls // 5} checkpoints, one after another")
+    print(f"SQLite: synchronous=FULL; PostgreSQL: fsync={fsync}, synchronous_commit={commit}")
+    if fsync != "on":
+        print("(a server without fsync, like the tests' throwaway one, flatters PostgreSQL)")
+    for what in ("journal_put", "checkpoint"):
+        (s_median, s_p95), (p_median, p_p95) = describe(sqlite[what]), describe(postgres[what])
+        print(
+            f"{what:12} SQLite median {s_median:.3f} ms (p95 {s_p95:.3f}); PostgreSQL median "
+            f"{p_median:.3f} ms (p95 {p_p95:.3f}); +{p_median - s_median:.3f} ms a call, "
+            f"x{p_median / s_median:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
