@@ -144,6 +144,10 @@ class PostgresStore:
             open=False,
             kwargs={"autocommit": True, "options": f"-c search_path={self.schema_name}"},
             timeout=CONNECT_SECONDS,
+            # A connection the server dropped (a restart, an idle timeout) is replaced before it
+            # is handed out: statements are never retried blindly, since one whose commit was
+            # not acknowledged may have happened.
+            check=AsyncConnectionPool.check_connection,
         )
         try:
             await pool.open(wait=True, timeout=CONNECT_SECONDS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -145,3 +146,45 @@ def test_a_run_kept_in_postgresql_is_listed_and_resumed_from_it(fake, llm, tmp_p
     assert resumed.returncode == 0 and "already finished with status SUCCESS" in resumed.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "SUCCESS" and summary["integration"]["passed"]
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of this test's own, which it may restart: (URL, its directory)."""
+    if not os.environ.get("ORCHESTRATOR_TEST_PG_URL"):
+        pytest.skip("no PostgreSQL for the tests (source .ci/postgres start)")
+    script = PROJECT_ROOT / ".ci" / "postgres"
+    started = subprocess.run(
+        ["bash", "-c", f'source "{script}" start >&2 && echo "$ORCHESTRATOR_TEST_PG_URL '
+         '$PG_THROWAWAY_DIR"'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    words = started.stdout.split()
+    if started.returncode != 0 or len(words) != 2:
+        pytest.skip(f"a PostgreSQL server could not be started: {started.stderr.strip()[-200:]}")
+    url, directory = words
+    yield url, directory
+    subprocess.run(["bash", str(script), "stop", directory], timeout=60)
+
+
+async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_counted_twice(
+    own_postgres,
+):
+    url, directory = own_postgres
+    async with StateManager(url) as store:
+        assert await store.create_project("p", **PROJECT)
+        await store.journal_put("p", "k1", task_id="a", phase="generation", cost_usd=0.5,
+                                entry={"text": "one"}, elapsed=1.0)  # fmt: skip
+
+        restarted = await asyncio.to_thread(
+            subprocess.run, ["bash", str(PROJECT_ROOT / ".ci" / "postgres"), "restart", directory],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert restarted.returncode == 0, restarted.stderr
+
+        await store.journal_put("p", "k2", task_id="a", phase="generation", cost_usd=0.25,
+                                entry={"text": "two"}, elapsed=2.0)  # fmt: skip
+        saved = await store.load("p")
+    assert saved.spent_usd == pytest.approx(0.75)  # each call once, none lost, none twice
+    async with StateManager(url) as other:
+        assert await other.journal_keys("p") == {"k1", "k2"}
