@@ -226,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     saved.add_argument(
         "--db",
         metavar="URL",
-        help=f"where projects, the journal and the cache are kept: a postgresql:// URL (needs "
-        f"the distributed extra) or a SQLite file for the state (default: ${DB_URL_ENV}, else "
-        "$ORCHESTRATOR_HOME/state.db and cache.db)",
+        help=f"keep projects, the journal and the cache in this PostgreSQL database (a "
+        f"postgresql:// URL; needs the distributed extra; default: ${DB_URL_ENV}, else the "
+        "SQLite files in $ORCHESTRATOR_HOME)",
     )
     saved.add_argument(
         "--list-projects", action="store_true", help="print saved projects, newest first"
@@ -321,14 +321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _use_database(location: str) -> None:
-    """Every store of this process at ``location`` (``$ORCHESTRATOR_DB_URL`` for it)."""
-    if is_postgres_url(location):
-        try:
-            import psycopg  # noqa: F401 - configured: the driver must be there
-        except ImportError:
-            raise _usage(
-                f"--db {shown(location)} needs the distributed extra: {EXTRA_COMMAND}"
-            ) from None
+    """Every store of this process in the PostgreSQL database at ``location``."""
+    if not is_postgres_url(location):
+        raise _usage("--db takes a postgresql:// URL; the SQLite files live in $ORCHESTRATOR_HOME")
+    try:
+        import psycopg  # noqa: F401 - configured: the driver must be there
+    except ImportError:
+        raise _usage(
+            f"--db {shown(location)} needs the distributed extra: {EXTRA_COMMAND}"
+        ) from None
     os.environ[DB_URL_ENV] = location
 
 

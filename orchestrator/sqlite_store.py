@@ -262,11 +262,13 @@ def open_store(
     synchronous: str = "NORMAL",
     additions: Sequence[str] = (),
 ) -> SQLiteStore | Any:
-    """The store at ``location`` (a file path, or a ``postgresql://`` URL), else at
-    ``$ORCHESTRATOR_DB_URL``, else the SQLite file ``default``. PostgreSQL is imported only
-    when a URL names it."""
+    """The store at ``location`` (a file path, or a ``postgresql://`` URL), else in the
+    PostgreSQL database ``$ORCHESTRATOR_DB_URL`` names, else the SQLite file ``default``.
+    PostgreSQL is imported only when a URL names it."""
     if location is None:
         location = os.environ.get(DB_URL_ENV) or None
+        if location is not None and not is_postgres_url(location):
+            raise error(f"{DB_URL_ENV} must be a postgresql:// URL, not {location!r}")
     if location is not None and is_postgres_url(location):
         from .postgres_store import PostgresStore
 

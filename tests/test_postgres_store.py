@@ -188,3 +188,17 @@ async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_cou
     assert saved.spent_usd == pytest.approx(0.75)  # each call once, none lost, none twice
     async with StateManager(url) as other:
         assert await other.journal_keys("p") == {"k1", "k2"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--db", "/tmp/state.db"], {}, "--db takes a postgresql:// URL"),
+        ([], {"ORCHESTRATOR_DB_URL": "/tmp/state.db"}, "ORCHESTRATOR_DB_URL must be a postgresql"),
+    ],
+)
+def test_a_database_that_is_not_a_postgresql_url_is_a_one_line_error(tmp_path, flags, env, message):
+    result = run_cli(*flags, "--list-projects", cwd=tmp_path, env=env)
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
