@@ -202,3 +202,22 @@ def test_a_database_that_is_not_a_postgresql_url_is_a_one_line_error(tmp_path, f
 
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
+
+
+async def test_of_eight_workers_claiming_one_project_at_once_exactly_one_gets_it(postgres_url):
+    async with StateManager(postgres_url) as setup:
+        assert await setup.create_project("p", **PROJECT)
+    stores = [StateManager(postgres_url) for _ in range(8)]
+    try:
+        for store in stores:
+            await store.open()
+        holders = await asyncio.gather(
+            *(store.claim("p", f"worker-{n}", lease_seconds=30) for n, store in enumerate(stores))
+        )
+    finally:
+        for store in stores:
+            await store.aclose()
+
+    winners = [n for n, holder in enumerate(holders) if holder is None]
+    assert len(winners) == 1
+    assert all(holder == f"worker-{winners[0]}" for holder in holders if holder is not None)
