@@ -393,11 +393,17 @@ def _project_spec(args: argparse.Namespace) -> ProjectSpec:
         ("concurrency", args.concurrency),
         ("quality_threshold", args.threshold),
         ("output_dir", args.output_dir),
+        ("tree_name", args.tree_name),
+        ("integration_rounds", args.integration_rounds),
     ):
         if value is not None:
             setattr(merged, name, value)
     if merged.project_id is not None:
         check_project_id(merged.project_id)  # the same rule as the project file's field
+    if args.no_integration:
+        merged.integration = False
+    if merged.integration is False and args.integration_rounds is not None:
+        raise _usage("--integration-rounds and no integration contradict each other")
     if merged.output_dir:
         # Absolute, so a resume started from another directory writes to the same place.
         merged.output_dir = str(Path(merged.output_dir).resolve())
@@ -472,7 +478,7 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
         "output_dir": spec.output_dir,
         "use_cache": not args.no_cache,
         "routing": routing,
-        "tree_name": args.tree_name or TREE_NAME,
+        "tree_name": spec.tree_name or TREE_NAME,
     }
     async with (
         _guarded(),
@@ -492,8 +498,8 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
             validator_timeout=_or(args.validator_timeout, 60.0),
             max_tasks=args.max_tasks,
             allow_single_verdict=args.allow_single_verdict,
-            integration=not args.no_integration,
-            integration_rounds=_or(args.integration_rounds, DEFAULT_ROUNDS),
+            integration=spec.integration is not False,
+            integration_rounds=_or(spec.integration_rounds, DEFAULT_ROUNDS),
             extra_settings=settings,
             optimization_backend=BACKENDS[routing](),
             policies=_policies(args),

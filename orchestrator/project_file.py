@@ -40,6 +40,9 @@ class ProjectSpec:
     quality_threshold: float | None = None  # 0..1
     output_dir: str | None = None
     tasks: dict[str, Task] | None = None  # given directly -> decomposition is skipped
+    tree_name: str | None = None
+    integration: bool | None = None
+    integration_rounds: int | None = None
 
 
 def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
@@ -88,6 +91,9 @@ def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
         quality_threshold=number("quality_threshold"),
         output_dir=output_dir,
         tasks=tasks,
+        tree_name=document.get("tree_name"),
+        integration=document.get("integration"),
+        integration_rounds=document.get("integration_rounds"),
     )
 
 

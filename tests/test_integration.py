@@ -513,3 +513,25 @@ def saved(home) -> dict[str, dict]:
     if not (home / "state.db").exists():
         return {"lib": {}}
     return asyncio.run(read()) or {"lib": {}}
+
+
+def test_a_project_file_names_the_tree_and_its_rounds(fake, tmp_path):
+    scripted(fake, {"lib": LIBRARY, "tests": TESTS})
+    project = tmp_path / "rl.yaml"
+    project.write_text(
+        "project: '[project] A rate-limiter library with tests'\ncriteria: it works\n"
+        "output_dir: out\ntree_name: ratelimiter\nintegration_rounds: 0\ntasks:\n"
+        "  - {id: lib, type: code_generation, prompt: '[lib] Write the library.',"
+        " hard_validators: [python_syntax]}\n"
+        "  - {id: tests, type: code_generation, prompt: '[tests] Write its tests.',"
+        " dependencies: [lib], hard_validators: [python_syntax]}\n"
+    )
+
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    result = run_cli("--file", str(project), "--no-cache", cwd=tmp_path, env=env)
+
+    assert result.returncode in (0, 3), result.stderr
+    assert (tmp_path / "out" / "ratelimiter" / "ratelimit" / "bucket.py").is_file()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["project_tree"]["directory"] == "ratelimiter"
+    assert summary["integration"]["max_rounds"] == 0
