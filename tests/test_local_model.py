@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
+import time
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import PROJECT_ROOT, run_cli
+from conftest import PROJECT_ROOT, clean_environment, run_cli
 from test_resume import FAST
 
 from orchestrator import (
@@ -321,3 +325,53 @@ async def test_a_server_stops_at_once_however_often_it_is_started_and_stopped():
             async with local:
                 url = local.base_url
         assert not port_open(url)
+
+
+def _server_children(parent: int) -> list[int]:
+    """The local-model server processes whose parent is ``parent``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"orchestrator.local_server" in command:
+            found.append(int(entry))
+    return found
+
+
+def test_a_run_killed_outright_leaves_no_model_server_behind(tmp_path):
+    example = PROJECT_ROOT / "projects" / "example_local.yaml"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "--file", str(example), "--local"],
+        cwd=tmp_path, env=clean_environment(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (servers := _server_children(run.pid)):
+            assert run.poll() is None and time.monotonic() < deadline, "no server was started"
+            time.sleep(0.05)
+        run.kill()  # kill -9: nothing of ours runs to stop the server
+        run.wait()
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in servers):
+            assert time.monotonic() < deadline, "the model server outlived its run"
+            time.sleep(0.05)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
