@@ -28,6 +28,7 @@ from .cost import BudgetHierarchy, CostForecaster, CostPredictor
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .integration import DEFAULT_ROUNDS
+from .lease import lease_seconds
 from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local, saved_as
 from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
@@ -353,6 +354,7 @@ def _check_limits(args: argparse.Namespace) -> None:
     timeout = args.validator_timeout
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise _usage("--validator-timeout must be a number greater than 0")
+    lease_seconds()  # a bad $ORCHESTRATOR_LEASE_SECONDS is said before anything is recorded
     if args.integration_rounds is not None and args.integration_rounds < 0:
         raise _usage("--integration-rounds must be 0 or more")
     if args.integration_rounds is not None and args.no_integration:

@@ -221,3 +221,12 @@ async def test_of_eight_workers_claiming_one_project_at_once_exactly_one_gets_it
     winners = [n for n, holder in enumerate(holders) if holder is None]
     assert len(winners) == 1
     assert all(holder == f"worker-{winners[0]}" for holder in holders if holder is not None)
+
+
+def test_a_lease_length_that_is_not_a_number_is_a_one_line_error(tmp_path):
+    result = run_cli(
+        "-p", "x", "-c", "y", cwd=tmp_path, env={"ORCHESTRATOR_LEASE_SECONDS": "soon"}
+    )  # fmt: skip
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "ORCHESTRATOR_LEASE_SECONDS='soon'" in result.stderr
