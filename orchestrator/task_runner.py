@@ -181,14 +181,7 @@ class TaskRunner:
                     task_text, current, feedback, author, max_tokens, iteration
                 )
                 current = revised
-            validators = await run_validators(
-                task.hard_validators,
-                current,
-                output_schema=task.output_schema,
-                dependency_outputs={k: v.output for k, v in self.dependencies.items()},
-                timeout=ctx.validator_timeout,
-                unsafe_validators=ctx.unsafe_validators,
-            )
+            validators = await self._validate(current)
             passed = all(v.passed for v in validators)
             # A validator that could not run (no sandbox) is no failure of the answer: no
             # revision can fix it, so it neither zeroes the score nor asks for one. It still
@@ -268,14 +261,7 @@ class TaskRunner:
         if text is None:
             self._note(f"{label}: the revision named none of its files; kept the earlier")
             return
-        validators = await run_validators(
-            task.hard_validators,
-            text,
-            output_schema=task.output_schema,
-            dependency_outputs={k: v.output for k, v in self.dependencies.items()},
-            timeout=ctx.validator_timeout,
-            unsafe_validators=ctx.unsafe_validators,
-        )
+        validators = await self._validate(text)
         failed = [v for v in validators if not v.passed and not v.not_run]
         if failed:
             shown = "; ".join(f"{v.name}: {v.detail}" for v in failed)
@@ -284,6 +270,17 @@ class TaskRunner:
         result.output, result.validator_results, result.model_used = text, validators, model
         unchanged = f" ({kept} file(s) it left out kept as they were)" if kept else ""
         self._note(f"{label}: revised by {model.value} to fix the project's checks{unchanged}")
+
+    async def _validate(self, output: str) -> list[ValidatorResult]:
+        """The task's hard validators on ``output``, with its dependencies' code beside it."""
+        return await run_validators(
+            self.task.hard_validators,
+            output,
+            output_schema=self.task.output_schema,
+            dependency_outputs={k: v.output for k, v in self.dependencies.items()},
+            timeout=self.ctx.validator_timeout,
+            unsafe_validators=self.ctx.unsafe_validators,
+        )
 
     def _keep(
         self,

@@ -164,7 +164,7 @@ async def test_an_orchestrator_runs_a_task_on_the_local_model_and_stops_its_serv
     }  # fmt: skip
     # The small model's answers vary in length from run to run: the clock bounds the test.
     orch = Orchestrator(
-        budget=Budget(max_time_seconds=40),
+        budget=Budget(max_time_seconds=20),
         use_cache=False,
         use_state=False,
         local=True,
@@ -195,8 +195,8 @@ def test_the_cli_runs_the_example_with_local(tmp_path):
 
     # The small model's answers vary in length from run to run: the clock bounds the test.
     result = run_cli(
-        "--file", str(example), "--local", "--output-dir", str(out), "--time", "45",
-        cwd=tmp_path, timeout=120,
+        "--file", str(example), "--local", "--output-dir", str(out), "--time", "25",
+        cwd=tmp_path, timeout=90,
     )  # fmt: skip
 
     assert "Traceback" not in result.stderr
@@ -219,7 +219,7 @@ def test_without_a_key_the_embedded_model_stands_in_and_says_so_once(tmp_path):
         "  - {id: hello, type: summarization, prompt: 'Say hello in one word.'}\n"
     )
 
-    result = run_cli("--file", str(project), "--time", "40", cwd=tmp_path, timeout=100)
+    result = run_cli("--file", str(project), "--time", "20", cwd=tmp_path, timeout=80)
 
     assert result.stderr.count("no provider key is set: running on the embedded local model") == 1
     assert "Traceback" not in result.stderr
