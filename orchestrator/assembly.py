@@ -273,9 +273,6 @@ class ProjectTree:
         found = self.files.get(path)
         return found.task_id if found is not None else None
 
-    def files_of(self, task_id: str) -> list[str]:
-        return [path for path, file in self.files.items() if file.task_id == task_id]
-
     def module_path(self, module: str) -> str | None:
         """The tree file a dotted module name is imported from, if the tree has it."""
         relative = module.replace(".", "/")
