@@ -108,20 +108,6 @@ def _shadowed_module(path: str) -> str | None:
     return None
 
 
-def _top_modules(path: str) -> set[str]:
-    """The top-level module names ``path`` could be imported under, from each import root."""
-    names = set()
-    for root in _IMPORT_ROOTS:
-        if root and not path.startswith(root):
-            continue
-        head, _, tail = path[len(root) :].partition("/")
-        if tail:
-            names.add(head)
-        elif head.endswith((".py", ".pyi")):
-            names.add(head.rsplit(".", 1)[0])
-    return names
-
-
 def is_test_file(path: str) -> bool:
     return _TEST_FILE.search(path) is not None
 
@@ -281,10 +267,6 @@ class ProjectTree:
                 if candidate in self.files:
                     return candidate
         return None
-
-    def top_modules(self) -> set[str]:
-        """The top-level names the tree makes importable (its modules and package dirs)."""
-        return {name for path in self.files for name in _top_modules(path)}
 
     def digest(self) -> str:
         """One hash of every path and content: whether two trees are the same tree."""

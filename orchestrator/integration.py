@@ -244,7 +244,7 @@ def _compile_all(tree: ProjectTree) -> tuple[Check, list[Failure]]:
 def _imports(tree: ProjectTree) -> tuple[Check, list[Failure], list[str]]:
     """Every unguarded import must resolve to the tree, the standard library or an installed
     package; nothing is installed to make one resolve."""
-    local = tree.top_modules() | _anywhere_names(tree)
+    local = _anywhere_names(tree)
     importers: dict[str, list[str]] = {}
     for path in tree.python_files:
         try:
@@ -270,14 +270,15 @@ def _imports(tree: ProjectTree) -> tuple[Check, list[Failure], list[str]]:
 
 
 def _anywhere_names(tree: ProjectTree) -> set[str]:
-    """Module names a test may import from beside itself (pytest puts its directory on the
-    path): every Python file's stem and every directory's name."""
+    """Every name the tree may make importable: its modules and packages at its roots, and
+    what a test may import from beside itself (pytest puts its directory on the path): every
+    Python file's stem and every directory's name."""
     names = set()
     for path in tree.files:
         parts = path.split("/")
         names.update(parts[:-1])
-        if parts[-1].endswith(".py"):
-            names.add(parts[-1][:-3])
+        if parts[-1].endswith((".py", ".pyi")):
+            names.add(parts[-1].rsplit(".", 1)[0])
     return names
 
 
@@ -390,7 +391,7 @@ async def _pytest(
     stream = TestStream.parse(done.channel)
     prefix = root + "/"
     failures, missing = [], []
-    local = tree.top_modules() | _anywhere_names(tree)
+    local = _anywhere_names(tree)
     for failed in stream.failures[:MAX_FAILURES]:
         message = failed.message.replace(prefix, "")
         trace = failed.trace.replace(prefix, "")

@@ -9,6 +9,7 @@ is, so a foreign schema is never written to. Imported only when a PostgreSQL URL
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,7 @@ _NULL_SAFE_IS = re.compile(r"\bIS \?")
 _TYPES = ((re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"), "BYTEA"))
 
 
+@functools.lru_cache(maxsize=256)
 def to_postgres(sql: str) -> str:
     """A statement written for SQLite, in PostgreSQL's dialect: ``%s`` placeholders, the
     two-argument ``MAX`` as ``GREATEST``, ``IS ?`` as ``IS NOT DISTINCT FROM``, 8-byte floats
@@ -154,7 +156,8 @@ class PostgresStore:
             await self._prepare(pool)
         except BaseException as exc:
             await pool.close()
-            if isinstance(exc, psycopg.Error | TimeoutError) or type(exc).__name__ == "PoolTimeout":
+            # The pool's PoolTimeout is a psycopg.Error too.
+            if isinstance(exc, psycopg.Error | TimeoutError):
                 raise self.error(
                     f"cannot use the {self.kind} database {self.path}: {_first_line(exc)}"
                 ) from exc
