@@ -37,6 +37,7 @@ from .gateway import Journal, LLMGateway
 from .hooks import EventType, Hook, HookRegistry
 from .integration import DEFAULT_ROUNDS, Integration, IntegrationPhase, Round
 from .lease import Lease
+from .ledger import Ledger
 from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local
 from .metrics import MetricsExporter, MetricsFeed, MetricsSnapshot
 from .metrics import collect as collect_metrics
@@ -452,7 +453,9 @@ class Orchestrator:
         budget.on_phase_warning.append(self._phase_warning)
         journal = None
         if session.store is not None:
-            journal = Journal(session.store, state.project_id, budget)
+            journal = Journal(
+                session.store, state.project_id, budget, await self._ledger(session, budget)
+            )
             await journal.load()
         if self.audit_log is not None:
             self.audit_log.add_secrets(session.client.secrets())
@@ -895,6 +898,18 @@ class Orchestrator:
             yield
         finally:
             hierarchy.release(hold)
+
+    async def _ledger(self, session: _Session, budget: Budget) -> Ledger | None:
+        """The shared ledger every paid call of the run holds its worst case in, on the
+        organisation's, its team's, its job's and the project's rows."""
+        store, lease = session.store, session.lease
+        if store is None or lease is None:
+            return None
+        _, settings = await store.run_settings(lease.project_id)
+        ledger = Ledger(store, lease.project_id, lease.owner)
+        for hold in await ledger.open(budget.max_usd, settings.get("team"), settings.get("job")):
+            budget.charge(hold.amount, hold.phase)  # journaled by the sweep, as it was charged
+        return ledger
 
     async def _load_telemetry(self, session: _Session) -> None:
         """What earlier runs measured about each model, for those this orchestrator has not

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from .errors import (
     TruncatedAnswerError,
 )
 from .lease import Lease
+from .ledger import Hold, Ledger
 from .providers.base import Message
 from .state import StateManager
 from .telemetry import TelemetryCollector
@@ -34,11 +36,13 @@ _VERDICTS_BY_NAME = {error.__name__: error for error in _VERDICTS}
 
 @dataclass
 class Journal:
-    """The paid calls of one project, written before their answers are used."""
+    """The paid calls of one project, written before their answers are used; with a
+    ``ledger``, each call's row settles its holds there in the same transaction."""
 
     store: StateManager
     project_id: str
     budget: Budget
+    ledger: Ledger | None = None
     # Keys with a replayable answer, read once per run: a fresh run never queries per call.
     replayable: set[str] = field(default_factory=set)
 
@@ -51,17 +55,33 @@ class Journal:
         return await self.store.journal_get(self.project_id, key)
 
     async def put(
-        self, key: str, *, task_id: str, phase: str, cost_usd: float, entry: dict[str, Any]
+        self,
+        key: str,
+        *,
+        task_id: str,
+        phase: str,
+        cost_usd: float,
+        entry: dict[str, Any] | None,
+        holds: Sequence[Hold] = (),
     ) -> None:
-        await self.store.journal_put(
-            self.project_id,
-            key,
-            task_id=task_id,
-            phase=phase,
-            cost_usd=cost_usd,
-            entry=entry,
-            elapsed=self.budget.elapsed_seconds,
-        )
+        if self.ledger is None:
+            await self.store.journal_put(
+                self.project_id,
+                key,
+                task_id=task_id,
+                phase=phase,
+                cost_usd=cost_usd,
+                entry=entry,
+                elapsed=self.budget.elapsed_seconds,
+            )
+            return
+        row = (self.project_id, key, task_id, phase, entry, self.budget.elapsed_seconds)
+        await self.store.ledger_settle(_settlements(holds), row)
+
+    async def release(self, holds: Sequence[Hold]) -> None:
+        """Settle the holds of a call that paid nothing (errors, refusals)."""
+        if self.ledger is not None and holds:
+            await self.store.ledger_settle(_settlements(holds))
 
 
 class LLMGateway:
@@ -149,7 +169,8 @@ class LLMGateway:
             self.lease.check()  # a run that lost its project pays for nothing more
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
         # a cancellation), what the budget was charged is journaled here, exactly once.
-        meter = _Meter(self.budget.guard(phase))
+        ledger = self.journal.ledger if self.journal is not None else None
+        meter = _Meter(self.budget.guard(phase), ledger, task_id=task_id, phase=phase, key=key)
         try:
             answer = await self.client.complete(
                 model,
@@ -168,8 +189,11 @@ class LLMGateway:
             not_sent = (ModelUnavailableError, ContextWindowError)
             if isinstance(exc, ProviderError) and not isinstance(exc, not_sent):
                 self.telemetry.record_call(model, 0.0, ok=False)
-            if meter.charged and self.journal is not None:
-                await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter.charged))
+            if self.journal is not None:
+                if meter.charged:
+                    await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter))
+                else:
+                    await uninterrupted(self.journal.release(meter.holds))
             raise
         answer = replace(answer, cost_usd=meter.charged)
         self._audit(model, task_id, phase, slot, "paid", meter=meter, answer=answer)
@@ -193,7 +217,12 @@ class LLMGateway:
             # The journal is what a resume relies on: written before the answer is used.
             await uninterrupted(
                 self.journal.put(
-                    key, task_id=task_id, phase=phase, cost_usd=meter.charged, entry=entry
+                    key,
+                    task_id=task_id,
+                    phase=phase,
+                    cost_usd=meter.charged,
+                    entry=entry,
+                    holds=meter.holds,
                 )
             )
         return answer
@@ -252,7 +281,7 @@ class LLMGateway:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def _journal_failure(
-        self, exc: BaseException, key: str, task_id: str, phase: str, charged: float
+        self, exc: BaseException, key: str, task_id: str, phase: str, meter: _Meter
     ) -> None:
         assert self.journal is not None
         if isinstance(exc, _VERDICTS):
@@ -264,7 +293,12 @@ class LLMGateway:
             # fitted): kept under a key of its own so a resume asks again instead of replaying.
             entry, journal_key = None, f"{key}#unanswered"
         await self.journal.put(
-            journal_key, task_id=task_id, phase=phase, cost_usd=charged, entry=entry
+            journal_key,
+            task_id=task_id,
+            phase=phase,
+            cost_usd=meter.charged,
+            entry=entry,
+            holds=meter.holds,
         )
 
     async def _cache_lookup(self, key: str) -> dict[str, Any] | None:
@@ -290,24 +324,54 @@ class LLMGateway:
 
 
 class _Meter:
-    """A spend guard that remembers what it charged, for the journal and the task's cost."""
+    """A spend guard that remembers what it charged, for the journal and the task's cost;
+    with a ledger, it also holds each attempt's worst case there (``holds``, settled by the
+    call's journal row)."""
 
-    def __init__(self, guard: PhaseGuard) -> None:
+    def __init__(
+        self, guard: PhaseGuard, ledger: Ledger | None, *, task_id: str, phase: str, key: str
+    ) -> None:
         self.guard = guard
+        self.ledger = ledger
+        self.call = {"task_id": task_id, "phase": phase, "journal_key": key}
         self.charged = 0.0
         self.reserved = 0.0  # the worst cases held, for the audit
+        self.holds: list[Hold] = []
+        self._hold_of: dict[int, Hold] = {}
 
     async def reserve(self, worst_case_usd: float) -> Reservation:
         ticket = await self.guard.reserve(worst_case_usd)
+        if self.ledger is not None:
+            hold = self.ledger.new_hold(worst_case_usd)
+            self.holds.append(hold)  # before reserving: settled whatever interrupts it
+            try:
+                await self.ledger.reserve(hold, **self.call)
+            except BaseException:
+                hold.actual = 0.0
+                self.guard.release(ticket)
+                raise
+            self._hold_of[id(ticket)] = hold
         self.reserved += worst_case_usd
         return ticket
 
     def settle(self, ticket: Reservation, actual_usd: float) -> None:
         self.guard.settle(ticket, actual_usd)
         self.charged += actual_usd
+        self._close(ticket, actual_usd)
 
     def release(self, ticket: Reservation) -> None:
         self.guard.release(ticket)
+        self._close(ticket, 0.0)
+
+    def _close(self, ticket: Reservation, actual_usd: float) -> None:
+        hold = self._hold_of.pop(id(ticket), None)
+        if hold is not None:
+            hold.actual = actual_usd
+
+
+def _settlements(holds: Sequence[Hold]) -> list[tuple[str, float]]:
+    # A hold still open here was never handed to a request: nothing was sent under it.
+    return [(hold.id, hold.actual or 0.0) for hold in holds]
 
 
 def _entry(answer: Completion) -> dict[str, Any]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from .aio import uninterrupted
 from .errors import ConfigError, OrchestratorError
-from .sqlite_store import EXTRA_COMMAND, shown
+from .sqlite_store import EXTRA_COMMAND, Execute, shown
 
 try:
     import psycopg
@@ -29,6 +29,7 @@ CONNECT_SECONDS = 10.0
 POOL_SIZE = 8
 
 Statement = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
 
 _SCALAR_MAX = re.compile(r"\bMAX\((\w+), ")
 _NULL_SAFE_IS = re.compile(r"\bIS \?")
@@ -104,6 +105,25 @@ class PostgresStore:
 
         try:
             await uninterrupted(atomically())
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def atomic(self, body: Callable[[Execute], Awaitable[T]]) -> T:
+        """``body(execute)`` inside one transaction: committed when it returns, rolled back
+        when it raises (its exception goes on), ended either way before a cancellation does."""
+        pool = await self.connection()
+
+        async def atomically() -> T:
+            async with pool.connection() as conn, conn.transaction():
+
+                async def execute(sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+                    cursor = await conn.execute(to_postgres(sql), args)
+                    return list(await cursor.fetchall()) if cursor.description else []
+
+                return await body(execute)
+
+        try:
+            return await uninterrupted(atomically())
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 

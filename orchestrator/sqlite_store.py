@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
@@ -25,6 +25,9 @@ from .errors import OrchestratorError
 BUSY_TIMEOUT_MS = 5000
 
 Statement = tuple[str, tuple[Any, ...]]
+# Runs one statement inside a transaction and returns its rows.
+Execute = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+T = TypeVar("T")
 
 
 class SQLiteStore:
@@ -86,6 +89,23 @@ class SQLiteStore:
         with self.translated_errors():
             async with self._write_lock:
                 await uninterrupted(_atomically(db, statements))
+
+    async def atomic(self, body: Callable[[Execute], Awaitable[T]]) -> T:
+        """``body(execute)`` inside one transaction: committed when it returns, rolled back
+        when it raises (its exception goes on), ended either way before a cancellation does."""
+        db = await self.connection()
+        results: list[T] = []
+
+        async def execute(sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+            return await _run(db, sql, args)
+
+        async def run_body() -> None:
+            results.append(await body(execute))
+
+        with self.translated_errors():
+            async with self._write_lock:
+                await uninterrupted(_atomically(db, (), run_body))
+        return results[0]
 
     async def aclose(self) -> None:
         """Close the connection and end its thread. Safe to call more than once."""

@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ConfigError, OrchestratorError
 from .models import ProjectStatus, Task, TaskType
 from .settings import home_dir
-from .sqlite_store import open_store
+from .sqlite_store import Execute, Statement, open_store
 
 STATE_FORMAT = "orchestrator-state-1"
 
@@ -52,7 +52,24 @@ _ADDITIONS = (
     "CREATE TABLE IF NOT EXISTS budget_caps (scope TEXT PRIMARY KEY, max_usd REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS model_telemetry (model TEXT PRIMARY KEY, record TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS integration (project_id TEXT PRIMARY KEY, record TEXT NOT NULL)",
+    # The budget ledger: per scope (org, team:NAME, job:ID, project:ID) what was paid and what
+    # calls in flight hold, with the scope's cap (NULL: none), shared by every process here.
+    "CREATE TABLE IF NOT EXISTS budget_ledger ("
+    " scope TEXT PRIMARY KEY, cap REAL, spent REAL NOT NULL, reserved REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS budget_reservations ("
+    " id TEXT PRIMARY KEY, project_id TEXT NOT NULL, owner TEXT NOT NULL, scopes TEXT NOT NULL,"
+    " amount REAL NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
+    " journal_key TEXT NOT NULL)",
 )
+# What each kind of scope was charged, from the journal: a ledger row starts from it.
+_SCOPE_JOURNAL = {
+    "org": "FROM journal j WHERE CAST(? AS TEXT) IS NOT NULL",
+    "project": "FROM journal j WHERE j.project_id = ?",
+    "team": "FROM journal j JOIN projects p ON p.id = j.project_id WHERE {team} = ?",
+    "job": "FROM journal j JOIN projects p ON p.id = j.project_id WHERE {job} = ?",
+}
+# Less than a millionth of a cent: float sums that equal a cap must not pass it.
+_CAP_SLACK = 1e-9
 
 
 class StateError(OrchestratorError):
@@ -246,6 +263,7 @@ class StateManager:
                 ("DELETE FROM cost_estimates WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM results WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM integration WHERE project_id = ?", (project_id,)),
+                ("DELETE FROM budget_ledger WHERE scope = ?", (f"project:{project_id}",)),
                 ("DELETE FROM projects WHERE id = ?", (project_id,)),
             ]
         )
@@ -463,21 +481,7 @@ class StateManager:
     ) -> None:
         """Record a paid call; ``entry`` None records spend with no answer to replay."""
         await self._store.run(
-            "INSERT INTO journal (project_id, key, task_id, phase, cost_usd, elapsed_seconds,"
-            " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (project_id, key) DO UPDATE SET"
-            " cost_usd = journal.cost_usd + excluded.cost_usd,"
-            " entry = excluded.entry, elapsed_seconds = excluded.elapsed_seconds",
-            (
-                project_id,
-                key,
-                task_id,
-                phase,
-                cost_usd,
-                elapsed,
-                None if entry is None else _pack(entry),
-                time.time(),
-            ),
+            *_journal_row(project_id, key, task_id, phase, cost_usd, entry, elapsed)
         )
 
     # -- what calls cost, learnt per model and task type -----------------------------------------
@@ -536,16 +540,17 @@ class StateManager:
         return {str(scope): float(cap) for scope, cap in rows}
 
     async def save_budget_caps(self, caps: Mapping[str, float]) -> None:
-        await self._store.transaction(
-            [
+        statements: list[Statement] = []
+        for scope, cap in caps.items():
+            statements.append(
                 (
                     "INSERT INTO budget_caps (scope, max_usd) VALUES (?, ?)"
                     " ON CONFLICT (scope) DO UPDATE SET max_usd = excluded.max_usd",
                     (scope, cap),
                 )
-                for scope, cap in caps.items()
-            ]
-        )
+            )
+            statements.append(("UPDATE budget_ledger SET cap = ? WHERE scope = ?", (cap, scope)))
+        await self._store.transaction(statements)
 
     async def scope_spend(self, team: str | None, job_id: str | None) -> dict[str, float]:
         """What every project here spent (``org``), and those charged to ``team`` / ``job_id``
@@ -567,6 +572,217 @@ class StateManager:
         if job_id is not None:
             spent[f"job:{job_id}"] = float(job_spent)
         return spent
+
+    # -- the budget ledger: reservations of calls in flight, shared by every process ------------
+    async def ledger_open(self, scopes: Iterable[str], project_id: str, max_usd: float) -> None:
+        """Make sure every scope of a run has its ledger row (a new one starts from what the
+        journal says the scope paid, under its saved cap) and the project's cap is ``max_usd``."""
+        statements: list[Statement] = []
+        for scope in scopes:
+            kind, _, name = scope.partition(":")
+            source = _SCOPE_JOURNAL[kind].format(
+                team=self._store.json_field("p.settings", "team"),
+                job=self._store.json_field("p.settings", "job"),
+            )
+            statements.append(
+                (
+                    "INSERT INTO budget_ledger (scope, cap, spent, reserved)"
+                    " SELECT CAST(? AS TEXT), (SELECT max_usd FROM budget_caps WHERE scope = ?),"
+                    f" COALESCE(SUM(j.cost_usd), 0), 0 {source}"
+                    " ON CONFLICT (scope) DO NOTHING",
+                    (scope, scope, name or scope),
+                )
+            )
+        statements.append(
+            ("UPDATE budget_ledger SET cap = ? WHERE scope = ?", (max_usd, f"project:{project_id}"))
+        )
+        await self._store.transaction(statements)
+
+    async def ledger_reserve(
+        self,
+        hold_id: str,
+        amount: float,
+        scopes: tuple[str, ...],
+        *,
+        project_id: str,
+        owner: str,
+        task_id: str,
+        phase: str,
+        journal_key: str,
+    ) -> str | None:
+        """Hold ``amount`` on every scope, in their order, in one transaction: None when held,
+        else the first scope whose cap it could pass (then nothing is held anywhere)."""
+
+        async def reserve(execute: Execute) -> str | None:
+            for scope in scopes:
+                held = await execute(
+                    "UPDATE budget_ledger SET reserved = reserved + ? WHERE scope = ?"
+                    " AND (cap IS NULL OR spent + reserved + ? <= cap + ?) RETURNING scope",
+                    (amount, scope, amount, _CAP_SLACK),
+                )
+                if not held:
+                    raise _Refused(scope)
+            await execute(
+                "INSERT INTO budget_reservations (id, project_id, owner, scopes, amount, task_id,"
+                " phase, journal_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (hold_id, project_id, owner, json.dumps(scopes), amount, task_id, phase,
+                 journal_key),
+            )  # fmt: skip
+            return None
+
+        try:
+            return await self._store.atomic(reserve)
+        except _Refused as refused:
+            return refused.scope
+
+    async def ledger(self, scopes: Iterable[str] | None = None) -> dict[str, LedgerRow]:
+        """The ledger's rows (all of them, or those of ``scopes``)."""
+        rows = await self._store.run("SELECT scope, cap, spent, reserved FROM budget_ledger")
+        wanted = None if scopes is None else set(scopes)
+        return {
+            scope: LedgerRow(None if cap is None else float(cap), float(spent), float(reserved))
+            for scope, cap, spent, reserved in rows
+            if wanted is None or scope in wanted
+        }
+
+    async def ledger_settle(
+        self,
+        settlements: Iterable[tuple[str, float]],
+        journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
+    ) -> float:
+        """Settle holds at what they cost (0: released) and, in the same transaction, write
+        the call's journal row ``(project_id, key, task_id, phase, entry, elapsed)`` at what
+        the settled holds cost. A hold no longer there expired meanwhile (charged in full
+        then): it adds nothing. Returns what was charged."""
+        settlements = list(settlements)
+
+        async def settle(execute: Execute) -> float:
+            charged = 0.0
+            for hold_id, actual in settlements:
+                gone = await execute(
+                    "DELETE FROM budget_reservations WHERE id = ? RETURNING scopes, amount",
+                    (hold_id,),
+                )
+                if not gone:
+                    continue
+                scopes, amount = json.loads(gone[0][0]), float(gone[0][1])
+                await _move_to_spent(execute, scopes, amount, actual)
+                charged += actual
+            if journal is not None:
+                project_id, key, task_id, phase, entry, elapsed = journal
+                await execute(
+                    *_journal_row(project_id, key, task_id, phase, charged, entry, elapsed)
+                )
+            return charged
+
+        return await self._store.atomic(settle)
+
+    async def ledger_expire(self) -> list[ExpiredHold]:
+        """Charge in full, and journal, the holds of runs that ended without settling them
+        (their process died, or lost its project): the vendor may have billed those calls."""
+        rows = await self._store.run(
+            "SELECT r.id, r.owner, p.owner, p.lease_until FROM budget_reservations r"
+            " LEFT JOIN projects p ON p.id = r.project_id"
+        )
+        if not rows:
+            return []
+        now = await self._store.clock()
+        expired = []
+        for hold_id, owner, holder, lease_until in rows:
+            if owner == holder and self._holder_alive(holder, float(lease_until), now):
+                continue
+            found = await self._store.atomic(_expire(hold_id))
+            if found is not None:
+                expired.append(found)
+        return expired
+
+    def _holder_alive(self, holder: str, lease_until: float, now: float) -> bool:
+        if self._store.local_liveness and _on_this_host(holder):
+            return _owner_alive(holder)
+        return lease_until >= now
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    cap: float | None
+    spent: float
+    reserved: float
+
+
+@dataclass(frozen=True)
+class ExpiredHold:
+    project_id: str
+    owner: str
+    amount: float
+    phase: str
+
+
+class _Refused(Exception):
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
+
+
+async def _move_to_spent(execute: Execute, scopes: list[str], held: float, spent: float) -> None:
+    for scope in scopes:
+        # Never below zero: float residues of many holds must not make room that is not there.
+        await execute(
+            "UPDATE budget_ledger SET spent = spent + ?,"
+            " reserved = CASE WHEN reserved > ? THEN reserved - ? ELSE 0 END WHERE scope = ?",
+            (spent, held, held, scope),
+        )
+
+
+def _expire(hold_id: str) -> Any:
+    async def expire(execute: Execute) -> ExpiredHold | None:
+        gone = await execute(
+            "DELETE FROM budget_reservations WHERE id = ?"
+            " RETURNING project_id, owner, scopes, amount, task_id, phase, journal_key",
+            (hold_id,),
+        )
+        if not gone:
+            return None  # settled or expired by another process meanwhile
+        project_id, owner, scopes, amount, task_id, phase, key = gone[0]
+        await _move_to_spent(execute, json.loads(scopes), float(amount), float(amount))
+        # Kept like a call cut off in flight: spend with nothing to replay, asked again on resume.
+        sql, args = _journal_row(
+            project_id, f"{key}#unanswered", task_id, phase, float(amount), None, 0.0
+        )
+        exists = await execute("SELECT 1 FROM projects WHERE id = ?", (project_id,))
+        if exists:
+            await execute(sql, args)
+        return ExpiredHold(project_id, owner, float(amount), phase)
+
+    return expire
+
+
+def _journal_row(
+    project_id: str,
+    key: str,
+    task_id: str,
+    phase: str,
+    cost_usd: float,
+    entry: dict[str, Any] | None,
+    elapsed: float,
+) -> Statement:
+    """A paid call's journal row; its cost adds to what the key already recorded."""
+    return (
+        "INSERT INTO journal (project_id, key, task_id, phase, cost_usd, elapsed_seconds,"
+        " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (project_id, key) DO UPDATE SET"
+        " cost_usd = journal.cost_usd + excluded.cost_usd,"
+        " entry = excluded.entry, elapsed_seconds = excluded.elapsed_seconds",
+        (
+            project_id,
+            key,
+            task_id,
+            phase,
+            cost_usd,
+            elapsed,
+            None if entry is None else _pack(entry),
+            time.time(),
+        ),
+    )
 
 
 def new_owner() -> str:

@@ -214,11 +214,12 @@ _CATALOG = Catalog.load(env={})
 
 
 def worst_case(request: RecordedRequest) -> float:
-    """An upper bound on what the run charges for ``request`` (prompt bytes bound its tokens)."""
+    """An upper bound on what the run charges for ``request`` (prompt bytes bound its tokens;
+    a native schema, sent once in the body, counts three times in the run's own bound)."""
     body = request.body
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     limit = limit or body.get("generationConfig", {}).get("maxOutputTokens") or 4096
-    input_bound = len(json.dumps(body).encode()) + 1024
+    input_bound = 3 * len(json.dumps(body).encode()) + 1024
     return _CATALOG.resolve(request.model).price.cost(input_bound, int(limit))
 
 
@@ -310,9 +311,9 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_pays_for_nothing_twice(
     assert repeats <= Counter(key(r) for r in stopped.in_flight)
     assert sum(repeats.values()) <= CONCURRENCY
     assert Counter(key(r) for r in stopped.held) <= repeats
-    # The journal counts each call whose answer was used once; a call lost in flight was billed
-    # by the provider but never answered: after Ctrl-C it is in the project's spend at its worst
-    # case, after kill -9 nobody was left to record it.
+    # The journal counts each call whose answer was used once; a call lost in flight may have
+    # been billed by the provider but was never answered: it is in the project's spend at its
+    # worst case (after Ctrl-C the run settles it so; after kill -9 the resume finds its hold).
     first_copies = {key(r): r for r in reversed(stopped.requests)}
     repeated_cost = sum(worst_case(first_copies[k]) * n for k, n in repeats.items())
     assert baseline.spent_usd - 1e-9 <= saved.spent_usd <= baseline.spent_usd + repeated_cost + 1e-9

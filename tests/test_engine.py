@@ -403,11 +403,19 @@ class FailingJournal(StateManager):
         self.writes = 0
         self.fail_after = fail_after
 
-    async def journal_put(self, *args, **kwargs) -> None:
+    def _write(self) -> None:
         self.writes += 1
         if self.writes > self.fail_after:
             raise StateError(f"state file {self.path}: database or disk is full")
+
+    async def journal_put(self, *args, **kwargs) -> None:
+        self._write()
         await super().journal_put(*args, **kwargs)
+
+    async def ledger_settle(self, settlements, journal=None) -> float:
+        if journal is not None:  # a call's journal row, written with its settlement
+            self._write()
+        return await super().ledger_settle(settlements, journal)
 
 
 class FailingCache(DiskCache):

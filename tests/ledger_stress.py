@@ -1,0 +1,82 @@
+"""One process of the shared-budget stress test: claims its project, then keeps CALLS calls in
+flight, each holding its worst case in the ledger, paying all of it and journaling it, until
+the caps refuse. ``naive`` reserves by reading and then writing, as a ledger must not.
+
+    python tests/ledger_stress.py LOCATION PROJECT_ID CALLS AMOUNT exact|naive
+
+Prints how many calls it paid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from orchestrator.budget import BudgetExceeded
+from orchestrator.ledger import Hold, Ledger
+from orchestrator.state import StateManager, new_owner
+
+TEAM, JOB = "eng", "nightly"
+
+
+class NaiveLedger(Ledger):
+    """Reads what each scope has left, then holds: two processes can both see the same room."""
+
+    async def reserve(self, hold: Hold, *, task_id: str, phase: str, journal_key: str) -> None:
+        rows = await self.store.ledger(self.scopes)
+        for scope in self.scopes:
+            row = rows[scope]
+            if row.cap is not None and row.spent + row.reserved + hold.amount > row.cap:
+                raise BudgetExceeded(f"{scope} is full")
+        await asyncio.sleep(0.002)  # the time a decision takes between the read and the write
+        for scope in self.scopes:
+            await self.store._store.run(
+                "UPDATE budget_ledger SET reserved = reserved + ? WHERE scope = ?",
+                (hold.amount, scope),
+            )
+        await self.store._store.run(
+            "INSERT INTO budget_reservations (id, project_id, owner, scopes, amount, task_id,"
+            " phase, journal_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (hold.id, self.project_id, self.owner, _json(self.scopes), hold.amount, task_id,
+             phase, journal_key),
+        )  # fmt: skip
+
+
+def _json(scopes: tuple[str, ...]) -> str:
+    import json
+
+    return json.dumps(scopes)
+
+
+async def main(location: str, project_id: str, calls: int, amount: float, mode: str) -> int:
+    owner = new_owner()
+    async with StateManager(location) as store:
+        assert await store.claim(project_id, owner, 60.0) is None
+        kind = NaiveLedger if mode == "naive" else Ledger
+        ledger = kind(store, project_id, owner)
+        await ledger.open(100.0, TEAM, JOB)
+        paid = 0
+
+        async def caller(number: int) -> None:
+            nonlocal paid
+            while True:
+                hold = ledger.new_hold(amount)
+                try:
+                    await ledger.reserve(hold, task_id="t", phase="generation", journal_key="k")
+                except BudgetExceeded:
+                    return
+                await asyncio.sleep(0.005)  # the provider answers
+                hold.actual = amount  # every call costs its worst case: room is exact
+                key = f"{owner}-{number}-{paid}"
+                row = (project_id, key, "t", "generation", None, 0.0)
+                await store.ledger_settle([(hold.id, hold.actual)], row)
+                paid += 1
+
+        await asyncio.gather(*(caller(n) for n in range(calls)))
+        await store.release(project_id, owner)
+    return paid
+
+
+if __name__ == "__main__":
+    location, project_id, calls, amount, mode = sys.argv[1:]
+    print(asyncio.run(main(location, project_id, int(calls), float(amount), mode)))

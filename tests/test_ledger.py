@@ -1,0 +1,253 @@
+"""The budget ledger: caps shared by every process on a store are never passed, a call's journal
+row and its settlement commit together, and a hold a dead run left behind is charged in full."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import clean_environment
+
+from orchestrator.budget import BudgetExceeded
+from orchestrator.ledger import Ledger, run_scopes
+from orchestrator.state import StateManager
+
+PROJECT = {
+    "description": "d",
+    "criteria": "c",
+    "max_usd": 5.0,
+    "max_time_seconds": 600.0,
+    "settings": {"team": "eng", "job": "nightly"},
+}
+STRESS = Path(__file__).with_name("ledger_stress.py")
+
+
+async def project(store: StateManager, project_id: str, owner: str = "host:1:run") -> None:
+    await store.create_project(project_id, **PROJECT)
+    assert await store.claim(project_id, owner, 60.0) is None
+
+
+async def opened(store: StateManager, project_id: str, owner: str = "host:1:run") -> Ledger:
+    ledger = Ledger(store, project_id, owner)
+    await ledger.open(PROJECT["max_usd"], "eng", "nightly")
+    return ledger
+
+
+async def held(ledger: Ledger, amount: float, key: str = "call"):
+    hold = ledger.new_hold(amount)
+    await ledger.reserve(hold, task_id="t", phase="generation", journal_key=key)
+    return hold
+
+
+def test_a_runs_scopes_are_locked_in_one_order_everywhere():
+    assert run_scopes("p", "eng", "j1") == ("org", "team:eng", "job:j1", "project:p")
+    assert run_scopes("p", None, None) == ("org", "project:p")
+
+
+async def test_a_call_holds_its_worst_case_on_every_scope_and_its_journal_row_settles_it(
+    state_location,
+):
+    async with StateManager(state_location) as store:
+        await store.save_budget_caps({"team:eng": 3.0})
+        await project(store, "p")
+        ledger = await opened(store, "p")
+
+        hold = await held(ledger, 0.5)
+        during = await store.ledger()
+        charged = await store.ledger_settle(
+            [(hold.id, 0.2)], ("p", "call", "t", "generation", {"text": "ok"}, 1.0)
+        )
+        after = await store.ledger()
+        journal = await store.journal_get("p", "call")
+
+    assert {s: (r.spent, r.reserved) for s, r in during.items()} == dict.fromkeys(
+        ledger.scopes, (0.0, 0.5)
+    )
+    assert during["team:eng"].cap == 3.0 and during["project:p"].cap == 5.0
+    assert during["org"].cap is None and during["job:nightly"].cap is None
+    assert charged == pytest.approx(0.2)
+    assert {s: (r.spent, r.reserved) for s, r in after.items()} == dict.fromkeys(
+        ledger.scopes, (pytest.approx(0.2), 0.0)
+    )
+    assert journal is not None and journal["cost_usd"] == pytest.approx(0.2)
+
+
+async def test_a_call_that_could_pass_a_cap_is_refused_naming_it_and_holds_nothing(
+    state_location,
+):
+    async with StateManager(state_location) as store:
+        await store.save_budget_caps({"job:nightly": 1.0})
+        await project(store, "p")
+        ledger = await opened(store, "p")
+        first = await held(ledger, 0.4)
+        await store.ledger_settle([(first.id, 0.4)], ("p", "a", "t", "generation", None, 0.0))
+
+        with pytest.raises(BudgetExceeded) as refused:
+            await held(ledger, 0.7)
+        rows = await store.ledger()
+
+    assert str(refused.value) == (
+        "the job nightly budget of $1.00 has $0.6000 left: "
+        "a call needing up to $0.7000 does not fit"
+    )
+    # The org and team rows it passed first hold nothing of it: one transaction, rolled back.
+    assert [rows[s].reserved for s in ledger.scopes] == [0.0, 0.0, 0.0, 0.0]
+
+
+async def test_a_call_waits_while_calls_in_flight_hold_the_room_it_needs(state_location):
+    async with StateManager(state_location) as store:
+        await store.save_budget_caps({"team:eng": 1.0})
+        await project(store, "p")
+        ledger = await opened(store, "p")
+        first = await held(ledger, 0.8, key="first")
+
+        second = asyncio.create_task(held(ledger, 0.5, key="second"))
+        await asyncio.sleep(0.2)
+        waited = not second.done()
+        # The first call cost less than its worst case: the second fits now.
+        await store.ledger_settle([(first.id, 0.3)], ("p", "first", "t", "generation", None, 0))
+        await asyncio.wait_for(second, 5)
+        rows = await store.ledger(["team:eng"])
+
+    assert waited
+    assert (rows["team:eng"].spent, rows["team:eng"].reserved) == (pytest.approx(0.3), 0.5)
+
+
+async def test_a_hold_left_by_a_run_that_lost_its_project_is_charged_in_full_and_journaled(
+    state_location,
+):
+    async with StateManager(state_location) as store:
+        await project(store, "p", owner="elsewhere:1:gone")
+        gone = await opened(store, "p", owner="elsewhere:1:gone")
+        hold = await held(gone, 0.6, key="in-flight")
+        await store.release("p", "elsewhere:1:gone")  # its lease ended without settling
+
+        assert await store.claim("p", "host:2:next", 60.0) is None
+        expired = await Ledger(store, "p", "host:2:next").open(5.0, "eng", "nightly")
+        late = await store.ledger_settle(
+            [(hold.id, 0.1)], ("p", "late", "t", "generation", None, 0)
+        )
+        rows = await store.ledger()
+        journal = await store.journal_get("p", "in-flight#unanswered")
+        unanswered = await store.task_spend("p", "t")
+
+    assert [(h.project_id, h.amount, h.phase) for h in expired] == [("p", 0.6, "generation")]
+    assert {s: (r.spent, r.reserved) for s, r in rows.items()} == dict.fromkeys(
+        gone.scopes, (0.6, 0.0)
+    )
+    assert journal is None  # nothing to replay: it is asked again, its worst case is charged
+    assert unanswered == pytest.approx(0.6)
+    assert late == 0.0  # a settlement that comes after the expiry adds nothing
+
+
+@pytest.fixture
+def dead_owner() -> str:
+    """A run owner on this machine whose process has ended."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    return f"{socket.gethostname()}:{ended.stdout.strip()}:killed"
+
+
+async def test_a_hold_of_a_process_that_died_is_charged_once_its_death_is_known(
+    state_location, dead_owner
+):
+    owner = dead_owner
+    async with StateManager(state_location) as store:
+        await store.create_project("p", **PROJECT)
+        lease = 0.5
+        assert await store.claim("p", owner, lease) is None
+        hold = await held(await opened(store, "p", owner), 0.25, key="in-flight")
+        # On one machine the process is known dead at once; elsewhere its lease must run out.
+        if not store._store.local_liveness:
+            await asyncio.sleep(lease + 0.2)
+        swept = await Ledger(store, "other", "host:3:x").open(1.0, None, None)
+        rows = await store.ledger(["org"])
+        reservations = await store._store.run("SELECT id FROM budget_reservations")
+
+    assert swept == []  # another project's sweep charges it, but reports only its own
+    assert rows["org"].spent == pytest.approx(0.25) and rows["org"].reserved == 0.0
+    assert reservations == [] and hold.actual is None
+
+
+async def test_a_new_ledger_row_starts_from_what_the_journal_says_the_scope_paid(
+    state_location,
+):
+    async with StateManager(state_location) as store:
+        await store.create_project("old", **PROJECT)
+        await store.journal_put(
+            "old", "k", task_id="t", phase="generation", cost_usd=0.75, entry=None, elapsed=0
+        )
+        await project(store, "p")
+        await opened(store, "p")
+        rows = await store.ledger()
+
+    assert rows["org"].spent == rows["team:eng"].spent == rows["job:nightly"].spent == 0.75
+    assert rows["project:p"].spent == 0.0
+
+
+def stress(location: str, mode: str, processes: int = 4, calls: int = 4) -> list[int]:
+    """``processes`` processes, ``calls`` calls in flight each, on one store until refused."""
+    env = {**clean_environment(), "PYTHONPATH": str(Path(__file__).parent)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(STRESS), location, f"p{n}", str(calls), "0.07", mode],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
+    ]
+    paid = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        paid.append(int(out.strip()))
+    return paid
+
+
+async def prepare(location: str, caps: dict[str, float]) -> None:
+    async with StateManager(location) as store:
+        await store.save_budget_caps(caps)
+        for n in range(4):
+            await store.create_project(f"p{n}", **PROJECT)
+
+
+async def totals(location: str) -> tuple[dict[str, float], float]:
+    async with StateManager(location) as store:
+        rows = await store.ledger()
+        journal = await store._store.run("SELECT SUM(cost_usd) FROM journal")
+    return {scope: row.spent for scope, row in rows.items()}, float(journal[0][0])
+
+
+CAPS = {"org": 10.0, "team:eng": 6.0, "job:nightly": 4.0}
+
+
+def test_four_processes_with_four_calls_in_flight_never_pass_shared_caps(state_location):
+    location = str(state_location)
+    asyncio.run(prepare(location, CAPS))
+
+    paid = stress(location, "exact")
+
+    spent, journal = asyncio.run(totals(location))
+    # $0.07 calls: the $4 job cap holds 57 of them ($3.99), and every one of them was made.
+    assert sum(paid) == 57, paid
+    assert spent["job:nightly"] == pytest.approx(3.99) and spent["job:nightly"] <= 4.0
+    assert spent["org"] == spent["team:eng"] == pytest.approx(journal)
+    assert sum(spent[f"project:p{n}"] for n in range(4)) == pytest.approx(journal)
+
+
+def test_the_control_reading_then_writing_passes_the_caps_so_the_test_above_can_fail(
+    tmp_path,
+):
+    location = str(tmp_path / "state.db")
+    asyncio.run(prepare(location, CAPS))
+
+    stress(location, "naive")
+
+    spent, _ = asyncio.run(totals(location))
+    assert spent["job:nightly"] > 4.0 + 1e-9
