@@ -10,6 +10,10 @@ that too.
 event loop), continuing the chain of what the file already holds, so a killed run keeps what it
 wrote; ``flush_jsonl(path)`` writes every record made so far to another file. Known secrets (the
 API keys a client was given) are replaced by ``[redacted]`` in every record.
+
+A process killed in the middle of a write leaves a last line with no newline that is not a
+record: ``verify`` reports it as an incomplete write (the chain before it is intact), and the
+next ``AuditLog(path)`` drops it, with a warning, before continuing the chain.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ConfigError, OrchestratorError
 from .files import write_atomically
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 GENESIS = "0" * 64  # what the first record of a chain follows
 REDACTED = "[redacted]"
 _FIELDS = ("seq", "time", "kind", "project_id", "task_id", "data", "prev")
+INCOMPLETE = "last record incomplete (a write cut off)"
+_BLOCK = 65536  # bytes read at a time when looking for the end of the file's chain
 
 
 class AuditError(OrchestratorError):
@@ -160,31 +166,31 @@ class AuditLog:
 @dataclass(frozen=True)
 class AuditCheck:
     """What ``verify`` found: ``ok`` with the record count and the head hash, or the first
-    ``problem`` and its line (1-based)."""
+    ``problem`` and its line (1-based). ``incomplete``: the file ends in a line cut off in
+    mid-write, left out of the count (it is no sign of tampering)."""
 
     ok: bool
     records: int
     head: str
     problem: str = ""
     line: int | None = None
+    incomplete: bool = False
 
     def describe(self, path: str | Path) -> str:
-        if self.ok:
-            return f"{path}: {self.records} records, chain intact; head {self.head}"
-        return f"{path}: line {self.line}: {self.problem}"
+        if not self.ok:
+            return f"{path}: line {self.line}: {self.problem}"
+        text = f"{path}: {self.records} records, chain intact; head {self.head}"
+        return f"{text}; {INCOMPLETE}, ignored" if self.incomplete else text
 
 
 def verify(source: str | Path | Iterable[str], *, head: str | None = None) -> AuditCheck:
     """Check a JSONL audit trail's chain; with ``head``, also that it ends at that hash (which
     catches lines removed from the end)."""
-    try:
-        lines = (
-            Path(source).read_text(encoding="utf-8").splitlines()
-            if isinstance(source, str | os.PathLike)
-            else list(source)
-        )
-    except (OSError, UnicodeDecodeError) as error:
-        raise AuditError(f"cannot read audit log {source}: {error}") from None
+    incomplete = False
+    if isinstance(source, str | os.PathLike):
+        lines, incomplete = _read_records(Path(source))
+    else:
+        lines = list(source)
     previous, expected_seq = GENESIS, 0
     count = 0
     for number, line in enumerate(lines, start=1):
@@ -203,7 +209,25 @@ def verify(source: str | Path | Iterable[str], *, head: str | None = None) -> Au
         return AuditCheck(
             False, count, previous, f"ends at {previous}, not at the head {head}", len(lines)
         )
-    return AuditCheck(True, count, previous)
+    return AuditCheck(True, count, previous, incomplete=incomplete)
+
+
+def _read_records(path: Path) -> tuple[list[str], bool]:
+    """The lines of ``path``, and whether a last line cut off in mid-write was left out."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise AuditError(f"cannot read audit log {path}: {error}") from None
+    lines = text.splitlines()
+    if _cut_off(text, lines[-1] if lines else ""):
+        return lines[:-1], True
+    return lines, False
+
+
+def _cut_off(text: str, last_line: str) -> bool:
+    """Whether the file's last line is an interrupted write: no newline yet, and not a
+    whole record (one whose newline alone is missing is complete)."""
+    return bool(text) and not text.endswith("\n") and _parse(last_line) is None
 
 
 def _parse(line: str) -> dict[str, Any] | None:
@@ -219,27 +243,73 @@ def _parse(line: str) -> dict[str, Any] | None:
 
 
 def _chain_end(path: Path) -> tuple[int, str]:
-    """The next sequence number and the head of the chain ``path`` already holds."""
+    """The next sequence number and the head of the chain ``path`` already holds, once a last
+    write cut off in mid-line is settled."""
     try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 65536))
-            tail = handle.read().decode("utf-8", errors="replace")
+        with path.open("r+b") as handle:
+            _settle_last_write(path, handle)
+            last = _last_record_line(handle)
     except FileNotFoundError:
         return 0, GENESIS
     except OSError as error:
         raise ConfigError(f"cannot read audit log {path}: {error.strerror}") from None
-    lines = [line for line in tail.splitlines() if line.strip()]
-    if not lines:
-        return 0, GENESIS
-    last = _parse(lines[-1])
     if last is None:
+        return 0, GENESIS
+    fields = _parse(last)
+    if fields is None:
         raise ConfigError(
             f"audit log {path} ends in a damaged line: check it with --verify-audit, or use "
             "another file"
         )
-    return last["seq"] + 1, last["hash"]
+    return fields["seq"] + 1, fields["hash"]
+
+
+def _settle_last_write(path: Path, handle: BinaryIO) -> None:
+    """End the file with a newline: a whole record whose newline is missing gets one, a record
+    cut off in mid-write is dropped (it was never complete, so the chain goes on without it)."""
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return
+    start = _line_start(handle, size)
+    handle.seek(start)
+    if _parse(handle.read().decode("utf-8", errors="replace")) is not None:
+        handle.write(b"\n")
+        return
+    log.warning(
+        "audit log %s: %s (%d bytes at its end, from a run killed while writing); "
+        "dropped, and the chain goes on from the record before it",
+        path, INCOMPLETE, size - start,
+    )  # fmt: skip
+    handle.truncate(start)
+
+
+def _last_record_line(handle: BinaryIO) -> str | None:
+    """The last line of the file that is not blank, or None."""
+    end = handle.seek(0, os.SEEK_END)
+    while end > 0:
+        start = _line_start(handle, end - 1)  # the line before the newline at end - 1
+        handle.seek(start)
+        line = handle.read(end - start).decode("utf-8", errors="replace")
+        if line.strip():
+            return line.rstrip("\n")
+        end = start
+    return None
+
+
+def _line_start(handle: BinaryIO, end: int) -> int:
+    """Where the line holding the bytes just before ``end`` starts: after the newline before it."""
+    position = end
+    while position > 0:
+        step = min(_BLOCK, position)
+        handle.seek(position - step)
+        found = handle.read(step).rfind(b"\n")
+        if found >= 0:
+            return position - step + found + 1
+        position -= step
+    return 0
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import io
 import logging
 import math
 import os
@@ -12,7 +13,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from .cost import BudgetHierarchy, CostForecaster, CostPredictor
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .integration import DEFAULT_ROUNDS
-from .lease import lease_seconds
+from .lease import ProjectBusy, lease_seconds
 from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local, saved_as
 from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
@@ -40,9 +41,10 @@ from .policy_dsl import PolicyAnalyzer, load_policy_file
 from .progress import ProgressPrinter, format_usd, results_table, text_table
 from .project_file import ProjectSpec, check_project_id, load_project_file
 from .routing import Router
-from .settings import CATALOG_ENV, load_environment
+from .settings import CATALOG_ENV, home_dir, load_environment
 from .sqlite_store import DB_URL_ENV, EXTRA_COMMAND, is_postgres_url, shown
 from .state import StateManager
+from .telemetry import TelemetryCollector
 
 EXIT_SUCCESS = 0
 EXIT_BAD_INPUT = 2
@@ -91,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "-t", "--time", type=float, help="wall-clock limit in seconds (default 5400)"
     )
-    limits.add_argument("--concurrency", type=int, help="max LLM calls in flight (default 3)")
+    limits.add_argument(
+        "--concurrency",
+        type=int,
+        help="max LLM calls in flight (default 3); with --worker: projects run at once (default 1)",
+    )
     limits.add_argument(
         "--max-tasks",
         type=int,
@@ -141,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--forecast",
         action="store_true",
         help="print the expected cost of the project and its risk to the budget, calling no "
-        "model (no key needed), and exit",
+        "model (no key needed), and exit; uses what earlier runs measured when there is a "
+        "state file",
     )
     governance.add_argument(
         "--job", metavar="ID", help="the job the run is for: its policies and its budget cap"
@@ -220,7 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--verify-audit",
         metavar="FILE",
-        help="check an audit log's hash chain (exit 0 intact, 1 tampered with) and exit",
+        help="check an audit log's hash chain (exit 0 intact, 1 tampered with or not ending "
+        "at --audit-head) and exit",
+    )
+    watch.add_argument(
+        "--audit-head",
+        metavar="HASH",
+        help="with --verify-audit: the head hash a run printed, kept elsewhere; the log must end "
+        "there, which catches records cut from its end",
     )
     saved = parser.add_argument_group("saved projects")
     saved.add_argument("--resume", metavar="ID", help="continue an interrupted project")
@@ -233,6 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     saved.add_argument(
         "--list-projects", action="store_true", help="print saved projects, newest first"
+    )
+    queued = parser.add_argument_group("workers (a PostgreSQL store: --db or $" + DB_URL_ENV + ")")
+    queued.add_argument(
+        "--submit",
+        action="store_true",
+        help="save the project and queue it for a worker instead of running it here; prints its id",
+    )
+    queued.add_argument(
+        "--worker",
+        action="store_true",
+        help="run queued projects until stopped (SIGTERM or Ctrl-C: calls in flight finish and "
+        "are journaled, their projects go back to the queue)",
+    )
+    queued.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="with --worker: stop once the queue is empty",
     )
     parser.add_argument(
         "-v",
@@ -279,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger("orchestrator").setLevel(logging.DEBUG)
     project_id: str | None = None
+    watch: _Watch | None = None
     try:
         if args.db:
             _use_database(args.db)
@@ -289,18 +321,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_SUCCESS
         if args.list_projects:
             return asyncio.run(_list_projects())
+        if args.audit_head and not args.verify_audit:
+            raise _usage("--audit-head goes with --verify-audit FILE")
         if args.verify_audit:
-            return _verify_audit(args.verify_audit)
+            return _verify_audit(args.verify_audit, args.audit_head)
         _check_limits(args)
+        if args.exit_when_idle and not args.worker:
+            raise _usage("--exit-when-idle goes with --worker")
+        if args.worker:
+            return asyncio.run(_work(args))
         if args.resume:
             project_id = args.resume
             _probe_output_dir(args.output_dir)
-            return asyncio.run(_resume(args, _Watch.from_args(args)))
+            watch = _Watch.from_args(args)
+            return asyncio.run(_resume(args, watch))
         spec = _project_spec(args)
         if args.forecast:
             sys.stdout.write(forecast_text(spec, args))
             return EXIT_SUCCESS
         _probe_output_dir(spec.output_dir)
+        if args.submit:
+            return asyncio.run(_submit(spec, args))
         watch = _Watch.from_args(args)
         spec.project_id = project_id = spec.project_id or new_project_id()
         return asyncio.run(_run(spec, args, watch))
@@ -319,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; resume with: python -m orchestrator --resume {project_id}" if project_id else ""
         print(f"orchestrator: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if watch is not None:
+            watch.close()  # however the run ended, the audit log's head is worth keeping
 
 
 def _use_database(location: str) -> None:
@@ -416,8 +460,8 @@ def _usage(message: str) -> OrchestratorError:
     return OrchestratorError(message)
 
 
-def _verify_audit(path: str) -> int:
-    check = verify(path)
+def _verify_audit(path: str, head: str | None = None) -> int:
+    check = verify(path, head=head)
     print(check.describe(path), file=sys.stdout if check.ok else sys.stderr)
     return EXIT_SUCCESS if check.ok else 1
 
@@ -451,11 +495,17 @@ class _Watch:
     async def finish(self, orchestrator: Orchestrator) -> None:
         if self.metrics is not None and not self.metrics.follows_run:
             orchestrator.export_metrics()  # the console table, after the results
-        if self.audit is not None:
-            await asyncio.to_thread(self.audit.close)
+
+    def close(self) -> None:
+        """Write out the audit log and print its head hash, for the user to keep elsewhere
+        (``--verify-audit FILE --audit-head HASH`` then catches records cut from its end)."""
+        audit, self.audit = self.audit, None
+        if audit is None:
+            return
+        audit.close()
+        if audit.records:
             print(
-                f"audit log {self.audit.path}: {len(self.audit.records)} records added; "
-                f"head {self.audit.head}",
+                f"audit log {audit.path}: {len(audit.records)} records added; head {audit.head}",
                 file=sys.stderr,
             )
 
@@ -470,43 +520,15 @@ def _probe_file(name: str, flag: str) -> None:
 
 
 async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> int:
-    budget = Budget(
-        max_usd=_or(spec.budget, 8.0),
-        max_time_seconds=_or(spec.time, 5400.0),
-    )
-    concurrency = spec.concurrency or 3
-    routing = args.routing or "table"
-    settings = {
-        "output_dir": spec.output_dir,
-        "use_cache": not args.no_cache,
-        "routing": routing,
-        "tree_name": spec.tree_name or TREE_NAME,
-    }
+    settings = _run_settings(spec, args)
     async with (
         _guarded(),
         StateManager() as store,
-        _client(args, concurrency, settings) as client,
+        _client(args, settings["concurrency"], settings) as client,
     ):
         client.require_providers()
-        printer = _progress(args, budget)
-        orchestrator = Orchestrator(
-            budget=budget,
-            state_manager=store,
-            max_concurrency=concurrency,
-            client=client,
-            use_cache=not args.no_cache,
-            quality_threshold=_or(spec.quality_threshold, 0.85),
-            unsafe_validators=args.unsafe_validators,
-            validator_timeout=_or(args.validator_timeout, 60.0),
-            max_tasks=args.max_tasks,
-            allow_single_verdict=args.allow_single_verdict,
-            integration=spec.integration is not False,
-            integration_rounds=_or(spec.integration_rounds, DEFAULT_ROUNDS),
-            extra_settings=settings,
-            optimization_backend=BACKENDS[routing](),
-            policies=_policies(args),
-            budget_hierarchy=_caps(args),
-        )
+        orchestrator = _new_orchestrator(spec, args, store, client, settings)
+        printer = _progress(args, orchestrator.budget)
         watch.attach(orchestrator, printer)
         with printer:  # the live area is gone before the results or an error is printed
             state = await orchestrator.run_project(
@@ -518,8 +540,118 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
     return code
 
 
+def _run_settings(spec: ProjectSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """What a new run keeps with its project, for its resume (or a worker's)."""
+    routing = args.routing or "table"
+    return {
+        "output_dir": spec.output_dir,
+        "use_cache": not args.no_cache,
+        "routing": routing,
+        "tree_name": spec.tree_name or TREE_NAME,
+        "concurrency": spec.concurrency or 3,
+    }
+
+
+def _new_orchestrator(
+    spec: ProjectSpec,
+    args: argparse.Namespace,
+    store: StateManager,
+    client: UnifiedClient,
+    settings: dict[str, Any],
+) -> Orchestrator:
+    return Orchestrator(
+        budget=Budget(max_usd=_or(spec.budget, 8.0), max_time_seconds=_or(spec.time, 5400.0)),
+        state_manager=store,
+        max_concurrency=settings["concurrency"],
+        client=client,
+        use_cache=not args.no_cache,
+        quality_threshold=_or(spec.quality_threshold, 0.85),
+        unsafe_validators=args.unsafe_validators,
+        validator_timeout=_or(args.validator_timeout, 60.0),
+        max_tasks=args.max_tasks,
+        allow_single_verdict=args.allow_single_verdict,
+        integration=spec.integration is not False,
+        integration_rounds=_or(spec.integration_rounds, DEFAULT_ROUNDS),
+        extra_settings={k: v for k, v in settings.items() if k != "concurrency"},
+        optimization_backend=BACKENDS[settings["routing"]](),
+        policies=_policies(args),
+        budget_hierarchy=_caps(args),
+    )
+
+
+async def _submit(spec: ProjectSpec, args: argparse.Namespace) -> int:
+    """Save the project as a run would, pay nothing, and queue it for the workers."""
+    distributed = _distributed()
+    url = os.environ[DB_URL_ENV]
+    settings = _run_settings(spec, args)
+    async with (
+        _guarded(),
+        StateManager() as store,
+        _client(args, settings["concurrency"], settings, running=False) as client,
+    ):
+        orchestrator = _new_orchestrator(spec, args, store, client, settings)
+        project_id = await orchestrator.create_project(
+            spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
+            restart=args.restart, team=args.team, job_id=args.job,
+        )  # fmt: skip
+        queued = await distributed.enqueue(url, project_id)
+    print(project_id)
+    if not queued:
+        print(f"project {project_id} was already waiting for a worker", file=sys.stderr)
+    return EXIT_SUCCESS
+
+
+async def _work(args: argparse.Namespace) -> int:
+    """A worker: each queued project runs as ``--resume ID`` would, a few at a time."""
+    distributed = _distributed()
+
+    async def run_one(project_id: str, stopping: asyncio.Event) -> str:
+        resume = build_parser().parse_args(["--resume", project_id])
+        try:
+            state, _ = await _resume_project(resume, _Watch.from_args(resume), stopping)
+        except ProjectBusy:
+            raise  # the worker queues it again for when that run's lease ends
+        except OrchestratorError as exc:
+            print(f"orchestrator: project {project_id}: error: {exc}", file=sys.stderr)
+            return "ERROR"
+        print(f"project {project_id}: {state.status.value} {state.reason}", file=sys.stderr)
+        return state.status.value
+
+    await distributed.work(
+        os.environ[DB_URL_ENV],
+        run_one,
+        concurrency=args.concurrency or 1,
+        exit_when_idle=args.exit_when_idle,
+    )
+    return EXIT_SUCCESS
+
+
+def _distributed() -> Any:
+    """``orchestrator.distributed``, imported only here; needs a PostgreSQL store."""
+    url = os.environ.get(DB_URL_ENV)
+    if not url:
+        raise _usage(f"--submit and --worker need a PostgreSQL store: --db URL or ${DB_URL_ENV}")
+    if not is_postgres_url(url):
+        raise _usage(f"{DB_URL_ENV} must be a postgresql:// URL")
+    try:
+        from . import distributed
+    except ImportError:
+        raise _usage(f"--submit and --worker need the distributed extra: {EXTRA_COMMAND}") from None
+    return distributed
+
+
 async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
-    async with _guarded(), StateManager() as store:
+    _, code = await _resume_project(args, watch)
+    return code
+
+
+async def _resume_project(
+    args: argparse.Namespace, watch: _Watch, stopping: asyncio.Event | None = None
+) -> tuple[ProjectState, int]:
+    """Resume ``args.resume``; ``stopping``, once set, stops it gracefully (a worker's, which
+    handles the signals itself)."""
+    guard = _guarded() if stopping is None else nullcontext()
+    async with guard, StateManager() as store:
         status, settings = await store.run_settings(args.resume)
         concurrency = args.concurrency or int(settings.get("concurrency", 3))
         output_dir = args.output_dir or settings.get("output_dir")
@@ -541,7 +673,8 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
         async with _client(args, concurrency, resumed, running=status not in FINISHED) as client:
             if status not in FINISHED:
                 client.require_providers()
-            printer = _progress(args)
+            # A worker's projects run side by side: one line each at their end, not their steps.
+            printer = _progress(args) if stopping is None else _silent_progress()
             orchestrator = Orchestrator(
                 state_manager=store,
                 max_concurrency=concurrency,
@@ -558,6 +691,8 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
                 policies=_policies(args),
                 budget_hierarchy=_caps(args),
             )
+            if stopping is not None:
+                orchestrator.stopping = stopping
             watch.attach(orchestrator, printer)
             if status in FINISHED:
                 print(
@@ -576,7 +711,7 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
         output_dir = None  # nothing ran: nothing new to write, unless asked for explicitly
     code = await _report(state, output_dir, args.overwrite, resumed["tree_name"])
     await watch.finish(orchestrator)
-    return code
+    return state, code
 
 
 async def _report(
@@ -727,6 +862,8 @@ def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
         for key, profile in build_default_profiles(catalog).items()
         if not keyed or profile.provider in keyed
     }
+    measured = {k: v for k, v in asyncio.run(_stored_telemetry()).items() if k in profiles}
+    TelemetryCollector(profiles).restore(measured)
     routing = args.routing or "table"
     models = tuple(p.model for p in profiles.values())
     engine = PolicyEngine(_policies(args) or ())
@@ -755,6 +892,11 @@ def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
            "every catalog model (no provider key is set)")
         + "; catalog prices of a 2,000-token prompt and a full-length answer"
     )  # fmt: skip
+    if measured:
+        assumptions.append(
+            "what earlier runs measured (the state file's telemetry) for the "
+            f"models they called ({len(measured)}), catalog figures for the others"
+        )
     rows = [("phase", "expected")]
     rows += [(phase, format_usd(usd)) for phase, usd in report.estimated_per_phase.items()]
     share = report.estimated_total_usd / budget.max_usd
@@ -767,9 +909,22 @@ def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+async def _stored_telemetry() -> dict[str, dict[str, Any]]:
+    """What earlier runs measured about each model, from the state database if there is one:
+    a forecast never creates it."""
+    if not os.environ.get(DB_URL_ENV) and not (home_dir() / "state.db").is_file():
+        return {}
+    async with StateManager() as store:
+        return await store.model_telemetry()
+
+
 def _progress(args: argparse.Namespace, budget: Budget | None = None) -> ProgressPrinter:
     # With -v, log lines go to the same terminal: a live area redrawn in place would tear them.
     return ProgressPrinter(budget, live=False if args.verbose else None)
+
+
+def _silent_progress() -> ProgressPrinter:
+    return ProgressPrinter(stream=io.StringIO(), live=False)
 
 
 def _or(value: float | None, default: float) -> float:

@@ -1,8 +1,9 @@
 """The cost layer: what calls are expected to cost, and what a project is expected to cost.
 
 ``CostPredictor`` keeps a moving average of what each (model, task type) call really cost, with
-the catalog price of a typical call as the fallback; routing and forecasts use it, the engine
-feeds it every answered paid call, and it is saved with the project. ``CostForecaster`` adds up
+the catalog price of a typical call as the fallback (raised to what telemetry measured the
+model's calls to cost when that is more); routing and forecasts use it, the engine feeds it
+every answered paid call, and it is saved with the project. ``CostForecaster`` adds up
 a task list's expected calls (the loop's first iteration: generate, critique, revise, two
 evaluations) with the models routing would pick, before anything is paid.
 """
@@ -24,6 +25,7 @@ from .routing import (
     ROUTING_TABLE,
     TYPICAL_PROMPT_TOKENS,
     Router,
+    at_least_measured,
 )
 
 CRITIQUE_TYPE = ROLE_TASK_TYPES["critic"]  # the task type critique calls are learnt under
@@ -59,9 +61,16 @@ class CostPredictor:
             blended = (1 - self.alpha) * average + self.alpha * actual_cost_usd
             self._averages[key] = (blended, samples + 1)
 
-    def predict(self, model: Model, task_type: TaskType) -> float:
+    def predict(
+        self, model: Model, task_type: TaskType, profile: ModelProfile | None = None
+    ) -> float:
+        """The average for (``model``, ``task_type``); without one, the catalog's price of a
+        typical call, or what ``profile`` measured the model's calls to cost when that is more
+        (``orchestrator.routing.at_least_measured``)."""
         known = self._averages.get((model.key, TaskType(task_type)))
-        return known[0] if known is not None else typical_call_usd(model, TaskType(task_type))
+        if known is not None:
+            return known[0]
+        return at_least_measured(typical_call_usd(model, TaskType(task_type)), profile)
 
     def samples(self, model: Model, task_type: TaskType) -> int:
         known = self._averages.get((model.key, TaskType(task_type)))
@@ -113,7 +122,8 @@ class CostForecaster:
         decomposition: bool = False,
     ) -> ForecastReport:
         """The expected cost of ``tasks`` with the models routing would choose among
-        ``profiles`` (by default with the routing table), each call priced by ``predictor``.
+        ``profiles`` (by default with the routing table), each call priced by ``predictor``
+        (and by what ``profiles`` measured, where that is dearer than the catalog price).
 
         Each task is counted as one pass of the loop: generate, critique, revise and two
         evaluations; a task that needs more iterations costs more, one that stops at its first
@@ -130,6 +140,12 @@ class CostForecaster:
         if decomposition:
             planner = router.decomposition_chain()[:1]
             phases["decomposition"] = sum(typical_call_usd(m, None) for m in planner)
+
+        def call_usd(model: Model | None, task_type: TaskType) -> float:
+            if model is None:
+                return 0.0
+            return predictor.predict(model, task_type, profiles.get(model.key))
+
         for task in task_list:
             authors = router.generation_chain(task.type)
             if not authors:
@@ -137,9 +153,9 @@ class CostForecaster:
             author = authors[0]
             critic = next(iter(router.reviewer_chain(task.type, author)[:1]), None)
             evaluator = next(iter(router.evaluator_chain(author)[:1]), None)
-            generation = 2 * predictor.predict(author, task.type)  # the draft and a revision
-            review = predictor.predict(critic, CRITIQUE_TYPE) if critic is not None else 0.0
-            evaluation = 2 * predictor.predict(evaluator, EVALUATION_TYPE) if evaluator else 0.0
+            generation = 2 * call_usd(author, task.type)  # the draft and a revision
+            review = call_usd(critic, CRITIQUE_TYPE)
+            evaluation = 2 * call_usd(evaluator, EVALUATION_TYPE)
             phases["generation"] += generation
             phases["cross_review"] += review
             phases["evaluation"] += evaluation

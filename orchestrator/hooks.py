@@ -3,8 +3,9 @@
 ``orch.add_hook(EventType.TASK_COMPLETED, callback)``: the callback gets keyword arguments (take
 ``**_`` for the ones you do not use). Coroutine functions run as tasks of their own; plain
 functions run in a thread of their own, so neither holds up the run. Each call is time-boxed
-(``HookRegistry.timeout``): a callback that raises or overruns is logged once, and one that
-overran is called no more.
+(``HookRegistry.timeout``): a callback that raises (even ``SystemExit``) or overruns is logged
+once, and one that overran is called no more. At the end of a run, one that ignores being
+cancelled is left behind after a short grace rather than waited for.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .events import Event
 log = logging.getLogger(__name__)
 
 HOOK_TIMEOUT_SECONDS = 10.0
+# How long a cancelled hook has to stop before the run ends without it.
+CANCEL_GRACE_SECONDS = 1.0
 
 
 class EventType(StrEnum):
@@ -67,7 +70,7 @@ class HookRegistry:
         self._hooks: dict[EventType, list[Hook]] = {}
         self._failed: set[int] = set()  # ids of callbacks already reported
         self._stopped: set[int] = set()  # ids of callbacks that overran: not called again
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], Hook] = {}
 
     def add(self, event_type: EventType, callback: Hook) -> None:
         self._hooks.setdefault(EventType(event_type), []).append(callback)
@@ -81,17 +84,30 @@ class HookRegistry:
         for callback in self._hooks.get(event_type, []):
             if id(callback) not in self._stopped:
                 task = asyncio.get_running_loop().create_task(self._boxed(callback, kwargs))
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+                self._pending[task] = callback
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._pending.pop(task, None)
 
     async def drain(self, *, cancel: bool = False) -> None:
-        """Let the hooks still running finish within their time box (``cancel``: stop them)."""
-        pending = list(self._pending)
+        """Let the hooks still running finish within their time box (``cancel``: stop them).
+
+        Bounded even for a hook that catches its cancellation and goes on awaiting: after the
+        time box and a short grace it is cancelled once more, logged and left behind."""
+        pending = dict(self._pending)
+        if not pending:
+            return
         if cancel:
             for task in pending:
                 task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        bound = CANCEL_GRACE_SECONDS + (0.0 if cancel else self.timeout)
+        _, stuck = await asyncio.wait(pending, timeout=bound)
+        for task in stuck:
+            task.cancel()  # its second chance to stop; nobody waits for it any more
+            callback = pending[task]
+            self._stopped.add(id(callback))
+            self._report(callback, "did not stop when cancelled; the run ended without it")
 
     async def _boxed(self, callback: Hook, kwargs: dict[str, Any]) -> None:
         try:
@@ -105,8 +121,15 @@ class HookRegistry:
             self._report(
                 callback, f"did not return within {self.timeout:g} s; it is called no more"
             )
-        except Exception as exc:
-            self._report(callback, f"raised {type(exc).__name__}: {exc}")
+        except _RaisedInThread as raised:
+            self._report_raised(callback, raised.error)
+        except (Exception, SystemExit) as exc:
+            # A hook's sys.exit() ends the hook, not the program. KeyboardInterrupt is let
+            # through: on the event loop's thread it may be the user's Ctrl-C.
+            self._report_raised(callback, exc)
+
+    def _report_raised(self, callback: Hook, error: BaseException) -> None:
+        self._report(callback, f"raised {type(error).__name__}: {error}")
 
     def _report(self, callback: Hook, what: str) -> None:
         if id(callback) in self._failed:
@@ -129,7 +152,17 @@ def _in_own_thread(callback: Hook, kwargs: dict[str, Any]) -> Future[Any]:
         try:
             future.set_result(callback(**kwargs))
         except BaseException as exc:
-            future.set_exception(exc)
+            # Signals are only ever raised in the main thread, so whatever is raised here, even
+            # SystemExit or KeyboardInterrupt, is the hook's own failure, to be reported.
+            future.set_exception(_RaisedInThread(exc))
 
     threading.Thread(target=run, name="orchestrator-hook", daemon=True).start()
     return future
+
+
+class _RaisedInThread(Exception):
+    """What a plain hook raised in its thread, carried to the event loop as a plain error."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error

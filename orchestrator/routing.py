@@ -42,6 +42,16 @@ class CallCostModel(Protocol):
     def record(self, model: Model, task_type: TaskType, actual_cost_usd: float) -> None: ...
 
 
+def at_least_measured(estimate: float, profile: ModelProfile | None) -> float:
+    """A catalog ``estimate`` of a call, raised to what the model's calls cost on average as
+    telemetry measured them (this run's and earlier runs'), when that is more: prompts longer
+    than assumed, billed reasoning. Never lowered: the catalog estimate is an upper one for
+    every model alike, and a measured average of short answers would make one model look
+    cheaper than the others by the comparison alone."""
+    measured = profile.cost_avg_usd if profile is not None else None
+    return estimate if measured is None else max(estimate, measured)
+
+
 # The task type a role's calls are measured under, when it is not the task's own.
 ROLE_TASK_TYPES = {"critic": TaskType.CODE_REVIEW, "evaluator": TaskType.EVALUATE}
 
@@ -121,7 +131,8 @@ class Router:
     profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
     on_decision: Callable[[Decision], None] | None = None
     planner: ConstraintPlanner = field(default_factory=ConstraintPlanner)
-    # Measured call costs replace the catalog estimate once a (model, task type) has any.
+    # A call's estimated cost: the measured average of the (model, task type) once there is
+    # one, else the catalog price of a typical call, ``at_least_measured``.
     cost_model: CallCostModel | None = None
 
     def max_tokens(self, task_type: TaskType) -> int:
@@ -217,7 +228,9 @@ class Router:
         costs = self.cost_model
         if costs is not None and task_type is not None and costs.samples(model, task_type):
             return costs.predict(model, task_type)
-        return profile.cost_per_call(TYPICAL_PROMPT_TOKENS, output_tokens)
+        return at_least_measured(
+            profile.cost_per_call(TYPICAL_PROMPT_TOKENS, output_tokens), profile
+        )
 
     def _ready(self, model: Model, screened: Screened) -> bool:
         return self.healthy(model) and model.key not in screened.unaffordable

@@ -13,6 +13,7 @@ from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
 from orchestrator.audit import AuditLog, verify
+from orchestrator.errors import ConfigError
 from orchestrator.hooks import EventType
 from orchestrator.models import ProjectStatus, Task, TaskType
 
@@ -144,6 +145,61 @@ def test_a_deleted_reordered_or_edited_line_is_detected(tmp_path):
     assert not verify(["not json"]).ok
     # Lines cut from the end leave a valid shorter chain: the head kept elsewhere catches it.
     assert verify(lines[:-1]).ok and not verify(lines[:-1], head=head).ok
+
+
+def cut_off(path):
+    """The file as a process killed in the middle of writing a record leaves it."""
+    with path.open("a") as handle:
+        handle.write('{"data":{"n":5},"hash":"3f5')
+    return path
+
+
+def test_a_last_line_cut_off_in_mid_write_is_an_incomplete_write_not_tampering(tmp_path):
+    path, _, head = chain(tmp_path, 3)
+
+    check = verify(cut_off(path))
+
+    assert check.ok and check.records == 3 and check.incomplete
+    assert "last record incomplete (a write cut off)" in check.describe(path)
+    assert verify(path, head=head).ok  # the chain before it is whole
+
+
+def test_a_log_appending_to_a_file_cut_off_in_mid_write_drops_the_cut_line_and_goes_on(
+    tmp_path, caplog
+):
+    path, _, _ = chain(tmp_path, 3)
+    cut_off(path)
+
+    log = AuditLog(path)  # a resumed run's log
+    log.record("call", {"n": 3})
+    log.close()
+
+    check = verify(path)
+    assert check.ok and check.records == 4 and not check.incomplete
+    assert check.head == log.head
+    assert [r.getMessage() for r in caplog.records if "last record incomplete" in r.getMessage()]
+
+
+def test_a_whole_record_missing_only_its_newline_is_kept_and_the_chain_goes_on(tmp_path):
+    path, lines, _ = chain(tmp_path, 2)
+    path.write_text("\n".join(lines))  # killed after the record, before its newline
+
+    log = AuditLog(path)
+    log.record("call", {"n": 2})
+    log.close()
+
+    check = verify(path)
+    assert check.ok and check.records == 3 and check.head == log.head
+
+
+def test_a_damaged_line_that_was_written_whole_still_refuses_an_append(tmp_path):
+    path, _, _ = chain(tmp_path, 2)
+    with path.open("a") as handle:
+        handle.write("edited by hand\n")
+
+    with pytest.raises(ConfigError, match="ends in a damaged line"):
+        AuditLog(path)
+    assert not verify(path).ok
 
 
 def test_a_log_continues_the_chain_of_the_file_it_appends_to(tmp_path):

@@ -19,6 +19,7 @@ from orchestrator.cost import (
 )
 from orchestrator.models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from orchestrator.optimization import GreedyBackend
+from orchestrator.routing import Router
 from orchestrator.state import StateManager
 
 CATALOG = Catalog.load(env={})
@@ -91,6 +92,34 @@ async def test_routing_follows_measured_costs_once_there_are_some(fake, llm):
     assert state.results["core"].model_used != flash_lite  # greedy's choice without the data
 
 
+def test_a_model_measured_dearer_than_its_price_is_priced_as_measured_until_the_job_has_its_own():
+    profiles = build_default_profiles(CATALOG)
+    flash_lite = CATALOG.resolve("gemini-flash-lite")
+    profile = profiles[flash_lite.key]
+    predictor = CostPredictor()
+
+    def greedy_author():
+        models = tuple(p.model for p in profiles.values())
+        router = Router(CATALOG, models, backend=GreedyBackend(), profiles=profiles,
+                        cost_model=predictor)  # fmt: skip
+        return router.generation_chain(TaskType.CODE_GEN)[0]
+
+    assert greedy_author() == flash_lite  # the cheapest by catalog price
+    profile.record_call(2.0, ok=True, cost_usd=5.0)  # measured (here or in an earlier run): dear
+
+    assert predictor.predict(flash_lite, TaskType.CODE_GEN, profile) == 5.0
+    assert greedy_author() != flash_lite
+    predictor.record(flash_lite, TaskType.CODE_GEN, 0.0001)  # the job's own average wins
+    assert predictor.predict(flash_lite, TaskType.CODE_GEN, profile) == 0.0001
+    assert greedy_author() == flash_lite
+    # Cheaper than the catalog's upper estimate: kept at it, so that a model is never preferred
+    # for being compared by its short answers with the others' full-length estimates.
+    profiles[KIMI.key].record_call(1.0, ok=True, cost_usd=0.000001)
+    assert predictor.predict(KIMI, TaskType.CODE_GEN, profiles[KIMI.key]) == typical_call_usd(
+        KIMI, TaskType.CODE_GEN
+    )
+
+
 def test_the_design_documents_forecast_example_runs_with_its_risk_levels():
     tasks = [Task(f"t{i}", TaskType.CODE_GEN, "x") for i in range(3)]
     predictor = CostPredictor(alpha=0.1)
@@ -141,6 +170,27 @@ def test_forecast_on_the_command_line_calls_nothing_and_needs_no_key(tmp_path, f
     assert "assumes: no task list: the planner's call and 10 tasks" in result.stdout
     assert "every catalog model (no provider key is set)" in result.stdout
     assert fake.count() == 0
+
+
+def test_forecast_on_the_command_line_uses_what_earlier_runs_measured(tmp_path, isolated_home):
+    args = ("-p", "A rate limiter", "-c", "tests pass", "--forecast")
+    fresh = run_cli(*args, cwd=tmp_path)
+    assert fresh.returncode == 0 and "risk low" in fresh.stdout
+    assert not (isolated_home / "state.db").exists()  # a forecast creates no state file
+
+    author = CATALOG.resolve("Kimi K2.5")  # the routing table's first author of code
+    measured = {"calls": 4, "cost_avg_usd": 0.5, "quality": 0.9, "trust": 1.0}
+
+    async def save():
+        async with StateManager() as store:
+            await store.save_model_telemetry({author.key: measured})
+
+    asyncio.run(save())
+    informed = run_cli(*args, cwd=tmp_path)
+
+    assert informed.returncode == 0, informed.stderr
+    assert "risk high" in informed.stdout  # ten tasks' two $0.50 calls are past the $8 budget
+    assert "what earlier runs measured (the state file's telemetry)" in informed.stdout
 
 
 async def charged_run(fake, hierarchy=None, budget=10.0, **charge):

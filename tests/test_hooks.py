@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 
@@ -146,3 +147,52 @@ async def test_an_on_event_handler_that_hangs_is_logged_once_and_never_stalls_th
     assert seen[:2] == ["run_started", "decomposed"]  # in order, up to the one it hung on
     hung = [r for r in caplog.records if "has not returned within 0.3 s" in r.getMessage()]
     assert len(hung) == 1
+
+
+async def test_a_hook_that_exits_is_logged_once_like_one_that_raises_and_the_run_goes_on(
+    fake, llm, caplog
+):
+    caplog.set_level(logging.WARNING, logger="orchestrator.hooks")
+
+    def exits(**_):
+        sys.exit(3)  # a script's habit, inside a hook
+
+    async def async_exits(**_):
+        raise SystemExit(4)
+
+    def interrupts(**_):
+        raise KeyboardInterrupt  # raised by the hook in its own thread: no Ctrl-C of the user's
+
+    def hooks(orch):
+        for callback in (exits, async_exits, interrupts):
+            orch.add_hook(EventType.MODEL_SELECTED, callback)
+
+    state, _ = await run(fake, hooks)
+
+    assert state.status is ProjectStatus.SUCCESS
+    messages = [r.getMessage() for r in caplog.records]
+    for name, what in (("exits", "raised SystemExit: 3"), ("async_exits", "raised SystemExit: 4"),
+                       ("interrupts", "raised KeyboardInterrupt")):  # fmt: skip
+        about = [m for m in messages if m.startswith(f"hook {name} ")]
+        assert len(about) == 1 and what in about[0], about
+
+
+async def test_an_async_hook_that_ignores_its_cancellation_cannot_stall_the_end_of_a_run(
+    fake, llm, caplog
+):
+    caplog.set_level(logging.WARNING, logger="orchestrator.hooks")
+
+    async def stubborn(**_):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(30)  # swallows the time box's cancellation and waits on
+
+    state, seconds = await run(
+        fake, lambda orch: orch.add_hook(EventType.TASK_COMPLETED, stubborn), hook_seconds=0.3
+    )
+
+    assert state.status is ProjectStatus.SUCCESS
+    assert seconds < 5  # the time box and a short grace, not the 30 s it asks for
+    about = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hook stubborn ")]
+    assert len(about) == 1 and "did not stop when cancelled" in about[0]
