@@ -34,6 +34,10 @@ class BudgetExceeded(OrchestratorError):
         self.spent_usd = spent_usd
 
 
+class CallsStopped(BudgetExceeded):
+    """No new call may start: the run was asked to stop once its calls in flight finish."""
+
+
 @dataclass
 class Reservation:
     amount: float

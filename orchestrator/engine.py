@@ -70,6 +70,7 @@ from .taskgraph import TaskGraphError, decomposition_schema, execution_order, pa
 from .telemetry import ModelProfile, TelemetryCollector
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
+STOPPED_GRACEFULLY = "stopped on request: the calls in flight finished; resumable"
 ONE_MODEL = (
     "one model only ({}): it critiques nothing and grades its own answers, so scores are "
     "self-assessed; add a key or a second model for independent review"
@@ -181,6 +182,8 @@ class Orchestrator:
         self._metrics_feed: MetricsFeed | None = None
         self._current_run: ProjectState | None = None  # the run the metrics report on
         self.channels: dict[str, TaskChannel] = {}
+        # Set by ``stop_gracefully``: no new paid call starts, those in flight finish.
+        self.stopping = asyncio.Event()
         # Every model selection and every call of this orchestrator's runs, hash-chained.
         self.audit_log = audit_log
         # Without a client given: True runs every step on the embedded local model, a path on
@@ -265,6 +268,62 @@ class Orchestrator:
         (description, criteria, tasks) it is refused with ``ConfigError`` before anything is
         paid, unless ``restart`` discards its saved state (journal included) first.
         """
+        state, tasks = self._new_state(project_description, success_criteria, project_id, tasks,
+                                       quality_threshold)  # fmt: skip
+        async with (
+            self._session() as session,
+            self._capped(session, team, job_id, self.budget.max_usd),
+        ):
+            saved = await self._create(session, state, tasks, restart, team, job_id)
+            if saved is not None:
+                # The same project again: it continues, under this call's limits.
+                return await self._continue(
+                    session,
+                    saved,
+                    self.budget.max_usd,
+                    self.budget.max_time_seconds,
+                    state.quality_threshold,
+                )
+            async with self._leased(session, state.project_id):
+                await self._run(session, state, tasks)
+        return state
+
+    async def create_project(
+        self,
+        project_description: str,
+        success_criteria: str,
+        project_id: str | None = None,
+        *,
+        tasks: Mapping[str, Task] | None = None,
+        quality_threshold: float | None = None,
+        restart: bool = False,
+        team: str | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Save a project to be run later by ``resume`` (a worker's, say) and return its id,
+        with every check ``run_project`` makes before paying anything, and nothing paid."""
+        state, tasks = self._new_state(project_description, success_criteria, project_id, tasks,
+                                       quality_threshold)  # fmt: skip
+        async with (
+            self._session() as session,
+            self._capped(session, team, job_id, self.budget.max_usd),
+        ):
+            if session.store is None:
+                raise ConfigError("a project saved for later needs a state store")
+            saved = await self._create(session, state, tasks, restart, team, job_id)
+            if saved is None and tasks is not None:
+                order = execution_order(dict(tasks))
+                await session.store.save_plan(state.project_id, dict(tasks), order, 0.0)
+        return state.project_id
+
+    def _new_state(
+        self,
+        project_description: str,
+        success_criteria: str,
+        project_id: str | None,
+        tasks: Mapping[str, Task] | None,
+        quality_threshold: float | None,
+    ) -> tuple[ProjectState, Mapping[str, Task] | None]:
         if project_id is not None:
             check_project_id(project_id)
         if tasks is not None:
@@ -279,44 +338,46 @@ class Orchestrator:
             budget=self._fresh_budget(),
             quality_threshold=threshold,
         )
-        async with (
-            self._session() as session,
-            self._capped(session, team, job_id, self.budget.max_usd),
-        ):
-            session.policies = self.policies
-            self._refuse_uncovered(session, tasks)
-            self._preload(session, tasks, done=set())
-            if session.store is not None and restart:
-                await self._discard(session, state.project_id)
-            if session.store is not None:
-                created = await session.store.create_project(
-                    state.project_id,
-                    description=project_description,
-                    criteria=success_criteria,
-                    max_usd=self.budget.max_usd,
-                    max_time_seconds=self.budget.max_time_seconds,
-                    settings={**self._settings(threshold), "team": team, "job": job_id},
-                )
-                if not created:
-                    saved = await session.store.load(state.project_id)
-                    changed = _changed_inputs(saved, project_description, success_criteria, tasks)
-                    if changed:
-                        raise ConfigError(
-                            f"project id {state.project_id!r} was saved with other inputs "
-                            f"({'; '.join(changed)}): use another --project-id, or --restart "
-                            "(restart=True) to discard its saved state and start again"
-                        )
-                    # The same project again: it continues, under this call's limits.
-                    return await self._continue(
-                        session,
-                        saved,
-                        self.budget.max_usd,
-                        self.budget.max_time_seconds,
-                        threshold,
-                    )
-            async with self._leased(session, state.project_id):
-                await self._run(session, state, tasks)
-        return state
+        return state, tasks
+
+    async def _create(
+        self,
+        session: _Session,
+        state: ProjectState,
+        tasks: Mapping[str, Task] | None,
+        restart: bool,
+        team: str | None,
+        job_id: str | None,
+    ) -> SavedProject | None:
+        """Record the project (None), or find it saved with the same inputs (returned); one
+        saved with other inputs is refused before anything is paid."""
+        session.policies = self.policies
+        self._refuse_uncovered(session, tasks)
+        self._preload(session, tasks, done=set())
+        if session.store is None:
+            return None
+        if restart:
+            await self._discard(session, state.project_id)
+        settings = {**self._settings(state.quality_threshold), "team": team, "job": job_id}
+        created = await session.store.create_project(
+            state.project_id,
+            description=state.project_description,
+            criteria=state.success_criteria,
+            max_usd=self.budget.max_usd,
+            max_time_seconds=self.budget.max_time_seconds,
+            settings=settings,
+        )
+        if created:
+            return None
+        saved = await session.store.load(state.project_id)
+        changed = _changed_inputs(saved, state.project_description, state.success_criteria, tasks)
+        if changed:
+            raise ConfigError(
+                f"project id {state.project_id!r} was saved with other inputs "
+                f"({'; '.join(changed)}): use another --project-id, or --restart "
+                "(restart=True) to discard its saved state and start again"
+            )
+        return saved
 
     async def run_job(self, spec: JobSpec) -> ProjectState:
         """Run ``spec`` with its own budget, charged to its team's and job's caps and under its
@@ -333,6 +394,11 @@ class Orchestrator:
             team=spec.team,
             job_id=spec.job_id,
         )
+
+    def stop_gracefully(self) -> None:
+        """Start no new paid call: the calls in flight finish and are journaled, and the run
+        ends INTERRUPTED, resumable (a worker shutting down). Safe from a signal handler."""
+        self.stopping.set()
 
     def get_channel(self, name: str) -> TaskChannel:
         """The channel called ``name``, created on first use: for hooks and event handlers to
@@ -468,10 +534,13 @@ class Orchestrator:
             audit=self.audit_log,
             project_id=state.project_id,
             telemetry=self.telemetry,
+            stopping=self.stopping,
         )
         self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
         try:
             await self._plan_and_execute(session, state, gateway, tasks)
+            if self.stopping.is_set() and state.status is ProjectStatus.BUDGET_EXHAUSTED:
+                state.status, state.reason = ProjectStatus.INTERRUPTED, STOPPED_GRACEFULLY
         except asyncio.CancelledError:
             state.status, state.reason = ProjectStatus.INTERRUPTED, "interrupted"
             await asyncio.shield(self.hooks.drain(cancel=True))

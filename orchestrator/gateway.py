@@ -10,7 +10,7 @@ from typing import Any
 
 from .aio import uninterrupted
 from .audit import AuditLog
-from .budget import Budget, BudgetExceeded, PhaseGuard, Reservation
+from .budget import Budget, BudgetExceeded, CallsStopped, PhaseGuard, Reservation
 from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
 from .client import Completion, UnifiedClient, sent_max_tokens
@@ -103,8 +103,10 @@ class LLMGateway:
         audit: AuditLog | None = None,
         project_id: str | None = None,
         telemetry: TelemetryCollector | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.client = client
+        self.stopping = stopping
         self.budget = budget
         self.cache = cache
         self.journal = journal
@@ -167,6 +169,8 @@ class LLMGateway:
             log.debug("%s on %s: cache miss", slot, model.value)
         if self.lease is not None:
             self.lease.check()  # a run that lost its project pays for nothing more
+        if self.stopping is not None and self.stopping.is_set():
+            raise CallsStopped("the run is stopping: no new call starts")
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
         # a cancellation), what the budget was charged is journaled here, exactly once.
         ledger = self.journal.ledger if self.journal is not None else None

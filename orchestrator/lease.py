@@ -33,6 +33,10 @@ def lease_seconds() -> float:
     return seconds
 
 
+class ProjectBusy(ConfigError):
+    """Another run holds the project (its lease has not ended)."""
+
+
 class LeaseLost(OrchestratorError):
     """Another run took the project, or the lease could not be renewed in time."""
 
@@ -55,7 +59,7 @@ class Lease:
     async def __aenter__(self) -> Lease:
         holder = await self.store.claim(self.project_id, self.owner, self.seconds)
         if holder is not None:
-            raise ConfigError(
+            raise ProjectBusy(
                 f"project {self.project_id!r} is being run by {holder}; wait for that run to "
                 "end or stop it, then resume"
             )

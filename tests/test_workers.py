@@ -1,0 +1,224 @@
+"""Projects run by workers (``--submit``, ``--worker``) on the shared PostgreSQL store: each runs
+once, a killed worker's project is finished by another that pays for nothing twice, and a
+worker asked to stop lets its calls in flight finish and hands its projects back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import clean_environment, fake_env, run_cli
+from test_durability import (
+    BUDGET,
+    CONCURRENCY,
+    CRITERIA,
+    DEADLINE,
+    DELAY,
+    KILL_POINTS,
+    PROJECT,
+    PROJECT_ID,
+    Conductor,
+    baseline,  # noqa: F401 - the same project run once, uninterrupted, as a fixture
+    key,
+    wait_until,
+)
+
+from orchestrator.state import StateManager
+
+LEASE = "1"  # seconds: a killed worker's project and job are free again soon after
+RUN_FLAGS = ("-p", PROJECT, "-c", CRITERIA, "--project-id", PROJECT_ID, "--no-cache",
+             "--concurrency", str(CONCURRENCY), "--budget", BUDGET)  # fmt: skip
+
+
+@pytest.fixture
+def env(fake, postgres_url, tmp_path) -> dict[str, str]:
+    return {
+        **fake_env(fake.base_url),
+        "ORCHESTRATOR_HOME": str(tmp_path / "home"),
+        "ORCHESTRATOR_DB_URL": postgres_url,
+        "ORCHESTRATOR_LEASE_SECONDS": LEASE,
+    }
+
+
+def start_worker(env: dict[str, str], cwd: Path, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "--worker", *flags],
+        env={**clean_environment(), **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(worker: subprocess.Popen[str]) -> tuple[str, str]:
+    out, err = worker.communicate(timeout=DEADLINE)
+    assert worker.returncode == 0, err
+    return out, err
+
+
+def project_row(env: dict[str, str], cwd: Path, project_id: str = PROJECT_ID) -> dict[str, str]:
+    result = run_cli("--list-projects", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    header, *rows = (re.split(r"\s{2,}", line) for line in result.stdout.splitlines())
+    mine = [dict(zip(header, row, strict=True)) for row in rows if row[0] == project_id]
+    assert len(mine) == 1, result.stdout
+    return mine[0]
+
+
+async def books(url: str) -> tuple[float, float, float]:
+    """The organisation's ledger spend, the journal's total, and the project's saved spend."""
+    async with StateManager(url) as store:
+        ledger = await store.ledger(["org"])
+        journal = await store._store.run("SELECT COALESCE(SUM(cost_usd), 0) FROM journal")
+        saved = await store.load(PROJECT_ID)
+    return ledger["org"].spent, float(journal[0][0]), saved.spent_usd
+
+
+async def queued_jobs(url: str) -> list[tuple[str, str]]:
+    from orchestrator.distributed import QUEUE_SCHEMA
+
+    async with StateManager(url) as store:
+        rows = await store._store.run(
+            f"SELECT args->>'project_id', status::text FROM {QUEUE_SCHEMA}.procrastinate_jobs"
+            " ORDER BY id"
+        )
+    return [(str(p), str(s)) for p, s in rows]
+
+
+def test_a_submitted_project_is_queued_unpaid_then_run_by_a_worker(fake, env, tmp_path):
+    fake.responder = Conductor()
+    out = tmp_path / "out"
+
+    submitted = run_cli("--submit", *RUN_FLAGS, "--output-dir", str(out), cwd=tmp_path, env=env)
+    again = run_cli("--submit", *RUN_FLAGS, "--output-dir", str(out), cwd=tmp_path, env=env)
+
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout == f"{PROJECT_ID}\n"
+    assert fake.count() == 0  # nothing is paid until a worker runs it
+    assert again.returncode == 0 and "already waiting for a worker" in again.stderr
+    assert project_row(env, tmp_path)["tasks"] == "0/0"
+
+    _, err = finish(start_worker(env, tmp_path, "--exit-when-idle"))
+
+    assert f"project {PROJECT_ID}: SUCCESS" in err
+    row = project_row(env, tmp_path)
+    assert (row["status"], row["tasks"]) == ("SUCCESS", "5/5")
+    assert (out / "summary.json").is_file()  # written where the submission asked
+    assert asyncio.run(queued_jobs(env["ORCHESTRATOR_DB_URL"])) == [(PROJECT_ID, "succeeded")]
+
+
+def test_two_workers_started_together_run_a_project_once(fake, env, tmp_path, baseline):  # noqa: F811
+    fake.responder = Conductor()
+    assert run_cli("--submit", *RUN_FLAGS, cwd=tmp_path, env=env).returncode == 0
+
+    workers = [start_worker(env, tmp_path, "--exit-when-idle") for _ in range(2)]
+    errors = [finish(worker)[1] for worker in workers]
+
+    assert sum(f"project {PROJECT_ID}: SUCCESS" in err for err in errors) == 1
+    assert Counter(key(r) for r in fake.requests) == baseline.requests  # each call asked once
+    ledger, journal, saved = asyncio.run(books(env["ORCHESTRATOR_DB_URL"]))
+    assert ledger == pytest.approx(journal) == pytest.approx(saved)
+
+
+def test_a_killed_workers_project_is_finished_by_another_paying_only_its_calls_in_flight_again(
+    fake,
+    env,
+    tmp_path,
+    baseline,  # noqa: F811
+):
+    point = KILL_POINTS["core-loop"]
+    conductor = Conductor(point.hold, delay=DELAY)
+    fake.responder = conductor
+    assert run_cli("--submit", *RUN_FLAGS, cwd=tmp_path, env=env).returncode == 0
+    first = start_worker(env, tmp_path)
+    try:
+        wait_until(conductor.fired.is_set, "the held critique", first)
+        wait_until(lambda: fake.count() >= conductor.calls_when_fired, "the held requests")
+        recorded_at_kill = fake.count()
+        first.kill()
+        first.communicate(timeout=DEADLINE)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    killed = list(fake.requests)
+    # Its job stays "doing" until its heartbeat is older than a lease; then another worker's
+    # sweep sends it back to the queue, and the project's lease has ended too.
+    time.sleep(float(LEASE) + 0.5)
+    fake.responder = Conductor()
+
+    _, err = finish(start_worker(env, tmp_path, "--exit-when-idle"))
+
+    assert f"project {PROJECT_ID}: SUCCESS" in err, err
+    resumed = fake.requests[len(killed) :]
+    paid = Counter(key(r) for r in killed + resumed)
+    assert not baseline.requests - paid
+    repeats = paid - baseline.requests
+    assert repeats <= Counter(key(r) for r in killed[max(0, recorded_at_kill - CONCURRENCY) :])
+    assert Counter(key(r) for r in conductor.held) <= repeats
+    # The held call may have been billed: its hold was charged in full, and the books agree.
+    ledger, journal, saved = asyncio.run(books(env["ORCHESTRATOR_DB_URL"]))
+    assert ledger == pytest.approx(journal) == pytest.approx(saved)
+    assert saved > baseline.spent_usd
+
+
+def test_a_worker_asked_to_stop_lets_its_calls_finish_and_hands_the_project_back(
+    fake,
+    env,
+    tmp_path,
+    baseline,  # noqa: F811
+):
+    fake.responder = Conductor(delay=1.0)  # slow answers: calls are in flight at the signal
+    assert run_cli("--submit", *RUN_FLAGS, cwd=tmp_path, env=env).returncode == 0
+    worker = start_worker(env, tmp_path)
+    wait_until(lambda: fake.count() >= 2, "the first answers", worker)
+
+    worker.send_signal(signal.SIGTERM)
+    _, err = finish(worker)
+
+    row = project_row(env, tmp_path)
+    assert row["status"] == "INTERRUPTED", err
+    assert "released" in err
+    stopped = list(fake.requests)
+    url = env["ORCHESTRATOR_DB_URL"]
+    assert asyncio.run(queued_jobs(url)) == [(PROJECT_ID, "succeeded"), (PROJECT_ID, "todo")]
+    unanswered = asyncio.run(unanswered_calls(url))
+    assert unanswered == []  # every call in flight finished, was journaled and is replayed
+
+    fake.responder = Conductor()
+    _, err = finish(start_worker(env, tmp_path, "--exit-when-idle"))
+
+    assert f"project {PROJECT_ID}: SUCCESS" in err
+    # Not one call was paid twice: the stop let every call in flight finish.
+    assert Counter(key(r) for r in fake.requests) == baseline.requests
+    assert len(fake.requests) > len(stopped)
+
+
+async def unanswered_calls(url: str) -> list[str]:
+    async with StateManager(url) as store:
+        rows = await store._store.run("SELECT key FROM journal WHERE key LIKE '%#unanswered'")
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--submit", "-p", "x", "-c", "y"), "need a PostgreSQL store: --db URL or"),
+        (("--worker",), "need a PostgreSQL store: --db URL or"),
+        (("--exit-when-idle",), "--exit-when-idle goes with --worker"),
+        (("--worker", "--concurrency", "0"), "at least 1"),
+    ],
+)
+def test_worker_flags_used_wrongly_are_one_line_errors(flags, message, tmp_path):
+    result = run_cli(*flags, cwd=tmp_path, env={"ORCHESTRATOR_HOME": str(tmp_path)})
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
