@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
 from .models import ModelProfile, ProjectState
 from .telemetry import merge_profiles
 
@@ -80,6 +82,29 @@ class AgentPool:
             *(self.agents[name].run_job(jobs[name]) for name in names), return_exceptions=True
         )
         return dict(zip(names, results, strict=True))
+
+    async def submit_parallel(
+        self, jobs: Mapping[str, JobSpec], queue_url: str | None = None
+    ) -> dict[str, str | BaseException]:
+        """Queue each agent's job for the workers (``python -m orchestrator --worker``) instead
+        of running it here: each agent saves its project (checked, nothing paid) and its id is
+        the result; an agent that fails has its exception instead. ``queue_url``: the
+        PostgreSQL database of the queue, by default ``$ORCHESTRATOR_DB_URL``."""
+        from .distributed import enqueue  # the distributed extra, only when asked for
+        from .sqlite_store import DB_URL_ENV
+
+        url = queue_url or os.environ.get(DB_URL_ENV)
+        if not url:
+            raise ConfigError(f"submitting needs the queue's PostgreSQL database: ${DB_URL_ENV}")
+        unknown = [name for name in jobs if name not in self.agents]
+        if unknown:
+            raise KeyError(f"no agent called {', '.join(map(repr, unknown))} in the pool")
+        names = list(jobs)
+        saved = await asyncio.gather(
+            *(self.agents[name].submit_job(jobs[name]) for name in names), return_exceptions=True
+        )
+        await enqueue(url, [p for p in saved if isinstance(p, str)])
+        return dict(zip(names, saved, strict=True))
 
     @staticmethod
     def best_result(

@@ -594,9 +594,9 @@ async def _submit(spec: ProjectSpec, args: argparse.Namespace) -> int:
             spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
             restart=args.restart, team=args.team, job_id=args.job,
         )  # fmt: skip
-        queued = await distributed.enqueue(url, project_id)
+        waiting = await distributed.enqueue(url, [project_id])
     print(project_id)
-    if not queued:
+    if waiting:
         print(f"project {project_id} was already waiting for a worker", file=sys.stderr)
     return EXIT_SUCCESS
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import procrastinate
@@ -68,16 +68,19 @@ async def prepare_queue(url: str) -> None:
         ) from exc
 
 
-async def enqueue(url: str, project_id: str) -> bool:
-    """Queue a job for ``project_id``; False when one is already waiting for a worker."""
+async def enqueue(url: str, project_ids: Iterable[str]) -> set[str]:
+    """Queue a job for each project; those with one already waiting for a worker are returned
+    (and not queued twice)."""
     await prepare_queue(url)
     app = queue_app(url)
+    waiting = set()
     async with app.open_async():
-        try:
-            await _defer(app, project_id)
-        except procrastinate.exceptions.AlreadyEnqueued:
-            return False
-    return True
+        for project_id in project_ids:
+            try:
+                await _defer(app, project_id)
+            except procrastinate.exceptions.AlreadyEnqueued:
+                waiting.add(project_id)
+    return waiting
 
 
 async def _defer(app: procrastinate.App, project_id: str, delay: float = 0.0) -> None:

@@ -383,17 +383,18 @@ class Orchestrator:
         """Run ``spec`` with its own budget, charged to its team's and job's caps and under its
         policies besides this orchestrator's; the caps and every policy are checked before
         anything is paid (``BudgetCapExceeded``, ``ConfigError``)."""
+        return await self._for_job(spec).run_project(**_job_arguments(spec))
+
+    async def submit_job(self, spec: JobSpec) -> str:
+        """Save ``spec`` as ``run_job`` would run it (its budget, caps and policies checked,
+        nothing paid) for a worker to run; its project id."""
+        return await self._for_job(spec).create_project(**_job_arguments(spec))
+
+    def _for_job(self, spec: JobSpec) -> Orchestrator:
         job = copy.copy(self)  # the same client, stores, profiles and predictor
         job.budget = spec.budget
         job.policies = PolicySet([*self.policies, *spec.policies])
-        return await job.run_project(
-            spec.project_description,
-            spec.success_criteria,
-            spec.project_id,
-            tasks=spec.tasks,
-            team=spec.team,
-            job_id=spec.job_id,
-        )
+        return job
 
     def stop_gracefully(self) -> None:
         """Start no new paid call: the calls in flight finish and are journaled, and the run
@@ -1179,6 +1180,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def _given(value: float | None, saved: float) -> float:
     return saved if value is None else value
+
+
+def _job_arguments(spec: JobSpec) -> dict[str, Any]:
+    return {
+        "project_description": spec.project_description,
+        "success_criteria": spec.success_criteria,
+        "project_id": spec.project_id,
+        "tasks": spec.tasks,
+        "team": spec.team,
+        "job_id": spec.job_id,
+    }
 
 
 def _check_threshold(threshold: float) -> None:

@@ -725,11 +725,11 @@ class _Refused(Exception):
 
 async def _move_to_spent(execute: Execute, scopes: list[str], held: float, spent: float) -> None:
     for scope in scopes:
-        # Never below zero: float residues of many holds must not make room that is not there.
+        # Zero, not a float residue, once what is held is released: never below it either.
         await execute(
             "UPDATE budget_ledger SET spent = spent + ?,"
-            " reserved = CASE WHEN reserved > ? THEN reserved - ? ELSE 0 END WHERE scope = ?",
-            (spent, held, held, scope),
+            " reserved = CASE WHEN reserved - ? > ? THEN reserved - ? ELSE 0 END WHERE scope = ?",
+            (spent, held, _CAP_SLACK, held, scope),
         )
 
 

@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import clean_environment, fake_env, run_cli
+from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli
+from scripted_llm import ScriptedLLM
 from test_durability import (
     BUDGET,
     CONCURRENCY,
@@ -29,7 +30,11 @@ from test_durability import (
     key,
     wait_until,
 )
+from test_postgres_store import own_postgres  # noqa: F401 - a server this test may restart
 
+from orchestrator import AgentPool, Budget, Orchestrator, Task, TaskType, UnifiedClient
+from orchestrator.cost import BudgetHierarchy
+from orchestrator.policy import JobSpec
 from orchestrator.state import StateManager
 
 LEASE = "1"  # seconds: a killed worker's project and job are free again soon after
@@ -222,3 +227,169 @@ def test_worker_flags_used_wrongly_are_one_line_errors(flags, message, tmp_path)
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+NOTE_TASK = {"note": Task(id="note", type=TaskType.WRITING, prompt="[note] Write a note.")}
+PARALLEL_TASKS = {
+    f"n{i}": Task(id=f"n{i}", type=TaskType.WRITING, prompt=f"[n{i}] Write note {i}.")
+    for i in range(4)
+}
+
+
+async def create(
+    url: str,
+    fake_url: str,
+    ids: list[str],
+    tasks: dict[str, Task],
+    *,
+    budget: float = 1.0,
+    team: str | None = None,
+    caps: BudgetHierarchy | None = None,
+) -> None:
+    """Projects saved for the workers through the library, as a script would."""
+    from orchestrator.distributed import enqueue
+
+    async with (
+        StateManager(url) as store,
+        UnifiedClient(env=fake_env(fake_url)) as client,
+    ):
+        orchestrator = Orchestrator(
+            budget=Budget(max_usd=budget),
+            state_manager=store,
+            client=client,
+            use_cache=False,
+            integration=False,
+            max_concurrency=4,
+            budget_hierarchy=caps,
+            extra_settings={"use_cache": False},
+        )
+        for project_id in ids:
+            await orchestrator.create_project(
+                f"[project] notes for {project_id}", "notes are written", project_id,
+                tasks=tasks, team=team,
+            )  # fmt: skip
+    assert await enqueue(url, ids) == set()
+
+
+async def project_books(url: str) -> tuple[dict[str, str], list[tuple[str, str]], float, dict]:
+    async with StateManager(url) as store:
+        projects = {p.project_id: p.status for p in await store.list_projects()}
+        journal = await store._store.run("SELECT COALESCE(SUM(cost_usd), 0) FROM journal")
+        ledger = await store.ledger()
+    return projects, await queued_jobs(url), float(journal[0][0]), ledger
+
+
+def test_a_hundred_projects_on_four_workers_are_each_completed_once(fake, env, tmp_path):
+    fake.responder = ScriptedLLM()
+    url = env["ORCHESTRATOR_DB_URL"]
+    ids = [f"many{n:03}" for n in range(100)]
+    asyncio.run(create(url, fake.base_url, ids, NOTE_TASK))
+
+    workers = [start_worker(env, tmp_path, "--concurrency", "4", "--exit-when-idle")
+               for _ in range(4)]  # fmt: skip
+    errors = [finish(worker)[1] for worker in workers]
+
+    projects, jobs, journal, ledger = asyncio.run(project_books(url))
+    assert projects == dict.fromkeys(ids, "SUCCESS")
+    assert sorted(jobs) == [(p, "succeeded") for p in ids]  # one job each, run once
+    assert sum(err.count(": SUCCESS") for err in errors) == 100
+    # Every project asked for the same calls, once each: its draft, critique, verdicts.
+    per_project = Counter(
+        re.search(r"notes for (many\d+)", r.prompt_text)[1] for r in fake.requests
+    )
+    assert set(per_project) == set(ids) and len(set(per_project.values())) == 1
+    assert journal > 0 and ledger["org"].spent == pytest.approx(journal)
+    assert sum(ledger[f"project:{p}"].spent for p in ids) == pytest.approx(journal)
+
+
+def test_a_pool_can_queue_its_agents_jobs_for_the_workers(fake, env, tmp_path):
+    fake.responder = ScriptedLLM()
+    url = env["ORCHESTRATOR_DB_URL"]
+
+    async def submit() -> dict[str, str | BaseException]:
+        async with (
+            StateManager(url) as store,
+            UnifiedClient(env=fake_env(fake.base_url)) as client,
+        ):
+            pool = AgentPool()
+            for name in ("a", "b"):
+                pool.add_agent(name, Orchestrator(state_manager=store, client=client,
+                                                  use_cache=False, integration=False))  # fmt: skip
+            spec = JobSpec("[project] notes", "notes are written", Budget(max_usd=1.0),
+                           tasks=NOTE_TASK)  # fmt: skip
+            return await pool.submit_parallel({"a": spec, "b": spec}, queue_url=url)
+
+    submitted = asyncio.run(submit())
+
+    assert all(isinstance(p, str) for p in submitted.values()) and fake.count() == 0
+    finish(start_worker(env, tmp_path, "--concurrency", "2", "--exit-when-idle"))
+    projects, jobs, _, _ = asyncio.run(project_books(url))
+    assert {projects[p] for p in submitted.values()} == {"SUCCESS"}
+    assert sorted(p for p, _ in jobs) == sorted(submitted.values())
+
+
+def test_four_workers_with_four_calls_in_flight_each_never_pass_a_shared_team_cap(
+    fake, env, tmp_path
+):
+    # Every answer bills its whole output limit: the caps are reached for real.
+    fake.responder = ScriptedLLM(bill_max_output=True)
+    url = env["ORCHESTRATOR_DB_URL"]
+    ids = [f"capped{n}" for n in range(8)]
+    cap = 0.25
+    asyncio.run(create(url, fake.base_url, ids, PARALLEL_TASKS, budget=0.2, team="eng",
+                       caps=BudgetHierarchy(team_budgets={"eng": cap})))  # fmt: skip
+
+    workers = [start_worker(env, tmp_path, "--exit-when-idle") for _ in range(4)]
+    for worker in workers:
+        finish(worker)
+
+    projects, _, journal, ledger = asyncio.run(project_books(url))
+    team = ledger["team:eng"]
+    assert team.spent <= cap and team.reserved == 0.0
+    assert team.spent == pytest.approx(journal) == pytest.approx(ledger["org"].spent)
+    assert "BUDGET_EXHAUSTED" in projects.values()  # the cap, not the runs, ended the work
+    assert team.spent > cap * 0.5
+
+
+def test_a_database_restart_mid_run_is_ridden_out_or_resumed_and_charges_nothing_twice(
+    fake,
+    own_postgres,  # noqa: F811
+    tmp_path,
+    baseline,  # noqa: F811
+):
+    url, directory = own_postgres
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home"),
+           "ORCHESTRATOR_DB_URL": url, "ORCHESTRATOR_LEASE_SECONDS": LEASE}  # fmt: skip
+    fake.responder = Conductor(delay=0.3)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *RUN_FLAGS],
+        env={**clean_environment(), **env}, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: fake.count() >= 4, "the first answers", run)
+        script = str(PROJECT_ROOT / ".ci" / "postgres")
+        restart = subprocess.run(["bash", script, "restart", directory],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert restart.returncode == 0, restart.stderr
+        _, err = run.communicate(timeout=DEADLINE)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert "Traceback" not in err
+    # Statements wait for the server to come back (the pool replaces dropped connections), so
+    # the run usually rides the restart out; one that stopped on it is resumed.
+    assert run.returncode in (0, 2, 6), err  # finished, or a one-line storage error
+    time.sleep(float(LEASE) + 0.2)  # a run cut off from the database held its lease till now
+    fake.responder = Conductor()
+
+    resumed = run_cli("--resume", PROJECT_ID, cwd=tmp_path, env=env)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert "SUCCESS" in resumed.stdout
+    paid = Counter(key(r) for r in fake.requests)
+    assert not baseline.requests - paid
+    assert sum((paid - baseline.requests).values()) <= CONCURRENCY  # only calls in flight
+    ledger, journal, saved = asyncio.run(books(url))
+    assert ledger == pytest.approx(journal) == pytest.approx(saved)
