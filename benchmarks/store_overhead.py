@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from orchestrator.ledger import Ledger
 from orchestrator.state import StateManager
 
 PROJECT = {"description": "d", "criteria": "c", "max_usd": 100.0, "max_time_seconds": 3600.0,
@@ -30,11 +31,23 @@ ENTRY = {"text": "x" * 2000, "parsed": None, "input_tokens": 900, "output_tokens
 
 
 async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"journal_put": [], "checkpoint": []}
+    times: dict[str, list[float]] = {"journal_put": [], "checkpoint": [], "paid_call": []}
     async with StateManager(location) as store:
         project = f"bench-{time.time_ns()}"
         await store.create_project(project, **PROJECT)
+        owner = f"bench:{os.getpid()}:x"
+        assert await store.claim(project, owner, 600.0) is None
+        ledger = Ledger(store, project, owner)
+        await ledger.open(100.0, "team", "job")
         for n in range(calls):
+            # What a run's paid call does now: hold its worst case on the org, team, job and
+            # project rows, then settle it with its journal row in one transaction.
+            started = time.perf_counter()
+            hold = ledger.new_hold(0.01)
+            await ledger.reserve(hold, task_id="t", phase="generation", journal_key=f"c{n}")
+            row = (project, f"c{n}", "t", "generation", ENTRY, float(n))
+            await store.ledger_settle([(hold.id, 0.001)], row)
+            times["paid_call"].append(time.perf_counter() - started)
             started = time.perf_counter()
             await store.journal_put(
                 project, f"k{n}", task_id=f"t{n % 10}", phase="generation", cost_usd=0.001,
@@ -74,7 +87,8 @@ async def main() -> None:
     print(f"SQLite: synchronous=FULL; PostgreSQL: fsync={fsync}, synchronous_commit={commit}")
     if fsync != "on":
         print("(a server without fsync, like the tests' throwaway one, flatters PostgreSQL)")
-    for what in ("journal_put", "checkpoint"):
+    print("paid_call = the ledger's hold and its settlement with the journal row (the run's path)")
+    for what in ("journal_put", "paid_call", "checkpoint"):
         (s_median, s_p95), (p_median, p_p95) = describe(sqlite[what]), describe(postgres[what])
         print(
             f"{what:12} SQLite median {s_median:.3f} ms (p95 {s_p95:.3f}); PostgreSQL median "

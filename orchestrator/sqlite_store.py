@@ -254,7 +254,7 @@ class SQLiteStore:
 
 
 DB_URL_ENV = "ORCHESTRATOR_DB_URL"
-EXTRA_COMMAND = "pip install 'orchestrator[distributed]'"
+EXTRA_COMMAND = "pip install -e '.[distributed]' (in the project's directory)"
 
 
 def is_postgres_url(location: str | os.PathLike[str]) -> bool:

@@ -89,7 +89,7 @@ def test_without_the_extra_a_postgresql_database_is_a_one_line_error(tmp_path, m
     import orchestrator.postgres_store as postgres_store
 
     monkeypatch.setattr(postgres_store, "psycopg", None)
-    with pytest.raises(ConfigError, match=r"distributed extra: pip install 'orchestrator\["):
+    with pytest.raises(ConfigError, match=r"distributed extra: pip install -e '\.\[distributed\]'"):
         StateManager("postgresql://u@127.0.0.1/db")
 
     # The command line names the extra before anything runs, psycopg hidden from it.
