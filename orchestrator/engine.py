@@ -518,12 +518,7 @@ class Orchestrator:
         )
         budget = state.budget
         budget.on_phase_warning.append(self._phase_warning)
-        journal = None
-        if session.store is not None:
-            journal = Journal(
-                session.store, state.project_id, budget, await self._ledger(session, budget)
-            )
-            await journal.load()
+        journal = await self._journal(session, budget)
         if self.audit_log is not None:
             self.audit_log.add_secrets(session.client.secrets())
         gateway = LLMGateway(
@@ -969,9 +964,9 @@ class Orchestrator:
         finally:
             hierarchy.release(hold)
 
-    async def _ledger(self, session: _Session, budget: Budget) -> Ledger | None:
-        """The shared ledger every paid call of the run holds its worst case in, on the
-        organisation's, its team's, its job's and the project's rows."""
+    async def _journal(self, session: _Session, budget: Budget) -> Journal | None:
+        """The run's journal of paid calls, whose every call holds its worst case in the
+        shared ledger on the organisation's, its team's, its job's and the project's rows."""
         store, lease = session.store, session.lease
         if store is None or lease is None:
             return None
@@ -979,7 +974,9 @@ class Orchestrator:
         ledger = Ledger(store, lease.project_id, lease.owner)
         for hold in await ledger.open(budget.max_usd, settings.get("team"), settings.get("job")):
             budget.charge(hold.amount, hold.phase)  # journaled by the sweep, as it was charged
-        return ledger
+        journal = Journal(store, lease.project_id, budget, ledger)
+        await journal.load()
+        return journal
 
     async def _load_telemetry(self, session: _Session) -> None:
         """What earlier runs measured about each model, for those this orchestrator has not

@@ -36,13 +36,13 @@ _VERDICTS_BY_NAME = {error.__name__: error for error in _VERDICTS}
 
 @dataclass
 class Journal:
-    """The paid calls of one project, written before their answers are used; with a
-    ``ledger``, each call's row settles its holds there in the same transaction."""
+    """The paid calls of one project, written before their answers are used; each call's
+    row settles its holds in the ``ledger`` in the same transaction."""
 
     store: StateManager
     project_id: str
     budget: Budget
-    ledger: Ledger | None = None
+    ledger: Ledger
     # Keys with a replayable answer, read once per run: a fresh run never queries per call.
     replayable: set[str] = field(default_factory=set)
 
@@ -55,32 +55,15 @@ class Journal:
         return await self.store.journal_get(self.project_id, key)
 
     async def put(
-        self,
-        key: str,
-        *,
-        task_id: str,
-        phase: str,
-        cost_usd: float,
-        entry: dict[str, Any] | None,
-        holds: Sequence[Hold] = (),
+        self, key: str, meter: _Meter, *, task_id: str, phase: str, entry: dict[str, Any] | None
     ) -> None:
-        if self.ledger is None:
-            await self.store.journal_put(
-                self.project_id,
-                key,
-                task_id=task_id,
-                phase=phase,
-                cost_usd=cost_usd,
-                entry=entry,
-                elapsed=self.budget.elapsed_seconds,
-            )
-            return
+        """The call ``meter`` paid for, at what its settled holds charged."""
         row = (self.project_id, key, task_id, phase, entry, self.budget.elapsed_seconds)
-        await self.store.ledger_settle(_settlements(holds), row)
+        await self.store.ledger_settle(_settlements(meter.holds), row)
 
     async def release(self, holds: Sequence[Hold]) -> None:
         """Settle the holds of a call that paid nothing (errors, refusals)."""
-        if self.ledger is not None and holds:
+        if holds:
             await self.store.ledger_settle(_settlements(holds))
 
 
@@ -220,14 +203,7 @@ class LLMGateway:
         if self.journal is not None:
             # The journal is what a resume relies on: written before the answer is used.
             await uninterrupted(
-                self.journal.put(
-                    key,
-                    task_id=task_id,
-                    phase=phase,
-                    cost_usd=meter.charged,
-                    entry=entry,
-                    holds=meter.holds,
-                )
+                self.journal.put(key, meter, task_id=task_id, phase=phase, entry=entry)
             )
         return answer
 
@@ -296,14 +272,7 @@ class LLMGateway:
             # Spend with nothing to replay (a timeout, a cancellation, a repair that no longer
             # fitted): kept under a key of its own so a resume asks again instead of replaying.
             entry, journal_key = None, f"{key}#unanswered"
-        await self.journal.put(
-            journal_key,
-            task_id=task_id,
-            phase=phase,
-            cost_usd=meter.charged,
-            entry=entry,
-            holds=meter.holds,
-        )
+        await self.journal.put(journal_key, meter, task_id=task_id, phase=phase, entry=entry)
 
     async def _cache_lookup(self, key: str) -> dict[str, Any] | None:
         assert self.cache is not None

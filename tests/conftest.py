@@ -17,6 +17,7 @@ from scripted_llm import ScriptedLLM
 
 from orchestrator import Budget, RetryPolicy, UnifiedClient
 from orchestrator.gateway import Journal, LLMGateway
+from orchestrator.ledger import Ledger
 from orchestrator.state import StateManager
 
 KEY_VARIABLES = (
@@ -142,8 +143,11 @@ async def gateway(fake, tmp_path):
     await store.create_project(
         "p", description="d", criteria="c", max_usd=5.0, max_time_seconds=60.0, settings={}
     )
+    assert await store.claim("p", "tests:1:gateway", 600.0) is None
+    ledger = Ledger(store, "p", "tests:1:gateway")
+    await ledger.open(5.0, None, None)
     budget = Budget(max_usd=5.0, max_time_seconds=60)
-    journal = Journal(store, "p", budget)
+    journal = Journal(store, "p", budget, ledger)
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=10) as client:
         yield LLMGateway(client, budget, None, journal)
     await store.aclose()
