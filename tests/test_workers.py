@@ -393,3 +393,14 @@ def test_a_database_restart_mid_run_is_ridden_out_or_resumed_and_charges_nothing
     assert sum((paid - baseline.requests).values()) <= CONCURRENCY  # only calls in flight
     ledger, journal, saved = asyncio.run(books(url))
     assert ledger == pytest.approx(journal) == pytest.approx(saved)
+
+
+@pytest.mark.parametrize("flags", [("--worker",), ("--submit", "-p", "x", "-c", "y")])
+def test_a_queue_that_cannot_be_reached_is_one_line_without_its_password(flags, tmp_path):
+    env = {"ORCHESTRATOR_HOME": str(tmp_path), "OPENAI_API_KEY": "test",
+           "ORCHESTRATOR_DB_URL": "postgresql://u:s3cret@127.0.0.1:9/queue"}  # fmt: skip
+
+    result = run_cli(*flags, cwd=tmp_path, env=env)
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "connection refused" in result.stderr.lower() and "s3cret" not in result.stderr
