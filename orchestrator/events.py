@@ -54,7 +54,9 @@ def guarded(sink: EventSink) -> EventSink:
         nonlocal failed
         try:
             sink(event)
-        except Exception as exc:
+        # A handler's sys.exit() ends only the handler's work: the run is not the handler's to
+        # end (a real Ctrl-C, KeyboardInterrupt, still goes on).
+        except (Exception, SystemExit) as exc:
             if not failed:
                 failed = True
                 name = getattr(sink, "__qualname__", type(sink).__name__)

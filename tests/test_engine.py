@@ -445,12 +445,15 @@ async def test_a_cache_that_fails_mid_run_is_dropped_and_the_run_goes_on(fake, l
     assert state.status is ProjectStatus.SUCCESS
 
 
-async def test_an_event_handler_that_raises_never_breaks_the_run(fake, llm, caplog):
+@pytest.mark.parametrize(
+    "failure", [RuntimeError("display crashed"), SystemExit("display crashed")]
+)
+async def test_an_event_handler_that_raises_never_breaks_the_run(fake, llm, caplog, failure):
     calls = []
 
     def broken(event):
         calls.append(event.kind)
-        raise RuntimeError("display crashed")
+        raise failure
 
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
         orchestrator = Orchestrator(
