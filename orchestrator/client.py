@@ -135,7 +135,7 @@ class UnifiedClient:
         self.health = HealthRegistry(failure_threshold, cooldown)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._last_failure: dict[str, str] = {}  # model key or provider -> last failure
-        self._mismatches: set[tuple[str, str]] = set()  # (requested, reported) said already
+        self._mismatches: set[tuple[str, str]] = set()  # (server, reported) warned already
         self._adapters: dict[str, ProviderAdapter] = {}
         # A seam for in-process providers (benchmarks, engine tests); default: the vendor SDKs.
         self._adapter_factory = adapter_factory
@@ -234,18 +234,28 @@ class UnifiedClient:
 
     def _another_model(self, model: Model, reported: str | None) -> list[str]:
         """A note when the server says another model answered than the one asked for (a base
-        URL pointed at a server that serves something else): said once as a warning, noted on
-        every answer; costs stay at the requested model's prices, which may overstate them."""
+        URL pointed at a server that serves something else), on every such answer; costs stay at
+        the requested model's prices, which may overstate them.
+
+        Warned once per server and model that answered: one local server behind OPENAI_BASE_URL
+        answers for every model id of the vendor, and one warning says all there is to say."""
         if reported is None or same_model(model.id, reported):
             return []
+        url = self.base_url(model)
+        server = url or f"{model.provider}'s default endpoint"
         note = (
-            f"answered by {reported!r}, not {model.id!r}: the server at "
-            f"{self.base_url(model) or 'the vendor'} serves another model "
-            "(costs are counted at the requested model's prices)"
+            f"answered by {reported!r}, not {model.id!r}: the server at {server} serves another "
+            "model (costs are counted at the requested model's prices)"
         )
-        if (model.key, reported) not in self._mismatches:
-            self._mismatches.add((model.key, reported))
-            log.warning("%s", note)
+        said = (url or model.provider, reported)
+        if said not in self._mismatches:
+            self._mismatches.add(said)
+            log.warning(
+                "the server at %s answers with %r, not the model asked for (%r): it serves "
+                "another model; costs are counted at the requested models' prices, and each "
+                "such answer is noted",
+                server, reported, model.id,
+            )  # fmt: skip
         return [note]
 
     async def _answer(

@@ -60,6 +60,7 @@ from .sandbox import Sandbox, choose
 from .settings import load_environment
 from .state import SavedProject, StateError, StateManager, UnknownProjectError
 from .task_runner import (
+    REVIEW_ROLES,
     ProvidersUnavailable,
     TaskContext,
     TaskRunner,
@@ -75,11 +76,25 @@ ONE_MODEL = (
     "one model only ({}): it critiques nothing and grades its own answers, so scores are "
     "self-assessed; add a key or a second model for independent review"
 )
+TWO_MODELS = (
+    "two models only ({}, {}) for three roles (author, critic, evaluator): the model that "
+    "critiques an answer also grades it, so its grade is not independent of its critique; add a "
+    "key or a third model for a separate grader"
+)
 DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
 PLANNED_TASKS = (5, 15)  # what the planner is asked for; a plan outside it is still run
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
 log = logging.getLogger(__name__)
+
+
+def _shared_roles(usable: tuple[Model, ...]) -> str | None:
+    """What the run says when fewer models can serve than an answer has roles, once."""
+    if len(usable) >= len(REVIEW_ROLES) or not usable:
+        return None
+    if len(usable) == 1:
+        return ONE_MODEL.format(usable[0].value)
+    return TWO_MODELS.format(*(model.value for model in usable))
 
 
 class DecompositionFailed(Exception):
@@ -584,8 +599,9 @@ class Orchestrator:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
         router = self._router(session, state.budget)
-        if len(router.usable) == 1:
-            self.emit(Event("notice", data={"message": ONE_MODEL.format(router.usable[0].value)}))
+        shared = _shared_roles(router.usable)
+        if shared is not None:
+            self.emit(Event("notice", data={"message": shared}))
         ctx = TaskContext(
             gateway=gateway,
             router=router,

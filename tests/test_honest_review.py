@@ -78,6 +78,61 @@ async def test_with_one_model_the_run_says_it_grades_itself(fake, llm, tmp_path)
     assert llm.count("critique") == 0
 
 
+def two_model_catalog(directory, base_url):
+    """The local endpoint with a second model beside the first: two models, three roles."""
+    path = local_catalog(directory, base_url)
+    second = """
+  - id: "qwen2.5:7b"
+    provider: local
+    alias: qwen-local
+    price: {input: 0, output: 0}
+    context_window: 131072
+    max_output_tokens: 4096
+"""
+    path.write_text(path.read_text() + second)
+    return path
+
+
+async def test_with_two_models_for_three_roles_the_run_says_the_critic_also_grades(
+    fake, llm, tmp_path
+):
+    events = []
+    path = two_model_catalog(tmp_path, fake.base_url)
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=1.0), client=client, use_cache=False)
+        orch.display(events.append)
+        state = await orch.run_project("[project] add", "add works", tasks=TASKS)
+
+    notices = [e.data["message"] for e in events if e.kind == "notice"]
+    assert len(notices) == 1
+    assert "two models only (" in notices[0] and "for three roles" in notices[0]
+    assert MODEL_ID in notices[0] and "qwen2.5:7b" in notices[0]
+    assert "the model that critiques an answer also grades it" in notices[0]
+    core = state.results["core"]
+    # The other model reviewed it: the critic, and the evaluator too, which the notes say.
+    assert core.reviewer_model is not None and core.reviewer_model != core.model_used
+    critics = {model for role, _, model in llm.roles if role == "critique"}
+    graders = {model for role, _, model in llm.roles if role == "grade"}
+    assert critics == graders == {core.reviewer_model.id}
+    assert (
+        f"critiqued and evaluated by the same model ({core.reviewer_model.value}): no third "
+        "model was available, so its grade is not independent of its critique"
+    ) in core.notes
+    assert not any("evaluated by its own author" in note for note in core.notes)
+
+
+async def test_with_three_models_or_more_no_role_is_said_to_be_shared(fake, llm):
+    events = []
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False)
+        orch.display(events.append)
+        state = await orch.run_project("[project] add", "add works", tasks=TASKS)
+
+    assert not [e for e in events if e.kind == "notice"]
+    assert not any("critiqued and evaluated by the same model" in n
+                   for n in state.results["core"].notes)  # fmt: skip
+
+
 async def test_a_tasks_output_schema_is_sent_with_its_generation(fake, llm):
     schema = {
         "type": "object",

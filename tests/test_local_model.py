@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +22,7 @@ from orchestrator import (
     ContextWindowError,
     Orchestrator,
     ProviderError,
+    StructuredOutputError,
     TruncatedAnswerError,
     UnifiedClient,
 )
@@ -30,8 +32,9 @@ from orchestrator.local import (
     embedded_available,
     embedded_model_path,
 )
-from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
 from orchestrator.prompts import EVALUATE_SYSTEM, EVALUATION_SCHEMA, evaluate_prompt
+from orchestrator.task_runner import EVALUATION_MAX_TOKENS, ONE_VERDICT
 
 pytestmark = [
     pytest.mark.real_llm,
@@ -43,9 +46,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server():
-    """One embedded server for the module's in-process tests."""
+    """One embedded server for the in-process tests of each test process."""
     local = LocalModel()
     asyncio.run(local.start())
     yield local
@@ -60,7 +63,7 @@ HELLO = "Reply with one word: hello"
 
 def another_endpoint(server, provider, kind, base_url, model_id, stream=False):
     """The server's catalog plus ``provider`` (speaking ``kind``) at ``base_url``, with one
-    model: ``model_id``, aliased ``msgs``."""
+    model: ``model_id``, aliased ``msgs``, which takes a JSON schema as the server does."""
     return server.catalog().extended(
         "test",
         {
@@ -73,10 +76,18 @@ def another_endpoint(server, provider, kind, base_url, model_id, stream=False):
                     "context_window": server.context,
                     "max_output_tokens": 256,
                     "price": {"input": 0, "output": 0},
+                    "capabilities": {"json_schema": True},
                 }
             ],
         },
     )
+
+
+def short_answers(server):
+    """Only the server's model, as the ``short`` provider, whose answers stop at 256 tokens:
+    a run on it stays cheap however much the sampled model rambles."""
+    catalog = another_endpoint(server, "short", "openai", server.base_url, server.model_id)
+    return catalog.only(["short"])
 
 
 def port_open(base_url: str) -> bool:
@@ -102,7 +113,7 @@ VERDICT = {
     "properties": {
         "valid_python": {"type": "string", "enum": ["yes", "no"]},
         "confidence": {"type": "integer", "minimum": 0, "maximum": 10},
-        "reason": {"type": "string", "maxLength": 200},
+        "reason": {"type": "string", "maxLength": 80},
     },
     "required": ["valid_python", "confidence", "reason"],
     "additionalProperties": False,
@@ -113,25 +124,25 @@ async def test_a_structured_answer_validates_against_its_schema_at_the_first_try
     async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
         answer = await client.complete(
             "local", "Is 'def add(a, b): return a + b' valid Python?",
-            schema=VERDICT, max_tokens=400,
+            schema=VERDICT, max_tokens=200,
         )  # fmt: skip
 
     # The server's constrained decoding holds the answer to the schema, bounds included: no
     # repair request was needed.
     assert answer.paid_calls == 1
     assert answer.parsed["valid_python"] in ("yes", "no")
-    assert 0 <= answer.parsed["confidence"] <= 10 and len(answer.parsed["reason"]) <= 200
+    assert 0 <= answer.parsed["confidence"] <= 10 and len(answer.parsed["reason"]) <= 80
 
 
 async def test_the_evaluators_verdicts_are_valid_at_the_first_try(server):
     prompt = evaluate_prompt("Task: write add(a, b) in Python.", "def add(a, b):\n    return a + b")
     async with UnifiedClient(catalog=server.catalog().only([LOCAL_PROVIDER]), env={}) as client:
-        verdicts = [
-            await client.complete(
-                "local", prompt, system=EVALUATE_SYSTEM, schema=EVALUATION_SCHEMA, max_tokens=600
-            )
+        # At once, as a run asks for its verdicts: the server's two slots answer side by side.
+        verdicts = await asyncio.gather(*(
+            client.complete("local", prompt, system=EVALUATE_SYSTEM, schema=EVALUATION_SCHEMA,
+                            max_tokens=EVALUATION_MAX_TOKENS)
             for _ in range(3)
-        ]
+        ))  # fmt: skip
 
     # Without its score's range in the grammar this model graded "0 to 1" with 3, 8.5 or 9.
     assert [v.paid_calls for v in verdicts] == [1, 1, 1]
@@ -145,15 +156,22 @@ async def test_the_anthropic_adapter_speaks_to_the_servers_messages_route(server
                                    stream)  # fmt: skip
         async with UnifiedClient(catalog=catalog.only(["local_messages"]), env={}) as client:
             # No temperature reaches this route (Anthropic's SDK takes none), so the model
-            # samples and may ramble: an answer cut off at its limit was read too, stop reason
-            # and all, which is what this test is about.
+            # samples and may ramble past the limit: then the route's stop reason says so, and
+            # the answer is continued, and reported cut off if it still runs on.
             try:
                 answer = await client.complete("msgs", HELLO, system=TERSE["system"],
-                                               max_tokens=256)  # fmt: skip
-            except TruncatedAnswerError:
+                                               max_tokens=32)  # fmt: skip
+            except TruncatedAnswerError as cut_off:
+                assert "cut off at 32 output tokens (even after 2 continuations)" in str(cut_off)
+                assert cut_off.spent_usd == 0.0
                 continue
 
-        assert answer.text.strip() and answer.output_tokens > 0 and answer.cost_usd == 0.0
+        assert answer.text.strip() and answer.cost_usd == 0.0
+        # Counted by the server (not estimated), and its stop reason read: an answer that ran
+        # into the limit and was continued says so in its notes.
+        assert answer.input_tokens > 0 and answer.output_tokens > 0
+        assert not answer.usage_estimated
+        assert answer.stop_reason == "end_turn"
 
 
 async def test_an_orchestrator_runs_a_task_on_the_local_model_and_stops_its_server():
@@ -210,6 +228,15 @@ def test_the_cli_runs_the_example_with_local(tmp_path):
     assert set(tasks) == {"code", "note"}
     if status == "SUCCESS":
         assert all(t["result"]["status"] == "completed" for t in tasks.values())
+    # Every task's output is written, unless the clock stopped the run before its answer.
+    assert (out / "README.md").is_file()
+    for task in tasks.values():
+        if task["file"] is not None:
+            assert (out / task["file"]).read_text().strip()
+        else:
+            assert status == "TIMEOUT", (task["id"], task["result"])
+    if status != "TIMEOUT":
+        assert (out / tasks["code"]["file"]).suffix == ".py"
 
 
 def test_without_a_key_the_embedded_model_stands_in_and_says_so_once(tmp_path):
@@ -226,6 +253,152 @@ def test_without_a_key_the_embedded_model_stands_in_and_says_so_once(tmp_path):
     assert result.returncode in (0, 3, 5)  # SUCCESS, PARTIAL_SUCCESS (quality), TIMEOUT
     # In the results table, or (a slow answer cut off by the clock) in the progress lines.
     assert "generation on smollm2-135m-instruct" in result.stderr
+
+
+def a_tiny_project(directory) -> Path:
+    project = directory / "tiny.yaml"
+    project.write_text(
+        "project: Say hello.\ncriteria: It says hello.\ntasks:\n"
+        "  - {id: hello, type: summarization, prompt: 'Say hello in one word.'}\n"
+    )
+    return project
+
+
+def a_free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # free: nothing listens there once closed
+
+
+def audited_calls(audit: Path) -> list[dict]:
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    return [record["data"] for record in records if record["kind"] == "call"]
+
+
+def test_providers_local_runs_on_the_local_model_only_though_vendor_keys_are_set(tmp_path):
+    # Keys and base URLs for two vendors, at a port where nothing listens: a call routed to
+    # either would fail as "connection refused".
+    dead = f"http://127.0.0.1:{a_free_port()}"
+    env = {"OPENAI_API_KEY": "test", "OPENAI_BASE_URL": f"{dead}/v1",
+           "ANTHROPIC_API_KEY": "test", "ANTHROPIC_BASE_URL": dead}  # fmt: skip
+    audit = tmp_path / "audit.jsonl"
+
+    result = run_cli(
+        "--file", str(a_tiny_project(tmp_path)), "--providers", "local", "--time", "15",
+        "--audit-log", str(audit), "--output-dir", str(tmp_path / "out"),
+        cwd=tmp_path, env=env, timeout=60,
+    )  # fmt: skip
+
+    assert "Traceback" not in result.stderr and "connection refused" not in result.stderr
+    assert result.returncode in (0, 3, 5), result.stderr  # SUCCESS, PARTIAL_SUCCESS, TIMEOUT
+    # Asked for by name, not standing in for missing keys.
+    assert "no provider key is set" not in result.stderr
+    calls = audited_calls(audit)
+    assert calls
+    assert {(call["provider"], call["model"]) for call in calls} == {
+        (LOCAL_PROVIDER, "smollm2-135m-instruct")
+    }
+
+
+def test_call_timeout_cuts_off_a_real_servers_calls_and_the_run_says_they_timed_out(tmp_path):
+    # A thousandth of a second: no answer, not even its first streamed piece, comes that soon.
+    result = run_cli(
+        "--file", str(a_tiny_project(tmp_path)), "--local", "--call-timeout", "0.001",
+        "--output-dir", str(tmp_path / "out"), cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 6, result.stderr  # SYSTEM_FAILURE: an outage, not bad answers
+    [reason] = [line for line in result.stdout.splitlines() if line.startswith("reason: ")]
+    assert "providers unavailable: local (" in reason and "timed out" in reason
+    assert "connection refused" not in reason and "not valid JSON" not in reason
+
+
+class RecordingClient(UnifiedClient):
+    """The real client, keeping each answer with the schema it was asked for; with
+    ``spoil_verdicts``, every second evaluation fails as a small model's unusable answer does."""
+
+    def __init__(self, *args, spoil_verdicts: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.answers: list[tuple[dict | None, object]] = []
+        self.spoil_verdicts, self.evaluations = spoil_verdicts, 0
+
+    async def complete(self, model, messages, **options):
+        if options.get("schema") is EVALUATION_SCHEMA and self._spoiled():
+            raise StructuredOutputError(
+                "did not answer with JSON matching the schema", model=str(model), provider="short"
+            )
+        answer = await super().complete(model, messages, **options)
+        self.answers.append((options.get("schema"), answer))
+        return answer
+
+    def _spoiled(self) -> bool:
+        self.evaluations += 1
+        return self.spoil_verdicts and self.evaluations % 2 == 0
+
+
+FUNCTIONS = {
+    "type": "object",
+    "properties": {
+        "functions": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 20},
+            "minItems": 1,
+            "maxItems": 3,
+        },
+    },
+    "required": ["functions"],
+    "additionalProperties": False,
+}
+
+
+async def test_an_output_schema_tasks_answer_is_held_to_its_schema_by_the_server(server):
+    tasks = {
+        "extract": Task("extract", TaskType.DATA_EXTRACT,
+                        "List the function names in: def add(a, b): ...\ndef sub(a, b): ...",
+                        [], ["json_schema"], output_schema=FUNCTIONS),
+    }  # fmt: skip
+    async with RecordingClient(catalog=short_answers(server), env={}, retry=FAST) as client:
+        orch = Orchestrator(
+            budget=Budget(max_time_seconds=30), client=client, use_cache=False, use_state=False
+        )
+        state = await orch.run_project("Function names.", "They are listed.", tasks=tasks)
+
+    # Sent with the server's JSON-schema response format: every version is bare JSON matching
+    # the schema at the first try (no repair request), where this model unconstrained wraps
+    # JSON in prose and fences.
+    versions = [answer for schema, answer in client.answers if schema is FUNCTIONS]
+    assert versions and [v.paid_calls for v in versions] == [1] * len(versions)
+    result = state.results["extract"]
+    assert json.loads(result.output) in [version.parsed for version in versions]
+    assert [(v.name, v.passed) for v in result.validator_results] == [("json_schema", True)]
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["by-default", "allow-single-verdict"])
+async def test_one_usable_verdict_of_two_completes_a_task_only_when_allowed(server, allowed):
+    tasks = {"hello": Task("hello", TaskType.SUMMARIZE, HELLO, [], [])}
+    async with RecordingClient(
+        catalog=short_answers(server), env={}, retry=FAST, spoil_verdicts=True
+    ) as client:
+        orch = Orchestrator(
+            budget=Budget(max_time_seconds=40),
+            client=client,
+            use_cache=False,
+            use_state=False,
+            quality_threshold=0.0,  # any score passes: only the number of verdicts decides
+            allow_single_verdict=allowed,
+        )
+        state = await orch.run_project("Say hello.", "It says hello.", tasks=tasks)
+
+    verdicts = [answer for schema, answer in client.answers if schema is EVALUATION_SCHEMA]
+    assert verdicts, "the server gave no verdict"
+    result = state.results["hello"]
+    if allowed:
+        assert result.status is TaskStatus.COMPLETED
+        assert state.status is ProjectStatus.SUCCESS
+    else:
+        assert result.status is TaskStatus.DEGRADED and result.reason == ONE_VERDICT
+        assert state.status is ProjectStatus.PARTIAL_SUCCESS
 
 
 async def test_a_local_model_context_stops_its_server_on_error():
@@ -287,7 +460,7 @@ async def test_another_gguf_file_is_served_under_its_own_name(tmp_path):
         assert [m.key for m in client.available_models()] == ["local/my-model.q4"]
         # A bounded structured answer: it always ends within its limit.
         answer = await client.complete(
-            "local", "Is 'x = 1' valid Python?", schema=VERDICT, max_tokens=400
+            "local", "Is 'x = 1' valid Python?", schema=VERDICT, max_tokens=200
         )
 
     assert answer.reported_model == "my-model.q4" and not answer.notes

@@ -4,6 +4,7 @@ which providers failed and why, and continues once they are back, paying for not
 from __future__ import annotations
 
 import threading
+import time
 
 from conftest import fake_env, run_cli
 from fake_provider import Reply
@@ -89,3 +90,21 @@ def test_every_vendor_down_ends_system_failure_exit_6_with_one_line_naming_them(
     assert "providers unavailable" in reason
     assert "openai (" in reason and "503" in reason
     assert "status SYSTEM_FAILURE" in result.stdout
+
+
+def test_call_timeout_bounds_every_attempt_and_the_run_says_the_calls_timed_out(fake, tmp_path):
+    # Every answer would take a minute: without the limit the run would still be waiting.
+    fake.responder = lambda request: Reply(text="late", delay=60)
+    env = fake_env(fake.base_url, ("openai",))
+
+    started = time.monotonic()
+    result = run_cli(
+        "-p", "[project] p", "-c", "c", "--budget", "1", "--call-timeout", "0.2",
+        cwd=tmp_path, env=env, timeout=45,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 6, result.stderr  # SYSTEM_FAILURE: an outage, not bad answers
+    [reason] = [line for line in result.stdout.splitlines() if line.startswith("reason: ")]
+    assert "providers unavailable: openai (" in reason and "timed out" in reason
+    assert elapsed < 30
