@@ -24,6 +24,7 @@ import psycopg
 from .errors import ConfigError, OrchestratorError
 from .lease import ProjectBusy, lease_seconds
 from .sqlite_store import shown
+from .state import StateManager
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ async def work(
     _stopping.clear()
     app = queue_app(url)
     lease = lease_seconds()
-    async with app.open_async(), _sweeping(app, lease):
+    async with app.open_async(), StateManager(url) as store, _sweeping(app, store, lease):
         worker = asyncio.create_task(
             app.run_worker_async(
                 concurrency=concurrency,
@@ -176,14 +177,21 @@ def _on_stop_signal(stop: Callable[[], None]) -> Any:
             loop.remove_signal_handler(number)
 
 
-async def _retry_stalled(app: procrastinate.App, lease: float) -> None:
+async def _retry_stalled(app: procrastinate.App, store: StateManager, lease: float) -> None:
     """Send back to the queue the jobs of workers that stopped beating (killed): their
-    projects resume from their journals elsewhere."""
+    projects resume from their journals elsewhere.
+
+    A worker draining its jobs has stopped its queue heartbeat (procrastinate stops it before
+    it waits for the running jobs) while its runs go on renewing their project leases: a job
+    whose project a live run holds is not stalled.
+    """
     try:
         stalled = await app.job_manager.get_stalled_jobs(
             task_name=TASK_NAME, seconds_since_heartbeat=lease
         )
         for job in stalled:
+            if await store.held(str(job.task_kwargs.get("project_id"))):
+                continue
             log.warning("project %s: its worker stopped; queued again", job.task_kwargs)
             await app.job_manager.retry_job(job)
     except Exception as exc:  # the queue's database may be away a moment: next sweep
@@ -191,15 +199,17 @@ async def _retry_stalled(app: procrastinate.App, lease: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _sweeping(app: procrastinate.App, lease: float) -> AsyncIterator[None]:
+async def _sweeping(
+    app: procrastinate.App, store: StateManager, lease: float
+) -> AsyncIterator[None]:
     """A sweep now, so that even a worker leaving when idle picks up stalled work, then every
     half lease while the worker runs."""
-    await _retry_stalled(app, lease)
+    await _retry_stalled(app, store, lease)
 
     async def sweep() -> None:
         while True:
             await asyncio.sleep(lease / 2)
-            await _retry_stalled(app, lease)
+            await _retry_stalled(app, store, lease)
 
     sweeper = asyncio.create_task(sweep())
     try:

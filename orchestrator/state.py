@@ -212,6 +212,16 @@ class StateManager:
             return await self._holder(project_id)
         return holder
 
+    async def held(self, project_id: str) -> bool:
+        """Whether a live run holds the project now (its lease, renewed as it runs)."""
+        rows = await self._store.run(
+            "SELECT owner, lease_until FROM projects WHERE id = ?", (project_id,)
+        )
+        if not rows or rows[0][0] is None:
+            return False
+        holder, lease_until = rows[0]
+        return self._holder_alive(holder, float(lease_until), await self._store.clock())
+
     async def _holder(self, project_id: str) -> str:
         rows = await self._store.run("SELECT owner FROM projects WHERE id = ?", (project_id,))
         return (rows[0][0] if rows else None) or "another run"
