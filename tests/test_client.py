@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import FAST_RETRY, fake_env
+from conftest import FAST_RETRY, eventually, fake_env
 from fake_provider import Reply
 
 from orchestrator import (
@@ -363,7 +363,7 @@ async def test_cancelling_a_call_stops_it_at_once_and_frees_its_slot(fake):
     fake.script("gpt-4o-mini", Reply(delay=5))
     async with UnifiedClient(env=fake_env(fake.base_url), max_concurrency=1) as client:
         call = asyncio.create_task(client.complete("gpt-4o-mini", "hi"))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: fake.count() == 1)  # in flight (the SDK's import comes first)
         started = time.monotonic()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):

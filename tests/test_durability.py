@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import json
 import re
 import shutil
@@ -230,10 +231,8 @@ class Baseline:
     spent_usd: float
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Baseline:
-    """The same project run once without interruption, on its own fake and home."""
-    tmp_path = tmp_path_factory.mktemp("baseline")
+def run_baseline(tmp_path: Path) -> Baseline:
+    """The project run once without interruption, on its own fake and home."""
     home = tmp_path / "home"
     with FakeProvider() as fake:
         fake.responder = Conductor()
@@ -250,6 +249,26 @@ def baseline(tmp_path_factory) -> Baseline:
     saved = load(home)
     assert set(saved.final_tasks) == TASKS
     return Baseline(home, requests, saved.spent_usd)
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory, worker_id) -> Baseline:
+    """The uninterrupted run, made once per test session and shared by the xdist workers (it
+    is read, never written: a test copies its home)."""
+    if worker_id == "master":
+        return run_baseline(tmp_path_factory.mktemp("baseline"))
+    shared = tmp_path_factory.getbasetemp().parent / "durability-baseline"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker runs it; the others wait and read
+        saved = shared / "baseline.json"
+        if not saved.is_file():
+            shared.mkdir(exist_ok=True)
+            made = run_baseline(shared)
+            requests = [[model, body, n] for (model, body), n in made.requests.items()]
+            saved.write_text(json.dumps({"requests": requests, "spent_usd": made.spent_usd}))
+        data = json.loads(saved.read_text())
+    requests = Counter({(model, body): n for model, body, n in data["requests"]})
+    return Baseline(shared / "home", requests, data["spent_usd"])
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])

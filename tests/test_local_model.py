@@ -315,8 +315,10 @@ def test_call_timeout_cuts_off_a_real_servers_calls_and_the_run_says_they_timed_
 
 
 class RecordingClient(UnifiedClient):
-    """The real client, keeping each answer with the schema it was asked for; with
-    ``spoil_verdicts``, every second evaluation fails as a small model's unusable answer does."""
+    """The real client, decoding greedily and keeping each answer with the schema it was asked
+    for; with ``spoil_verdicts``, every second evaluation fails as a small model's unusable
+    answer does. Greedy decoding gives the same short answers at any load, where a sampled
+    answer now and then rambles to its limit and a loaded machine then runs out of clock."""
 
     def __init__(self, *args, spoil_verdicts: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -328,6 +330,8 @@ class RecordingClient(UnifiedClient):
             raise StructuredOutputError(
                 "did not answer with JSON matching the schema", model=str(model), provider="short"
             )
+        if options.get("temperature") is None:
+            options["temperature"] = 0
         answer = await super().complete(model, messages, **options)
         self.answers.append((options.get("schema"), answer))
         return answer
@@ -381,7 +385,7 @@ async def test_one_usable_verdict_of_two_completes_a_task_only_when_allowed(serv
         catalog=short_answers(server), env={}, retry=FAST, spoil_verdicts=True
     ) as client:
         orch = Orchestrator(
-            budget=Budget(max_time_seconds=40),
+            budget=Budget(max_time_seconds=120),  # a ceiling for a loaded machine
             client=client,
             use_cache=False,
             use_state=False,

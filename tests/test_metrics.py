@@ -106,11 +106,15 @@ async def test_a_file_exporter_follows_the_run_and_ends_on_its_final_figures(fak
 async def test_a_collector_never_reads_half_a_metrics_file(fake, llm, tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text("{}")
-    reads, stop = [], threading.Event()
+    reads, half_read, stop = [], [], threading.Event()
 
     def collector():
         while not stop.is_set():
-            reads.append(json.loads(path.read_text()))  # raises on a half-written file
+            text = path.read_text()
+            try:
+                reads.append(json.loads(text).get("run", {}).get("status"))
+            except ValueError:
+                half_read.append(text)
 
     reader = threading.Thread(target=collector)
     reader.start()
@@ -120,7 +124,9 @@ async def test_a_collector_never_reads_half_a_metrics_file(fake, llm, tmp_path):
         stop.set()
         reader.join()
 
-    assert reads[-1]["run"]["status"] == "SUCCESS"
+    assert not half_read
+    assert "RUNNING" in reads  # read while the run went on
+    assert json.loads(path.read_text())["run"]["status"] == "SUCCESS"
     assert not list(tmp_path.glob(".metrics.json.*"))  # no temporary file left behind
 
 
