@@ -39,7 +39,7 @@ from .providers.base import (
     system_prompt,
 )
 from .retry import RetryPolicy
-from .schemas import schema_problem
+from .schemas import load_off_loop, schema_problem
 from .settings import load_environment
 from .structured import InvalidAnswer, parse_answer, repair_prompt
 
@@ -195,6 +195,7 @@ class UnifiedClient:
         """
         m = self.catalog.resolve(model)
         if schema is not None:
+            await load_off_loop()
             problem = schema_problem(schema)
             if problem is not None:
                 raise ConfigError(f"the requested JSON Schema is invalid: {problem}")

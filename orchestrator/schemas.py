@@ -6,7 +6,10 @@ no schema: a resumed run's first provider call comes sooner without it.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
+import sys
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
@@ -14,6 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator, ValidationError
+
+
+async def load_off_loop() -> None:
+    """Import ``jsonschema`` in a thread if it is not in yet: an async caller's first check
+    would otherwise hold the event loop (and every call in flight) for its whole import."""
+    if "jsonschema" not in sys.modules:
+        await asyncio.to_thread(importlib.import_module, "jsonschema")
 
 
 def validator(schema: dict[str, Any]) -> Draft202012Validator:

@@ -17,15 +17,20 @@ from orchestrator.providers.base import Endpoint
 SDKS = ("openai", "anthropic", "google.genai")
 
 # Runs the command line in a fresh interpreter, noting which thread first imports each SDK.
+# Also notes every module of theirs (and of ``jsonschema``) imported on the event loop's thread
+# at any time: the SDKs load some of their parts on first use.
 WATCH_IMPORTS = """
-import json, sys, threading
+import asyncio, json, sys, threading
 SDKS = {sdks!r}
-seen = {{}}
+WATCHED = tuple(SDKS) + ("jsonschema",)
+seen, on_loop = {{}}, set()
 
 class Watch:
     def find_spec(self, name, path=None, target=None):
         if name in SDKS and name not in seen:
             seen[name] = threading.current_thread().name
+        if name.startswith(WATCHED) and asyncio._get_running_loop() is not None:
+            on_loop.add(name)
         return None
 
 sys.meta_path.insert(0, Watch())
@@ -33,7 +38,7 @@ from orchestrator.cli import run
 try:
     run()
 except SystemExit as exit:
-    print(json.dumps({{"code": exit.code, "imported_by": seen}}))
+    print(json.dumps({{"code": exit.code, "imported_by": seen, "on_loop": sorted(on_loop)}}))
 """
 
 
@@ -66,6 +71,7 @@ def test_a_run_imports_only_the_sdks_it_uses_and_none_on_the_event_loop(
     assert report["code"] == 0
     assert set(report["imported_by"]) == expected
     assert set(report["imported_by"].values()) == {"orchestrator-sdk-import"}
+    assert report["on_loop"] == []  # nothing of theirs is imported while the loop waits
 
 
 class GatedImports:

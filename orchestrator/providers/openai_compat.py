@@ -31,6 +31,8 @@ class OpenAICompatibleAdapter:
             timeout=endpoint.timeout,
             max_retries=0,
         )
+        # The SDK imports its chat resources on first use: here, off the event loop.
+        self._completions = self._client.chat.completions
 
     async def complete(
         self, model_id: str, request: ChatRequest, progress: Progress | None = None
@@ -38,7 +40,7 @@ class OpenAICompatibleAdapter:
         payload = _payload(model_id, request, self.endpoint.provider)
         if self.endpoint.stream:
             return await self._streamed(payload, request, progress)
-        response = await self._client.chat.completions.create(**payload)
+        response = await self._completions.create(**payload)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content or "") if choice is not None else ""
         stop = choice.finish_reason if choice is not None else None
@@ -49,7 +51,7 @@ class OpenAICompatibleAdapter:
     ) -> RawCompletion:
         """The answer as it is generated: each piece tells ``progress`` the server is alive,
         so a slow model is timed out only when it stops producing, not for being slow."""
-        stream = await self._client.chat.completions.create(
+        stream = await self._completions.create(
             **payload, stream=True, stream_options={"include_usage": True}
         )
         parts: list[str] = []
