@@ -256,6 +256,7 @@ def baseline(tmp_path_factory, worker_id) -> Baseline:
     """The uninterrupted run, made once per test session and shared by the xdist workers (it
     is read, never written: a test copies its home)."""
     if worker_id == "master":
+        # Without xdist the base directory's parent is shared by every session: nothing to share.
         return run_baseline(tmp_path_factory.mktemp("baseline"))
     shared = tmp_path_factory.getbasetemp().parent / "durability-baseline"
     with open(f"{shared}.lock", "w") as lock:
