@@ -118,12 +118,22 @@ class Budget:
         """Hold ``amount``, waiting for calls in flight to settle if they hold what it needs.
 
         Raises ``BudgetExceeded`` only when the call cannot fit even once nothing else is held.
+        Only calls in flight hold money (a call holds nothing while it waits or sleeps before a
+        retry), so whatever it waits for ends with their attempts.
         """
         while amount > self.available_usd:
             if self.reserved_usd <= 0 or amount > self.remaining_usd:
                 raise self._exceeded(amount)
+            log.debug("a call needing $%.6f waits for calls in flight to settle", amount)
             await self._settled.wait()
         return self.reserve(amount, phase)
+
+    def track(self, amount: float, phase: str) -> Reservation:
+        """Record a hold the shared ledger has already granted: the ledger decides, this budget
+        shows it (a second decision here could refuse what the ledger let through, or wait)."""
+        self.reserved_usd += amount
+        self._open += 1
+        return Reservation(amount, phase)
 
     def _exceeded(self, amount: float) -> BudgetExceeded:
         return BudgetExceeded(
@@ -189,6 +199,9 @@ class PhaseGuard:
 
     async def reserve(self, worst_case_usd: float) -> Reservation:
         return await self.budget.acquire(worst_case_usd, self.phase)
+
+    async def flush(self) -> None:
+        """Nothing to write: an in-process budget settles each attempt at once."""
 
     def settle(self, ticket: Reservation, actual_usd: float) -> None:
         self.budget.settle(ticket, actual_usd)

@@ -100,6 +100,12 @@ class SpendGuard(Protocol):
 
     def release(self, ticket: Any) -> None: ...
 
+    async def flush(self) -> None:
+        """Make what earlier attempts settled or released final where others can see it;
+        awaited before the call waits for anything (a slot, a retry's delay), so a call never
+        holds money while it waits."""
+        ...
+
 
 MessagesLike = str | Sequence[Message | Mapping[str, str]]
 
@@ -364,6 +370,8 @@ class UnifiedClient:
                     attempts=attempt - 1,
                 )
             ticket = None
+            if spend is not None:
+                await spend.flush()
             try:
                 async with self._slots:
                     # Reserved once a slot is ours, so queued calls hold no money meanwhile.
@@ -388,6 +396,8 @@ class UnifiedClient:
                 wait = self.retry.delay(failure, attempt)
                 what = f"HTTP {failure.status}" if failure.status else failure.detail
                 log.debug("%s: %s; retry %d in %.2fs", model.value, what, attempt, wait)
+                if spend is not None:
+                    await spend.flush()
                 await asyncio.sleep(wait)
                 continue
             finally:

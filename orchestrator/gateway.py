@@ -10,7 +10,7 @@ from typing import Any
 
 from .aio import uninterrupted
 from .audit import AuditLog
-from .budget import Budget, BudgetExceeded, CallsStopped, PhaseGuard, Reservation
+from .budget import Budget, BudgetExceeded, CallsStopped, Reservation
 from .cache import CacheError, DiskCache, cache_key
 from .catalog import Model
 from .client import Completion, UnifiedClient, sent_max_tokens
@@ -36,8 +36,8 @@ _VERDICTS_BY_NAME = {error.__name__: error for error in _VERDICTS}
 
 @dataclass
 class Journal:
-    """The paid calls of one project, written before their answers are used; each call's
-    row settles its holds in the ``ledger`` in the same transaction."""
+    """The paid calls of one project, written before their answers are used; each row settles
+    its call's attempts in the ``ledger`` in the same transaction."""
 
     store: StateManager
     project_id: str
@@ -55,16 +55,19 @@ class Journal:
         return await self.store.journal_get(self.project_id, key)
 
     async def put(
-        self, key: str, meter: _Meter, *, task_id: str, phase: str, entry: dict[str, Any] | None
+        self,
+        key: str,
+        holds: Sequence[Hold],
+        *,
+        task_id: str,
+        phase: str,
+        entry: dict[str, Any] | None,
     ) -> None:
-        """The call ``meter`` paid for, at what its settled holds charged."""
+        """Settle ``holds`` and add what they cost to the call's row under ``key``, with the
+        answer ``entry`` (None: spend with nothing to replay). A row of a call that paid
+        nothing and left nothing to replay is not written."""
         row = (self.project_id, key, task_id, phase, entry, self.budget.elapsed_seconds)
-        await self.store.ledger_settle(_settlements(meter.holds), row)
-
-    async def release(self, holds: Sequence[Hold]) -> None:
-        """Settle the holds of a call that paid nothing (errors, refusals)."""
-        if holds:
-            await self.store.ledger_settle(_settlements(holds))
+        await self.ledger.settle(holds, row)
 
 
 class LLMGateway:
@@ -155,9 +158,8 @@ class LLMGateway:
         if self.stopping is not None and self.stopping.is_set():
             raise CallsStopped("the run is stopping: no new call starts")
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
-        # a cancellation), what the budget was charged is journaled here, exactly once.
-        ledger = self.journal.ledger if self.journal is not None else None
-        meter = _Meter(self.budget.guard(phase), ledger, task_id=task_id, phase=phase, key=key)
+        # a cancellation), what the budget was charged is journaled under its key, once.
+        meter = _Meter(self.budget, self.journal, task_id=task_id, phase=phase, key=key)
         try:
             answer = await self.client.complete(
                 model,
@@ -177,10 +179,12 @@ class LLMGateway:
             if isinstance(exc, ProviderError) and not isinstance(exc, not_sent):
                 self.telemetry.record_call(model, 0.0, ok=False)
             if self.journal is not None:
-                if meter.charged:
-                    await uninterrupted(self._journal_failure(exc, key, task_id, phase, meter))
-                else:
-                    await uninterrupted(self.journal.release(meter.holds))
+                # Paid for but unusable: a resume meets the same verdict instead of paying
+                # again. Other failures (a timeout, a cancellation, a repair that no longer
+                # fitted) leave spend with nothing to replay: a resume asks again.
+                verdict = {"error": type(exc).__name__, "message": str(exc)}
+                entry = verdict if isinstance(exc, _VERDICTS) and meter.charged else None
+                await uninterrupted(meter.finish(entry))
             raise
         answer = replace(answer, cost_usd=meter.charged)
         self._audit(model, task_id, phase, slot, "paid", meter=meter, answer=answer)
@@ -202,9 +206,7 @@ class LLMGateway:
             write.add_done_callback(self._pending.discard)
         if self.journal is not None:
             # The journal is what a resume relies on: written before the answer is used.
-            await uninterrupted(
-                self.journal.put(key, meter, task_id=task_id, phase=phase, entry=entry)
-            )
+            await uninterrupted(meter.finish(entry))
         return answer
 
     def _audit(
@@ -260,20 +262,6 @@ class LLMGateway:
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    async def _journal_failure(
-        self, exc: BaseException, key: str, task_id: str, phase: str, meter: _Meter
-    ) -> None:
-        assert self.journal is not None
-        if isinstance(exc, _VERDICTS):
-            # Paid for but unusable: a resume meets the same verdict instead of paying again.
-            entry: dict[str, Any] | None = {"error": type(exc).__name__, "message": str(exc)}
-            journal_key = key
-        else:
-            # Spend with nothing to replay (a timeout, a cancellation, a repair that no longer
-            # fitted): kept under a key of its own so a resume asks again instead of replaying.
-            entry, journal_key = None, f"{key}#unanswered"
-        await self.journal.put(journal_key, meter, task_id=task_id, phase=phase, entry=entry)
-
     async def _cache_lookup(self, key: str) -> dict[str, Any] | None:
         assert self.cache is not None
         try:
@@ -297,54 +285,76 @@ class LLMGateway:
 
 
 class _Meter:
-    """A spend guard that remembers what it charged, for the journal and the task's cost;
-    with a ledger, it also holds each attempt's worst case there (``holds``, settled by the
-    call's journal row)."""
+    """The spend guard of one call: holds each attempt's worst case (in the shared ledger when
+    the run has one, which then decides; the run's budget shows it) and remembers what it
+    charged, for the journal and the task's cost.
+
+    An attempt's settlement is written when the call next waits for anything (``flush``: a
+    retry's delay, a slot, the next attempt's reservation) with the call's journal row, and
+    the last one with the answer: one transaction for a call answered at once, and a call never
+    waits while holding money it is done with.
+    """
 
     def __init__(
-        self, guard: PhaseGuard, ledger: Ledger | None, *, task_id: str, phase: str, key: str
+        self, budget: Budget, journal: Journal | None, *, task_id: str, phase: str, key: str
     ) -> None:
-        self.guard = guard
-        self.ledger = ledger
-        self.call = {"task_id": task_id, "phase": phase, "journal_key": key}
+        self.budget = budget
+        self.journal = journal
+        self.key = key
+        self.call = {"task_id": task_id, "phase": phase}
         self.charged = 0.0
         self.reserved = 0.0  # the worst cases held, for the audit
-        self.holds: list[Hold] = []
+        self.holds: list[Hold] = []  # every hold of the call
+        self._unwritten: list[Hold] = []  # settled here, not yet in the ledger
         self._hold_of: dict[int, Hold] = {}
 
     async def reserve(self, worst_case_usd: float) -> Reservation:
-        ticket = await self.guard.reserve(worst_case_usd)
-        if self.ledger is not None:
-            hold = self.ledger.new_hold(worst_case_usd)
+        phase = self.call["phase"]
+        if self.journal is None:
+            ticket = await self.budget.acquire(worst_case_usd, phase)
+        else:
+            ledger = self.journal.ledger
+            await ledger.follow_cap(self.budget.max_usd)
+            hold = ledger.new_hold(worst_case_usd)
             self.holds.append(hold)  # before reserving: settled whatever interrupts it
             try:
-                await self.ledger.reserve(hold, **self.call)
+                await ledger.reserve(hold, journal_key=self.key, **self.call)
             except BaseException:
                 hold.actual = 0.0
-                self.guard.release(ticket)
+                self._unwritten.append(hold)
                 raise
+            ticket = self.budget.track(worst_case_usd, phase)
             self._hold_of[id(ticket)] = hold
         self.reserved += worst_case_usd
         return ticket
 
     def settle(self, ticket: Reservation, actual_usd: float) -> None:
-        self.guard.settle(ticket, actual_usd)
+        self.budget.settle(ticket, actual_usd)
         self.charged += actual_usd
         self._close(ticket, actual_usd)
 
     def release(self, ticket: Reservation) -> None:
-        self.guard.release(ticket)
+        self.budget.release(ticket)
         self._close(ticket, 0.0)
+
+    async def flush(self) -> None:
+        if self.journal is not None and self._unwritten:
+            done, self._unwritten = self._unwritten, []
+            await uninterrupted(self.journal.put(self.key, done, entry=None, **self.call))
+
+    async def finish(self, entry: dict[str, Any] | None) -> None:
+        """Settle what the call has not written yet, with its journal row and ``entry`` (the
+        answer, a paid verdict, or None); a hold still open was never handed to a request."""
+        assert self.journal is not None
+        unwritten = [*self._unwritten, *(h for h in self.holds if h.actual is None)]
+        self._unwritten = []
+        await self.journal.put(self.key, unwritten, entry=entry, **self.call)
 
     def _close(self, ticket: Reservation, actual_usd: float) -> None:
         hold = self._hold_of.pop(id(ticket), None)
         if hold is not None:
             hold.actual = actual_usd
-
-
-def _settlements(holds: Sequence[Hold]) -> list[tuple[str, float]]:
-    # A hold still open here was never handed to a request: nothing was sent under it.
-    return [(hold.id, hold.actual or 0.0) for hold in holds]
+            self._unwritten.append(hold)
 
 
 def _entry(answer: Completion) -> dict[str, Any]:

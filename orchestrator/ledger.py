@@ -1,18 +1,24 @@
 """Budgets exact across processes: every paid call's worst case is held in the shared ledger.
 
 A run's scopes are the organisation, its team and job (if charged to them) and the project,
-always in that order. Before a call is sent its worst case is reserved on each of them in one
-transaction of conditional updates (a cap is never passed, however many processes reserve at
-once); the call's journal row settles it at its real cost in one transaction; a hold left by a
-run that died is charged in full when the sweep finds it, since the vendor may have billed it.
+always in that order. Before an attempt is sent its worst case is reserved on each of them in
+one transaction of conditional updates (a cap is never passed, however many processes reserve
+at once). Each attempt's hold is settled at its real cost once the attempt ends, before its call
+waits for anything else, together with the call's journal row (the last one with the answer),
+so only attempts in flight ever hold money and a call never waits on a hold of its own; a hold
+left by a run that died is charged in full when the sweep finds it, since the vendor may have
+billed it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .budget import BudgetExceeded
 from .state import ExpiredHold, StateManager
@@ -21,6 +27,10 @@ log = logging.getLogger(__name__)
 
 _FIRST_WAIT = 0.02
 _LONGEST_WAIT = 0.5
+# The longest a call waits for calls in flight to free room. Holds belong only to attempts in
+# flight, each bounded by its provider's timeout (300 s by default), so this is never reached
+# unless another process stalls while holding money.
+MAX_WAIT_SECONDS = 330.0
 
 
 @dataclass
@@ -57,13 +67,26 @@ class Ledger:
     project_id: str
     owner: str
     scopes: tuple[str, ...] = field(default=())
+    max_wait: float = MAX_WAIT_SECONDS
+    project_cap: float | None = None  # the run's budget, as the project's row was last told
+    # Replaced on every settlement made here, so a call waiting for room looks again at once
+    # when a call of this process frees some (other processes' settlements are polled).
+    _settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def open(self, max_usd: float, team: str | None, job_id: str | None) -> list[ExpiredHold]:
         """The run's rows, ready for its calls. Holds of dead runs are charged first; those
         of this project (an earlier run of it killed mid-call) are returned, for its spend."""
         self.scopes = run_scopes(self.project_id, team, job_id)
         await self.store.ledger_open(self.scopes, self.project_id, max_usd)
+        self.project_cap = max_usd
         return [h for h in await self._expire() if h.project_id == self.project_id]
+
+    async def follow_cap(self, max_usd: float) -> None:
+        """Make the project's cap the run's budget again if the budget was changed mid-run
+        (a hook lowering it, say): the budget is a view of this account, not a second one."""
+        if max_usd != self.project_cap:
+            await self.store.ledger_set_cap(f"project:{self.project_id}", max_usd)
+            self.project_cap = max_usd
 
     def new_hold(self, amount: float) -> Hold:
         """A hold to reserve: its id exists before the reservation does, so whoever started
@@ -71,8 +94,11 @@ class Ledger:
         return Hold(uuid.uuid4().hex, amount)
 
     async def reserve(self, hold: Hold, *, task_id: str, phase: str, journal_key: str) -> None:
-        """Hold ``hold.amount`` on every scope, waiting while other calls in flight hold what
-        it needs; ``BudgetExceeded`` when it cannot fit even once they settle."""
+        """Hold ``hold.amount`` on every scope, waiting while calls in flight hold what it
+        needs; ``BudgetExceeded`` at once when it cannot fit even once they all settle, and
+        when they have not freed the room within ``max_wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        started: float | None = None  # when it began to wait
         wait = _FIRST_WAIT
         while True:
             refused = await self.store.ledger_reserve(
@@ -85,7 +111,10 @@ class Ledger:
                 phase=phase,
                 journal_key=journal_key,
             )
+            waited = 0.0 if started is None else loop.time() - started
             if refused is None:
+                if started is not None:
+                    log.debug("the call needing $%.6f went ahead after %.2f s", hold.amount, waited)
                 return
             row = (await self.store.ledger([refused]))[refused]
             cap = row.cap if row.cap is not None else float("inf")
@@ -97,8 +126,37 @@ class Ledger:
                 )
             if await self._expire():
                 continue  # a dead run's holds were in the way: look again at once
-            await asyncio.sleep(wait)
+            if waited >= self.max_wait:
+                raise BudgetExceeded(
+                    f"a call needing up to ${hold.amount:.4f} waited {self.max_wait:g} s for "
+                    f"calls in flight to free room in the {scope_name(refused)} budget "
+                    f"(${row.reserved:.4f} held, ${max(cap - row.spent, 0.0):.4f} left)"
+                )
+            if started is None:
+                started = loop.time()
+                log.debug(
+                    "a call needing $%.6f waits for calls in flight holding $%.6f of the %s "
+                    "budget ($%.6f left)",
+                    hold.amount, row.reserved, scope_name(refused), cap - row.spent,
+                )  # fmt: skip
+            settled = self._settled
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled.wait(), min(wait, self.max_wait - waited))
             wait = min(wait * 2, _LONGEST_WAIT)
+
+    async def settle(
+        self,
+        holds: Sequence[Hold],
+        journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
+    ) -> None:
+        """Settle ``holds`` at what their attempts cost (released: 0) and write the call's
+        journal row ``(project_id, key, task_id, phase, entry, elapsed)`` in one transaction."""
+        if not holds and journal is None:
+            return
+        # A hold still open here was never handed to a request: nothing was sent under it.
+        await self.store.ledger_settle([(h.id, h.actual or 0.0) for h in holds], journal)
+        settled, self._settled = self._settled, asyncio.Event()
+        settled.set()
 
     async def _expire(self) -> list[ExpiredHold]:
         """Charge in full the holds of runs that died holding them."""

@@ -559,7 +559,7 @@ class StateManager:
                     (scope, cap),
                 )
             )
-            statements.append(("UPDATE budget_ledger SET cap = ? WHERE scope = ?", (cap, scope)))
+            statements.append(_set_cap(scope, cap))
         await self._store.transaction(statements)
 
     async def scope_spend(self, team: str | None, job_id: str | None) -> dict[str, float]:
@@ -603,10 +603,11 @@ class StateManager:
                     (scope, scope, name or scope),
                 )
             )
-        statements.append(
-            ("UPDATE budget_ledger SET cap = ? WHERE scope = ?", (max_usd, f"project:{project_id}"))
-        )
+        statements.append(_set_cap(f"project:{project_id}", max_usd))
         await self._store.transaction(statements)
+
+    async def ledger_set_cap(self, scope: str, cap: float) -> None:
+        await self._store.run(*_set_cap(scope, cap))
 
     async def ledger_reserve(
         self,
@@ -660,14 +661,15 @@ class StateManager:
         settlements: Iterable[tuple[str, float]],
         journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
     ) -> float:
-        """Settle holds at what they cost (0: released) and, in the same transaction, write
-        the call's journal row ``(project_id, key, task_id, phase, entry, elapsed)`` at what
-        the settled holds cost. A hold no longer there expired meanwhile (charged in full
-        then): it adds nothing. Returns what was charged."""
+        """Settle holds at what they cost (0: released) and, in the same transaction, add what
+        they cost to the call's journal row ``(project_id, key, task_id, phase, entry,
+        elapsed)`` (not written when they cost nothing and there is no entry). A hold no longer
+        there expired meanwhile (charged in full then): it adds nothing. Returns what was
+        charged."""
         settlements = list(settlements)
 
         async def settle(execute: Execute) -> float:
-            charged = 0.0
+            charged = 0.0  # what the settled holds cost
             for hold_id, actual in settlements:
                 gone = await execute(
                     "DELETE FROM budget_reservations WHERE id = ? RETURNING scopes, amount",
@@ -678,7 +680,7 @@ class StateManager:
                 scopes, amount = json.loads(gone[0][0]), float(gone[0][1])
                 await _move_to_spent(execute, scopes, amount, actual)
                 charged += actual
-            if journal is not None:
+            if journal is not None and (charged or journal[4] is not None):
                 project_id, key, task_id, phase, entry, elapsed = journal
                 await execute(
                     *_journal_row(project_id, key, task_id, phase, charged, entry, elapsed)
@@ -743,6 +745,10 @@ async def _move_to_spent(execute: Execute, scopes: list[str], held: float, spent
         )
 
 
+def _set_cap(scope: str, cap: float) -> Statement:
+    return ("UPDATE budget_ledger SET cap = ? WHERE scope = ?", (cap, scope))
+
+
 def _expire(hold_id: str) -> Any:
     async def expire(execute: Execute) -> ExpiredHold | None:
         gone = await execute(
@@ -781,7 +787,8 @@ def _journal_row(
         " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (project_id, key) DO UPDATE SET"
         " cost_usd = journal.cost_usd + excluded.cost_usd,"
-        " entry = excluded.entry, elapsed_seconds = excluded.elapsed_seconds",
+        " entry = COALESCE(excluded.entry, journal.entry),"
+        " elapsed_seconds = excluded.elapsed_seconds",
         (
             project_id,
             key,

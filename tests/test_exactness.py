@@ -139,12 +139,11 @@ async def ask(gateway: LLMGateway, model: str, prompt: str = "hello", **options)
 
 
 async def journal_rows(gateway: LLMGateway) -> list[tuple[str, float, bool]]:
+    """(what the row keeps: an answer or nothing to replay, its cost, whether kept) per call."""
     rows = await gateway.journal.store._store.run(
-        "SELECT key, cost_usd, entry IS NOT NULL FROM journal ORDER BY created_at"
+        "SELECT cost_usd, entry IS NOT NULL FROM journal ORDER BY created_at"
     )
-    return [
-        (key.rpartition("#")[2] if "#" in key else "answer", cost, kept) for key, cost, kept in rows
-    ]
+    return [("answer" if kept else "unanswered", cost, bool(kept)) for cost, kept in rows]
 
 
 async def test_a_garbled_vendor_answer_is_a_provider_failure_charged_at_its_worst_case(
@@ -456,8 +455,8 @@ async def test_a_tasks_cost_is_what_its_journal_holds_even_for_calls_cancelled_i
     async with StateManager() as store:
         saved = await store.load("p1")
         journaled = await store.task_spend("p1", "core")
-    rows = sqlite_rows(store.path, "SELECT key FROM journal WHERE task_id = 'core'")
-    assert any(key.endswith("#unanswered") for (key,) in rows)  # the critique, charged
+    rows = sqlite_rows(store.path, "SELECT entry IS NULL FROM journal WHERE task_id = 'core'")
+    assert any(unanswered for (unanswered,) in rows)  # the critique, charged
     assert saved.results["core"]["cost_usd"] == pytest.approx(journaled)
     assert saved.spent_usd == pytest.approx(journaled)  # no decomposition: core is all of it
 
