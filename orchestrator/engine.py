@@ -114,6 +114,13 @@ class _Session:
         """Whether this run may write the project's state: not once it lost the project."""
         return self.store is not None and (self.lease is None or self.lease.lost is None)
 
+    async def may_write_now(self) -> bool:
+        """``may_write``, the lease confirmed with the store first: a run paused past its lease
+        may not have seen yet that another run took the project, whose state it would overwrite."""
+        if self.lease is not None:
+            await self.lease.confirm()
+        return self.may_write
+
 
 class Orchestrator:
     """Runs and resumes projects: ``await Orchestrator(budget=Budget(8.0)).run_project(...)``.
@@ -643,7 +650,8 @@ class Orchestrator:
                     tasks = await self._decompose(state, gateway, router)
                 state.tasks = dict(tasks)
                 state.execution_order = execution_order(state.tasks)
-                if session.store is not None:
+                if await session.may_write_now():
+                    assert session.store is not None
                     await session.store.save_plan(
                         state.project_id,
                         state.tasks,
@@ -728,7 +736,7 @@ class Orchestrator:
             await asyncio.shield(self._checkpoint(session, state, result))
 
         async def save(record: Integration) -> None:
-            if session.may_write:
+            if await session.may_write_now():
                 assert session.store is not None
                 await asyncio.shield(
                     session.store.save_integration(
@@ -884,7 +892,7 @@ class Orchestrator:
         self.emit(Event("task_skipped", task.id, data={"reason": reason}))
 
     async def _checkpoint(self, session: _Session, state: ProjectState, result: TaskResult) -> None:
-        if session.may_write:
+        if await session.may_write_now():
             assert session.store is not None
             # The journal is the one record of what was paid: the task's cost comes from it, so
             # charges the task never saw (a call cancelled in flight) and earlier runs count.

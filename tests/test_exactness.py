@@ -345,22 +345,23 @@ THIEF = "elsewhere:1:thief"
 THIEFS_CALL_USD = 0.02  # what the run that took the project paid for a call of its own
 
 
-def take_over_at_first_grading(llm, state_file: Path, delay: float):
+def take_over_at_first_grading(llm, store: Path | str, delay: float):
     """A responder: when the run's answer is first graded, another machine takes the project
-    (its lease had run out) and pays for a call of its own; the grade comes ``delay`` later."""
+    (its lease had run out) in ``store`` (a state file or a PostgreSQL URL) and pays for a call
+    of its own; the grade comes ``delay`` later."""
     taken = threading.Event()
 
     def respond(request: RecordedRequest) -> Reply:
         reply = llm(request)
         if "--- Answer to grade ---" in request.prompt_text and not taken.is_set():
             taken.set()
-            with contextlib.closing(sqlite3.connect(state_file)) as thief, thief:
-                thief.execute("UPDATE projects SET owner = ?, lease_until = 1e12", (THIEF,))
-                thief.execute(
-                    "INSERT INTO journal (project_id, key, task_id, phase, cost_usd,"
-                    " elapsed_seconds, entry, created_at) VALUES (?, ?, ?, ?, ?, 0, NULL, 0)",
-                    ("p1", "thief-call", "only", "generation", THIEFS_CALL_USD),
-                )
+            sqlite_rows(store, "UPDATE projects SET owner = ?, lease_until = 1e12", (THIEF,))
+            sqlite_rows(
+                store,
+                "INSERT INTO journal (project_id, key, task_id, phase, cost_usd,"
+                " elapsed_seconds, entry, created_at) VALUES (?, ?, ?, ?, ?, 0, NULL, 0)",
+                ("p1", "thief-call", "only", "generation", THIEFS_CALL_USD),
+            )
             reply.delay = delay
         return reply
 
@@ -397,7 +398,9 @@ async def test_a_run_that_lost_its_lease_ends_system_failure_reporting_the_store
     (journaled,) = sqlite_rows(state_file, "SELECT SUM(cost_usd) FROM journal")[0]
     assert journaled > THIEFS_CALL_USD
     assert state.budget.spent_usd == pytest.approx(journaled)
+    # The project is left to the run that took it: nothing of the loser's is written over it.
     assert sqlite_rows(state_file, "SELECT owner, status FROM projects") == [(THIEF, "RUNNING")]
+    assert sqlite_rows(state_file, "SELECT task_id FROM results") == []
 
 
 async def test_a_failed_renewal_is_retried_and_the_run_goes_on(fake, llm, short_lease, monkeypatch):
