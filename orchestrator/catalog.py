@@ -7,6 +7,7 @@ built-in one field by field, anything else is added. Aliases named by a later fi
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -317,6 +318,7 @@ def _build(documents: Sequence[tuple[str, dict[str, Any]]]) -> Catalog:
             caps = {**merged.get("capabilities", {}), **entry.get("capabilities", {})}
             merged.update(entry, price=price, capabilities=caps)
             origin_of[key] = f"catalog file {origin}: models[{index}] ({entry['id']})"
+            _check_prices(entry.get("price", {}), origin_of[key])
             for alias in _names(entry):
                 previous = claimed_here.get(alias)
                 if previous is not None and previous != key:
@@ -336,6 +338,20 @@ def _build(documents: Sequence[tuple[str, dict[str, Any]]]) -> Catalog:
     catalog = Catalog(providers=specs, models=built, files=files, _documents=list(documents))
     catalog._lookup = _index(built)
     return catalog
+
+
+def _check_prices(price: Mapping[str, Any], origin: str) -> None:
+    """Each price given is a finite number >= 0: a NaN or infinite price cannot be reserved
+    against a budget, and a negative one would pay for calls out of thin air. The schema
+    refuses negatives and non-numbers in user files; YAML's .nan and .inf pass it, and the
+    built-in and programmatic documents are not checked against it."""
+    for name, value in price.items():
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (is_number and math.isfinite(value) and value >= 0):
+            raise CatalogError(
+                f"{origin} field 'price.{name}': must be a finite number >= 0 "
+                f"(USD per 1M tokens), not {value!r}"
+            )
 
 
 def _names(entry: Mapping[str, Any]) -> list[str]:

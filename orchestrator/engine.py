@@ -114,6 +114,13 @@ class _Session:
         """Whether this run may write the project's state: not once it lost the project."""
         return self.store is not None and (self.lease is None or self.lease.lost is None)
 
+    async def may_write_now(self) -> bool:
+        """``may_write``, the lease confirmed with the store first: a run paused past its lease
+        may not have seen yet that another run took the project, whose state it would overwrite."""
+        if self.lease is not None:
+            await self.lease.confirm()
+        return self.may_write
+
 
 class Orchestrator:
     """Runs and resumes projects: ``await Orchestrator(budget=Budget(8.0)).run_project(...)``.
@@ -467,7 +474,7 @@ class Orchestrator:
             max_time_seconds=_given(max_time_seconds, saved.max_time_seconds),
             spent_usd=saved.spent_usd,
             elapsed_before=saved.elapsed_seconds,
-            phase_spent={**Budget().phase_spent, **saved.phase_spent},
+            phase_spent=_phase_spent(saved),
         )
         state = ProjectState(
             project_id=saved.project_id,
@@ -558,6 +565,7 @@ class Orchestrator:
             raise
         finally:
             await asyncio.shield(gateway.flush())
+            await asyncio.shield(self._end_if_taken_over(session, state))
             budget.on_phase_warning.remove(self._phase_warning)
             state.api_health = session.client.api_health()
             if session.may_write:
@@ -584,6 +592,26 @@ class Orchestrator:
                 await asyncio.shield(asyncio.to_thread(self.audit_log.sync))
         self.emit(Event("run_finished", data={"status": state.status.value}))
         await self.hooks.drain()  # each is time-boxed: a slow one cannot hold the run up long
+
+    async def _end_if_taken_over(self, session: _Session, state: ProjectState) -> None:
+        """A run that lost its project, whatever else happened, ends SYSTEM_FAILURE saying so
+        and reports what the store says the project paid (the new holder's calls included):
+        its own figure would hide money spent, and its state is no longer the project's."""
+        lease = session.lease
+        if lease is None:
+            return
+        await lease.confirm()
+        if lease.lost is None:
+            return
+        state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, lease.lost
+        assert session.store is not None
+        try:
+            saved = await session.store.load(state.project_id)
+        except OrchestratorError as exc:
+            log.warning("the project's spend cannot be read back: %s; this run's own is shown", exc)
+            return
+        state.budget.spent_usd = saved.spent_usd
+        state.budget.phase_spent = _phase_spent(saved)
 
     async def _plan_and_execute(
         self,
@@ -622,7 +650,8 @@ class Orchestrator:
                     tasks = await self._decompose(state, gateway, router)
                 state.tasks = dict(tasks)
                 state.execution_order = execution_order(state.tasks)
-                if session.store is not None:
+                if await session.may_write_now():
+                    assert session.store is not None
                     await session.store.save_plan(
                         state.project_id,
                         state.tasks,
@@ -707,7 +736,7 @@ class Orchestrator:
             await asyncio.shield(self._checkpoint(session, state, result))
 
         async def save(record: Integration) -> None:
-            if session.may_write:
+            if await session.may_write_now():
                 assert session.store is not None
                 await asyncio.shield(
                     session.store.save_integration(
@@ -863,7 +892,7 @@ class Orchestrator:
         self.emit(Event("task_skipped", task.id, data={"reason": reason}))
 
     async def _checkpoint(self, session: _Session, state: ProjectState, result: TaskResult) -> None:
-        if session.may_write:
+        if await session.may_write_now():
             assert session.store is not None
             # The journal is the one record of what was paid: the task's cost comes from it, so
             # charges the task never saw (a call cancelled in flight) and earlier runs count.
@@ -1124,6 +1153,11 @@ def _final_status(
     if budget_exhausted or any(state.results[t].interrupted for t in state.execution_order):
         return ProjectStatus.BUDGET_EXHAUSTED
     return ProjectStatus.PARTIAL_SUCCESS
+
+
+def _phase_spent(saved: SavedProject) -> dict[str, float]:
+    """What the journal says each phase paid, every phase named."""
+    return {**Budget().phase_spent, **saved.phase_spent}
 
 
 def _saved_integration(saved: SavedProject) -> Integration | None:

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0  # how long a run holds its project without renewing
 LEASE_ENV = "ORCHESTRATOR_LEASE_SECONDS"  # another length, e.g. for a fast hand-over on PostgreSQL
 RETRY_SECONDS = 1.0  # how soon a failed renewal is tried again
+TAKEN_OVER = "another run took project {!r}: this run's lease had run out"
 
 
 def lease_seconds() -> float:
@@ -79,6 +80,19 @@ class Lease:
         if self.lost is not None:
             raise LeaseLost(self.lost)
 
+    async def confirm(self) -> None:
+        """Ask the store now whether the project is still ours, and note it lost if not.
+
+        The renewer asks only every third of a lease: a run paused past its lease (SIGSTOP, a
+        suspended machine) may finish its work before the renewer sees the project taken. A
+        store that cannot answer proves nothing either way: the lease is then kept.
+        """
+        if self.lost is not None:
+            return
+        with suppress(OrchestratorError):
+            if not await self.store.renew(self.project_id, self.owner, self.seconds):
+                self._lose(TAKEN_OVER.format(self.project_id))
+
     async def _keep(self) -> None:
         # Our own monotonic clock says when the lease runs out: a wall-clock jump cannot make
         # this run believe it still holds a lease that others already see as expired.
@@ -95,11 +109,12 @@ class Lease:
                 pause = RETRY_SECONDS
                 continue
             if not held:
-                self._lose(f"another run took project {self.project_id!r}")
+                self._lose(TAKEN_OVER.format(self.project_id))
                 return
             held_until = time.monotonic() + self.seconds
             pause = self.seconds / 3
 
     def _lose(self, reason: str) -> None:
-        self.lost = f"stopped paying: {reason}"
+        # One line: it becomes the run's reason, printed as the status line.
+        self.lost = " ".join(f"stopped paying: {reason}".split())
         log.warning("%s", self.lost)

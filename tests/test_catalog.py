@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import LOCAL_CATALOG, write_file
 
-from orchestrator import Catalog, CatalogError, Model, Price, UnknownModelError
+from orchestrator import Catalog, CatalogError, Model, Price, UnifiedClient, UnknownModelError
 from orchestrator.settings import home_dir, load_environment
 
 PROVIDERS = ("openai", "anthropic", "google", "kimi", "deepseek")
@@ -458,6 +458,54 @@ def test_invalid_file_gives_one_line_error_naming_file_entry_and_field(
     assert str(path) in message
     for fragment in fragments:
         assert fragment in message
+
+
+PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
+NOT_A_PRICE = {
+    "nan": ".nan",
+    "infinite": ".inf",
+    "minus-infinite": "-.inf",
+    "negative": "-0.5",
+    "text": "'1.5'",
+    "bool": "true",
+}
+
+
+@pytest.mark.parametrize("field", PRICE_FIELDS)
+@pytest.mark.parametrize("value", NOT_A_PRICE.values(), ids=NOT_A_PRICE.keys())
+def test_a_price_that_is_not_a_finite_number_of_at_least_zero_is_refused_at_load(
+    tmp_path, load_user, field, value
+):
+    # A NaN or infinite price cannot be reserved against a budget: the run would fail after
+    # spending; a negative one would make calls look free.
+    path = write(tmp_path, new_model(price=f"{{input: 1, output: 2, {field}: {value}}}"))
+    with pytest.raises(CatalogError) as info:
+        load_user(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert f"models[0] (x) field 'price.{field}'" in message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, "1", True])
+def test_a_price_given_in_code_is_held_to_the_same_rule(builtin, value):
+    document = yaml.safe_load(new_model())
+    document["models"][0]["price"]["output"] = value
+    with pytest.raises(CatalogError, match=r"in code: models\[0\] \(x\) field 'price.output'"):
+        builtin.extended("in code", document)
+
+
+def test_a_client_given_the_file_refuses_it_too(tmp_path):
+    path = write(tmp_path, new_model(price="{input: .nan, output: 2}"))
+    with pytest.raises(CatalogError, match=r"models\[0\] \(x\) field 'price.input'"):
+        UnifiedClient(catalog_path=path, env={})
+
+
+def test_free_models_are_allowed(tmp_path, load_user):
+    path = write(
+        tmp_path, new_model(price="{input: 0, output: 0, cached_input: 0, cache_write: 0}")
+    )
+    assert load_user(path).resolve("openai/x").price == Price(0, 0, 0, 0)
 
 
 def test_missing_file_is_named_in_the_error(tmp_path, load_user):

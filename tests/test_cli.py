@@ -135,6 +135,16 @@ INVALID_CATALOGS = [
         "models[0] (x) field 'price.input'",
         id="negative-price",
     ),
+    pytest.param(
+        "models:\n  - {id: gpt-4o, provider: openai, price: {output: .nan}}\n",
+        "models[0] (gpt-4o) field 'price.output'",
+        id="nan-price",
+    ),
+    pytest.param(
+        "models:\n  - {id: gpt-4o, provider: openai, price: {cached_input: .inf}}\n",
+        "models[0] (gpt-4o) field 'price.cached_input'",
+        id="infinite-price",
+    ),
     pytest.param("models:\n  - id: x\n   provider: [\n", "line 3", id="bad-yaml"),
     pytest.param("modles: []\n", "'modles'", id="unknown-key"),
     pytest.param(None, "no such file", id="missing-file"),

@@ -10,8 +10,12 @@ import sys
 import time
 
 import pytest
-from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli
+from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli, sqlite_rows
 from scripted_llm import TaskScript
+from test_engine import prose_task
+from test_exactness import take_over_at_first_grading
+
+from orchestrator.progress import format_usd
 
 PROJECT = "[project] Build an add library"
 CRITERIA = "add works and is tested"
@@ -230,6 +234,23 @@ def test_ctrl_c_stops_a_run_cleanly(fake, llm, tmp_path):
     assert process.returncode == 130
     assert "interrupted" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_run_whose_project_was_taken_over_exits_6_with_the_stores_spend(fake, llm, tmp_path):
+    llm.plan = [prose_task("only")]
+    state_file = tmp_path / "home" / "state.db"
+    fake.responder = take_over_at_first_grading(llm, state_file, delay=0.0)
+
+    result = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--project-id", "p1",
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+
+    assert result.returncode == 6, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    (journaled,) = sqlite_rows(state_file, "SELECT SUM(cost_usd) FROM journal")[0]
+    assert f"status SYSTEM_FAILURE: spent {format_usd(journaled)} of" in result.stdout
+    assert "reason: stopped paying: another run took project 'p1'" in result.stdout
 
 
 @pytest.mark.parametrize("name", ["cache.db", "state.db"])

@@ -331,13 +331,75 @@ async def test_a_run_that_loses_its_lease_stops_paying_at_once_and_leaves_the_pr
     state = await run
 
     assert state.status is ProjectStatus.SYSTEM_FAILURE
-    assert "another run took project" in state.reason
+    assert "another run took project 'p1'" in state.reason
     # One renewal period (0.2 s) of calls at 0.1 s each, at most, and those in flight.
     assert fake.count() - paid_at_steal <= 3 + 3
     rows = sqlite_rows(
         Path(os.environ["ORCHESTRATOR_HOME"]) / "state.db", "SELECT owner, status FROM projects"
     )
     assert rows == [(thief, "RUNNING")]  # the thief's project, untouched by the loser
+
+
+THIEF = "elsewhere:1:thief"
+THIEFS_CALL_USD = 0.02  # what the run that took the project paid for a call of its own
+
+
+def take_over_at_first_grading(llm, store: Path | str, delay: float):
+    """A responder: when the run's answer is first graded, another machine takes the project
+    (its lease had run out) in ``store`` (a state file or a PostgreSQL URL) and pays for a call
+    of its own; the grade comes ``delay`` later."""
+    taken = threading.Event()
+
+    def respond(request: RecordedRequest) -> Reply:
+        reply = llm(request)
+        if "--- Answer to grade ---" in request.prompt_text and not taken.is_set():
+            taken.set()
+            sqlite_rows(store, "UPDATE projects SET owner = ?, lease_until = 1e12", (THIEF,))
+            sqlite_rows(
+                store,
+                "INSERT INTO journal (project_id, key, task_id, phase, cost_usd,"
+                " elapsed_seconds, entry, created_at) VALUES (?, ?, ?, ?, ?, 0, NULL, 0)",
+                ("p1", "thief-call", "only", "generation", THIEFS_CALL_USD),
+            )
+            reply.delay = delay
+        return reply
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [
+        pytest.param(0.5, id="seen-by-a-renewal-while-the-grade-was-awaited"),
+        # The grade comes at once and the run finishes long before its next renewal (60 s),
+        # as a run paused past its lease (SIGSTOP) and continued does.
+        pytest.param(0.0, id="finished-before-the-next-renewal"),
+    ],
+)
+async def test_a_run_that_lost_its_lease_ends_system_failure_reporting_the_stores_spend(
+    fake, llm, monkeypatch, delay
+):
+    if delay:
+        monkeypatch.setattr(lease_module, "LEASE_SECONDS", 0.6)  # renewed every 0.2 s
+    plan = [prose_task("only")]
+    llm.plan = plan
+    state_file = Path(os.environ["ORCHESTRATOR_HOME"]) / "state.db"
+    fake.responder = take_over_at_first_grading(llm, state_file, delay)
+
+    state = await run_plan(fake, plan, Budget(max_usd=5.0, max_time_seconds=60))
+
+    # Every call of this run was answered: only the lost lease makes it a failure.
+    assert state.results["only"].status is TaskStatus.COMPLETED
+    assert state.status is ProjectStatus.SYSTEM_FAILURE
+    assert "another run took project 'p1'" in state.reason
+    assert "\n" not in state.reason
+    # The project's spend as journaled, the other run's call included; not this run's own.
+    (journaled,) = sqlite_rows(state_file, "SELECT SUM(cost_usd) FROM journal")[0]
+    assert journaled > THIEFS_CALL_USD
+    assert state.budget.spent_usd == pytest.approx(journaled)
+    # The project is left to the run that took it: nothing of the loser's is written over it.
+    assert sqlite_rows(state_file, "SELECT owner, status FROM projects") == [(THIEF, "RUNNING")]
+    assert sqlite_rows(state_file, "SELECT task_id FROM results") == []
 
 
 async def test_a_failed_renewal_is_retried_and_the_run_goes_on(fake, llm, short_lease, monkeypatch):

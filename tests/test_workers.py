@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli
+from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli, sqlite_rows
 from scripted_llm import ScriptedLLM
 from test_durability import (
     BUDGET,
@@ -30,6 +30,8 @@ from test_durability import (
     key,
     wait_until,
 )
+from test_engine import prose_task
+from test_exactness import take_over_at_first_grading
 from test_postgres_store import own_postgres  # noqa: F401 - a server this test may restart
 
 from orchestrator import AgentPool, Budget, Orchestrator, Task, TaskType, UnifiedClient
@@ -118,6 +120,22 @@ def test_a_submitted_project_is_queued_unpaid_then_run_by_a_worker(fake, env, tm
     assert (row["status"], row["tasks"]) == ("SUCCESS", "5/5")
     assert (out / "summary.json").is_file()  # written where the submission asked
     assert asyncio.run(queued_jobs(env["ORCHESTRATOR_DB_URL"])) == [(PROJECT_ID, "succeeded")]
+
+
+def test_a_worker_whose_project_was_taken_over_reports_system_failure(fake, llm, env, tmp_path):
+    llm.plan = [prose_task("only")]
+    url = env["ORCHESTRATOR_DB_URL"]
+    fake.responder = take_over_at_first_grading(llm, url, delay=0.0)
+    submitted = run_cli("--submit", "-p", PROJECT, "-c", CRITERIA, "--project-id", "p1",
+                        cwd=tmp_path, env=env)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+
+    _, err = finish(start_worker(env, tmp_path, "--exit-when-idle"))
+
+    assert "project p1: SYSTEM_FAILURE stopped paying: another run took project 'p1'" in err
+    assert "Traceback" not in err
+    # The project is left to the run that took it: its status is not overwritten.
+    assert sqlite_rows(url, "SELECT status FROM projects") == [("RUNNING",)]
 
 
 def test_two_workers_started_together_run_a_project_once(fake, env, tmp_path, baseline):  # noqa: F811
