@@ -12,8 +12,9 @@ from .assembly import as_block, named_files
 from .budget import Budget, BudgetExceeded
 from .catalog import Model
 from .client import Completion
-from .errors import ProviderError, StructuredOutputError
+from .errors import ProviderError
 from .events import Event, EventSink
+from .fallback import ChainFailed, Failures, first_answer
 from .gateway import LLMGateway
 from .integration import INTEGRATION_PHASE
 from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
@@ -65,15 +66,6 @@ class ProvidersUnavailable(Exception):
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(describe_outage(errors))
         self.errors = errors
-
-
-def is_outage(exc: ProviderError) -> bool:
-    """Whether a failed call says the provider is unavailable (down, overloaded, unreachable,
-    timing out, rate limiting after our retries, refusing our key) rather than anything about
-    the request or the answer (400, 404, 422, an answer that never validated)."""
-    if isinstance(exc, StructuredOutputError):
-        return False
-    return exc.retryable or exc.status in (401, 403)
 
 
 def describe_outage(errors: Mapping[str, str]) -> str:
@@ -237,7 +229,7 @@ class TaskRunner:
         label = f"integration round {round_number}"
         chain = ctx.router.generation_chain(task.type, task.id)
         if result.model_used is not None:
-            chain = [result.model_used] + [m for m in chain if m != result.model_used]
+            chain = ctx.router.led_by(result.model_used, chain)
         # Without the dependencies' outputs, which other revisions of the round may be
         # changing: the request carries what the round saw, so a resume sends the same one.
         task_text = task_prompt(task, ctx.description, ctx.criteria, "")
@@ -335,7 +327,7 @@ class TaskRunner:
         iteration: int,
     ) -> tuple[str, Model]:
         chain = self.ctx.router.generation_chain(self.task.type, self.task.id)
-        chain = [author] + [m for m in chain if m != author]
+        chain = self.ctx.router.led_by(author, chain)
         revised, model = await self._ask_chain(
             chain,
             [
@@ -444,73 +436,65 @@ class TaskRunner:
         A model whose worst case no longer fits the budget hands over too: a cheaper one may.
         ``BudgetExceeded`` is raised only when no model could be afforded.
         """
-        failures: list[str] = []
-        outages: dict[str, str] = {}
-        other_failure = False
-        refused: BudgetExceeded | None = None
         about = {"phase": phase, "iteration": iteration, "repeat": repeat}
-        for model in chain:
+
+        async def attempt(model: Model) -> Completion:
             self.ctx.emit(Event("call_started", self.task.id, model.value, step, about))
-            try:
-                answer = await self.ctx.gateway.ask(
-                    model,
-                    messages,
-                    system=system,
-                    max_tokens=max_tokens,
-                    phase=phase,
-                    slot=slot,
-                    task_id=self.task.id,
-                    schema=schema,
-                )
-            except (ProviderError, BudgetExceeded) as exc:
-                self.result.cost_usd += exc.spent_usd
-                self.ctx.emit(
-                    Event(
-                        "call_failed", self.task.id, model.value, step, {**about, "error": str(exc)}
-                    )
-                )
-                if isinstance(exc, BudgetExceeded):
-                    refused = exc
-                elif is_outage(exc):
-                    outages[exc.provider] = str(exc)
-                else:
-                    other_failure = True  # a bad request or a bad answer, not an outage
-                failures.append(str(exc))
-                log.debug("%s %s: %s failed, next model: %s", self.task.id, phase, model.value, exc)
-                if counts_fallbacks:
-                    self.result.degraded_fallback_count += 1
-                continue
-            self.result.cost_usd += answer.cost_usd
-            predictor = self.ctx.router.cost_model
-            if predictor is not None and not (answer.from_cache or answer.replayed):
-                task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
-                predictor.record(model, task_type, answer.cost_usd)
-            for note in answer.notes:
-                line = f"{phase} ({model.value}): {note}"
-                if line not in self.result.notes:
-                    self.result.notes.append(line)
-            self.ctx.emit(
-                Event(
-                    "call_finished",
-                    self.task.id,
-                    model.value,
-                    step,
-                    {
-                        **about,
-                        "cost_usd": answer.cost_usd,
-                        "cached": answer.from_cache,
-                        "replayed": answer.replayed,
-                        "notes": list(answer.notes),
-                    },
-                )
+            return await self.ctx.gateway.ask(
+                model,
+                messages,
+                system=system,
+                max_tokens=max_tokens,
+                phase=phase,
+                slot=slot,
+                task_id=self.task.id,
+                schema=schema,
             )
-            return answer, model
-        if refused is not None:
-            raise BudgetExceeded(str(refused))
-        if outages and not other_failure:
-            raise ProvidersUnavailable(outages)
-        last = failures[-1] if failures else "no model to ask"
-        raise ChainExhausted(f"every model failed for {phase}; last: {last}")
+
+        def failed(model: Model, exc: Exception) -> None:
+            assert isinstance(exc, ProviderError | BudgetExceeded)
+            self.result.cost_usd += exc.spent_usd
+            error = {**about, "error": str(exc)}
+            self.ctx.emit(Event("call_failed", self.task.id, model.value, step, error))
+            log.debug("%s %s: %s failed, next model: %s", self.task.id, phase, model.value, exc)
+            if counts_fallbacks:
+                self.result.degraded_fallback_count += 1
+
+        try:
+            answer, model = await first_answer(
+                chain, attempt, hand_over_on=(ProviderError, BudgetExceeded), on_failure=failed
+            )
+        except ChainFailed as exc:
+            raise self._chain_error(exc.failures, phase) from None
+        self.result.cost_usd += answer.cost_usd
+        predictor = self.ctx.router.cost_model
+        if predictor is not None and not (answer.from_cache or answer.replayed):
+            task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
+            predictor.record(model, task_type, answer.cost_usd)
+        for note in answer.notes:
+            self._note(f"{phase} ({model.value}): {note}")
+        finished = {
+            **about,
+            "cost_usd": answer.cost_usd,
+            "cached": answer.from_cache,
+            "replayed": answer.replayed,
+            "notes": list(answer.notes),
+        }
+        self.ctx.emit(Event("call_finished", self.task.id, model.value, step, finished))
+        return answer, model
+
+    def _chain_error(self, failures: Failures, phase: str) -> Exception:
+        """What ends a call no model answered: the budget, an outage, or the chain's end (a
+        second cut-off answer among them, noted on the task: no revision makes it shorter)."""
+        if failures.stopped_by_truncation:
+            reason = f"{phase}: {failures.truncation_reason()}"
+            self._note(reason)
+            return ChainExhausted(reason)
+        if failures.refused is not None:
+            return BudgetExceeded(str(failures.refused))
+        if failures.only_outages:
+            return ProvidersUnavailable(failures.outages)
+        return ChainExhausted(f"every model failed for {phase}; last: {failures.last}")
 
     def _context(self, chain: list[Model]) -> str:
         """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""
