@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 PLATEAU_DELTA = 0.02
 CONSISTENCY_DELTA = 0.05
+# With one usable evaluator, a first score this close to the threshold (either side) is read a
+# second time before it decides the task; a score further away is decided by one verdict.
+CLOSE_TO_THRESHOLD = 0.1
 EVALUATION_MAX_TOKENS = ROUTING_TABLE[TaskType.EVALUATE][1]
 CHARS_PER_TOKEN = 3  # conservative for code; trimming must never overflow a window
 # The task type a phase's calls are priced under, when it is not the task's own.
@@ -53,6 +56,21 @@ PHASE_TASK_TYPES = {
     "cross_review": ROLE_TASK_TYPES["critic"],
     "evaluation": ROLE_TASK_TYPES["evaluator"],
 }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation's outcome: the score and the reasoning closest to it, how many usable
+    verdicts it rests on, and how many the task needs to complete on it."""
+
+    score: float
+    reasoning: str
+    verdicts: int
+    needed: int  # two; one from a lone evaluator whose score was far from the threshold
+
+    def confirmed(self, allow_single_verdict: bool) -> bool:
+        """Whether the score rests on the verdicts it needs (or one, when the user allows it)."""
+        return self.verdicts >= self.needed or (allow_single_verdict and self.verdicts >= 1)
 
 
 class ChainExhausted(Exception):
@@ -188,11 +206,10 @@ class TaskRunner:
                 ctx.emit(Event("validation_failed", task.id, author.value, data=data))
             confirmed = False
             if not failed:
-                score, reasoning, verdicts = await self._evaluate(
-                    task_text, current, author, iteration
-                )
-                confirmed = verdicts >= 2 or ctx.allow_single_verdict
-                if verdicts == 1 and score >= ctx.threshold and not confirmed:
+                evaluation = await self._evaluate(task_text, current, author, iteration)
+                score, reasoning = evaluation.score, evaluation.reasoning
+                confirmed = evaluation.confirmed(ctx.allow_single_verdict)
+                if evaluation.verdicts and score >= ctx.threshold and not confirmed:
                     self._note(f"iteration {iteration}: {ONE_VERDICT}")
             else:
                 score, reasoning = 0.0, ""
@@ -348,20 +365,28 @@ class TaskRunner:
 
     async def _evaluate(
         self, task_text: str, answer: str, author: Model, iteration: int
-    ) -> tuple[float, str, int]:
-        """The answer's score, the reasoning closest to it, and how many verdicts it rests on."""
-        chain = self.ctx.router.evaluator_chain(author, self.task.id, self.task.type)
-        messages = [Message("user", evaluate_prompt(task_text, answer))]
+    ) -> Evaluation:
+        """The answer's score, the reasoning closest to it, and the verdicts it rests on.
+
+        With two evaluators other than the author, two verdicts from two models (another
+        provider's when there is one), asked at once. With one, a single verdict unless its score
+        is within CLOSE_TO_THRESHOLD of the threshold, where a second reading of that model checks
+        it. Each verdict's request reads differently (``evaluate_prompt``), so none is sent twice.
+        """
+        router = self.ctx.router
+        chain = router.evaluator_chain(author, self.task.id, self.task.type)
+        independent = [m for m in chain if m != author]
         verdicts: list[Completion] = []
+        graders: list[Model] = []
         refused = False
         outage: ProvidersUnavailable | None = None
 
-        async def one(repeat: int) -> None:
+        async def one(repeat: int, models: list[Model]) -> None:
             nonlocal refused, outage
             try:
                 verdict, evaluator = await self._ask_chain(
-                    chain,
-                    messages,
+                    models,
+                    [Message("user", evaluate_prompt(task_text, answer, reading=repeat))],
                     system=EVALUATE_SYSTEM,
                     max_tokens=EVALUATION_MAX_TOKENS,
                     phase="evaluation",
@@ -380,37 +405,54 @@ class TaskRunner:
                 refused = True  # one verdict that fits the budget still counts
                 return
             verdicts.append(verdict)
-            if self.result.reviewer_model is None:
-                self.result.reviewer_model = evaluator
-            if evaluator == author:
-                self._note("evaluated by its own author: no other model was available")
-            elif evaluator == self._critic and self._too_few_models():
-                self._note(
-                    f"critiqued and evaluated by the same model ({evaluator.value}): no third "
-                    "model was available, so its grade is not independent of its critique"
-                )
+            graders.append(evaluator)
+            self._note_grader(evaluator, author)
 
-        # The two verdicts are independent; asking both at once halves the evaluation latency,
-        # and the task group never leaves one running behind the other.
-        async with asyncio.TaskGroup() as group:
-            group.create_task(one(1))
-            group.create_task(one(2))
+        def scores() -> list[float]:
+            return [float(v.parsed["score"]) for v in verdicts]
+
+        needed = 2
+        if len(independent) >= 2:
+            # Independent verdicts, asked at once: that halves the evaluation latency, and the
+            # task group never leaves one running behind the other.
+            second = _another_grader(independent[0], independent[1:])
+            async with asyncio.TaskGroup() as group:
+                group.create_task(one(1, chain))
+                group.create_task(one(2, router.led_by(second, chain)))
+        else:
+            await one(1, chain)
+            if verdicts and abs(scores()[0] - self.ctx.threshold) > CLOSE_TO_THRESHOLD:
+                needed = 1  # far from the threshold: a second reading of it is not worth paying
+            elif verdicts:
+                await one(2, router.led_by(graders[0], chain))
         if not verdicts and refused:
             raise BudgetExceeded("no evaluation fits in the budget left")
         if not verdicts and outage is not None:
             raise outage  # a score that could not be obtained is not a score of 0
-        scores = [float(v.parsed["score"]) for v in verdicts]
-        if len(scores) == 2 and abs(scores[0] - scores[1]) > CONSISTENCY_DELTA:
-            await one(3)
-            scores = [float(v.parsed["score"]) for v in verdicts]
-        if not scores:
-            return 0.0, "", 0
+        if len(verdicts) == 2 and abs(scores()[0] - scores()[1]) > CONSISTENCY_DELTA:
+            unused = [m for m in independent if m not in graders]
+            await one(3, router.led_by(unused[0], chain) if unused else chain)
+        if not verdicts:
+            return Evaluation(0.0, "", 0, needed)
         # Two verdicts that disagree take the lower; a third breaks the tie by the median.
-        score = statistics.median(scores) if len(scores) == 3 else min(scores)
+        found = scores()
+        score = statistics.median(found) if len(found) == 3 else min(found)
         # What quality-aware routing learns the model is worth.
         self.ctx.telemetry.record_quality(author, score)
         closest = min(verdicts, key=lambda v: abs(float(v.parsed["score"]) - score))
-        return score, str(closest.parsed.get("reasoning", "")), len(scores)
+        return Evaluation(score, str(closest.parsed.get("reasoning", "")), len(found), needed)
+
+    def _note_grader(self, evaluator: Model, author: Model) -> None:
+        """Say when a verdict is not independent of the answer's author or its critic."""
+        if self.result.reviewer_model is None:
+            self.result.reviewer_model = evaluator
+        if evaluator == author:
+            self._note("evaluated by its own author: no other model was available")
+        elif evaluator == self._critic and self._too_few_models():
+            self._note(
+                f"critiqued and evaluated by the same model ({evaluator.value}): no third "
+                "model was available, so its grade is not independent of its critique"
+            )
 
     async def _ask_chain(
         self,
@@ -570,3 +612,8 @@ def _trim(text: str, limit: int) -> str:
     tail = limit - head
     omitted = len(text) - head - tail
     return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[-tail:]}"
+
+
+def _another_grader(first: Model, others: list[Model]) -> Model:
+    """The second evaluator beside ``first``: another provider's model when there is one."""
+    return next((m for m in others if m.provider != first.provider), others[0])
