@@ -40,7 +40,7 @@ from .policy import PolicyEngine, PolicySet
 from .policy_dsl import PolicyAnalyzer, load_policy_file
 from .progress import ProgressPrinter, format_usd, results_table, text_table
 from .project_file import ProjectSpec, check_project_id, load_project_file
-from .routing import Router
+from .routing import DEFAULT_MAX_FALLBACKS, Router
 from .settings import CATALOG_ENV, home_dir, load_environment
 from .sqlite_store import DB_URL_ENV, EXTRA_COMMAND, is_postgres_url, shown
 from .state import StateManager
@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds one attempt at a model call may take, for every provider (default: the "
         "catalog's per-provider timeout, else 300)",
+    )
+    models.add_argument(
+        "--max-fallbacks",
+        type=int,
+        metavar="N",
+        help="models a call may fall back to after its routing choice, each paid for "
+        f"(default {DEFAULT_MAX_FALLBACKS}; 0: the choice only); an answer cut off by the "
+        "output limit falls back once only",
     )
     models.add_argument(
         "--allow-single-verdict",
@@ -401,6 +409,8 @@ def _check_limits(args: argparse.Namespace) -> None:
     lease_seconds()  # a bad $ORCHESTRATOR_LEASE_SECONDS is said before anything is recorded
     if args.integration_rounds is not None and args.integration_rounds < 0:
         raise _usage("--integration-rounds must be 0 or more")
+    if args.max_fallbacks is not None and args.max_fallbacks < 0:
+        raise _usage("--max-fallbacks must be 0 or more")
     if args.integration_rounds is not None and args.no_integration:
         raise _usage("--integration-rounds and --no-integration contradict each other")
     if args.tree_name is not None:
@@ -441,6 +451,7 @@ def _project_spec(args: argparse.Namespace) -> ProjectSpec:
         ("output_dir", args.output_dir),
         ("tree_name", args.tree_name),
         ("integration_rounds", args.integration_rounds),
+        ("max_fallbacks", args.max_fallbacks),
     ):
         if value is not None:
             setattr(merged, name, value)
@@ -572,6 +583,7 @@ def _new_orchestrator(
         allow_single_verdict=args.allow_single_verdict,
         integration=spec.integration is not False,
         integration_rounds=_or(spec.integration_rounds, DEFAULT_ROUNDS),
+        max_fallbacks=spec.max_fallbacks,
         extra_settings={k: v for k, v in settings.items() if k != "concurrency"},
         optimization_backend=BACKENDS[settings["routing"]](),
         policies=_policies(args),
@@ -686,6 +698,7 @@ async def _resume_project(
                 allow_single_verdict=args.allow_single_verdict,
                 integration=integration,
                 integration_rounds=rounds,
+                max_fallbacks=args.max_fallbacks,  # None: the project's saved setting
                 extra_settings=resumed,
                 optimization_backend=BACKENDS[routing](),
                 policies=_policies(args),

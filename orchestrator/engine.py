@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .agents import TaskChannel
 from .audit import AuditLog
@@ -33,6 +33,7 @@ from .errors import (
     UnknownModelError,
 )
 from .events import Event, EventPump, EventSink, guarded, ignore
+from .fallback import ChainFailed, Failures, first_answer
 from .gateway import Journal, LLMGateway
 from .hooks import EventType, Hook, HookRegistry
 from .integration import DEFAULT_ROUNDS, Integration, IntegrationPhase, Round
@@ -55,7 +56,7 @@ from .policy import JobSpec, Policy, PolicyEngine, PolicySet
 from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
-from .routing import DECOMPOSITION_MAX_TOKENS, Decision, Router
+from .routing import DECOMPOSITION_MAX_TOKENS, DEFAULT_MAX_FALLBACKS, Decision, Router
 from .sandbox import Sandbox, choose
 from .settings import load_environment
 from .state import SavedProject, StateError, StateManager, UnknownProjectError
@@ -65,7 +66,6 @@ from .task_runner import (
     TaskContext,
     TaskRunner,
     describe_outage,
-    is_outage,
 )
 from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
 from .telemetry import ModelProfile, TelemetryCollector
@@ -81,11 +81,11 @@ TWO_MODELS = (
     "critiques an answer also grades it, so its grade is not independent of its critique; add a "
     "key or a third model for a separate grader"
 )
-DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
 PLANNED_TASKS = (5, 15)  # what the planner is asked for; a plan outside it is still run
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def _shared_roles(usable: tuple[Model, ...]) -> str | None:
@@ -108,6 +108,7 @@ class _Session:
     store: StateManager | None
     lease: Lease | None = None  # held while a run of the project goes on
     policies: PolicySet = field(default_factory=PolicySet)  # what this run's choices obey
+    max_fallbacks: int = DEFAULT_MAX_FALLBACKS  # the run's, saved with it for its resumes
 
     @property
     def may_write(self) -> bool:
@@ -157,10 +158,13 @@ class Orchestrator:
         allow_single_verdict: bool = False,
         integration: bool = True,
         integration_rounds: int = DEFAULT_ROUNDS,
+        max_fallbacks: int | None = None,
     ) -> None:
         _check_threshold(quality_threshold)
         if integration_rounds < 0:
             raise ConfigError("integration rounds must be 0 or more")
+        if max_fallbacks is not None and max_fallbacks < 0:
+            raise ConfigError("max fallbacks must be 0 or more")
         self.budget = budget or Budget()
         self._cache = cache
         self._use_cache = use_cache
@@ -218,6 +222,9 @@ class Orchestrator:
         # the tasks that wrote the files, for at most ``integration_rounds`` revision rounds.
         self.integration = integration
         self.integration_rounds = integration_rounds
+        # The models each call may fall back to after its routing choice: DEFAULT_MAX_FALLBACKS
+        # for a new project when None, and for a resumed one what it was started with.
+        self.max_fallbacks = max_fallbacks
 
     @property
     def profiles(self) -> dict[str, ModelProfile]:
@@ -464,6 +471,9 @@ class Orchestrator:
         quality_threshold: float | None,
     ) -> ProjectState:
         settings = {**saved.settings, **self.extra_settings}
+        settings["max_fallbacks"] = session.max_fallbacks = _given(
+            self.max_fallbacks, settings.get("max_fallbacks", DEFAULT_MAX_FALLBACKS)
+        )
         if quality_threshold is not None:
             _check_threshold(quality_threshold)
             settings["quality_threshold"] = quality_threshold
@@ -780,48 +790,55 @@ class Orchestrator:
         prompt = DECOMPOSE_USER.format(
             description=state.project_description, criteria=state.success_criteria
         )
-        problems: list[str] = []
-        outages: dict[str, str] = {}
-        all_outages = True
-        for model in router.decomposition_chain()[:DECOMPOSITION_ATTEMPTS]:
-            about = {"phase": "decomposition"}
+        about = {"phase": "decomposition"}
+
+        async def attempt(model: Model) -> dict[str, Task]:
             self.emit(Event("call_started", model=model.value, role="decomposition", data=about))
-            try:
-                answer = await gateway.ask(
-                    model,
-                    [Message("user", prompt)],
-                    system=system,
-                    max_tokens=DECOMPOSITION_MAX_TOKENS,
-                    phase="decomposition",
-                    slot="decompose",
-                    schema=schema,
-                )
-                finished = {**about, "cost_usd": answer.cost_usd, "cached": answer.from_cache}
-                self.emit(Event("call_finished", None, model.value, "decomposition", finished))
-                tasks = parse_tasks(
-                    answer.parsed,
-                    origin=f"decomposition by {model.value}",
-                    max_tasks=self.max_tasks,
-                )
-                execution_order(tasks)  # a cyclic plan is as unusable as a malformed one
-                if not guidance[0] <= len(tasks) <= guidance[1]:
-                    self.emit(Event("plan_size", data={"tasks": len(tasks), "guidance": guidance}))
-                return tasks
-            except (ProviderError, TaskGraphError) as exc:
-                if isinstance(exc, ProviderError):
-                    failed = {**about, "error": str(exc)}
-                    self.emit(Event("call_failed", None, model.value, "decomposition", failed))
-                problems.append(str(exc))
-                if isinstance(exc, ProviderError) and is_outage(exc):
-                    outages[exc.provider] = str(exc)
-                else:
-                    all_outages = False
-        if outages and all_outages:
-            raise DecompositionFailed(f"decomposition failed: {describe_outage(outages)}")
-        detail = problems[-1] if problems else "no model available"
+            answer = await gateway.ask(
+                model,
+                [Message("user", prompt)],
+                system=system,
+                max_tokens=DECOMPOSITION_MAX_TOKENS,
+                phase="decomposition",
+                slot="decompose",
+                schema=schema,
+            )
+            finished = {**about, "cost_usd": answer.cost_usd, "cached": answer.from_cache}
+            self.emit(Event("call_finished", None, model.value, "decomposition", finished))
+            tasks = parse_tasks(
+                answer.parsed, origin=f"decomposition by {model.value}", max_tasks=self.max_tasks
+            )
+            execution_order(tasks)  # a cyclic plan is as unusable as a malformed one
+            return tasks
+
+        def failed(model: Model, exc: Exception) -> None:
+            if isinstance(exc, ProviderError):
+                error = {**about, "error": str(exc)}
+                self.emit(Event("call_failed", None, model.value, "decomposition", error))
+
+        try:
+            tasks, _ = await first_answer(
+                router.decomposition_chain(),
+                attempt,
+                hand_over_on=(ProviderError, TaskGraphError),
+                on_failure=failed,
+            )
+        except ChainFailed as exc:
+            why = self._why_no_plan(exc.failures)
+            raise DecompositionFailed(f"decomposition failed: {why}") from None
+        if not guidance[0] <= len(tasks) <= guidance[1]:
+            self.emit(Event("plan_size", data={"tasks": len(tasks), "guidance": guidance}))
+        return tasks
+
+    def _why_no_plan(self, failures: Failures) -> str:
+        if failures.only_outages:
+            return describe_outage(failures.outages)
+        if failures.stopped_by_truncation:
+            return failures.truncation_reason()
+        detail = failures.last
         if self.max_tasks is not None and "need at most" in detail:
             detail += "; raise --max-tasks (max_tasks=) or simplify the project"
-        raise DecompositionFailed(f"decomposition failed: {detail}")
+        return detail
 
     def _planned_tasks(self) -> tuple[int, int]:
         """How many tasks the planner is asked for: guidance, not a rule."""
@@ -967,7 +984,7 @@ class Orchestrator:
                 if storage is not None:
                     await storage.open()
             try:
-                yield _Session(client, cache, store)
+                yield _Session(client, cache, store, max_fallbacks=self._max_fallbacks())
             finally:
                 if self._on_event is not None:  # the handler has seen the call's events
                     await asyncio.shield(self._on_event.drain())
@@ -1049,6 +1066,7 @@ class Orchestrator:
             on_decision=self._decided,
             planner=planner,
             cost_model=self.cost_predictor,
+            max_fallbacks=session.max_fallbacks,
         )
 
     def _refuse_uncovered(self, session: _Session, tasks: Mapping[str, Task] | None) -> None:
@@ -1132,7 +1150,11 @@ class Orchestrator:
             "max_tasks": self.max_tasks,
             "integration": self.integration,
             "integration_rounds": self.integration_rounds,
+            "max_fallbacks": self._max_fallbacks(),
         }
+
+    def _max_fallbacks(self) -> int:
+        return _given(self.max_fallbacks, DEFAULT_MAX_FALLBACKS)
 
     def _phase_warning(self, phase: str, ratio: float) -> None:
         self.emit(Event("budget_warning", data={"phase": phase, "ratio": ratio}))
@@ -1225,7 +1247,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _given(value: float | None, saved: float) -> float:
+def _given(value: _T | None, saved: _T) -> _T:
     return saved if value is None else value
 
 

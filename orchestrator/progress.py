@@ -125,16 +125,14 @@ class ProgressPrinter:
         step, model = event.role or "call", event.model or "?"
         iteration = int(event.data.get("iteration", 0))
         current = self.running.get(who)
-        if (
-            current is not None
-            and current.calls
-            and (current.step, current.model)
-            == (
-                step,
-                model,
-            )
-        ):
-            current.calls += 1  # the second verdict of an evaluation: the same line
+        if current is not None and current.calls and current.step == step:
+            # The second verdict of an evaluation, asked beside the first: the same line,
+            # naming its model too when it is another one.
+            current.calls += 1
+            if model not in current.model.split(" and "):
+                current.model = f"{current.model} and {model}"
+                if not self.interactive:
+                    self._line(f"{who}: {step} on {model} (the second verdict)")
             self._redraw()
             return
         self.running[who] = activity = _Activity(step, model, iteration)

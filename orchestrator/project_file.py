@@ -43,6 +43,7 @@ class ProjectSpec:
     tree_name: str | None = None
     integration: bool | None = None
     integration_rounds: int | None = None
+    max_fallbacks: int | None = None
 
 
 def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
@@ -94,6 +95,7 @@ def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
         tree_name=document.get("tree_name"),
         integration=document.get("integration"),
         integration_rounds=document.get("integration_rounds"),
+        max_fallbacks=document.get("max_fallbacks"),
     )
 
 

@@ -89,8 +89,25 @@ def integration_prompt(request: str) -> str:
     return INTEGRATION_INSTRUCTIONS + "\n\n" + request
 
 
-def evaluate_prompt(task_text: str, answer: str) -> str:
+# An evaluation's readings: the same task, answer and rubric, in another order. Two verdicts
+# asked of one model (the only usable evaluator, or a fallback one verdict's chain shares with
+# the other's) are then never one request sent twice, which identical requests in flight would
+# share as one paid answer counted as two. The order is what changes because it is what an LLM
+# grader is most sensitive to (it weighs what it read last more), so a second reading checks the
+# first instead of repeating it; a temperature or seed would not do, as Anthropic's SDK takes
+# neither and its requests would stay identical.
+
+
+def evaluate_prompt(task_text: str, answer: str, reading: int = 1) -> str:
+    """The grading request for an evaluation's verdict number ``reading`` (1 to 3)."""
+    graded = f"--- Answer to grade ---\n{answer}\n--- End of answer ---"
+    ask = "Give the score and a short reasoning."
+    if reading == 1:
+        return f"{task_text}\n\n{graded}\n\n{ask}"
+    if reading == 2:  # the answer first, then what it is judged against
+        return f"{graded}\n\nThe task it answers:\n{task_text}\n\n{ask}"
+    # The third, a tie-breaker: the requirements one at a time before the verdict.
     return (
-        f"{task_text}\n\n--- Answer to grade ---\n{answer}\n--- End of answer ---\n\n"
-        "Give the score and a short reasoning."
+        f"{task_text}\n\n{graded}\n\nGo through the task's requirements and the acceptance "
+        "criteria one at a time, then give the score and a short reasoning."
     )

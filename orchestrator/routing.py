@@ -25,6 +25,10 @@ ROUTING_TABLE: dict[TaskType, tuple[tuple[str, ...], int]] = {
 }
 
 DECOMPOSITION_MAX_TOKENS = 4096
+# Models a call may fall back to after its routing choice (--max-fallbacks, max_fallbacks:):
+# each one asked is paid for, and a job every model fails (an answer always cut off, say)
+# would otherwise walk the whole catalog.
+DEFAULT_MAX_FALLBACKS = 2
 CRITIQUE_MAX_TOKENS = 1024
 
 
@@ -70,6 +74,7 @@ class Decision:
     held_back: tuple[tuple[Model, str], ...] = ()
     excluded: tuple[tuple[Model, str], ...] = ()
     violations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # model key -> text
+    beyond: tuple[Model, ...] = ()  # candidates past the chain's fallbacks: never asked
 
     @property
     def chain(self) -> list[Model]:
@@ -93,6 +98,7 @@ class Decision:
             ],
             "held_back": [{"model": m.key, "reason": why} for m, why in self.held_back],
             "excluded": [{"model": m.key, "reason": why} for m, why in self.excluded],
+            "beyond_fallbacks": [m.key for m in self.beyond],
             "violations": {key: list(found) for key, found in self.violations.items()},
             "explanation": self.explain(),
         }
@@ -134,6 +140,8 @@ class Router:
     # A call's estimated cost: the measured average of the (model, task type) once there is
     # one, else the catalog price of a typical call, ``at_least_measured``.
     cost_model: CallCostModel | None = None
+    # Each chain is the choice and at most this many fallbacks.
+    max_fallbacks: int = DEFAULT_MAX_FALLBACKS
 
     def max_tokens(self, task_type: TaskType) -> int:
         return ROUTING_TABLE[task_type][1]
@@ -159,6 +167,11 @@ class Router:
         preferred = self._preferred(TaskType.EVALUATE)
         limit = self.max_tokens(TaskType.EVALUATE)
         return self._select("evaluator", task_type, task_id, preferred, limit, away_from=author)
+
+    def led_by(self, first: Model, chain: list[Model]) -> list[Model]:
+        """``chain`` asking ``first`` first (a reviser its own answer's author), still within
+        the fallbacks allowed."""
+        return ([first] + [m for m in chain if m != first])[: self.max_fallbacks + 1]
 
     def decomposition_chain(self) -> list[Model]:
         """The planner: no table entry, so the backend's order (the cheapest first by default)."""
@@ -200,22 +213,28 @@ class Router:
         if away_from is not None:
             ranked = _away_from(away_from, ranked)
         ready = [r for r in ranked if self._ready(r.model, screened)]
-        held_back = tuple(
+        held_back = [
             (r.model, f"held back: {self._held_because(r.model, screened)} ({r.reason})")
             for r in ranked
             if not self._ready(r.model, screened)
-        )
+        ]
+        # The ready ones, then the held back, as far as the fallbacks allowed go.
+        keep = self.max_fallbacks + 1
+        beyond = ([r.model for r in ready] + [m for m, _ in held_back])[keep:]
+        ready = ready[:keep]
+        held_back = held_back[: keep - len(ready)]
         decision = Decision(
             role=role,
             task_type=task_type,
             task_id=task_id,
             backend=self.backend.name,
             ranked=tuple(ready),
-            held_back=held_back,
+            held_back=tuple(held_back),
             excluded=tuple(screened.excluded),
             violations={
                 key: tuple(str(v) for v in found) for key, found in screened.violations.items()
             },
+            beyond=tuple(beyond),
         )
         if self.on_decision is not None:
             self.on_decision(decision)

@@ -12,8 +12,9 @@ from .assembly import as_block, named_files
 from .budget import Budget, BudgetExceeded
 from .catalog import Model
 from .client import Completion
-from .errors import ProviderError, StructuredOutputError
+from .errors import ProviderError
 from .events import Event, EventSink
+from .fallback import ChainFailed, Failures, first_answer
 from .gateway import LLMGateway
 from .integration import INTEGRATION_PHASE
 from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 PLATEAU_DELTA = 0.02
 CONSISTENCY_DELTA = 0.05
+# With one usable evaluator, a first score this close to the threshold (either side) is read a
+# second time before it decides the task; a score further away is decided by one verdict.
+CLOSE_TO_THRESHOLD = 0.1
 EVALUATION_MAX_TOKENS = ROUTING_TABLE[TaskType.EVALUATE][1]
 CHARS_PER_TOKEN = 3  # conservative for code; trimming must never overflow a window
 # The task type a phase's calls are priced under, when it is not the task's own.
@@ -54,6 +58,21 @@ PHASE_TASK_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation's outcome: the score and the reasoning closest to it, how many usable
+    verdicts it rests on, and how many the task needs to complete on it."""
+
+    score: float
+    reasoning: str
+    verdicts: int
+    needed: int  # two; one from a lone evaluator whose score was far from the threshold
+
+    def confirmed(self, allow_single_verdict: bool) -> bool:
+        """Whether the score rests on the verdicts it needs (or one, when the user allows it)."""
+        return self.verdicts >= self.needed or (allow_single_verdict and self.verdicts >= 1)
+
+
 class ChainExhausted(Exception):
     """Every model in a role's chain failed for this call."""
 
@@ -65,15 +84,6 @@ class ProvidersUnavailable(Exception):
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(describe_outage(errors))
         self.errors = errors
-
-
-def is_outage(exc: ProviderError) -> bool:
-    """Whether a failed call says the provider is unavailable (down, overloaded, unreachable,
-    timing out, rate limiting after our retries, refusing our key) rather than anything about
-    the request or the answer (400, 404, 422, an answer that never validated)."""
-    if isinstance(exc, StructuredOutputError):
-        return False
-    return exc.retryable or exc.status in (401, 403)
 
 
 def describe_outage(errors: Mapping[str, str]) -> str:
@@ -196,11 +206,10 @@ class TaskRunner:
                 ctx.emit(Event("validation_failed", task.id, author.value, data=data))
             confirmed = False
             if not failed:
-                score, reasoning, verdicts = await self._evaluate(
-                    task_text, current, author, iteration
-                )
-                confirmed = verdicts >= 2 or ctx.allow_single_verdict
-                if verdicts == 1 and score >= ctx.threshold and not confirmed:
+                evaluation = await self._evaluate(task_text, current, author, iteration)
+                score, reasoning = evaluation.score, evaluation.reasoning
+                confirmed = evaluation.confirmed(ctx.allow_single_verdict)
+                if evaluation.verdicts and score >= ctx.threshold and not confirmed:
                     self._note(f"iteration {iteration}: {ONE_VERDICT}")
             else:
                 score, reasoning = 0.0, ""
@@ -237,7 +246,7 @@ class TaskRunner:
         label = f"integration round {round_number}"
         chain = ctx.router.generation_chain(task.type, task.id)
         if result.model_used is not None:
-            chain = [result.model_used] + [m for m in chain if m != result.model_used]
+            chain = ctx.router.led_by(result.model_used, chain)
         # Without the dependencies' outputs, which other revisions of the round may be
         # changing: the request carries what the round saw, so a resume sends the same one.
         task_text = task_prompt(task, ctx.description, ctx.criteria, "")
@@ -335,7 +344,7 @@ class TaskRunner:
         iteration: int,
     ) -> tuple[str, Model]:
         chain = self.ctx.router.generation_chain(self.task.type, self.task.id)
-        chain = [author] + [m for m in chain if m != author]
+        chain = self.ctx.router.led_by(author, chain)
         revised, model = await self._ask_chain(
             chain,
             [
@@ -356,20 +365,28 @@ class TaskRunner:
 
     async def _evaluate(
         self, task_text: str, answer: str, author: Model, iteration: int
-    ) -> tuple[float, str, int]:
-        """The answer's score, the reasoning closest to it, and how many verdicts it rests on."""
-        chain = self.ctx.router.evaluator_chain(author, self.task.id, self.task.type)
-        messages = [Message("user", evaluate_prompt(task_text, answer))]
+    ) -> Evaluation:
+        """The answer's score, the reasoning closest to it, and the verdicts it rests on.
+
+        With two evaluators other than the author, two verdicts from two models (another
+        provider's when there is one), asked at once. With one, a single verdict unless its score
+        is within CLOSE_TO_THRESHOLD of the threshold, where a second reading of that model checks
+        it. Each verdict's request reads differently (``evaluate_prompt``), so none is sent twice.
+        """
+        router = self.ctx.router
+        chain = router.evaluator_chain(author, self.task.id, self.task.type)
+        independent = [m for m in chain if m != author]
         verdicts: list[Completion] = []
+        graders: list[Model] = []
         refused = False
         outage: ProvidersUnavailable | None = None
 
-        async def one(repeat: int) -> None:
+        async def one(repeat: int, models: list[Model]) -> None:
             nonlocal refused, outage
             try:
                 verdict, evaluator = await self._ask_chain(
-                    chain,
-                    messages,
+                    models,
+                    [Message("user", evaluate_prompt(task_text, answer, reading=repeat))],
                     system=EVALUATE_SYSTEM,
                     max_tokens=EVALUATION_MAX_TOKENS,
                     phase="evaluation",
@@ -388,37 +405,54 @@ class TaskRunner:
                 refused = True  # one verdict that fits the budget still counts
                 return
             verdicts.append(verdict)
-            if self.result.reviewer_model is None:
-                self.result.reviewer_model = evaluator
-            if evaluator == author:
-                self._note("evaluated by its own author: no other model was available")
-            elif evaluator == self._critic and self._too_few_models():
-                self._note(
-                    f"critiqued and evaluated by the same model ({evaluator.value}): no third "
-                    "model was available, so its grade is not independent of its critique"
-                )
+            graders.append(evaluator)
+            self._note_grader(evaluator, author)
 
-        # The two verdicts are independent; asking both at once halves the evaluation latency,
-        # and the task group never leaves one running behind the other.
-        async with asyncio.TaskGroup() as group:
-            group.create_task(one(1))
-            group.create_task(one(2))
+        def scores() -> list[float]:
+            return [float(v.parsed["score"]) for v in verdicts]
+
+        needed = 2
+        if len(independent) >= 2:
+            # Independent verdicts, asked at once: that halves the evaluation latency, and the
+            # task group never leaves one running behind the other.
+            second = _another_grader(independent[0], independent[1:])
+            async with asyncio.TaskGroup() as group:
+                group.create_task(one(1, chain))
+                group.create_task(one(2, router.led_by(second, chain)))
+        else:
+            await one(1, chain)
+            if verdicts and abs(scores()[0] - self.ctx.threshold) > CLOSE_TO_THRESHOLD:
+                needed = 1  # far from the threshold: a second reading of it is not worth paying
+            elif verdicts:
+                await one(2, router.led_by(graders[0], chain))
         if not verdicts and refused:
             raise BudgetExceeded("no evaluation fits in the budget left")
         if not verdicts and outage is not None:
             raise outage  # a score that could not be obtained is not a score of 0
-        scores = [float(v.parsed["score"]) for v in verdicts]
-        if len(scores) == 2 and abs(scores[0] - scores[1]) > CONSISTENCY_DELTA:
-            await one(3)
-            scores = [float(v.parsed["score"]) for v in verdicts]
-        if not scores:
-            return 0.0, "", 0
+        if len(verdicts) == 2 and abs(scores()[0] - scores()[1]) > CONSISTENCY_DELTA:
+            unused = [m for m in independent if m not in graders]
+            await one(3, router.led_by(unused[0], chain) if unused else chain)
+        if not verdicts:
+            return Evaluation(0.0, "", 0, needed)
         # Two verdicts that disagree take the lower; a third breaks the tie by the median.
-        score = statistics.median(scores) if len(scores) == 3 else min(scores)
+        found = scores()
+        score = statistics.median(found) if len(found) == 3 else min(found)
         # What quality-aware routing learns the model is worth.
         self.ctx.telemetry.record_quality(author, score)
         closest = min(verdicts, key=lambda v: abs(float(v.parsed["score"]) - score))
-        return score, str(closest.parsed.get("reasoning", "")), len(scores)
+        return Evaluation(score, str(closest.parsed.get("reasoning", "")), len(found), needed)
+
+    def _note_grader(self, evaluator: Model, author: Model) -> None:
+        """Say when a verdict is not independent of the answer's author or its critic."""
+        if self.result.reviewer_model is None:
+            self.result.reviewer_model = evaluator
+        if evaluator == author:
+            self._note("evaluated by its own author: no other model was available")
+        elif evaluator == self._critic and self._too_few_models():
+            self._note(
+                f"critiqued and evaluated by the same model ({evaluator.value}): no third "
+                "model was available, so its grade is not independent of its critique"
+            )
 
     async def _ask_chain(
         self,
@@ -444,73 +478,65 @@ class TaskRunner:
         A model whose worst case no longer fits the budget hands over too: a cheaper one may.
         ``BudgetExceeded`` is raised only when no model could be afforded.
         """
-        failures: list[str] = []
-        outages: dict[str, str] = {}
-        other_failure = False
-        refused: BudgetExceeded | None = None
         about = {"phase": phase, "iteration": iteration, "repeat": repeat}
-        for model in chain:
+
+        async def attempt(model: Model) -> Completion:
             self.ctx.emit(Event("call_started", self.task.id, model.value, step, about))
-            try:
-                answer = await self.ctx.gateway.ask(
-                    model,
-                    messages,
-                    system=system,
-                    max_tokens=max_tokens,
-                    phase=phase,
-                    slot=slot,
-                    task_id=self.task.id,
-                    schema=schema,
-                )
-            except (ProviderError, BudgetExceeded) as exc:
-                self.result.cost_usd += exc.spent_usd
-                self.ctx.emit(
-                    Event(
-                        "call_failed", self.task.id, model.value, step, {**about, "error": str(exc)}
-                    )
-                )
-                if isinstance(exc, BudgetExceeded):
-                    refused = exc
-                elif is_outage(exc):
-                    outages[exc.provider] = str(exc)
-                else:
-                    other_failure = True  # a bad request or a bad answer, not an outage
-                failures.append(str(exc))
-                log.debug("%s %s: %s failed, next model: %s", self.task.id, phase, model.value, exc)
-                if counts_fallbacks:
-                    self.result.degraded_fallback_count += 1
-                continue
-            self.result.cost_usd += answer.cost_usd
-            predictor = self.ctx.router.cost_model
-            if predictor is not None and not (answer.from_cache or answer.replayed):
-                task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
-                predictor.record(model, task_type, answer.cost_usd)
-            for note in answer.notes:
-                line = f"{phase} ({model.value}): {note}"
-                if line not in self.result.notes:
-                    self.result.notes.append(line)
-            self.ctx.emit(
-                Event(
-                    "call_finished",
-                    self.task.id,
-                    model.value,
-                    step,
-                    {
-                        **about,
-                        "cost_usd": answer.cost_usd,
-                        "cached": answer.from_cache,
-                        "replayed": answer.replayed,
-                        "notes": list(answer.notes),
-                    },
-                )
+            return await self.ctx.gateway.ask(
+                model,
+                messages,
+                system=system,
+                max_tokens=max_tokens,
+                phase=phase,
+                slot=slot,
+                task_id=self.task.id,
+                schema=schema,
             )
-            return answer, model
-        if refused is not None:
-            raise BudgetExceeded(str(refused))
-        if outages and not other_failure:
-            raise ProvidersUnavailable(outages)
-        last = failures[-1] if failures else "no model to ask"
-        raise ChainExhausted(f"every model failed for {phase}; last: {last}")
+
+        def failed(model: Model, exc: Exception) -> None:
+            assert isinstance(exc, ProviderError | BudgetExceeded)
+            self.result.cost_usd += exc.spent_usd
+            error = {**about, "error": str(exc)}
+            self.ctx.emit(Event("call_failed", self.task.id, model.value, step, error))
+            log.debug("%s %s: %s failed, next model: %s", self.task.id, phase, model.value, exc)
+            if counts_fallbacks:
+                self.result.degraded_fallback_count += 1
+
+        try:
+            answer, model = await first_answer(
+                chain, attempt, hand_over_on=(ProviderError, BudgetExceeded), on_failure=failed
+            )
+        except ChainFailed as exc:
+            raise self._chain_error(exc.failures, phase) from None
+        self.result.cost_usd += answer.cost_usd
+        predictor = self.ctx.router.cost_model
+        if predictor is not None and not (answer.from_cache or answer.replayed):
+            task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
+            predictor.record(model, task_type, answer.cost_usd)
+        for note in answer.notes:
+            self._note(f"{phase} ({model.value}): {note}")
+        finished = {
+            **about,
+            "cost_usd": answer.cost_usd,
+            "cached": answer.from_cache,
+            "replayed": answer.replayed,
+            "notes": list(answer.notes),
+        }
+        self.ctx.emit(Event("call_finished", self.task.id, model.value, step, finished))
+        return answer, model
+
+    def _chain_error(self, failures: Failures, phase: str) -> Exception:
+        """What ends a call no model answered: the budget, an outage, or the chain's end (a
+        second cut-off answer among them, noted on the task: no revision makes it shorter)."""
+        if failures.stopped_by_truncation:
+            reason = f"{phase}: {failures.truncation_reason()}"
+            self._note(reason)
+            return ChainExhausted(reason)
+        if failures.refused is not None:
+            return BudgetExceeded(str(failures.refused))
+        if failures.only_outages:
+            return ProvidersUnavailable(failures.outages)
+        return ChainExhausted(f"every model failed for {phase}; last: {failures.last}")
 
     def _context(self, chain: list[Model]) -> str:
         """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""
@@ -586,3 +612,8 @@ def _trim(text: str, limit: int) -> str:
     tail = limit - head
     omitted = len(text) - head - tail
     return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[-tail:]}"
+
+
+def _another_grader(first: Model, others: list[Model]) -> Model:
+    """The second evaluator beside ``first``: another provider's model when there is one."""
+    return next((m for m in others if m.provider != first.provider), others[0])

@@ -243,3 +243,17 @@ async def test_no_api_key_reaches_a_record_a_hook_an_event_or_a_metric(fake, llm
     everything = "\n".join([audit, metrics, *seen, state.results["core"].output])
     for key in keys.values():
         assert key not in everything
+
+
+async def test_a_decision_records_the_models_past_its_fallbacks_as_never_asked(fake, llm, tmp_path):
+    path = tmp_path / "audit.jsonl"
+
+    await run(fake, AuditLog(path), max_fallbacks=1)
+
+    decisions = [r["data"] for r in records(path) if r["kind"] == "decision"]
+    generation = next(d for d in decisions if d["role"] == "generation")
+    asked = [c["model"] for c in generation["candidates"]]
+    asked += [h["model"] for h in generation["held_back"]]
+    assert len(asked) == 2  # the choice and its one fallback
+    assert generation["beyond_fallbacks"]  # the rest of the catalog, never asked
+    assert not set(asked) & set(generation["beyond_fallbacks"])

@@ -66,6 +66,7 @@ async def run(
     threshold=0.85,
     description="[project] Build an add library",
     client_options=None,
+    **options,
 ):
     env = fake_env(fake.base_url, providers)
     async with UnifiedClient(
@@ -78,6 +79,7 @@ async def run(
             use_cache=cache is not None,
             quality_threshold=threshold,
             validator_timeout=30,
+            **options,
         )
         return await orchestrator.run_project(description, CRITERIA, tasks=tasks)
 
@@ -336,8 +338,9 @@ async def test_a_decomposition_answer_that_is_garbage_is_a_system_failure(fake, 
 
     assert state.status is ProjectStatus.SYSTEM_FAILURE
     assert "decomposition failed" in state.reason
-    # Each of two models got the request and one repair request before the run gave up.
-    assert llm.count("plan") == 4
+    # The planner's choice and its two fallbacks each got the request and one repair request
+    # before the run gave up.
+    assert llm.count("plan") == 6
 
 
 async def test_a_cyclic_decomposition_is_rejected(fake, llm):

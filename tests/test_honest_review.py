@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
+import pytest
 from conftest import fake_env
 from fake_provider import Reply
 from scripted_llm import TaskScript
@@ -153,3 +155,61 @@ async def test_a_tasks_output_schema_is_sent_with_its_generation(fake, llm):
     generation = next(r for r in fake.requests if "[extract]" in r.prompt_text)
     assert generation.schema is not None
     assert set(generation.schema["properties"]) == {"functions", "version"}
+
+
+def verdict_requests(fake):
+    return [r for r in fake.requests if "You grade an answer" in r.prompt_text]
+
+
+def sent_twice(requests) -> bool:
+    """Whether two of ``requests`` were the same bytes to the same route."""
+    sent = [(r.path, json.dumps(r.body, sort_keys=True)) for r in requests]
+    return len(set(sent)) < len(sent)
+
+
+async def test_the_two_verdicts_come_from_two_models_of_two_providers(fake, llm):
+    llm.scripts["core"] = TaskScript(scores=[0.95])
+
+    state = await run(fake)
+
+    assert state.results["core"].status is TaskStatus.COMPLETED
+    first, second = verdict_requests(fake)
+    assert first.model != second.model and first.api != second.api
+    assert not sent_twice([first, second])
+
+
+async def run_on_two_models(fake, tmp_path, threshold=0.85):
+    """The author and one other model, which is then the only evaluator."""
+    path = two_model_catalog(tmp_path, fake.base_url)
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=1.0), client=client, use_cache=False,
+                            quality_threshold=threshold)  # fmt: skip
+        return await orch.run_project("[project] add", "add works", tasks=TASKS)
+
+
+@pytest.mark.parametrize("score", [0.99, 0.6])
+async def test_one_evaluator_far_from_the_threshold_gives_one_verdict(fake, llm, tmp_path, score):
+    llm.scripts["core"] = TaskScript(scores=[score])
+
+    state = await run_on_two_models(fake, tmp_path)
+
+    core = state.results["core"]
+    assert len(verdict_requests(fake)) == core.iterations  # one verdict paid per iteration
+    completed = score >= 0.85
+    assert (core.status is TaskStatus.COMPLETED) is completed
+
+
+@pytest.mark.parametrize("score", [0.9, 0.8])
+async def test_one_evaluator_close_to_the_threshold_reads_the_answer_twice(
+    fake, llm, tmp_path, score
+):
+    llm.scripts["core"] = TaskScript(scores=[score])
+
+    state = await run_on_two_models(fake, tmp_path)
+
+    core = state.results["core"]
+    verdicts = verdict_requests(fake)
+    assert len(verdicts) == 2 * core.iterations
+    assert len({r.model for r in verdicts}) == 1  # the only evaluator
+    assert not sent_twice(verdicts)  # each reading is its own request, paid once each
+    assert (core.status is TaskStatus.COMPLETED) is (score >= 0.85)

@@ -90,6 +90,31 @@ def short_answers(server):
     return catalog.only(["short"])
 
 
+def three_short_answer_models(server):
+    """The server's model as three providers' (``short``, ``short_b``, ``short_c``), each
+    answering at most 256 tokens: an author and two evaluators, all of them this server."""
+    names = ("short", "short_b", "short_c")
+    catalog = server.catalog().extended(
+        "test",
+        {
+            "providers": {name: {"kind": "openai", "base_url": server.base_url} for name in names},
+            "models": [
+                {
+                    "id": server.model_id,
+                    "provider": name,
+                    "alias": f"{name}-model",
+                    "context_window": server.context,
+                    "max_output_tokens": 256,
+                    "price": {"input": 0, "output": 0},
+                    "capabilities": {"json_schema": True},
+                }
+                for name in names
+            ],
+        },
+    )
+    return catalog.only(names)
+
+
 def port_open(base_url: str) -> bool:
     parts = urlsplit(base_url)
     with socket.socket() as probe:
@@ -316,8 +341,8 @@ def test_call_timeout_cuts_off_a_real_servers_calls_and_the_run_says_they_timed_
 
 class RecordingClient(UnifiedClient):
     """The real client, decoding greedily and keeping each answer with the schema it was asked
-    for; with ``spoil_verdicts``, every second evaluation fails as a small model's unusable
-    answer does. Greedy decoding gives the same short answers at any load, where a sampled
+    for; with ``spoil_verdicts``, every evaluation after the first fails as a small model's
+    unusable answer does. Greedy decoding gives the same short answers at any load, where a sampled
     answer now and then rambles to its limit and a loaded machine then runs out of clock."""
 
     def __init__(self, *args, spoil_verdicts: bool = False, **kwargs) -> None:
@@ -338,7 +363,7 @@ class RecordingClient(UnifiedClient):
 
     def _spoiled(self) -> bool:
         self.evaluations += 1
-        return self.spoil_verdicts and self.evaluations % 2 == 0
+        return self.spoil_verdicts and self.evaluations > 1
 
 
 FUNCTIONS = {
@@ -381,8 +406,9 @@ async def test_an_output_schema_tasks_answer_is_held_to_its_schema_by_the_server
 @pytest.mark.parametrize("allowed", [False, True], ids=["by-default", "allow-single-verdict"])
 async def test_one_usable_verdict_of_two_completes_a_task_only_when_allowed(server, allowed):
     tasks = {"hello": Task("hello", TaskType.SUMMARIZE, HELLO, [], [])}
+    # Two evaluators besides the author: a task needs both their verdicts, whatever the score.
     async with RecordingClient(
-        catalog=short_answers(server), env={}, retry=FAST, spoil_verdicts=True
+        catalog=three_short_answer_models(server), env={}, retry=FAST, spoil_verdicts=True
     ) as client:
         orch = Orchestrator(
             budget=Budget(max_time_seconds=120),  # a ceiling for a loaded machine

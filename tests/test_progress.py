@@ -241,3 +241,17 @@ def test_at_a_real_terminal_the_live_area_is_gone_before_the_results_table(fake,
     header = next(i for i, line in enumerate(lines) if line.startswith("task "))
     assert all(line.startswith("[") for line in lines[:header])  # nothing torn above it
     assert any(line.startswith("status SUCCESS") for line in lines[header:])
+
+
+def test_an_evaluations_two_verdicts_from_two_models_are_one_line_naming_both(terminal):
+    stream = io.StringIO()
+    plain = ProgressPrinter(stream=stream)
+    live = ProgressPrinter(stream=terminal)
+    for printer in (plain, live):
+        start(printer, Budget(max_usd=2.0, max_time_seconds=60))
+        call(printer, "a", "evaluation", iteration=1, repeat=1)
+        call(printer, "a", "evaluation", model="claude-opus-5", iteration=1, repeat=2)
+
+    assert terminal.lines()[-1] == "  a: evaluation x2 on kimi-k2.6 and claude-opus-5"
+    assert "a: evaluation on kimi-k2.6\n" in stream.getvalue()
+    assert "a: evaluation on claude-opus-5 (the second verdict)\n" in stream.getvalue()
