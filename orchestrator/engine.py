@@ -24,7 +24,7 @@ from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model
 from .client import UnifiedClient
-from .cost import BudgetHierarchy, CostPredictor
+from .cost import DECOMPOSITION_ATTEMPTS, BudgetHierarchy, CostPredictor
 from .errors import (
     ConfigError,
     NoProvidersError,
@@ -81,7 +81,6 @@ TWO_MODELS = (
     "critiques an answer also grades it, so its grade is not independent of its critique; add a "
     "key or a third model for a separate grader"
 )
-DECOMPOSITION_ATTEMPTS = 2  # models asked before giving up; each answer is paid for
 PLANNED_TASKS = (5, 15)  # what the planner is asked for; a plan outside it is still run
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
