@@ -6,7 +6,8 @@ an extraction; the code task needs three iterations). For each answer length (sh
 words; medium: 30 % of each request's output limit; long: all of it) in a fresh state
 directory: a forecast, a run, a second forecast (which learns from the first run's journal and
 cost estimates) and a second run. Prints each forecast's typical and high figures beside what
-the run after it spent, and the error ratios (forecast / actual).
+the run after it spent, and the error ratios (forecast / actual); "limits" is the worst the
+run's limits allow, the high figure before the budget caps it.
 
     python benchmarks/forecast_error.py [--budget 1.0]
 """
@@ -51,15 +52,21 @@ def cli(args: list[str], env: dict[str, str], work: Path) -> str:
     return done.stdout
 
 
-def forecast(project: Path, env: dict[str, str], work: Path) -> tuple[float, float, bool]:
-    """The typical and high figures ``--forecast`` prints, and whether it learned anything."""
+def forecast(project: Path, env: dict[str, str], work: Path) -> tuple[float, float, float, bool]:
+    """The typical and high figures ``--forecast`` prints, the worst the run's limits allow
+    (the high figure before the budget caps it), and whether it learned anything."""
     text = cli(["--file", str(project), "--forecast"], env, work)
     typical = re.search(r"^typical \$([\d.,]+) of", text, re.M)
     high = re.search(r"^high \$([\d.,]+)", text, re.M)
     if not typical or not high:
         sys.exit(f"no figures in the forecast:\n{text}")
-    typical_usd, high_usd = (float(m[1].replace(",", "")) for m in (typical, high))
-    return typical_usd, high_usd, "learned from earlier runs" in text
+    worst = re.search(r"the run's limits allow \$([\d.,]+)", text) or high
+    typical_usd, high_usd, worst_usd = (dollars(m[1]) for m in (typical, high, worst))
+    return typical_usd, high_usd, worst_usd, "learned from earlier runs" in text
+
+
+def dollars(figure: str) -> float:
+    return float(figure.replace(",", ""))
 
 
 def spent(home: Path) -> float:
@@ -73,10 +80,7 @@ def spent(home: Path) -> float:
 
 def measure(length: str, fake: FakeProvider, root: Path, budget: float) -> list[tuple]:
     """Two (forecast, run) pairs at one answer length: rows of (length, learned, typical,
-    high, actual)."""
-    fake.responder = ScriptedLLM(
-        output_share=LENGTHS[length], scripts={"core": TaskScript(scores=[0.6, 0.75, 0.9])}
-    )
+    high, worst, actual)."""
     work = root / length
     work.mkdir()
     home = work / "home"
@@ -85,10 +89,14 @@ def measure(length: str, fake: FakeProvider, root: Path, budget: float) -> list[
     project.write_text(json.dumps(project_document(budget)))
     rows = []
     for _ in range(2):
-        typical, high, learned = forecast(project, env, work)
+        typical, high, worst, learned = forecast(project, env, work)
         before = spent(home) if (home / "state.db").exists() else 0.0
+        # A fresh script each run: the same scores for the same versions, so runs compare.
+        fake.responder = ScriptedLLM(
+            output_share=LENGTHS[length], scripts={"core": TaskScript(scores=[0.6, 0.75, 0.9])}
+        )
         cli(["--file", str(project), "--no-cache"], env, work)
-        rows.append((length, learned, typical, high, spent(home) - before))
+        rows.append((length, learned, typical, high, worst, spent(home) - before))
     return rows
 
 
@@ -101,15 +109,16 @@ def main() -> None:
         for length in LENGTHS:
             rows += measure(length, fake, Path(tmp), args.budget)
     print(f"5-task project, budget ${args.budget:.2f}; forecast / actual ratios")
-    print(f"{'answers':<8} {'forecast':<9} {'typical':>9} {'high':>9} {'actual':>9} "
-          f"{'typ/act':>8} {'high/act':>9}")  # fmt: skip
-    for length, learned, typical, high, actual in rows:
+    print(f"{'answers':<8} {'forecast':<9} {'typical':>9} {'high':>9} {'limits':>9} "
+          f"{'actual':>9} {'typ/act':>8} {'high/act':>9} {'lim/act':>8}")  # fmt: skip
+    for length, learned, typical, high, worst, actual in rows:
         source = "learned" if learned else "catalog"
         print(
-            f"{length:<8} {source:<9} ${typical:>8.4f} ${high:>8.4f} ${actual:>8.4f} "
-            f"{typical / actual:>7.2f}x {high / actual:>8.2f}x"
+            f"{length:<8} {source:<9} ${typical:>8.4f} ${high:>8.4f} ${worst:>8.4f} "
+            f"${actual:>8.4f} {typical / actual:>7.2f}x {high / actual:>8.2f}x "
+            f"{worst / actual:>7.2f}x"
         )
-    below = [r for r in rows if r[3] < r[4] - 1e-9]
+    below = [r for r in rows if r[3] < r[5] - 1e-9]
     print("high never below actual" if not below else f"HIGH BELOW ACTUAL in {len(below)} runs")
 
 

@@ -146,9 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     governance.add_argument(
         "--forecast",
         action="store_true",
-        help="print the expected cost of the project and its risk to the budget, calling no "
-        "model (no key needed), and exit; uses what earlier runs measured when there is a "
-        "state file",
+        help="print what the project is expected to cost (typical) and the most it can cost "
+        "(high, capped by the budget) and its risk to the budget, calling no model (no key "
+        "needed), and exit; learns from what earlier runs journaled when there is a state file",
     )
     governance.add_argument(
         "--job", metavar="ID", help="the job the run is for: its policies and its budget cap"
