@@ -25,12 +25,12 @@ from .audit import AuditLog, verify
 from .budget import Budget
 from .catalog import Catalog
 from .client import UnifiedClient
-from .cost import BudgetHierarchy, CostForecaster, CostPredictor
+from .cost import BudgetHierarchy, CostForecaster, CostPredictor, ForecastReport, SpendHistory
 from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .integration import DEFAULT_ROUNDS
 from .lease import ProjectBusy, lease_seconds
-from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local, saved_as
+from .local import KEYLESS_NOTE, LOCAL_PROVIDER, LocalModel, choose_local, saved_as
 from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from .optimization import BACKENDS
@@ -146,9 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     governance.add_argument(
         "--forecast",
         action="store_true",
-        help="print the expected cost of the project and its risk to the budget, calling no "
-        "model (no key needed), and exit; uses what earlier runs measured when there is a "
-        "state file",
+        help="print what the project is expected to cost (typical) and the most it can cost "
+        "(high, capped by the budget) and its risk to the budget, calling no model (no key "
+        "needed), and exit; learns from what earlier runs journaled when there is a state file",
     )
     governance.add_argument(
         "--job", metavar="ID", help="the job the run is for: its policies and its budget cap"
@@ -775,18 +775,7 @@ async def _client(
     model served for the run's length where one is asked for, was saved with the project, or
     stands in for missing keys. What was chosen is written into ``settings`` for a resume."""
     env = load_environment()
-    catalog = Catalog.load(args.catalog, env=env)
-    providers = _provider_names(args.providers) or settings.get("providers")
-    requested = args.local_model or args.local or settings.get("local")
-    if providers and LOCAL_PROVIDER in providers and LOCAL_PROVIDER not in catalog.providers:
-        requested = requested or True  # the embedded model, unless the catalog has a "local"
-    elif providers and requested:
-        providers = [*providers, LOCAL_PROVIDER]  # --local beside named cloud providers
-    others = [p for p in providers or () if p != LOCAL_PROVIDER or p in catalog.providers]
-    cloud = catalog.only(others) if providers else catalog
-    local, stands_in = choose_local(
-        requested if running else None, keys_usable=bool(cloud.usable_providers(env))
-    )
+    catalog, providers, local, stands_in = _run_models(args, settings, env, running=running)
     async with AsyncExitStack() as stack:
         if local is not None:
             await stack.enter_async_context(local)
@@ -803,6 +792,27 @@ async def _client(
         settings.update(local=saved_as(local), providers=providers, call_timeout=timeout)
         client = UnifiedClient(catalog=catalog, env=env, max_concurrency=concurrency)
         yield await stack.enter_async_context(client)
+
+
+def _run_models(
+    args: argparse.Namespace, settings: dict[str, Any], env: Mapping[str, str], *, running: bool
+) -> tuple[Catalog, list[str] | None, LocalModel | None, bool]:
+    """The catalog, the providers a run is limited to (None: all), the local model it serves
+    (not started) and whether that stands in for missing keys: --providers, --local and
+    --local-model, or what the project saved."""
+    catalog = Catalog.load(args.catalog, env=env)
+    providers = _provider_names(args.providers) or settings.get("providers")
+    requested = args.local_model or args.local or settings.get("local")
+    if providers and LOCAL_PROVIDER in providers and LOCAL_PROVIDER not in catalog.providers:
+        requested = requested or True  # the embedded model, unless the catalog has a "local"
+    elif providers and requested:
+        providers = [*providers, LOCAL_PROVIDER]  # --local beside named cloud providers
+    others = [p for p in providers or () if p != LOCAL_PROVIDER or p in catalog.providers]
+    cloud = catalog.only(others) if providers else catalog
+    local, stands_in = choose_local(
+        requested if running else None, keys_usable=bool(cloud.usable_providers(env))
+    )
+    return catalog, providers, local, stands_in
 
 
 def _provider_names(text: str | None) -> list[str] | None:
@@ -865,27 +875,68 @@ ASSUMED_PLAN_TASKS = 10
 
 
 def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
-    """The ``--forecast`` report: what the project is expected to cost with the models this
-    routing would choose, and what that assumes."""
+    """The ``--forecast`` report: what the project is expected to cost and the most it can
+    cost with the models this run would call, which figures earlier runs measured, and what
+    the rest assumes."""
+    report, task_count, assumptions = forecast_report(spec, args)
+    budget = report.budget_usd
+    rows = [("phase", "typical", "high")]
+    rows += [
+        (phase, format_usd(usd), format_usd(report.high_per_phase[phase]))
+        for phase, usd in report.estimated_per_phase.items()
+    ]
+    lines = [f"forecast for {task_count} tasks; no model was called", *text_table(rows)]
+    lines.append(
+        f"typical {format_usd(report.typical_usd)} of {format_usd(budget)} "
+        f"({report.typical_usd / budget:.0%}): risk {report.risk_level.value}"
+    )
+    if report.passes_budget:
+        lines.append(
+            f"high {format_usd(report.high_usd)}: the run's limits allow "
+            f"{format_usd(report.worst_usd)}, past the budget; it would stop BUDGET_EXHAUSTED"
+        )
+    else:
+        lines.append(f"high {format_usd(report.high_usd)} ({report.high_usd / budget:.0%})")
+    if report.learned:
+        lines.append("learned from earlier runs: " + "; ".join(report.learned))
+    if report.priced:
+        lines.append("priced from the catalog: " + "; ".join(report.priced))
+    lines += [f"assumes: {a}" for a in assumptions + report.assumptions]
+    return "\n".join(lines) + "\n"
+
+
+def forecast_report(
+    spec: ProjectSpec, args: argparse.Namespace
+) -> tuple[ForecastReport, int, list[str]]:
+    """The forecast of ``spec`` run with ``args``, calling no model: the report, how many
+    tasks it counts, and what the command line assumed besides the report's assumptions."""
     env = load_environment()
-    catalog = Catalog.load(args.catalog, env=env)
+    catalog, providers, local, stands_in = _run_models(args, {}, env, running=True)
+    assumptions = []
+    if local is not None:
+        catalog = local.unstarted_catalog(catalog)
+        providers = providers or [LOCAL_PROVIDER]
+        if stands_in:
+            assumptions.append(KEYLESS_NOTE)
+    if providers:
+        catalog = catalog.only(providers)
     keyed = set(catalog.usable_providers(env))
     profiles = {
         key: profile
         for key, profile in build_default_profiles(catalog).items()
         if not keyed or profile.provider in keyed
     }
-    measured = {k: v for k, v in asyncio.run(_stored_telemetry()).items() if k in profiles}
-    TelemetryCollector(profiles).restore(measured)
+    telemetry, history, estimates = asyncio.run(_stored_measurements())
+    TelemetryCollector(profiles).restore({k: v for k, v in telemetry.items() if k in profiles})
+    predictor = CostPredictor()
+    predictor.load(estimates)
     routing = args.routing or "table"
     models = tuple(p.model for p in profiles.values())
-    engine = PolicyEngine(_policies(args) or ())
     router = Router(
         catalog, models, backend=BACKENDS[routing](), profiles=profiles,
-        planner=ConstraintPlanner(engine),
+        planner=ConstraintPlanner(PolicyEngine(_policies(args) or ())), cost_model=predictor,
     )  # fmt: skip
     tasks = list(spec.tasks.values()) if spec.tasks else None
-    assumptions = []
     if tasks is None:
         tasks = [
             Task(f"t{i}", TaskType.CODE_GEN, spec.description) for i in range(ASSUMED_PLAN_TASKS)
@@ -894,41 +945,33 @@ def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
             f"no task list: the planner's call and {ASSUMED_PLAN_TASKS} tasks, each priced as "
             "code generation (give tasks: in a project file for a closer figure)"
         )
-    budget = Budget(max_usd=_or(spec.budget, 8.0))
-    report = CostForecaster.forecast(
-        tasks, profiles, CostPredictor(), budget, router=router, decomposition=spec.tasks is None
-    )
-    assumptions += report.assumptions
     assumptions.append(
         f"routing {routing}, over "
         + (f"the providers with a key ({', '.join(sorted(keyed))})" if keyed else
            "every catalog model (no provider key is set)")
-        + "; catalog prices of a 2,000-token prompt and a full-length answer"
     )  # fmt: skip
-    if measured:
-        assumptions.append(
-            "what earlier runs measured (the state file's telemetry) for the "
-            f"models they called ({len(measured)}), catalog figures for the others"
-        )
-    rows = [("phase", "expected")]
-    rows += [(phase, format_usd(usd)) for phase, usd in report.estimated_per_phase.items()]
-    share = report.estimated_total_usd / budget.max_usd
-    lines = [f"forecast for {len(tasks)} tasks; no model was called", *text_table(rows)]
-    lines.append(
-        f"total {format_usd(report.estimated_total_usd)} of {format_usd(budget.max_usd)} "
-        f"({share:.0%}): risk {report.risk_level.value}"
-    )
-    lines += [f"assumes: {a}" for a in assumptions]
-    return "\n".join(lines) + "\n"
+    report = CostForecaster.forecast(
+        tasks, profiles, predictor, Budget(max_usd=_or(spec.budget, 8.0)), router=router,
+        decomposition=spec.tasks is None, history=history,
+        integration_rounds=_or(spec.integration_rounds, DEFAULT_ROUNDS) if spec.integration
+        is not False else 0,
+        description=spec.description, criteria=spec.criteria,
+    )  # fmt: skip
+    return report, len(tasks), assumptions
 
 
-async def _stored_telemetry() -> dict[str, dict[str, Any]]:
-    """What earlier runs measured about each model, from the state database if there is one:
-    a forecast never creates it."""
+async def _stored_measurements() -> tuple[
+    dict[str, dict[str, Any]], SpendHistory, list[tuple[str, str, float, int]]
+]:
+    """What earlier runs measured, from the state database if there is one (a forecast never
+    creates it): each model's telemetry, the calls their tasks took, what calls cost."""
     if not os.environ.get(DB_URL_ENV) and not (home_dir() / "state.db").is_file():
-        return {}
+        return {}, SpendHistory(), []
     async with StateManager() as store:
-        return await store.model_telemetry()
+        history = SpendHistory.from_journal(
+            await store.measured_task_calls(), await store.measured_planning()
+        )
+        return await store.model_telemetry(), history, await store.measured_cost_estimates()
 
 
 def _progress(args: argparse.Namespace, budget: Budget | None = None) -> ProgressPrinter:

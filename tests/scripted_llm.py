@@ -48,6 +48,7 @@ class ScriptedLLM:
         scripts: dict[str, TaskScript] | None = None,
         delay: float = 0.0,
         bill_max_output: bool = False,
+        output_share: float | None = None,
         answers: dict[str, str] | None = None,
         integration_answers: dict[str, str] | None = None,
     ) -> None:
@@ -60,6 +61,9 @@ class ScriptedLLM:
         self.delay = delay
         # Bill every answer as if it used all of max_tokens, as a verbose model would.
         self.bill_max_output = bill_max_output
+        # Bill every answer as this share of max_tokens (answers of a chosen length); None: as
+        # long as its text.
+        self.output_share = output_share
         self._lock = threading.Lock()
         self._judged: dict[str, list[int]] = {}  # task -> versions in the order first judged
         self.roles: list[tuple[str, str | None, str]] = []  # (role, task, model) per request
@@ -84,7 +88,8 @@ class ScriptedLLM:
             # Every revision is a new version, even one made from an older best answer.
             version = self.count("revise", task_id) if role == "revise" else 0
             body = self.answers.get(task_id or "") or _answer(task_id, script, version, task_type)
-        output_tokens = _max_tokens(request) if self.bill_max_output else None
+        share = 1.0 if self.bill_max_output else self.output_share
+        output_tokens = max(1, int(_max_tokens(request) * share)) if share else None
         return Reply(text=body, delay=self.delay, output_tokens=output_tokens)
 
     def _score(self, task_id: str | None, script: TaskScript, text: str) -> float:
