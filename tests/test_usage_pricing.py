@@ -218,3 +218,19 @@ async def test_a_streamed_kimi_answer_is_priced_from_the_usage_in_its_last_choic
         # 56 uncached at $0.95 + 1,280 cached at $0.16 + 231 output at $4
         cost=(56 * 0.95 + 1280 * 0.16 + 231 * 4.00) / 1_000_000,
     )
+
+
+async def test_a_streamed_anthropic_answer_is_priced_from_the_whole_turns_final_counts(fake):
+    answer = await answer_to(fake, "anthropic_stream_server_tool.json", streamed=True)
+
+    assert answer.text == "I'll check the weather. It is sunny."
+    # message_start said input_tokens 2,679; a web search ran, and message_delta's cumulative
+    # counts say 10,682 in all (besides 1,536 read from the cache), and 510 output.
+    assert_billed(
+        answer,
+        input_tokens=10682 + 1536,
+        output_tokens=510,
+        cached_tokens=1536,
+        # 10,682 at $2 + 1,536 read at $0.20 + 510 output at $10
+        cost=(10682 * 2.00 + 1536 * 0.20 + 510 * 10.00) / 1_000_000,
+    )
