@@ -97,6 +97,17 @@ class Reply:
     # A streamed answer (stream=true, OpenAI format) comes a word at a time, this many seconds
     # apart, as a slow model generates.
     stream_interval: float = 0.0
+    # Thinking tokens, billed as output on top of ``output_tokens`` (the answer's own): OpenAI
+    # counts them inside completion_tokens (and says how many in completion_tokens_details),
+    # Anthropic inside output_tokens, Gemini apart from the candidates (thoughtsTokenCount).
+    reasoning_tokens: int = 0
+    # Prompt tokens written to Anthropic's cache (cache_creation_input_tokens; the others
+    # report none).
+    cache_write_tokens: int = 0
+    # A vendor's recorded answer, sent as it is instead of one built from the fields above:
+    # ``body`` for a whole response, ``chunks`` for a stream (each one a ``data:`` line).
+    body: dict | None = None
+    chunks: list[dict] | None = None
 
 
 ReplyLike = Reply | str | dict | list
@@ -361,6 +372,7 @@ def _usage(rec: RecordedRequest, reply: Reply) -> tuple[int, int]:
 
 def _openai_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
     in_tok, out_tok = _usage(rec, reply)
+    out_tok += reply.reasoning_tokens
     return {
         "id": f"chatcmpl-fake{seq}",
         "object": "chat.completion",
@@ -379,7 +391,7 @@ def _openai_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
             "completion_tokens": out_tok,
             "total_tokens": in_tok + out_tok,
             "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
         },
     }
 
@@ -388,6 +400,7 @@ def _openai_chunks(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
     """A streamed chat completion: the text a word at a time, the finish reason, then usage
     (when the request asked for it with stream_options.include_usage)."""
     in_tok, out_tok = _usage(rec, reply)
+    out_tok += reply.reasoning_tokens
     base = {
         "id": f"chatcmpl-fake{seq}",
         "object": "chat.completion.chunk",
@@ -404,7 +417,9 @@ def _openai_chunks(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict]:
     if (rec.body.get("stream_options") or {}).get("include_usage"):
         usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok,
                  "total_tokens": in_tok + out_tok,
-                 "prompt_tokens_details": {"cached_tokens": reply.cached_tokens}}  # fmt: skip
+                 "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
+                 "completion_tokens_details": {
+                     "reasoning_tokens": reply.reasoning_tokens}}  # fmt: skip
         chunks.append({**base, "choices": [], "usage": usage})
     return chunks
 
@@ -442,7 +457,9 @@ def _anthropic_events(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict
     """A streamed message: its start (with the input usage), the text a word at a time, then
     the stop reason with the output usage."""
     in_tok, out_tok = _usage(rec, reply)
-    usage = {"input_tokens": in_tok, "output_tokens": 1, "cache_creation_input_tokens": 0,
+    out_tok += reply.reasoning_tokens
+    usage = {"input_tokens": in_tok, "output_tokens": 1,
+             "cache_creation_input_tokens": reply.cache_write_tokens,
              "cache_read_input_tokens": reply.cached_tokens}  # fmt: skip
     message = {"id": f"msg_fake{seq}", "type": "message", "role": "assistant",
                "model": reply.answered_by or rec.model, "content": [], "stop_reason": None,
@@ -463,6 +480,7 @@ def _anthropic_events(rec: RecordedRequest, reply: Reply, seq: int) -> list[dict
 
 def _anthropic_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
     in_tok, out_tok = _usage(rec, reply)
+    out_tok += reply.reasoning_tokens
     content: list[dict] = [{"type": "text", "text": reply.text}]
     stop_reason = "max_tokens" if reply.truncated else "end_turn"
     if rec.forced_tool is not None:
@@ -493,7 +511,7 @@ def _anthropic_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
         "usage": {
             "input_tokens": in_tok,
             "output_tokens": out_tok,
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
             "cache_read_input_tokens": reply.cached_tokens,
         },
     }
@@ -512,8 +530,9 @@ def _gemini_body(rec: RecordedRequest, reply: Reply, seq: int) -> dict:
         "usageMetadata": {
             "promptTokenCount": in_tok,
             "candidatesTokenCount": out_tok,
-            "totalTokenCount": in_tok + out_tok,
+            "totalTokenCount": in_tok + out_tok + reply.reasoning_tokens,
             "cachedContentTokenCount": reply.cached_tokens,
+            "thoughtsTokenCount": reply.reasoning_tokens,
         },
         "modelVersion": reply.answered_by or rec.model,
         "responseId": f"fake{seq}",
@@ -659,11 +678,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.status == 200 and streamed:
             events = {"openai": _openai_chunks, "anthropic": _anthropic_events}
-            chunks = events.get(api, _gemini_chunks)(rec, reply, seq)
+            chunks = reply.chunks or events.get(api, _gemini_chunks)(rec, reply, seq)
             self._send_stream(chunks, reply.stream_interval, fake, done=api == "openai")
             return
         if reply.status != 200:
             payload = _error_body(api, reply.status, reply.text)
+        elif reply.body is not None:
+            payload = reply.body
         elif api == "openai":
             payload = _openai_body(rec, reply, seq)
         elif api == "anthropic":

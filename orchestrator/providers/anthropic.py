@@ -55,7 +55,7 @@ class AnthropicAdapter:
 
     async def _streamed(self, payload: dict[str, Any], progress: Progress | None) -> RawCompletion:
         """The answer as it is generated (see ``Endpoint.stream``): the usage comes with the
-        first event and the output count and stop reason with the last."""
+        first event, and the whole turn's counts and the stop reason with the last."""
         stream = await self._client.messages.create(**payload, stream=True)
         parts: list[str] = []
         model, stop = payload["model"], None
@@ -74,7 +74,13 @@ class AnthropicAdapter:
                     parts.append(event.delta.text)
                 elif event.type == "message_delta":
                     stop = event.delta.stop_reason or stop
-                    output_tokens = event.usage.output_tokens or output_tokens
+                    # Its counts are the whole turn's: a server tool (web search) that ran
+                    # since message_start added input, so they replace the first ones.
+                    usage = event.usage
+                    output_tokens = usage.output_tokens or output_tokens
+                    input_tokens = _latest(usage.input_tokens, input_tokens)
+                    cached = _latest(usage.cache_read_input_tokens, cached)
+                    written = _latest(usage.cache_creation_input_tokens, written)
         finally:
             await stream.close()
         return _completion(
@@ -114,6 +120,10 @@ def _completion(
         stop_reason=stop,
         truncated=stop in CUT_OFF,
     )
+
+
+def _latest(cumulative: int | None, earlier: int) -> int:
+    return earlier if cumulative is None else cumulative
 
 
 def _payload(model_id: str, request: ChatRequest) -> dict[str, Any]:

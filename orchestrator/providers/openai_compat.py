@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx2
 import openai
+from openai.types import CompletionUsage
 
 from ..structured import decoder_schema, vendor_schema
 from .base import (
@@ -68,6 +69,7 @@ class OpenAICompatibleAdapter:
                     if choice.delta is not None and choice.delta.content:
                         parts.append(choice.delta.content)
                     stop = choice.finish_reason or stop
+                    usage = _choice_usage(choice) or usage
         finally:
             await stream.close()  # the connection is given back however the stream ends
         return _completion(request, "".join(parts), stop, usage, model)
@@ -92,18 +94,35 @@ def _completion(
     if usage is None:
         prompt = "".join(m["content"] for m in _messages(request))
         return with_estimated_usage(text, prompt, reported, stop, stop == "length")
-    details = usage.prompt_tokens_details
-    cached = (details.cached_tokens or 0) if details is not None else 0
-    # DeepSeek reports its cache hits in a field of its own.
-    cached = cached or int(getattr(usage, "prompt_cache_hit_tokens", 0) or 0)
     return RawCompletion(
         text=text,
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
-        cached_tokens=cached,
+        cached_tokens=_cached_tokens(usage),
         reported_model=reported,
         **ending,
     )
+
+
+def _cached_tokens(usage: CompletionUsage) -> int:
+    """The prompt tokens read from a cache (counted in prompt_tokens too), wherever the vendor
+    puts them: OpenAI under prompt_tokens_details, DeepSeek in prompt_cache_hit_tokens, Kimi
+    beside prompt_tokens (fields outside OpenAI's schema survive parsing as extras)."""
+    details = usage.prompt_tokens_details
+    if details is not None and details.cached_tokens:
+        return details.cached_tokens
+    for vendor_field in ("prompt_cache_hit_tokens", "cached_tokens"):
+        count = getattr(usage, vendor_field, None)
+        if count:
+            return int(count)
+    return 0
+
+
+def _choice_usage(choice: Any) -> CompletionUsage | None:
+    """Kimi streams the usage of its answer inside the last chunk's choice, not in a chunk of
+    its own as OpenAI does with include_usage; the SDK keeps it as an unparsed extra field."""
+    usage = (choice.model_extra or {}).get("usage")
+    return CompletionUsage.model_validate(usage) if isinstance(usage, dict) else None
 
 
 def _messages(request: ChatRequest) -> list[dict[str, str]]:
