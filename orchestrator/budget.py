@@ -102,17 +102,7 @@ class Budget:
         """Hold ``amount`` now, or raise ``BudgetExceeded``."""
         if amount > self.available_usd:
             raise self._exceeded(amount)
-        self.reserved_usd += amount
-        self._open += 1
-        log.debug(
-            "reserved $%.6f for %s (held $%.6f, spent $%.6f of $%.2f)",
-            amount,
-            phase,
-            self.reserved_usd,
-            self.spent_usd,
-            self.max_usd,
-        )
-        return Reservation(amount, phase)
+        return self.track(amount, phase)
 
     async def acquire(self, amount: float, phase: str) -> Reservation:
         """Hold ``amount``, waiting for calls in flight to settle if they hold what it needs.
@@ -129,10 +119,19 @@ class Budget:
         return self.reserve(amount, phase)
 
     def track(self, amount: float, phase: str) -> Reservation:
-        """Record a hold the shared ledger has already granted: the ledger decides, this budget
-        shows it (a second decision here could refuse what the ledger let through, or wait)."""
+        """Hold ``amount`` without deciding: what ``reserve`` does once it fits, and how a hold
+        the shared ledger granted is shown (the ledger decides; a second decision here could
+        refuse what it let through, or wait)."""
         self.reserved_usd += amount
         self._open += 1
+        log.debug(
+            "reserved $%.6f for %s (held $%.6f, spent $%.6f of $%.2f)",
+            amount,
+            phase,
+            self.reserved_usd,
+            self.spent_usd,
+            self.max_usd,
+        )
         return Reservation(amount, phase)
 
     def _exceeded(self, amount: float) -> BudgetExceeded:

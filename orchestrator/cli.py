@@ -935,6 +935,7 @@ def forecast_report(
     router = Router(
         catalog, models, backend=BACKENDS[routing](), profiles=profiles,
         planner=ConstraintPlanner(PolicyEngine(_policies(args) or ())), cost_model=predictor,
+        max_fallbacks=_or(spec.max_fallbacks, DEFAULT_MAX_FALLBACKS),
     )  # fmt: skip
     tasks = list(spec.tasks.values()) if spec.tasks else None
     if tasks is None:

@@ -109,10 +109,6 @@ class RiskLevel(StrEnum):
 # a short reasoning) takes this many tokens, until earlier runs measured what calls cost.
 EXPECTED_ANSWER_SHARE = 0.25
 EXPECTED_VERDICT_TOKENS = 150
-# A call whose chosen model fails is asked of the next models of its chain, at most this many.
-MAX_FALLBACKS = 2
-# Models the planner is asked of before a run gives up on a plan (each answer is paid for).
-DECOMPOSITION_ATTEMPTS = 2
 # What an integration round's request (the project's failed checks) is assumed to add.
 INTEGRATION_REQUEST_TOKENS = TYPICAL_PROMPT_TOKENS
 # Paid calls per task and phase a typical figure assumes until earlier runs measured them: a
@@ -332,8 +328,9 @@ class _Estimate:
             self.pricer.priced.add("the planner's call")
             typical = planner.price.cost(call.typical_prompt, call.typical_output)
         self.typical["decomposition"] = typical
-        # Each planner asked is paid for, the chosen one and the next when its plan is unusable.
-        worst = sum(_worst_answer_usd(m, call) for m in planners[:DECOMPOSITION_ATTEMPTS])
+        # Each planner asked is paid for: the chain (the choice and its fallbacks, as the
+        # router bounds it) is walked while plans are unusable.
+        worst = sum(_worst_answer_usd(m, call) for m in planners)
         self.high["decomposition"] = max(worst, typical)
 
     def add_task(self, task: Task, dependencies: Sequence[Task]) -> None:
@@ -363,7 +360,7 @@ class _Estimate:
                 continue
             count = self._typical_count(task.type, phase)
             typical = count * self.pricer.typical(chain[0], priced_as, call)
-            worst_ask = max(_worst_answer_usd(m, call) for m in chain[: 1 + MAX_FALLBACKS])
+            worst_ask = max(_worst_answer_usd(m, call) for m in chain)
             high = max(worst_counts[phase] * worst_ask, typical)
             name = PHASE_NAMES.get(phase, phase)
             self.typical[name] += typical
@@ -460,7 +457,8 @@ class _Estimate:
             "high: every iteration (a critique, a revision and three verdicts each), "
             f"{self.rounds} integration round(s) revising every task, every request at its "
             f"output limit and continued {MAX_CONTINUATIONS} times, at the dearest of its "
-            f"model and {MAX_FALLBACKS} fallbacks; a failed call before a fallback counted unpaid"
+            f"model and {self.router.max_fallbacks} fallback(s); a failed call before a fallback "
+            "counted unpaid"
         )
         return lines
 

@@ -24,7 +24,7 @@ from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model
 from .client import UnifiedClient
-from .cost import DECOMPOSITION_ATTEMPTS, BudgetHierarchy, CostPredictor
+from .cost import BudgetHierarchy, CostPredictor
 from .errors import (
     ConfigError,
     NoProvidersError,

@@ -45,7 +45,7 @@ async def test_a_plan_over_the_users_cap_gets_one_repair_then_a_one_line_failure
     assert "got 5 tasks, need at most 3" in state.reason
     assert "--max-tasks" in state.reason
     assert "\n" not in state.reason and len(state.reason) < 400  # no dump of the answer
-    assert llm.count("plan") == 4  # two planners, each asked once more to repair
+    assert llm.count("plan") == 6  # the choice and two fallbacks, each asked once more to repair
 
 
 def test_max_tasks_on_the_command_line_is_that_cap(fake, llm, tmp_path):

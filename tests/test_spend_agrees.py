@@ -147,8 +147,8 @@ def assert_agree(books: dict[str, float]) -> None:
 async def test_a_run_stopped_by_its_budget_and_resumed_reports_one_spend_everywhere(
     fake, vendor, llm, tmp_path
 ):
-    llm.bill_max_output = True  # every answer as long as allowed: $0.10 runs out midway
-    stopped = await run_plan(fake, PLAN, Budget(max_usd=0.10, max_time_seconds=60))
+    llm.bill_max_output = True  # every answer as long as allowed: $0.085 runs out midway
+    stopped = await run_plan(fake, PLAN, Budget(max_usd=0.085, max_time_seconds=60))
     assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
     assert {r.api for r in fake.requests} == {"openai", "anthropic", "gemini"}
     assert_agree({**await stored_books(), **reported_books(stopped, tmp_path / "stopped")})
