@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -103,6 +104,8 @@ class LLMGateway:
         # (which measure nothing) are told apart from calls.
         self.telemetry = telemetry if telemetry is not None else TelemetryCollector()
         self._pending: set[asyncio.Task[None]] = set()
+        # Requests being paid for now, by what is sent: a byte-identical one shares the answer.
+        self._in_flight: dict[tuple[Any, ...], _InFlight] = {}
 
     async def ask(
         self,
@@ -157,6 +160,55 @@ class LLMGateway:
             self.lease.check()  # a run that lost its project pays for nothing more
         if self.stopping is not None and self.stopping.is_set():
             raise CallsStopped("the run is stopping: no new call starts")
+        sent = (model.key, sent_max_tokens(model, max_tokens), temperature, system, schema)
+        identity = _identity(sent, messages)
+        while (same := self._in_flight.get(identity)) is not None:
+            await same.done.wait()
+            if same.answer is not None:
+                return await self._share(same.answer, model, key, task_id, phase, slot)
+            # It failed or was cancelled: this call asks for itself (perhaps leading others).
+        leader = _InFlight()
+        self._in_flight[identity] = leader
+        try:
+            leader.answer = await self._pay(
+                model, messages, system=system, max_tokens=max_tokens, phase=phase, slot=slot,
+                task_id=task_id, schema=schema, temperature=temperature, key=key,
+            )  # fmt: skip
+            return leader.answer
+        finally:
+            del self._in_flight[identity]
+            leader.done.set()
+
+    async def _share(
+        self, answer: Completion, model: Model, key: str, task_id: str, phase: str, slot: str
+    ) -> Completion:
+        """The answer of a byte-identical request that was in flight: paid once, by it. It is
+        journaled under this call's key too (at no cost), so a resume replays it here."""
+        log.debug(
+            "%s on %s: the same request was in flight; its answer is shared", slot, model.value
+        )
+        shared = replace(answer, cost_usd=0.0, attempts=0, paid_calls=0, latency_seconds=0.0)
+        self._audit(model, task_id, phase, slot, "shared", answer=shared)
+        if self.journal is not None:
+            put = self.journal.put(key, [], task_id=task_id, phase=phase, entry=_entry(shared))
+            await uninterrupted(put)
+        return shared
+
+    async def _pay(
+        self,
+        model: Model,
+        messages: list[Message],
+        *,
+        system: str | None,
+        max_tokens: int,
+        phase: str,
+        slot: str,
+        task_id: str,
+        schema: dict[str, Any] | None,
+        temperature: float | None,
+        key: str,
+    ) -> Completion:
+        """Ask the vendor, paying for it under ``key``."""
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
         # a cancellation), what the budget was charged is journaled under its key, once.
         meter = _Meter(self.budget, self.journal, task_id=task_id, phase=phase, key=key)
@@ -226,7 +278,9 @@ class LLMGateway:
             return
         data: dict[str, Any] = {
             "phase": phase, "slot": slot, "model": model.value, "provider": model.provider,
-            "source": source,  # paid (a vendor call), cache or journal (nothing paid now)
+            # paid (a vendor call); cache, journal or shared (the answer of the same request
+            # in flight): nothing paid now
+            "source": source,
             "reserved_usd": meter.reserved if meter else 0.0,
             "settled_usd": meter.charged if meter else 0.0,
         }  # fmt: skip
@@ -355,6 +409,22 @@ class _Meter:
         if hold is not None:
             hold.actual = actual_usd
             self._unwritten.append(hold)
+
+
+@dataclass
+class _InFlight:
+    """A request being paid for; ``answer`` is set if it was answered, before ``done``."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    answer: Completion | None = None
+
+
+def _identity(sent: tuple[Any, ...], messages: Sequence[Message]) -> tuple[Any, ...]:
+    """What makes two requests byte-identical: the model, every output-affecting setting and
+    the messages (not the slot, which only keeps deliberate repeats apart in the journal)."""
+    schema = sent[-1]
+    fixed = (*sent[:-1], None if schema is None else json.dumps(schema, sort_keys=True))
+    return (*fixed, *((m.role, m.content) for m in messages))
 
 
 def _entry(answer: Completion) -> dict[str, Any]:
