@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 from collections.abc import Iterable
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,26 @@ def first_error(schema: dict[str, Any], instance: Any) -> ValidationError | None
 
 
 def schema_problem(schema: Any) -> str | None:
-    """Why ``schema`` is not a valid JSON Schema, or None when it is one."""
+    """Why ``schema`` is not a valid JSON Schema, or None when it is one.
+
+    Checking a schema against the meta-schema costs about a millisecond, and a run sends the
+    same few schemas with every call: the verdict is kept per schema, keyed on its JSON text
+    (only when that text reads back as an equal value, so no two schemas share a key)."""
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        return _schema_problem(schema)
+    if json.loads(text) != schema:
+        return _schema_problem(schema)
+    return _text_schema_problem(text)
+
+
+@lru_cache(maxsize=256)
+def _text_schema_problem(text: str) -> str | None:
+    return _schema_problem(json.loads(text))
+
+
+def _schema_problem(schema: Any) -> str | None:
     from jsonschema import Draft202012Validator, SchemaError
 
     try:
