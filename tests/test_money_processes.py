@@ -164,7 +164,7 @@ def check_the_property(location: str, case: Example, ended: list[Ended]) -> None
     assert sqlite_rows(location, "SELECT id, project_id, amount FROM budget_reservations") == []
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(5))
 def test_processes_competing_for_a_team_and_job_budget_end_on_their_own_with_exact_books(
     fake, llm, state_location, seed
 ):
