@@ -856,7 +856,10 @@ async def _move_to_spent(execute: Execute, scopes: list[str], held: int, spent: 
 
 
 def _set_cap(scope: str, cap_nanos: int) -> Statement:
-    return ("UPDATE money_ledger SET cap_nanos = ? WHERE scope = ?", (cap_nanos, scope))
+    return (
+        "UPDATE money_ledger SET cap_nanos = ? WHERE scope = ?",
+        (checked_nanos(cap_nanos), scope),
+    )
 
 
 async def _saved_caps(execute: Execute) -> dict[str, int]:

@@ -21,6 +21,7 @@ from orchestrator import Budget, BudgetExceeded, Orchestrator, ProviderError, Un
 from orchestrator.gateway import Journal, LLMGateway
 from orchestrator.ledger import Ledger
 from orchestrator.models import ProjectState, ProjectStatus
+from orchestrator.money import usd_to_nanos
 from orchestrator.providers.base import Message
 from orchestrator.state import StateManager
 
@@ -34,7 +35,7 @@ async def journaled_gateway(store: StateManager, client: UnifiedClient, max_usd:
     )
     assert await store.claim("p", OWNER, 600.0) is None
     ledger = Ledger(store, "p", OWNER)
-    await ledger.open(max_usd, None, None)
+    await ledger.open(usd_to_nanos(max_usd), None, None)
     budget = Budget(max_usd=max_usd, max_time_seconds=600)
     return LLMGateway(client, budget, None, Journal(store, "p", budget, ledger))
 
