@@ -30,6 +30,8 @@ from cli_end_to_end import environment  # noqa: E402
 from fake_provider import FakeProvider  # noqa: E402
 from scripted_llm import ScriptedLLM, TaskScript, default_plan  # noqa: E402
 
+from orchestrator.money import nanos_to_usd  # noqa: E402
+
 LENGTHS = {"short": None, "medium": 0.3, "long": 1.0}  # share of the output limit billed
 
 
@@ -73,7 +75,8 @@ def spent(home: Path) -> float:
     """What every run in ``home`` paid, from its journal."""
     conn = sqlite3.connect(home / "state.db")
     try:
-        return float(conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM journal").fetchone()[0])
+        spent = conn.execute("SELECT COALESCE(SUM(cost_nanos), 0) FROM journal").fetchone()[0]
+        return nanos_to_usd(int(spent))
     finally:
         conn.close()
 

@@ -96,7 +96,7 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
     models = [m for m in catalog.models if m.provider in ("openai", "anthropic", "google")]
     tasks = generated_graph(args.tasks, args.seed)
     order = execution_order(tasks)
-    cost = 0.002
+    cost = 2_000_000  # $0.002, in nano-dollars
     writes = 0
     started = time.perf_counter()
     async with StateManager(path) as store:
@@ -108,13 +108,13 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
             max_time_seconds=36000.0,
             settings={"quality_threshold": 0.85, "concurrency": 8},
         )
-        plan_entry = {"text": "{...plan...}" * 200, "parsed": None, "cost_usd": cost}
+        plan_entry = {"text": "{...plan...}" * 200, "parsed": None, "cost_nanos": cost}
         await store.journal_put(
             PROJECT_ID,
             "decomposition",
             task_id="",
             phase="decomposition",
-            cost_usd=cost,
+            cost_nanos=cost,
             entry=plan_entry,
             elapsed=5.0,
         )
@@ -131,7 +131,7 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
                     "input_tokens": 1200,
                     "output_tokens": 600,
                     "cached_tokens": 0,
-                    "cost_usd": cost,
+                    "cost_nanos": cost,
                     "reported_model": "gpt-4o",
                 }
                 await store.journal_put(
@@ -139,7 +139,7 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
                     key,
                     task_id=task_id,
                     phase=PHASES[call % len(PHASES)],
-                    cost_usd=cost,
+                    cost_nanos=cost,
                     entry=entry,
                     elapsed=elapsed,
                 )

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.ledger import Ledger
+from orchestrator.money import NANOS_PER_USD
 from orchestrator.state import StateManager
 
 PROJECT = {"description": "d", "criteria": "c", "max_usd": 100.0, "max_time_seconds": 3600.0,
@@ -38,20 +39,20 @@ async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
         owner = f"bench:{os.getpid()}:x"
         assert await store.claim(project, owner, 600.0) is None
         ledger = Ledger(store, project, owner)
-        await ledger.open(100.0, "team", "job")
+        await ledger.open(100 * NANOS_PER_USD, "team", "job")
         for n in range(calls):
             # What a run's paid call does now: hold its worst case on the org, team, job and
             # project rows, then settle it with its journal row in one transaction.
             started = time.perf_counter()
-            hold = ledger.new_hold(0.01)
+            hold = ledger.new_hold(NANOS_PER_USD // 100)
             await ledger.reserve(hold, task_id="t", phase="generation", journal_key=f"c{n}")
             row = (project, f"c{n}", "t", "generation", ENTRY, float(n))
-            await store.ledger_settle([(hold.id, 0.001)], row)
+            await store.ledger_settle([(hold.id, NANOS_PER_USD // 1000)], row)
             times["paid_call"].append(time.perf_counter() - started)
             started = time.perf_counter()
             await store.journal_put(
-                project, f"k{n}", task_id=f"t{n % 10}", phase="generation", cost_usd=0.001,
-                entry=ENTRY, elapsed=float(n),
+                project, f"k{n}", task_id=f"t{n % 10}", phase="generation",
+                cost_nanos=NANOS_PER_USD // 1000, entry=ENTRY, elapsed=float(n),
             )  # fmt: skip
             times["journal_put"].append(time.perf_counter() - started)
             if n % 5 == 4:

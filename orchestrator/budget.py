@@ -6,10 +6,11 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from .errors import OrchestratorError
+from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,17 @@ PHASE_SHARES: dict[str, float] = {
 class BudgetExceeded(OrchestratorError):
     """A call's worst-case cost does not fit in what is left, so it is not made.
 
-    ``spent_usd`` is what the request had already paid before it was stopped (e.g. an answer
+    ``spent_nanos`` is what the request had already paid before it was stopped (e.g. an answer
     whose repair request no longer fitted), so that spend is never lost from the books.
     """
 
-    def __init__(self, message: str, spent_usd: float = 0.0) -> None:
+    def __init__(self, message: str, spent_nanos: int = 0) -> None:
         super().__init__(message)
-        self.spent_usd = spent_usd
+        self.spent_nanos = spent_nanos
+
+    @property
+    def spent_usd(self) -> float:
+        return nanos_to_usd(self.spent_nanos)
 
 
 class CallsStopped(BudgetExceeded):
@@ -40,49 +45,91 @@ class CallsStopped(BudgetExceeded):
 
 @dataclass
 class Reservation:
-    amount: float
+    amount_nanos: int
     phase: str
     open: bool = True
 
 
-@dataclass
 class Budget:
     """A hard USD ceiling and a wall-clock limit.
 
-    ``spent_usd`` is what was actually paid; ``reserved_usd`` is held for calls in flight. A call
-    is made only once its worst-case cost is reserved, so spent + reserved never passes
-    ``max_usd``, however many calls run at once.
+    Amounts are kept in integer nano-dollars (``money``), so sums are exact: ``spent_nanos``
+    is what was actually paid, ``reserved_nanos`` what calls in flight hold. A call is made only
+    once its worst-case cost is reserved, so spent + reserved never passes ``max_nanos``,
+    however many calls run at once. The ``*_usd`` properties show them to people.
     """
 
-    max_usd: float = 8.0
-    max_time_seconds: float = 5400.0
-    spent_usd: float = 0.0
-    elapsed_before: float = 0.0
-    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
-    phase_spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASE_SHARES, 0.0))
-    reserved_usd: float = field(default=0.0, init=False)
-    on_phase_warning: list[Callable[[str, float], None]] = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        limits = (self.max_usd, self.max_time_seconds)
-        if not all(math.isfinite(v) for v in limits) or self.max_usd < 0:
+    def __init__(
+        self,
+        max_usd: float = 8.0,
+        max_time_seconds: float = 5400.0,
+        spent_usd: float = 0.0,
+        elapsed_before: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        phase_spent: Mapping[str, float] | None = None,
+        on_phase_warning: list[Callable[[str, float], None]] | None = None,
+    ) -> None:
+        if not math.isfinite(max_time_seconds) or max_time_seconds <= 0:
             raise ValueError("budget needs a finite max_usd >= 0 and max_time_seconds > 0")
-        if self.max_time_seconds <= 0:
-            raise ValueError("budget needs a finite max_usd >= 0 and max_time_seconds > 0")
+        self.max_usd = max_usd
+        self.max_time_seconds = max_time_seconds
+        self.elapsed_before = elapsed_before
+        self.clock = clock
+        self.spent_nanos = usd_to_nanos(spent_usd)
+        self.phase_nanos = dict.fromkeys(PHASE_SHARES, 0)
+        self.phase_nanos.update({p: usd_to_nanos(v) for p, v in (phase_spent or {}).items()})
+        self.reserved_nanos = 0
+        self.on_phase_warning = on_phase_warning if on_phase_warning is not None else []
         self._started = self.clock()
         self._warned: set[str] = set()
-        self._open = 0  # reservations not yet settled or released
         # Replaced on every settlement, so waiters wake up and look again.
         self._settled = asyncio.Event()
 
+    def __repr__(self) -> str:
+        return (
+            f"Budget(max_usd={self.max_usd!r}, max_time_seconds={self.max_time_seconds!r}, "
+            f"spent_usd={self.spent_usd!r}, reserved_usd={self.reserved_usd!r})"
+        )
+
+    @property
+    def max_usd(self) -> float:
+        return nanos_to_usd(self.max_nanos)
+
+    @max_usd.setter
+    def max_usd(self, usd: float) -> None:
+        """Hooks may lower the ceiling mid-run; the shared ledger follows it."""
+        if not (isinstance(usd, int | float) and math.isfinite(usd) and usd >= 0):
+            raise ValueError("budget needs a finite max_usd >= 0 and max_time_seconds > 0")
+        self.max_nanos = usd_to_nanos(usd)
+
+    @property
+    def spent_usd(self) -> float:
+        return nanos_to_usd(self.spent_nanos)
+
+    @property
+    def reserved_usd(self) -> float:
+        return nanos_to_usd(self.reserved_nanos)
+
+    @property
+    def phase_spent(self) -> dict[str, float]:
+        return {phase: nanos_to_usd(n) for phase, n in self.phase_nanos.items()}
+
+    @property
+    def remaining_nanos(self) -> int:
+        return self.max_nanos - self.spent_nanos
+
+    @property
+    def available_nanos(self) -> int:
+        """What a new call may still reserve."""
+        return self.max_nanos - self.spent_nanos - self.reserved_nanos
+
     @property
     def remaining_usd(self) -> float:
-        return self.max_usd - self.spent_usd
+        return nanos_to_usd(self.remaining_nanos)
 
     @property
     def available_usd(self) -> float:
-        """What a new call may still reserve."""
-        return self.max_usd - self.spent_usd - self.reserved_usd
+        return nanos_to_usd(self.available_nanos)
 
     @property
     def elapsed_seconds(self) -> float:
@@ -95,69 +142,70 @@ class Budget:
         return self.elapsed_seconds < self.max_time_seconds
 
     def can_afford(self, cost: float) -> bool:
-        """Whether a call costing ``cost`` could be reserved now (calls in flight hold theirs)."""
-        return self.available_usd >= cost
+        """Whether a call costing ``cost`` USD could be reserved now (calls in flight hold
+        theirs)."""
+        return self.available_nanos >= usd_to_nanos(cost)
 
-    def reserve(self, amount: float, phase: str) -> Reservation:
-        """Hold ``amount`` now, or raise ``BudgetExceeded``."""
-        if amount > self.available_usd:
-            raise self._exceeded(amount)
-        return self.track(amount, phase)
+    def reserve(self, amount_nanos: int, phase: str) -> Reservation:
+        """Hold ``amount_nanos`` now, or raise ``BudgetExceeded``."""
+        if amount_nanos > self.available_nanos:
+            raise self._exceeded(amount_nanos)
+        return self.track(amount_nanos, phase)
 
-    async def acquire(self, amount: float, phase: str) -> Reservation:
-        """Hold ``amount``, waiting for calls in flight to settle if they hold what it needs.
+    async def acquire(self, amount_nanos: int, phase: str) -> Reservation:
+        """Hold ``amount_nanos``, waiting for calls in flight to settle if they hold what it
+        needs.
 
         Raises ``BudgetExceeded`` only when the call cannot fit even once nothing else is held.
         Only calls in flight hold money (a call holds nothing while it waits or sleeps before a
         retry), so whatever it waits for ends with their attempts.
         """
-        while amount > self.available_usd:
-            if self.reserved_usd <= 0 or amount > self.remaining_usd:
-                raise self._exceeded(amount)
-            log.debug("a call needing $%.6f waits for calls in flight to settle", amount)
+        while amount_nanos > self.available_nanos:
+            if self.reserved_nanos <= 0 or amount_nanos > self.remaining_nanos:
+                raise self._exceeded(amount_nanos)
+            log.debug("a call needing %s waits for calls in flight to settle", _usd(amount_nanos))
             await self._settled.wait()
-        return self.reserve(amount, phase)
+        return self.reserve(amount_nanos, phase)
 
-    def track(self, amount: float, phase: str) -> Reservation:
-        """Hold ``amount`` without deciding: what ``reserve`` does once it fits, and how a hold
-        the shared ledger granted is shown (the ledger decides; a second decision here could
-        refuse what it let through, or wait)."""
-        self.reserved_usd += amount
-        self._open += 1
+    def track(self, amount_nanos: int, phase: str) -> Reservation:
+        """Hold ``amount_nanos`` without deciding: what ``reserve`` does once it fits, and how a
+        hold the shared ledger granted is shown (the ledger decides; a second decision here
+        could refuse what it let through, or wait)."""
+        self.reserved_nanos += checked_nanos(amount_nanos)
         log.debug(
-            "reserved $%.6f for %s (held $%.6f, spent $%.6f of $%.2f)",
-            amount,
+            "reserved %s for %s (held %s, spent %s of %s)",
+            _usd(amount_nanos),
             phase,
-            self.reserved_usd,
-            self.spent_usd,
-            self.max_usd,
+            _usd(self.reserved_nanos),
+            _usd(self.spent_nanos),
+            _usd(self.max_nanos),
         )
-        return Reservation(amount, phase)
+        return Reservation(amount_nanos, phase)
 
-    def _exceeded(self, amount: float) -> BudgetExceeded:
+    def _exceeded(self, amount_nanos: int) -> BudgetExceeded:
         return BudgetExceeded(
-            f"a call needing up to ${amount:.4f} does not fit in the "
-            f"${max(self.remaining_usd, 0):.4f} left of ${self.max_usd:.2f}"
+            f"a call needing up to ${nanos_to_usd(amount_nanos):.4f} does not fit in the "
+            f"${nanos_to_usd(max(self.remaining_nanos, 0)):.4f} left of ${self.max_usd:.2f}"
         )
 
-    def settle(self, reservation: Reservation, actual: float) -> None:
+    def settle(self, reservation: Reservation, actual_nanos: int) -> None:
         self._close(reservation)
-        log.debug("settled $%.6f of $%.6f reserved", actual, reservation.amount)
-        if actual > reservation.amount:
+        log.debug("settled %s of %s reserved", _usd(actual_nanos), _usd(reservation.amount_nanos))
+        if actual_nanos > reservation.amount_nanos:
             log.warning(
-                "a call cost $%.6f, more than its reserved worst case $%.6f",
-                actual,
-                reservation.amount,
+                "a call cost %s, more than its reserved worst case %s",
+                _usd(actual_nanos),
+                _usd(reservation.amount_nanos),
             )
-        self.charge(actual, reservation.phase)
+        self.charge(actual_nanos, reservation.phase)
 
     def release(self, reservation: Reservation) -> None:
         self._close(reservation)
 
-    def charge(self, amount: float, phase: str) -> None:
+    def charge(self, amount_nanos: int, phase: str) -> None:
         """Record money already spent (settled calls, or spend restored on resume)."""
-        self.spent_usd += amount
-        self.phase_spent[phase] = self.phase_spent.get(phase, 0.0) + amount
+        self.spent_nanos += checked_nanos(amount_nanos)
+        self.phase_nanos[phase] = self.phase_nanos.get(phase, 0) + amount_nanos
         self._check_phase(phase)
 
     def guard(self, phase: str) -> PhaseGuard:
@@ -167,18 +215,15 @@ class Budget:
     def _close(self, reservation: Reservation) -> None:
         if reservation.open:
             reservation.open = False
-            self._open -= 1
-            # Exactly zero once nothing is held: subtracting floats would leave a residue.
-            left = self.reserved_usd - reservation.amount
-            self.reserved_usd = max(0.0, left) if self._open else 0.0
+            self.reserved_nanos -= reservation.amount_nanos
             settled, self._settled = self._settled, asyncio.Event()
             settled.set()
 
     def _check_phase(self, phase: str) -> None:
         share = PHASE_SHARES.get(phase)
-        if share is None or phase in self._warned or self.max_usd == 0:
+        if share is None or phase in self._warned or self.max_nanos == 0:
             return
-        ratio = self.phase_spent[phase] / self.max_usd
+        ratio = self.phase_nanos[phase] / self.max_nanos
         if ratio > share:
             self._warned.add(phase)
             log.warning(
@@ -191,19 +236,23 @@ class Budget:
                 callback(phase, ratio)
 
 
+def _usd(nanos: int) -> str:
+    return f"${nanos_to_usd(nanos):.6f}"
+
+
 @dataclass(frozen=True)
 class PhaseGuard:
     budget: Budget
     phase: str
 
-    async def reserve(self, worst_case_usd: float) -> Reservation:
-        return await self.budget.acquire(worst_case_usd, self.phase)
+    async def reserve(self, worst_case_nanos: int) -> Reservation:
+        return await self.budget.acquire(worst_case_nanos, self.phase)
 
     async def flush(self) -> None:
         """Nothing to write: an in-process budget settles each attempt at once."""
 
-    def settle(self, ticket: Reservation, actual_usd: float) -> None:
-        self.budget.settle(ticket, actual_usd)
+    def settle(self, ticket: Reservation, actual_nanos: int) -> None:
+        self.budget.settle(ticket, actual_nanos)
 
     def release(self, ticket: Reservation) -> None:
         self.budget.release(ticket)

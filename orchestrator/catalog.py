@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import CatalogError, UnknownModelError
+from .money import nanos_to_usd, price_to_nanos, usage_nanos
 from .schemas import best_match, shipped
 
 if TYPE_CHECKING:
@@ -33,12 +34,38 @@ _PROVIDER_FIELDS_REQUIRED = ("kind",)
 
 @dataclass(frozen=True)
 class Price:
-    """USD per 1M tokens."""
+    """USD per 1M tokens, as the catalog gives them; billed in integer nano-dollars per 1M
+    tokens, converted once when the price is made (rounded up past 9 decimals)."""
 
     input: float
     output: float
     cached_input: float
     cache_write: float
+    _nanos: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rates = (self.input, self.output, self.cached_input, self.cache_write)
+        object.__setattr__(self, "_nanos", tuple(price_to_nanos(rate) for rate in rates))
+
+    def cost_nanos(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> int:
+        """Cost in nano-dollars, rounded up once over every part; ``input_tokens`` counts every
+        prompt token, cached and cache-written ones included (billed at their own prices)."""
+        plain = max(0, input_tokens - cached_tokens - cache_write_tokens)
+        input_nanos, output_nanos, cached_nanos, write_nanos = self._nanos
+        return usage_nanos(
+            [
+                (plain, input_nanos),
+                (cached_tokens, cached_nanos),
+                (cache_write_tokens, write_nanos),
+                (output_tokens, output_nanos),
+            ]
+        )
 
     def cost(
         self,
@@ -47,15 +74,10 @@ class Price:
         cached_tokens: int = 0,
         cache_write_tokens: int = 0,
     ) -> float:
-        """Cost in USD; ``input_tokens`` counts every prompt token, cached ones included."""
-        plain = max(0, input_tokens - cached_tokens - cache_write_tokens)
-        micro = (
-            plain * self.input
-            + cached_tokens * self.cached_input
-            + cache_write_tokens * self.cache_write
-            + output_tokens * self.output
+        """``cost_nanos`` in USD, for a person to read."""
+        return nanos_to_usd(
+            self.cost_nanos(input_tokens, output_tokens, cached_tokens, cache_write_tokens)
         )
-        return micro / 1_000_000
 
 
 class _NamedModels(type):

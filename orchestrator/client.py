@@ -28,6 +28,7 @@ from .errors import (
 from .fences import join_continuation
 from .health import HealthRegistry
 from .local import INSTALL_COMMAND
+from .money import nanos_to_usd
 from .providers.base import (
     TIMED_OUT,
     ChatRequest,
@@ -67,7 +68,7 @@ class Completion:
     input_tokens: int
     output_tokens: int
     cached_tokens: int
-    cost_usd: float
+    cost_usd: float  # ``cost_nanos`` for a person to read
     latency_seconds: float
     attempts: int
     paid_calls: int
@@ -78,6 +79,7 @@ class Completion:
     stop_reason: str | None = None  # the vendor's word for why the (last part of the) answer ended
     # What it took to get a whole answer, e.g. "cut off at 4096 output tokens; continued once".
     notes: tuple[str, ...] = ()
+    cost_nanos: int = 0  # what the answer cost, exactly: what the books add up
 
 
 @dataclass
@@ -92,11 +94,11 @@ class _Answer:
 class SpendGuard(Protocol):
     """Holds money for one paid call before it is made; see ``Budget.guard``."""
 
-    async def reserve(self, worst_case_usd: float) -> Any:
+    async def reserve(self, worst_case_nanos: int) -> Any:
         """Return a ticket, or raise (e.g. ``BudgetExceeded``) so the call is not made."""
         ...
 
-    def settle(self, ticket: Any, actual_usd: float) -> None: ...
+    def settle(self, ticket: Any, actual_nanos: int) -> None: ...
 
     def release(self, ticket: Any) -> None: ...
 
@@ -219,8 +221,9 @@ class UnifiedClient:
         try:
             answer = await self._answer(m, request, spend, paid)
         except (ProviderError, BudgetExceeded) as exc:
-            exc.spent_usd += self._cost(m, paid)  # what was answered before it failed is paid
+            exc.spent_nanos += self._cost(m, paid)  # what was answered before it failed is paid
             raise
+        cost = self._cost(m, paid)
         return Completion(
             text=answer.text,
             parsed=answer.parsed,
@@ -229,7 +232,8 @@ class UnifiedClient:
             input_tokens=sum(r.input_tokens for r in paid),
             output_tokens=sum(r.output_tokens for r in paid),
             cached_tokens=sum(r.cached_tokens for r in paid),
-            cost_usd=self._cost(m, paid),
+            cost_usd=nanos_to_usd(cost),
+            cost_nanos=cost,
             latency_seconds=time.monotonic() - started,
             attempts=answer.attempts,
             paid_calls=len(paid),
@@ -355,7 +359,7 @@ class UnifiedClient:
     ) -> tuple[RawCompletion, int]:
         """One answer, retrying what our policy retries. Returns the answer and attempts made."""
         adapter = await self._adapter(model)
-        worst_case = worst_case_cost(model, request)
+        worst_case = worst_case_nanos(model, request)
         attempt = 0
         while True:
             attempt += 1
@@ -439,9 +443,12 @@ class UnifiedClient:
         # 429 means "slow down", not "down"; 400/404/422 are our request's fault.
 
     @staticmethod
-    def _cost(model: Model, paid: list[RawCompletion]) -> float:
+    def _cost(model: Model, paid: list[RawCompletion]) -> int:
+        """In nano-dollars: each paid request is billed on its own."""
         return sum(
-            model.price.cost(r.input_tokens, r.output_tokens, r.cached_tokens, r.cache_write_tokens)
+            model.price.cost_nanos(
+                r.input_tokens, r.output_tokens, r.cached_tokens, r.cache_write_tokens
+            )
             for r in paid
         )
 
@@ -539,9 +546,9 @@ def prompt_token_bound(request: ChatRequest) -> int:
     return prompt_bytes + 16 * (len(request.messages) + 1) + 512
 
 
-def worst_case_cost(model: Model, request: ChatRequest) -> float:
-    """An upper bound on what ``request`` can cost."""
-    return model.price.cost(prompt_token_bound(request), request.max_tokens)
+def worst_case_nanos(model: Model, request: ChatRequest) -> int:
+    """An upper bound on what ``request`` can cost, in nano-dollars."""
+    return model.price.cost_nanos(prompt_token_bound(request), request.max_tokens)
 
 
 def output_room(model: Model, request: ChatRequest) -> int:

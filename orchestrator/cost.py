@@ -21,6 +21,7 @@ from .client import MAX_CONTINUATIONS
 from .errors import ConfigError
 from .integration import DEFAULT_ROUNDS, INTEGRATION_PHASE
 from .models import ModelProfile, Task, TaskType
+from .money import nanos_to_usd, usd_to_nanos
 from .progress import format_usd
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER, GENERATE_SYSTEM, task_prompt
 from .routing import (
@@ -491,48 +492,51 @@ class BudgetHierarchy:
         for scope, cap in self.caps.items():
             if not cap > 0 or cap == float("inf"):
                 raise ValueError(f"the {_scope_name(scope)} cap must be a positive amount")
-        self._holds: dict[int, tuple[tuple[str, ...], float]] = {}
+        self._holds: dict[int, tuple[tuple[str, ...], int]] = {}  # in nano-dollars
         self._next_hold = 0
 
     def hold(
         self,
-        spent: Mapping[str, float],
+        spent_nanos: Mapping[str, int],
         caps: Mapping[str, float],
-        may_spend: float,
+        may_spend_nanos: int,
         team: str | None,
         job_id: str | None,
     ) -> int:
-        """Set ``may_spend`` aside in every scope of the run, or raise ``BudgetCapExceeded``
-        naming the first cap it could pass and by how much. ``spent`` is what the scopes paid
-        so far, ``caps`` the caps in force (this hierarchy's over the saved ones)."""
+        """Set ``may_spend_nanos`` aside in every scope of the run, or raise
+        ``BudgetCapExceeded`` naming the first cap it could pass and by how much.
+        ``spent_nanos`` is what the scopes paid so far, ``caps`` the caps in force in USD (this
+        hierarchy's over the saved ones)."""
         scopes = (
             "org",
             *([f"team:{team}"] if team else []),
             *([f"job:{job_id}"] if job_id else []),
         )
         for scope in scopes:
-            cap = caps.get(scope)
-            if cap is None:
+            if scope not in caps:
                 continue
             held = sum(
                 amount for held_scopes, amount in self._holds.values() if scope in held_scopes
             )
-            committed = spent.get(scope, 0.0) + held
-            if committed + may_spend > cap + 1e-12:
-                over = committed + may_spend - cap
-                paid = format_usd(spent.get(scope, 0.0))
+            paid = spent_nanos.get(scope, 0)
+            over = paid + held + may_spend_nanos - usd_to_nanos(caps[scope])
+            if over > 0:
                 raise BudgetCapExceeded(
-                    f"the {_scope_name(scope)} budget of {format_usd(cap)} could be exceeded by "
-                    f"{format_usd(over)}: {paid} spent, {format_usd(held)} held by runs in "
-                    f"progress, and this run may spend up to {format_usd(may_spend)}"
+                    f"the {_scope_name(scope)} budget of {format_usd(caps[scope])} could be "
+                    f"exceeded by {_usd(over)}: {_usd(paid)} spent, {_usd(held)} held by runs "
+                    f"in progress, and this run may spend up to {_usd(may_spend_nanos)}"
                 )
         self._next_hold += 1
-        self._holds[self._next_hold] = (scopes, may_spend)
+        self._holds[self._next_hold] = (scopes, may_spend_nanos)
         return self._next_hold
 
     def release(self, hold: int) -> None:
         """The run ended: what it spent is in its journal now."""
         self._holds.pop(hold, None)
+
+
+def _usd(nanos: int) -> str:
+    return format_usd(nanos_to_usd(nanos))
 
 
 def _scope_name(scope: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import logging
 import os
 import uuid
@@ -50,6 +49,7 @@ from .models import (
     TaskStatus,
     TaskType,
 )
+from .money import nanos_to_usd, usd_to_nanos
 from .optimization import OptimizationBackend, RoutingTableBackend
 from .planner import ConstraintPlanner
 from .policy import JobSpec, Policy, PolicyEngine, PolicySet
@@ -301,7 +301,7 @@ class Orchestrator:
                                        quality_threshold)  # fmt: skip
         async with (
             self._session() as session,
-            self._capped(session, team, job_id, self.budget.max_usd),
+            self._capped(session, team, job_id, self.budget.max_nanos),
         ):
             saved = await self._create(session, state, tasks, restart, team, job_id)
             if saved is not None:
@@ -335,7 +335,7 @@ class Orchestrator:
                                        quality_threshold)  # fmt: skip
         async with (
             self._session() as session,
-            self._capped(session, team, job_id, self.budget.max_usd),
+            self._capped(session, team, job_id, self.budget.max_nanos),
         ):
             if session.store is None:
                 raise ConfigError("a project saved for later needs a state store")
@@ -454,9 +454,9 @@ class Orchestrator:
         async with self._session() as session:
             assert session.store is not None
             saved = await session.store.load(project_id)
-            may_spend = _given(max_usd, saved.max_usd) - saved.spent_usd
+            may_spend = usd_to_nanos(_given(max_usd, saved.max_usd)) - saved.spent_nanos
             team, job_id = saved.settings.get("team"), saved.settings.get("job")
-            async with self._capped(session, team, job_id, max(0.0, may_spend)):
+            async with self._capped(session, team, job_id, max(0, may_spend)):
                 return await self._continue(
                     session, saved, max_usd, max_time_seconds, quality_threshold
                 )
@@ -482,10 +482,9 @@ class Orchestrator:
         budget = Budget(
             max_usd=_given(max_usd, saved.max_usd),
             max_time_seconds=_given(max_time_seconds, saved.max_time_seconds),
-            spent_usd=saved.spent_usd,
             elapsed_before=saved.elapsed_seconds,
-            phase_spent=_phase_spent(saved),
         )
+        _restore_spend(budget, saved)
         state = ProjectState(
             project_id=saved.project_id,
             project_description=saved.description,
@@ -620,8 +619,7 @@ class Orchestrator:
         except OrchestratorError as exc:
             log.warning("the project's spend cannot be read back: %s; this run's own is shown", exc)
             return
-        state.budget.spent_usd = saved.spent_usd
-        state.budget.phase_spent = _phase_spent(saved)
+        _restore_spend(state.budget, saved)
 
     async def _plan_and_execute(
         self,
@@ -913,7 +911,8 @@ class Orchestrator:
             assert session.store is not None
             # The journal is the one record of what was paid: the task's cost comes from it, so
             # charges the task never saw (a call cancelled in flight) and earlier runs count.
-            result.cost_usd = await session.store.task_spend(state.project_id, result.task_id)
+            spent = await session.store.task_spend_nanos(state.project_id, result.task_id)
+            result.cost_usd = nanos_to_usd(spent)
             unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
             await session.store.checkpoint(
                 state.project_id,
@@ -1005,9 +1004,9 @@ class Orchestrator:
 
     @asynccontextmanager
     async def _capped(
-        self, session: _Session, team: str | None, job_id: str | None, may_spend: float
+        self, session: _Session, team: str | None, job_id: str | None, may_spend_nanos: int
     ) -> AsyncIterator[None]:
-        """Hold ``may_spend`` against the organisation's, the team's and the job's caps while
+        """Hold ``may_spend_nanos`` against the organisation's, the team's and the job's caps while
         the run goes on (``BudgetCapExceeded`` if it could pass one)."""
         store, hierarchy = session.store, self.budget_hierarchy
         if store is None:
@@ -1019,8 +1018,8 @@ class Orchestrator:
         if not caps:
             yield
             return
-        spent = await store.scope_spend(team, job_id)
-        hold = hierarchy.hold(spent, caps, may_spend, team, job_id)
+        spent = await store.scope_spend_nanos(team, job_id)
+        hold = hierarchy.hold(spent, caps, may_spend_nanos, team, job_id)
         try:
             yield
         finally:
@@ -1034,8 +1033,9 @@ class Orchestrator:
             return None
         _, settings = await store.run_settings(lease.project_id)
         ledger = Ledger(store, lease.project_id, lease.owner)
-        for hold in await ledger.open(budget.max_usd, settings.get("team"), settings.get("job")):
-            budget.charge(hold.amount, hold.phase)  # journaled by the sweep, as it was charged
+        expired = await ledger.open(budget.max_nanos, settings.get("team"), settings.get("job"))
+        for hold in expired:
+            budget.charge(hold.amount_nanos, hold.phase)  # journaled by the sweep, as charged
         journal = Journal(store, lease.project_id, budget, ledger)
         await journal.load()
         return journal
@@ -1132,11 +1132,10 @@ class Orchestrator:
     def _fresh_budget(self) -> Budget:
         """This orchestrator's limits, with nothing spent and the clock starting now: a run
         never inherits the spend or the elapsed time of an earlier one (``state.budget``)."""
-        return dataclasses.replace(
-            self.budget,
-            spent_usd=0.0,
-            elapsed_before=0.0,
-            phase_spent=dict.fromkeys(PHASE_SHARES, 0.0),
+        return Budget(
+            max_usd=self.budget.max_usd,
+            max_time_seconds=self.budget.max_time_seconds,
+            clock=self.budget.clock,
             on_phase_warning=list(self.budget.on_phase_warning),
         )
 
@@ -1177,9 +1176,10 @@ def _final_status(
     return ProjectStatus.PARTIAL_SUCCESS
 
 
-def _phase_spent(saved: SavedProject) -> dict[str, float]:
-    """What the journal says each phase paid, every phase named."""
-    return {**Budget().phase_spent, **saved.phase_spent}
+def _restore_spend(budget: Budget, saved: SavedProject) -> None:
+    """The budget shows what the journal says the project paid, each phase's share too."""
+    budget.spent_nanos = saved.spent_nanos
+    budget.phase_nanos = {**dict.fromkeys(PHASE_SHARES, 0), **saved.phase_nanos}
 
 
 def _saved_integration(saved: SavedProject) -> Integration | None:

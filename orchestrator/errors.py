@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .money import nanos_to_usd
+
 
 class OrchestratorError(Exception):
     """Base class for every error the orchestrator raises on purpose."""
@@ -26,7 +28,7 @@ class UnknownModelError(ConfigError):
 class ProviderError(OrchestratorError):
     """A call to a vendor failed after our retry policy gave up.
 
-    ``spent_usd`` is what the failed call still cost (e.g. a structured answer that never
+    ``spent_nanos`` is what the failed call still cost (e.g. a structured answer that never
     validated was paid for), so budget accounting can never miss it.
     """
 
@@ -39,7 +41,7 @@ class ProviderError(OrchestratorError):
         status: int | None = None,
         retryable: bool = False,
         attempts: int = 1,
-        spent_usd: float = 0.0,
+        spent_nanos: int = 0,
     ) -> None:
         super().__init__(message)
         self.model = model
@@ -47,7 +49,11 @@ class ProviderError(OrchestratorError):
         self.status = status
         self.retryable = retryable
         self.attempts = attempts
-        self.spent_usd = spent_usd
+        self.spent_nanos = spent_nanos
+
+    @property
+    def spent_usd(self) -> float:
+        return nanos_to_usd(self.spent_nanos)
 
 
 class ModelUnavailableError(ProviderError):

@@ -24,6 +24,7 @@ from .errors import (
 )
 from .lease import Lease
 from .ledger import Hold, Ledger
+from .money import nanos_to_usd
 from .providers.base import Message
 from .state import StateManager
 from .telemetry import TelemetryCollector
@@ -187,7 +188,9 @@ class LLMGateway:
         log.debug(
             "%s on %s: the same request was in flight; its answer is shared", slot, model.value
         )
-        shared = replace(answer, cost_usd=0.0, attempts=0, paid_calls=0, latency_seconds=0.0)
+        shared = replace(
+            answer, cost_usd=0.0, cost_nanos=0, attempts=0, paid_calls=0, latency_seconds=0.0
+        )
         self._audit(model, task_id, phase, slot, "shared", answer=shared)
         if self.journal is not None:
             put = self.journal.put(key, [], task_id=task_id, phase=phase, entry=_entry(shared))
@@ -224,7 +227,7 @@ class LLMGateway:
             )
         except BaseException as exc:
             if isinstance(exc, ProviderError | BudgetExceeded):
-                exc.spent_usd = meter.charged
+                exc.spent_nanos = meter.charged_nanos
             self._audit(model, task_id, phase, slot, "paid", meter=meter, error=exc)
             # Refused before sending (circuit open, prompt too long): no call to measure.
             not_sent = (ModelUnavailableError, ContextWindowError)
@@ -235,17 +238,17 @@ class LLMGateway:
                 # again. Other failures (a timeout, a cancellation, a repair that no longer
                 # fitted) leave spend with nothing to replay: a resume asks again.
                 verdict = {"error": type(exc).__name__, "message": str(exc)}
-                entry = verdict if isinstance(exc, _VERDICTS) and meter.charged else None
+                entry = verdict if isinstance(exc, _VERDICTS) and meter.charged_nanos else None
                 await uninterrupted(meter.finish(entry))
             raise
-        answer = replace(answer, cost_usd=meter.charged)
+        answer = meter.priced(answer)
         self._audit(model, task_id, phase, slot, "paid", meter=meter, answer=answer)
-        self.telemetry.record_call(model, answer.latency_seconds, ok=True, cost_usd=meter.charged)
+        self.telemetry.record_call(model, answer.latency_seconds, ok=True, cost_usd=answer.cost_usd)
         log.debug(
             "%s on %s: paid $%.6f (%d tokens in, %d out)",
             slot,
             model.value,
-            meter.charged,
+            answer.cost_usd,
             answer.input_tokens,
             answer.output_tokens,
         )
@@ -281,8 +284,8 @@ class LLMGateway:
             # paid (a vendor call); cache, journal or shared (the answer of the same request
             # in flight): nothing paid now
             "source": source,
-            "reserved_usd": meter.reserved if meter else 0.0,
-            "settled_usd": meter.charged if meter else 0.0,
+            "reserved_usd": nanos_to_usd(meter.reserved_nanos) if meter else 0.0,
+            "settled_usd": nanos_to_usd(meter.charged_nanos) if meter else 0.0,
         }  # fmt: skip
         if answer is not None:
             data.update(
@@ -356,40 +359,46 @@ class _Meter:
         self.journal = journal
         self.key = key
         self.call = {"task_id": task_id, "phase": phase}
-        self.charged = 0.0
-        self.reserved = 0.0  # the worst cases held, for the audit
+        self.charged_nanos = 0
+        self.reserved_nanos = 0  # the worst cases held, for the audit
         self.holds: list[Hold] = []  # every hold of the call
         self._unwritten: list[Hold] = []  # settled here, not yet in the ledger
         self._hold_of: dict[int, Hold] = {}
 
-    async def reserve(self, worst_case_usd: float) -> Reservation:
+    async def reserve(self, worst_case_nanos: int) -> Reservation:
         phase = self.call["phase"]
         if self.journal is None:
-            ticket = await self.budget.acquire(worst_case_usd, phase)
+            ticket = await self.budget.acquire(worst_case_nanos, phase)
         else:
             ledger = self.journal.ledger
-            await ledger.follow_cap(self.budget.max_usd)
-            hold = ledger.new_hold(worst_case_usd)
+            await ledger.follow_cap(self.budget.max_nanos)
+            hold = ledger.new_hold(worst_case_nanos)
             self.holds.append(hold)  # before reserving: settled whatever interrupts it
             try:
                 await ledger.reserve(hold, journal_key=self.key, **self.call)
             except BaseException:
-                hold.actual = 0.0
+                hold.actual_nanos = 0
                 self._unwritten.append(hold)
                 raise
-            ticket = self.budget.track(worst_case_usd, phase)
+            ticket = self.budget.track(worst_case_nanos, phase)
             self._hold_of[id(ticket)] = hold
-        self.reserved += worst_case_usd
+        self.reserved_nanos += worst_case_nanos
         return ticket
 
-    def settle(self, ticket: Reservation, actual_usd: float) -> None:
-        self.budget.settle(ticket, actual_usd)
-        self.charged += actual_usd
-        self._close(ticket, actual_usd)
+    def settle(self, ticket: Reservation, actual_nanos: int) -> None:
+        self.budget.settle(ticket, actual_nanos)
+        self.charged_nanos += actual_nanos
+        self._close(ticket, actual_nanos)
 
     def release(self, ticket: Reservation) -> None:
         self.budget.release(ticket)
-        self._close(ticket, 0.0)
+        self._close(ticket, 0)
+
+    def priced(self, answer: Completion) -> Completion:
+        """``answer`` at what this call charged: every attempt it paid, not only the last."""
+        return replace(
+            answer, cost_nanos=self.charged_nanos, cost_usd=nanos_to_usd(self.charged_nanos)
+        )
 
     async def flush(self) -> None:
         if self.journal is not None and self._unwritten:
@@ -400,14 +409,14 @@ class _Meter:
         """Settle what the call has not written yet, with its journal row and ``entry`` (the
         answer, a paid verdict, or None); a hold still open was never handed to a request."""
         assert self.journal is not None
-        unwritten = [*self._unwritten, *(h for h in self.holds if h.actual is None)]
+        unwritten = [*self._unwritten, *(h for h in self.holds if h.actual_nanos is None)]
         self._unwritten = []
         await self.journal.put(self.key, unwritten, entry=entry, **self.call)
 
-    def _close(self, ticket: Reservation, actual_usd: float) -> None:
+    def _close(self, ticket: Reservation, actual_nanos: int) -> None:
         hold = self._hold_of.pop(id(ticket), None)
         if hold is not None:
-            hold.actual = actual_usd
+            hold.actual_nanos = actual_nanos
             self._unwritten.append(hold)
 
 
@@ -434,7 +443,7 @@ def _entry(answer: Completion) -> dict[str, Any]:
         "input_tokens": answer.input_tokens,
         "output_tokens": answer.output_tokens,
         "cached_tokens": answer.cached_tokens,
-        "cost_usd": answer.cost_usd,
+        "cost_nanos": answer.cost_nanos,
         "reported_model": answer.reported_model,
         "stop_reason": answer.stop_reason,
         "notes": list(answer.notes),
@@ -448,18 +457,20 @@ def _replay(entry: dict[str, Any], model: Model) -> Completion:
             entry["message"],
             model=model.value,
             provider=model.provider,
-            spent_usd=entry["cost_usd"],
+            spent_nanos=entry["cost_nanos"],
         )
     # The journal's cost was already counted in the project's spend; it is reported, not charged.
-    return _completion(entry, model, cost=entry["cost_usd"], replayed=True)
+    return _completion(entry, model, cost_nanos=entry["cost_nanos"], replayed=True)
 
 
 def _from_cache(entry: dict[str, Any], model: Model) -> Completion:
     # A cached answer costs nothing now; what it cost when it was paid is not spent again.
-    return _completion(entry, model, cost=0.0, from_cache=True)
+    return _completion(entry, model, cost_nanos=0, from_cache=True)
 
 
-def _completion(entry: dict[str, Any], model: Model, *, cost: float, **flags: bool) -> Completion:
+def _completion(
+    entry: dict[str, Any], model: Model, *, cost_nanos: int, **flags: bool
+) -> Completion:
     return Completion(
         text=entry["text"],
         parsed=entry.get("parsed"),
@@ -468,7 +479,8 @@ def _completion(entry: dict[str, Any], model: Model, *, cost: float, **flags: bo
         input_tokens=int(entry.get("input_tokens", 0)),
         output_tokens=int(entry.get("output_tokens", 0)),
         cached_tokens=int(entry.get("cached_tokens", 0)),
-        cost_usd=cost,
+        cost_usd=nanos_to_usd(cost_nanos),
+        cost_nanos=cost_nanos,
         latency_seconds=0.0,
         attempts=0,
         paid_calls=0,

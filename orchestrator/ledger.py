@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .budget import BudgetExceeded
+from .money import checked_nanos, nanos_to_usd
 from .state import ExpiredHold, StateManager
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,12 @@ MAX_WAIT_SECONDS = 330.0
 
 @dataclass
 class Hold:
-    """One reservation in the ledger; ``actual`` is what it cost once settled (0: released),
-    None while its call is in flight."""
+    """One reservation in the ledger, in nano-dollars; ``actual_nanos`` is what it cost once
+    settled (0: released), None while its call is in flight."""
 
     id: str
-    amount: float
-    actual: float | None = None
+    amount_nanos: int
+    actual_nanos: int | None = None
 
 
 def run_scopes(project_id: str, team: str | None, job_id: str | None) -> tuple[str, ...]:
@@ -68,42 +69,43 @@ class Ledger:
     owner: str
     scopes: tuple[str, ...] = field(default=())
     max_wait: float = MAX_WAIT_SECONDS
-    project_cap: float | None = None  # the run's budget, as the project's row was last told
+    project_cap_nanos: int | None = None  # the run's budget, as the project's row was told
     # Replaced on every settlement made here, so a call waiting for room looks again at once
     # when a call of this process frees some (other processes' settlements are polled).
     _settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
-    async def open(self, max_usd: float, team: str | None, job_id: str | None) -> list[ExpiredHold]:
+    async def open(self, max_nanos: int, team: str | None, job_id: str | None) -> list[ExpiredHold]:
         """The run's rows, ready for its calls. Holds of dead runs are charged first; those
         of this project (an earlier run of it killed mid-call) are returned, for its spend."""
         self.scopes = run_scopes(self.project_id, team, job_id)
-        await self.store.ledger_open(self.scopes, self.project_id, max_usd)
-        self.project_cap = max_usd
+        await self.store.ledger_open(self.scopes, self.project_id, max_nanos)
+        self.project_cap_nanos = max_nanos
         return [h for h in await self._expire() if h.project_id == self.project_id]
 
-    async def follow_cap(self, max_usd: float) -> None:
+    async def follow_cap(self, max_nanos: int) -> None:
         """Make the project's cap the run's budget again if the budget was changed mid-run
         (a hook lowering it, say): the budget is a view of this account, not a second one."""
-        if max_usd != self.project_cap:
-            await self.store.ledger_set_cap(f"project:{self.project_id}", max_usd)
-            self.project_cap = max_usd
+        if max_nanos != self.project_cap_nanos:
+            await self.store.ledger_set_cap(f"project:{self.project_id}", max_nanos)
+            self.project_cap_nanos = max_nanos
 
-    def new_hold(self, amount: float) -> Hold:
+    def new_hold(self, amount_nanos: int) -> Hold:
         """A hold to reserve: its id exists before the reservation does, so whoever started
         it can settle it whatever interrupts the reservation."""
-        return Hold(uuid.uuid4().hex, amount)
+        return Hold(uuid.uuid4().hex, checked_nanos(amount_nanos))
 
     async def reserve(self, hold: Hold, *, task_id: str, phase: str, journal_key: str) -> None:
-        """Hold ``hold.amount`` on every scope, waiting while calls in flight hold what it
+        """Hold ``hold.amount_nanos`` on every scope, waiting while calls in flight hold what it
         needs; ``BudgetExceeded`` at once when it cannot fit even once they all settle, and
         when they have not freed the room within ``max_wait`` seconds."""
         loop = asyncio.get_running_loop()
+        need = f"${nanos_to_usd(hold.amount_nanos):.4f}"
         started: float | None = None  # when it began to wait
         wait = _FIRST_WAIT
         while True:
             refused = await self.store.ledger_reserve(
                 hold.id,
-                hold.amount,
+                hold.amount_nanos,
                 self.scopes,
                 project_id=self.project_id,
                 owner=self.owner,
@@ -114,30 +116,30 @@ class Ledger:
             waited = 0.0 if started is None else loop.time() - started
             if refused is None:
                 if started is not None:
-                    log.debug("the call needing $%.6f went ahead after %.2f s", hold.amount, waited)
+                    log.debug("the call needing %s went ahead after %.2f s", need, waited)
                 return
             row = (await self.store.ledger([refused]))[refused]
-            cap = row.cap if row.cap is not None else float("inf")
-            if row.spent + hold.amount > cap:
-                left = max(cap - row.spent, 0.0)
+            room = None if row.cap_nanos is None else row.cap_nanos - row.spent_nanos
+            left = "no cap" if room is None else f"${nanos_to_usd(max(room, 0)):.4f} left"
+            if room is not None and hold.amount_nanos > room:
+                cap = nanos_to_usd(row.cap_nanos or 0)
                 raise BudgetExceeded(
-                    f"the {scope_name(refused)} budget of ${cap:.2f} has ${left:.4f} left: "
-                    f"a call needing up to ${hold.amount:.4f} does not fit"
+                    f"the {scope_name(refused)} budget of ${cap:.2f} has {left}: "
+                    f"a call needing up to {need} does not fit"
                 )
             if await self._expire():
                 continue  # a dead run's holds were in the way: look again at once
+            held = f"${nanos_to_usd(row.reserved_nanos):.4f} held"
             if waited >= self.max_wait:
                 raise BudgetExceeded(
-                    f"a call needing up to ${hold.amount:.4f} waited {self.max_wait:g} s for "
-                    f"calls in flight to free room in the {scope_name(refused)} budget "
-                    f"(${row.reserved:.4f} held, ${max(cap - row.spent, 0.0):.4f} left)"
+                    f"a call needing up to {need} waited {self.max_wait:g} s for calls in "
+                    f"flight to free room in the {scope_name(refused)} budget ({held}, {left})"
                 )
             if started is None:
                 started = loop.time()
                 log.debug(
-                    "a call needing $%.6f waits for calls in flight holding $%.6f of the %s "
-                    "budget ($%.6f left)",
-                    hold.amount, row.reserved, scope_name(refused), cap - row.spent,
+                    "a call needing %s waits for calls in flight: the %s budget has %s, %s",
+                    need, scope_name(refused), held, left,
                 )  # fmt: skip
             settled = self._settled
             with contextlib.suppress(TimeoutError):
@@ -154,7 +156,7 @@ class Ledger:
         if not holds and journal is None:
             return
         # A hold still open here was never handed to a request: nothing was sent under it.
-        await self.store.ledger_settle([(h.id, h.actual or 0.0) for h in holds], journal)
+        await self.store.ledger_settle([(h.id, h.actual_nanos or 0) for h in holds], journal)
         settled, self._settled = self._settled, asyncio.Event()
         settled.set()
 
@@ -166,7 +168,7 @@ class Ledger:
                 "a call of project %s held $%.4f when its run (%s) ended without settling it: "
                 "charged in full, since the provider may have billed it",
                 hold.project_id,
-                hold.amount,
+                nanos_to_usd(hold.amount_nanos),
                 hold.owner,
             )
         return expired

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from .aio import uninterrupted
 from .errors import ConfigError, OrchestratorError
-from .sqlite_store import EXTRA_COMMAND, Execute, shown
+from .sqlite_store import EXTRA_COMMAND, Execute, Migration, shown
 
 try:
     import psycopg
@@ -33,14 +33,19 @@ T = TypeVar("T")
 
 _SCALAR_MAX = re.compile(r"\bMAX\((\w+), ")
 _NULL_SAFE_IS = re.compile(r"\bIS \?")
-_TYPES = ((re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"), "BYTEA"))
+_TYPES = (
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    # SQLite's INTEGER holds 8 bytes; PostgreSQL's 4 would overflow at $2.15 in nano-dollars.
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+)
 
 
 @functools.lru_cache(maxsize=256)
 def to_postgres(sql: str) -> str:
     """A statement written for SQLite, in PostgreSQL's dialect: ``%s`` placeholders, the
     two-argument ``MAX`` as ``GREATEST``, ``IS ?`` as ``IS NOT DISTINCT FROM``, 8-byte floats
-    and ``BYTEA`` in table definitions."""
+    and integers and ``BYTEA``."""
     sql = sql.replace("%", "%%")
     sql = _SCALAR_MAX.sub(r"GREATEST(\1, ", sql)
     sql = _NULL_SAFE_IS.sub("IS NOT DISTINCT FROM ?", sql)
@@ -64,6 +69,7 @@ class PostgresStore:
         schema: Sequence[str],
         error: type[OrchestratorError],
         additions: Sequence[str] = (),
+        migrate: Migration | None = None,
     ) -> None:
         if psycopg is None:
             raise ConfigError(f"a PostgreSQL database needs the distributed extra: {EXTRA_COMMAND}")
@@ -74,6 +80,7 @@ class PostgresStore:
         self.schema_name = f"orchestrator_{kind}"
         self.schema = tuple(schema)
         self.additions = tuple(additions)
+        self.migrate = migrate
         self.error = error
         self._pool: Any = None
         self._open_lock = asyncio.Lock()
@@ -115,12 +122,7 @@ class PostgresStore:
 
         async def atomically() -> T:
             async with pool.connection() as conn, conn.transaction():
-
-                async def execute(sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-                    cursor = await conn.execute(to_postgres(sql), args)
-                    return list(await cursor.fetchall()) if cursor.description else []
-
-                return await body(execute)
+                return await body(functools.partial(_execute, conn))
 
         try:
             return await uninterrupted(atomically())
@@ -216,6 +218,8 @@ class PostgresStore:
                     )
             for statement in self.additions:
                 await conn.execute(to_postgres(statement))
+            if self.migrate is not None:
+                await self.migrate(functools.partial(_execute, conn))
 
     def _translate(self, exc: Exception) -> OrchestratorError:
         return self.error(f"{self.kind} database {self.path}: {_first_line(exc)}")
@@ -226,6 +230,12 @@ class PostgresStore:
             pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+async def _execute(conn: Any, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One statement written for SQLite, on ``conn``, its rows read."""
+    cursor = await conn.execute(to_postgres(sql), args)
+    return list(await cursor.fetchall()) if cursor.description else []
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,9 @@ BUSY_TIMEOUT_MS = 5000
 Statement = tuple[str, tuple[Any, ...]]
 # Runs one statement inside a transaction and returns its rows.
 Execute = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+# Brings a store made by an earlier version up to date, inside the transaction that opens it;
+# run at every open, so it must see for itself whether there is anything left to do.
+Migration = Callable[[Execute], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -50,6 +54,7 @@ class SQLiteStore:
         error: type[OrchestratorError],
         synchronous: str = "NORMAL",
         additions: Sequence[str] = (),
+        migrate: Migration | None = None,
     ) -> None:
         self.path = path
         # FULL fsyncs every commit (a power loss keeps it); NORMAL may lose the last ones.
@@ -60,6 +65,7 @@ class SQLiteStore:
         # Idempotent statements (CREATE TABLE IF NOT EXISTS ...) for what later versions added:
         # run at every open, so a file made by an earlier version gains them in place.
         self.additions = tuple(additions)
+        self.migrate = migrate
         self.error = error
         self._db: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
@@ -175,6 +181,8 @@ class SQLiteStore:
                 await self._create_schema(db)
             if self.additions:
                 await uninterrupted(_atomically(db, [(sql, ()) for sql in self.additions]))
+            if self.migrate is not None:
+                await uninterrupted(_atomically(db, (), partial(self.migrate, partial(_run, db))))
             await self._enable_wal(db)
             await _run(db, f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.Error as exc:
@@ -281,6 +289,7 @@ def open_store(
     error: type[OrchestratorError],
     synchronous: str = "NORMAL",
     additions: Sequence[str] = (),
+    migrate: Migration | None = None,
 ) -> SQLiteStore | Any:
     """The store at ``location`` (a file path, or a ``postgresql://`` URL), else in the
     PostgreSQL database ``$ORCHESTRATOR_DB_URL`` names, else the SQLite file ``default``.
@@ -294,12 +303,12 @@ def open_store(
 
         return PostgresStore(
             str(location), kind=kind, format_tag=format_tag, schema=schema, error=error,
-            additions=additions,
+            additions=additions, migrate=migrate,
         )  # fmt: skip
     path = Path(location).expanduser() if location is not None else default
     return SQLiteStore(
         path, kind=kind, format_tag=format_tag, schema=schema, error=error,
-        synchronous=synchronous, additions=additions,
+        synchronous=synchronous, additions=additions, migrate=migrate,
     )  # fmt: skip
 
 

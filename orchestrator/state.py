@@ -21,11 +21,22 @@ from typing import Any
 
 from .errors import ConfigError, OrchestratorError
 from .models import ProjectStatus, Task, TaskType
+from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 from .settings import home_dir
 from .sqlite_store import Execute, Statement, open_store
 
 STATE_FORMAT = "orchestrator-state-1"
 
+# What each paid call cost, in integer nano-dollars (``money``): sums are exact.
+_JOURNAL = (
+    "CREATE TABLE journal ("
+    " project_id TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
+    " cost_nanos INTEGER NOT NULL, elapsed_seconds REAL NOT NULL, entry BLOB,"
+    " created_at REAL NOT NULL, PRIMARY KEY (project_id, key))"
+)
+_JOURNAL_INDEX = "CREATE INDEX journal_task ON journal (project_id, task_id)"
+# Marks a store whose amounts are integers; one made before is converted when opened.
+_MONEY_MARK = "INSERT INTO meta (key, value) VALUES ('money', 'integer nano-dollars')"
 _SCHEMA = (
     "CREATE TABLE projects ("
     " id TEXT PRIMARY KEY, description TEXT NOT NULL, criteria TEXT NOT NULL,"
@@ -37,11 +48,9 @@ _SCHEMA = (
     "CREATE TABLE results ("
     " project_id TEXT NOT NULL, task_id TEXT NOT NULL, final INTEGER NOT NULL,"
     " record BLOB NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (project_id, task_id))",
-    "CREATE TABLE journal ("
-    " project_id TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
-    " cost_usd REAL NOT NULL, elapsed_seconds REAL NOT NULL, entry BLOB,"
-    " created_at REAL NOT NULL, PRIMARY KEY (project_id, key))",
-    "CREATE INDEX journal_task ON journal (project_id, task_id)",
+    _JOURNAL,
+    _JOURNAL_INDEX,
+    _MONEY_MARK,
 )
 # Tables added since the format was first released; a file made before them gains them.
 _ADDITIONS = (
@@ -53,7 +62,18 @@ _ADDITIONS = (
     "CREATE TABLE IF NOT EXISTS model_telemetry (model TEXT PRIMARY KEY, record TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS integration (project_id TEXT PRIMARY KEY, record TEXT NOT NULL)",
     # The budget ledger: per scope (org, team:NAME, job:ID, project:ID) what was paid and what
-    # calls in flight hold, with the scope's cap (NULL: none), shared by every process here.
+    # calls in flight hold, with the scope's cap (NULL: none), shared by every process here;
+    # in integer nano-dollars, so a cap is reached exactly and never passed by a residue.
+    "CREATE TABLE IF NOT EXISTS money_ledger (scope TEXT PRIMARY KEY, cap_nanos INTEGER,"
+    " spent_nanos INTEGER NOT NULL, reserved_nanos INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS money_holds ("
+    " id TEXT PRIMARY KEY, project_id TEXT NOT NULL, owner TEXT NOT NULL, scopes TEXT NOT NULL,"
+    " amount_nanos INTEGER NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
+    " journal_key TEXT NOT NULL)",
+)
+# The ledger as files made before amounts were integers kept it, in float USD: read once, when
+# such a file is opened, and then dropped (``_to_nano_dollars``).
+_USD_LEDGER = (
     "CREATE TABLE IF NOT EXISTS budget_ledger ("
     " scope TEXT PRIMARY KEY, cap REAL, spent REAL NOT NULL, reserved REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS budget_reservations ("
@@ -68,8 +88,6 @@ _SCOPE_JOURNAL = {
     "team": "FROM journal j JOIN projects p ON p.id = j.project_id WHERE {team} = ?",
     "job": "FROM journal j JOIN projects p ON p.id = j.project_id WHERE {job} = ?",
 }
-# Less than a millionth of a cent: float sums that equal a cap must not pass it.
-_CAP_SLACK = 1e-9
 
 
 class StateError(OrchestratorError):
@@ -98,10 +116,18 @@ class SavedProject:
     execution_order: list[str]
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     final_tasks: set[str] = field(default_factory=set)
-    spent_usd: float = 0.0
-    phase_spent: dict[str, float] = field(default_factory=dict)
+    spent_nanos: int = 0  # what the journal says the project paid
+    phase_nanos: dict[str, int] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
     integration: dict[str, Any] | None = None  # ``Integration.to_dict()``
+
+    @property
+    def spent_usd(self) -> float:
+        return nanos_to_usd(self.spent_nanos)
+
+    @property
+    def phase_spent(self) -> dict[str, float]:
+        return {phase: nanos_to_usd(n) for phase, n in self.phase_nanos.items()}
 
 
 @dataclass(frozen=True)
@@ -133,6 +159,7 @@ class StateManager:
             error=StateError,
             # Paid calls are journaled here: a commit must survive a power loss or an OS crash.
             synchronous="FULL",
+            migrate=self._to_nano_dollars,
         )
         # A file's path, or a database's URL without its password.
         self.path: Path | str = self._store.path
@@ -273,7 +300,7 @@ class StateManager:
                 ("DELETE FROM cost_estimates WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM results WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM integration WHERE project_id = ?", (project_id,)),
-                ("DELETE FROM budget_ledger WHERE scope = ?", (f"project:{project_id}",)),
+                ("DELETE FROM money_ledger WHERE scope = ?", (f"project:{project_id}",)),
                 ("DELETE FROM projects WHERE id = ?", (project_id,)),
             ]
         )
@@ -396,12 +423,12 @@ class StateManager:
             if final:
                 project.final_tasks.add(task_id)
         for phase, cost, latest in await self._store.run(
-            "SELECT phase, SUM(cost_usd), MAX(elapsed_seconds) FROM journal"
+            "SELECT phase, SUM(cost_nanos), MAX(elapsed_seconds) FROM journal"
             " WHERE project_id = ? GROUP BY phase",
             (project_id,),
         ):
-            project.phase_spent[phase] = cost
-            project.spent_usd += cost
+            project.phase_nanos[phase] = int(cost)
+            project.spent_nanos += int(cost)
             # The clock is checkpointed per task; paid calls since then still moved it on.
             project.elapsed_seconds = max(project.elapsed_seconds, latest)
         for (record,) in await self._store.run(
@@ -434,7 +461,7 @@ class StateManager:
         """Every project, newest first."""
         rows = await self._store.run(
             "SELECT p.id, p.status, p.max_usd, p.task_count, p.updated_at,"
-            " (SELECT COALESCE(SUM(cost_usd), 0) FROM journal j WHERE j.project_id = p.id),"
+            " (SELECT COALESCE(SUM(cost_nanos), 0) FROM journal j WHERE j.project_id = p.id),"
             " (SELECT COUNT(*) FROM results r WHERE r.project_id = p.id AND r.final = 1)"
             " FROM projects p ORDER BY p.updated_at DESC, p.created_at DESC"
         )
@@ -442,7 +469,7 @@ class StateManager:
             ProjectSummary(
                 project_id=pid,
                 status=status,
-                spent_usd=spent,
+                spent_usd=nanos_to_usd(int(spent)),
                 max_usd=max_usd,
                 tasks_done=done,
                 tasks_total=total,
@@ -459,23 +486,24 @@ class StateManager:
         )
         return {row[0] for row in rows}
 
-    async def task_spend(self, project_id: str, task_id: str) -> float:
+    async def task_spend_nanos(self, project_id: str, task_id: str) -> int:
         """What the task's journaled calls cost, answered or not, over every run of it."""
         rows = await self._store.run(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM journal WHERE project_id = ? AND task_id = ?",
+            "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ? AND task_id = ?",
             (project_id, task_id),
         )
-        return float(rows[0][0])
+        return int(rows[0][0])
 
     async def journal_get(self, project_id: str, key: str) -> dict[str, Any] | None:
+        """A journaled answer, with ``cost_nanos``: what its call paid, every attempt of it."""
         rows = await self._store.run(
-            "SELECT entry, cost_usd FROM journal WHERE project_id = ? AND key = ?",
+            "SELECT entry, cost_nanos FROM journal WHERE project_id = ? AND key = ?",
             (project_id, key),
         )
         if not rows or rows[0][0] is None:
             return None
         entry = _unpack(rows[0][0])
-        entry["cost_usd"] = rows[0][1]
+        entry["cost_nanos"] = int(rows[0][1])
         return entry
 
     async def journal_put(
@@ -485,13 +513,13 @@ class StateManager:
         *,
         task_id: str,
         phase: str,
-        cost_usd: float,
+        cost_nanos: int,
         entry: dict[str, Any] | None,
         elapsed: float,
     ) -> None:
         """Record a paid call; ``entry`` None records spend with no answer to replay."""
         await self._store.run(
-            *_journal_row(project_id, key, task_id, phase, cost_usd, entry, elapsed)
+            *_journal_row(project_id, key, task_id, phase, cost_nanos, entry, elapsed)
         )
 
     # -- what calls cost, learnt per model and task type -----------------------------------------
@@ -552,10 +580,10 @@ class StateManager:
     async def measured_planning(self) -> list[float]:
         """What planning each planned project cost (its decomposition calls, from the journal)."""
         rows = await self._store.run(
-            "SELECT SUM(j.cost_usd) FROM journal j JOIN projects p ON p.id = j.project_id"
+            "SELECT SUM(j.cost_nanos) FROM journal j JOIN projects p ON p.id = j.project_id"
             " WHERE j.phase = 'decomposition' AND p.plan IS NOT NULL GROUP BY j.project_id"
         )
-        return [float(usd) for (usd,) in rows]
+        return [nanos_to_usd(int(nanos)) for (nanos,) in rows]
 
     # -- what runs measured about each model, across runs -------------------------------------
     async def model_telemetry(self) -> dict[str, dict[str, Any]]:
@@ -596,60 +624,66 @@ class StateManager:
                     (scope, cap),
                 )
             )
-            statements.append(_set_cap(scope, cap))
+            statements.append(_set_cap(scope, usd_to_nanos(cap)))
         await self._store.transaction(statements)
 
-    async def scope_spend(self, team: str | None, job_id: str | None) -> dict[str, float]:
+    async def scope_spend_nanos(self, team: str | None, job_id: str | None) -> dict[str, int]:
         """What every project here spent (``org``), and those charged to ``team`` / ``job_id``
         (their ``team`` / ``job`` setting): from the journal, so nothing paid is missed."""
 
         def charged_to(field: str) -> str:
             value = self._store.json_field("p.settings", field)
-            return f"COALESCE(SUM(CASE WHEN {value} = ? THEN j.cost_usd END), 0)"
+            return f"COALESCE(SUM(CASE WHEN {value} = ? THEN j.cost_nanos END), 0)"
 
         rows = await self._store.run(
-            f"SELECT COALESCE(SUM(j.cost_usd), 0), {charged_to('team')}, {charged_to('job')}"
+            f"SELECT COALESCE(SUM(j.cost_nanos), 0), {charged_to('team')}, {charged_to('job')}"
             " FROM journal j JOIN projects p ON p.id = j.project_id",
             (team, job_id),
         )
         org, team_spent, job_spent = rows[0]
-        spent = {"org": float(org)}
+        spent = {"org": int(org)}
         if team is not None:
-            spent[f"team:{team}"] = float(team_spent)
+            spent[f"team:{team}"] = int(team_spent)
         if job_id is not None:
-            spent[f"job:{job_id}"] = float(job_spent)
+            spent[f"job:{job_id}"] = int(job_spent)
         return spent
 
     # -- the budget ledger: reservations of calls in flight, shared by every process ------------
-    async def ledger_open(self, scopes: Iterable[str], project_id: str, max_usd: float) -> None:
+    async def ledger_open(self, scopes: Iterable[str], project_id: str, max_nanos: int) -> None:
         """Make sure every scope of a run has its ledger row (a new one starts from what the
-        journal says the scope paid, under its saved cap) and the project's cap is ``max_usd``."""
-        statements: list[Statement] = []
-        for scope in scopes:
-            kind, _, name = scope.partition(":")
-            source = _SCOPE_JOURNAL[kind].format(
-                team=self._store.json_field("p.settings", "team"),
-                job=self._store.json_field("p.settings", "job"),
-            )
-            statements.append(
-                (
-                    "INSERT INTO budget_ledger (scope, cap, spent, reserved)"
-                    " SELECT CAST(? AS TEXT), (SELECT max_usd FROM budget_caps WHERE scope = ?),"
-                    f" COALESCE(SUM(j.cost_usd), 0), 0 {source}"
-                    " ON CONFLICT (scope) DO NOTHING",
-                    (scope, scope, name or scope),
-                )
-            )
-        statements.append(_set_cap(f"project:{project_id}", max_usd))
-        await self._store.transaction(statements)
+        journal says the scope paid, under its saved cap) and the project's cap is
+        ``max_nanos``."""
 
-    async def ledger_set_cap(self, scope: str, cap: float) -> None:
-        await self._store.run(*_set_cap(scope, cap))
+        async def open_rows(execute: Execute) -> None:
+            caps = await _saved_caps(execute)
+            for scope in scopes:
+                await execute(*self._ledger_row(scope, caps.get(scope)))
+            await execute(*_set_cap(f"project:{project_id}", max_nanos))
+
+        await self._store.atomic(open_rows)
+
+    def _ledger_row(self, scope: str, cap_nanos: int | None, reserved_nanos: int = 0) -> Statement:
+        """A scope's new ledger row: what the journal says it paid, unless it has one."""
+        kind, _, name = scope.partition(":")
+        source = _SCOPE_JOURNAL[kind].format(
+            team=self._store.json_field("p.settings", "team"),
+            job=self._store.json_field("p.settings", "job"),
+        )
+        return (
+            "INSERT INTO money_ledger (scope, cap_nanos, spent_nanos, reserved_nanos)"
+            " SELECT CAST(? AS TEXT), CAST(? AS INTEGER),"
+            f" CAST(COALESCE(SUM(j.cost_nanos), 0) AS INTEGER), CAST(? AS INTEGER) {source}"
+            " ON CONFLICT (scope) DO NOTHING",
+            (scope, cap_nanos, reserved_nanos, name or scope),
+        )
+
+    async def ledger_set_cap(self, scope: str, cap_nanos: int) -> None:
+        await self._store.run(*_set_cap(scope, cap_nanos))
 
     async def ledger_reserve(
         self,
         hold_id: str,
-        amount: float,
+        amount_nanos: int,
         scopes: tuple[str, ...],
         *,
         project_id: str,
@@ -658,24 +692,21 @@ class StateManager:
         phase: str,
         journal_key: str,
     ) -> str | None:
-        """Hold ``amount`` on every scope, in their order, in one transaction: None when held,
-        else the first scope whose cap it could pass (then nothing is held anywhere)."""
+        """Hold ``amount_nanos`` on every scope, in their order, in one transaction: None when
+        held, else the first scope whose cap it could pass (then nothing is held anywhere)."""
 
         async def reserve(execute: Execute) -> str | None:
             for scope in scopes:
                 held = await execute(
-                    "UPDATE budget_ledger SET reserved = reserved + ? WHERE scope = ?"
-                    " AND (cap IS NULL OR spent + reserved + ? <= cap + ?) RETURNING scope",
-                    (amount, scope, amount, _CAP_SLACK),
+                    "UPDATE money_ledger SET reserved_nanos = reserved_nanos + ? WHERE scope = ?"
+                    " AND (cap_nanos IS NULL OR spent_nanos + reserved_nanos + ? <= cap_nanos)"
+                    " RETURNING scope",
+                    (amount_nanos, scope, amount_nanos),
                 )
                 if not held:
                     raise _Refused(scope)
-            await execute(
-                "INSERT INTO budget_reservations (id, project_id, owner, scopes, amount, task_id,"
-                " phase, journal_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (hold_id, project_id, owner, json.dumps(scopes), amount, task_id, phase,
-                 journal_key),
-            )  # fmt: skip
+            await execute(*_hold_row(hold_id, project_id, owner, scopes, amount_nanos, task_id,
+                                     phase, journal_key))  # fmt: skip
             return None
 
         try:
@@ -685,38 +716,40 @@ class StateManager:
 
     async def ledger(self, scopes: Iterable[str] | None = None) -> dict[str, LedgerRow]:
         """The ledger's rows (all of them, or those of ``scopes``)."""
-        rows = await self._store.run("SELECT scope, cap, spent, reserved FROM budget_ledger")
+        rows = await self._store.run(
+            "SELECT scope, cap_nanos, spent_nanos, reserved_nanos FROM money_ledger"
+        )
         wanted = None if scopes is None else set(scopes)
         return {
-            scope: LedgerRow(None if cap is None else float(cap), float(spent), float(reserved))
+            scope: LedgerRow(None if cap is None else int(cap), int(spent), int(reserved))
             for scope, cap, spent, reserved in rows
             if wanted is None or scope in wanted
         }
 
     async def ledger_settle(
         self,
-        settlements: Iterable[tuple[str, float]],
+        settlements: Iterable[tuple[str, int]],
         journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
-    ) -> float:
-        """Settle holds at what they cost (0: released) and, in the same transaction, add what
-        they cost to the call's journal row ``(project_id, key, task_id, phase, entry,
-        elapsed)`` (not written when they cost nothing and there is no entry). A hold no longer
-        there expired meanwhile (charged in full then): it adds nothing. Returns what was
-        charged."""
+    ) -> int:
+        """Settle holds at what they cost in nano-dollars (0: released) and, in the same
+        transaction, add what they cost to the call's journal row ``(project_id, key, task_id,
+        phase, entry, elapsed)`` (not written when they cost nothing and there is no entry). A
+        hold no longer there expired meanwhile (charged in full then): it adds nothing. Returns
+        what was charged."""
         settlements = list(settlements)
 
-        async def settle(execute: Execute) -> float:
-            charged = 0.0  # what the settled holds cost
-            for hold_id, actual in settlements:
+        async def settle(execute: Execute) -> int:
+            charged = 0  # what the settled holds cost
+            for hold_id, actual_nanos in settlements:
                 gone = await execute(
-                    "DELETE FROM budget_reservations WHERE id = ? RETURNING scopes, amount",
+                    "DELETE FROM money_holds WHERE id = ? RETURNING scopes, amount_nanos",
                     (hold_id,),
                 )
                 if not gone:
                     continue
-                scopes, amount = json.loads(gone[0][0]), float(gone[0][1])
-                await _move_to_spent(execute, scopes, amount, actual)
-                charged += actual
+                scopes, amount = json.loads(gone[0][0]), int(gone[0][1])
+                await _move_to_spent(execute, scopes, amount, actual_nanos)
+                charged += actual_nanos
             if journal is not None and (charged or journal[4] is not None):
                 project_id, key, task_id, phase, entry, elapsed = journal
                 await execute(
@@ -730,7 +763,7 @@ class StateManager:
         """Charge in full, and journal, the holds of runs that ended without settling them
         (their process died, or lost its project): the vendor may have billed those calls."""
         rows = await self._store.run(
-            "SELECT r.id, r.owner, p.owner, p.lease_until FROM budget_reservations r"
+            "SELECT r.id, r.owner, p.owner, p.lease_until FROM money_holds r"
             " LEFT JOIN projects p ON p.id = r.project_id"
         )
         if not rows:
@@ -745,6 +778,45 @@ class StateManager:
                 expired.append(found)
         return expired
 
+    async def _to_nano_dollars(self, execute: Execute) -> None:
+        """Bring a file made when amounts were float USD to integer nano-dollars, once, in the
+        transaction that opens it: each journaled cost to the nearest nano-dollar, the holds
+        of calls in flight carried over, and the ledger's rows rebuilt from the journal."""
+        if await execute("SELECT 1 FROM meta WHERE key = 'money'"):
+            return
+        for statement in _USD_LEDGER:  # a file older than the ledger has none: an empty one
+            await execute(statement)
+        await execute("DROP INDEX IF EXISTS journal_task")
+        await execute("ALTER TABLE journal RENAME TO journal_usd")
+        await execute(_JOURNAL)
+        await execute(_JOURNAL_INDEX)
+        for project_id, key, task_id, phase, cost_usd, elapsed, entry, created_at in await execute(
+            "SELECT project_id, key, task_id, phase, cost_usd, elapsed_seconds, entry, created_at"
+            " FROM journal_usd"
+        ):
+            await execute(
+                "INSERT INTO journal (project_id, key, task_id, phase, cost_nanos,"
+                " elapsed_seconds, entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (project_id, key, task_id, phase, usd_to_nanos(float(cost_usd)), elapsed, entry,
+                 created_at),
+            )  # fmt: skip
+        held: dict[str, int] = {}
+        for hold_id, project_id, owner, scopes, amount, task_id, phase, key in await execute(
+            "SELECT id, project_id, owner, scopes, amount, task_id, phase, journal_key"
+            " FROM budget_reservations"
+        ):
+            amount_nanos = usd_to_nanos(float(amount))
+            await execute(*_hold_row(hold_id, project_id, owner, tuple(json.loads(scopes)),
+                                     amount_nanos, task_id, phase, key))  # fmt: skip
+            for scope in json.loads(scopes):
+                held[scope] = held.get(scope, 0) + amount_nanos
+        for scope, cap in await execute("SELECT scope, cap FROM budget_ledger"):
+            cap_nanos = None if cap is None else usd_to_nanos(float(cap))
+            await execute(*self._ledger_row(scope, cap_nanos, held.get(scope, 0)))
+        for table in ("journal_usd", "budget_reservations", "budget_ledger"):
+            await execute(f"DROP TABLE {table}")
+        await execute(_MONEY_MARK)
+
     def _holder_alive(self, holder: str, lease_until: float, now: float) -> bool:
         if self._store.local_liveness and _on_this_host(holder):
             return _owner_alive(holder)
@@ -753,16 +825,18 @@ class StateManager:
 
 @dataclass(frozen=True)
 class LedgerRow:
-    cap: float | None
-    spent: float
-    reserved: float
+    """One scope's row, in nano-dollars; ``cap_nanos`` None: the scope has no cap."""
+
+    cap_nanos: int | None
+    spent_nanos: int
+    reserved_nanos: int
 
 
 @dataclass(frozen=True)
 class ExpiredHold:
     project_id: str
     owner: str
-    amount: float
+    amount_nanos: int
     phase: str
 
 
@@ -772,39 +846,64 @@ class _Refused(Exception):
         self.scope = scope
 
 
-async def _move_to_spent(execute: Execute, scopes: list[str], held: float, spent: float) -> None:
+async def _move_to_spent(execute: Execute, scopes: list[str], held: int, spent: int) -> None:
     for scope in scopes:
-        # Zero, not a float residue, once what is held is released: never below it either.
         await execute(
-            "UPDATE budget_ledger SET spent = spent + ?,"
-            " reserved = CASE WHEN reserved - ? > ? THEN reserved - ? ELSE 0 END WHERE scope = ?",
-            (spent, held, _CAP_SLACK, held, scope),
+            "UPDATE money_ledger SET spent_nanos = spent_nanos + ?,"
+            " reserved_nanos = reserved_nanos - ? WHERE scope = ?",
+            (spent, held, scope),
         )
 
 
-def _set_cap(scope: str, cap: float) -> Statement:
-    return ("UPDATE budget_ledger SET cap = ? WHERE scope = ?", (cap, scope))
+def _set_cap(scope: str, cap_nanos: int) -> Statement:
+    return (
+        "UPDATE money_ledger SET cap_nanos = ? WHERE scope = ?",
+        (checked_nanos(cap_nanos), scope),
+    )
+
+
+async def _saved_caps(execute: Execute) -> dict[str, int]:
+    """The caps saved for the organisation, teams and jobs (in USD, as they were given)."""
+    rows = await execute("SELECT scope, max_usd FROM budget_caps")
+    return {str(scope): usd_to_nanos(float(cap)) for scope, cap in rows}
+
+
+def _hold_row(
+    hold_id: str,
+    project_id: str,
+    owner: str,
+    scopes: tuple[str, ...],
+    amount_nanos: int,
+    task_id: str,
+    phase: str,
+    journal_key: str,
+) -> Statement:
+    return (
+        "INSERT INTO money_holds (id, project_id, owner, scopes, amount_nanos, task_id, phase,"
+        " journal_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (hold_id, project_id, owner, json.dumps(scopes), amount_nanos, task_id, phase,
+         journal_key),
+    )  # fmt: skip
 
 
 def _expire(hold_id: str) -> Any:
     async def expire(execute: Execute) -> ExpiredHold | None:
         gone = await execute(
-            "DELETE FROM budget_reservations WHERE id = ?"
-            " RETURNING project_id, owner, scopes, amount, task_id, phase, journal_key",
+            "DELETE FROM money_holds WHERE id = ?"
+            " RETURNING project_id, owner, scopes, amount_nanos, task_id, phase, journal_key",
             (hold_id,),
         )
         if not gone:
             return None  # settled or expired by another process meanwhile
         project_id, owner, scopes, amount, task_id, phase, key = gone[0]
-        await _move_to_spent(execute, json.loads(scopes), float(amount), float(amount))
+        amount = int(amount)
+        await _move_to_spent(execute, json.loads(scopes), amount, amount)
         # Kept like a call cut off in flight: spend with nothing to replay, asked again on resume.
-        sql, args = _journal_row(
-            project_id, f"{key}#unanswered", task_id, phase, float(amount), None, 0.0
-        )
+        sql, args = _journal_row(project_id, f"{key}#unanswered", task_id, phase, amount, None, 0.0)
         exists = await execute("SELECT 1 FROM projects WHERE id = ?", (project_id,))
         if exists:
             await execute(sql, args)
-        return ExpiredHold(project_id, owner, float(amount), phase)
+        return ExpiredHold(project_id, owner, amount, phase)
 
     return expire
 
@@ -814,16 +913,16 @@ def _journal_row(
     key: str,
     task_id: str,
     phase: str,
-    cost_usd: float,
+    cost_nanos: int,
     entry: dict[str, Any] | None,
     elapsed: float,
 ) -> Statement:
     """A paid call's journal row; its cost adds to what the key already recorded."""
     return (
-        "INSERT INTO journal (project_id, key, task_id, phase, cost_usd, elapsed_seconds,"
+        "INSERT INTO journal (project_id, key, task_id, phase, cost_nanos, elapsed_seconds,"
         " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (project_id, key) DO UPDATE SET"
-        " cost_usd = journal.cost_usd + excluded.cost_usd,"
+        " cost_nanos = journal.cost_nanos + excluded.cost_nanos,"
         " entry = COALESCE(excluded.entry, journal.entry),"
         " elapsed_seconds = excluded.elapsed_seconds",
         (
@@ -831,7 +930,7 @@ def _journal_row(
             key,
             task_id,
             phase,
-            cost_usd,
+            checked_nanos(cost_nanos),
             elapsed,
             None if entry is None else _pack(entry),
             time.time(),

@@ -18,6 +18,7 @@ from .fallback import ChainFailed, Failures, first_answer
 from .gateway import LLMGateway
 from .integration import INTEGRATION_PHASE
 from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
+from .money import nanos_to_usd, usd_to_nanos
 from .prompts import (
     CRITIQUE_SYSTEM,
     EVALUATE_SYSTEM,
@@ -130,6 +131,9 @@ class TaskRunner:
         self.ctx = ctx
         self.dependencies = dependencies
         self.result = result
+        # What this run of the task paid, exactly (``result.cost_usd`` shows it, over what
+        # earlier runs paid); the checkpoint then reads the task's cost from the journal.
+        self._paid_nanos = usd_to_nanos(result.cost_usd)
         # Whether the kept answer's score rests on enough verdicts for the task to complete.
         self._confirmed = False
         self._critic: Model | None = None  # the model whose critique the answer last got
@@ -495,7 +499,7 @@ class TaskRunner:
 
         def failed(model: Model, exc: Exception) -> None:
             assert isinstance(exc, ProviderError | BudgetExceeded)
-            self.result.cost_usd += exc.spent_usd
+            self._paid(exc.spent_nanos)
             error = {**about, "error": str(exc)}
             self.ctx.emit(Event("call_failed", self.task.id, model.value, step, error))
             log.debug("%s %s: %s failed, next model: %s", self.task.id, phase, model.value, exc)
@@ -508,7 +512,7 @@ class TaskRunner:
             )
         except ChainFailed as exc:
             raise self._chain_error(exc.failures, phase) from None
-        self.result.cost_usd += answer.cost_usd
+        self._paid(answer.cost_nanos)
         predictor = self.ctx.router.cost_model
         if predictor is not None and not (answer.from_cache or answer.replayed):
             task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
@@ -524,6 +528,10 @@ class TaskRunner:
         }
         self.ctx.emit(Event("call_finished", self.task.id, model.value, step, finished))
         return answer, model
+
+    def _paid(self, nanos: int) -> None:
+        self._paid_nanos += nanos
+        self.result.cost_usd = nanos_to_usd(self._paid_nanos)
 
     def _chain_error(self, failures: Failures, phase: str) -> Exception:
         """What ends a call no model answered: the budget, an outage, or the chain's end (a

@@ -18,6 +18,7 @@ from scripted_llm import ScriptedLLM
 from orchestrator import Budget, RetryPolicy, UnifiedClient
 from orchestrator.gateway import Journal, LLMGateway
 from orchestrator.ledger import Ledger
+from orchestrator.money import usd_to_nanos
 from orchestrator.state import StateManager
 
 KEY_VARIABLES = (
@@ -154,7 +155,7 @@ async def gateway(fake, tmp_path):
     )
     assert await store.claim("p", "tests:1:gateway", 600.0) is None
     ledger = Ledger(store, "p", "tests:1:gateway")
-    await ledger.open(5.0, None, None)
+    await ledger.open(usd_to_nanos(5.0), None, None)
     budget = Budget(max_usd=5.0, max_time_seconds=60)
     journal = Journal(store, "p", budget, ledger)
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=10) as client:

@@ -14,6 +14,7 @@ import sys
 
 from orchestrator.budget import BudgetExceeded
 from orchestrator.ledger import Hold, Ledger
+from orchestrator.money import usd_to_nanos
 from orchestrator.state import StateManager, new_owner
 
 TEAM, JOB = "eng", "nightly"
@@ -26,21 +27,22 @@ class NaiveLedger(Ledger):
         rows = await self.store.ledger(self.scopes)
         for scope in self.scopes:
             row = rows[scope]
-            if row.cap is not None and row.spent + row.reserved + hold.amount > row.cap:
+            committed = row.spent_nanos + row.reserved_nanos + hold.amount_nanos
+            if row.cap_nanos is not None and committed > row.cap_nanos:
                 raise BudgetExceeded(f"{scope} is full")
         # The time a decision takes between the read and the write: wide enough that callers
         # overlap in it on a loaded machine too (at 2 ms, one run in many happened not to).
         await asyncio.sleep(0.02)
         for scope in self.scopes:
             await self.store._store.run(
-                "UPDATE budget_ledger SET reserved = reserved + ? WHERE scope = ?",
-                (hold.amount, scope),
+                "UPDATE money_ledger SET reserved_nanos = reserved_nanos + ? WHERE scope = ?",
+                (hold.amount_nanos, scope),
             )
         await self.store._store.run(
-            "INSERT INTO budget_reservations (id, project_id, owner, scopes, amount, task_id,"
+            "INSERT INTO money_holds (id, project_id, owner, scopes, amount_nanos, task_id,"
             " phase, journal_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (hold.id, self.project_id, self.owner, _json(self.scopes), hold.amount, task_id,
-             phase, journal_key),
+            (hold.id, self.project_id, self.owner, _json(self.scopes), hold.amount_nanos,
+             task_id, phase, journal_key),
         )  # fmt: skip
 
 
@@ -56,22 +58,22 @@ async def main(location: str, project_id: str, calls: int, amount: float, mode: 
         assert await store.claim(project_id, owner, 60.0) is None
         kind = NaiveLedger if mode == "naive" else Ledger
         ledger = kind(store, project_id, owner)
-        await ledger.open(100.0, TEAM, JOB)
+        await ledger.open(usd_to_nanos(100.0), TEAM, JOB)
         paid = 0
 
         async def caller(number: int) -> None:
             nonlocal paid
             while True:
-                hold = ledger.new_hold(amount)
+                hold = ledger.new_hold(usd_to_nanos(amount))
                 try:
                     await ledger.reserve(hold, task_id="t", phase="generation", journal_key="k")
                 except BudgetExceeded:
                     return
                 await asyncio.sleep(0.005)  # the provider answers
-                hold.actual = amount  # every call costs its worst case: room is exact
+                hold.actual_nanos = hold.amount_nanos  # every call costs its worst case
                 key = f"{owner}-{number}-{paid}"
                 row = (project_id, key, "t", "generation", None, 0.0)
-                await store.ledger_settle([(hold.id, hold.actual)], row)
+                await store.ledger_settle([(hold.id, hold.actual_nanos)], row)
                 paid += 1
 
         await asyncio.gather(*(caller(n) for n in range(calls)))

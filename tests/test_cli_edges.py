@@ -16,6 +16,7 @@ from conftest import clean_environment, fake_env, run_cli, write_file
 import orchestrator
 from orchestrator import Budget, ConfigError, Orchestrator
 from orchestrator.models import ProjectState, ProjectStatus
+from orchestrator.money import usd_to_nanos
 from orchestrator.progress import format_usd, results_table
 from orchestrator.state import StateManager
 
@@ -102,7 +103,7 @@ def test_dollars_are_shown_with_enough_digits_to_be_true(value, shown):
 
 def test_a_small_budget_is_shown_as_it_is_in_the_results():
     state = ProjectState("p", "d", "c", Budget(max_usd=0.005), status=ProjectStatus.SUCCESS)
-    state.budget.charge(0.0042, "generation")
+    state.budget.charge(usd_to_nanos(0.0042), "generation")
 
     assert "spent $0.0042 of $0.005" in results_table(state)
 

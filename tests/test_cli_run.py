@@ -15,6 +15,7 @@ from scripted_llm import TaskScript
 from test_engine import prose_task
 from test_exactness import take_over_at_first_grading
 
+from orchestrator.money import nanos_to_usd
 from orchestrator.progress import format_usd
 
 PROJECT = "[project] Build an add library"
@@ -248,8 +249,8 @@ def test_a_run_whose_project_was_taken_over_exits_6_with_the_stores_spend(fake, 
 
     assert result.returncode == 6, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    (journaled,) = sqlite_rows(state_file, "SELECT SUM(cost_usd) FROM journal")[0]
-    assert f"status SYSTEM_FAILURE: spent {format_usd(journaled)} of" in result.stdout
+    (journaled,) = sqlite_rows(state_file, "SELECT SUM(cost_nanos) FROM journal")[0]
+    assert f"status SYSTEM_FAILURE: spent {format_usd(nanos_to_usd(journaled))} of" in result.stdout
     assert "reason: stopped paying: another run took project 'p1'" in result.stdout
 
 

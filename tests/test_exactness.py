@@ -42,10 +42,11 @@ from orchestrator import (
 from orchestrator import lease as lease_module
 from orchestrator.cache import DiskCache
 from orchestrator.catalog import Catalog
-from orchestrator.client import worst_case_cost
+from orchestrator.client import worst_case_nanos
 from orchestrator.engine import Orchestrator
 from orchestrator.gateway import LLMGateway
 from orchestrator.models import ProjectStatus, TaskResult, TaskStatus
+from orchestrator.money import nanos_to_usd, usd_to_nanos
 from orchestrator.providers.base import ChatRequest, Message
 from orchestrator.state import StateError, StateManager
 
@@ -88,15 +89,16 @@ async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_n
     # Later autocommit writes of the run are really committed, not joined to an open
     # transaction and rolled back at close.
     await store.journal_put(
-        "p", "k", task_id="a", phase="generation", cost_usd=0.42, entry=None, elapsed=2.0
-    )
+        "p", "k", task_id="a", phase="generation", cost_nanos=420_000_000, entry=None,
+        elapsed=2.0,
+    )  # fmt: skip
     await store.finish("p", ProjectStatus.INTERRUPTED, "interrupted", 2.0)
     another = sqlite3.connect(tmp_path / "state.db", timeout=0.5)
     another.execute("BEGIN IMMEDIATE")  # nobody holds the file's write lock
     another.rollback()
     another.close()
     await store.aclose()
-    assert sqlite_rows(tmp_path / "state.db", "SELECT cost_usd FROM journal") == [(0.42,)]
+    assert sqlite_rows(tmp_path / "state.db", "SELECT cost_nanos FROM journal") == [(420_000_000,)]
     assert sqlite_rows(tmp_path / "state.db", "SELECT status FROM projects") == [("INTERRUPTED",)]
     # The transaction itself ran to its end: the checkpoint is complete.
     assert sqlite_rows(tmp_path / "state.db", "SELECT task_id, final FROM results") == [("a", 1)]
@@ -126,10 +128,10 @@ SCHEMA = {
 HTML_PAGE = "<html><body><h1>502 Bad Gateway</h1></body></html>"
 
 
-def worst_case(gateway: LLMGateway, model: str, prompt: str, max_tokens: int) -> float:
+def worst_case(gateway: LLMGateway, model: str, prompt: str, max_tokens: int) -> int:
     m = gateway.client.catalog.resolve(model)
     request = ChatRequest(messages=(Message("user", prompt),), max_tokens=max_tokens)
-    return worst_case_cost(m, request)
+    return worst_case_nanos(m, request)
 
 
 async def ask(gateway: LLMGateway, model: str, prompt: str = "hello", **options):
@@ -138,10 +140,11 @@ async def ask(gateway: LLMGateway, model: str, prompt: str = "hello", **options)
     return await gateway.ask(m, [Message("user", prompt)], task_id="t", **options)
 
 
-async def journal_rows(gateway: LLMGateway) -> list[tuple[str, float, bool]]:
-    """(what the row keeps: an answer or nothing to replay, its cost, whether kept) per call."""
+async def journal_rows(gateway: LLMGateway) -> list[tuple[str, int, bool]]:
+    """(what the row keeps: an answer or nothing to replay, its cost in nano-dollars, whether
+    kept) per call."""
     rows = await gateway.journal.store._store.run(
-        "SELECT cost_usd, entry IS NOT NULL FROM journal ORDER BY created_at"
+        "SELECT cost_nanos, entry IS NOT NULL FROM journal ORDER BY created_at"
     )
     return [("answer" if kept else "unanswered", cost, bool(kept)) for cost, kept in rows]
 
@@ -158,9 +161,9 @@ async def test_a_garbled_vendor_answer_is_a_provider_failure_charged_at_its_wors
     assert caught.value.__cause__ is not None  # the SDK's own exception is kept as the cause
     # The vendor got the request and may bill it: charged its worst case, and journaled.
     charged = worst_case(gateway, "gpt-4o-mini", "hello", 100)
-    assert caught.value.spent_usd == pytest.approx(charged)
-    assert gateway.budget.spent_usd == pytest.approx(charged)
-    assert await journal_rows(gateway) == [("unanswered", pytest.approx(charged), False)]
+    assert caught.value.spent_nanos == charged
+    assert gateway.budget.spent_nanos == charged
+    assert await journal_rows(gateway) == [("unanswered", charged, False)]
 
 
 async def test_a_call_cancelled_in_flight_is_charged_its_worst_case_and_journaled(gateway, fake):
@@ -173,9 +176,9 @@ async def test_a_call_cancelled_in_flight_is_charged_its_worst_case_and_journale
         await call
 
     charged = worst_case(gateway, "gpt-4o-mini", "hello", 100)
-    assert gateway.budget.spent_usd == pytest.approx(charged)
-    assert gateway.budget.reserved_usd == 0
-    assert await journal_rows(gateway) == [("unanswered", pytest.approx(charged), False)]
+    assert gateway.budget.spent_nanos == charged
+    assert gateway.budget.reserved_nanos == 0
+    assert await journal_rows(gateway) == [("unanswered", charged, False)]
 
 
 async def test_a_structured_answer_paid_before_a_cancelled_repair_stays_in_the_journal(
@@ -192,7 +195,7 @@ async def test_a_structured_answer_paid_before_a_cancelled_repair_stays_in_the_j
     [(kind, cost, kept)] = await journal_rows(gateway)
     assert kind == "unanswered" and not kept
     # The first (paid, invalid) answer and the repair's worst case are both on the books.
-    assert cost == pytest.approx(gateway.budget.spent_usd)
+    assert cost == gateway.budget.spent_nanos
     assert cost > worst_case(gateway, "gpt-4o-mini", "hello", 100)
 
 
@@ -200,8 +203,8 @@ async def test_a_repair_refused_by_the_budget_reports_what_the_first_answer_cost
     fake.script("gpt-4o-mini", "x" * 20_000)
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=10) as client:
         m = client.catalog.resolve("gpt-4o-mini")
-        first = worst_case_cost(m, ChatRequest(messages=(Message("user", "hi"),), max_tokens=50))
-        budget = Budget(max_usd=first * 3, max_time_seconds=60)
+        first = worst_case_nanos(m, ChatRequest(messages=(Message("user", "hi"),), max_tokens=50))
+        budget = Budget(max_usd=nanos_to_usd(first * 3), max_time_seconds=60)
 
         with pytest.raises(BudgetExceeded) as caught:
             await client.complete(
@@ -357,9 +360,9 @@ def take_over_at_first_grading(llm, store: Path | str, delay: float):
             sqlite_rows(store, "UPDATE projects SET owner = ?, lease_until = 1e12", (THIEF,))
             sqlite_rows(
                 store,
-                "INSERT INTO journal (project_id, key, task_id, phase, cost_usd,"
+                "INSERT INTO journal (project_id, key, task_id, phase, cost_nanos,"
                 " elapsed_seconds, entry, created_at) VALUES (?, ?, ?, ?, ?, 0, NULL, 0)",
-                ("p1", "thief-call", "only", "generation", THIEFS_CALL_USD),
+                ("p1", "thief-call", "only", "generation", usd_to_nanos(THIEFS_CALL_USD)),
             )
             reply.delay = delay
         return reply
@@ -394,9 +397,9 @@ async def test_a_run_that_lost_its_lease_ends_system_failure_reporting_the_store
     assert "another run took project 'p1'" in state.reason
     assert "\n" not in state.reason
     # The project's spend as journaled, the other run's call included; not this run's own.
-    (journaled,) = sqlite_rows(state_file, "SELECT SUM(cost_usd) FROM journal")[0]
-    assert journaled > THIEFS_CALL_USD
-    assert state.budget.spent_usd == pytest.approx(journaled)
+    (journaled,) = sqlite_rows(state_file, "SELECT SUM(cost_nanos) FROM journal")[0]
+    assert journaled > usd_to_nanos(THIEFS_CALL_USD)
+    assert state.budget.spent_nanos == journaled
     # The project is left to the run that took it: nothing of the loser's is written over it.
     assert sqlite_rows(state_file, "SELECT owner, status FROM projects") == [(THIEF, "RUNNING")]
     assert sqlite_rows(state_file, "SELECT task_id FROM results") == []
@@ -516,11 +519,11 @@ async def test_a_tasks_cost_is_what_its_journal_holds_even_for_calls_cancelled_i
 
     async with StateManager() as store:
         saved = await store.load("p1")
-        journaled = await store.task_spend("p1", "core")
+        journaled = await store.task_spend_nanos("p1", "core")
     rows = sqlite_rows(store.path, "SELECT entry IS NULL FROM journal WHERE task_id = 'core'")
     assert any(unanswered for (unanswered,) in rows)  # the critique, charged
-    assert saved.results["core"]["cost_usd"] == pytest.approx(journaled)
-    assert saved.spent_usd == pytest.approx(journaled)  # no decomposition: core is all of it
+    assert saved.results["core"]["cost_usd"] == nanos_to_usd(journaled)
+    assert saved.spent_nanos == journaled  # no decomposition: core is all of it
 
 
 # --- the books, under random interruptions and failures --------------------------------------
@@ -536,7 +539,7 @@ class BillingVendor:
     def __init__(self, llm: ScriptedLLM, rng: random.Random) -> None:
         self.llm, self.rng = llm, rng
         self.failing = True
-        self.billed = 0.0
+        self.billed = 0  # in nano-dollars
         self._lock = threading.Lock()
 
     def __call__(self, request: RecordedRequest) -> Reply:
@@ -551,14 +554,14 @@ class BillingVendor:
                 reply = Reply(raw_body="<html>a proxy's error page</html>")
             elif roll < 0.35:
                 reply = dataclasses.replace(reply, delay=self.rng.uniform(0.05, 0.4))
-            self.billed += CATALOG.resolve(request.model).price.cost(*usage(request, reply))
+            self.billed += CATALOG.resolve(request.model).price.cost_nanos(*usage(request, reply))
         return reply
 
 
-async def journal_costs(only_answered: bool = False) -> dict[str, float]:
+async def journal_costs(only_answered: bool = False) -> dict[str, int]:
     async with StateManager() as store:
         rows = await store._store.run(
-            "SELECT key, cost_usd FROM journal"
+            "SELECT key, cost_nanos FROM journal"
             + (" WHERE entry IS NOT NULL" if only_answered else "")
         )
     return dict(rows)
@@ -577,7 +580,7 @@ async def resume_paying_nothing_twice(fake, plan, vendor: BillingVendor):
     assert resumed.status in (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS), resumed.reason
     after = await journal_costs()
     # A resume replays every journaled answer: no journaled call was paid for again.
-    assert {key: after[key] for key in answered} == pytest.approx(answered)
+    assert {key: after[key] for key in answered} == answered
     return resumed, after
 
 
@@ -608,8 +611,8 @@ async def test_random_interruptions_and_failures_never_break_the_books(fake, llm
         await run
 
     recorded = sum((await journal_costs()).values())
-    assert recorded <= budget.max_usd + 1e-9  # the ceiling held
-    assert vendor.billed <= recorded + 1e-9  # nothing the vendor billed is missing
+    assert recorded <= budget.max_nanos  # the ceiling held
+    assert vendor.billed <= recorded  # nothing the vendor billed is missing
     if not await project_recorded("p1"):
         # Ctrl-C before the run recorded its project (a slow start): nothing was paid, and
         # there is nothing to resume.
@@ -617,9 +620,10 @@ async def test_random_interruptions_and_failures_never_break_the_books(fake, llm
         return
     resumed, after = await resume_paying_nothing_twice(fake, plan, vendor)
 
-    assert vendor.billed <= sum(after.values()) + 1e-9
-    assert resumed.budget.spent_usd == pytest.approx(sum(after.values()))
-    assert sum(r.cost_usd for r in resumed.results.values()) == pytest.approx(sum(after.values()))
+    assert vendor.billed <= sum(after.values())
+    assert resumed.budget.spent_nanos == sum(after.values())
+    tasks = sum(usd_to_nanos(r.cost_usd) for r in resumed.results.values())
+    assert tasks == sum(after.values())
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -650,8 +654,8 @@ async def test_kill_9_at_a_random_point_loses_at_most_the_calls_in_flight(
         await process.wait()
 
     recorded = sum((await journal_costs()).values())
-    assert recorded <= max_usd + 1e-9
+    assert recorded <= usd_to_nanos(max_usd)
     # Nobody is left to record the calls in flight: they, at most, are billed but not recorded.
     in_flight = [r for r in fake.requests[max(0, at_kill - 3) :] if r.model]
-    assert vendor.billed <= recorded + sum(worst_case_of(r) for r in in_flight) + 1e-9
+    assert vendor.billed <= recorded + sum(usd_to_nanos(worst_case_of(r)) for r in in_flight)
     await resume_paying_nothing_twice(fake, plan, vendor)

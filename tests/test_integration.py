@@ -24,6 +24,7 @@ from scripted_llm import ScriptedLLM
 from orchestrator import Budget, RetryPolicy, UnifiedClient
 from orchestrator.engine import Orchestrator
 from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.money import nanos_to_usd
 from orchestrator.output_writer import write_outputs
 from orchestrator.sandbox import detect
 from orchestrator.state import StateManager
@@ -476,8 +477,8 @@ def test_kill_9_during_integration_then_resume_finishes_it_paying_for_nothing_tw
     # The request killed in flight may have been billed: its hold was charged in full.
     assert [task for task, key in journal if key.endswith("#unanswered")] == ["tests"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    total = sqlite_rows(home / "state.db", "SELECT SUM(cost_usd) FROM journal")[0][0]
-    assert summary["budget"]["spent_usd"] == pytest.approx(total)
+    total = sqlite_rows(home / "state.db", "SELECT SUM(cost_nanos) FROM journal")[0][0]
+    assert summary["budget"]["spent_usd"] == nanos_to_usd(total)
     rounds = summary["integration"]["rounds"]
     assert [r["passed"] for r in rounds] == [False, True]
     assert (tmp_path / "out" / "project" / "ratelimit" / "bucket.py").read_text().count("<= 0")

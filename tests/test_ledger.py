@@ -4,6 +4,7 @@ row and its settlement commit together, and a hold a dead run left behind is cha
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from conftest import clean_environment
 
 from orchestrator.budget import BudgetExceeded
 from orchestrator.ledger import Ledger, run_scopes
+from orchestrator.money import usd_to_nanos as nanos
 from orchestrator.state import StateManager
 
 PROJECT = {
@@ -33,12 +35,12 @@ async def project(store: StateManager, project_id: str, owner: str = "host:1:run
 
 async def opened(store: StateManager, project_id: str, owner: str = "host:1:run") -> Ledger:
     ledger = Ledger(store, project_id, owner)
-    await ledger.open(PROJECT["max_usd"], "eng", "nightly")
+    await ledger.open(nanos(PROJECT["max_usd"]), "eng", "nightly")
     return ledger
 
 
-async def held(ledger: Ledger, amount: float, key: str = "call"):
-    hold = ledger.new_hold(amount)
+async def held(ledger: Ledger, amount_usd: float, key: str = "call"):
+    hold = ledger.new_hold(nanos(amount_usd))
     await ledger.reserve(hold, task_id="t", phase="generation", journal_key=key)
     return hold
 
@@ -59,21 +61,22 @@ async def test_a_call_holds_its_worst_case_on_every_scope_and_its_journal_row_se
         hold = await held(ledger, 0.5)
         during = await store.ledger()
         charged = await store.ledger_settle(
-            [(hold.id, 0.2)], ("p", "call", "t", "generation", {"text": "ok"}, 1.0)
+            [(hold.id, nanos(0.2))], ("p", "call", "t", "generation", {"text": "ok"}, 1.0)
         )
         after = await store.ledger()
         journal = await store.journal_get("p", "call")
 
-    assert {s: (r.spent, r.reserved) for s, r in during.items()} == dict.fromkeys(
-        ledger.scopes, (0.0, 0.5)
+    assert {s: (r.spent_nanos, r.reserved_nanos) for s, r in during.items()} == dict.fromkeys(
+        ledger.scopes, (0, nanos(0.5))
     )
-    assert during["team:eng"].cap == 3.0 and during["project:p"].cap == 5.0
-    assert during["org"].cap is None and during["job:nightly"].cap is None
-    assert charged == pytest.approx(0.2)
-    assert {s: (r.spent, r.reserved) for s, r in after.items()} == dict.fromkeys(
-        ledger.scopes, (pytest.approx(0.2), 0.0)
+    assert during["team:eng"].cap_nanos == nanos(3.0)
+    assert during["project:p"].cap_nanos == nanos(5.0)
+    assert during["org"].cap_nanos is None and during["job:nightly"].cap_nanos is None
+    assert charged == nanos(0.2)
+    assert {s: (r.spent_nanos, r.reserved_nanos) for s, r in after.items()} == dict.fromkeys(
+        ledger.scopes, (nanos(0.2), 0)
     )
-    assert journal is not None and journal["cost_usd"] == pytest.approx(0.2)
+    assert journal is not None and journal["cost_nanos"] == nanos(0.2)
 
 
 async def test_a_call_that_could_pass_a_cap_is_refused_naming_it_and_holds_nothing(
@@ -84,7 +87,9 @@ async def test_a_call_that_could_pass_a_cap_is_refused_naming_it_and_holds_nothi
         await project(store, "p")
         ledger = await opened(store, "p")
         first = await held(ledger, 0.4)
-        await store.ledger_settle([(first.id, 0.4)], ("p", "a", "t", "generation", None, 0.0))
+        await store.ledger_settle(
+            [(first.id, nanos(0.4))], ("p", "a", "t", "generation", None, 0.0)
+        )
 
         with pytest.raises(BudgetExceeded) as refused:
             await held(ledger, 0.7)
@@ -95,7 +100,7 @@ async def test_a_call_that_could_pass_a_cap_is_refused_naming_it_and_holds_nothi
         "a call needing up to $0.7000 does not fit"
     )
     # The org and team rows it passed first hold nothing of it: one transaction, rolled back.
-    assert [rows[s].reserved for s in ledger.scopes] == [0.0, 0.0, 0.0, 0.0]
+    assert [rows[s].reserved_nanos for s in ledger.scopes] == [0, 0, 0, 0]
 
 
 async def test_a_call_waits_while_calls_in_flight_hold_the_room_it_needs(state_location):
@@ -109,12 +114,15 @@ async def test_a_call_waits_while_calls_in_flight_hold_the_room_it_needs(state_l
         await asyncio.sleep(0.2)
         waited = not second.done()
         # The first call cost less than its worst case: the second fits now.
-        await store.ledger_settle([(first.id, 0.3)], ("p", "first", "t", "generation", None, 0))
+        await store.ledger_settle(
+            [(first.id, nanos(0.3))], ("p", "first", "t", "generation", None, 0)
+        )
         await asyncio.wait_for(second, 5)
         rows = await store.ledger(["team:eng"])
 
     assert waited
-    assert (rows["team:eng"].spent, rows["team:eng"].reserved) == (pytest.approx(0.3), 0.5)
+    team = rows["team:eng"]
+    assert (team.spent_nanos, team.reserved_nanos) == (nanos(0.3), nanos(0.5))
 
 
 async def test_a_hold_left_by_a_run_that_lost_its_project_is_charged_in_full_and_journaled(
@@ -127,21 +135,23 @@ async def test_a_hold_left_by_a_run_that_lost_its_project_is_charged_in_full_and
         await store.release("p", "elsewhere:1:gone")  # its lease ended without settling
 
         assert await store.claim("p", "host:2:next", 60.0) is None
-        expired = await Ledger(store, "p", "host:2:next").open(5.0, "eng", "nightly")
+        expired = await Ledger(store, "p", "host:2:next").open(nanos(5.0), "eng", "nightly")
         late = await store.ledger_settle(
-            [(hold.id, 0.1)], ("p", "late", "t", "generation", None, 0)
+            [(hold.id, nanos(0.1))], ("p", "late", "t", "generation", None, 0)
         )
         rows = await store.ledger()
         journal = await store.journal_get("p", "in-flight#unanswered")
-        unanswered = await store.task_spend("p", "t")
+        unanswered = await store.task_spend_nanos("p", "t")
 
-    assert [(h.project_id, h.amount, h.phase) for h in expired] == [("p", 0.6, "generation")]
-    assert {s: (r.spent, r.reserved) for s, r in rows.items()} == dict.fromkeys(
-        gone.scopes, (0.6, 0.0)
+    assert [(h.project_id, h.amount_nanos, h.phase) for h in expired] == [
+        ("p", nanos(0.6), "generation")
+    ]
+    assert {s: (r.spent_nanos, r.reserved_nanos) for s, r in rows.items()} == dict.fromkeys(
+        gone.scopes, (nanos(0.6), 0)
     )
     assert journal is None  # nothing to replay: it is asked again, its worst case is charged
-    assert unanswered == pytest.approx(0.6)
-    assert late == 0.0  # a settlement that comes after the expiry adds nothing
+    assert unanswered == nanos(0.6)
+    assert late == 0  # a settlement that comes after the expiry adds nothing
 
 
 @pytest.fixture
@@ -164,13 +174,13 @@ async def test_a_hold_of_a_process_that_died_is_charged_once_its_death_is_known(
         # On one machine the process is known dead at once; elsewhere its lease must run out.
         if not store._store.local_liveness:
             await asyncio.sleep(lease + 0.2)
-        swept = await Ledger(store, "other", "host:3:x").open(1.0, None, None)
+        swept = await Ledger(store, "other", "host:3:x").open(nanos(1.0), None, None)
         rows = await store.ledger(["org"])
-        reservations = await store._store.run("SELECT id FROM budget_reservations")
+        reservations = await store._store.run("SELECT id FROM money_holds")
 
     assert swept == []  # another project's sweep charges it, but reports only its own
-    assert rows["org"].spent == pytest.approx(0.25) and rows["org"].reserved == 0.0
-    assert reservations == [] and hold.actual is None
+    assert (rows["org"].spent_nanos, rows["org"].reserved_nanos) == (nanos(0.25), 0)
+    assert reservations == [] and hold.actual_nanos is None
 
 
 async def test_a_new_ledger_row_starts_from_what_the_journal_says_the_scope_paid(
@@ -179,19 +189,23 @@ async def test_a_new_ledger_row_starts_from_what_the_journal_says_the_scope_paid
     async with StateManager(state_location) as store:
         await store.create_project("old", **PROJECT)
         await store.journal_put(
-            "old", "k", task_id="t", phase="generation", cost_usd=0.75, entry=None, elapsed=0
-        )
+            "old", "k", task_id="t", phase="generation", cost_nanos=nanos(0.75), entry=None,
+            elapsed=0,
+        )  # fmt: skip
         await project(store, "p")
         await opened(store, "p")
         rows = await store.ledger()
 
-    assert rows["org"].spent == rows["team:eng"].spent == rows["job:nightly"].spent == 0.75
-    assert rows["project:p"].spent == 0.0
+    spent = {scope: row.spent_nanos for scope, row in rows.items()}
+    assert spent == {"org": nanos(0.75), "team:eng": nanos(0.75), "job:nightly": nanos(0.75),
+                     "project:p": 0}  # fmt: skip
 
 
 def stress(location: str, mode: str, processes: int = 4, calls: int = 4) -> list[int]:
     """``processes`` processes, ``calls`` calls in flight each, on one store until refused."""
-    env = {**clean_environment(), "PYTHONPATH": str(Path(__file__).parent)}
+    env = clean_environment()
+    # The working tree's package (``clean_environment``'s path) and this script's directory.
+    env["PYTHONPATH"] = os.pathsep.join((str(Path(__file__).parent), env["PYTHONPATH"]))
     workers = [
         subprocess.Popen(
             [sys.executable, str(STRESS), location, f"p{n}", str(calls), "0.07", mode],
@@ -217,11 +231,11 @@ async def prepare(location: str, caps: dict[str, float]) -> None:
             await store.create_project(f"p{n}", **PROJECT)
 
 
-async def totals(location: str) -> tuple[dict[str, float], float]:
+async def totals(location: str) -> tuple[dict[str, int], int]:
     async with StateManager(location) as store:
         rows = await store.ledger()
-        journal = await store._store.run("SELECT SUM(cost_usd) FROM journal")
-    return {scope: row.spent for scope, row in rows.items()}, float(journal[0][0])
+        journal = await store._store.run("SELECT SUM(cost_nanos) FROM journal")
+    return {scope: row.spent_nanos for scope, row in rows.items()}, int(journal[0][0])
 
 
 CAPS = {"org": 10.0, "team:eng": 6.0, "job:nightly": 4.0}
@@ -236,9 +250,9 @@ def test_four_processes_with_four_calls_in_flight_never_pass_shared_caps(state_l
     spent, journal = asyncio.run(totals(location))
     # $0.07 calls: the $4 job cap holds 57 of them ($3.99), and every one of them was made.
     assert sum(paid) == 57, paid
-    assert spent["job:nightly"] == pytest.approx(3.99) and spent["job:nightly"] <= 4.0
-    assert spent["org"] == spent["team:eng"] == pytest.approx(journal)
-    assert sum(spent[f"project:p{n}"] for n in range(4)) == pytest.approx(journal)
+    assert spent["job:nightly"] == nanos(3.99)
+    assert spent["org"] == spent["team:eng"] == journal
+    assert sum(spent[f"project:p{n}"] for n in range(4)) == journal
 
 
 def test_the_control_reading_then_writing_passes_the_caps_so_the_test_above_can_fail(
@@ -250,4 +264,4 @@ def test_the_control_reading_then_writing_passes_the_caps_so_the_test_above_can_
     stress(location, "naive")
 
     spent, _ = asyncio.run(totals(location))
-    assert spent["job:nightly"] > 4.0 + 1e-9
+    assert spent["job:nightly"] > nanos(4.0)

@@ -21,6 +21,7 @@ from orchestrator import Budget, BudgetExceeded, Orchestrator, ProviderError, Un
 from orchestrator.gateway import Journal, LLMGateway
 from orchestrator.ledger import Ledger
 from orchestrator.models import ProjectState, ProjectStatus
+from orchestrator.money import usd_to_nanos
 from orchestrator.providers.base import Message
 from orchestrator.state import StateManager
 
@@ -34,7 +35,7 @@ async def journaled_gateway(store: StateManager, client: UnifiedClient, max_usd:
     )
     assert await store.claim("p", OWNER, 600.0) is None
     ledger = Ledger(store, "p", OWNER)
-    await ledger.open(max_usd, None, None)
+    await ledger.open(usd_to_nanos(max_usd), None, None)
     budget = Budget(max_usd=max_usd, max_time_seconds=600)
     return LLMGateway(client, budget, None, Journal(store, "p", budget, ledger))
 
@@ -51,11 +52,11 @@ async def ask(gateway: LLMGateway, n: int, max_tokens: int = 1000):
     )
 
 
-async def books(store: StateManager) -> tuple[float, float, float]:
-    """(the project's ledger spend, what it still holds, the journal's sum)."""
+async def books(store: StateManager) -> tuple[int, int, int]:
+    """(the project's ledger spend, what it still holds, the journal's sum), in nano-dollars."""
     row = (await store.ledger(["project:p"]))["project:p"]
-    journal = await store._store.run("SELECT COALESCE(SUM(cost_usd), 0) FROM journal")
-    return row.spent, row.reserved, float(journal[0][0])
+    journal = await store._store.run("SELECT COALESCE(SUM(cost_nanos), 0) FROM journal")
+    return row.spent_nanos, row.reserved_nanos, int(journal[0][0])
 
 
 def first_ask_rate_limited(rec: RecordedRequest) -> Reply:
@@ -88,9 +89,8 @@ async def test_calls_retrying_after_a_429_near_the_budget_never_wait_on_their_ow
     refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
     assert len(answered) + len(refused) == 8, outcomes
     assert answered, "calls that fit once the others settled must be made"
-    assert held == 0.0
-    assert spent == pytest.approx(journal, abs=1e-12) and spent <= 0.0025
-    assert gateway.budget.spent_usd == pytest.approx(journal, abs=1e-12)
+    assert held == 0
+    assert spent == journal == gateway.budget.spent_nanos and spent <= 2_500_000
 
 
 async def test_a_call_that_cannot_fit_even_when_nothing_is_in_flight_is_refused_at_once(
@@ -123,7 +123,7 @@ async def test_a_wait_for_room_is_bounded_and_said_at_verbose(fake, tmp_path, ca
         await first
         _, held, _ = await books(store)
 
-    assert held == 0.0
+    assert held == 0
     assert any("waits for calls in flight" in r.getMessage() for r in caplog.records)
 
 
@@ -140,7 +140,7 @@ async def test_a_failed_call_settles_each_attempt_and_journals_nothing_it_did_no
             await ask(gateway, 1)
         spent, held, journal = await books(store)
 
-    assert (spent, held, journal) == (0.0, 0.0, 0.0)
+    assert (spent, held, journal) == (0, 0, 0)
 
 
 # --- whole runs near their budget, against a vendor that refuses and cuts off at random -------
@@ -194,12 +194,12 @@ async def run_near_the_budget(fake, llm, seed: int, location) -> tuple[ProjectSt
         took = time.monotonic() - started
         row = (await store.ledger([f"project:p{seed}"]))[f"project:p{seed}"]
         journal = await store._store.run(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM journal WHERE project_id = ?", (f"p{seed}",)
+            "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ?",
+            (f"p{seed}",),
         )
-    assert row.reserved == 0.0
-    assert row.spent == pytest.approx(float(journal[0][0]), abs=1e-12)
-    assert state.budget.spent_usd == pytest.approx(row.spent, abs=1e-12)
-    assert row.spent <= budget.max_usd
+    assert row.reserved_nanos == 0
+    assert row.spent_nanos == int(journal[0][0]) == state.budget.spent_nanos
+    assert row.spent_nanos <= budget.max_nanos
     return state, took
 
 

@@ -24,6 +24,7 @@ import pytest
 from conftest import clean_environment, sqlite_rows
 from test_money_liveness import FlakyVendor
 
+from orchestrator.money import nanos_to_usd, usd_to_nanos
 from orchestrator.state import StateManager
 
 SCRIPT = Path(__file__).with_name("money_process.py")
@@ -120,21 +121,21 @@ async def save_caps(location: str, caps: dict[str, float]) -> None:
         await store.save_budget_caps(caps)
 
 
-def journal_by_scope(location: str) -> dict[str, float]:
+def journal_by_scope(location: str) -> dict[str, int]:
     """What the journal says each ledger scope paid: every project's rows for the organisation,
     those of the projects charged to a team or job for its row, a project's own for its row."""
     charged = {
         project_id: json.loads(settings)
         for project_id, settings in sqlite_rows(location, "SELECT id, settings FROM projects")
     }
-    paid: dict[str, float] = {}
-    for project_id, cost in sqlite_rows(location, "SELECT project_id, cost_usd FROM journal"):
+    paid: dict[str, int] = {}
+    for project_id, cost in sqlite_rows(location, "SELECT project_id, cost_nanos FROM journal"):
         settings = charged[project_id]
         scopes = ["org", f"project:{project_id}"]
         scopes += [f"team:{settings['team']}"] if settings.get("team") else []
         scopes += [f"job:{settings['job']}"] if settings.get("job") else []
         for scope in scopes:
-            paid[scope] = paid.get(scope, 0.0) + float(cost)
+            paid[scope] = paid.get(scope, 0) + int(cost)
     return paid
 
 
@@ -147,21 +148,21 @@ def check_the_property(location: str, case: Example, ended: list[Ended]) -> None
 
     paid = journal_by_scope(location)
     for run in ended:
-        spent = paid.get(f"project:{run.project_id}", 0.0)
-        assert spent <= run.budget, (run.project_id, spent, run.budget)
-        assert run.report["spent"] == pytest.approx(spent, abs=1e-9), run.project_id
+        spent = paid.get(f"project:{run.project_id}", 0)
+        assert spent <= usd_to_nanos(run.budget), (run.project_id, spent, run.budget)
+        assert run.report["spent"] == nanos_to_usd(spent), run.project_id
     ledger = {
-        scope: (float(spent), float(reserved), cap)
-        for scope, cap, spent, reserved in sqlite_rows(
-            location, "SELECT scope, cap, spent, reserved FROM budget_ledger"
+        scope: (int(spent), int(reserved))
+        for scope, spent, reserved in sqlite_rows(
+            location, "SELECT scope, spent_nanos, reserved_nanos FROM money_ledger"
         )
     }
     for scope, cap in case.caps.items():
-        assert paid.get(scope, 0.0) <= cap, (scope, paid.get(scope), cap)
-    for scope, (spent, reserved, _) in ledger.items():
-        assert spent == pytest.approx(paid.get(scope, 0.0), abs=1e-9), (scope, ledger, paid)
-        assert reserved == 0.0, (scope, ledger)
-    assert sqlite_rows(location, "SELECT id, project_id, amount FROM budget_reservations") == []
+        assert paid.get(scope, 0) <= usd_to_nanos(cap), (scope, paid.get(scope), cap)
+    for scope, (spent, reserved) in ledger.items():
+        assert spent == paid.get(scope, 0), (scope, ledger, paid)  # to the nano-dollar
+        assert reserved == 0, (scope, ledger)
+    assert sqlite_rows(location, "SELECT id, project_id FROM money_holds") == []
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -44,9 +44,9 @@ async def run(fake, *, resume: bool = False):
     return await orchestrate(fake, start, tasks=as_tasks(PLAN))
 
 
-async def answered_journal() -> dict[str, float]:
+async def answered_journal() -> dict[str, int]:
     async with StateManager() as store:
-        rows = await store._store.run("SELECT key, cost_usd FROM journal WHERE entry IS NOT NULL")
+        rows = await store._store.run("SELECT key, cost_nanos FROM journal WHERE entry IS NOT NULL")
     return dict(rows)
 
 

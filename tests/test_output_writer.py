@@ -20,6 +20,7 @@ from orchestrator.models import (
     TaskType,
     ValidatorResult,
 )
+from orchestrator.money import usd_to_nanos
 from orchestrator.output_writer import (
     MANIFEST_NAME,
     OutputError,
@@ -70,8 +71,8 @@ def make_result(task_id: str, output: str, **fields) -> TaskResult:
 
 def make_state(tasks: list[Task], results: list[TaskResult], order=None) -> ProjectState:
     budget = Budget(max_usd=8.0, max_time_seconds=60)
-    budget.charge(1.5, "generation")
-    budget.charge(0.25, "evaluation")
+    budget.charge(usd_to_nanos(1.5), "generation")
+    budget.charge(usd_to_nanos(0.25), "evaluation")
     return ProjectState(
         project_id="proj-42",
         project_description="Build an adder",

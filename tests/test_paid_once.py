@@ -7,7 +7,6 @@ import asyncio
 import json
 from collections import Counter
 
-import pytest
 from conftest import FAST_RETRY, fake_env
 from fake_provider import Reply
 from test_money_liveness import journaled_gateway
@@ -16,6 +15,7 @@ from orchestrator import Budget, Orchestrator, UnifiedClient
 from orchestrator.gateway import Journal, LLMGateway
 from orchestrator.ledger import Ledger
 from orchestrator.models import ProjectStatus
+from orchestrator.money import usd_to_nanos
 from orchestrator.providers.base import Message
 from orchestrator.state import StateManager
 
@@ -44,23 +44,19 @@ async def test_a_request_identical_to_one_in_flight_is_paid_once_and_journaled_f
         UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY) as client,
     ):
         gateway = await journaled_gateway(store, client, max_usd=1.0)
-        first, second, other = await asyncio.gather(
+        first, second, _ = await asyncio.gather(
             ask(gateway, "a"), ask(gateway, "b"), ask(gateway, "c", "another question")
         )
-        rows = await store._store.run("SELECT task_id, cost_usd, entry IS NOT NULL FROM journal")
+        rows = await store._store.run("SELECT task_id, cost_nanos, entry IS NOT NULL FROM journal")
 
     assert fake.count() == 2  # the shared request once, and the different one
     assert first.text == second.text == "the answer"
-    assert first.cost_usd + second.cost_usd == pytest.approx(
-        gateway.budget.spent_usd - other.cost_usd
-    )
-    assert sorted(c for c in (first.cost_usd, second.cost_usd)) == [
-        0.0,
-        pytest.approx(client.catalog.resolve("gpt-4o-mini").price.cost(9, 3)),
-    ]
+    one_call = client.catalog.resolve("gpt-4o-mini").price.cost_nanos(9, 3)
+    assert sorted([first.cost_nanos, second.cost_nanos]) == [0, one_call]
+    assert gateway.budget.spent_nanos == 2 * one_call  # with the other question's
     # Both calls are journaled with their answer: a resume replays each without paying.
     assert {task: kept for task, _, kept in rows} == {"a": 1, "b": 1, "c": 1}
-    assert sum(cost for _, cost, _ in rows) == pytest.approx(gateway.budget.spent_usd)
+    assert sum(cost for _, cost, _ in rows) == gateway.budget.spent_nanos
 
 
 async def test_a_shared_answer_is_replayed_on_resume_without_a_call(fake, tmp_path):
@@ -75,7 +71,7 @@ async def test_a_shared_answer_is_replayed_on_resume_without_a_call(fake, tmp_pa
 
         budget = Budget(max_usd=1.0, max_time_seconds=60)
         ledger = Ledger(store, "p", "tests:1:liveness")
-        await ledger.open(1.0, None, None)
+        await ledger.open(usd_to_nanos(1.0), None, None)
         journal = Journal(store, "p", budget, ledger)
         await journal.load()
         resumed = LLMGateway(client, budget, None, journal)

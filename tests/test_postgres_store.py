@@ -173,7 +173,7 @@ async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_cou
     url, directory = own_postgres
     async with StateManager(url) as store:
         assert await store.create_project("p", **PROJECT)
-        await store.journal_put("p", "k1", task_id="a", phase="generation", cost_usd=0.5,
+        await store.journal_put("p", "k1", task_id="a", phase="generation", cost_nanos=500_000_000,
                                 entry={"text": "one"}, elapsed=1.0)  # fmt: skip
 
         restarted = await asyncio.to_thread(
@@ -182,10 +182,10 @@ async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_cou
         )  # fmt: skip
         assert restarted.returncode == 0, restarted.stderr
 
-        await store.journal_put("p", "k2", task_id="a", phase="generation", cost_usd=0.25,
+        await store.journal_put("p", "k2", task_id="a", phase="generation", cost_nanos=250_000_000,
                                 entry={"text": "two"}, elapsed=2.0)  # fmt: skip
         saved = await store.load("p")
-    assert saved.spent_usd == pytest.approx(0.75)  # each call once, none lost, none twice
+    assert saved.spent_usd == 0.75  # each call once, none lost, none twice
     async with StateManager(url) as other:
         assert await other.journal_keys("p") == {"k1", "k2"}
 

@@ -20,6 +20,7 @@ from conftest import clean_environment, fake_env
 from orchestrator import Budget, Event
 from orchestrator.catalog import Catalog
 from orchestrator.models import TaskResult, TaskStatus
+from orchestrator.money import usd_to_nanos
 from orchestrator.progress import ProgressPrinter
 
 
@@ -28,7 +29,7 @@ def feed(printer: ProgressPrinter, budget: Budget) -> None:
     printer(Event("run_started", data={"project_id": "p", "budget": budget}))
     printer(Event("decomposed", data={"tasks": 2, "done": 0}))
     printer(Event("call_started", "a", model.value, "generation"))
-    budget.charge(0.25, "generation")
+    budget.charge(usd_to_nanos(0.25), "generation")
     result = TaskResult("a", output="x", score=0.9, status=TaskStatus.COMPLETED, model_used=model)
     printer(Event("task_finished", "a", data={"result": result}))
     printer(Event("task_skipped", "b", data={"reason": "dependency a did not produce output"}))

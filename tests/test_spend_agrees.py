@@ -3,7 +3,8 @@
 A run over four vendors whose answers carry cached prompt tokens, thinking tokens and (Anthropic)
 cache writes is interrupted, then resumed. Each time, what the run reports (its budget, its
 tasks' costs, summary.json), what the project saved, the journal of paid calls and the budget
-ledger's project row agree to the nano-dollar; and the resume pays for no call twice.
+ledger's project row agree to the nano-dollar (each read as integer nano-dollars, which is how
+the books keep them); and the resume pays for no call twice.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from test_exactness import CATALOG, run_plan
 
 from orchestrator import Budget
 from orchestrator.models import ProjectState, ProjectStatus
+from orchestrator.money import usd_to_nanos
 from orchestrator.output_writer import write_outputs
 from orchestrator.state import StateManager
 
 PROJECT = "p1"
-NANODOLLAR = 1e-9
 # Kimi writes the code, GPT-4o reviews it, Claude writes the docs and Gemini sums up; the
 # evaluators come from other vendors again.
 PLAN = [
@@ -45,7 +46,7 @@ class WarmCacheVendor:
 
     def __init__(self, llm: ScriptedLLM) -> None:
         self.llm = llm
-        self.billed = 0.0
+        self.billed = 0  # in nano-dollars
         self.answered = 0
         self._lock = threading.Lock()
 
@@ -75,7 +76,7 @@ class WarmCacheVendor:
         )
         price = CATALOG.resolve(request.model).price
         with self._lock:
-            self.billed += price.cost(prompt, answer + thinking, cached, written)
+            self.billed += price.cost_nanos(prompt, answer + thinking, cached, written)
             self.answered += 1
         return reply
 
@@ -93,55 +94,53 @@ def state_file() -> Path:
     return Path(os.environ["ORCHESTRATOR_HOME"]) / "state.db"
 
 
-async def journal_costs(only_answered: bool = False) -> dict[str, float]:
+async def journal_costs(only_answered: bool = False) -> dict[str, int]:
     """The project's journal: each paid call's key and what it cost."""
     answered = " AND entry IS NOT NULL" if only_answered else ""
     rows = sqlite_rows(
         state_file(),
-        f"SELECT key, cost_usd FROM journal WHERE project_id = ?{answered}",
+        f"SELECT key, cost_nanos FROM journal WHERE project_id = ?{answered}",
         (PROJECT,),
     )
     return dict(rows)
 
 
-async def stored_books() -> dict[str, float]:
+async def stored_books() -> dict[str, int]:
     """The spend as the store keeps it: the journal's sum, the ledger's project row and the
     saved project (its total and its tasks')."""
     ((journal,),) = sqlite_rows(
-        state_file(), "SELECT SUM(cost_usd) FROM journal WHERE project_id = ?", (PROJECT,)
+        state_file(), "SELECT SUM(cost_nanos) FROM journal WHERE project_id = ?", (PROJECT,)
     )
     async with StateManager() as store:
         ledger = (await store.ledger())[f"project:{PROJECT}"]
         saved = await store.load(PROJECT)
-    assert ledger.reserved == 0  # nothing is held once the run is over
+    assert ledger.reserved_nanos == 0  # nothing is held once the run is over
+    tasks = [result["cost_usd"] for result in saved.results.values()]
     return {
         "the journal's sum": journal,
-        "the ledger's project row": ledger.spent,
-        "the saved project": saved.spent_usd,
-        "the saved tasks": sum(result["cost_usd"] for result in saved.results.values()),
+        "the ledger's project row": ledger.spent_nanos,
+        "the saved project": saved.spent_nanos,
+        "the saved tasks": sum(usd_to_nanos(cost) for cost in tasks),
     }
 
 
-def reported_books(state: ProjectState, out: Path) -> dict[str, float]:
+def reported_books(state: ProjectState, out: Path) -> dict[str, int]:
     """The spend as the run reports it: its budget, its tasks, and summary.json."""
     write_outputs(state, out)
     summary = json.loads((out / "summary.json").read_text())
     tasks = [task["result"] for task in summary["tasks"] if task["result"] is not None]
     return {
-        "the run's budget": state.budget.spent_usd,
-        "the run's tasks": sum(result.cost_usd for result in state.results.values()),
-        "summary.json's budget": summary["budget"]["spent_usd"],
-        "summary.json's tasks": sum(result["cost_usd"] for result in tasks),
+        "the run's budget": state.budget.spent_nanos,
+        "the run's tasks": sum(usd_to_nanos(r.cost_usd) for r in state.results.values()),
+        "summary.json's budget": usd_to_nanos(summary["budget"]["spent_usd"]),
+        "summary.json's tasks": sum(usd_to_nanos(result["cost_usd"]) for result in tasks),
     }
 
 
-def assert_agree(books: dict[str, float]) -> None:
+def assert_agree(books: dict[str, int]) -> None:
     journal = books["the journal's sum"]
     assert journal > 0
-    off = {name: value - journal for name, value in books.items()}
-    assert all(abs(difference) < NANODOLLAR for difference in off.values()), (
-        f"against the journal's ${journal!r}: {off}"
-    )
+    assert books == dict.fromkeys(books, journal), f"against the journal's {journal} nano-dollars"
 
 
 async def test_a_run_stopped_by_its_budget_and_resumed_reports_one_spend_everywhere(
@@ -153,7 +152,7 @@ async def test_a_run_stopped_by_its_budget_and_resumed_reports_one_spend_everywh
     assert {r.api for r in fake.requests} == {"openai", "anthropic", "gemini"}
     assert_agree({**await stored_books(), **reported_books(stopped, tmp_path / "stopped")})
     # Every answer the vendor billed is journaled, once: none was cut off by the stop.
-    assert vendor.billed == pytest.approx(sum((await journal_costs()).values()), abs=NANODOLLAR)
+    assert vendor.billed == sum((await journal_costs()).values())
     paid_before = await journal_costs(only_answered=True)
     answered_before = vendor.answered
 
@@ -165,7 +164,7 @@ async def test_a_run_stopped_by_its_budget_and_resumed_reports_one_spend_everywh
     journal = await journal_costs()
     # Replayed, not asked again: a call paid again would add to its row's cost.
     assert {key: journal[key] for key in paid_before} == paid_before
-    assert vendor.billed == pytest.approx(sum(journal.values()), abs=NANODOLLAR)
+    assert vendor.billed == sum(journal.values())
 
 
 async def test_a_run_cancelled_mid_call_and_resumed_reports_one_spend_everywhere(
@@ -181,7 +180,7 @@ async def test_a_run_cancelled_mid_call_and_resumed_reports_one_spend_everywhere
     assert_agree(interrupted)
     # The call cut off in flight is charged at its worst case: the books never hold less than
     # the vendor billed.
-    assert vendor.billed <= interrupted["the journal's sum"] + NANODOLLAR
+    assert vendor.billed <= interrupted["the journal's sum"]
     paid_before = await journal_costs(only_answered=True)
     llm.delay = 0.0
 
@@ -191,4 +190,4 @@ async def test_a_run_cancelled_mid_call_and_resumed_reports_one_spend_everywhere
     assert_agree({**await stored_books(), **reported_books(resumed, tmp_path / "resumed")})
     journal = await journal_costs()
     assert {key: journal[key] for key in paid_before} == paid_before
-    assert vendor.billed <= sum(journal.values()) + NANODOLLAR
+    assert vendor.billed <= sum(journal.values())

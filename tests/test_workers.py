@@ -36,6 +36,7 @@ from test_postgres_store import own_postgres  # noqa: F401 - a server this test 
 
 from orchestrator import AgentPool, Budget, Orchestrator, Task, TaskType, UnifiedClient
 from orchestrator.cost import BudgetHierarchy
+from orchestrator.money import usd_to_nanos
 from orchestrator.policy import JobSpec
 from orchestrator.state import StateManager
 
@@ -80,13 +81,14 @@ def project_row(env: dict[str, str], cwd: Path, project_id: str = PROJECT_ID) ->
     return mine[0]
 
 
-async def books(url: str) -> tuple[float, float, float]:
-    """The organisation's ledger spend, the journal's total, and the project's saved spend."""
+async def books(url: str) -> tuple[int, int, int]:
+    """The organisation's ledger spend, the journal's total, and the project's saved spend, in
+    nano-dollars."""
     async with StateManager(url) as store:
         ledger = await store.ledger(["org"])
-        journal = await store._store.run("SELECT COALESCE(SUM(cost_usd), 0) FROM journal")
+        journal = await store._store.run("SELECT COALESCE(SUM(cost_nanos), 0) FROM journal")
         saved = await store.load(PROJECT_ID)
-    return ledger["org"].spent, float(journal[0][0]), saved.spent_usd
+    return ledger["org"].spent_nanos, int(journal[0][0]), saved.spent_nanos
 
 
 async def queued_jobs(url: str) -> list[tuple[str, str]]:
@@ -148,7 +150,7 @@ def test_two_workers_started_together_run_a_project_once(fake, env, tmp_path, ba
     assert sum(f"project {PROJECT_ID}: SUCCESS" in err for err in errors) == 1
     assert Counter(key(r) for r in fake.requests) == baseline.requests  # each call asked once
     ledger, journal, saved = asyncio.run(books(env["ORCHESTRATOR_DB_URL"]))
-    assert ledger == pytest.approx(journal) == pytest.approx(saved)
+    assert ledger == journal == saved
 
 
 def test_a_killed_workers_project_is_finished_by_another_paying_only_its_calls_in_flight_again(
@@ -189,8 +191,8 @@ def test_a_killed_workers_project_is_finished_by_another_paying_only_its_calls_i
     assert Counter(key(r) for r in conductor.held) <= repeats
     # The held call may have been billed: its hold was charged in full, and the books agree.
     ledger, journal, saved = asyncio.run(books(env["ORCHESTRATOR_DB_URL"]))
-    assert ledger == pytest.approx(journal) == pytest.approx(saved)
-    assert saved > baseline.spent_usd
+    assert ledger == journal == saved
+    assert saved > usd_to_nanos(baseline.spent_usd)
 
 
 def test_a_worker_asked_to_stop_lets_its_calls_finish_and_hands_the_project_back(
@@ -291,12 +293,12 @@ async def create(
     assert await enqueue(url, ids) == set()
 
 
-async def project_books(url: str) -> tuple[dict[str, str], list[tuple[str, str]], float, dict]:
+async def project_books(url: str) -> tuple[dict[str, str], list[tuple[str, str]], int, dict]:
     async with StateManager(url) as store:
         projects = {p.project_id: p.status for p in await store.list_projects()}
-        journal = await store._store.run("SELECT COALESCE(SUM(cost_usd), 0) FROM journal")
+        journal = await store._store.run("SELECT COALESCE(SUM(cost_nanos), 0) FROM journal")
         ledger = await store.ledger()
-    return projects, await queued_jobs(url), float(journal[0][0]), ledger
+    return projects, await queued_jobs(url), int(journal[0][0]), ledger
 
 
 def test_a_hundred_projects_on_four_workers_are_each_completed_once(fake, env, tmp_path):
@@ -318,8 +320,8 @@ def test_a_hundred_projects_on_four_workers_are_each_completed_once(fake, env, t
         re.search(r"notes for (many\d+)", r.prompt_text)[1] for r in fake.requests
     )
     assert set(per_project) == set(ids) and len(set(per_project.values())) == 1
-    assert journal > 0 and ledger["org"].spent == pytest.approx(journal)
-    assert sum(ledger[f"project:{p}"].spent for p in ids) == pytest.approx(journal)
+    assert journal > 0 and ledger["org"].spent_nanos == journal
+    assert sum(ledger[f"project:{p}"].spent_nanos for p in ids) == journal
 
 
 def test_a_pool_can_queue_its_agents_jobs_for_the_workers(fake, env, tmp_path):
@@ -365,10 +367,10 @@ def test_four_workers_with_four_calls_in_flight_each_never_pass_a_shared_team_ca
 
     projects, _, journal, ledger = asyncio.run(project_books(url))
     team = ledger["team:eng"]
-    assert team.spent <= cap and team.reserved == 0.0
-    assert team.spent == pytest.approx(journal) == pytest.approx(ledger["org"].spent)
+    assert team.spent_nanos <= usd_to_nanos(cap) and team.reserved_nanos == 0
+    assert team.spent_nanos == journal == ledger["org"].spent_nanos
     assert "BUDGET_EXHAUSTED" in projects.values()  # the cap, not the runs, ended the work
-    assert team.spent > cap * 0.5
+    assert team.spent_nanos > usd_to_nanos(cap) // 2
 
 
 def test_a_database_restart_mid_run_is_ridden_out_or_resumed_and_charges_nothing_twice(
@@ -412,7 +414,7 @@ def test_a_database_restart_mid_run_is_ridden_out_or_resumed_and_charges_nothing
     assert not baseline.requests - paid
     assert sum((paid - baseline.requests).values()) <= CONCURRENCY  # only calls in flight
     ledger, journal, saved = asyncio.run(books(url))
-    assert ledger == pytest.approx(journal) == pytest.approx(saved)
+    assert ledger == journal == saved
 
 
 @pytest.mark.parametrize("flags", [("--worker",), ("--submit", "-p", "x", "-c", "y")])
