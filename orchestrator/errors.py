@@ -72,3 +72,10 @@ class StructuredOutputError(ProviderError):
 class TruncatedAnswerError(ProviderError):
     """The answer kept running into the output limit: continuing it, or asking again with the
     model's largest limit, never produced a whole answer. A cut-off answer is never used."""
+
+
+class LeaseLost(OrchestratorError):
+    """Another run took the project, or the lease could not be renewed in time."""
+
+
+TAKEN_OVER = "another run took project {!r}: this run's lease had run out"

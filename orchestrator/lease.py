@@ -9,7 +9,7 @@ import os
 import time
 from contextlib import suppress
 
-from .errors import ConfigError, OrchestratorError
+from .errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
 from .state import StateManager, new_owner
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0  # how long a run holds its project without renewing
 LEASE_ENV = "ORCHESTRATOR_LEASE_SECONDS"  # another length, e.g. for a fast hand-over on PostgreSQL
 RETRY_SECONDS = 1.0  # how soon a failed renewal is tried again
-TAKEN_OVER = "another run took project {!r}: this run's lease had run out"
 
 
 def lease_seconds() -> float:
@@ -36,10 +35,6 @@ def lease_seconds() -> float:
 
 class ProjectBusy(ConfigError):
     """Another run holds the project (its lease has not ended)."""
-
-
-class LeaseLost(OrchestratorError):
-    """Another run took the project, or the lease could not be renewed in time."""
 
 
 class Lease:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, OrchestratorError
+from .errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
 from .models import ProjectStatus, Task, TaskType
 from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 from .settings import home_dir
@@ -700,10 +700,15 @@ class StateManager:
                 held = await execute(
                     "UPDATE money_ledger SET reserved_nanos = reserved_nanos + ? WHERE scope = ?"
                     " AND (cap_nanos IS NULL OR spent_nanos + reserved_nanos + ? <= cap_nanos)"
+                    # Only while the run holds its project: one paused past its lease, whose
+                    # project another run took, is refused here even before it notices.
+                    " AND EXISTS (SELECT 1 FROM projects WHERE id = ? AND owner = ?)"
                     " RETURNING scope",
-                    (amount_nanos, scope, amount_nanos),
+                    (amount_nanos, scope, amount_nanos, project_id, owner),
                 )
                 if not held:
+                    if await self._holder_of(execute, project_id) != owner:
+                        raise LeaseLost(TAKEN_OVER.format(project_id))
                     raise _Refused(scope)
             await execute(*_hold_row(hold_id, project_id, owner, scopes, amount_nanos, task_id,
                                      phase, journal_key))  # fmt: skip
@@ -713,6 +718,11 @@ class StateManager:
             return await self._store.atomic(reserve)
         except _Refused as refused:
             return refused.scope
+
+    @staticmethod
+    async def _holder_of(execute: Execute, project_id: str) -> str | None:
+        rows = await execute("SELECT owner FROM projects WHERE id = ?", (project_id,))
+        return rows[0][0] if rows else None
 
     async def ledger(self, scopes: Iterable[str] | None = None) -> dict[str, LedgerRow]:
         """The ledger's rows (all of them, or those of ``scopes``)."""

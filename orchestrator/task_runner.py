@@ -420,9 +420,13 @@ class TaskRunner:
             # Independent verdicts, asked at once: that halves the evaluation latency, and the
             # task group never leaves one running behind the other.
             second = _another_grader(independent[0], independent[1:])
-            async with asyncio.TaskGroup() as group:
-                group.create_task(one(1, chain))
-                group.create_task(one(2, router.led_by(second, chain)))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(one(1, chain))
+                    group.create_task(one(2, router.led_by(second, chain)))
+            except ExceptionGroup as failed:
+                # What stopped the verdicts (a lost lease, a full disk), said as itself.
+                raise failed.exceptions[0] from None
         else:
             await one(1, chain)
             if verdicts and abs(scores()[0] - self.ctx.threshold) > CLOSE_TO_THRESHOLD:

@@ -391,8 +391,10 @@ async def test_a_run_that_lost_its_lease_ends_system_failure_reporting_the_store
 
     state = await run_plan(fake, plan, Budget(max_usd=5.0, max_time_seconds=60))
 
-    # Every call of this run was answered: only the lost lease makes it a failure.
-    assert state.results["only"].status is TaskStatus.COMPLETED
+    # The run stopped paying once its project was taken: the ledger refused whatever it still
+    # asked, and the task is left unfinished, for the project's new holder to take up.
+    only = state.results["only"]
+    assert only.interrupted and "another run took project 'p1'" in only.reason
     assert state.status is ProjectStatus.SYSTEM_FAILURE
     assert "another run took project 'p1'" in state.reason
     assert "\n" not in state.reason

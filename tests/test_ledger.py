@@ -14,6 +14,7 @@ import pytest
 from conftest import clean_environment
 
 from orchestrator.budget import BudgetExceeded
+from orchestrator.lease import LeaseLost
 from orchestrator.ledger import Ledger, run_scopes
 from orchestrator.money import usd_to_nanos as nanos
 from orchestrator.state import StateManager
@@ -100,6 +101,22 @@ async def test_a_call_that_could_pass_a_cap_is_refused_naming_it_and_holds_nothi
         "a call needing up to $0.7000 does not fit"
     )
     # The org and team rows it passed first hold nothing of it: one transaction, rolled back.
+    assert [rows[s].reserved_nanos for s in ledger.scopes] == [0, 0, 0, 0]
+
+
+async def test_a_run_whose_project_another_run_took_holds_nothing_more_even_before_it_notices(
+    state_location,
+):
+    async with StateManager(state_location) as store:
+        await project(store, "p")
+        ledger = await opened(store, "p")
+        # Paused past its lease (SIGSTOP, a suspended laptop): another run took the project.
+        await store._store.run("UPDATE projects SET owner = 'host:2:next' WHERE id = 'p'")
+
+        with pytest.raises(LeaseLost, match="another run took project 'p'"):
+            await held(ledger, 0.1)
+        rows = await store.ledger()
+
     assert [rows[s].reserved_nanos for s in ledger.scopes] == [0, 0, 0, 0]
 
 

@@ -123,7 +123,9 @@ def _completion(
 
 
 def _latest(cumulative: int | None, earlier: int) -> int:
-    return earlier if cumulative is None else cumulative
+    # The larger: a count of the whole turn never shrinks, and a server that sends 0 there
+    # (llama.cpp's messages route does) must not erase what message_start said was paid.
+    return max(earlier, cumulative or 0)
 
 
 def _payload(model_id: str, request: ChatRequest) -> dict[str, Any]:
