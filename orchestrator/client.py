@@ -80,6 +80,7 @@ class Completion:
     # What it took to get a whole answer, e.g. "cut off at 4096 output tokens; continued once".
     notes: tuple[str, ...] = ()
     cost_nanos: int = 0  # what the answer cost, exactly: what the books add up
+    cache_write_tokens: int = 0  # prompt tokens written to the vendor's cache (Anthropic)
 
 
 @dataclass
@@ -232,6 +233,7 @@ class UnifiedClient:
             input_tokens=sum(r.input_tokens for r in paid),
             output_tokens=sum(r.output_tokens for r in paid),
             cached_tokens=sum(r.cached_tokens for r in paid),
+            cache_write_tokens=sum(r.cache_write_tokens for r in paid),
             cost_usd=nanos_to_usd(cost),
             cost_nanos=cost,
             latency_seconds=time.monotonic() - started,

@@ -293,6 +293,7 @@ class LLMGateway:
                 input_tokens=answer.input_tokens,
                 output_tokens=answer.output_tokens,
                 cached_tokens=answer.cached_tokens,
+                cache_write_tokens=answer.cache_write_tokens,
                 attempts=answer.attempts,
                 # More than one: a repair request or a continuation was needed.
                 paid_calls=answer.paid_calls,
@@ -443,6 +444,7 @@ def _entry(answer: Completion) -> dict[str, Any]:
         "input_tokens": answer.input_tokens,
         "output_tokens": answer.output_tokens,
         "cached_tokens": answer.cached_tokens,
+        "cache_write_tokens": answer.cache_write_tokens,
         "cost_nanos": answer.cost_nanos,
         "reported_model": answer.reported_model,
         "stop_reason": answer.stop_reason,
@@ -479,6 +481,7 @@ def _completion(
         input_tokens=int(entry.get("input_tokens", 0)),
         output_tokens=int(entry.get("output_tokens", 0)),
         cached_tokens=int(entry.get("cached_tokens", 0)),
+        cache_write_tokens=int(entry.get("cache_write_tokens", 0)),
         cost_usd=nanos_to_usd(cost_nanos),
         cost_nanos=cost_nanos,
         latency_seconds=0.0,

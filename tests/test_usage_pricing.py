@@ -110,6 +110,7 @@ async def test_anthropic_cache_reads_and_writes_count_as_input_at_their_own_rate
         # 57 at $2 + 6,144 read at $0.20 + 1,843 written at $2.50 + 512 output at $10
         cost=(57 * 2.00 + 6144 * 0.20 + 1843 * 2.50 + 512 * 10.00) / 1_000_000,
     )
+    assert answer.cache_write_tokens == 1843  # what was written to the cache is shown too
 
 
 async def test_a_streamed_anthropic_answer_is_priced_from_message_start_and_message_delta(fake):
