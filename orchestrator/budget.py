@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -13,6 +14,11 @@ from .errors import OrchestratorError
 from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 
 log = logging.getLogger(__name__)
+
+# The longest a call waits for calls in flight to free room, here or in the shared ledger. Holds
+# belong only to attempts in flight, each bounded by its provider's timeout (300 s by default),
+# so this is never reached unless something holding money stalls.
+MAX_WAIT_SECONDS = 330.0
 
 PHASE_SHARES: dict[str, float] = {
     "decomposition": 0.05,
@@ -160,11 +166,24 @@ class Budget:
         Only calls in flight hold money (a call holds nothing while it waits or sleeps before a
         retry), so whatever it waits for ends with their attempts.
         """
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while amount_nanos > self.available_nanos:
             if self.reserved_nanos <= 0 or amount_nanos > self.remaining_nanos:
                 raise self._exceeded(amount_nanos)
-            log.debug("a call needing %s waits for calls in flight to settle", _usd(amount_nanos))
-            await self._settled.wait()
+            if deadline is None:
+                deadline = loop.time() + MAX_WAIT_SECONDS
+                log.debug(
+                    "a call needing %s waits for calls in flight to settle", _usd(amount_nanos)
+                )
+            left = deadline - loop.time()
+            if left <= 0:
+                raise BudgetExceeded(
+                    f"a call needing up to {_usd(amount_nanos)} waited {MAX_WAIT_SECONDS:g} s for "
+                    f"calls in flight to free room ({_usd(self.reserved_nanos)} held)"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), left)
         return self.reserve(amount_nanos, phase)
 
     def track(self, amount_nanos: int, phase: str) -> Reservation:

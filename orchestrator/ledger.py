@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .budget import BudgetExceeded
+from .budget import MAX_WAIT_SECONDS, BudgetExceeded
 from .money import checked_nanos, nanos_to_usd
 from .state import ExpiredHold, StateManager
 
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 _FIRST_WAIT = 0.02
 _LONGEST_WAIT = 0.5
-# The longest a call waits for calls in flight to free room. Holds belong only to attempts in
-# flight, each bounded by its provider's timeout (300 s by default), so this is never reached
-# unless another process stalls while holding money.
-MAX_WAIT_SECONDS = 330.0
 
 
 @dataclass

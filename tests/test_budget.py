@@ -8,6 +8,7 @@ import math
 import pytest
 
 from orchestrator import Budget, BudgetExceeded
+from orchestrator import budget as budget_module
 from orchestrator.money import usd_to_nanos as nanos
 
 
@@ -63,6 +64,15 @@ async def test_a_call_waits_for_calls_in_flight_to_settle_when_it_would_fit_afte
 
     reservation = await asyncio.wait_for(waiting, 1)
     assert reservation.amount_nanos == nanos(0.5) and budget.available_usd == 0.3
+
+
+async def test_a_wait_for_calls_in_flight_is_bounded(monkeypatch):
+    monkeypatch.setattr(budget_module, "MAX_WAIT_SECONDS", 0.2)
+    budget = Budget(max_usd=1.0, max_time_seconds=10)
+    budget.reserve(nanos(0.8), "generation")  # a call in flight that never ends
+
+    with pytest.raises(BudgetExceeded, match=r"waited 0\.2 s for calls in flight"):
+        await asyncio.wait_for(budget.acquire(nanos(0.5), "evaluation"), 5)
 
 
 async def test_a_call_that_could_never_fit_is_refused_at_once():
