@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from .aio import uninterrupted
 from .errors import ConfigError, OrchestratorError
-from .sqlite_store import EXTRA_COMMAND, Execute, Migration, shown
+from .sqlite_store import EXTRA_COMMAND, Migration, Program, run_program_async, shown
 
 try:
     import psycopg
@@ -115,14 +115,14 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 
-    async def atomic(self, body: Callable[[Execute], Awaitable[T]]) -> T:
-        """``body(execute)`` inside one transaction: committed when it returns, rolled back
-        when it raises (its exception goes on), ended either way before a cancellation does."""
+    async def atomic(self, program: Program[T]) -> T:
+        """``program`` in one transaction: committed when it returns, rolled back when it
+        raises (its exception goes on), ended either way before a cancellation does."""
         pool = await self.connection()
 
         async def atomically() -> T:
             async with pool.connection() as conn, conn.transaction():
-                return await body(functools.partial(_execute, conn))
+                return await run_program_async(program, functools.partial(_execute, conn))
 
         try:
             return await uninterrupted(atomically())

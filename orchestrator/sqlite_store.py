@@ -11,7 +11,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
@@ -24,14 +24,22 @@ from .aio import uninterrupted
 from .errors import OrchestratorError
 
 BUSY_TIMEOUT_MS = 5000
+# aiosqlite's private way to run a function on its connection's thread (``Connection._execute``):
+# a transaction runs there as one job; a release without it gets the statement-by-statement path.
+THREAD_JOB = "_execute"
 
 Statement = tuple[str, tuple[Any, ...]]
+Rows = list[tuple[Any, ...]]
 # Runs one statement inside a transaction and returns its rows.
-Execute = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+Execute = Callable[..., Awaitable[Rows]]
 # Brings a store made by an earlier version up to date, inside the transaction that opens it;
 # run at every open, so it must see for itself whether there is anything left to do.
 Migration = Callable[[Execute], Awaitable[None]]
 T = TypeVar("T")
+# A transaction's statements as a generator: it yields each statement, is sent its rows, and
+# returns its result. The same program runs as one job on SQLite's thread and statement by
+# statement on PostgreSQL; raising rolls it back.
+Program = Generator[Statement, Rows, T]
 
 
 class SQLiteStore:
@@ -96,22 +104,19 @@ class SQLiteStore:
             async with self._write_lock:
                 await uninterrupted(_atomically(db, statements))
 
-    async def atomic(self, body: Callable[[Execute], Awaitable[T]]) -> T:
-        """``body(execute)`` inside one transaction: committed when it returns, rolled back
-        when it raises (its exception goes on), ended either way before a cancellation does."""
+    async def atomic(self, program: Program[T]) -> T:
+        """``program`` in one transaction: committed when it returns, rolled back when it
+        raises (its exception goes on), ended either way before a cancellation does.
+
+        It runs as one job on the connection's thread (one hop from the event loop, not one
+        per statement: this is the path of every paid call; see ``THREAD_JOB``)."""
         db = await self.connection()
-        results: list[T] = []
-
-        async def execute(sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-            return await _run(db, sql, args)
-
-        async def run_body() -> None:
-            results.append(await body(execute))
-
+        in_thread = getattr(db, THREAD_JOB, None)
         with self.translated_errors():
             async with self._write_lock:
-                await uninterrupted(_atomically(db, (), run_body))
-        return results[0]
+                if in_thread is None:
+                    return await uninterrupted(_atomic_program(db, program))
+                return await uninterrupted(in_thread(_program_in_thread, db, program))
 
     async def aclose(self) -> None:
         """Close the connection and end its thread. Safe to call more than once."""
@@ -345,6 +350,54 @@ async def _atomically(
         with suppress(sqlite3.Error, ValueError):
             await _run(db, "ROLLBACK")
         raise
+
+
+def run_program(program: Program[T], execute: Callable[[str, tuple[Any, ...]], Rows]) -> T:
+    """Drive ``program``, each statement run by ``execute``: its result."""
+    try:
+        statement = next(program)
+        while True:
+            statement = program.send(execute(*statement))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def run_program_async(program: Program[T], execute: Execute) -> T:
+    """``run_program`` with a statement runner that must be awaited."""
+    try:
+        statement = next(program)
+        while True:
+            statement = program.send(await execute(*statement))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _program_in_thread(db: aiosqlite.Connection, program: Program[T]) -> T:
+    """On the connection's thread: BEGIN IMMEDIATE, the program, COMMIT; ROLLBACK on any error."""
+    conn = db._conn  # the thread's own sqlite3 connection: this runs on that thread
+
+    def execute(sql: str, args: tuple[Any, ...] = ()) -> Rows:
+        return conn.execute(sql, args).fetchall()
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = run_program(program, execute)
+        conn.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+async def _atomic_program(db: aiosqlite.Connection, program: Program[T]) -> T:
+    results: list[T] = []
+
+    async def body() -> None:
+        results.append(await run_program_async(program, partial(_run, db)))
+
+    await _atomically(db, (), body)
+    return results[0]
 
 
 async def _thread_gone(db: aiosqlite.Connection) -> None:

@@ -23,7 +23,7 @@ from .errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
 from .models import ProjectStatus, Task, TaskType
 from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 from .settings import home_dir
-from .sqlite_store import Execute, Statement, open_store
+from .sqlite_store import Execute, Program, Statement, open_store
 
 STATE_FORMAT = "orchestrator-state-1"
 
@@ -654,13 +654,13 @@ class StateManager:
         journal says the scope paid, under its saved cap) and the project's cap is
         ``max_nanos``."""
 
-        async def open_rows(execute: Execute) -> None:
-            caps = await _saved_caps(execute)
+        def open_rows() -> Program[None]:
+            caps = yield from _saved_caps()
             for scope in scopes:
-                await execute(*self._ledger_row(scope, caps.get(scope)))
-            await execute(*_set_cap(f"project:{project_id}", max_nanos))
+                yield self._ledger_row(scope, caps.get(scope))
+            yield _set_cap(f"project:{project_id}", max_nanos)
 
-        await self._store.atomic(open_rows)
+        await self._store.atomic(open_rows())
 
     def _ledger_row(self, scope: str, cap_nanos: int | None, reserved_nanos: int = 0) -> Statement:
         """A scope's new ledger row: what the journal says it paid, unless it has one."""
@@ -695,9 +695,9 @@ class StateManager:
         """Hold ``amount_nanos`` on every scope, in their order, in one transaction: None when
         held, else the first scope whose cap it could pass (then nothing is held anywhere)."""
 
-        async def reserve(execute: Execute) -> str | None:
+        def reserve() -> Program[str | None]:
             for scope in scopes:
-                held = await execute(
+                held = yield (
                     "UPDATE money_ledger SET reserved_nanos = reserved_nanos + ? WHERE scope = ?"
                     " AND (cap_nanos IS NULL OR spent_nanos + reserved_nanos + ? <= cap_nanos)"
                     # Only while the run holds its project: one paused past its lease, whose
@@ -707,22 +707,18 @@ class StateManager:
                     (amount_nanos, scope, amount_nanos, project_id, owner),
                 )
                 if not held:
-                    if await self._holder_of(execute, project_id) != owner:
+                    holder = yield ("SELECT owner FROM projects WHERE id = ?", (project_id,))
+                    if not holder or holder[0][0] != owner:
                         raise LeaseLost(TAKEN_OVER.format(project_id))
                     raise _Refused(scope)
-            await execute(*_hold_row(hold_id, project_id, owner, scopes, amount_nanos, task_id,
-                                     phase, journal_key))  # fmt: skip
+            yield _hold_row(hold_id, project_id, owner, scopes, amount_nanos, task_id, phase,
+                            journal_key)  # fmt: skip
             return None
 
         try:
-            return await self._store.atomic(reserve)
+            return await self._store.atomic(reserve())
         except _Refused as refused:
             return refused.scope
-
-    @staticmethod
-    async def _holder_of(execute: Execute, project_id: str) -> str | None:
-        rows = await execute("SELECT owner FROM projects WHERE id = ?", (project_id,))
-        return rows[0][0] if rows else None
 
     async def ledger(self, scopes: Iterable[str] | None = None) -> dict[str, LedgerRow]:
         """The ledger's rows (all of them, or those of ``scopes``)."""
@@ -748,26 +744,24 @@ class StateManager:
         what was charged."""
         settlements = list(settlements)
 
-        async def settle(execute: Execute) -> int:
+        def settle() -> Program[int]:
             charged = 0  # what the settled holds cost
             for hold_id, actual_nanos in settlements:
-                gone = await execute(
+                gone = yield (
                     "DELETE FROM money_holds WHERE id = ? RETURNING scopes, amount_nanos",
                     (hold_id,),
                 )
                 if not gone:
                     continue
                 scopes, amount = json.loads(gone[0][0]), int(gone[0][1])
-                await _move_to_spent(execute, scopes, amount, actual_nanos)
+                yield from _move_to_spent(scopes, amount, actual_nanos)
                 charged += actual_nanos
             if journal is not None and (charged or journal[4] is not None):
                 project_id, key, task_id, phase, entry, elapsed = journal
-                await execute(
-                    *_journal_row(project_id, key, task_id, phase, charged, entry, elapsed)
-                )
+                yield _journal_row(project_id, key, task_id, phase, charged, entry, elapsed)
             return charged
 
-        return await self._store.atomic(settle)
+        return await self._store.atomic(settle())
 
     async def ledger_expire(self) -> list[ExpiredHold]:
         """Charge in full, and journal, the holds of runs that ended without settling them
@@ -856,9 +850,9 @@ class _Refused(Exception):
         self.scope = scope
 
 
-async def _move_to_spent(execute: Execute, scopes: list[str], held: int, spent: int) -> None:
+def _move_to_spent(scopes: list[str], held: int, spent: int) -> Program[None]:
     for scope in scopes:
-        await execute(
+        yield (
             "UPDATE money_ledger SET spent_nanos = spent_nanos + ?,"
             " reserved_nanos = reserved_nanos - ? WHERE scope = ?",
             (spent, held, scope),
@@ -872,9 +866,9 @@ def _set_cap(scope: str, cap_nanos: int) -> Statement:
     )
 
 
-async def _saved_caps(execute: Execute) -> dict[str, int]:
+def _saved_caps() -> Program[dict[str, int]]:
     """The caps saved for the organisation, teams and jobs (in USD, as they were given)."""
-    rows = await execute("SELECT scope, max_usd FROM budget_caps")
+    rows = yield ("SELECT scope, max_usd FROM budget_caps", ())
     return {str(scope): usd_to_nanos(float(cap)) for scope, cap in rows}
 
 
@@ -896,26 +890,23 @@ def _hold_row(
     )  # fmt: skip
 
 
-def _expire(hold_id: str) -> Any:
-    async def expire(execute: Execute) -> ExpiredHold | None:
-        gone = await execute(
-            "DELETE FROM money_holds WHERE id = ?"
-            " RETURNING project_id, owner, scopes, amount_nanos, task_id, phase, journal_key",
-            (hold_id,),
-        )
-        if not gone:
-            return None  # settled or expired by another process meanwhile
-        project_id, owner, scopes, amount, task_id, phase, key = gone[0]
-        amount = int(amount)
-        await _move_to_spent(execute, json.loads(scopes), amount, amount)
-        # Kept like a call cut off in flight: spend with nothing to replay, asked again on resume.
-        sql, args = _journal_row(project_id, f"{key}#unanswered", task_id, phase, amount, None, 0.0)
-        exists = await execute("SELECT 1 FROM projects WHERE id = ?", (project_id,))
-        if exists:
-            await execute(sql, args)
-        return ExpiredHold(project_id, owner, amount, phase)
-
-    return expire
+def _expire(hold_id: str) -> Program[ExpiredHold | None]:
+    gone = yield (
+        "DELETE FROM money_holds WHERE id = ?"
+        " RETURNING project_id, owner, scopes, amount_nanos, task_id, phase, journal_key",
+        (hold_id,),
+    )
+    if not gone:
+        return None  # settled or expired by another process meanwhile
+    project_id, owner, scopes, amount, task_id, phase, key = gone[0]
+    amount = int(amount)
+    yield from _move_to_spent(json.loads(scopes), amount, amount)
+    # Kept like a call cut off in flight: spend with nothing to replay, asked again on resume.
+    sql, args = _journal_row(project_id, f"{key}#unanswered", task_id, phase, amount, None, 0.0)
+    exists = yield ("SELECT 1 FROM projects WHERE id = ?", (project_id,))
+    if exists:
+        yield sql, args
+    return ExpiredHold(project_id, owner, amount, phase)
 
 
 def _journal_row(

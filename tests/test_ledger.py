@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import clean_environment
 
+from orchestrator import sqlite_store
 from orchestrator.budget import BudgetExceeded
 from orchestrator.lease import LeaseLost
 from orchestrator.ledger import Ledger, run_scopes
@@ -118,6 +119,34 @@ async def test_a_run_whose_project_another_run_took_holds_nothing_more_even_befo
         rows = await store.ledger()
 
     assert [rows[s].reserved_nanos for s in ledger.scopes] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("path", ["one job on the thread", "statement by statement"])
+async def test_the_ledgers_transactions_keep_the_books_the_same_on_both_sqlite_paths(
+    tmp_path, monkeypatch, path
+):
+    if path == "statement by statement":  # as on an aiosqlite release without the job hook
+        monkeypatch.setattr(sqlite_store, "THREAD_JOB", "_no_such_hook")
+    async with StateManager(tmp_path / "state.db") as store:
+        await store.save_budget_caps({"team:eng": 1.0})
+        await project(store, "p")
+        ledger = await opened(store, "p")
+        first = await held(ledger, 0.6)
+        await store.ledger_settle([(first.id, nanos(0.6))], ("p", "a", "t", "generation", None, 0))
+        with pytest.raises(BudgetExceeded):
+            await held(ledger, 0.5)  # refused on the team's row after the org's was held
+        second = await held(ledger, 0.3, key="b")
+        charged = await store.ledger_settle(
+            [(second.id, nanos(0.25))], ("p", "b", "t", "generation", {"text": "ok"}, 1.0)
+        )
+        rows = await store.ledger()
+        journal = await store._store.run("SELECT key, cost_nanos FROM journal ORDER BY key")
+
+    assert charged == nanos(0.25)
+    assert {s: (r.spent_nanos, r.reserved_nanos) for s, r in rows.items()} == dict.fromkeys(
+        ledger.scopes, (nanos(0.85), 0)
+    )
+    assert journal == [("a", nanos(0.6)), ("b", nanos(0.25))]
 
 
 async def test_a_call_waits_while_calls_in_flight_hold_the_room_it_needs(state_location):
