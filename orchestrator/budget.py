@@ -191,13 +191,14 @@ class Budget:
         hold the shared ledger granted is shown (the ledger decides; a second decision here
         could refuse what it let through, or wait)."""
         self.reserved_nanos += checked_nanos(amount_nanos)
+        # On every paid attempt: the arguments stay numbers, formatted only when -v shows them.
         log.debug(
-            "reserved %s for %s (held %s, spent %s of %s)",
-            _usd(amount_nanos),
+            "reserved $%.6f for %s (held $%.6f, spent $%.6f of $%.6f)",
+            nanos_to_usd(amount_nanos),
             phase,
-            _usd(self.reserved_nanos),
-            _usd(self.spent_nanos),
-            _usd(self.max_nanos),
+            self.reserved_usd,
+            self.spent_usd,
+            self.max_usd,
         )
         return Reservation(amount_nanos, phase)
 
@@ -209,7 +210,11 @@ class Budget:
 
     def settle(self, reservation: Reservation, actual_nanos: int) -> None:
         self._close(reservation)
-        log.debug("settled %s of %s reserved", _usd(actual_nanos), _usd(reservation.amount_nanos))
+        log.debug(
+            "settled $%.6f of $%.6f reserved",
+            nanos_to_usd(actual_nanos),
+            nanos_to_usd(reservation.amount_nanos),
+        )
         if actual_nanos > reservation.amount_nanos:
             log.warning(
                 "a call cost %s, more than its reserved worst case %s",

@@ -47,6 +47,11 @@ class Price:
         rates = (self.input, self.output, self.cached_input, self.cache_write)
         object.__setattr__(self, "_nanos", tuple(price_to_nanos(rate) for rate in rates))
 
+    @property
+    def free(self) -> bool:
+        """Nothing to pay for prompt or answer (a local model)."""
+        return self.input == 0 and self.output == 0
+
     def cost_nanos(
         self,
         input_tokens: int,

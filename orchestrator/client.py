@@ -68,7 +68,7 @@ class Completion:
     input_tokens: int
     output_tokens: int
     cached_tokens: int
-    cost_usd: float  # ``cost_nanos`` for a person to read
+    cost_nanos: int  # what the answer cost, exactly: what the books add up
     latency_seconds: float
     attempts: int
     paid_calls: int
@@ -79,8 +79,12 @@ class Completion:
     stop_reason: str | None = None  # the vendor's word for why the (last part of the) answer ended
     # What it took to get a whole answer, e.g. "cut off at 4096 output tokens; continued once".
     notes: tuple[str, ...] = ()
-    cost_nanos: int = 0  # what the answer cost, exactly: what the books add up
     cache_write_tokens: int = 0  # prompt tokens written to the vendor's cache (Anthropic)
+
+    @property
+    def cost_usd(self) -> float:
+        """``cost_nanos`` for a person to read."""
+        return nanos_to_usd(self.cost_nanos)
 
 
 @dataclass
@@ -234,7 +238,6 @@ class UnifiedClient:
             output_tokens=sum(r.output_tokens for r in paid),
             cached_tokens=sum(r.cached_tokens for r in paid),
             cache_write_tokens=sum(r.cache_write_tokens for r in paid),
-            cost_usd=nanos_to_usd(cost),
             cost_nanos=cost,
             latency_seconds=time.monotonic() - started,
             attempts=answer.attempts,
@@ -362,9 +365,13 @@ class UnifiedClient:
         """One answer, retrying what our policy retries. Returns the answer and attempts made."""
         adapter = await self._adapter(model)
         worst_case = worst_case_nanos(model, request)
-        attempt = 0
+        attempt, wait = 0, 0.0
         while True:
             attempt += 1
+            if spend is not None:
+                await spend.flush()  # before any wait below: never hold money while waiting
+            if wait:
+                await asyncio.sleep(wait)
             if not self.health.admit(model.provider, model.key):
                 last = self._last_failure.get(model.key) or self._last_failure.get(model.provider)
                 cause = f" (last: {last})" if last else ""
@@ -376,8 +383,6 @@ class UnifiedClient:
                     attempts=attempt - 1,
                 )
             ticket = None
-            if spend is not None:
-                await spend.flush()
             try:
                 async with self._slots:
                     # Reserved once a slot is ours, so queued calls hold no money meanwhile.
@@ -402,9 +407,6 @@ class UnifiedClient:
                 wait = self.retry.delay(failure, attempt)
                 what = f"HTTP {failure.status}" if failure.status else failure.detail
                 log.debug("%s: %s; retry %d in %.2fs", model.value, what, attempt, wait)
-                if spend is not None:
-                    await spend.flush()
-                await asyncio.sleep(wait)
                 continue
             finally:
                 # A trial let through an open breaker ends with this attempt, however it ends.

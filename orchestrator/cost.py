@@ -17,13 +17,14 @@ from enum import StrEnum
 
 from .budget import Budget
 from .catalog import Catalog, Model
-from .client import MAX_CONTINUATIONS
+from .client import MAX_CONTINUATIONS, prompt_token_bound
 from .errors import ConfigError
 from .integration import DEFAULT_ROUNDS, INTEGRATION_PHASE
 from .models import ModelProfile, Task, TaskType
 from .money import nanos_to_usd, usd_to_nanos
 from .progress import format_usd
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER, GENERATE_SYSTEM, task_prompt
+from .providers.base import ChatRequest, Message
 from .routing import (
     CRITIQUE_MAX_TOKENS,
     DECOMPOSITION_MAX_TOKENS,
@@ -198,9 +199,10 @@ class _Tokens:
 
 
 def _text_tokens(text: str) -> tuple[int, int]:
-    """(expected, at most) tokens of ``text``: about four characters a token, and at most one
-    a byte with the chat template's margin (``orchestrator.client.prompt_token_bound``)."""
-    return len(text) // 4, len(text.encode()) + 560
+    """(expected, at most) tokens of ``text`` as a prompt: about four characters a token, and
+    at most what the client reserves for it (``prompt_token_bound``)."""
+    request = ChatRequest(messages=(Message("user", text),), max_tokens=1)
+    return len(text) // 4, prompt_token_bound(request)
 
 
 def _worst_answer_usd(model: Model, call: _Tokens) -> float:
@@ -228,7 +230,7 @@ class _Pricer:
         self.priced: set[str] = set()
 
     def typical(self, model: Model, priced_as: TaskType, call: _Tokens) -> float:
-        if model.price.input == 0 and model.price.output == 0:
+        if model.price.free:
             return 0.0  # a local model: measured averages of other runs cannot make it cost
         if self.predictor.samples(model, priced_as):
             self.learned.add(f"cost per call of {model.value} for {priced_as.value}")
@@ -320,7 +322,7 @@ class _Estimate:
         output = int(DECOMPOSITION_MAX_TOKENS * EXPECTED_ANSWER_SHARE)
         call = _Tokens(expected, output, at_most, DECOMPOSITION_MAX_TOKENS, prose=False)
         planner = planners[0]
-        if planner.price.output == 0 and planner.price.input == 0:
+        if planner.price.free:
             typical = 0.0
         elif self.history.planning_usd is not None:
             self.pricer.learned.add("the planner's spend per project")

@@ -161,8 +161,7 @@ class LLMGateway:
             self.lease.check()  # a run that lost its project pays for nothing more
         if self.stopping is not None and self.stopping.is_set():
             raise CallsStopped("the run is stopping: no new call starts")
-        sent = (model.key, sent_max_tokens(model, max_tokens), temperature, system, schema)
-        identity = _identity(sent, messages)
+        identity = _identity(model, messages, max_tokens, system, schema, temperature)
         while (same := self._in_flight.get(identity)) is not None:
             await same.done.wait()
             if same.answer is not None:
@@ -188,9 +187,7 @@ class LLMGateway:
         log.debug(
             "%s on %s: the same request was in flight; its answer is shared", slot, model.value
         )
-        shared = replace(
-            answer, cost_usd=0.0, cost_nanos=0, attempts=0, paid_calls=0, latency_seconds=0.0
-        )
+        shared = replace(answer, cost_nanos=0, attempts=0, paid_calls=0, latency_seconds=0.0)
         self._audit(model, task_id, phase, slot, "shared", answer=shared)
         if self.journal is not None:
             put = self.journal.put(key, [], task_id=task_id, phase=phase, entry=_entry(shared))
@@ -397,9 +394,7 @@ class _Meter:
 
     def priced(self, answer: Completion) -> Completion:
         """``answer`` at what this call charged: every attempt it paid, not only the last."""
-        return replace(
-            answer, cost_nanos=self.charged_nanos, cost_usd=nanos_to_usd(self.charged_nanos)
-        )
+        return replace(answer, cost_nanos=self.charged_nanos)
 
     async def flush(self) -> None:
         if self.journal is not None and self._unwritten:
@@ -429,12 +424,19 @@ class _InFlight:
     answer: Completion | None = None
 
 
-def _identity(sent: tuple[Any, ...], messages: Sequence[Message]) -> tuple[Any, ...]:
+def _identity(
+    model: Model,
+    messages: Sequence[Message],
+    max_tokens: int,
+    system: str | None,
+    schema: dict[str, Any] | None,
+    temperature: float | None,
+) -> tuple[Any, ...]:
     """What makes two requests byte-identical: the model, every output-affecting setting and
     the messages (not the slot, which only keeps deliberate repeats apart in the journal)."""
-    schema = sent[-1]
-    fixed = (*sent[:-1], None if schema is None else json.dumps(schema, sort_keys=True))
-    return (*fixed, *((m.role, m.content) for m in messages))
+    shape = None if schema is None else json.dumps(schema, sort_keys=True)
+    sent = (model.key, sent_max_tokens(model, max_tokens), system, shape, temperature)
+    return (*sent, *((m.role, m.content) for m in messages))
 
 
 def _entry(answer: Completion) -> dict[str, Any]:
@@ -482,7 +484,6 @@ def _completion(
         output_tokens=int(entry.get("output_tokens", 0)),
         cached_tokens=int(entry.get("cached_tokens", 0)),
         cache_write_tokens=int(entry.get("cache_write_tokens", 0)),
-        cost_usd=nanos_to_usd(cost_nanos),
         cost_nanos=cost_nanos,
         latency_seconds=0.0,
         attempts=0,

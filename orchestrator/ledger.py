@@ -95,7 +95,6 @@ class Ledger:
         needs; ``BudgetExceeded`` at once when it cannot fit even once they all settle, and
         when they have not freed the room within ``max_wait`` seconds."""
         loop = asyncio.get_running_loop()
-        need = f"${nanos_to_usd(hold.amount_nanos):.4f}"
         started: float | None = None  # when it began to wait
         wait = _FIRST_WAIT
         while True:
@@ -112,8 +111,12 @@ class Ledger:
             waited = 0.0 if started is None else loop.time() - started
             if refused is None:
                 if started is not None:
-                    log.debug("the call needing %s went ahead after %.2f s", need, waited)
+                    log.debug(
+                        "the call needing $%.4f went ahead after %.2f s",
+                        nanos_to_usd(hold.amount_nanos), waited,
+                    )  # fmt: skip
                 return
+            need = f"${nanos_to_usd(hold.amount_nanos):.4f}"
             row = (await self.store.ledger([refused]))[refused]
             room = None if row.cap_nanos is None else row.cap_nanos - row.spent_nanos
             left = "no cap" if room is None else f"${nanos_to_usd(max(room, 0)):.4f} left"

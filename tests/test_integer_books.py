@@ -13,16 +13,13 @@ import pytest
 from conftest import FAST_RETRY, fake_env, sqlite_rows
 from fake_provider import RecordedRequest, Reply
 from test_engine import as_tasks, prose_task
+from test_money_liveness import ask, books, journaled_gateway
 
 from orchestrator import Budget, BudgetExceeded, Catalog, Orchestrator, UnifiedClient
-from orchestrator.gateway import Journal, LLMGateway
-from orchestrator.ledger import Ledger
 from orchestrator.models import ProjectStatus
-from orchestrator.money import nanos_to_usd, usd_to_nanos
-from orchestrator.providers.base import Message
+from orchestrator.money import nanos_to_usd
 from orchestrator.state import StateManager
 
-OWNER = "tests:1:books"
 # A model whose answers cost exactly what they ask for: $0.10 for 1,000 output tokens, the
 # prompt free, so a call's worst case is what it costs when the whole answer is billed.
 DIME_MODEL = {
@@ -32,39 +29,6 @@ DIME_MODEL = {
 }
 
 
-async def gateway_for(store: StateManager, client: UnifiedClient, max_usd: float) -> LLMGateway:
-    """A gateway journaling project "p" (budget ``max_usd``) into ``store``, with its ledger."""
-    await store.create_project(
-        "p", description="d", criteria="c", max_usd=max_usd, max_time_seconds=600.0, settings={}
-    )
-    assert await store.claim("p", OWNER, 600.0) is None
-    ledger = Ledger(store, "p", OWNER)
-    await ledger.open(usd_to_nanos(max_usd), None, None)
-    budget = Budget(max_usd=max_usd, max_time_seconds=600)
-    return LLMGateway(client, budget, None, Journal(store, "p", budget, ledger))
-
-
-async def ask(gateway: LLMGateway, n: int, max_tokens: int = 1000):
-    return await gateway.ask(
-        gateway.client.catalog.resolve("gpt-4o-mini"),
-        [Message("user", f"question {n}")],
-        system=None,
-        max_tokens=max_tokens,
-        phase="generation",
-        slot=f"call-{n}",
-        task_id=f"t{n % 3}",
-    )
-
-
-async def books(store: StateManager, project_id: str = "p") -> tuple[int, int, int]:
-    """(the project's ledger spend, what it still holds, its journal's sum), in nano-dollars."""
-    row = (await store.ledger([f"project:{project_id}"]))[f"project:{project_id}"]
-    journal = await store._store.run(
-        "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ?", (project_id,)
-    )
-    return row.spent_nanos, row.reserved_nanos, int(journal[0][0])
-
-
 async def test_a_thirty_cent_budget_takes_exactly_three_ten_cent_calls(fake, state_location):
     fake.script("gpt-4o-mini", *[Reply(text="ok", input_tokens=9, output_tokens=1000)] * 4)
     catalog = Catalog.load(env={}).extended("dimes", {"models": [DIME_MODEL]})
@@ -72,7 +36,7 @@ async def test_a_thirty_cent_budget_takes_exactly_three_ten_cent_calls(fake, sta
         StateManager(state_location) as store,
         UnifiedClient(catalog, env=fake_env(fake.base_url), retry=FAST_RETRY) as client,
     ):
-        gateway = await gateway_for(store, client, max_usd=0.3)
+        gateway = await journaled_gateway(store, client, max_usd=0.3)
         answers = [await ask(gateway, n) for n in range(3)]
         with pytest.raises(BudgetExceeded, match="does not fit"):
             await ask(gateway, 3)
@@ -108,8 +72,8 @@ async def test_after_many_calls_of_random_costs_every_book_holds_the_same_nano_d
         StateManager(state_location) as store,
         UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, max_concurrency=4) as client,
     ):
-        gateway = await gateway_for(store, client, max_usd=5.0)
-        answers = await asyncio.gather(*(ask(gateway, n) for n in range(60)))
+        gateway = await journaled_gateway(store, client, max_usd=5.0)
+        answers = await asyncio.gather(*(ask(gateway, n, tasks=3) for n in range(60)))
         spent, held, journal = await books(store)
         tasks = [await store.task_spend_nanos("p", f"t{n}") for n in range(3)]
 

@@ -40,7 +40,8 @@ async def journaled_gateway(store: StateManager, client: UnifiedClient, max_usd:
     return LLMGateway(client, budget, None, Journal(store, "p", budget, ledger))
 
 
-async def ask(gateway: LLMGateway, n: int, max_tokens: int = 1000):
+async def ask(gateway: LLMGateway, n: int, max_tokens: int = 1000, tasks: int | None = None):
+    """Call ``n``: its own question, charged to task ``t{n}`` (or ``t{n % tasks}``)."""
     return await gateway.ask(
         gateway.client.catalog.resolve("gpt-4o-mini"),
         [Message("user", f"question {n}")],
@@ -48,14 +49,16 @@ async def ask(gateway: LLMGateway, n: int, max_tokens: int = 1000):
         max_tokens=max_tokens,
         phase="generation",
         slot=f"call-{n}",
-        task_id=f"t{n}",
+        task_id=f"t{n if tasks is None else n % tasks}",
     )
 
 
-async def books(store: StateManager) -> tuple[int, int, int]:
-    """(the project's ledger spend, what it still holds, the journal's sum), in nano-dollars."""
-    row = (await store.ledger(["project:p"]))["project:p"]
-    journal = await store._store.run("SELECT COALESCE(SUM(cost_nanos), 0) FROM journal")
+async def books(store: StateManager, project_id: str = "p") -> tuple[int, int, int]:
+    """(the project's ledger spend, what it still holds, its journal's sum), in nano-dollars."""
+    row = (await store.ledger([f"project:{project_id}"]))[f"project:{project_id}"]
+    journal = await store._store.run(
+        "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ?", (project_id,)
+    )
     return row.spent_nanos, row.reserved_nanos, int(journal[0][0])
 
 
