@@ -59,6 +59,7 @@ class PostgresStore:
     PostgreSQL schema of its own; ``path`` is the URL without its password."""
 
     local_liveness = False  # leases run on the database's clock, never on process liveness
+    writes_in_with = True  # INSERT, UPDATE and DELETE inside WITH: a transaction in one statement
 
     def __init__(
         self,

@@ -51,6 +51,7 @@ class SQLiteStore:
 
     # One machine: a lease holder's process can be asked whether it still lives.
     local_liveness = True
+    writes_in_with = False  # no INSERT, UPDATE or DELETE inside WITH (a program instead)
 
     def __init__(
         self,
