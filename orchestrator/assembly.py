@@ -8,6 +8,9 @@ are judged (``conftest.py``, a module named like ``pytest`` or the standard libr
 Two tasks naming one path are settled by one rule: the later task (in execution order) revises
 the earlier one's file only if it depends on that task, which showed it the file; otherwise
 the earlier file stays and the clash is reported as a conflict.
+A path naming a placed file or directory in other case (``Calc.py`` beside ``calc.py``,
+``PKG/`` beside ``pkg/``) would be that one on macOS and Windows: it is always a conflict, the
+earlier file staying.
 
 Nothing here touches the disk: ``output_writer`` writes the tree and ``integration`` checks it.
 """
@@ -319,6 +322,16 @@ def assemble(
 def _place(tree: ProjectTree, task: Task, path: str, content: str) -> None:
     existing = tree.files.get(path)
     if existing is None:
+        spelled = _case_clash(tree, path)
+        if spelled is not None:
+            other, mine, theirs = spelled
+            where = "" if theirs == other.path else f" (in {other.path})"
+            reason = (
+                f"{mine} and {theirs}{where} of task {other.task_id} differ only in case: "
+                "one path on macOS and Windows"
+            )
+            tree.conflicts.append(Conflict(path, other.task_id, task.id, reason))
+            return
         blocker = _file_or_directory_clash(tree, path)
         if blocker is not None:
             reason = (
@@ -341,4 +354,19 @@ def _file_or_directory_clash(tree: ProjectTree, path: str) -> TreeFile | None:
     for other in tree.files.values():
         if other.path in parents or other.path.startswith(path + "/"):
             return other
+    return None
+
+
+def _case_clash(tree: ProjectTree, path: str) -> tuple[TreeFile, str, str] | None:
+    """A placed file whose path spells the same file or directory as ``path`` in other case,
+    with the two spellings (``Calc.py`` and ``calc.py``, or ``PKG`` and ``pkg``)."""
+    parts = path.split("/")
+    for other in tree.files.values():
+        theirs = other.path.split("/")
+        for depth, (mine, their) in enumerate(zip(parts, theirs, strict=False)):
+            if mine == their:
+                continue
+            if mine.casefold() == their.casefold():
+                return other, "/".join(parts[: depth + 1]), "/".join(theirs[: depth + 1])
+            break
     return None

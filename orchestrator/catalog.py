@@ -17,15 +17,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .errors import CatalogError, UnknownModelError
 from .money import nanos_to_usd, price_to_nanos, usage_nanos
 from .schemas import best_match, shipped
 
 if TYPE_CHECKING:
     from jsonschema import ValidationError
-from .settings import CATALOG_ENV, first_set, read_user_file
+from .settings import CATALOG_ENV, first_set
+from .user_files import load_yaml, read_user_file
 
 DEFAULT_QUALITY = 0.7  # for a model whose catalog entry gives no prior
 _MODEL_FIELDS_REQUIRED = ("price", "context_window", "max_output_tokens")
@@ -260,10 +259,6 @@ class Catalog:
         return names
 
 
-# libyaml's loader where PyYAML was built with it: the catalog is read at every start.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 @cache
 def _builtin_catalog() -> Catalog:
     return _build([("built-in catalog", _builtin_document())])
@@ -284,12 +279,7 @@ def _read_document(path: Path) -> dict[str, Any]:
 
 
 def _parse(text: str, origin: str, *, check: bool = True) -> dict[str, Any]:
-    try:
-        document = yaml.load(text, Loader=_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CatalogError(f"catalog file {origin}: not valid YAML{where}") from None
+    document = load_yaml(text, f"catalog file {origin}", CatalogError)
     if document is None:
         document = {}
     if not isinstance(document, dict):

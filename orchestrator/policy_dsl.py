@@ -9,19 +9,16 @@ incomplete (info).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
 from .policy import Policy, PolicyHierarchy
 from .schemas import best_match, shipped
-from .settings import read_user_file
 from .taskgraph import explain_schema_error
+from .user_files import load_json, load_yaml, read_user_file
 
 
 class PolicyError(ConfigError):
@@ -33,14 +30,8 @@ def load_policy_file(path: str | Path) -> PolicyHierarchy:
     file = Path(path)
     origin = f"policy file {file}"
     text = read_user_file(file, origin, PolicyError)
-    try:
-        document = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        kind = "JSON" if file.suffix.lower() == ".json" else "YAML"
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
-        line = getattr(mark, "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise PolicyError(f"{origin}: not valid {kind}{where}") from None
+    load = load_json if file.suffix.lower() == ".json" else load_yaml
+    document = load(text, origin, PolicyError)
     document = {} if document is None else document
     error = best_match(shipped("policy.schema.json").iter_errors(document))
     if error is not None:

@@ -18,8 +18,8 @@ import yaml
 from .errors import ConfigError
 from .models import Task
 from .schemas import best_match, shipped, shipped_schema
-from .settings import read_user_file
 from .taskgraph import TaskGraphError, describe_schema_error, parse_tasks
+from .user_files import SafeLoader, load_yaml, read_user_file
 
 # Each field may be spelled the way the CLI flag is or the way the Python API is.
 _ALIASES = {"project": "description", "criteria": "success_criteria"}
@@ -112,14 +112,7 @@ def check_project_id(project_id: str) -> None:
 
 def _read(file: Path, origin: str) -> dict[str, Any]:
     text = read_user_file(file, origin, ProjectFileError)
-    try:
-        document = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
-        reason = f": {' '.join(str(problem).split())}" if problem else ""
-        raise ProjectFileError(f"{origin}: not valid YAML{where}{reason}") from None
+    document = load_yaml(text, origin, ProjectFileError, _StrictLoader)
     if document is None:
         raise ProjectFileError(f"{origin}: empty; expected a mapping with 'project' and 'criteria'")
     if not isinstance(document, dict):
@@ -142,8 +135,8 @@ def _one_of(document: dict[str, Any], name: str, origin: str) -> str:
     return value
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a repeated key instead of silently keeping the last one."""
+class _StrictLoader(SafeLoader):
+    """The bounded SafeLoader, rejecting a repeated key instead of silently keeping the last."""
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:

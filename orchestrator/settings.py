@@ -46,16 +46,3 @@ def first_set(env: Mapping[str, str], names: list[str]) -> str | None:
         if value:
             return value
     return None
-
-
-def read_user_file(path: Path, origin: str, error: type[Exception]) -> str:
-    """The text of a file the user named (a project, catalog or policy file); ``error`` with one
-    line starting with ``origin`` when it is missing, unreadable or not UTF-8."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{origin}: no such file") from None
-    except OSError as exc:
-        raise error(f"{origin}: cannot be read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise error(f"{origin}: not UTF-8 text") from None

@@ -55,6 +55,19 @@ LOCAL_CATALOG = """
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+# "Billion laughs": 360 bytes of YAML, a flow list whose aliases expand to 9**9 values.
+_LEVELS = "abcdefghi"
+ALIAS_BOMB = (
+    "[&a [x, x, x, x, x, x, x, x, x], "
+    + ", ".join(
+        f"&{name} [{', '.join([f'*{_LEVELS[n]}'] * 9)}]" for n, name in enumerate(_LEVELS[1:])
+    )
+    + "]"
+)
+
+# A list inside a list 50,000 times: past any parser's recursion.
+DEEP_LIST = "[" * 50_000 + "]" * 50_000
+
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=5)
 
 

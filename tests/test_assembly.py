@@ -128,6 +128,48 @@ def test_a_path_that_is_a_file_for_one_task_and_a_directory_for_another_is_a_con
     ]
 
 
+def test_paths_differing_only_in_case_are_one_path_and_a_conflict():
+    tasks = {
+        "one": Task("one", TaskType.CODE_GEN, "p"),
+        "two": Task("two", TaskType.CODE_GEN, "p"),
+        "revises": Task("revises", TaskType.CODE_GEN, "p", ["one"]),
+    }
+    results = {
+        "one": result("one", code(("calc.py", "X = 1"), ("pkg/Util.py", "U = 1"))),
+        "two": result(
+            "two", code(("Calc.py", "X = 1"), ("PKG/util.py", "U = 2"), ("PKG/b.py", ""))
+        ),
+        # Depending on the file's writer does not make another spelling of it a revision.
+        "revises": result("revises", code(("CALC.py", "X = 3"), ("ok.py", "Y = 1"))),
+    }
+
+    tree = assemble(tasks, ["one", "two", "revises"], results)
+
+    assert sorted(tree.files) == ["calc.py", "ok.py", "pkg/Util.py"]
+    assert {(c.path, c.kept, c.dropped, c.reason) for c in tree.conflicts} == {
+        ("Calc.py", "one", "two",
+         "Calc.py and calc.py of task one differ only in case: one path on macOS and Windows"),
+        ("PKG/util.py", "one", "two",
+         "PKG and pkg (in pkg/Util.py) of task one differ only in case: one path on macOS and "
+         "Windows"),
+        ("PKG/b.py", "one", "two",
+         "PKG and pkg (in pkg/Util.py) of task one differ only in case: one path on macOS and "
+         "Windows"),
+        ("CALC.py", "one", "revises",
+         "CALC.py and calc.py of task one differ only in case: one path on macOS and Windows"),
+    }  # fmt: skip
+
+
+def test_one_task_naming_two_spellings_of_a_file_keeps_the_first_and_reports_the_other():
+    tasks = {"one": Task("one", TaskType.CODE_GEN, "p")}
+    answer = code(("util.py", "X = 1"), ("Util.py", "X = 2"))
+
+    tree = assemble(tasks, ["one"], {"one": result("one", answer)})
+
+    assert list(tree.files) == ["util.py"]
+    assert [(c.path, c.kept, c.dropped) for c in tree.conflicts] == [("Util.py", "one", "one")]
+
+
 def test_the_same_file_written_twice_alike_is_no_conflict():
     tasks = {"one": Task("one", TaskType.CODE_GEN, "p"), "two": Task("two", TaskType.CODE_GEN, "p")}
     same = code(("util.py", "X = 1"))

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import LOCAL_CATALOG, run_cli
+from conftest import ALIAS_BOMB, DEEP_LIST, LOCAL_CATALOG, run_cli
 
 from orchestrator import Catalog
 
@@ -153,6 +153,9 @@ INVALID_CATALOGS = [
         "catalog.yaml",
         id="not-utf-8",
     ),
+    pytest.param(f"models: {ALIAS_BOMB}\n", "aliases are expanded", id="alias-bomb"),
+    pytest.param(f"models: {DEEP_LIST}\n", "nest", id="nested-50000-deep"),
+    pytest.param("#" * 1024 * 1024 + "\n", "larger than 1 MiB", id="too-large"),
 ]
 
 
@@ -164,10 +167,12 @@ def test_invalid_catalog_exits_2_with_a_one_line_error(tmp_path, how, content, f
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content, encoding="utf-8")
+    # Refused at once: a file that never finished loading would time out.
     if how == "--catalog":
-        result = run_cli("--list-models", "--catalog", str(path), cwd=tmp_path)
+        result = run_cli("--list-models", "--catalog", str(path), cwd=tmp_path, timeout=20)
     else:
-        result = run_cli("--list-models", cwd=tmp_path, env={"ORCHESTRATOR_CATALOG": str(path)})
+        env = {"ORCHESTRATOR_CATALOG": str(path)}
+        result = run_cli("--list-models", cwd=tmp_path, env=env, timeout=20)
     assert_clean_usage_error(result)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

@@ -539,3 +539,43 @@ def test_a_project_file_names_the_tree_and_its_rounds(fake, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["project_tree"]["directory"] == "ratelimiter"
     assert summary["integration"]["max_rounds"] == 0
+
+
+def test_files_two_tasks_name_differing_only_in_case_are_a_conflict_from_the_command_line(
+    fake, tmp_path
+):
+    scripted(
+        fake,
+        {
+            "first": files(("calc.py", "WHO = 'first'"), ("pkg/Util.py", "U = 1")),
+            "other": files(("Calc.py", "WHO = 'other'"), ("PKG/util.py", "U = 2"),
+                           ("app.py", "from calc import WHO")),
+        },
+    )  # fmt: skip
+    project = tmp_path / "calc.yaml"
+    project.write_text(
+        "project: '[project] A calculator'\ncriteria: it works\noutput_dir: out\n"
+        "integration: false\ntasks:\n"
+        "  - {id: first, type: code_generation, prompt: '[first] Write calc.',"
+        " hard_validators: [python_syntax]}\n"
+        "  - {id: other, type: code_generation, prompt: '[other] Write the app.',"
+        " hard_validators: [python_syntax]}\n"
+    )
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+
+    result = run_cli("--file", str(project), "--no-cache", cwd=tmp_path, env=env)
+
+    assert result.returncode == 0, result.stderr
+    tree = tmp_path / "out" / "project"
+    placed = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    assert placed == ["app.py", "calc.py", "pkg/Util.py"]
+    assert (tree / "calc.py").read_text() == "WHO = 'first'\n"
+    conflicts = json.loads((tmp_path / "out" / "summary.json").read_text())["project_tree"][
+        "conflicts"
+    ]
+    assert [(c["path"], c["kept"], c["dropped"]) for c in conflicts] == [
+        ("Calc.py", "first", "other"),
+        ("PKG/util.py", "first", "other"),
+    ]
+    assert all("differ only in case" in c["reason"] for c in conflicts)
+    assert "Calc.py" in (tmp_path / "out" / "README.md").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import PROJECT_ROOT, fake_env, run_cli, write_file
+from conftest import ALIAS_BOMB, DEEP_LIST, PROJECT_ROOT, fake_env, run_cli, write_file
 from test_resume import FAST
 
 from orchestrator import Budget, Catalog, ConfigError, Orchestrator, UnifiedClient
@@ -275,3 +275,27 @@ async def test_the_design_documents_manual_override_limits_a_run_to_the_models_i
     assert state.status is ProjectStatus.SUCCESS
     assert {r.model for r in fake.requests} <= {"claude-opus-5", "gpt-4o"}
     assert state.results["core"].model_used.value in {"claude-opus-5", "gpt-4o"}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("deep.json", f'{{"global": {DEEP_LIST}}}', "refused: nested more than 100 levels deep"),
+        ("bomb.yaml", f"global: {ALIAS_BOMB}\n", "more than 100000 values once its aliases"),
+    ],
+)
+def test_a_policy_file_too_big_to_read_is_refused_in_one_line_before_any_call(
+    fake, tmp_path, name, text, expected
+):
+    policy = write_file(tmp_path / name, text)
+
+    result = run_cli(
+        "-p", "[project] Build an add library", "-c", "add works", "--policy", str(policy),
+        cwd=tmp_path, env=fake_env(fake.base_url), timeout=20,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"orchestrator: error: policy file {policy}: ")
+    assert expected in line
+    assert fake.count() == 0

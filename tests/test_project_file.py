@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_file
+from conftest import ALIAS_BOMB, DEEP_LIST, run_cli, write_file
 
 from orchestrator.errors import ConfigError
 from orchestrator.models import TaskType
@@ -153,6 +153,28 @@ def test_bad_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "project: a\ncriteria: b\nbudget: [1, 2\n")
     message = load_error(path)
     assert "not valid YAML at line" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(MINIMAL + f"tasks: {ALIAS_BOMB}\n", "refused at line 3: more than 100000 "
+                     "values once its aliases are expanded", id="alias-bomb"),
+        pytest.param(MINIMAL + f"tasks: {DEEP_LIST}\n", "nest", id="nested-50000-deep"),
+        pytest.param(MINIMAL + "#" * 1024 * 1024, "refused: larger than 1 MiB", id="too-large"),
+    ],
+)  # fmt: skip
+def test_a_file_too_big_to_read_is_one_line_from_the_command_line_at_once(tmp_path, text, expected):
+    path = write(tmp_path, text)
+
+    # A file that never finished loading would time out; an unbounded one raised RecursionError.
+    result = run_cli("--file", str(path), cwd=tmp_path, env={"OPENAI_API_KEY": "test"}, timeout=20)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"orchestrator: error: project file {path}: ")
+    assert expected in line
 
 
 def test_a_repeated_key_is_an_error_not_a_silent_override(tmp_path):
