@@ -72,8 +72,11 @@ from .routing import Decision, Router
 from .state import StateManager, UnknownProjectError
 from .telemetry import TelemetryCollector
 
+# The name pip knows it by ("orchestrator" on PyPI is another project).
+DISTRIBUTION = "orchestrator-llm"
+
 try:
-    __version__ = _version("orchestrator")
+    __version__ = _version(DISTRIBUTION)
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 

