@@ -34,7 +34,7 @@ from .local import KEYLESS_NOTE, LOCAL_PROVIDER, LocalModel, choose_local, saved
 from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from .optimization import BACKENDS
-from .output_writer import OutputError, check_tree_name, write_outputs
+from .output_writer import OutputError, check_output_dir, check_tree_name, write_outputs
 from .planner import ConstraintPlanner
 from .policy import PolicyEngine, PolicySet
 from .policy_dsl import PolicyAnalyzer, load_policy_file
@@ -340,14 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_work(args))
         if args.resume:
             project_id = args.resume
-            _probe_output_dir(args.output_dir)
+            _probe_output_dir(args.output_dir, args.overwrite)
             watch = _Watch.from_args(args)
             return asyncio.run(_resume(args, watch))
         spec = _project_spec(args)
         if args.forecast:
             sys.stdout.write(forecast_text(spec, args))
             return EXIT_SUCCESS
-        _probe_output_dir(spec.output_dir)
+        _probe_output_dir(spec.output_dir, args.overwrite, spec.description, spec.criteria)
         if args.submit:
             return asyncio.run(_submit(spec, args))
         watch = _Watch.from_args(args)
@@ -420,8 +420,14 @@ def _check_limits(args: argparse.Namespace) -> None:
             raise _usage(f"--tree-name: {exc}") from None
 
 
-def _probe_output_dir(directory: str | None) -> None:
-    """Make sure the outputs can be written before anything is paid for."""
+def _probe_output_dir(
+    directory: str | None,
+    overwrite: bool,
+    description: str | None = None,
+    criteria: str | None = None,
+) -> None:
+    """Make sure the outputs can be written before anything is paid for: the directory is
+    writable and (unless ``--overwrite``) what it holds can be replaced (``check_output_dir``)."""
     if directory is None:
         return
     path = Path(directory)
@@ -431,6 +437,8 @@ def _probe_output_dir(directory: str | None) -> None:
             pass
     except OSError as exc:
         raise _usage(f"--output-dir {directory} cannot be written: {exc.strerror}") from None
+    if not overwrite:
+        check_output_dir(path, description, criteria)
 
 
 def _project_spec(args: argparse.Namespace) -> ProjectSpec:

@@ -99,18 +99,14 @@ def write_outputs(
     planned[SUMMARY_NAME] = text + "\n"
     planned[README_NAME] = _readme(state, order, files, tree, tree_name)
 
-    owner, ours = _read_manifest(root)
+    request = request_digest(state.project_description, state.success_criteria)
+    owner, asked, ours = _read_manifest(root)
     stale = [n for n in ours if n not in planned and _own_file(n)]
     if not overwrite:
-        if owner not in (None, state.project_id) and any((root / n).exists() for n in ours):
-            raise OutputError(
-                f"output directory {_show(root)} holds the results of project {owner!r}; "
-                "nothing was written: choose another --output-dir, or pass --overwrite to "
-                "replace them"
-            )
+        _refuse_another_project(root, owner, asked, ours, state.project_id, request)
         _refuse_foreign_changes(root, ours, [*planned, *stale], planned)
     written = [_write(root, name, content) for name, content in planned.items()]
-    _write(root, MANIFEST_NAME, _manifest(state.project_id, planned))
+    _write(root, MANIFEST_NAME, _manifest(state.project_id, request, planned))
     # Removed only after the new files are in place, so a failed run never loses more than it wrote.
     _remove_stale(root, stale)
     return written
@@ -148,24 +144,74 @@ def _digest(content: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _manifest(project_id: str, planned: dict[str, str]) -> str:
+def request_digest(description: str, criteria: str) -> str:
+    """What a run was asked, as the manifest keeps it: a run asked the same (the same command
+    again, say) is the same project and updates what an earlier one wrote here."""
+    return _digest(json.dumps([description, criteria]))
+
+
+def check_output_dir(
+    directory: str | os.PathLike[str], description: str | None, criteria: str | None
+) -> None:
+    """Before a run pays for anything: ``OutputError`` if its results could not replace what
+    ``directory`` holds without ``--overwrite`` (another project's results, or files this tool
+    wrote that a person changed since). ``description`` None: a resume, the same project."""
+    root = Path(directory)
+    owner, asked, ours = _read_manifest(root)
+    if description is not None and criteria is not None:
+        _refuse_another_project(
+            root, owner, asked, ours, None, request_digest(description, criteria)
+        )
+    _refuse_foreign_changes(root, ours, list(ours), {})
+
+
+def _manifest(project_id: str, request: str, planned: dict[str, str]) -> str:
     files = {name: _digest(content) for name, content in sorted(planned.items())}
-    document = {"written_by": "orchestrator", "project_id": project_id, "files": files}
+    document = {
+        "written_by": "orchestrator",
+        "project_id": project_id,
+        "request": request,
+        "files": files,
+    }
     return json.dumps(document, indent=2) + "\n"
 
 
-def _read_manifest(root: Path) -> tuple[str | None, dict[str, str]]:
-    """Which project this tool last wrote here, and its files by name and content hash."""
+def _read_manifest(root: Path) -> tuple[str | None, str | None, dict[str, str]]:
+    """Which project this tool last wrote here, what it was asked, and its files by name and
+    content hash."""
     try:
         data = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
         files = data["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, {}
+        return None, None, {}
     if not isinstance(files, dict):
-        return None, {}
-    owner = data.get("project_id")
+        return None, None, {}
+    owner, request = data.get("project_id"), data.get("request")
     ours = {str(k): str(v) for k, v in files.items() if _manifest_name(str(k))}
-    return (str(owner) if owner is not None else None), ours
+    return (
+        str(owner) if owner is not None else None,
+        str(request) if request is not None else None,
+        ours,
+    )
+
+
+def _refuse_another_project(
+    root: Path,
+    owner: str | None,
+    asked: str | None,
+    ours: dict[str, str],
+    project_id: str | None,
+    request: str,
+) -> None:
+    """Raise ``OutputError`` if ``root`` holds the results of a project asked something else."""
+    if owner is None or owner == project_id or asked == request:
+        return
+    if any((root / name).exists() for name in ours):
+        raise OutputError(
+            f"output directory {_show(root)} holds the results of project {owner!r}, which was "
+            "asked something else; nothing was written: choose another --output-dir, or pass "
+            "--overwrite to replace them"
+        )
 
 
 def _refuse_foreign_changes(

@@ -365,3 +365,49 @@ def test_a_resume_with_nothing_to_do_writes_nothing_and_a_hand_edit_survives(fak
     assert asked.returncode == 2
     assert "task_001_code_generation.py" in asked.stderr and "--overwrite" in asked.stderr
     assert edited.read_text(encoding="utf-8") == "# my own fix\n"
+
+
+def test_the_same_command_runs_again_into_the_same_directory(fake, llm, tmp_path):
+    out = tmp_path / "results"
+    command = (
+        "--project",
+        PROJECT,
+        "--criteria",
+        CRITERIA,
+        "--budget",
+        "2",
+        "--output-dir",
+        str(out),
+    )
+    first = run_cli(*command, cwd=tmp_path, env=cli_env(fake, tmp_path))
+    assert first.returncode == 0, first.stderr
+
+    again = run_cli(*command, "--no-cache", cwd=tmp_path, env=cli_env(fake, tmp_path))
+
+    assert again.returncode == 0, again.stderr
+    assert "status SUCCESS" in again.stdout
+    assert "Traceback" not in again.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["project_id"] in again.stdout
+
+
+def test_another_project_into_a_directory_of_results_is_refused_before_any_call(
+    fake, llm, tmp_path
+):
+    out = tmp_path / "results"
+    first = run_cli(
+        "--project", PROJECT, "--criteria", CRITERIA, "--budget", "2", "--output-dir", str(out),
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    calls = fake.count()
+
+    other = run_cli(
+        "--project", "[project] Build a subtract library", "--criteria", CRITERIA,
+        "--output-dir", str(out), cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+
+    assert other.returncode == 2
+    [line] = other.stderr.strip().splitlines()
+    assert "holds the results of project" in line and "--overwrite" in line
+    assert fake.count() == calls  # refused before anything was paid for

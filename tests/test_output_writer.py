@@ -24,6 +24,7 @@ from orchestrator.money import usd_to_nanos
 from orchestrator.output_writer import (
     MANIFEST_NAME,
     OutputError,
+    check_output_dir,
     output_filename,
     strip_fences,
     write_outputs,
@@ -557,12 +558,40 @@ def test_another_projects_results_are_not_replaced_without_being_asked(tmp_path)
     write_outputs(design_state(), out)
     other = design_state()
     other.project_id = "another-project"
+    other.project_description = "Build something else"
 
+    with pytest.raises(OutputError, match="results of project 'proj-42'"):
+        check_output_dir(out, other.project_description, other.success_criteria)
     with pytest.raises(OutputError, match="results of project 'proj-42'"):
         write_outputs(other, out)
     write_outputs(other, out, overwrite=True)
 
     assert json.loads((out / "summary.json").read_text())["project_id"] == "another-project"
+
+
+def test_a_new_run_asked_the_same_updates_what_the_last_one_wrote(tmp_path):
+    out = tmp_path / "out"
+    write_outputs(design_state(), out)
+    again = design_state()  # the same command run again: a new project, asked the same
+    again.project_id = "the-next-run"
+    again.results["task_001"].output = "```python\nANSWER = 43\n```"
+
+    check_output_dir(out, again.project_description, again.success_criteria)
+    write_outputs(again, out)
+
+    assert (out / "task_001_code_generation.py").read_text() == "ANSWER = 43\n"
+    assert json.loads((out / "summary.json").read_text())["project_id"] == "the-next-run"
+
+
+def test_a_file_a_person_changed_is_found_before_a_run_pays_for_anything(tmp_path):
+    out = tmp_path / "out"
+    write_outputs(design_state(), out)
+    (out / "README.md").write_text("my notes\n", encoding="utf-8")
+
+    with pytest.raises(OutputError, match=r"README\.md"):
+        check_output_dir(out, design_state().project_description, design_state().success_criteria)
+    with pytest.raises(OutputError, match=r"README\.md"):
+        check_output_dir(out, None, None)  # a resume too
 
 
 def test_a_file_where_the_directory_should_be_is_an_output_error(tmp_path):
