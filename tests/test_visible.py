@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from conftest import TERMINAL_CONTROLS
 
+from orchestrator import cli
 from orchestrator.visible import visible, visible_json
 
 ORDINARY = "café naïve Ünïcödé, 中文 日本語, emoji 🎉 and a family 👨\u200d👩\u200d👧, e\u0301"
@@ -61,3 +63,21 @@ def test_json_text_holds_no_control_character_and_parses_to_the_same_value():
     assert not TERMINAL_CONTROLS.search(safe)
     assert json.loads(safe) == value
     assert ORDINARY in safe  # readable as it is, not as \u escapes
+
+
+def test_the_command_lines_log_lines_show_control_characters_escaped(capsys):
+    # The command line configures logging only where nothing has yet; pytest has, so its
+    # handlers are set aside (and put back within the test, where pytest expects them).
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()
+    try:
+        assert cli.main(["--list-projects"]) == 0
+        logging.getLogger("orchestrator.test").warning("a server said: %s", "\x1b[2J\u202eok")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        r"WARNING orchestrator.test: a server said: \x1b[2J\u202eok"
+    )
