@@ -27,6 +27,7 @@ from typing import Any
 
 from .fences import fenced_blocks, has_fence
 from .models import Task, TaskResult, TaskStatus, TaskType
+from .visible import visible
 
 TREE_NAME = "project"  # the tree's directory inside the output directory, unless named
 MAX_PATH = 200
@@ -237,7 +238,7 @@ def _marker(text: str) -> tuple[str | None, str]:
 
 
 def _shown(name: str) -> str:
-    flat = "".join(c if c.isprintable() else "?" for c in name)
+    flat = visible(name, one_line=True)
     return flat if len(flat) <= 80 else flat[:79] + "…"
 
 

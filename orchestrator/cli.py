@@ -45,6 +45,7 @@ from .settings import CATALOG_ENV, home_dir, load_environment
 from .sqlite_store import DB_URL_ENV, EXTRA_COMMAND, is_postgres_url, shown
 from .state import StateManager
 from .telemetry import TelemetryCollector
+from .visible import VisibleFormatter, visible
 
 EXIT_SUCCESS = 0
 EXIT_BAD_INPUT = 2
@@ -311,9 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line, for ``argv`` (default: the process's arguments); the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Log records quote model output and servers' errors: shown with their controls escaped.
+    handler = logging.StreamHandler()
+    handler.setFormatter(VisibleFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        level=logging.DEBUG if args.verbose >= 2 else logging.WARNING, handlers=[handler]
     )
     if args.verbose:
         logging.getLogger("orchestrator").setLevel(logging.DEBUG)
@@ -354,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec.project_id = project_id = spec.project_id or new_project_id()
         return asyncio.run(_run(spec, args, watch))
     except OrchestratorError as exc:
-        print(f"orchestrator: error: {exc}", file=sys.stderr)
+        print(f"orchestrator: error: {visible(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         # The reader went away (`| head -1`): what it did not want is not an error. Point
@@ -632,9 +635,13 @@ async def _work(args: argparse.Namespace) -> int:
         except ProjectBusy:
             raise  # the worker queues it again for when that run's lease ends
         except OrchestratorError as exc:
-            print(f"orchestrator: project {project_id}: error: {exc}", file=sys.stderr)
+            print(
+                f"orchestrator: project {project_id}: error: {visible(str(exc))}", file=sys.stderr
+            )
             return "ERROR"
-        print(f"project {project_id}: {state.status.value} {state.reason}", file=sys.stderr)
+        print(
+            f"project {project_id}: {state.status.value} {visible(state.reason)}", file=sys.stderr
+        )
         return state.status.value
 
     await distributed.work(
@@ -874,7 +881,7 @@ def _policies(args: argparse.Namespace) -> PolicySet | None:
         more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
         raise OrchestratorError(f"policy file {args.policy}: {report.errors[0]}{more}")
     for warning in report.warnings:
-        print(f"orchestrator: warning: {warning}", file=sys.stderr)
+        print(f"orchestrator: warning: {visible(warning)}", file=sys.stderr)
     return policies
 
 

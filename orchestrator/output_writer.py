@@ -4,7 +4,9 @@ named files make (``assembly``), summary.json and README.md.
 Task ids, prompts and outputs come from a model or a user, so none of them becomes part of a
 path unchecked: a task file is named from its position in the execution order and its type
 only, and a file of the tree goes only where ``assembly.tree_path`` allows, below the tree's
-directory, never through a link.
+directory, never through a link. Nor do they reach a terminal that shows README.md or
+summary.json as codes: their control characters are escaped there (``visible``). The task
+files and the tree's files are the answers themselves, written as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .files import write_atomically
 from .models import ProjectState, Task, TaskResult, TaskType
 from .progress import format_usd
 from .sandbox import NO_SANDBOX
+from .visible import visible, visible_json
 
 SUMMARY_NAME = "summary.json"
 README_NAME = "README.md"
@@ -96,7 +99,7 @@ def write_outputs(
         planned[f"{tree_name}/{path}"] = file.content
     summary = _summary(state, order, files, tree, tree_name)
     text = json.dumps(_finite(summary), indent=2, ensure_ascii=False, allow_nan=False)
-    planned[SUMMARY_NAME] = text + "\n"
+    planned[SUMMARY_NAME] = visible_json(text) + "\n"
     planned[README_NAME] = _readme(state, order, files, tree, tree_name)
 
     request = request_digest(state.project_description, state.success_criteria)
@@ -393,14 +396,15 @@ _PROMPT_EXCERPT = 80
 def _cell(text: object) -> str:
     """One table cell: a line break or an unescaped ``|`` in model or user text would end the
     row or add a column. Backslashes are escaped first so input ending in ``\\`` cannot turn our
-    ``\\|`` back into a bare pipe."""
-    one_line = " ".join(str(text).split())
+    ``\\|`` back into a bare pipe; control characters are escaped (``visible``) before that."""
+    one_line = visible(" ".join(str(text).split()))
     return one_line.replace("\\", "\\\\").replace("|", "\\|") or _NONE
 
 
 def _line(text: object) -> str:
-    """Free text outside the table, kept on one line so it cannot start a heading or a list."""
-    return " ".join(str(text).split()).replace("\\", "\\\\")
+    """Free text outside the table, kept on one line so it cannot start a heading or a list,
+    its control characters escaped (``visible``)."""
+    return visible(" ".join(str(text).split())).replace("\\", "\\\\")
 
 
 def _excerpt(text: str) -> str:

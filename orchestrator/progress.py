@@ -14,6 +14,7 @@ from .budget import Budget
 from .events import Event
 from .models import ProjectState, TaskResult, ValidatorResult
 from .sandbox import NO_SANDBOX
+from .visible import visible
 
 
 @dataclass
@@ -39,6 +40,9 @@ class ProgressPrinter:
     area, one line per running task, redrawn in place and cut to the terminal's width; finished
     tasks leave it, and ``close()`` (or leaving the ``with`` block) erases it, before a results
     table or an error is printed. Elsewhere every call is a line of its own.
+
+    What a model or a test wrote (task ids, reasons, check results) is shown through
+    ``visible``: only the live area's own cursor codes reach the terminal as codes.
     """
 
     def __init__(
@@ -152,7 +156,7 @@ class ProgressPrinter:
     def _line(self, text: str) -> None:
         """A line that stays: written above the live area, which is drawn again below it."""
         self._erase()
-        self.stream.write(f"{self._prefix()} {text}\n")
+        self.stream.write(f"{self._prefix()} {visible(text)}\n")
         self._draw()
         self.stream.flush()
 
@@ -177,7 +181,8 @@ class ProgressPrinter:
         # and the area could no longer be erased by counting its lines.
         width = max(10, columns - 1)
         for line in lines + entries:
-            self.stream.write(_fit(line, width) + "\n")
+            # A newline in model text would add a line, too: escaped (``one_line``).
+            self.stream.write(_fit(visible(line, one_line=True), width) + "\n")
         self._drawn = 1 + len(entries)
 
     def _erase(self) -> None:
@@ -217,6 +222,8 @@ def _finished(result: TaskResult) -> str:
 
 
 def results_table(state: ProjectState) -> str:
+    """The table printed at the end of a run, then its status, reason and integration checks;
+    what a model or a test wrote in them is shown ``visible``."""
     header = ("task", "type", "status", "score", "model", "reviewer", "iter", "cost", "checks")
     rows = [header]
     for task_id in state.execution_order:
@@ -251,7 +258,7 @@ def results_table(state: ProjectState) -> str:
         verdict = "passed" if integration.passed else "did not pass"
         lines.append(f"integration {verdict}: {integration.rounds[-1].describe()}")
         lines += [f"  {failure.summary}" for failure in integration.rounds[-1].failures[:5]]
-    return "\n".join(lines) + "\n"
+    return visible("\n".join(lines)) + "\n"
 
 
 def _checks(result: TaskResult) -> str:
@@ -285,7 +292,8 @@ def format_usd(value: float) -> str:
 
 def text_table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:
     """Aligned columns, the first row a header underlined with dashes; ``right`` columns are
-    right-aligned (numbers)."""
+    right-aligned (numbers). A cell is shown ``visible`` on one line, so a row stays a row."""
+    rows = [tuple(visible(cell, one_line=True) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(

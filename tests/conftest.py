@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -67,6 +68,10 @@ ALIAS_BOMB = (
 
 # A list inside a list 50,000 times: past any parser's recursion.
 DEEP_LIST = "[" * 50_000 + "]" * 50_000
+
+# What must never reach a terminal from a model or a test: C0 controls but newline and tab, DEL,
+# C1 controls (a one-byte CSI among them) and the bidi embeddings, overrides and isolates.
+TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=5)
 

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from conftest import clean_environment, fake_env, run_cli, write_file
+from conftest import TERMINAL_CONTROLS, clean_environment, fake_env, run_cli, write_file
 
 import orchestrator
 from orchestrator import Budget, ConfigError, Orchestrator
@@ -46,6 +46,17 @@ def test_an_unsafe_project_id_on_the_command_line_is_refused_like_in_a_file(tmp_
     assert len(result.stderr.strip().splitlines()) == 1
     assert "\x1b" not in result.stderr
     assert "project id" in result.stderr and "not valid" in result.stderr
+
+
+def test_an_error_line_quoting_escape_codes_shows_them_as_text(tmp_path):
+    blocker = write_file(tmp_path / "a file", "not a directory")
+    hostile = f"{blocker}/out\x1b]0;pwned\x07\x1b[2J\u202e"
+
+    result = run_cli("-p", "p", "-c", "c", "--output-dir", hostile, cwd=tmp_path)
+
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert not TERMINAL_CONTROLS.search(result.stderr)
+    assert r"out\x1b]0;pwned\x07\x1b[2J\u202e cannot be written" in result.stderr
 
 
 async def test_an_unsafe_project_id_is_refused_by_the_python_api_before_anything_runs():

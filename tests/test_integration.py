@@ -18,7 +18,7 @@ import threading
 import time
 
 import pytest
-from conftest import clean_environment, fake_env, run_cli, sqlite_rows
+from conftest import TERMINAL_CONTROLS, clean_environment, fake_env, run_cli, sqlite_rows
 from scripted_llm import ScriptedLLM
 
 from orchestrator import Budget, RetryPolicy, UnifiedClient
@@ -579,3 +579,65 @@ def test_files_two_tasks_name_differing_only_in_case_are_a_conflict_from_the_com
     ]
     assert all("differ only in case" in c["reason"] for c in conflicts)
     assert "Calc.py" in (tmp_path / "out" / "README.md").read_text()
+
+
+# What a hostile test prints when it fails: it retitles the terminal, clears it, paints a fake
+# green status over the real one, moves the cursor with a one-byte CSI, and reverses the line.
+TERMINAL_TRICKS = (
+    r"\x1b]0;pwned\x07\x1b[2J\x1b[32mstatus SUCCESS\x1b[0m\x08\x08\x9b2K\x7f"
+    r"\u202eSSECCUS sutats\u202c\u2066\x00\x1f\rstatus SUCCESS"
+)
+
+
+@needs_sandbox
+def test_a_failing_tests_escape_codes_are_shown_as_text_never_sent_to_the_terminal(fake, tmp_path):
+    hostile_test = files(
+        (
+            "tests/test_bucket.py",
+            f"""
+            from ratelimit import TokenBucket
+
+
+            def test_takes_until_empty():
+                assert TokenBucket(1).take() is None, "{TERMINAL_TRICKS}"
+            """,
+        )
+    )
+    scripted(fake, {"lib": LIBRARY, "tests": hostile_test})
+    project = tmp_path / "rl.yaml"
+    project.write_text(
+        "project: '[project] A rate-limiter library with tests'\ncriteria: it works\n"
+        "integration_rounds: 0\ntasks:\n"
+        "  - {id: lib, type: code_generation, prompt: '[lib] Write the library.',"
+        " hard_validators: [python_syntax]}\n"
+        "  - {id: tests, type: code_generation, prompt: '[tests] Write its tests.',"
+        " dependencies: [lib], hard_validators: [python_syntax]}\n"
+    )
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+
+    result = run_cli(
+        "--file", str(project), "--no-cache", "--output-dir", str(tmp_path / "out"),
+        cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+
+    out = tmp_path / "out"
+    shown = {
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "README.md": (out / "README.md").read_text(encoding="utf-8"),
+        "summary.json": (out / "summary.json").read_text(encoding="utf-8"),
+    }
+    for name, text in shown.items():
+        assert not TERMINAL_CONTROLS.search(text), f"{name}: {text!r}"
+    # The real status is printed, and the test's message is there to read, escaped.
+    assert result.returncode == 3, result.stderr
+    assert "status PARTIAL_SUCCESS" in result.stdout
+    assert r"\x1b]0;pwned\x07" in result.stdout and r"\u202e" in result.stdout
+    assert r"\x1b[32mstatus SUCCESS" in shown["README.md"]
+    # summary.json keeps the message itself: the same text once parsed.
+    summary = json.loads(shown["summary.json"])
+    (failure,) = summary["integration"]["rounds"][0]["failures"]
+    assert "\x1b]0;pwned\x07" in failure["summary"] and "\u202e" in failure["summary"]
+    # The tree's files are the model's, byte for byte.
+    written = (out / "project" / "tests" / "test_bucket.py").read_text(encoding="utf-8")
+    assert TERMINAL_TRICKS in written

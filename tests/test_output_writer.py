@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TERMINAL_CONTROLS
 
 from orchestrator import Catalog
 from orchestrator.budget import Budget
@@ -441,6 +442,32 @@ def test_readme_escapes_pipes_and_newlines_from_models_and_users(tmp_path):
     assert not any(line.startswith("# not a heading") for line in readme.splitlines())
     assert not any(line.startswith("| injected") for line in readme.splitlines())
     assert "reviewer said: a | b # not a heading" in readme
+
+
+def test_escape_codes_from_models_are_text_in_the_readme_and_summary_and_kept_in_task_files(
+    tmp_path,
+):
+    tricks = "\x1b]0;pwned\x07\x1b[2J\x9b2K\x7f\u202eSSECCUS\u2066"
+    answer = f"```python\nprint('{tricks}')\n```\n"
+    state = make_state(
+        [make_task("t1", TaskType.CODE_GEN, f"Print {tricks}")],
+        [make_result("t1", answer, status=TaskStatus.DEGRADED, reason=f"reviewer: {tricks}")],
+    )
+    state.project_description = f"A project {tricks}"
+
+    write_outputs(state, tmp_path / "out")
+
+    readme = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    summary = (tmp_path / "out" / "summary.json").read_text(encoding="utf-8")
+    for text in (readme, summary):
+        assert not TERMINAL_CONTROLS.search(text), text
+    # Shown where it was, as a Markdown backslash: \\ renders as one.
+    escaped = r"\\x1b]0;pwned\\x07\\x1b[2J\\x9b2K\\x7f\\u202eSSECCUS\\u2066"
+    assert f"Print {escaped}" in table_rows(readme)[0][1]
+    assert f"reviewer: {escaped}" in readme and f"A project {escaped}" in readme
+    assert json.loads(summary)["tasks"][0]["result"]["reason"] == f"reviewer: {tricks}"
+    # The task's file is the model's answer, as it gave it.
+    assert (tmp_path / "out" / "task_001_code_generation.py").read_text() == f"print('{tricks}')\n"
 
 
 def test_tasks_without_output_get_no_file_but_appear_everywhere(tmp_path):

@@ -256,3 +256,20 @@ def test_an_evaluations_two_verdicts_from_two_models_are_one_line_naming_both(te
     assert terminal.lines()[-1] == "  a: evaluation x2 on kimi-k2.6 and claude-opus-5"
     assert "a: evaluation on kimi-k2.6\n" in stream.getvalue()
     assert "a: evaluation on claude-opus-5 (the second verdict)\n" in stream.getvalue()
+
+
+def test_a_failing_tests_escape_codes_are_shown_as_text_and_the_live_area_still_works(terminal):
+    printer = ProgressPrinter(stream=terminal)
+    start(printer, Budget(max_usd=2.0, max_time_seconds=60))
+    call(printer, "a", "generation")
+    hostile = "\x1b]0;pwned\x07\x1b[2J\x1b[32mOK\x1b[0m\r\u202eok"
+    printer(Event("integration", data={"round": 1, "passed": False, "checks": hostile,
+                                       "revise": []}))  # fmt: skip
+
+    assert terminal.screen.title == ""  # the terminal was not retitled
+    assert terminal.lines()[-3:] == [
+        "[0/3 | $0.00/$2.00] integration check 1 failed: "
+        r"\x1b]0;pwned\x07\x1b[2J\x1b[32mOK\x1b[0m\r\u202eok",
+        "[0/3 | $0.00/$2.00] running 1 task:",
+        "  a: generation on kimi-k2.6",
+    ]
