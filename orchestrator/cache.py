@@ -138,6 +138,10 @@ class DiskCache:
             (key, text, time.time()),
         )
 
+    async def delete(self, key: str) -> None:
+        """Forget the object stored under ``key``, if any."""
+        await self._store.run("DELETE FROM responses WHERE key = ?", (key,))
+
     async def stats(self) -> dict[str, int]:
         """Entries in the file, and the hits and misses of this instance."""
         rows = await self._store.run("SELECT COUNT(*) FROM responses")

@@ -22,7 +22,7 @@ from .audit import AuditLog
 from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
 from .catalog import Catalog, Model
-from .client import UnifiedClient
+from .client import Completion, UnifiedClient
 from .cost import BudgetHierarchy, CostPredictor
 from .errors import (
     ConfigError,
@@ -67,7 +67,13 @@ from .task_runner import (
     TaskRunner,
     describe_outage,
 )
-from .taskgraph import TaskGraphError, decomposition_schema, execution_order, parse_tasks
+from .taskgraph import (
+    TaskGraphError,
+    decomposition_schema,
+    default_plan,
+    execution_order,
+    parse_tasks,
+)
 from .telemetry import ModelProfile, TelemetryCollector
 from .validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
 
@@ -792,6 +798,18 @@ class Orchestrator:
 
         async def attempt(model: Model) -> dict[str, Task]:
             self.emit(Event("call_started", model=model.value, role="decomposition", data=about))
+            plan: dict[str, Task] = {}
+
+            def usable(answer: Completion) -> None:
+                plan.update(
+                    parse_tasks(
+                        answer.parsed,
+                        origin=f"decomposition by {model.value}",
+                        max_tasks=self.max_tasks,
+                    )
+                )
+                execution_order(plan)  # a cyclic plan is as unusable as a malformed one
+
             answer = await gateway.ask(
                 model,
                 [Message("user", prompt)],
@@ -800,14 +818,11 @@ class Orchestrator:
                 phase="decomposition",
                 slot="decompose",
                 schema=schema,
+                usable=usable,  # an unusable plan is not replayed by a rerun or a resume
             )
             finished = {**about, "cost_usd": answer.cost_usd, "cached": answer.from_cache}
             self.emit(Event("call_finished", None, model.value, "decomposition", finished))
-            tasks = parse_tasks(
-                answer.parsed, origin=f"decomposition by {model.value}", max_tasks=self.max_tasks
-            )
-            execution_order(tasks)  # a cyclic plan is as unusable as a malformed one
-            return tasks
+            return plan
 
         def failed(model: Model, exc: Exception) -> None:
             if isinstance(exc, ProviderError):
@@ -823,7 +838,19 @@ class Orchestrator:
             )
         except ChainFailed as exc:
             why = self._why_no_plan(exc.failures)
-            raise DecompositionFailed(f"decomposition failed: {why}") from None
+            if exc.failures.only_outages:
+                raise DecompositionFailed(f"decomposition failed: {why}") from None
+            # The planners answered, but nothing they said can run (a small local model's
+            # plans never can): a plan that can, rather than a failure.
+            tasks = default_plan(state.project_description, state.success_criteria, self.max_tasks)
+            message = (
+                f"the planner's answers could not be used ({why}); running a plan of "
+                f"{len(tasks)} task{'s' if len(tasks) != 1 else ''} instead: "
+                f"{', '.join(tasks)} (write tasks: in a project file to choose your own)"
+            )
+            log.info("%s", message)  # shown once, by the notice, where there is a display
+            self.emit(Event("notice", data={"message": message}))
+            return tasks
         if not guidance[0] <= len(tasks) <= guidance[1]:
             self.emit(Event("plan_size", data={"tasks": len(tasks), "guidance": guidance}))
         return tasks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,6 +55,11 @@ class Journal:
         if key not in self.replayable:
             return None
         return await self.store.journal_get(self.project_id, key)
+
+    async def forget(self, key: str) -> None:
+        """Keep the call's spend but not its answer: a resume asks again."""
+        await self.store.journal_forget(self.project_id, key)
+        self.replayable.discard(key)
 
     async def put(
         self,
@@ -120,7 +125,12 @@ class LLMGateway:
         task_id: str = "",
         schema: dict[str, Any] | None = None,
         temperature: float | None = None,
+        usable: Callable[[Completion], object] | None = None,
     ) -> Completion:
+        """The answer to this request: replayed from the journal, from the cache, shared with
+        the same request in flight, or paid for. ``usable`` checks it (raising if it cannot be
+        used): an answer it refuses is kept as spend but neither cached nor journaled as an
+        answer, so a rerun or a resume asks again instead of replaying it."""
         # Keyed on the request as it is sent: a limit the catalog caps, or another API version,
         # is another request, never served an answer cut off under the old one.
         key = cache_key(
@@ -138,6 +148,32 @@ class LLMGateway:
             system=system,
             slot=slot,
         )
+        answer = await self._answer(
+            key, model, messages, system=system, max_tokens=max_tokens, phase=phase,
+            slot=slot, task_id=task_id, schema=schema, temperature=temperature,
+        )  # fmt: skip
+        if usable is not None:
+            try:
+                usable(answer)
+            except Exception:
+                await uninterrupted(self._forget(key))
+                raise
+        return answer
+
+    async def _answer(
+        self,
+        key: str,
+        model: Model,
+        messages: list[Message],
+        *,
+        system: str | None,
+        max_tokens: int,
+        phase: str,
+        slot: str,
+        task_id: str,
+        schema: dict[str, Any] | None,
+        temperature: float | None,
+    ) -> Completion:
         if self.journal is not None:
             entry = await self.journal.get(key)
             if entry is not None:
@@ -311,6 +347,17 @@ class LLMGateway:
                 attempts=getattr(error, "attempts", None),
             )
         self.audit.record("call", data, project_id=self.project_id, task_id=task_id or None)
+
+    async def _forget(self, key: str) -> None:
+        """Keep no answer under ``key`` (its spend stays in the journal)."""
+        await self.flush()  # its cache write may still be on its way
+        if self.cache is not None:
+            try:
+                await self.cache.delete(key)
+            except CacheError as exc:
+                self._drop_cache(exc)
+        if self.journal is not None:
+            await self.journal.forget(key)
 
     async def flush(self) -> None:
         """Wait for the cache writes still in progress."""

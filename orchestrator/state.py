@@ -557,6 +557,12 @@ class StateManager:
         entry["cost_nanos"] = int(rows[0][1])
         return entry
 
+    async def journal_forget(self, project_id: str, key: str) -> None:
+        """Drop a journaled answer found unusable, keeping what its call paid."""
+        await self._store.run(
+            "UPDATE journal SET entry = NULL WHERE project_id = ? AND key = ?", (project_id, key)
+        )
+
     async def journal_put(
         self,
         project_id: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import heapq
+import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,40 @@ def parse_tasks(
     except TaskGraphError as exc:
         raise TaskGraphError(f"{origin}: {exc}") from None
     return tasks
+
+
+# Words that say a project asks for code (and so for code and its tests).
+_CODE_WORDS = re.compile(
+    r"\b(?:python|code|function|functions|class|module|library|script|pytest|tests?|api|cli|"
+    r"implement\w*|def)\b|\w+_\w+\(|\w+\(\)",
+    re.IGNORECASE,
+)
+DEFAULT_MODULE = "solution"
+
+
+def default_plan(description: str, criteria: str, max_tasks: int | None = None) -> dict[str, Task]:
+    """A plan that can run without a planner: for a project asking for code, the code in one
+    named module and its pytest tests in another (two tasks); for anything else, the whole
+    deliverable as one task. Used when every planner's answer was unusable."""
+    asked = f"{description}\n\nAcceptance criteria: {criteria}"
+    if not _CODE_WORDS.search(f"{description} {criteria}") or max_tasks == 1:
+        return {"deliverable": Task("deliverable", TaskType.WRITING, asked, [], [],
+                                    acceptance=criteria)}  # fmt: skip
+    module = DEFAULT_MODULE
+    code = Task(
+        "code", TaskType.CODE_GEN,
+        f"{asked}\n\nWrite the Python code this asks for, all of it in the module "
+        f"{module}.py: name it with the line '# file: {module}.py'.",
+        [], ["python_syntax"], acceptance=criteria,
+    )  # fmt: skip
+    tests = Task(
+        "tests", TaskType.CODE_GEN,
+        f"{asked}\n\nWrite pytest tests for the module {module}.py (import what they test "
+        f"from {module}), checking the acceptance criteria, in the file test_{module}.py: name "
+        f"it with the line '# file: test_{module}.py'.",
+        ["code"], ["python_syntax", "pytest"], acceptance=criteria,
+    )  # fmt: skip
+    return {"code": code, "tests": tests}
 
 
 def _task(entry: Mapping[str, Any]) -> Task:

@@ -411,3 +411,21 @@ def test_another_project_into_a_directory_of_results_is_refused_before_any_call(
     [line] = other.stderr.strip().splitlines()
     assert "holds the results of project" in line and "--overwrite" in line
     assert fake.count() == calls  # refused before anything was paid for
+
+
+def test_a_description_of_ones_own_runs_when_the_planner_cannot_plan_it(fake, llm, tmp_path):
+    # What a 135M planner answers: a task depending on one it never named.
+    llm.plan = [{"id": "1027-2321", "type": "code_generation", "prompt": "p",
+                 "dependencies": ["pip-pip_python_5_123"], "hard_validators": [],
+                 "acceptance": None}]  # fmt: skip
+
+    result = run_cli(
+        "--project", "[project] Write is_palindrome(s) in Python", "--criteria", "pytest passes",
+        "--budget", "2", cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+
+    assert result.returncode in (0, 3), result.stderr
+    assert "Traceback" not in result.stderr
+    [notice] = [line for line in result.stderr.splitlines() if "planner's answers" in line]
+    assert "depends on unknown task 'pip-pip_python_5_123'" in notice
+    assert "running a plan of 2 tasks instead: code, tests" in notice

@@ -331,27 +331,49 @@ async def test_no_provider_key_is_a_system_failure_naming_the_variables():
     assert "OPENAI_API_KEY" in state.reason
 
 
-async def test_a_decomposition_answer_that_is_garbage_is_a_system_failure(fake, llm):
+async def test_unusable_plans_give_way_to_the_code_and_its_tests_said_in_one_notice(fake, llm):
     llm.plan = [{"id": "only-one", "type": "poetry"}]
+    events = []
 
-    state = await run(fake)
+    state = await run(fake, on_event=events.append)
 
-    assert state.status is ProjectStatus.SYSTEM_FAILURE
-    assert "decomposition failed" in state.reason
+    assert state.status is not ProjectStatus.SYSTEM_FAILURE
+    assert list(state.tasks) == ["code", "tests"]
+    assert state.tasks["tests"].dependencies == ["code"]
+    assert "pytest" in state.tasks["tests"].hard_validators
+    [notice] = [
+        e.data["message"] for e in events if e.kind == "notice" and "planner" in str(e.data)
+    ]
+    assert "running a plan of 2 tasks instead: code, tests" in notice
     # The planner's choice and its two fallbacks each got the request and one repair request
-    # before the run gave up.
+    # before the run gave up on planning.
     assert llm.count("plan") == 6
 
 
-async def test_a_cyclic_decomposition_is_rejected(fake, llm):
+async def test_a_cyclic_decomposition_is_not_run(fake, llm):
     plan = default_plan()
     plan[0]["dependencies"] = ["summary"]
     llm.plan = plan
+    events = []
 
-    state = await run(fake)
+    state = await run(fake, on_event=events.append)
 
-    assert state.status is ProjectStatus.SYSTEM_FAILURE
-    assert "cycle" in state.reason
+    assert list(state.tasks) == ["code", "tests"]
+    assert any("cycle" in str(e.data.get("message")) for e in events if e.kind == "notice")
+
+
+async def test_a_plan_that_could_not_be_used_is_asked_again_by_the_next_run(fake, llm, tmp_path):
+    llm.plan = [{"id": "a", "type": "code_generation", "prompt": "p", "dependencies": ["nope"],
+                 "hard_validators": [], "acceptance": None}]  # fmt: skip
+    async with DiskCache(tmp_path / "cache.db") as cache:
+        await run(fake, cache=cache)
+        asked = llm.count("plan")
+        llm.plan = default_plan()
+
+        state = await run(fake, cache=cache)
+
+    assert llm.count("plan") == asked + 1  # not the unusable plan again, from the cache
+    assert set(state.tasks) == {t["id"] for t in default_plan()}
 
 
 async def test_a_cyclic_task_list_given_directly_is_a_clear_error(fake, llm):

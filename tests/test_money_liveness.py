@@ -216,3 +216,29 @@ async def test_a_run_near_its_budget_ends_on_its_own_with_its_books_exact(
     # The clock (120 s) is far: the run ended because it finished or ran out of money.
     assert state.status is not ProjectStatus.TIMEOUT, state.reason
     assert took < 60
+
+
+async def test_an_answer_found_unusable_keeps_its_spend_but_is_asked_again_on_resume(
+    fake, tmp_path
+):
+    fake.responder = lambda rec: Reply(text="not a plan", input_tokens=20, output_tokens=50)
+
+    def unusable(answer):
+        raise ValueError(f"cannot use {answer.text!r}")
+
+    async with StateManager(tmp_path / "state.db") as store:
+        async with UnifiedClient(
+            env=fake_env(fake.base_url, ["openai"]), retry=FAST_RETRY
+        ) as client:
+            gateway = await journaled_gateway(store, client, 1.0)
+            model = client.catalog.resolve("gpt-4o-mini")
+            question = dict(system=None, max_tokens=100, phase="decomposition", slot="decompose")
+            with pytest.raises(ValueError, match="cannot use"):
+                await gateway.ask(model, [Message("user", "plan")], usable=unusable, **question)
+            spent, held, journaled = await books(store)
+            resumed = LLMGateway(client, gateway.budget, None, gateway.journal)
+            await resumed.journal.load()
+            await resumed.ask(model, [Message("user", "plan")], **question)
+
+    assert spent == journaled > 0 and held == 0  # what it cost is kept
+    assert fake.count() == 2  # and the answer was not replayed: asked again

@@ -14,6 +14,7 @@ from orchestrator.taskgraph import (
     TaskGraphError,
     critical_path_length,
     decomposition_schema,
+    default_plan,
     execution_order,
     parse_tasks,
     task_schema,
@@ -362,3 +363,24 @@ def test_critical_path_with_durations():
         critical_path_length(DIAMOND, {"a": 1, "b": 1, "c": 1})
     with pytest.raises(ValueError, match="negative"):
         critical_path_length(DIAMOND, {**durations, "c": -1})
+
+
+def test_the_plan_run_without_a_planner_is_the_code_and_its_tests_in_named_files():
+    plan = default_plan("Write is_palindrome(s)", "pytest passes")
+
+    assert execution_order(plan) == ["code", "tests"]
+    assert "# file: solution.py" in plan["code"].prompt
+    assert "# file: test_solution.py" in plan["tests"].prompt
+    assert plan["tests"].hard_validators == ["python_syntax", "pytest"]
+    assert all(task.acceptance == "pytest passes" for task in plan.values())
+
+
+def test_the_plan_run_without_a_planner_for_prose_is_one_task():
+    plan = default_plan("A poem about autumn leaves", "four stanzas, rhymed")
+
+    assert [(t.id, t.type) for t in plan.values()] == [("deliverable", TaskType.WRITING)]
+    assert "four stanzas" in plan["deliverable"].prompt
+
+
+def test_the_plan_run_without_a_planner_keeps_a_one_task_limit():
+    assert list(default_plan("Write add(a, b) in Python", "works", max_tasks=1)) == ["deliverable"]
