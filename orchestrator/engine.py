@@ -700,7 +700,9 @@ class Orchestrator:
             return
         await self._close_unfinished(session, state, timed_out)
         state.status = _final_status(state, timed_out, ctx.budget_exhausted, bool(ctx.outages))
-        if state.status is ProjectStatus.SYSTEM_FAILURE:
+        if state.status is ProjectStatus.SUCCESS and (unchecked := _self_assessed(state)):
+            state.status, state.reason = ProjectStatus.PARTIAL_SUCCESS, unchecked
+        elif state.status is ProjectStatus.SYSTEM_FAILURE:
             state.reason = describe_outage(ctx.outages)
         elif state.status is ProjectStatus.PARTIAL_SUCCESS and state.integration is not None:
             state.reason = state.integration.reason()
@@ -1201,6 +1203,25 @@ def _final_status(
     if budget_exhausted or any(state.results[t].interrupted for t in state.execution_order):
         return ProjectStatus.BUDGET_EXHAUSTED
     return ProjectStatus.PARTIAL_SUCCESS
+
+
+def _self_assessed(state: ProjectState) -> str | None:
+    """Why a run's success would rest on no evidence independent of its authors (every grade
+    came from the model that wrote the answer, and no test ran and passed), or None."""
+    results = [state.results[t] for t in state.execution_order]
+    if not results or not all(r.self_graded for r in results):
+        return None
+    tests = [v for r in results for v in r.validator_results if v.name == "pytest"]
+    if state.integration is not None and state.integration.rounds:
+        tests += [c for c in state.integration.rounds[-1].checks if c.name == "pytest"]
+    if any(t.passed and not (t.skipped or t.not_run) for t in tests):
+        return None
+    authors = sorted({r.model_used.value for r in results if r.model_used is not None})
+    return (
+        f"every grade came from the model that wrote the answer ({', '.join(authors)}) and no "
+        "test ran and passed, so nothing independent checked the work; add a key or a second "
+        "model for independent grading"
+    )
 
 
 def _restore_spend(budget: Budget, saved: SavedProject) -> None:

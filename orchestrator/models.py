@@ -119,6 +119,9 @@ class TaskResult:
     notes: list[str] = field(default_factory=list)
     # The last integration round whose revision request this task answered (0: none).
     integration_round: int = 0
+    # Every verdict of its last evaluation came from the model that wrote the answer: its
+    # score is not evidence independent of the author.
+    self_graded: bool = False
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to restore this result, models by their catalog key."""
@@ -149,6 +152,7 @@ class TaskResult:
             interrupted=record.get("interrupted", False),
             notes=list(record.get("notes", [])),
             integration_round=int(record.get("integration_round", 0)),
+            self_graded=bool(record.get("self_graded", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +171,7 @@ class TaskResult:
             "reason": self.reason,
             "notes": list(self.notes),
             "integration_round": self.integration_round,
+            "self_graded": self.self_graded,
             "output": self.output,
         }
 

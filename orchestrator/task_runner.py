@@ -442,6 +442,7 @@ class TaskRunner:
             await one(3, router.led_by(unused[0], chain) if unused else chain)
         if not verdicts:
             return Evaluation(0.0, "", 0, needed)
+        self.result.self_graded = all(grader == author for grader in graders)
         # Two verdicts that disagree take the lower; a third breaks the tie by the median.
         found = scores()
         score = statistics.median(found) if len(found) == 3 else min(found)

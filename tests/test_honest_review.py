@@ -10,10 +10,11 @@ from conftest import fake_env
 from fake_provider import Reply
 from scripted_llm import TaskScript
 from test_custom_endpoint import MODEL_ID, local_catalog
+from test_integration import needs_sandbox
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
-from orchestrator.models import Task, TaskStatus, TaskType
+from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
 
 TASKS = {
     "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],
@@ -213,3 +214,43 @@ async def test_one_evaluator_close_to_the_threshold_reads_the_answer_twice(
     assert len({r.model for r in verdicts}) == 1  # the only evaluator
     assert not sent_twice(verdicts)  # each reading is its own request, paid once each
     assert (core.status is TaskStatus.COMPLETED) is (score >= 0.85)
+
+
+async def one_model_run(fake, tmp_path, tasks=TASKS, **options):
+    path = local_catalog(tmp_path, fake.base_url)
+    async with UnifiedClient(catalog_path=path, env={}, retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=1.0), client=client, use_cache=False, **options)
+        return await orch.run_project("[project] add", "add works", tasks=tasks)
+
+
+async def test_a_run_its_one_model_graded_alone_is_not_a_success(fake, llm, tmp_path):
+    llm.scripts["core"] = TaskScript(scores=[1.0])
+
+    state = await one_model_run(fake, tmp_path, integration=False)  # no test runs
+
+    assert state.results["core"].status is TaskStatus.COMPLETED
+    assert state.results["core"].self_graded
+    assert state.status is ProjectStatus.PARTIAL_SUCCESS
+    assert state.reason.startswith(
+        f"every grade came from the model that wrote the answer ({MODEL_ID})"
+    )
+    assert "no test ran and passed" in state.reason
+
+
+@needs_sandbox
+async def test_a_test_that_ran_and_passed_is_evidence_enough_for_success(fake, llm, tmp_path):
+    # The task's own pytest validator; the tree's integration check counts the same way.
+    tested = {"core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],
+                           ["python_syntax", "pytest"])}  # fmt: skip
+
+    state = await one_model_run(fake, tmp_path, tested, integration=False)
+
+    assert state.results["core"].self_graded
+    assert state.status is ProjectStatus.SUCCESS
+
+
+async def test_grades_from_another_model_are_independent_evidence(fake, llm):
+    state = await run(fake)
+
+    assert not state.results["core"].self_graded
+    assert state.status is ProjectStatus.SUCCESS

@@ -251,8 +251,12 @@ def test_the_cli_runs_the_example_with_local(tmp_path):
     assert summary["budget"]["spent_usd"] == 0
     tasks = {t["id"]: t for t in summary["tasks"]}
     assert set(tasks) == {"code", "note"}
-    if status == "SUCCESS":
-        assert all(t["result"]["status"] == "completed" for t in tasks.values())
+    # One model graded its own answers and no test ran: never a SUCCESS, and it says why.
+    assert status != "SUCCESS"
+    if status == "PARTIAL_SUCCESS" and all(
+        t["result"]["status"] == "completed" for t in tasks.values()
+    ):
+        assert "every grade came from the model that wrote the answer" in result.stdout
     # Every task's output is written, unless the clock stopped the run before its answer.
     assert (out / "README.md").is_file()
     for task in tasks.values():
