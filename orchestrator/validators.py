@@ -36,6 +36,7 @@ from .sandbox import (
     scratch_dir,
 )
 from .schemas import best_match, schema_problem, validator
+from .tree_screen import RUNNER_MODULES, Refused, screen
 
 __all__ = ["KNOWN_VALIDATORS", "code_blocks", "run_validators", "unknown_validators"]
 
@@ -55,12 +56,8 @@ PYTEST_RUNNER = pytest_channel.__file__
 PYTHON_TAGS = ("python", "py", "python3", "")
 
 _NO_OUTPUTS: Mapping[str, str] = MappingProxyType({})
-
-# A block written under one of these names would replace the test runner itself, letting the
-# code under test report whatever it likes.
-_RESERVED_MODULES = frozenset(
-    {"pytest", "_pytest", "pluggy", "py", "sitecustomize", "usercustomize", "conftest"}
-)
+# Our pytest configuration, written beside the tests under a name no file of theirs can have.
+PYTEST_CONFIG = ".verdict.ini"
 
 _FILE_COMMENT = re.compile(r"^#\s*(?:file|filename)\s*:\s*(?P<name>\S+)\s*$", re.IGNORECASE)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
@@ -262,7 +259,7 @@ def _declared_path(source: str, root: str) -> str | None:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or path.name == ".py":
         return None
-    if path.parts[0].removesuffix(".py") in _RESERVED_MODULES:
+    if path.parts[0].removesuffix(".py") in RUNNER_MODULES:
         return None
     target = Path(root, *path.parts).resolve()
     if not target.is_relative_to(root) or target == Path(root):
@@ -294,17 +291,15 @@ def _plan_files(root: str, dependency_blocks: list[str], own_blocks: list[str]) 
     return files
 
 
-def _prepare_pytest(root: str, dependency_blocks: list[str], own_blocks: list[str]) -> list[str]:
-    """Write the blocks and a pytest.ini under ``root``; return the test files."""
+def _prepare_pytest(
+    root: str, dependency_blocks: list[str], own_blocks: list[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Write the blocks under ``root``; return every file written and the test files."""
     files = _plan_files(root, dependency_blocks, own_blocks)
     tests = [name for name, source in files.items() if _has_tests(source)]
     if tests:
-        # Makes root the rootdir, so no pytest.ini, pyproject.toml or conftest.py above the
-        # scratch directory can change how the tests run; `pythonpath` lets tests import the
-        # modules beside them and in packages below.
-        Path(root, "pytest.ini").write_text("[pytest]\npythonpath = .\n", encoding="utf-8")
         _write(root, files)
-    return tests
+    return files, tests
 
 
 async def _check_pytest(
@@ -320,24 +315,67 @@ async def _check_pytest(
         return _not_run("pytest")
     async with scratch_dir() as root:
         try:
-            tests = await asyncio.to_thread(_prepare_pytest, root, dependency_blocks, own_blocks)
+            files, tests = await asyncio.to_thread(
+                _prepare_pytest, root, dependency_blocks, own_blocks
+            )
         except OSError as exc:
             return _failed("pytest", f"could not write the code: {exc}")
         if not tests:
             return _failed("pytest", "no tests found")
-        # The verdict comes only from the outcomes streamed over the channel as pytest reports
-        # them, checked against its totals and exit status; conftest hooks are off.
-        argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}"]
-        argv += ["-q", "-p", "no:cacheprovider", "--color=no", "--noconftest", *tests]
-        try:
-            done = await box.run(
-                argv, root, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER]
-            )
-        except OSError as exc:
-            return _failed("pytest", f"could not start pytest: {exc}")
+        return (await run_tests(box, root, files, tests, seconds)).result
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """The verdict on a set of tests, with what it rests on."""
+
+    __test__ = False
+
+    result: ValidatorResult
+    failures: list[TestFailure] = field(default_factory=list)  # as pytest reported them
+    refused: list[Refused] = field(default_factory=list)  # the screen's: nothing ran
+    timed_out: bool = False
+
+
+async def run_tests(
+    box: Sandbox,
+    root: str,
+    files: Mapping[str, str],
+    tests: Sequence[str],
+    seconds: float,
+    *,
+    roots: Sequence[str] = ("",),
+) -> TestRun:
+    """Judge ``tests`` (paths relative to ``root``, where ``files`` are written; ``roots``: the
+    directories under it the code imports from): the one way both the ``pytest`` validator and
+    the project tree's integration launch and judge pytest.
+
+    The files are screened first (``tree_screen``): a refusal fails the run and nothing runs.
+    pytest then runs in ``box`` under our configuration alone: no conftest files, no cache,
+    no plugin but our channel (``pytest_channel`` turns plugin autoload off), the verdict read
+    only from the outcomes it streams, checked against its totals and exit status.
+    """
+    refused = await asyncio.to_thread(screen, files, roots)
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        return TestRun(_failed("pytest", f"refused: {refused[0]}{more}"), refused=refused)
+    paths = " ".join(os.path.join(root, r) if r else root for r in roots)
+    config = os.path.join(root, PYTEST_CONFIG)
+    try:
+        await asyncio.to_thread(Path(config).write_text, f"[pytest]\npythonpath = {paths}\n")
+    except OSError as exc:
+        return TestRun(_failed("pytest", f"could not write the configuration: {exc}"))
+    argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q", "-p", "no:cacheprovider"]
+    argv += ["--color=no", "--noconftest", "-c", config, "--rootdir", root, *tests]
+    try:
+        # Run from the root, so that tracebacks name the files as the tree does.
+        done = await box.run(argv, root, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER])
+    except OSError as exc:
+        return TestRun(_failed("pytest", f"could not start pytest: {exc}"))
     if done.timed_out:
-        return _failed("pytest", f"timed out after {seconds:g}s")
-    return pytest_verdict(done)
+        return TestRun(_failed("pytest", f"timed out after {seconds:g}s"), timed_out=True)
+    stream = TestStream.parse(done.channel)
+    return TestRun(pytest_verdict(done), stream.failures)
 
 
 @dataclass(frozen=True)

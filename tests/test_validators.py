@@ -353,7 +353,7 @@ async def test_declared_paths_outside_the_temp_dir_fall_back_to_default_names(
                 assert module_2.MARK == "absolute"
                 assert good.MARK == "nested"
                 assert sorted(os.listdir(".")) == [
-                    "module_2.py", "pkg", "pytest.ini", "solution.py", "test_generated_1.py"
+                    ".verdict.ini", "module_2.py", "pkg", "solution.py", "test_generated_1.py"
                 ]
             """
         )
@@ -387,7 +387,8 @@ async def test_generated_code_sees_none_of_the_users_variables_nor_the_callers_d
         def test_environment_is_minimal():
             allowed = {{"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD",
                        "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8",
-                       "PYTEST_VERSION", "PYTEST_CURRENT_TEST"}}  # set by pytest itself
+                       "PYTEST_VERSION", "PYTEST_CURRENT_TEST",  # set by pytest itself
+                       "PYTEST_DISABLE_PLUGIN_AUTOLOAD"}}  # set by the runner: no plugins
             assert set(os.environ) <= allowed, sorted(set(os.environ) - allowed)
             assert os.environ["HOME"] != {str(Path.home())!r}
             assert not os.path.exists({str(callers_file.resolve())!r})
@@ -517,3 +518,20 @@ async def test_pytest_passes_only_when_a_test_really_passed(output):
     [result] = await run_validators(["pytest"], output, timeout=30)
 
     assert not result.passed, result.detail
+
+
+async def test_pytest_loads_none_of_the_installed_plugins():
+    pytest.importorskip("xdist")  # installed here, as a user's environment may hold plugins
+    output = py(
+        """
+        import sys
+
+        def test_no_installed_plugin_was_loaded():
+            loaded = [m for m in sys.modules if m.split(".")[0] in ("xdist", "pytest_asyncio")]
+            assert loaded == []
+        """
+    )
+
+    result = await check("pytest", output)
+
+    assert result.passed, result.detail
