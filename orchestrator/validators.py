@@ -50,6 +50,8 @@ DETAIL_LIMIT = 300
 # The validators that execute model output, and so need a sandbox.
 EXECUTING_VALIDATORS: frozenset[str] = frozenset({"pytest", "latex"})
 PYTEST_RUNNER = pytest_channel.__file__
+# The second witness: runs the tests again without pytest's runner (standard library only).
+WITNESS_RUNNER = os.path.join(os.path.dirname(PYTEST_RUNNER), "witness_runner.py")
 
 # What the validators treat as Python. Wider than code_blocks' default because models do write
 # ```python3, and missing such a block would fail a correct answer.
@@ -359,23 +361,127 @@ async def run_tests(
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         return TestRun(_failed("pytest", f"refused: {refused[0]}{more}"), refused=refused)
-    paths = " ".join(os.path.join(root, r) if r else root for r in roots)
     config = os.path.join(root, PYTEST_CONFIG)
-    try:
-        await asyncio.to_thread(Path(config).write_text, f"[pytest]\npythonpath = {paths}\n")
-    except OSError as exc:
-        return TestRun(_failed("pytest", f"could not write the configuration: {exc}"))
-    argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q", "-p", "no:cacheprovider"]
-    argv += ["--color=no", "--noconftest", "-c", config, "--rootdir", root, *tests]
-    try:
-        # Run from the root, so that tracebacks name the files as the tree does.
-        done = await box.run(argv, root, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER])
-    except OSError as exc:
-        return TestRun(_failed("pytest", f"could not start pytest: {exc}"))
+    async with scratch_dir() as again:
+        try:
+            await asyncio.to_thread(_prepare_runs, root, again, roots, config)
+        except OSError as exc:
+            return TestRun(_failed("pytest", f"could not prepare the tests: {exc}"))
+        argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q", "-p"]
+        argv += ["no:cacheprovider", "--color=no", "--noconftest", "-c", config]
+        argv += ["--rootdir", root, *tests]
+        paths = json.dumps([os.path.join(again, r) if r else again for r in roots])
+        second = [sys.executable, "-I", "-B", WITNESS_RUNNER, "{channel}", paths, *tests]
+        runners = [PYTEST_RUNNER, WITNESS_RUNNER]
+        # Both at once, each in its own copy of the files: what one run writes, the other
+        # never sees. Run from the root, so that tracebacks name the files as the tree does.
+        done, again_done = await asyncio.gather(
+            box.run(argv, root, seconds=seconds, channel=True, read_only=runners),
+            box.run(second, again, seconds=seconds, channel=True, read_only=runners),
+            return_exceptions=True,
+        )
+    for run in (done, again_done):
+        if isinstance(run, OSError):
+            return TestRun(_failed("pytest", f"could not start the tests: {run}"))
+        if isinstance(run, BaseException):
+            raise run
+    assert isinstance(done, Completed) and isinstance(again_done, Completed)
     if done.timed_out:
         return TestRun(_failed("pytest", f"timed out after {seconds:g}s"), timed_out=True)
     stream = TestStream.parse(done.channel)
-    return TestRun(pytest_verdict(done), stream.failures)
+    verdict = pytest_verdict(done)
+    if not verdict.passed:
+        return TestRun(verdict, stream.failures)
+    if again_done.timed_out:
+        detail = f"the second run of the tests timed out after {seconds:g}s"
+        return TestRun(_failed("pytest", detail), timed_out=True)
+    witness = SecondRun.parse(again_done.channel)
+    problem, failures = witness.disagreement(stream, again_done)
+    if problem:
+        return TestRun(_failed("pytest", f"test results inconsistent: {problem}"), failures)
+    if not witness.confirmed:
+        why = f": {witness.unwitnessed[0]}" if witness.unwitnessed else ""
+        detail = f"{verdict.detail}, but no passing test could be run a second time{why}"
+        return TestRun(_failed("pytest", detail))
+    return TestRun(_passed("pytest", f"{verdict.detail} ({witness.confirmed} run twice)"))
+
+
+def _prepare_runs(root: str, again: str, roots: Sequence[str], config: str) -> None:
+    """Our pytest configuration beside the files, and a copy of them for the second run."""
+    paths = " ".join(os.path.join(root, r) if r else root for r in roots)
+    Path(config).write_text(f"[pytest]\npythonpath = {paths}\n", encoding="utf-8")
+    shutil.copytree(root, again, dirs_exist_ok=True, symlinks=True)
+
+
+@dataclass
+class SecondRun:
+    """What the second witness streamed: each test's outcome, and whether it finished."""
+
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> its message
+    finished: bool = False
+    garbled: str = ""
+    confirmed: int = 0  # tests both runs passed, counted by ``disagreement``
+    unwitnessed: list[str] = field(default_factory=list)  # "id: why", in order
+
+    @classmethod
+    def parse(cls, data: bytes) -> SecondRun:
+        run = cls()
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict) or run.finished:
+                run.garbled = "the second run's channel holds something else than its results"
+                break
+            if message.get("event") == "finish":
+                run.finished = True
+            elif message.get("event") == "test" and message.get("outcome") in (
+                "passed",
+                "failed",
+                "unwitnessed",
+            ):
+                test = str(message.get("id"))
+                if test in run.outcomes and message["outcome"] != "failed":
+                    continue  # a test (or a scope's teardown) failing once stays failed
+                run.outcomes[test] = message
+                if message["outcome"] == "unwitnessed":
+                    run.unwitnessed.append(f"{test}: {message.get('message')}")
+            else:
+                run.garbled = "a malformed message from the second run"
+                break
+        return run
+
+    def disagreement(self, stream: TestStream, done: Completed) -> tuple[str, list[TestFailure]]:
+        """Why the second run contradicts pytest's passing verdict (and the tests it failed),
+        or "" when every test it ran agrees; counts the tests both passed."""
+        if self.garbled:
+            return self.garbled, []
+        if not self.finished:
+            last = (done.lines or ["no output"])[-1]
+            what = _exit_description("the second run", done.returncode or 0)
+            return f"the second run of the tests stopped before it finished ({what}: {last})", []
+        # pytest's outcome per test, its parameter sets taken together: the worst of theirs.
+        first: dict[str, str] = {}
+        for test, outcome in stream.outcomes.items():
+            base = test.split("[", 1)[0]
+            if first.get(base) != "failed" and (outcome != "skipped" or base not in first):
+                first[base] = outcome
+        failures, problems = [], []
+        for test, message in self.outcomes.items():
+            outcome = message["outcome"]
+            if outcome == "failed":
+                said = "passed" if first.get(test) == "passed" else "did not report failing"
+                problems.append(f"pytest {said} {test}; a second run failed it")
+                failures.append(TestFailure.of(message, "call"))
+            elif outcome == "passed" and test not in first:
+                problems.append(f"a second run passed {test}, which pytest did not report")
+            elif outcome == "passed" and first[test] == "passed":
+                self.confirmed += 1
+        if not problems:
+            return "", []
+        message = failures[0].message if failures else ""
+        return "; ".join(problems[:1]) + (f" - {message}" if message else ""), failures
 
 
 @dataclass(frozen=True)

@@ -166,3 +166,67 @@ def test_a_package_named_like_an_installed_distribution_is_refused_naming_it(fak
     [refusal] = [f for f in failures if "installed distribution" in f["summary"]]
     assert "pytest_asyncio/__init__.py: the name 'pytest_asyncio'" in refusal["summary"]
     assert "installed distribution pytest-asyncio" in refusal["summary"]
+
+
+# --- routes the static screen cannot see: the second run disagrees ----------------------------
+
+
+def test_a_test_module_rewriting_reports_through_pytests_public_api_is_inconsistent(fake, tmp_path):
+    # A test module may import pytest, and pytest exports its report class.
+    tests = TESTS.replace(
+        "from ratelimit import TokenBucket",
+        "import pytest\nfrom ratelimit import TokenBucket\n\n"
+        "_made = pytest.TestReport.__init__\n\n\n"
+        "def _passed(self, *args, **kwargs):\n"
+        "    _made(self, *args, **kwargs)\n"
+        "    self.outcome = 'passed'\n"
+        "    self.longrepr = None\n\n\n"
+        "pytest.TestReport.__init__ = _passed",
+    )
+
+    result, summary, check, failures = check_tree(fake, tmp_path, BUGGY_LIBRARY, tests)
+
+    assert_not_a_success(result, summary, check, "test results inconsistent")
+    assert "pytest passed tests/test_bucket.py::test_takes_until_empty" in check["detail"]
+    assert "a second run failed it" in check["detail"]
+    # The failure goes back as the test's, implicating the code it tests.
+    [failure] = failures
+    assert "ratelimit/bucket.py" in failure["files"]
+    assert "[bucket.take() for _ in range(3)] == [True, True, False]" in failure["summary"]
+
+
+def test_pytests_internals_reached_by_a_name_built_at_run_time_is_inconsistent(fake, tmp_path):
+    trick = """
+        import importlib
+
+        reports = importlib.import_module("_py" + "test.reports")
+        _made = reports.TestReport.__init__
+
+
+        def _passed(self, *args, **kwargs):
+            _made(self, *args, **kwargs)
+            self.outcome = "passed"
+            self.longrepr = None
+
+
+        reports.TestReport.__init__ = _passed
+    """
+    lib = BUGGY_LIBRARY.replace("from .bucket", "from . import compat\nfrom .bucket", 1)
+    lib += "\n\n" + files(("ratelimit/compat.py", trick))
+
+    result, summary, check, _ = check_tree(fake, tmp_path, lib)
+
+    assert_not_a_success(result, summary, check, "test results inconsistent")
+
+
+def test_code_that_is_right_only_while_pytest_runs_a_test_is_inconsistent(fake, tmp_path):
+    # Correct only when pytest's per-test variable is set: under test, never in use.
+    lib = BUGGY_LIBRARY.replace(
+        "if self.tokens < 0:",
+        "if self.tokens < int('PYTEST_CURRENT_TEST' in __import__('os').environ):",
+    )
+    assert lib != BUGGY_LIBRARY
+
+    result, summary, check, _ = check_tree(fake, tmp_path, lib)
+
+    assert_not_a_success(result, summary, check, "test results inconsistent")
