@@ -27,6 +27,7 @@ from typing import Any
 
 from .fences import fenced_blocks, has_fence
 from .models import Task, TaskResult, TaskStatus, TaskType
+from .tree_screen import RUNNER_MODULES
 from .visible import visible
 
 TREE_NAME = "project"  # the tree's directory inside the output directory, unless named
@@ -46,10 +47,7 @@ DOCUMENT_TYPES = frozenset(
 
 # A module of the tree on the import path under one of these names would replace the test
 # runner's own (so the code under test could report what it likes) or a standard module.
-_RUNNER_MODULES = frozenset(
-    {"pytest", "_pytest", "pluggy", "py", "sitecustomize", "usercustomize", "conftest"}
-)
-_SHADOWED = _RUNNER_MODULES | frozenset(sys.stdlib_module_names)
+_SHADOWED = RUNNER_MODULES | frozenset(sys.stdlib_module_names)
 _IMPORT_ROOTS = ("", "src/")  # where the tree's modules are importable from
 _INITS = ("__init__.py", "__init__.pyi")
 
@@ -92,7 +90,7 @@ def tree_path(name: str) -> str:
         raise UnsafePath("conftest.py is reserved: it would change how the tests are judged")
     module = _shadowed_module(path.as_posix())
     if module is not None:
-        what = "the test runner's" if module in _RUNNER_MODULES else "a standard-library"
+        what = "the test runner's" if module in RUNNER_MODULES else "a standard-library"
         raise UnsafePath(f"it would hide {what} module {module!r}: choose another name")
     return path.as_posix()
 
@@ -105,7 +103,7 @@ def _shadowed_module(path: str) -> str | None:
         if root and not path.startswith(root):
             continue
         head, _, tail = path[len(root) :].partition("/")
-        if tail and (head in _RUNNER_MODULES or (head in _SHADOWED and tail in _INITS)):
+        if tail and (head in RUNNER_MODULES or (head in _SHADOWED and tail in _INITS)):
             return head
         if not tail and head.endswith((".py", ".pyi")) and head.rsplit(".", 1)[0] in _SHADOWED:
             return head.rsplit(".", 1)[0]

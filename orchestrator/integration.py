@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import importlib.util
-import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -30,14 +29,7 @@ from typing import Any
 from .assembly import ProjectTree, assemble
 from .models import ProjectState, TaskStatus
 from .sandbox import NO_SANDBOX, Sandbox, run_tool, scratch_dir
-from .validators import (
-    PYTEST_RUNNER,
-    TestStream,
-    compile_problem,
-    find_ruff,
-    pytest_installed,
-    pytest_verdict,
-)
+from .validators import compile_problem, find_ruff, pytest_installed, run_tests
 
 INTEGRATION_PHASE = "reserve"  # the budget partition integration revisions are paid from
 DEFAULT_ROUNDS = 2
@@ -365,34 +357,22 @@ async def _pytest(
         return Check("pytest", False, "pytest is not installed", not_run=True), [], []
     if box is None:
         return Check("pytest", False, NO_SANDBOX, not_run=True), [], []
-    paths = [root] + (
-        [os.path.join(root, "src")] if any(p.startswith("src/") for p in tree.files) else []
-    )
+    roots = ["", *(["src"] if any(p.startswith("src/") for p in tree.files) else [])]
     # Our configuration, not the tree's: a pytest.ini or pyproject.toml the models wrote
-    # cannot load plugins or change how the tests are collected and judged. Its name is
-    # hidden, which no file of the tree can be.
-    config = os.path.join(root, ".integration.ini")
-    await asyncio.to_thread(
-        Path(config).write_text, f"[pytest]\npythonpath = {' '.join(paths)}\n", "utf-8"
-    )
-    argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q", "-p", "no:cacheprovider"]
-    argv += ["--color=no", "--noconftest", "-c", config, "--rootdir", root, *tree.test_files]
-    try:
-        # Run from the tree's root, so tracebacks name its files as the tree does.
-        done = await box.run(argv, root, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER])
-    except OSError as exc:
-        return Check("pytest", False, f"could not start pytest: {exc}"), [], []
-    if done.timed_out:
-        failure = Failure(
-            "pytest", f"the tests timed out after {seconds:g}s", files=tuple(tree.test_files)
-        )
-        return Check("pytest", False, f"timed out after {seconds:g}s"), [failure], []
-    verdict = pytest_verdict(done)
-    stream = TestStream.parse(done.channel)
+    # cannot load plugins or change how the tests are collected and judged.
+    python = {path: tree.files[path].content for path in tree.python_files}
+    run = await run_tests(box, root, python, tree.test_files, seconds, roots=roots)
+    if run.refused:
+        refusals = [Failure("pytest", f"refused: {r}", files=(r.path,)) for r in run.refused]
+        return Check("pytest", False, run.result.detail), refusals[:MAX_FAILURES], []
+    if run.timed_out:
+        failure = Failure("pytest", f"the tests {run.result.detail}", files=tuple(tree.test_files))
+        return Check("pytest", False, run.result.detail), [failure], []
+    verdict = run.result
     prefix = root + "/"
     failures, missing = [], []
     local = _anywhere_names(tree)
-    for failed in stream.failures[:MAX_FAILURES]:
+    for failed in run.failures[:MAX_FAILURES]:
         message = failed.message.replace(prefix, "")
         trace = failed.trace.replace(prefix, "")
         label = "ERROR collecting" if failed.when == "collection" else "FAILED"

@@ -5,7 +5,8 @@ Usage (inside the sandbox): ``python -I -B pytest_channel.py FD [pytest argument
 Each outcome is written to the inherited pipe FD as one JSON line the moment pytest reports it,
 so code that runs later (an ``atexit`` hook, ``os._exit``) cannot take it back, and nothing the
 code prints on stdout or writes to a file counts. The orchestrator checks that the stream, the
-session's totals and the exit status agree. This file is copied into the sandbox and runs
+session's totals and the exit status agree. Plugin autoload is off: pytest loads only the
+plugins it is told of. This file is copied into the sandbox and runs
 there on its own: standard library and pytest only, no import from the orchestrator.
 """
 
@@ -89,6 +90,9 @@ class VerdictPlugin:
 
 def main(argv: list[str]) -> int:
     channel = Channel(int(argv[1]))
+    # Only the plugins named on the command line (ours): no installed plugin is loaded, so none
+    # can be replaced by a module of the code under test.
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     import pytest
 
     return int(pytest.main(argv[2:], plugins=[VerdictPlugin(channel)]))

@@ -36,6 +36,7 @@ from .sandbox import (
     scratch_dir,
 )
 from .schemas import best_match, schema_problem, validator
+from .tree_screen import RUNNER_MODULES, Refused, screen
 
 __all__ = ["KNOWN_VALIDATORS", "code_blocks", "run_validators", "unknown_validators"]
 
@@ -49,18 +50,16 @@ DETAIL_LIMIT = 300
 # The validators that execute model output, and so need a sandbox.
 EXECUTING_VALIDATORS: frozenset[str] = frozenset({"pytest", "latex"})
 PYTEST_RUNNER = pytest_channel.__file__
+# The second witness: runs the tests again without pytest's runner (standard library only).
+WITNESS_RUNNER = os.path.join(os.path.dirname(PYTEST_RUNNER), "witness_runner.py")
 
 # What the validators treat as Python. Wider than code_blocks' default because models do write
 # ```python3, and missing such a block would fail a correct answer.
 PYTHON_TAGS = ("python", "py", "python3", "")
 
 _NO_OUTPUTS: Mapping[str, str] = MappingProxyType({})
-
-# A block written under one of these names would replace the test runner itself, letting the
-# code under test report whatever it likes.
-_RESERVED_MODULES = frozenset(
-    {"pytest", "_pytest", "pluggy", "py", "sitecustomize", "usercustomize", "conftest"}
-)
+# Our pytest configuration, written beside the tests under a name no file of theirs can have.
+PYTEST_CONFIG = ".verdict.ini"
 
 _FILE_COMMENT = re.compile(r"^#\s*(?:file|filename)\s*:\s*(?P<name>\S+)\s*$", re.IGNORECASE)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
@@ -262,7 +261,7 @@ def _declared_path(source: str, root: str) -> str | None:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or path.name == ".py":
         return None
-    if path.parts[0].removesuffix(".py") in _RESERVED_MODULES:
+    if path.parts[0].removesuffix(".py") in RUNNER_MODULES:
         return None
     target = Path(root, *path.parts).resolve()
     if not target.is_relative_to(root) or target == Path(root):
@@ -294,17 +293,15 @@ def _plan_files(root: str, dependency_blocks: list[str], own_blocks: list[str]) 
     return files
 
 
-def _prepare_pytest(root: str, dependency_blocks: list[str], own_blocks: list[str]) -> list[str]:
-    """Write the blocks and a pytest.ini under ``root``; return the test files."""
+def _prepare_pytest(
+    root: str, dependency_blocks: list[str], own_blocks: list[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Write the blocks under ``root``; return every file written and the test files."""
     files = _plan_files(root, dependency_blocks, own_blocks)
     tests = [name for name, source in files.items() if _has_tests(source)]
     if tests:
-        # Makes root the rootdir, so no pytest.ini, pyproject.toml or conftest.py above the
-        # scratch directory can change how the tests run; `pythonpath` lets tests import the
-        # modules beside them and in packages below.
-        Path(root, "pytest.ini").write_text("[pytest]\npythonpath = .\n", encoding="utf-8")
         _write(root, files)
-    return tests
+    return files, tests
 
 
 async def _check_pytest(
@@ -320,24 +317,171 @@ async def _check_pytest(
         return _not_run("pytest")
     async with scratch_dir() as root:
         try:
-            tests = await asyncio.to_thread(_prepare_pytest, root, dependency_blocks, own_blocks)
+            files, tests = await asyncio.to_thread(
+                _prepare_pytest, root, dependency_blocks, own_blocks
+            )
         except OSError as exc:
             return _failed("pytest", f"could not write the code: {exc}")
         if not tests:
             return _failed("pytest", "no tests found")
-        # The verdict comes only from the outcomes streamed over the channel as pytest reports
-        # them, checked against its totals and exit status; conftest hooks are off.
-        argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}"]
-        argv += ["-q", "-p", "no:cacheprovider", "--color=no", "--noconftest", *tests]
+        return (await run_tests(box, root, files, tests, seconds)).result
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """The verdict on a set of tests, with what it rests on."""
+
+    __test__ = False
+
+    result: ValidatorResult
+    failures: list[TestFailure] = field(default_factory=list)  # as pytest reported them
+    refused: list[Refused] = field(default_factory=list)  # the screen's: nothing ran
+    timed_out: bool = False
+
+
+async def run_tests(
+    box: Sandbox,
+    root: str,
+    files: Mapping[str, str],
+    tests: Sequence[str],
+    seconds: float,
+    *,
+    roots: Sequence[str] = ("",),
+) -> TestRun:
+    """Judge ``tests`` (paths relative to ``root``, where ``files`` are written; ``roots``: the
+    directories under it the code imports from): the one way both the ``pytest`` validator and
+    the project tree's integration launch and judge pytest.
+
+    The files are screened first (``tree_screen``): a refusal fails the run and nothing runs.
+    pytest then runs in ``box`` under our configuration alone: no conftest files, no cache,
+    no plugin but our channel (``pytest_channel`` turns plugin autoload off), the verdict read
+    only from the outcomes it streams, checked against its totals and exit status.
+    """
+    refused = await asyncio.to_thread(screen, files, roots)
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        return TestRun(_failed("pytest", f"refused: {refused[0]}{more}"), refused=refused)
+    config = os.path.join(root, PYTEST_CONFIG)
+    async with scratch_dir() as again:
         try:
-            done = await box.run(
-                argv, root, seconds=seconds, channel=True, read_only=[PYTEST_RUNNER]
-            )
+            await asyncio.to_thread(_prepare_runs, root, again, roots, config)
         except OSError as exc:
-            return _failed("pytest", f"could not start pytest: {exc}")
+            return TestRun(_failed("pytest", f"could not prepare the tests: {exc}"))
+        argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q", "-p"]
+        argv += ["no:cacheprovider", "--color=no", "--noconftest", "-c", config]
+        argv += ["--rootdir", root, *tests]
+        paths = json.dumps([os.path.join(again, r) if r else again for r in roots])
+        second = [sys.executable, "-I", "-B", WITNESS_RUNNER, "{channel}", paths, *tests]
+        runners = [PYTEST_RUNNER, WITNESS_RUNNER]
+        # Both at once, each in its own copy of the files: what one run writes, the other
+        # never sees. Run from the root, so that tracebacks name the files as the tree does.
+        done, again_done = await asyncio.gather(
+            box.run(argv, root, seconds=seconds, channel=True, read_only=runners),
+            box.run(second, again, seconds=seconds, channel=True, read_only=runners),
+            return_exceptions=True,
+        )
+    for run in (done, again_done):
+        if isinstance(run, OSError):
+            return TestRun(_failed("pytest", f"could not start the tests: {run}"))
+        if isinstance(run, BaseException):
+            raise run
+    assert isinstance(done, Completed) and isinstance(again_done, Completed)
     if done.timed_out:
-        return _failed("pytest", f"timed out after {seconds:g}s")
-    return pytest_verdict(done)
+        return TestRun(_failed("pytest", f"timed out after {seconds:g}s"), timed_out=True)
+    stream = TestStream.parse(done.channel)
+    verdict = pytest_verdict(done)
+    if not verdict.passed:
+        return TestRun(verdict, stream.failures)
+    if again_done.timed_out:
+        detail = f"the second run of the tests timed out after {seconds:g}s"
+        return TestRun(_failed("pytest", detail), timed_out=True)
+    witness = SecondRun.parse(again_done.channel)
+    problem, failures = witness.disagreement(stream, again_done)
+    if problem:
+        return TestRun(_failed("pytest", f"test results inconsistent: {problem}"), failures)
+    if not witness.confirmed:
+        why = f": {witness.unwitnessed[0]}" if witness.unwitnessed else ""
+        detail = f"{verdict.detail}, but no passing test could be run a second time{why}"
+        return TestRun(_failed("pytest", detail))
+    return TestRun(_passed("pytest", f"{verdict.detail} ({witness.confirmed} run twice)"))
+
+
+def _prepare_runs(root: str, again: str, roots: Sequence[str], config: str) -> None:
+    """Our pytest configuration beside the files, and a copy of them for the second run."""
+    paths = " ".join(os.path.join(root, r) if r else root for r in roots)
+    Path(config).write_text(f"[pytest]\npythonpath = {paths}\n", encoding="utf-8")
+    shutil.copytree(root, again, dirs_exist_ok=True, symlinks=True)
+
+
+@dataclass
+class SecondRun:
+    """What the second witness streamed: each test's outcome, and whether it finished."""
+
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> its message
+    finished: bool = False
+    garbled: str = ""
+    confirmed: int = 0  # tests both runs passed, counted by ``disagreement``
+    unwitnessed: list[str] = field(default_factory=list)  # "id: why", in order
+
+    @classmethod
+    def parse(cls, data: bytes) -> SecondRun:
+        run = cls()
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict) or run.finished:
+                run.garbled = "the second run's channel holds something else than its results"
+                break
+            if message.get("event") == "finish":
+                run.finished = True
+            elif message.get("event") == "test" and message.get("outcome") in (
+                "passed",
+                "failed",
+                "unwitnessed",
+            ):
+                test = str(message.get("id"))
+                if test in run.outcomes and message["outcome"] != "failed":
+                    continue  # a test (or a scope's teardown) failing once stays failed
+                run.outcomes[test] = message
+                if message["outcome"] == "unwitnessed":
+                    run.unwitnessed.append(f"{test}: {message.get('message')}")
+            else:
+                run.garbled = "a malformed message from the second run"
+                break
+        return run
+
+    def disagreement(self, stream: TestStream, done: Completed) -> tuple[str, list[TestFailure]]:
+        """Why the second run contradicts pytest's passing verdict (and the tests it failed),
+        or "" when every test it ran agrees; counts the tests both passed."""
+        if self.garbled:
+            return self.garbled, []
+        if not self.finished:
+            last = (done.lines or ["no output"])[-1]
+            what = _exit_description("the second run", done.returncode or 0)
+            return f"the second run of the tests stopped before it finished ({what}: {last})", []
+        # pytest's outcome per test, its parameter sets taken together: the worst of theirs.
+        first: dict[str, str] = {}
+        for test, outcome in stream.outcomes.items():
+            base = test.split("[", 1)[0]
+            if first.get(base) != "failed" and (outcome != "skipped" or base not in first):
+                first[base] = outcome
+        failures, problems = [], []
+        for test, message in self.outcomes.items():
+            outcome = message["outcome"]
+            if outcome == "failed":
+                said = "passed" if first.get(test) == "passed" else "did not report failing"
+                problems.append(f"pytest {said} {test}; a second run failed it")
+                failures.append(TestFailure.of(message, "call"))
+            elif outcome == "passed" and test not in first:
+                problems.append(f"a second run passed {test}, which pytest did not report")
+            elif outcome == "passed" and first[test] == "passed":
+                self.confirmed += 1
+        if not problems:
+            return "", []
+        message = failures[0].message if failures else ""
+        return "; ".join(problems[:1]) + (f" - {message}" if message else ""), failures
 
 
 @dataclass(frozen=True)

@@ -356,7 +356,7 @@ def test_a_well_behaved_module_passes_importing_a_dependency_tasks_module(attack
     )
     verdict = attack.verdict()
     assert verdict["passed"], verdict
-    assert verdict["detail"] == "2 passed"
+    assert verdict["detail"] == "2 passed (2 run twice)"
     assert attack.summary["status"] == "SUCCESS", attack.stderr
     assert attack.summary["sandbox"]["isolation"] == attack.isolation
     assert f"validators run model-written code in a {attack.isolation} sandbox" in attack.stderr

@@ -353,7 +353,7 @@ async def test_declared_paths_outside_the_temp_dir_fall_back_to_default_names(
                 assert module_2.MARK == "absolute"
                 assert good.MARK == "nested"
                 assert sorted(os.listdir(".")) == [
-                    "module_2.py", "pkg", "pytest.ini", "solution.py", "test_generated_1.py"
+                    ".verdict.ini", "module_2.py", "pkg", "solution.py", "test_generated_1.py"
                 ]
             """
         )
@@ -387,7 +387,8 @@ async def test_generated_code_sees_none_of_the_users_variables_nor_the_callers_d
         def test_environment_is_minimal():
             allowed = {{"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD",
                        "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8",
-                       "PYTEST_VERSION", "PYTEST_CURRENT_TEST"}}  # set by pytest itself
+                       "PYTEST_VERSION", "PYTEST_CURRENT_TEST",  # set by pytest itself
+                       "PYTEST_DISABLE_PLUGIN_AUTOLOAD"}}  # set by the runner: no plugins
             assert set(os.environ) <= allowed, sorted(set(os.environ) - allowed)
             assert os.environ["HOME"] != {str(Path.home())!r}
             assert not os.path.exists({str(callers_file.resolve())!r})
@@ -517,3 +518,109 @@ async def test_pytest_passes_only_when_a_test_really_passed(output):
     [result] = await run_validators(["pytest"], output, timeout=30)
 
     assert not result.passed, result.detail
+
+
+async def test_pytest_loads_none_of_the_installed_plugins():
+    pytest.importorskip("xdist")  # installed here, as a user's environment may hold plugins
+    output = py(
+        """
+        import sys
+
+        def test_no_installed_plugin_was_loaded():
+            loaded = [m for m in sys.modules if m.split(".")[0] in ("xdist", "pytest_asyncio")]
+            assert loaded == []
+        """
+    )
+
+    result = await check("pytest", output)
+
+    assert result.passed, result.detail
+
+
+async def test_a_second_run_confirms_a_suite_written_with_pytests_everyday_features():
+    output = ADD + py(
+        """
+        import unittest
+
+        import pytest
+        from calc import add
+
+
+        @pytest.fixture
+        def numbers():
+            yield [1, 2]
+
+
+        @pytest.fixture(scope="module")
+        def base(tmp_path_factory):
+            return tmp_path_factory.mktemp("base")
+
+
+        @pytest.mark.parametrize(("a", "b", "total"), [(1, 2, 3), pytest.param(2, 2, 4, id="two")])
+        def test_add(a, b, total):
+            assert add(a, b) == total
+
+
+        def test_fixtures(numbers, tmp_path, monkeypatch, capsys, base):
+            monkeypatch.setenv("CALC", "1")
+            print("hi")
+            (tmp_path / "f").write_text("x")
+            assert capsys.readouterr().out == "hi\\n"
+            assert add(*numbers) == 3 and base.is_dir()
+
+
+        class TestCalc:
+            @pytest.fixture(autouse=True)
+            def zero(self):
+                self.zero = 0
+
+            def setup_method(self, method):
+                self.one = 1
+
+            def test_identity(self):
+                assert add(self.one, self.zero) == 1
+                with pytest.raises(TypeError):
+                    add(1, None)
+
+
+        class CalcCase(unittest.TestCase):
+            def setUp(self):
+                self.two = 2
+
+            def test_two(self):
+                self.assertEqual(add(1, 1), self.two)
+
+
+        def test_with_a_fixture_the_second_run_lacks(request):
+            assert request.node.name == "test_with_a_fixture_the_second_run_lacks"
+
+
+        @pytest.mark.skip(reason="later")
+        def test_skipped():
+            assert False
+        """
+    )
+
+    result = await check("pytest", output)
+
+    # A parametrized test counts once in the second run: its parameter sets together.
+    assert result.passed, result.detail
+    assert result.detail == "6 passed, 1 skipped (4 run twice)"
+
+
+async def test_tests_that_pass_only_where_the_second_run_cannot_go_do_not_pass():
+    output = py(
+        """
+        def test_only_pytest_can_run(request):
+            assert request.node.name == "test_only_pytest_can_run"
+        """
+    )
+
+    result = await check("pytest", output)
+
+    assert not result.passed
+    assert result.detail == (
+        "1 passed, but no passing test could be run a second time: "
+        "test_generated_1.py::test_only_pytest_can_run: fixture 'request' is not one the "
+        "second run provides"
+    )
