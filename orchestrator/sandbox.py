@@ -1,13 +1,16 @@
 """Running untrusted code: the one place that starts a process executing model-written code.
 
 On Linux the code runs in new user, PID, network, mount and IPC namespaces, built by an existing
-isolation tool: bubblewrap (``bwrap``) when it works, otherwise util-linux ``unshare``. Inside it
-sees a read-only view of the system and of this Python environment, one writable scratch
-directory (at the same path as outside), a private ``/tmp``, a fresh ``/proc`` holding only its
-own processes, no network but its own loopback, an environment with none of the user's
-variables, no inherited file descriptor but stdio and an optional result channel, and resource
-limits (CPU seconds, address space, processes, file size). The whole tree is killed at its time
-limit. Run as root, the code runs as ``nobody``: root is exempt from the process limit.
+isolation tool: bubblewrap (``bwrap``) when this machine has it, otherwise util-linux
+``unshare``; one the machine has that fails to start is an error, not a fallback. Inside it sees
+a read-only view of the system and of this Python environment, one writable scratch directory
+(a copy, at the same path as outside) and a private ``/tmp`` on one size- and inode-limited
+tmpfs, a fresh ``/proc`` holding only its own processes, no network but its own loopback, an
+environment with none of the user's variables, no inherited file descriptor but stdio and an
+optional result channel, and resource limits (CPU seconds, processes, file size, and memory for
+the whole sandbox: a cgroup where one can be made, else split over its processes). The whole
+tree is killed at its time limit. Run as root, the code runs as ``nobody``: root is exempt from
+the process limit.
 
 Where no isolation can be set up, ``detect()`` returns None and callers must not run the code,
 unless the user asked for ``unsafe()``, which runs it with a scrubbed environment only.
