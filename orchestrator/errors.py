@@ -25,6 +25,11 @@ class UnknownModelError(ConfigError):
     """A model name matches nothing in the catalog."""
 
 
+class SandboxError(OrchestratorError):
+    """A sandbox path this machine has (its tool, namespaces allowed) fails to start: a fault
+    to fix, never a reason to run the code elsewhere without saying so."""
+
+
 class ProviderError(OrchestratorError):
     """A call to a vendor failed after our retry policy gave up.
 

@@ -1,13 +1,16 @@
 """Running untrusted code: the one place that starts a process executing model-written code.
 
 On Linux the code runs in new user, PID, network, mount and IPC namespaces, built by an existing
-isolation tool: bubblewrap (``bwrap``) when it works, otherwise util-linux ``unshare``. Inside it
-sees a read-only view of the system and of this Python environment, one writable scratch
-directory (at the same path as outside), a private ``/tmp``, a fresh ``/proc`` holding only its
-own processes, no network but its own loopback, an environment with none of the user's
-variables, no inherited file descriptor but stdio and an optional result channel, and resource
-limits (CPU seconds, address space, processes, file size). The whole tree is killed at its time
-limit. Run as root, the code runs as ``nobody``: root is exempt from the process limit.
+isolation tool: bubblewrap (``bwrap``) when this machine has it, otherwise util-linux
+``unshare``; one the machine has that fails to start is an error, not a fallback. Inside it sees
+a read-only view of the system and of this Python environment, one writable scratch directory
+(a copy, at the same path as outside) and a private ``/tmp`` on one size- and inode-limited
+tmpfs, a fresh ``/proc`` holding only its own processes, no network but its own loopback, an
+environment with none of the user's variables, no inherited file descriptor but stdio and an
+optional result channel, and resource limits (CPU seconds, processes, file size, and memory for
+the whole sandbox: a cgroup where one can be made, else split over its processes). The whole
+tree is killed at its time limit. Run as root, the code runs as ``nobody``: root is exempt from
+the process limit.
 
 Where no isolation can be set up, ``detect()`` returns None and callers must not run the code,
 unless the user asked for ``unsafe()``, which runs it with a scrubbed environment only.
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import itertools
 import logging
 import os
 import pwd
@@ -28,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +46,7 @@ __all__ = [
     "choose",
     "detect",
     "hand_over",
+    "machine_lacks",
     "run_tool",
     "scratch_dir",
     "unsafe",
@@ -75,12 +82,38 @@ _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one sandboxed run; CPU seconds follow the run's time limit."""
+    """Resource limits of one sandboxed run; CPU seconds follow the run's time limit.
+
+    ``memory_bytes`` bounds the sandbox as a whole: a cgroup's ``memory.max`` where one can be
+    made, else it is split: each process may map ``memory_bytes // split`` and at most
+    ``split`` run at once. ``disk_bytes`` and ``files`` bound the one tmpfs that holds the
+    scratch directory and ``/tmp``.
+    """
 
     memory_bytes: int = 2 * 1024**3
     processes: int = 128
     file_bytes: int = 64 * 1024**2
-    tmp_bytes: int = 256 * 1024**2
+    disk_bytes: int = 256 * 1024**2
+    files: int = 20_000
+    split: int = 8
+
+    def per_process(self, whole: bool) -> tuple[int, int]:
+        """(address space, processes) each process gets: whole when a cgroup bounds the sum."""
+        if whole:
+            return self.memory_bytes, self.processes
+        split = max(1, min(self.split, self.processes))
+        return self.memory_bytes // split, split
+
+    def describe(self, whole: bool) -> str:
+        memory, processes = self.per_process(whole)
+        disk = f"disk {_mib(self.disk_bytes)} and {self.files} files"
+        if whole:
+            return f"memory {_mib(memory)} in all (cgroup), {processes} processes, {disk}"
+        return f"memory {_mib(memory)} per process x {processes} processes (no cgroup), {disk}"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:g} MiB"
 
 
 @dataclass(frozen=True)
@@ -88,6 +121,7 @@ class Completed:
     returncode: int | None  # None when the run was stopped at its time limit
     output: str  # stdout and stderr interleaved; the middle is dropped beyond OUTPUT_CAP
     channel: bytes = b""  # what the code wrote to the result channel, if one was asked for
+    exceeded: str = ""  # the sandbox's bound its cgroup saw reached: "memory" or "processes"
 
     @property
     def timed_out(self) -> bool:
@@ -125,18 +159,22 @@ class Sandbox:
         seconds = float(seconds)
         read_fd, write_fd = os.pipe() if channel else (-1, -1)
         argv = [arg.replace("{channel}", str(write_fd)) for arg in argv]
+        command, group = list(argv), None
         try:
-            command = list(argv)
             if self.isolated:
                 command = await asyncio.to_thread(self._prepare, argv, workdir, seconds, read_only)
+                if (parent := _cgroup_parent()) is not None:
+                    group = _Cgroup.create(parent, self.limits)
+                    command = group.enter(command)
         except BaseException:
             for fd in (read_fd, write_fd):
                 if fd >= 0:
                     os.close(fd)
             raise
+        exceeded = ""
         try:
             # _execute owns (and closes) the write end from here on.
-            return await _execute(
+            done = await _execute(
                 command,
                 cwd=workdir,
                 env=_minimal_env("/tmp" if self.isolated else workdir),
@@ -148,13 +186,24 @@ class Sandbox:
         finally:
             if read_fd >= 0:
                 os.close(read_fd)
+            if group is not None:
+                # Shielded: removed even if this run is cancelled while it waits.
+                exceeded = await asyncio.shield(asyncio.to_thread(group.remove))
+        return dataclasses.replace(done, exceeded=exceeded) if exceeded else done
+
+    def bounds(self) -> str:
+        """The limits this sandbox enforces, and how: e.g. whether a cgroup bounds its memory."""
+        return self.limits.describe(whole=_cgroup_parent() is not None)
 
     def _prepare(
         self, argv: list[str], workdir: str, seconds: float, read_only: Sequence[str]
     ) -> list[str]:
         """The isolated command line, with ``workdir`` handed over to whoever runs the code."""
         hand_over(workdir)
-        return _isolated_command(self.isolation, argv, workdir, seconds, self.limits, read_only)
+        whole = _cgroup_parent() is not None
+        return _isolated_command(
+            self.isolation, argv, workdir, seconds, self.limits, read_only, whole
+        )
 
 
 def unsafe(limits: Limits | None = None) -> Sandbox:
@@ -196,35 +245,43 @@ async def _probe_all(wanted: str) -> Sandbox | None:
     for isolation in (_BUBBLEWRAP, _UNSHARE):
         if wanted and wanted != isolation:
             continue
+        # A path this machine allows but that fails to start raises: no silent fallback.
         problem = await why_unavailable(isolation)
         if problem is None:
-            log.info("validators run model code in a %s sandbox", isolation)
-            return Sandbox(isolation)
+            box = Sandbox(isolation)
+            bounds = await asyncio.to_thread(box.bounds)
+            log.info("validators run model code in a %s sandbox (%s)", isolation, bounds)
+            return box
         log.info("%s sandbox unavailable: %s", isolation, problem)
     return None
 
 
-_problems: dict[str, str | None] = {}
+_problems: dict[str, str | Exception | None] = {}
 
 
 async def why_unavailable(isolation: str) -> str | None:
-    """Why ``isolation`` ("bubblewrap" or "unshare") cannot run code here, or None if it can.
+    """What this machine lacks for ``isolation`` ("bubblewrap" or "unshare"), or None if it
+    runs code. Tried once per process: a small Python program is run through it.
 
-    Tried once per process: a small Python program is run through it.
+    Raises ``SandboxError`` when the machine has what the path needs (its tool, and
+    namespaces that tool may make: ``machine_lacks``) and still the sandbox fails to start:
+    that is a fault to fix, not something to fall back from.
     """
     if isolation not in _problems:
-        _problems[isolation] = await _probe(isolation)
-    return _problems[isolation]
+        try:
+            _problems[isolation] = await _probe(isolation)
+        except Exception as exc:
+            _problems[isolation] = exc
+    found = _problems[isolation]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
 async def _probe(isolation: str) -> str | None:
-    if not sys.platform.startswith("linux"):
-        return "namespaces are a Linux feature"
-    needed = ["bwrap"] if isolation == _BUBBLEWRAP else []
-    needed += ["unshare", "prlimit", "setpriv"]
-    missing = [tool for tool in needed if shutil.which(tool) is None]
-    if missing:
-        return f"{', '.join(missing)} not found"
+    lacking = await asyncio.to_thread(machine_lacks, isolation)
+    if lacking:
+        return lacking
     marker = "sandbox-probe-ok"
     try:
         async with scratch_dir() as workdir:
@@ -232,13 +289,59 @@ async def _probe(isolation: str) -> str | None:
                 [sys.executable, "-I", "-S", "-c", f"print({marker!r})"], workdir, seconds=20
             )
     except OSError as exc:
-        return str(exc)
-    if done.returncode == 0 and marker in done.output:
+        problem = str(exc)
+    else:
+        if done.returncode == 0 and marker in done.output:
+            return None
+        problem = done.lines[-1] if done.lines else f"exit status {done.returncode}"
+    from .errors import SandboxError  # here: this module is also loaded on its own
+
+    raise SandboxError(
+        f"the {isolation} sandbox fails to start, though {isolation} works on this machine: "
+        f"{problem} (set {SANDBOX_ENV} to choose another)"
+    )
+
+
+def machine_lacks(isolation: str) -> str | None:
+    """What this machine lacks to run ``isolation``, found without our own command line: its
+    tools, or the namespaces a minimal command of that tool makes (as the user the code would
+    run as). None if it has them."""
+    if not sys.platform.startswith("linux"):
+        return "namespaces are a Linux feature"
+    needed = ["bwrap"] if isolation == _BUBBLEWRAP else []
+    needed += ["unshare", "prlimit", "setpriv"]
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not found"
+    if isolation == _BUBBLEWRAP:
+        minimal = ["bwrap", "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "/bin/true"]
+    else:
+        minimal = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net"]
+        minimal.append("/bin/true")
+    drop = _drop_to_nobody() if os.geteuid() == 0 else []
+    try:
+        done = subprocess.run(
+            [*drop, *minimal], capture_output=True, text=True, timeout=20, check=False, cwd="/"
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{minimal[0]} cannot run: {exc}"
+    if done.returncode == 0:
         return None
-    return done.lines[-1] if done.lines else f"exit status {done.returncode}"
+    said = done.stderr.strip().splitlines()
+    return f"{minimal[0]} cannot make namespaces here: {said[-1] if said else done.returncode}"
 
 
 # --- the isolated command ---------------------------------------------------------------------
+
+# Drops every capability for good before the code starts (root in a user namespace has them).
+_DROP_CAPS = [
+    "setpriv",
+    "--no-new-privs",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--bounding-set=-all",
+    "--",
+]
 
 
 def _isolated_command(
@@ -248,20 +351,36 @@ def _isolated_command(
     seconds: float,
     limits: Limits,
     read_only: Sequence[str],
+    whole: bool,
 ) -> list[str]:
-    limited = [*_prlimit(seconds, limits), "--", *argv]
-    view = _View.build(workdir, read_only, limits.tmp_bytes)
+    """Every path first builds the view in a stage (a private mount namespace in which it may
+    mount), then starts the code in it; the stage is what mounts the quota'd tmpfs."""
+    limited = [*_prlimit(seconds, limits, whole), "--", *argv]
+    view = _View.build(workdir, read_only, limits)
     as_root = os.geteuid() == 0
     if isolation == _BUBBLEWRAP and not as_root:
-        return ["bwrap", *_bwrap_isolation(), *view.bwrap_args(), "--", *limited]
-    # Root (so that the code can run as nobody) and the unshare path first build the view in a
+        # bubblewrap makes every namespace, and leaves the stage (root in its own user
+        # namespace) what building the view needs; the stage drops it all before the code runs
+        # and forbids further user namespaces (bubblewrap's --disable-userns would forbid the
+        # stage its mounts).
+        stage = [
+            "bwrap",
+            *_bwrap_isolation(disable_userns=False),
+            *("--uid", "0", "--gid", "0"),
+            *("--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"),
+            *("--cap-add", "CAP_SYS_RESOURCE"),
+            *("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"),
+        ]
+        script = view.stage_script([*_DROP_CAPS, *limited], devices=True, no_userns=True)
+        return [*stage, "--", "/bin/sh", "-c", script, "sandbox-stage"]
+    # Root (so that the code can run as nobody) and the unshare path build the view in a
     # private mount namespace, then start the isolating tool inside it.
     drop = _drop_to_nobody() if as_root else []
     if isolation == _BUBBLEWRAP:
         inner = [
             *drop,
             "bwrap",
-            *_bwrap_isolation(),
+            *_bwrap_isolation(disable_userns=_bwrap_can_disable_userns()),
             *("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"),
             *("--bind", "/tmp", "/tmp", "--bind", workdir, workdir, "--chdir", workdir),
             "--",
@@ -270,8 +389,7 @@ def _isolated_command(
     else:
         # lo is brought up so that the code has its own loopback; without `ip` it stays down.
         loopback_then_drop = (
-            "ip link set lo up 2>/dev/null || true; "
-            'exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"'
+            f'ip link set lo up 2>/dev/null || true; exec {shlex.join(_DROP_CAPS)} "$@"'
         )
         inner = [
             *drop,
@@ -286,7 +404,7 @@ def _isolated_command(
     return [*stage, "--", "/bin/sh", "-c", script, "sandbox-stage"]
 
 
-def _bwrap_isolation() -> list[str]:
+def _bwrap_isolation(*, disable_userns: bool) -> list[str]:
     return [
         "--unshare-all",
         "--unshare-user",
@@ -294,7 +412,7 @@ def _bwrap_isolation() -> list[str]:
         "--new-session",
         "--hostname",
         "sandbox",
-        *(["--disable-userns"] if _bwrap_can_disable_userns() else []),
+        *(["--disable-userns"] if disable_userns else []),
     ]
 
 
@@ -309,12 +427,13 @@ def _bwrap_can_disable_userns() -> bool:
     return "--disable-userns" in usage
 
 
-def _prlimit(seconds: float, limits: Limits) -> list[str]:
+def _prlimit(seconds: float, limits: Limits, whole: bool) -> list[str]:
+    memory, processes = limits.per_process(whole)
     return [
         "prlimit",
         f"--cpu={int(seconds) + 1}",
-        f"--as={limits.memory_bytes}",
-        f"--nproc={limits.processes}",
+        f"--as={memory}",
+        f"--nproc={processes}",
         f"--fsize={limits.file_bytes}",
         "--core=0",
     ]
@@ -341,10 +460,10 @@ class _View:
     read_only: list[str]  # bound read-only at the same path
     copies: list[str]  # small files of /etc: copied into the stage (one command), not bound
     symlinks: list[tuple[str, str]]  # (path, target)
-    tmp_bytes: int
+    limits: Limits
 
     @classmethod
-    def build(cls, workdir: str, extra: Sequence[str], tmp_bytes: int) -> _View:
+    def build(cls, workdir: str, extra: Sequence[str], limits: Limits) -> _View:
         read_only: list[str] = []
         symlinks: list[tuple[str, str]] = []
         for path in _SYSTEM_DIRS:
@@ -359,30 +478,17 @@ class _View:
             if os.path.exists(real) and not any(_within(real, seen) for seen in read_only):
                 read_only.append(real)
         copies = [p for p in etc if not os.path.isdir(p)]
-        return cls(workdir, read_only, copies, symlinks, tmp_bytes)
+        return cls(workdir, read_only, copies, symlinks, limits)
 
-    def bwrap_args(self) -> list[str]:
-        args: list[str] = []
-        for path in [*self.read_only, *self.copies]:
-            if not path.startswith("/tmp/"):
-                args += ["--ro-bind", path, path]
-        for path, target in self.symlinks:
-            args += ["--symlink", target, path]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        args += ["--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
-        for path in self.read_only:
-            if path.startswith("/tmp/"):  # e.g. a virtual environment in /tmp: over the tmpfs
-                args += ["--ro-bind", path, path]
-        args += ["--bind", self.workdir, self.workdir, "--chdir", self.workdir]
-        # Last: the root itself (mount points included) becomes read-only.
-        return [*args, "--remount-ro", "/"]
-
-    def stage_script(self, inner: Sequence[str], *, devices: bool) -> str:
+    def stage_script(self, inner: Sequence[str], *, devices: bool, no_userns: bool = False) -> str:
         """A shell script that builds this view as a new read-only root, then starts ``inner``
         in it. With ``devices``, a few device nodes; otherwise all of /dev, for bubblewrap
-        to build its own from (the code never sees the stage's).
+        to build its own from (the code never sees the stage's). With ``no_userns``, the code
+        (run in the stage's own user namespace) may make no further user namespace.
 
-        Every command is a process, so paths are grouped into as few commands as possible.
+        Everything the code can write (the scratch directory, a copy of the one outside, and
+        /tmp) is one tmpfs of ``disk_bytes`` and ``files``, mounted on /.old until it is bound
+        in place. Every command is a process, so paths are grouped into as few as possible.
         """
         q = shlex.quote
 
@@ -398,8 +504,11 @@ class _View:
         dirs = {"/tmp", "/proc", "/dev", "/.old", "/etc"}
         dirs.update(p for p in ordinary if p not in files)
         dirs.update(os.path.dirname(p) for p in files + nodes)
-        tmp_dirs = {p for p in in_tmp if p not in tmp_files} | {self.workdir}
+        tmp_dirs = {p for p in in_tmp if p not in tmp_files}
         tmp_dirs.update(os.path.dirname(p) for p in tmp_files)
+        # The scratch directory's mount point: in the private /tmp, or in the read-only root.
+        (tmp_dirs if _within(self.workdir, "/tmp") else dirs).add(self.workdir)
+        quota = f"size={self.limits.disk_bytes},nr_inodes={self.limits.files}"
         lines = [
             "set -eu",
             f"R={q(self._stage_root())}",
@@ -411,10 +520,15 @@ class _View:
         if self.copies:
             lines.append(f'cp -P --preserve=mode -t "$R/etc" {" ".join(q(p) for p in self.copies)}')
         lines += _symlink_lines(self.symlinks)
-        lines.append('mount -o remount,bind,ro "$R"')
+        lines += [
+            f'mount -t tmpfs -o mode=755,nosuid,nodev,{quota} sandbox "$R/.old"',
+            'mkdir -m 1777 "$R/.old/tmp"',
+            f'cp -a {q(self.workdir)} "$R/.old/work"',
+            'mount -o remount,bind,ro "$R"',
+        ]
         for path in ordinary:
             lines.append(f'mount --bind -o ro,nosuid,nodev {q(path)} "$R"{q(path)}')
-        lines.append(f'mount -t tmpfs -o mode=1777,size={self.tmp_bytes} sandbox "$R/tmp"')
+        lines.append('mount --bind "$R/.old/tmp" "$R/tmp"')
         lines.append(f"mkdir -p {under_root(sorted(tmp_dirs))}")
         if tmp_files:
             lines.append(f"touch {under_root(tmp_files)}")
@@ -424,9 +538,12 @@ class _View:
             lines.append(f'mount --bind {q(node)} "$R"{q(node)}')
         if not devices:
             lines.append('mount --rbind /dev "$R/dev"')
-        lines.append(f'mount --bind {q(self.workdir)} "$R"{q(self.workdir)}')
+        lines.append(f'mount --bind "$R/.old/work" "$R"{q(self.workdir)}')
+        lines.append('umount "$R/.old"')
         # A proc of this stage's own PID namespace: the old root (and the host's /proc) goes.
         lines.append('mount -t proc proc "$R/proc"')
+        if no_userns:
+            lines.append('echo 0 > "$R/proc/sys/user/max_user_namespaces"')
         lines.append('cd "$R"; pivot_root . .old; umount -l /.old')
         lines.append(f"cd {q(self.workdir)}; unset OLDPWD")
         lines.append("exec " + " ".join(q(arg) for arg in inner) + ' "$@"')
@@ -456,6 +573,168 @@ def _python_dirs() -> list[str]:
 
 def _within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+# --- a cgroup for the whole sandbox ------------------------------------------------------------
+
+_CGROUP_PREFIX = "orchestrator-sandbox-"
+_cgroup_names = itertools.count()
+
+
+@dataclass(frozen=True)
+class _Cgroup:
+    """A cgroup v2 bounding the memory (swap included) and the processes of one run as a whole."""
+
+    path: str
+
+    @classmethod
+    def create(cls, parent: str, limits: Limits) -> _Cgroup:
+        group = cls(os.path.join(parent, f"{_CGROUP_PREFIX}{os.getpid()}-{next(_cgroup_names)}"))
+        os.mkdir(group.path)
+        try:
+            group._write("memory.max", limits.memory_bytes)
+            if os.path.exists(os.path.join(group.path, "memory.swap.max")):
+                group._write("memory.swap.max", 0)
+            group._write("pids.max", limits.processes)
+        except BaseException:
+            group.remove()
+            raise
+        return group
+
+    def enter(self, command: Sequence[str]) -> list[str]:
+        """``command``, started in this cgroup: its first process moves itself in (``0`` is the
+        writer) before it becomes the command, so everything it starts is inside."""
+        procs = os.path.join(self.path, "cgroup.procs")
+        return ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', procs, *command]
+
+    def remove(self) -> str:
+        """Kill what is still inside, remove the cgroup; which bound it saw reached, if any."""
+        exceeded = ""
+        if self._count("memory.events", "oom_kill") or self._count("memory.events", "oom"):
+            exceeded = "memory"
+        elif self._count("pids.events", "max"):
+            exceeded = "processes"
+        deadline = time.monotonic() + 5.0
+        while True:
+            self._kill()
+            try:
+                os.rmdir(self.path)
+                return exceeded
+            except FileNotFoundError:
+                return exceeded
+            except OSError as exc:  # EBUSY until the killed processes are gone
+                if time.monotonic() > deadline:
+                    log.warning("could not remove cgroup %s: %s", self.path, exc)
+                    return exceeded
+            time.sleep(0.01)
+
+    def _kill(self) -> None:
+        try:
+            self._write("cgroup.kill", 1)  # Linux 5.14
+            return
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            with open(os.path.join(self.path, "cgroup.procs")) as procs:
+                for pid in procs.read().split():
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), signal.SIGKILL)
+
+    def _write(self, name: str, value: int | str) -> None:
+        with open(os.path.join(self.path, name), "w") as file:
+            file.write(str(value))
+
+    def _count(self, name: str, key: str) -> int:
+        try:
+            with open(os.path.join(self.path, name)) as file:
+                fields = dict(line.split() for line in file if len(line.split()) == 2)
+        except OSError:
+            return 0
+        return int(fields.get(key, 0))
+
+
+@functools.cache
+def _cgroup_parent() -> str | None:
+    """Where this process can make a cgroup v2 that bounds a whole sandbox (as root, or in a
+    delegated subtree), tried once; None where it cannot.
+
+    At the root of the hierarchy, below it; elsewhere beside our own cgroup, and only if ours
+    has no memory or process limit a sandbox there would escape. Cgroups left by processes
+    that died are removed on the way.
+    """
+    try:
+        mount, own = _cgroup2_mount(), _own_cgroup()
+        if mount is None or own is None:
+            return None
+        here = os.path.normpath(os.path.join(mount, own.lstrip("/")))
+        if own != "/" and not all(
+            _read(here, f) in ("max", "") for f in ("memory.max", "pids.max")
+        ):
+            log.debug("no cgroup for the sandbox: %s has limits of its own", here)
+            return None
+        parent = here if own == "/" else os.path.dirname(here)
+        if not {"memory", "pids"} <= set(_read(parent, "cgroup.controllers").split()):
+            return None
+        enabled = set(_read(parent, "cgroup.subtree_control").split())
+        missing = {"memory", "pids"} - enabled
+        if missing:
+            with open(os.path.join(parent, "cgroup.subtree_control"), "w") as control:
+                control.write(" ".join(f"+{name}" for name in sorted(missing)))
+        _sweep(parent)
+        probe = _Cgroup.create(parent, Limits())
+        try:
+            subprocess.run(probe.enter(["/bin/true"]), check=True, timeout=10, capture_output=True)
+        finally:
+            probe.remove()
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        log.debug("no cgroup for the sandbox: %s", exc)
+        return None
+    return parent
+
+
+def _cgroup2_mount() -> str | None:
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields, _, rest = line.partition(" - ")
+            if rest.split()[:1] == ["cgroup2"]:
+                return fields.split()[4]
+    return None
+
+
+def _own_cgroup() -> str | None:
+    with open("/proc/self/cgroup") as groups:
+        for line in groups:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    return None
+
+
+def _read(directory: str, name: str) -> str:
+    try:
+        with open(os.path.join(directory, name)) as file:
+            return file.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _sweep(parent: str) -> None:
+    """Remove the cgroups of sandboxes whose orchestrator process is gone (killed, say)."""
+    for name in os.listdir(parent):
+        if not name.startswith(_CGROUP_PREFIX):
+            continue
+        owner = name[len(_CGROUP_PREFIX) :].split("-")[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            _Cgroup(os.path.join(parent, name)).remove()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- scratch directories ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from fake_provider import FakeProvider
 from scripted_llm import ScriptedLLM
 
-from orchestrator import Budget, RetryPolicy, UnifiedClient
+from orchestrator import Budget, RetryPolicy, UnifiedClient, sandbox
 from orchestrator.gateway import Journal, LLMGateway
 from orchestrator.ledger import Ledger
 from orchestrator.money import usd_to_nanos
@@ -255,3 +255,40 @@ async def eventually(condition) -> None:
         # Polling, not an Event: the condition changes in another thread.
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+# --- sandbox paths --------------------------------------------------------------------------------
+
+SANDBOX_PATHS = ("bubblewrap", "unshare")
+_sandbox_outcomes: dict[str, dict[str, str]] = {}  # path -> outcome -> a reason (skips)
+
+
+@pytest.fixture(params=SANDBOX_PATHS)
+def isolation(request) -> str:
+    """Each sandbox path. Skipped only where this machine lacks it (its tool, or namespaces
+    for a minimal command of that tool, found without our own command line): a path the
+    machine has that fails to start fails the test. The summary says which paths ran."""
+    request.node.user_properties.append(("sandbox_path", request.param))
+    lacking = sandbox.machine_lacks(request.param)
+    if lacking:
+        pytest.skip(f"this machine lacks the {request.param} sandbox: {lacking}")
+    return request.param
+
+
+def pytest_runtest_logreport(report) -> None:
+    paths = [value for name, value in report.user_properties if name == "sandbox_path"]
+    if paths and (report.when == "call" or report.skipped):
+        reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+        _sandbox_outcomes.setdefault(paths[0], {})[report.outcome] = reason
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    said = []
+    for path in SANDBOX_PATHS:
+        outcomes = _sandbox_outcomes.get(path, {})
+        if "passed" in outcomes or "failed" in outcomes:
+            said.append(f"{path} ran")
+        elif "skipped" in outcomes:
+            said.append(f"{path} skipped ({outcomes['skipped'].removeprefix('Skipped: ')})")
+    if said:
+        terminalreporter.write_line(f"sandbox paths: {', '.join(said)}")

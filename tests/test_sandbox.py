@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,19 +26,11 @@ from conftest import fake_env, run_cli, write_file
 from test_engine import code_task
 
 from orchestrator import sandbox
+from orchestrator.errors import SandboxError
 from orchestrator.validators import run_validators
 
-ISOLATIONS = ("bubblewrap", "unshare")
 SECRET = "sk-live-" + uuid.uuid4().hex
 VALIDATOR_SECONDS = 3
-
-
-@pytest.fixture(params=ISOLATIONS)
-def isolation(request) -> str:
-    problem = asyncio.run(sandbox.why_unavailable(request.param))
-    if problem:
-        pytest.skip(f"the {request.param} sandbox cannot be set up here: {problem}")
-    return request.param
 
 
 class Attack:
@@ -285,6 +278,109 @@ def test_allocating_4_gib_fails_inside_the_sandbox(attack):
     ).assert_failed_truthfully("MemoryError")
 
 
+QUOTA = sandbox.Limits(disk_bytes=8 * 1024**2, files=200)
+FILL_THE_DISK = """
+import json, os
+
+def write(path, size):
+    try:
+        with open(path, "wb") as f:
+            f.write(bytes(size))
+        return True
+    except OSError as exc:
+        return exc.strerror
+
+facts = {"big": write("big", 16 * 1024**2), "tmp": write("/tmp/big", 16 * 1024**2)}
+os.remove("big")
+os.remove("/tmp/big")
+made = 0
+for n in range(1000):
+    if write(f"f{n}", 0) is not True:
+        break
+    made += 1
+facts["files"] = made
+print(json.dumps(facts))
+"""
+
+
+async def test_writing_past_the_disk_quota_fails_inside_and_the_host_is_untouched(isolation):
+    box = sandbox.Sandbox(isolation, limits=QUOTA)
+    async with sandbox.scratch_dir() as workdir:
+        await asyncio.to_thread(write_file, Path(workdir, "given.py"), "x = 1\n")
+        done = await box.run([sys.executable, "-I", "-S", "-c", FILL_THE_DISK], workdir, seconds=20)
+        # What the code wrote stayed in its tmpfs: the directory outside holds what it was given.
+        assert os.listdir(workdir) == ["given.py"]
+    facts = json.loads(done.lines[-1])
+    assert facts["big"] == facts["tmp"] == "No space left on device", done.output
+    # The scratch directory and /tmp share one quota of 200 files, a few of them taken.
+    assert 150 < facts["files"] < 200
+
+
+# Three children each try to hold 7/16 of the bound: two fit, three do not.
+BOUND = 128 * 1024**2
+HOLD_TOGETHER = """
+import json, os, select, sys
+
+size = int(sys.argv[1])
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+kids, facts = [], {"held": 0, "failed": []}
+for _ in range(3):
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        facts["failed"].append(f"fork: {exc.strerror}")
+        break
+    if pid == 0:
+        try:
+            block = bytearray(size)
+            for i in range(0, size, 4096):
+                block[i] = 1
+        except MemoryError:
+            os.write(ready_w, b"m")
+            os._exit(3)
+        os.write(ready_w, b"h")
+        os.read(go_r, 1)  # hold it until the parent has counted
+        os._exit(0)
+    kids.append(pid)
+answered = dead = 0
+while answered + dead < len(kids):
+    if select.select([ready_r], [], [], 0.05)[0]:
+        answered += 1
+        if os.read(ready_r, 1) == b"h":
+            facts["held"] += 1
+        else:
+            facts["failed"].append("MemoryError")
+    pid, status = os.waitpid(-1, os.WNOHANG)
+    if pid and os.WIFSIGNALED(status):
+        dead += 1
+        facts["failed"].append(f"killed by signal {os.WTERMSIG(status)}")
+os.close(go_w)
+print(json.dumps(facts), flush=True)
+sys.exit(0 if facts["held"] == 3 else 1)
+"""
+
+
+async def test_processes_together_cannot_exceed_the_sandboxs_memory_bound(isolation, request):
+    box = sandbox.Sandbox(isolation, limits=sandbox.Limits(memory_bytes=BOUND, split=4))
+    request.node.user_properties.append(("sandbox_memory", box.bounds()))
+    async with sandbox.scratch_dir() as workdir:
+        done = await box.run(
+            [sys.executable, "-I", "-S", "-c", HOLD_TOGETHER, str(BOUND * 7 // 16)],
+            workdir,
+            seconds=20,
+        )
+    assert done.returncode != 0, done.output
+    # A resource failure, reported as one: the cgroup's bound was reached (a child killed), or
+    # an allocation or a fork was refused under the per-process split.
+    if done.exceeded:
+        assert done.exceeded == "memory"
+    else:
+        facts = json.loads(done.lines[-1])
+        assert facts["held"] < 3 and facts["failed"], facts
+        assert {f.split(":")[0] for f in facts["failed"]} <= {"MemoryError", "fork"}, facts
+
+
 def test_code_that_sleeps_forever_is_stopped_at_the_time_limit(attack):
     attack.run(
         module(
@@ -419,6 +515,42 @@ async def test_detection_names_the_isolation_it_found_and_remembers_it(monkeypat
     found = await sandbox.detect()
     assert found is not None and found.isolation == isolation
     assert await sandbox.detect() is found
+
+
+@pytest.fixture
+def fresh_detection(monkeypatch):
+    """Detection as a new process does it: nothing probed yet."""
+    monkeypatch.setattr(sandbox, "_detected", {})
+    monkeypatch.setattr(sandbox, "_problems", {})
+    monkeypatch.delenv(sandbox.SANDBOX_ENV, raising=False)
+
+
+async def test_bubblewrap_that_this_machine_has_but_that_fails_is_an_error_not_a_fallback(
+    monkeypatch, fresh_detection
+):
+    if sandbox.machine_lacks("bubblewrap"):
+        pytest.skip(f"this machine lacks bubblewrap: {sandbox.machine_lacks('bubblewrap')}")
+    # Our bubblewrap command line broken, as a bad change would break it.
+    isolation = sandbox._bwrap_isolation
+    monkeypatch.setattr(sandbox, "_bwrap_isolation", lambda **kw: [*isolation(**kw), "--bogus"])
+    with pytest.raises(SandboxError, match="the bubblewrap sandbox fails to start, though"):
+        await sandbox.detect()
+    with pytest.raises(SandboxError):
+        await run_validators(["pytest"], PASSING)
+
+
+async def test_without_bubblewrap_the_unshare_sandbox_is_used(
+    monkeypatch, tmp_path, fresh_detection
+):
+    if sandbox.machine_lacks("unshare"):
+        pytest.skip(f"this machine lacks unshare: {sandbox.machine_lacks('unshare')}")
+    tools = tmp_path / "bin"  # what a machine without bubblewrap has on its PATH
+    tools.mkdir()
+    for tool in ("unshare", "prlimit", "setpriv"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(tools))
+    found = await sandbox.detect()
+    assert found is not None and found.isolation == "unshare"
 
 
 async def test_asking_for_no_sandbox_finds_none(monkeypatch):
