@@ -134,8 +134,10 @@ def test_v_shows_this_tools_decisions_and_vv_the_libraries_too(fake, llm, tmp_pa
     assert any(line.startswith(libraries) for line in twice.stderr.splitlines())
 
 
-def test_every_class_the_readme_names_is_importable_from_the_package():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    names = set(re.findall(r"`([A-Z][a-z][A-Za-z]*)(?:\(|`)", readme))
+def test_every_class_the_readme_and_the_docs_name_is_importable_from_the_package():
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    names = set(re.findall(r"`([A-Z][a-z][A-Za-z]*)(?:\(|`)", text))
     assert {"Orchestrator", "StateManager", "UnknownProjectError"} <= names
     assert [n for n in sorted(names) if not hasattr(orchestrator, n)] == []

@@ -194,9 +194,15 @@ def test_a_cyclic_task_list_in_a_project_file_is_rejected_naming_the_tasks(tmp_p
     assert "cycle" in result.stderr and "a" in result.stderr and "b" in result.stderr
 
 
-def test_the_design_documents_python_example_runs_as_written(fake, llm, tmp_path):
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1]
+# The design document's example, where the reader meets it: the README's recipe and the first
+# example of the Python API page (each page, the heading its example follows).
+@pytest.mark.parametrize(
+    ("page", "heading"),
+    [("README.md", "### Use it from a script"), ("docs/python-api.md", "# Python API")],
+)
+def test_the_design_documents_python_example_runs_as_written(fake, llm, tmp_path, page, heading):
+    text = (PROJECT_ROOT / page).read_text(encoding="utf-8")
+    section = text.split(heading + "\n", 1)[1]
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert "Orchestrator(budget=budget)" in example
     script = tmp_path / "example.py"

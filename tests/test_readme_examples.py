@@ -1,4 +1,5 @@
-"""The README's examples of hooks, telemetry, metrics and the audit log run as written."""
+"""The examples of hooks, telemetry, metrics and the audit log (docs/observability.md) run as
+written."""
 
 from __future__ import annotations
 
@@ -11,29 +12,34 @@ from conftest import PROJECT_ROOT, clean_environment
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli_run import cli_env
 
-# The README's sections, in its order, by how each begins, and a line their example must hold
+PAGE = PROJECT_ROOT / "docs" / "observability.md"
+# The page's sections, in its order, by their headings, and a line their example must hold
 # (so that a section losing its example cannot quietly borrow the next one's).
 SECTIONS = {
-    "**Hooks**": "orch.add_hook(",
-    "**Telemetry.**": "orch.telemetry.measured()",
-    "**Metrics**": "PrometheusExporter(",
-    "**Audit log**": "verify(",
+    "\n## Hooks\n": "orch.add_hook(",
+    "\n## Telemetry\n": "orch.telemetry.measured()",
+    "\n## Metrics\n": "PrometheusExporter(",
+    "\n## Audit log\n": "verify(",
 }
 JSON_PATH = "/tmp/orchestrator_metrics.json"
 PROM_PATH = "/var/lib/node_exporter/orchestrator.prom"
 
 
-def example_of(readme: str, heading: str) -> str:
-    section = readme.split(heading, 1)[1]
+def example_of(page: str, heading: str) -> str:
+    section = page.split(heading, 1)[1].split("\n## ", 1)[0]
+    assert "```python\n" in section, f"the {heading.strip()} section has no example"
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def observability_examples() -> list[str]:
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    page = PAGE.read_text(encoding="utf-8")
+    assert [page.index(heading) for heading in SECTIONS] == sorted(
+        page.index(heading) for heading in SECTIONS
+    ), "the sections are out of order: the examples go on from one another"
     examples = []
     for heading, must_hold in SECTIONS.items():
-        example = example_of(readme, heading)
-        assert must_hold in example, f"the README's {heading} section has lost its example"
+        example = example_of(page, heading)
+        assert must_hold in example, f"{PAGE.name}'s {heading.strip()} section has lost its example"
         examples.append(example)
     return examples
 
