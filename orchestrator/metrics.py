@@ -169,7 +169,8 @@ class PrometheusExporter:
             import prometheus_client  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "Prometheus metrics need prometheus_client: pip install 'orchestrator[metrics]'"
+                "Prometheus metrics need prometheus_client: in the project's directory, "
+                "pip install -e '.[metrics]'"
             ) from None
         self.path = Path(path)
 
