@@ -41,6 +41,7 @@ from .policy_dsl import PolicyAnalyzer, load_policy_file
 from .progress import ProgressPrinter, format_usd, results_table, text_table
 from .project_file import ProjectSpec, check_project_id, load_project_file
 from .routing import DEFAULT_MAX_FALLBACKS, Router
+from .sandbox import configured_limits
 from .settings import CATALOG_ENV, home_dir, load_environment
 from .sqlite_store import DB_URL_ENV, EXTRA_COMMAND, is_postgres_url, shown
 from .state import StateManager
@@ -390,6 +391,7 @@ def _use_database(location: str) -> None:
 
 
 def _check_limits(args: argparse.Namespace) -> None:
+    configured_limits()  # the sandbox's, from the environment: refused now, not mid-run
     # "not x > 0" rather than "x <= 0", so that nan is refused too.
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
         raise _usage("--budget must be a number greater than 0")

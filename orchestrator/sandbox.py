@@ -112,6 +112,31 @@ class Limits:
         return f"memory {_mib(memory)} per process x {processes} processes (no cgroup), {disk}"
 
 
+# Limits a machine's owner may set in the environment: variable -> (Limits field, unit).
+LIMIT_VARIABLES = {
+    "ORCHESTRATOR_SANDBOX_MEMORY_MIB": ("memory_bytes", 1024**2),
+    "ORCHESTRATOR_SANDBOX_DISK_MIB": ("disk_bytes", 1024**2),
+    "ORCHESTRATOR_SANDBOX_FILES": ("files", 1),
+}
+
+
+def configured_limits(environ: Mapping[str, str] | None = None) -> Limits:
+    """The default ``Limits`` with what ``LIMIT_VARIABLES`` set; ``ConfigError`` (one line
+    naming the variable) for a value that is not a whole number above zero."""
+    environ = os.environ if environ is None else environ
+    chosen: dict[str, int] = {}
+    for variable, (name, unit) in LIMIT_VARIABLES.items():
+        text = environ.get(variable, "").strip()
+        if not text:
+            continue
+        if not text.isdigit() or int(text) < 1:
+            from .errors import ConfigError  # here: this module is also loaded on its own
+
+            raise ConfigError(f"{variable}={text!r}: not a whole number above zero")
+        chosen[name] = int(text) * unit
+    return Limits(**chosen)
+
+
 def _mib(n: int) -> str:
     return f"{n / 1024**2:g} MiB"
 
@@ -208,7 +233,7 @@ class Sandbox:
 
 def unsafe(limits: Limits | None = None) -> Sandbox:
     """No isolation: the user opted out. A scrubbed environment and limits, nothing more."""
-    return Sandbox(_UNSAFE, isolated=False, limits=limits or Limits())
+    return Sandbox(_UNSAFE, isolated=False, limits=limits or configured_limits())
 
 
 async def choose(*, unsafe_allowed: bool) -> Sandbox | None:
@@ -248,7 +273,7 @@ async def _probe_all(wanted: str) -> Sandbox | None:
         # A path this machine allows but that fails to start raises: no silent fallback.
         problem = await why_unavailable(isolation)
         if problem is None:
-            box = Sandbox(isolation)
+            box = Sandbox(isolation, limits=configured_limits())
             bounds = await asyncio.to_thread(box.bounds)
             log.info("validators run model code in a %s sandbox (%s)", isolation, bounds)
             return box

@@ -641,3 +641,64 @@ def test_a_failing_tests_escape_codes_are_shown_as_text_never_sent_to_the_termin
     # The tree's files are the model's, byte for byte.
     written = (out / "project" / "tests" / "test_bucket.py").read_text(encoding="utf-8")
     assert TERMINAL_TRICKS in written
+
+
+@needs_sandbox
+def test_a_tree_filling_its_disk_quota_fails_there_and_the_host_is_untouched(fake, tmp_path):
+    hog = files(
+        (
+            "tests/test_bucket.py",
+            """
+            import os
+
+            from ratelimit import TokenBucket
+
+
+            def test_takes_after_writing_a_lot():
+                with open("ballast.bin", "wb") as ballast:
+                    for _ in range(16):
+                        ballast.write(os.urandom(1024 * 1024))
+                assert TokenBucket(1).take() is not None
+            """,
+        )
+    )
+    scripted(fake, {"lib": LIBRARY, "tests": hog})
+    project = tmp_path / "rl.yaml"
+    project.write_text(
+        "project: '[project] A rate-limiter library with tests'\ncriteria: it works\n"
+        "integration_rounds: 0\ntasks:\n"
+        "  - {id: lib, type: code_generation, prompt: '[lib] Write the library.',"
+        " hard_validators: [python_syntax]}\n"
+        "  - {id: tests, type: code_generation, prompt: '[tests] Write its tests.',"
+        " dependencies: [lib], hard_validators: [python_syntax]}\n"
+    )
+    env = {
+        **fake_env(fake.base_url),
+        "ORCHESTRATOR_HOME": str(tmp_path / "home"),
+        "ORCHESTRATOR_SANDBOX_DISK_MIB": "8",
+        "TMPDIR": str(tmp_path / "host-tmp"),
+    }
+    (tmp_path / "host-tmp").mkdir()
+
+    result = run_cli(
+        "--file", str(project), "--no-cache", "--output-dir", str(tmp_path / "out"),
+        cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 3, result.stderr
+    assert "status PARTIAL_SUCCESS" in result.stdout
+    assert "No space left on device" in result.stdout
+    left = [p for p in (tmp_path / "host-tmp").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in left) < 1024 * 1024, left
+
+
+def test_a_sandbox_limit_that_is_not_a_number_is_one_line_before_anything_runs(fake, tmp_path):
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_SANDBOX_DISK_MIB": "lots"}
+
+    result = run_cli("-p", "[project] p", "-c", "c", cwd=tmp_path, env=env)
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "orchestrator: error: ORCHESTRATOR_SANDBOX_DISK_MIB='lots': not a whole number above zero"
+    )
+    assert fake.count() == 0
