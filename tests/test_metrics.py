@@ -143,7 +143,7 @@ async def test_a_failing_exporter_is_logged_once_and_the_run_goes_on(fake, llm, 
 def test_prometheus_without_its_extra_is_a_one_line_error_naming_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
 
-    with pytest.raises(ConfigError, match=r"orchestrator\[metrics\]"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[metrics\]'"):
         PrometheusExporter("orchestrator.prom")
 
 

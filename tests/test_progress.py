@@ -231,6 +231,7 @@ def test_at_a_real_terminal_the_live_area_is_gone_before_the_results_table(fake,
         ["-p", "[project] Build an add library", "-c", "add works", "--budget", "2"],
         env=env,
         cwd=tmp_path,
+        columns=200,  # wide enough that no finished line wraps: a wrapped row is not torn
     )
 
     lines = [line.rstrip() for line in screen.display if line.strip()]
