@@ -310,6 +310,25 @@ def run() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line, for ``argv`` (default: the process's arguments); the exit code."""
+    code = _main(argv)
+    try:
+        # Written out now, not by the interpreter at exit: stdout to a pipe is buffered
+        # (unless PYTHONUNBUFFERED), and the pipe's reader may be gone (`| head -1`).
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+    return code
+
+
+def _discard_stdout() -> None:
+    """The reader went away (`| head -1`): what it did not want is not an error. Point stdout
+    at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Log records quote model output and servers' errors: shown with their controls escaped.
@@ -360,10 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orchestrator: error: {visible(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
-        # The reader went away (`| head -1`): what it did not want is not an error. Point
-        # stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_stdout()
         return EXIT_SUCCESS
     except (KeyboardInterrupt, asyncio.CancelledError):
         # The run is saved; a second Ctrl-C now must not turn a clean exit into a crash.
