@@ -23,7 +23,7 @@ from . import __version__, providers
 from .assembly import TREE_NAME
 from .audit import AuditLog, verify
 from .budget import Budget
-from .catalog import Catalog
+from .catalog import Catalog, Model
 from .client import UnifiedClient
 from .cost import BudgetHierarchy, CostForecaster, CostPredictor, ForecastReport, SpendHistory
 from .engine import FINISHED, Orchestrator, new_project_id
@@ -38,7 +38,14 @@ from .output_writer import OutputError, check_output_dir, check_tree_name, write
 from .planner import ConstraintPlanner
 from .policy import PolicyEngine, PolicySet
 from .policy_dsl import PolicyAnalyzer, load_policy_file
-from .progress import ProgressPrinter, format_usd, results_table, text_table
+from .progress import (
+    ProgressPrinter,
+    format_usd,
+    output_width,
+    results_table,
+    text_table,
+    wrapped,
+)
 from .project_file import ProjectSpec, check_project_id, load_project_file
 from .routing import DEFAULT_MAX_FALLBACKS, Router
 from .sandbox import configured_limits
@@ -311,6 +318,25 @@ def run() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line, for ``argv`` (default: the process's arguments); the exit code."""
+    code = _main(argv)
+    try:
+        # Written out now, not by the interpreter at exit: stdout to a pipe is buffered
+        # (unless PYTHONUNBUFFERED), and the pipe's reader may be gone (`| head -1`).
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+    return code
+
+
+def _discard_stdout() -> None:
+    """The reader went away (`| head -1`): what it did not want is not an error. Point stdout
+    at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Log records quote model output and servers' errors: shown with their controls escaped.
@@ -328,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _use_database(args.db)
         if args.list_models:
             env = load_environment()
-            catalog = Catalog.load(args.catalog, env=env)
-            sys.stdout.write(format_catalog(catalog, env))
+            catalog, local = _listed_catalog(args, env)
+            sys.stdout.write(format_catalog(catalog, env, local))
             return EXIT_SUCCESS
         if args.list_projects:
             return asyncio.run(_list_projects())
@@ -361,10 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orchestrator: error: {visible(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
-        # The reader went away (`| head -1`): what it did not want is not an error. Point
-        # stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_stdout()
         return EXIT_SUCCESS
     except (KeyboardInterrupt, asyncio.CancelledError):
         # The run is saved; a second Ctrl-C now must not turn a clean exit into a crash.
@@ -832,6 +855,25 @@ def _run_models(
     return catalog, providers, local, stands_in
 
 
+def _listed_catalog(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[Catalog, LocalModel | None]:
+    """What ``--list-models`` shows: the catalog with the local model a run could start (the
+    embedded one, or --local-model's file) unless the catalog has a "local" provider of its
+    own; only --providers' providers when given."""
+    catalog = Catalog.load(args.catalog, env=env)
+    local = None
+    if LOCAL_PROVIDER not in catalog.providers:
+        local = LocalModel(Path(args.local_model) if args.local_model else None)
+        catalog = local.unstarted_catalog(catalog)
+    providers = _provider_names(args.providers)
+    if providers:
+        catalog = catalog.only(providers)
+        if LOCAL_PROVIDER not in providers:
+            local = None
+    return catalog, local
+
+
 def _provider_names(text: str | None) -> list[str] | None:
     if not text:
         return None
@@ -895,14 +937,19 @@ def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
     """The ``--forecast`` report: what the project is expected to cost and the most it can
     cost with the models this run would call, which figures earlier runs measured, and what
     the rest assumes."""
-    report, task_count, assumptions = forecast_report(spec, args)
+    report, task_count, assumptions, local = forecast_report(spec, args)
     budget = report.budget_usd
     rows = [("phase", "typical", "high")]
     rows += [
         (phase, format_usd(usd), format_usd(report.high_per_phase[phase]))
         for phase, usd in report.estimated_per_phase.items()
     ]
-    lines = [f"forecast for {task_count} tasks; no model was called", *text_table(rows)]
+    lines = [f"forecast for {task_count} tasks; no model was called"]
+    if local is not None and all(m.provider == LOCAL_PROVIDER for m in report.models):
+        lines.append(f"runs on {local.description} on this machine (offline, $0)")
+    if report.models:
+        lines.append("models: " + ", ".join(_priced_name(m) for m in report.models))
+    lines += text_table(rows)
     lines.append(
         f"typical {format_usd(report.typical_usd)} of {format_usd(budget)} "
         f"({report.typical_usd / budget:.0%}): risk {report.risk_level.value}"
@@ -922,11 +969,20 @@ def forecast_text(spec: ProjectSpec, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _priced_name(model: Model) -> str:
+    """A model as a forecast names it: a local or free one says it costs nothing."""
+    if not model.price.free:
+        return model.value
+    where = "on this machine, " if model.provider == LOCAL_PROVIDER else ""
+    return f"{model.value} ({where}$0)"
+
+
 def forecast_report(
     spec: ProjectSpec, args: argparse.Namespace
-) -> tuple[ForecastReport, int, list[str]]:
+) -> tuple[ForecastReport, int, list[str], LocalModel | None]:
     """The forecast of ``spec`` run with ``args``, calling no model: the report, how many
-    tasks it counts, and what the command line assumed besides the report's assumptions."""
+    tasks it counts, what the command line assumed besides the report's assumptions, and the
+    local model the run would start (None: none)."""
     env = load_environment()
     catalog, providers, local, stands_in = _run_models(args, {}, env, running=True)
     assumptions = []
@@ -935,6 +991,9 @@ def forecast_report(
         providers = providers or [LOCAL_PROVIDER]
         if stands_in:
             assumptions.append(KEYLESS_NOTE)
+        missing = local.missing()
+        if missing is not None:
+            assumptions.append(f"the local model cannot run here yet: {missing}")
     if providers:
         catalog = catalog.only(providers)
     keyed = set(catalog.usable_providers(env))
@@ -965,7 +1024,7 @@ def forecast_report(
         )
     assumptions.append(
         f"routing {routing}, over "
-        + (f"the providers with a key ({', '.join(sorted(keyed))})" if keyed else
+        + (f"the usable providers ({', '.join(sorted(keyed))})" if keyed else
            "every catalog model (no provider key is set)")
     )  # fmt: skip
     report = CostForecaster.forecast(
@@ -975,7 +1034,7 @@ def forecast_report(
         is not False else 0,
         description=spec.description, criteria=spec.criteria,
     )  # fmt: skip
-    return report, len(tasks), assumptions
+    return report, len(tasks), assumptions, local
 
 
 async def _stored_measurements() -> tuple[
@@ -1009,11 +1068,20 @@ def exit_code(state: ProjectState) -> int:
     return EXIT_CODES[state.status]
 
 
-def format_catalog(catalog: Catalog, env: Mapping[str, str]) -> str:
-    """The catalog as a table, prices in USD per 1M tokens, and which providers have a key."""
+def format_catalog(
+    catalog: Catalog, env: Mapping[str, str], local: LocalModel | None = None
+) -> str:
+    """The catalog as a table, prices in USD per 1M tokens, and which providers have a key;
+    ``local``, the local model the catalog's "local" provider serves, is usable where this
+    machine has what it needs (the local extra, the model's wheel or file)."""
+    missing = local.missing() if local is not None else None
     header = ("alias", "model id", "provider", "in", "out", "cached", "context", "json", "usable")
     rows = [header]
     for m in catalog.models:
+        if local is not None and m.provider == LOCAL_PROVIDER:
+            usable = missing is None
+        else:
+            usable = catalog.providers[m.provider].usable(env)
         rows.append(
             (
                 m.alias,
@@ -1024,19 +1092,27 @@ def format_catalog(catalog: Catalog, env: Mapping[str, str]) -> str:
                 _price(m.price.cached_input),
                 f"{m.context_window:,}",
                 "schema" if m.json_schema else "mode",
-                "yes" if catalog.providers[m.provider].usable(env) else "no",
+                "yes" if usable else "no",
             )
         )
-    lines = text_table(rows, right=frozenset({3, 4, 5, 6}))
-    lines.append("")
-    lines.append("Prices: USD per 1M tokens. json: native JSON-schema output, or JSON mode.")
+    width = output_width()
+    # Narrow, the cached price, the context, the JSON support and the alias give way before
+    # a model id (what a user types) is cut.
+    lines = text_table(
+        rows, right=frozenset({3, 4, 5, 6}), width=width, drop=(5, 6, 7, 0), whole=frozenset({1})
+    )
+    footer = ["Prices: USD per 1M tokens. json: native JSON-schema output, or JSON mode."]
     for name, spec in catalog.providers.items():
-        if spec.usable(env):
+        if local is not None and name == LOCAL_PROVIDER:
+            where = f"{local.description} on this machine, free (--local"
+            where += "; stands in when no key is set)" if local.model_path is None else ")"
+            state = f"usable: {where}" if missing is None else f"not usable: {where}: {missing}"
+        elif spec.usable(env):
             state = f"usable ({spec.base_url(env)})"
         else:
             state = "no key: set " + " or ".join(spec.key_env)
-        lines.append(f"{name:<10} {state}")
-    return "\n".join(lines) + "\n"
+        footer.append(f"{name:<10} {state}")
+    return "\n".join([*lines, "", *wrapped(footer, width)]) + "\n"
 
 
 def _price(value: float) -> str:

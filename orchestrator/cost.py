@@ -176,6 +176,7 @@ class ForecastReport:
     high_per_phase: dict[str, float] = field(default_factory=dict)
     learned: list[str] = field(default_factory=list)  # the figures earlier runs measured
     priced: list[str] = field(default_factory=list)  # the figures priced from the catalog
+    models: list[Model] = field(default_factory=list)  # routing's choices, in order of use
 
     @property
     def typical_usd(self) -> float:
@@ -310,6 +311,7 @@ class _Estimate:
         self.per_task: dict[str, float] = {}
         self.counts_learned: set[TaskType] = set()
         self.counts_assumed: set[TaskType] = set()
+        self.chosen: dict[Model, None] = {}  # the first choice of every chain, in order
 
     def add_planning(self) -> None:
         planners = self.router.decomposition_chain()
@@ -322,6 +324,7 @@ class _Estimate:
         output = int(DECOMPOSITION_MAX_TOKENS * EXPECTED_ANSWER_SHARE)
         call = _Tokens(expected, output, at_most, DECOMPOSITION_MAX_TOKENS, prose=False)
         planner = planners[0]
+        self.chosen[planner] = None
         if planner.price.free:
             typical = 0.0
         elif self.history.planning_usd is not None:
@@ -361,6 +364,7 @@ class _Estimate:
         for phase, (chain, priced_as, call) in roles.items():
             if not chain:
                 continue
+            self.chosen[chain[0]] = None
             count = self._typical_count(task.type, phase)
             typical = count * self.pricer.typical(chain[0], priced_as, call)
             worst_ask = max(_worst_answer_usd(m, call) for m in chain)
@@ -438,6 +442,7 @@ class _Estimate:
             high_per_phase=dict(self.high),
             learned=sorted(self.pricer.learned) + self._counts(self.counts_learned),
             priced=sorted(self.pricer.priced),
+            models=list(self.chosen),
         )
 
     def _counts(self, task_types: set[TaskType]) -> list[str]:

@@ -539,11 +539,16 @@ class Orchestrator:
             # Only finished tasks are kept; interrupted ones run again, replaying their journal.
             state.results = {t: state.results[t] for t in saved.final_tasks if t in state.results}
             state.status, state.reason = ProjectStatus.RUNNING, ""
-            await self._run(session, state, state.tasks or None)
+            await self._run(session, state, state.tasks or None, resumed=True)
         return state
 
     async def _run(
-        self, session: _Session, state: ProjectState, tasks: Mapping[str, Task] | None
+        self,
+        session: _Session,
+        state: ProjectState,
+        tasks: Mapping[str, Task] | None,
+        *,
+        resumed: bool = False,
     ) -> None:
         await self._load_telemetry(session)
         self._current_run = state
@@ -569,7 +574,13 @@ class Orchestrator:
             telemetry=self.telemetry,
             stopping=self.stopping,
         )
-        self.emit(Event("run_started", data={"project_id": state.project_id, "budget": budget}))
+        started: dict[str, Any] = {"project_id": state.project_id, "budget": budget}
+        if resumed:
+            # What the resume starts from: the plan's size (None: not planned yet) and its
+            # finished tasks; the budget carries the spend so far.
+            started.update(resumed=True, tasks=len(tasks) if tasks else None,
+                           done=len(state.results))  # fmt: skip
+        self.emit(Event("run_started", data=started))
         try:
             await self._plan_and_execute(session, state, gateway, tasks)
             if self.stopping.is_set() and state.status is ProjectStatus.BUDGET_EXHAUSTED:

@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Event:
-    """``kind`` is one of: run_started, decomposed, task_started, call_started, call_finished
+    """``kind`` is one of: run_started (``data``: project_id, budget; for a resume also
+    resumed, tasks, the plan's size or None before a plan, and done, its finished tasks),
+    decomposed, task_started, call_started, call_finished
     (``data``: cost_usd, cached, replayed, notes), call_failed (``data``: error),
     validation_failed (``data``: validators, the failed ``ValidatorResult``s; iteration),
     model_selected (``data``: decision, backend),

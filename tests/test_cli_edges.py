@@ -77,7 +77,8 @@ def test_a_number_that_is_not_finite_in_a_project_file_is_a_one_line_error(tmp_p
     assert field in result.stderr
 
 
-def test_a_closed_pipe_ends_the_listing_quietly(tmp_path):
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+def test_a_closed_pipe_ends_the_listing_quietly(tmp_path, unbuffered):
     async def save_projects() -> None:
         async with StateManager() as store:
             for n in range(3):
@@ -93,7 +94,8 @@ def test_a_closed_pipe_ends_the_listing_quietly(tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "orchestrator", "--list-projects"],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
-            env=clean_environment(), cwd=tmp_path,
+            # Buffered, the listing meets the closed pipe only when it is flushed at the end.
+            env={**clean_environment(), "PYTHONUNBUFFERED": unbuffered}, cwd=tmp_path,
         )  # fmt: skip
     finally:
         os.close(write_end)

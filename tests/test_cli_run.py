@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from test_exactness import take_over_at_first_grading
 
 from orchestrator.money import nanos_to_usd
 from orchestrator.progress import format_usd
+from orchestrator.state import StateManager
 
 PROJECT = "[project] Build an add library"
 CRITERIA = "add works and is tested"
@@ -435,3 +437,31 @@ def test_a_description_of_ones_own_runs_when_the_planner_cannot_plan_it(fake, ll
     [notice] = [line for line in result.stderr.splitlines() if "planner's answers" in line]
     assert "depends on unknown task 'pip-pip_python_5_123'" in notice
     assert "running a plan of 2 tasks instead: code, tests" in notice
+
+
+def test_a_resume_says_first_what_it_resumes_in_one_line(fake, llm, tmp_path):
+    llm.bill_max_output = True
+    first = run_cli(
+        "-p", PROJECT, "-c", CRITERIA, "--budget", "0.05", "--no-cache", "--project-id", "poor",
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+    )  # fmt: skip
+    assert first.returncode == 4, first.stderr
+
+    async def load():
+        async with StateManager(tmp_path / "home" / "state.db") as store:
+            return await store.load("poor")
+
+    saved = asyncio.run(load())
+    done, spent = len(saved.final_tasks), format_usd(saved.spent_usd)
+    assert 0 < done < 5 and saved.tasks is not None
+    llm.bill_max_output = False
+
+    more, _ = resume_cli(fake, tmp_path, "poor", "--budget", "2")
+
+    assert more.returncode == 0, more.stderr
+    lines = more.stderr.splitlines()
+    assert (
+        lines[0]
+        == f"resuming poor: {done} of 5 tasks done, {5 - done} left, {spent} of $2.00 spent"
+    )
+    assert not any("plan:" in line or "resuming" in line for line in lines[1:])

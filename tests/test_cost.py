@@ -237,6 +237,24 @@ def test_a_run_on_the_local_model_forecasts_nothing(tmp_path, args):
     assert result.returncode == 0, result.stderr
     assert forecast_figures(result.stdout) == (0.0, 0.0)
     assert "risk low" in result.stdout
+    lines = result.stdout.splitlines()
+    assert (
+        "runs on the embedded local model SmolLM2-135M-Instruct on this machine "
+        "(offline, $0)" in lines
+    )
+    assert "models: smollm2-135m-instruct (on this machine, $0)" in lines
+
+
+def test_a_forecast_names_the_models_routing_would_call(tmp_path):
+    env = fake_env("http://127.0.0.1:9", providers=("openai",))
+    result = run_cli("-p", "A rate limiter", "-c", "tests pass", "--forecast", cwd=tmp_path,
+                     env=env)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("models: ")]
+    names = line.removeprefix("models: ").split(", ")
+    assert names and all(CATALOG.resolve(name).provider == "openai" for name in names)
+    assert "on this machine" not in result.stdout  # nothing local runs
 
 
 def test_a_catalog_model_priced_at_zero_forecasts_nothing(tmp_path):
