@@ -947,20 +947,27 @@ class Orchestrator:
         self.emit(Event("task_skipped", task.id, data={"reason": reason}))
 
     async def _checkpoint(self, session: _Session, state: ProjectState, result: TaskResult) -> None:
-        if await session.may_write_now():
-            assert session.store is not None
-            # The journal is the one record of what was paid: the task's cost comes from it, so
-            # charges the task never saw (a call cancelled in flight) and earlier runs count.
-            spent = await session.store.task_spend_nanos(state.project_id, result.task_id)
+        if not session.may_write:
+            return
+        assert session.store is not None
+        lease = session.lease
+        unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
+        # One transaction: the lease confirmed (and renewed), the task's cost read from the
+        # journal, its result written.
+        spent = await session.store.checkpoint_held(
+            state.project_id,
+            result.task_id,
+            result.to_record(),
+            final=not (result.interrupted or unfinished),
+            elapsed=state.budget.elapsed_seconds,
+            owner=lease.owner if lease is not None else None,
+            lease_seconds=lease.seconds if lease is not None else 0.0,
+        )
+        if spent is None:
+            assert lease is not None
+            lease.taken()
+        else:
             result.cost_usd = nanos_to_usd(spent)
-            unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
-            await session.store.checkpoint(
-                state.project_id,
-                result.task_id,
-                result.to_record(),
-                final=not (result.interrupted or unfinished),
-                elapsed=state.budget.elapsed_seconds,
-            )
 
     async def _close_unfinished(
         self, session: _Session, state: ProjectState, timed_out: bool

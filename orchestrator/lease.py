@@ -86,7 +86,12 @@ class Lease:
             return
         with suppress(OrchestratorError):
             if not await self.store.renew(self.project_id, self.owner, self.seconds):
-                self._lose(TAKEN_OVER.format(self.project_id))
+                self.taken()
+
+    def taken(self) -> None:
+        """Note what the store said: another run took the project."""
+        if self.lost is None:
+            self._lose(TAKEN_OVER.format(self.project_id))
 
     async def _keep(self) -> None:
         # Our own monotonic clock says when the lease runs out: a wall-clock jump cannot make
@@ -104,7 +109,7 @@ class Lease:
                 pause = RETRY_SECONDS
                 continue
             if not held:
-                self._lose(TAKEN_OVER.format(self.project_id))
+                self.taken()
                 return
             held_until = time.monotonic() + self.seconds
             pause = self.seconds / 3

@@ -379,30 +379,50 @@ class StateManager:
         self, project_id: str, task_id: str, record: dict[str, Any], final: bool, elapsed: float
     ) -> None:
         """A task's result and the run's clock, in one transaction."""
+        await self._store.transaction(
+            list(_result_rows(project_id, task_id, record, final, elapsed, time.time()))
+        )
+
+    async def checkpoint_held(
+        self,
+        project_id: str,
+        task_id: str,
+        record: dict[str, Any],
+        *,
+        final: bool,
+        elapsed: float,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
+    ) -> int | None:
+        """A task's result and the run's clock in one transaction, the result's ``cost_usd``
+        what the journal says the task paid (the one record of it: charges the task never saw,
+        a call cancelled in flight, and earlier runs count); returns that, in nano-dollars.
+
+        With ``owner``, only while the project is still theirs, their lease renewed for
+        ``lease_seconds`` in the same transaction: None, and nothing written, once another run
+        took it (a run paused past its lease may not have noticed yet)."""
         now = time.time()
-        statements = [
-            (
-                "INSERT INTO results (project_id, task_id, final, record, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (project_id, task_id) DO UPDATE SET"
-                " final = excluded.final, record = excluded.record,"
-                " updated_at = excluded.updated_at",
-                (project_id, task_id, int(final), _pack(record), now),
-            ),
-            (
-                "UPDATE projects SET elapsed_seconds = MAX(elapsed_seconds, ?), updated_at = ?"
-                " WHERE id = ?",
-                (elapsed, now, project_id),
-            ),
-        ]
-        if final:
-            # A finished task is never re-run, so its answers need not be kept for replay.
-            statements.append(
-                (
-                    "UPDATE journal SET entry = NULL WHERE project_id = ? AND task_id = ?",
-                    (project_id, task_id),
+        until = await self._store.clock() + lease_seconds
+
+        def write() -> Program[int | None]:
+            if owner is not None:
+                held = yield (
+                    "UPDATE projects SET lease_until = ? WHERE id = ? AND owner = ? RETURNING id",
+                    (until, project_id, owner),
                 )
+                if not held:
+                    return None
+            rows = yield (
+                "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal"
+                " WHERE project_id = ? AND task_id = ?",
+                (project_id, task_id),
             )
-        await self._store.transaction(statements)
+            spent = int(rows[0][0])
+            result = {**record, "cost_usd": nanos_to_usd(spent)}
+            yield from _result_rows(project_id, task_id, result, final, elapsed, now)
+            return spent
+
+        return await self._store.atomic(write())
 
     async def finish(
         self,
@@ -934,6 +954,29 @@ class _Refused(Exception):
     def __init__(self, scope: str) -> None:
         super().__init__(scope)
         self.scope = scope
+
+
+def _result_rows(
+    project_id: str, task_id: str, record: dict[str, Any], final: bool, elapsed: float, now: float
+) -> Program[None]:
+    """A task's result and the run's clock, as statements of one transaction."""
+    yield (
+        "INSERT INTO results (project_id, task_id, final, record, updated_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (project_id, task_id) DO UPDATE SET"
+        " final = excluded.final, record = excluded.record, updated_at = excluded.updated_at",
+        (project_id, task_id, int(final), _pack(record), now),
+    )
+    yield (
+        "UPDATE projects SET elapsed_seconds = MAX(elapsed_seconds, ?), updated_at = ?"
+        " WHERE id = ?",
+        (elapsed, now, project_id),
+    )
+    if final:
+        # A finished task is never re-run, so its answers need not be kept for replay.
+        yield (
+            "UPDATE journal SET entry = NULL WHERE project_id = ? AND task_id = ?",
+            (project_id, task_id),
+        )
 
 
 def _move_to_spent(scopes: list[str], held: int, spent: int) -> Program[None]:
