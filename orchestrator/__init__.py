@@ -30,7 +30,7 @@ from .errors import (
     TruncatedAnswerError,
     UnknownModelError,
 )
-from .events import Event
+from .events import Event, EventKind
 from .hooks import EventType, HookRegistry
 from .metrics import (
     ConsoleExporter,
@@ -102,6 +102,7 @@ __all__ = [
     "DiskCache",
     "EnforcementMode",
     "Event",
+    "EventKind",
     "EventType",
     "ForecastReport",
     "GreedyBackend",

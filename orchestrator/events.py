@@ -1,43 +1,115 @@
-"""What the engine reports while it runs, for progress displays and hooks."""
+"""What the engine reports while it runs, for progress displays, hooks and metrics.
+
+``EventKind`` is the one vocabulary of what the engine reports: every kind of ``Event`` it
+emits, each with the ``data`` fields it carries, and the names hooks subscribe by
+(``orchestrator.hooks.EventType`` is the same enum)."""
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
+class EventKind(StrEnum):
+    """Every kind of event the engine emits. A member is its string (``EventKind.NOTICE ==
+    "notice"``), and ``EventKind("notice")`` gives it back; an unknown string is a
+    ``ValueError``.
+
+    Calls (``CALL_STARTED``, ``CALL_FINISHED``, ``CALL_FAILED``) carry the step as the
+    event's ``role`` (decomposition, generation, critique, revision, evaluation) and, in
+    ``data``, ``phase`` (the budget partition paying for it) and, for a task's calls,
+    ``iteration`` and ``repeat`` (which of an evaluation's verdicts).
+
+    ``TASK_COMPLETED`` is the design's hook name for ``TASK_FINISHED``: the same member
+    (``EventKind("task_completed")`` gives it too)."""
+
+    #: A run begins. ``data``: project_id, budget (a ``Budget``, spend so far included); for a
+    #: resume also resumed (True), tasks (the plan's size, None before a plan) and done (its
+    #: finished tasks).
+    RUN_STARTED = "run_started"
+    #: A resumed project that had nothing left to do. ``data``: status.
+    ALREADY_FINISHED = "already_finished"
+    #: The plan is known. ``data``: tasks (how many), done (how many already finished).
+    DECOMPOSED = "decomposed"
+    #: The plan has a size outside the range asked for, and is run as it is. ``data``: tasks,
+    #: guidance (the (low, high) range asked for).
+    PLAN_SIZE = "plan_size"
+    #: How validators will run model-written code; sent once, when a task needs it. ``data``:
+    #: isolation.
+    SANDBOX = "sandbox"
+    #: Something about the run to tell its user once (e.g. that one model plays every role).
+    #: ``data``: message.
+    NOTICE = "notice"
+    #: Routing chose a model for a role (``task_id``, ``model``: the choice or None, ``role``).
+    #: ``data``: decision (the ``routing.Decision``), backend.
+    MODEL_SELECTED = "model_selected"
+    #: A task begins (``task_id``).
+    TASK_STARTED = "task_started"
+    #: A call to a model begins (``task_id``: None for the planner, ``model``, ``role``).
+    #: ``data``: phase, iteration, repeat.
+    CALL_STARTED = "call_started"
+    #: A call answered. ``data``: phase, iteration, repeat, cost_usd, cached, replayed, notes
+    #: (the planner's: phase, cost_usd, cached).
+    CALL_FINISHED = "call_finished"
+    #: A call failed; the next model of its chain is asked. ``data``: phase, iteration, repeat,
+    #: error (the planner's: phase, error).
+    CALL_FAILED = "call_failed"
+    #: Validators failed an answer (``task_id``, ``model``: its author). ``data``: validators
+    #: (the failed ``ValidatorResult``s), iteration.
+    VALIDATION_FAILED = "validation_failed"
+    #: A budget phase crossed its warning share. ``data``: phase, ratio.
+    BUDGET_WARNING = "budget_warning"
+    #: A task ended, whatever its status (``task_id``). ``data``: result (its ``TaskResult``).
+    TASK_FINISHED = "task_finished"
+    TASK_COMPLETED = "task_finished"  # the design's hook name: the same member
+    #: A task was not run (``task_id``). ``data``: reason.
+    TASK_SKIPPED = "task_skipped"
+    #: A round of the project tree's integration checks. ``data``: round, passed, checks,
+    #: revise (the tasks asked to revise), finished.
+    INTEGRATION = "integration"
+    #: A run ended. ``data``: status.
+    RUN_FINISHED = "run_finished"
+
+    @classmethod
+    def _missing_(cls, value: object) -> EventKind:
+        if isinstance(value, str) and value in _SYNONYMS:
+            return cls(_SYNONYMS[value])
+        known = [kind.value for kind in cls]
+        close = difflib.get_close_matches(str(value), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown event kind {value!r}{hint} (the kinds: {', '.join(known)})")
+
+
+# Other names of a kind: the design's hook names that differ from the engine's.
+_SYNONYMS = {"task_completed": EventKind.TASK_FINISHED.value}
+
+
 @dataclass(frozen=True)
 class Event:
-    """``kind`` is one of: run_started (``data``: project_id, budget; for a resume also
-    resumed, tasks, the plan's size or None before a plan, and done, its finished tasks),
-    decomposed, task_started, call_started, call_finished
-    (``data``: cost_usd, cached, replayed, notes), call_failed (``data``: error),
-    validation_failed (``data``: validators, the failed ``ValidatorResult``s; iteration),
-    model_selected (``data``: decision, backend),
-    task_finished, task_skipped, budget_warning,
-    plan_size (``data``: tasks, guidance; a plan outside the range asked for, run as it is),
-    sandbox (``data``: isolation, how validators will run model code; sent once, when a task
-    needs it), notice (``data``: message, something about the run to tell its user once, e.g.
-    that one model plays every role), run_finished, already_finished (a resumed project that
-    had nothing left to do).
+    """One thing the engine reports: ``kind`` (an ``EventKind``, whose entry says what
+    ``data`` holds) and, where they apply, the task, the model and the role (a call's step).
 
-    For calls, ``role`` is the step (decomposition, generation, critique, revision,
-    evaluation) and ``data`` also holds ``phase`` (the budget partition paying for it),
-    ``iteration`` and ``repeat`` (which of an evaluation's verdicts)."""
+    ``kind`` may be given as a member or as its string, which is made the member: a kind that
+    is none (a misspelling) is a ``ValueError`` here, not an event nobody recognises."""
 
-    kind: str
+    kind: EventKind
     task_id: str | None = None
     model: str | None = None
     role: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", EventKind(self.kind))
 
 
 EventSink = Callable[[Event], None]

@@ -6,6 +6,14 @@ functions run in a thread of their own, so neither holds up the run. Each call i
 (``HookRegistry.timeout``): a callback that raises (even ``SystemExit``) or overruns is logged
 once, and one that overran is called no more. At the end of a run, one that ignores being
 cancelled is left behind after a short grace rather than waited for.
+
+``EventType`` is ``orchestrator.events.EventKind``, the one vocabulary of the engine's events: a
+hook subscribes to any kind, by member or by its string (``"task_completed"``, the design's name
+for ``"task_finished"``, too). The design's five get the keyword arguments it shows:
+``TASK_STARTED`` (task_id), ``TASK_COMPLETED`` (task_id, result, status), ``VALIDATION_FAILED``
+(task_id, model, validators, iteration), ``BUDGET_WARNING`` (phase, ratio), ``MODEL_SELECTED``
+(task_id, model, role, backend, decision); every other kind gets task_id, model, role and the
+event's ``data`` fields.
 """
 
 from __future__ import annotations
@@ -16,10 +24,9 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from enum import StrEnum
 from typing import Any
 
-from .events import Event
+from .events import Event, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -28,60 +35,56 @@ HOOK_TIMEOUT_SECONDS = 10.0
 CANCEL_GRACE_SECONDS = 1.0
 
 
-class EventType(StrEnum):
-    TASK_STARTED = "task_started"  # task_id
-    TASK_COMPLETED = "task_completed"  # task_id, result (a TaskResult), status
-    VALIDATION_FAILED = "validation_failed"  # task_id, model, validators, iteration
-    BUDGET_WARNING = "budget_warning"  # phase, ratio
-    MODEL_SELECTED = "model_selected"  # task_id, model, role, backend, decision
-
+# The hooks' name for the engine's one vocabulary of events: the same enum, the same members.
+EventType = EventKind
 
 Hook = Callable[..., Any]
 
 
-def _hook_call(event: Event) -> tuple[EventType, dict[str, Any]] | None:
-    """Which hooks an engine event is for, and their keyword arguments."""
+def _hook_kwargs(event: Event) -> dict[str, Any]:
+    """The keyword arguments of the hooks of ``event``."""
     data = event.data
-    if event.kind == "task_started":
-        return EventType.TASK_STARTED, {"task_id": event.task_id}
-    if event.kind == "task_finished":
+    kind = event.kind
+    if kind == EventKind.TASK_STARTED:
+        return {"task_id": event.task_id}
+    if kind == EventKind.TASK_FINISHED:
         result = data["result"]
-        return EventType.TASK_COMPLETED, {
-            "task_id": event.task_id, "result": result, "status": result.status,
-        }  # fmt: skip
-    if event.kind == "validation_failed":
-        return EventType.VALIDATION_FAILED, {
+        return {"task_id": event.task_id, "result": result, "status": result.status}
+    if kind == EventKind.VALIDATION_FAILED:
+        return {
             "task_id": event.task_id, "model": event.model,
             "validators": data["validators"], "iteration": data["iteration"],
         }  # fmt: skip
-    if event.kind == "budget_warning":
-        return EventType.BUDGET_WARNING, {"phase": data["phase"], "ratio": data["ratio"]}
-    if event.kind == "model_selected":
-        return EventType.MODEL_SELECTED, {
+    if kind == EventKind.BUDGET_WARNING:
+        return {"phase": data["phase"], "ratio": data["ratio"]}
+    if kind == EventKind.MODEL_SELECTED:
+        return {
             "task_id": event.task_id, "model": event.model, "role": event.role,
             "backend": data["backend"], "decision": data["decision"],
         }  # fmt: skip
-    return None
+    return {**data, "task_id": event.task_id, "model": event.model, "role": event.role}
 
 
 class HookRegistry:
     def __init__(self, timeout: float = HOOK_TIMEOUT_SECONDS) -> None:
         self.timeout = timeout
-        self._hooks: dict[EventType, list[Hook]] = {}
+        self._hooks: dict[EventKind, list[Hook]] = {}
         self._failed: set[int] = set()  # ids of callbacks already reported
         self._stopped: set[int] = set()  # ids of callbacks that overran: not called again
         self._pending: dict[asyncio.Task[None], Hook] = {}
 
-    def add(self, event_type: EventType, callback: Hook) -> None:
-        self._hooks.setdefault(EventType(event_type), []).append(callback)
+    def add(self, event_type: EventKind | str, callback: Hook) -> None:
+        """Call ``callback`` on every event of ``event_type`` (a member or its string; an
+        unknown one is a ``ValueError``)."""
+        self._hooks.setdefault(EventKind(event_type), []).append(callback)
 
     def dispatch(self, event: Event) -> None:
         """Start the hooks of ``event`` (from the event loop's thread); never raises."""
-        found = _hook_call(event)
-        if found is None:
+        callbacks = self._hooks.get(event.kind)
+        if not callbacks:
             return
-        event_type, kwargs = found
-        for callback in self._hooks.get(event_type, []):
+        kwargs = _hook_kwargs(event)
+        for callback in callbacks:
             if id(callback) not in self._stopped:
                 task = asyncio.get_running_loop().create_task(self._boxed(callback, kwargs))
                 self._pending[task] = callback

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .budget import Budget
-from .events import Event
+from .events import Event, EventKind
 from .models import ProjectState, TaskResult, ValidatorResult
 from .sandbox import NO_SANDBOX
 from .visible import visible
@@ -65,7 +65,7 @@ class ProgressPrinter:
         self.running: dict[str, _Activity] = {}
         self.tick = TICK_SECONDS
         self._drawn = 0  # lines of the live area on the screen now
-        self._planned = False  # a resume said the plan's size: "decomposed" need not again
+        self._planned = False  # a resume said the plan's size: DECOMPOSED need not again
         # The events' thread and the clock's write the same lines: one at a time.
         self._lock = threading.RLock()
         self._stopped = threading.Event()
@@ -94,11 +94,11 @@ class ProgressPrinter:
 
     def _show(self, event: Event) -> None:
         kind = event.kind
-        if kind == "run_started":
+        if kind == EventKind.RUN_STARTED:
             self.budget = event.data["budget"]  # a resumed run brings its own, spend carried over
             if event.data.get("resumed"):
                 self._resuming(event.data)
-        elif kind == "decomposed":
+        elif kind == EventKind.DECOMPOSED:
             self.running.pop(PLANNER, None)
             self.total = event.data["tasks"]
             self.done = event.data.get("done", 0)
@@ -106,28 +106,28 @@ class ProgressPrinter:
                 self._redraw()  # the resume's line said it
             else:
                 self._line(f"plan: {self.total} tasks")
-        elif kind == "call_started":
+        elif kind == EventKind.CALL_STARTED:
             self._call_started(event)
-        elif kind in ("call_finished", "call_failed"):
+        elif kind in (EventKind.CALL_FINISHED, EventKind.CALL_FAILED):
             activity = self.running.get(event.task_id or PLANNER)
             if activity is not None and activity.step == event.role:
                 activity.calls = max(0, activity.calls - 1)
             self._redraw()
-        elif kind == "task_finished":
+        elif kind == EventKind.TASK_FINISHED:
             self.done += 1
             self.running.pop(event.task_id or "", None)
             self._line(f"{_finished(event.data['result'])}")
-        elif kind == "task_skipped":
+        elif kind == EventKind.TASK_SKIPPED:
             self.done += 1
             self.running.pop(event.task_id or "", None)
             self._line(f"{event.task_id} skipped: {event.data['reason']}")
-        elif kind == "plan_size":
+        elif kind == EventKind.PLAN_SIZE:
             low, high = event.data["guidance"]
             self._line(
                 f"note: the plan has {event.data['tasks']} tasks (asked for {low}-{high}); "
                 "running it as planned"
             )
-        elif kind == "sandbox":
+        elif kind == EventKind.SANDBOX:
             isolation = event.data["isolation"]
             if isolation == "unavailable":
                 self._line(f"warning: code-running validators {NO_SANDBOX}; tasks cannot pass them")
@@ -138,11 +138,11 @@ class ProgressPrinter:
                 )
             else:
                 self._line(f"validators run model-written code in a {isolation} sandbox")
-        elif kind == "notice":
+        elif kind == EventKind.NOTICE:
             self._line(f"note: {event.data['message']}")
-        elif kind == "integration":
+        elif kind == EventKind.INTEGRATION:
             self._integration(event.data)
-        elif kind == "budget_warning":
+        elif kind == EventKind.BUDGET_WARNING:
             share = event.data["ratio"]
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
 

@@ -8,11 +8,13 @@ import sys
 import threading
 import time
 
+import pytest
 from conftest import fake_env
 from scripted_llm import TaskScript
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
+from orchestrator.events import EventKind
 from orchestrator.hooks import EventType
 from orchestrator.models import ProjectStatus, Task, TaskType
 
@@ -69,6 +71,56 @@ async def test_async_hooks_are_awaited_and_model_choices_reach_them(fake, llm):
     author = state.results["core"].model_used.value
     assert ("generation", "core", author, "table") in chosen
     assert {role for role, *_ in chosen} >= {"generation", "critic", "evaluator"}
+
+
+def test_the_design_documents_hook_names_are_members_of_the_one_event_vocabulary():
+    assert EventType is EventKind
+    assert EventType.TASK_COMPLETED is EventKind.TASK_FINISHED  # the design's name for it
+    for name in ("TASK_STARTED", "VALIDATION_FAILED", "BUDGET_WARNING", "MODEL_SELECTED"):
+        assert EventType[name] is EventKind[name]
+
+
+async def test_a_hook_fires_whether_named_by_member_by_its_string_or_by_the_designs_string(
+    fake, llm
+):
+    heard = []
+
+    def hooks(orch):
+        for name in (EventType.TASK_COMPLETED, "task_completed", "task_finished"):
+            orch.add_hook(name, lambda task_id, status, _name=name, **_:
+                heard.append((_name, task_id, status)))  # fmt: skip
+        orch.add_hook("task_started", lambda task_id, **_: heard.append(("started", task_id)))
+
+    state, _ = await run(fake, hooks)
+
+    status = state.results["core"].status
+    assert sorted(heard, key=str) == sorted(
+        [("started", "core"), (EventType.TASK_COMPLETED, "core", status),
+         ("task_completed", "core", status), ("task_finished", "core", status)], key=str,
+    )  # fmt: skip
+
+
+def test_a_misspelt_hook_name_is_an_error_when_the_hook_is_added():
+    orch = Orchestrator(budget=Budget(max_usd=1.0), use_cache=False, use_state=False)
+
+    with pytest.raises(ValueError, match="did you mean 'task_finished'"):
+        orch.add_hook("task_finshed", lambda **_: None)
+
+
+async def test_a_hook_can_follow_any_kind_of_event_with_its_task_model_role_and_data(fake, llm):
+    calls = []
+
+    def hooks(orch):
+        orch.add_hook(EventKind.CALL_FINISHED, lambda task_id, model, role, phase, cost_usd, **_:
+            calls.append((task_id, model, role, phase, cost_usd)))  # fmt: skip
+        orch.add_hook("run_finished", lambda status, **_: calls.append(("run", status)))
+
+    state, _ = await run(fake, hooks)
+
+    author = state.results["core"].model_used.value
+    assert any(call[:4] == ("core", author, "generation", "generation") for call in calls)
+    assert all(call[4] > 0 for call in calls if call[0] == "core")
+    assert ("run", ProjectStatus.SUCCESS.value) in calls
 
 
 async def test_hooks_that_raise_or_hang_are_logged_once_and_never_hold_up_the_run(
