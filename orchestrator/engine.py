@@ -31,7 +31,7 @@ from .errors import (
     ProviderError,
     UnknownModelError,
 )
-from .events import Event, EventPump, EventSink, guarded, ignore
+from .events import Event, EventKind, EventPump, EventSink, guarded, ignore
 from .fallback import ChainFailed, Failures, first_answer
 from .gateway import Journal, LLMGateway
 from .hooks import EventType, Hook, HookRegistry
@@ -255,7 +255,7 @@ class Orchestrator:
         if self._on_event is not None:
             self._on_event(event)
         self.hooks.dispatch(event)
-        if event.kind == "task_finished" and self._metrics_feed is not None:
+        if event.kind is EventKind.TASK_FINISHED and self._metrics_feed is not None:
             self._metrics_feed.request()
 
     def set_metrics_exporter(self, exporter: MetricsExporter | None) -> None:
