@@ -643,23 +643,47 @@ def test_a_failing_tests_escape_codes_are_shown_as_text_never_sent_to_the_termin
     assert TERMINAL_TRICKS in written
 
 
+# What a tree's test may try against the sandbox's bounds: (its body, the environment, what the
+# failure says). Three children holding 1 GiB each are past the whole sandbox's 2 GiB, though
+# each is within what one process alone was once allowed.
+QUOTA_ROUTES = {
+    "disk": (
+        """
+        with open("ballast.bin", "wb") as ballast:
+            for _ in range(16):
+                ballast.write(os.urandom(1024 * 1024))
+        """,
+        {"ORCHESTRATOR_SANDBOX_DISK_MIB": "8"},
+        "No space left on device",
+    ),
+    "memory": (
+        """
+        import subprocess
+        import sys
+
+        hold = "b = bytearray(1024**3); import time; time.sleep(2)"
+        children = [subprocess.Popen([sys.executable, "-c", hold]) for _ in range(3)]
+        codes = [child.wait() for child in children]
+        assert codes == [0, 0, 0], f"the children ended {codes}"
+        """,
+        {},
+        "the children ended",
+    ),
+}
+
+
 @needs_sandbox
-def test_a_tree_filling_its_disk_quota_fails_there_and_the_host_is_untouched(fake, tmp_path):
+@pytest.mark.parametrize("route", sorted(QUOTA_ROUTES))
+def test_a_tree_going_past_a_sandbox_quota_fails_there_and_the_host_is_untouched(
+    fake, tmp_path, route
+):
+    body, limits, said = QUOTA_ROUTES[route]
     hog = files(
         (
             "tests/test_bucket.py",
-            """
-            import os
-
-            from ratelimit import TokenBucket
-
-
-            def test_takes_after_writing_a_lot():
-                with open("ballast.bin", "wb") as ballast:
-                    for _ in range(16):
-                        ballast.write(os.urandom(1024 * 1024))
-                assert TokenBucket(1).take() is not None
-            """,
+            "import os\n\nfrom ratelimit import TokenBucket\n\n\ndef test_takes_after_a_lot():\n"
+            + textwrap.indent(textwrap.dedent(body).strip(), "    ")
+            + "\n    assert TokenBucket(1).take() is not None\n",
         )
     )
     scripted(fake, {"lib": LIBRARY, "tests": hog})
@@ -675,8 +699,8 @@ def test_a_tree_filling_its_disk_quota_fails_there_and_the_host_is_untouched(fak
     env = {
         **fake_env(fake.base_url),
         "ORCHESTRATOR_HOME": str(tmp_path / "home"),
-        "ORCHESTRATOR_SANDBOX_DISK_MIB": "8",
         "TMPDIR": str(tmp_path / "host-tmp"),
+        **limits,
     }
     (tmp_path / "host-tmp").mkdir()
 
@@ -687,7 +711,7 @@ def test_a_tree_filling_its_disk_quota_fails_there_and_the_host_is_untouched(fak
 
     assert result.returncode == 3, result.stderr
     assert "status PARTIAL_SUCCESS" in result.stdout
-    assert "No space left on device" in result.stdout
+    assert said in result.stdout or "killed" in result.stdout, result.stdout
     left = [p for p in (tmp_path / "host-tmp").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in left) < 1024 * 1024, left
 
