@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import os
 import uuid
@@ -651,7 +652,7 @@ class Orchestrator:
         except NoProvidersError as exc:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
-        router = self._router(session, state.budget)
+        router = self._router(session, state.budget, state.project_id)
         shared = _shared_roles(router.usable)
         if shared is not None:
             self.emit(Event("notice", data={"message": shared}))
@@ -1095,9 +1096,12 @@ class Orchestrator:
         self.telemetry.ensure(session.client.catalog)
         self.telemetry.restore(await session.store.model_telemetry())
 
-    def _router(self, session: _Session, budget: Budget | None = None) -> Router:
+    def _router(
+        self, session: _Session, budget: Budget | None = None, project_id: str | None = None
+    ) -> Router:
         """The model chooser of a run: this orchestrator's backend and profiles, the run's
-        policies and budget, over the models usable now, every choice reported."""
+        policies and budget, over the models usable now, every choice reported as the choice
+        of ``project_id`` (runs of one orchestrator at once are audited apart)."""
         client = session.client
         self.telemetry.ensure(client.catalog)
         planner = ConstraintPlanner(
@@ -1110,7 +1114,7 @@ class Orchestrator:
             client.is_healthy,
             backend=self.optimization_backend,
             profiles=self.telemetry.profiles,
-            on_decision=self._decided,
+            on_decision=functools.partial(self._decided, project_id),
             planner=planner,
             cost_model=self.cost_predictor,
             max_fallbacks=session.max_fallbacks,
@@ -1136,15 +1140,11 @@ class Orchestrator:
                 "allow more providers, models or regions"
             )
 
-    def _decided(self, decision: Decision) -> None:
+    def _decided(self, project_id: str | None, decision: Decision) -> None:
         log.debug("%s", decision.explain())
         if self.audit_log is not None:
-            run = self._current_run
             self.audit_log.record(
-                "decision",
-                decision.to_record(),
-                project_id=run.project_id if run is not None else None,
-                task_id=decision.task_id,
+                "decision", decision.to_record(), project_id=project_id, task_id=decision.task_id
             )
         chosen = decision.chosen.value if decision.chosen else None
         self.emit(

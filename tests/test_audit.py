@@ -257,3 +257,25 @@ async def test_a_decision_records_the_models_past_its_fallbacks_as_never_asked(f
     assert len(asked) == 2  # the choice and its one fallback
     assert generation["beyond_fallbacks"]  # the rest of the catalog, never asked
     assert not set(asked) & set(generation["beyond_fallbacks"])
+
+
+async def test_two_projects_at_once_on_one_orchestrator_are_audited_apart(fake, llm, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False,
+                            audit_log=AuditLog(path))  # fmt: skip
+        first, second = await asyncio.gather(
+            orch.run_project("[project] add", "add works", "first", tasks=TASKS),
+            orch.run_project("[project] add", "add works", "second", tasks=TASKS),
+        )
+
+    written = records(path)
+    assert {r["project_id"] for r in written} == {"first", "second"}
+    roles = {}
+    for state in (first, second):
+        mine = [r for r in written if r["project_id"] == state.project_id]
+        decisions = [r["data"] for r in mine if r["kind"] == "decision"]
+        assert state.results["core"].model_used.key in {d["chosen"] for d in decisions}
+        roles[state.project_id] = sorted(d["role"] for d in decisions)
+    # The same task, the same choices: each project's own, none recorded under the other's id.
+    assert roles["first"] == roles["second"]
