@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TERMINAL_CONTROLS, clean_environment, fake_env, run_cli, sqlite_rows
@@ -77,6 +78,20 @@ TESTS = files(
         """,
     )
 )
+
+
+def rate_limiter_project(directory: Path) -> Path:
+    """A project file: the library, then its tests (depending on it), no revision round."""
+    project = directory / "rl.yaml"
+    project.write_text(
+        "project: '[project] A rate-limiter library with tests'\ncriteria: it works\n"
+        "integration_rounds: 0\ntasks:\n"
+        "  - {id: lib, type: code_generation, prompt: '[lib] Write the library.',"
+        " hard_validators: [python_syntax]}\n"
+        "  - {id: tests, type: code_generation, prompt: '[tests] Write its tests.',"
+        " dependencies: [lib], hard_validators: [python_syntax]}\n"
+    )
+    return project
 
 
 def task(task_id: str, *deps: str, validators=("python_syntax",), kind=TaskType.CODE_GEN) -> Task:
@@ -604,15 +619,7 @@ def test_a_failing_tests_escape_codes_are_shown_as_text_never_sent_to_the_termin
         )
     )
     scripted(fake, {"lib": LIBRARY, "tests": hostile_test})
-    project = tmp_path / "rl.yaml"
-    project.write_text(
-        "project: '[project] A rate-limiter library with tests'\ncriteria: it works\n"
-        "integration_rounds: 0\ntasks:\n"
-        "  - {id: lib, type: code_generation, prompt: '[lib] Write the library.',"
-        " hard_validators: [python_syntax]}\n"
-        "  - {id: tests, type: code_generation, prompt: '[tests] Write its tests.',"
-        " dependencies: [lib], hard_validators: [python_syntax]}\n"
-    )
+    project = rate_limiter_project(tmp_path)
     env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
 
     result = run_cli(
@@ -687,15 +694,7 @@ def test_a_tree_going_past_a_sandbox_quota_fails_there_and_the_host_is_untouched
         )
     )
     scripted(fake, {"lib": LIBRARY, "tests": hog})
-    project = tmp_path / "rl.yaml"
-    project.write_text(
-        "project: '[project] A rate-limiter library with tests'\ncriteria: it works\n"
-        "integration_rounds: 0\ntasks:\n"
-        "  - {id: lib, type: code_generation, prompt: '[lib] Write the library.',"
-        " hard_validators: [python_syntax]}\n"
-        "  - {id: tests, type: code_generation, prompt: '[tests] Write its tests.',"
-        " dependencies: [lib], hard_validators: [python_syntax]}\n"
-    )
+    project = rate_limiter_project(tmp_path)
     env = {
         **fake_env(fake.base_url),
         "ORCHESTRATOR_HOME": str(tmp_path / "home"),
