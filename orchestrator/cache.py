@@ -73,11 +73,6 @@ class DiskCache:
     The file is opened on first use through a single aiosqlite connection; other instances and
     processes may share the file (WAL lets readers and a writer overlap, ``busy_timeout`` makes
     writers queue). A corrupt or foreign file is refused with ``CacheError``, never rewritten.
-
-    Open until ``aclose()`` (or the end of ``async with``); an orchestrator it is given leaves it
-    open. Its connection belongs to the event loop that opened it and is closed when that loop
-    ends, so a script that never closes the cache still ends when ``asyncio.run`` returns, and
-    can go on using it in a later ``asyncio.run``, which connects again.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:

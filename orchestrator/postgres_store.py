@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from .aio import AtLoopEnd, uninterrupted
+from .aio import uninterrupted
 from .errors import ConfigError, OrchestratorError
 from .sqlite_store import EXTRA_COMMAND, Migration, Program, run_program_async, shown
 
@@ -56,13 +56,7 @@ def to_postgres(sql: str) -> str:
 
 class PostgresStore:
     """What ``SQLiteStore`` offers (``run``, ``transaction``, ``connection``, ``aclose``), in a
-    PostgreSQL schema of its own; ``path`` is the URL without its password.
-
-    Like the SQLite store's connection, the pool belongs to the event loop that opened it, and
-    is closed when that loop ends; the store's next use, in another loop, opens a new one. The
-    pool's workers are tasks of that loop: ``asyncio.run`` cancels them as it ends, and a pool
-    kept past it could neither grow nor replace a broken connection, nor even be closed.
-    """
+    PostgreSQL schema of its own; ``path`` is the URL without its password."""
 
     local_liveness = False  # leases run on the database's clock, never on process liveness
     writes_in_with = True  # INSERT, UPDATE and DELETE inside WITH: a transaction in one statement
@@ -90,7 +84,6 @@ class PostgresStore:
         self.migrate = migrate
         self.error = error
         self._pool: Any = None
-        self._loop_end: AtLoopEnd | None = None  # closes _pool when the loop that opened it ends
         self._open_lock = asyncio.Lock()
         self._closed = False
 
@@ -154,10 +147,7 @@ class PostgresStore:
             if self._closed:
                 raise self.error(f"{self.kind} is closed")
             if self._pool is None:
-                pool = await self._open()
-                self._loop_end = AtLoopEnd(functools.partial(self._loop_ended, pool))
-                await self._loop_end.arm()
-                self._pool = pool
+                self._pool = await self._open()
             return self._pool
 
     async def _open(self) -> Any:
@@ -239,32 +229,8 @@ class PostgresStore:
         self._closed = True
         async with self._open_lock:
             pool, self._pool = self._pool, None
-            if self._loop_end is not None:
-                await self._loop_end.disarm()
-                self._loop_end = None
         if pool is not None:
             await pool.close()
-
-    async def _loop_ended(self, pool: Any) -> None:
-        """The loop that opened ``pool`` ends: close it, and make the lock anew, free of that
-        loop, for the store's next use in another one (which opens a new pool)."""
-        if self._pool is not pool:
-            return  # closed meanwhile
-        self._pool = self._loop_end = None
-        self._open_lock = asyncio.Lock()
-        # Its idle connections (``_pool`` is private, hence the tolerant lookup).
-        idle = list(getattr(pool, "_pool", ()))
-        try:
-            await pool.close()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                raise  # this close is being cancelled
-            # asyncio.run cancelled the pool's workers, as every task of the loop, before
-            # this; the pool's close waits for them and passes their cancellation on before
-            # closing the connections it took out of the pool.
-            for conn in idle:
-                await conn.close()
 
 
 async def _execute(conn: Any, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -3,11 +3,6 @@
 The cache and the state database both sit on this. Each statement runs to completion in one job
 on aiosqlite's thread; explicit transactions take a lock so that no other coroutine's statement
 can slip in between their statements on the shared connection.
-
-A store outlives event loops; its connection does not. The connection, and the locks its
-coroutines wait on, belong to the loop that opened it, and are given up when that loop ends
-(``asyncio.run`` returns): a script that never closes its store still ends, and uses the same
-store again in a later ``asyncio.run``, which opens a new connection.
 """
 
 from __future__ import annotations
@@ -15,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -26,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 
-from .aio import AtLoopEnd, uninterrupted
+from .aio import uninterrupted
 from .errors import OrchestratorError
 
 BUSY_TIMEOUT_MS = 5000
@@ -53,13 +47,6 @@ class SQLiteStore:
 
     ``kind`` names the file in errors ("cache", "state"); ``error`` is the exception class
     raised, always with a one-line message naming the file.
-
-    The connection is closed when the event loop that opened it ends, the store itself only by
-    ``aclose()``: its next use, in another loop, opens the file again. Kept past its loop, the
-    connection would hold up the interpreter's exit whenever the store's owner never closes it
-    (the orchestrator leaves a store it was given open): aiosqlite's worker thread is not a
-    daemon and ends only when its connection is closed. And the locks, bound to the loop that
-    first waited on them, would fail in the next.
     """
 
     # One machine: a lease holder's process can be asked whether it still lives.
@@ -90,7 +77,6 @@ class SQLiteStore:
         self.migrate = migrate
         self.error = error
         self._db: aiosqlite.Connection | None = None
-        self._loop_end: AtLoopEnd | None = None  # closes _db when the loop that opened it ends
         self._open_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._closed = False
@@ -139,23 +125,11 @@ class SQLiteStore:
         # Waits out an open in progress, which would otherwise leave a connection behind.
         async with self._open_lock:
             db, self._db = self._db, None
-            if self._loop_end is not None:
-                await self._loop_end.disarm()
-                self._loop_end = None
         if db is not None:
-            await _close(db)
-
-    async def _loop_ended(self, db: aiosqlite.Connection) -> None:
-        """The loop that opened ``db`` ends: close it, and make the locks anew, free of that
-        loop, for the store's next use in another one (which opens a new connection)."""
-        # Every task of the loop has ended; a transaction of an asynchronous generator being
-        # finalised alongside still ends before the connection closes.
-        async with self._write_lock:
-            if self._db is not db:
-                return  # closed meanwhile
-            self._db = self._loop_end = None
-        self._open_lock, self._write_lock = asyncio.Lock(), asyncio.Lock()
-        await _close(db)
+            try:
+                await db.close()
+            finally:
+                await _thread_gone(db)
 
     @property
     def closed(self) -> bool:
@@ -176,10 +150,7 @@ class SQLiteStore:
             if self._closed:
                 raise self.error(f"{self.kind} is closed")
             if self._db is None:
-                db = await self._open()
-                self._loop_end = AtLoopEnd(partial(self._loop_ended, db))
-                await self._loop_end.arm()
-                self._db = db
+                self._db = await self._open()
             return self._db
 
     async def _open(self) -> aiosqlite.Connection:
@@ -191,7 +162,6 @@ class SQLiteStore:
             ) from exc
         # Autocommit: each statement commits alone, and transactions are only ever explicit.
         db = aiosqlite.connect(self.path, isolation_level=None)
-        _as_daemon(db)
         try:
             await db
         except sqlite3.Error as exc:
@@ -429,29 +399,6 @@ async def _atomic_program(db: aiosqlite.Connection, program: Program[T]) -> T:
 
     await _atomically(db, (), body)
     return results[0]
-
-
-def _as_daemon(db: aiosqlite.Connection) -> None:
-    """Make the worker thread of ``db``, not yet started, a daemon.
-
-    Closing the connection when its loop ends is what ends the thread; this is for a loop that
-    ends without saying so (``run_until_complete`` and no ``asyncio.run``), whose connection is
-    never closed: its thread must not keep the interpreter alive either. Every statement of ours
-    is awaited before the call that made it returns, so at the interpreter's exit the thread is
-    idle; a statement left behind in a loop that never ran again is cut short as by a crash,
-    which SQLite's journal makes safe (the commit is whole or absent). ``_thread`` is private
-    (aiosqlite 0.22), hence the tolerant lookup.
-    """
-    thread = getattr(db, "_thread", None)
-    if isinstance(thread, threading.Thread) and thread.ident is None:
-        thread.daemon = True
-
-
-async def _close(db: aiosqlite.Connection) -> None:
-    try:
-        await db.close()
-    finally:
-        await _thread_gone(db)
 
 
 async def _thread_gone(db: aiosqlite.Connection) -> None:

@@ -197,11 +197,6 @@ class StateManager:
 
     Every write is one statement or one short transaction, so many runs and many tasks can
     share the file; no lock is held while anything else is awaited.
-
-    Open until ``aclose()`` (or the end of ``async with``); an orchestrator it is given leaves it
-    open. Its connection belongs to the event loop that opened it and is closed when that loop
-    ends, so a script that never closes the store still ends when ``asyncio.run`` returns, and
-    can go on using it in a later ``asyncio.run``, which connects again.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:

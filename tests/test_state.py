@@ -512,29 +512,6 @@ async def test_sixteen_projects_run_at_once_on_one_state_file(tmp_path):
         assert summary.spent_usd == pytest.approx(state.budget.spent_usd)
 
 
-def test_a_store_serves_one_asyncio_run_after_another_and_closes_in_a_later_one(state_location):
-    """A script's store outlives each ``asyncio.run`` it is used in: what belongs to an event
-    loop (the connection, its locks, a pool) is given up when that loop ends, made anew in the
-    next one."""
-    store = StateManager(state_location)
-
-    async def caps(run: int) -> dict[str, float]:
-        # Transactions at once: they wait for one another on the store's lock (or its pool).
-        await asyncio.gather(
-            *(store.save_budget_caps({f"team:{run}-{i}": float(i + 1)}) for i in range(8))
-        )
-        return await store.budget_caps()
-
-    first = asyncio.run(caps(1))
-    second = asyncio.run(caps(2))
-    asyncio.run(store.aclose())
-
-    assert (len(first), len(second)) == (8, 16)
-    assert second["team:2-7"] == 8.0
-    with pytest.raises(StateError, match="state is closed"):
-        asyncio.run(store.budget_caps())
-
-
 PROCESS_RUN = """
 import asyncio, sys
 from pathlib import Path
