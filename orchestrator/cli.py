@@ -280,8 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     queued.add_argument(
         "--exit-when-idle",
         action="store_true",
-        help="with --worker: stop once the queue is done (nothing queued, no killed worker's "
-        "project left)",
+        help="with --worker: stop once the queue is empty",
     )
     parser.add_argument(
         "-v",
