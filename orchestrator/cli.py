@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     queued.add_argument(
         "--exit-when-idle",
         action="store_true",
-        help="with --worker: stop once the queue is empty",
+        help="with --worker: stop once the queue is done (nothing queued, no killed worker's "
+        "project left)",
     )
     parser.add_argument(
         "-v",
