@@ -292,13 +292,22 @@ class StateManager:
 
     async def held(self, project_id: str) -> bool:
         """Whether a live run holds the project now (its lease, renewed as it runs)."""
+        return await self.lease(project_id) is not None
+
+    async def lease(self, project_id: str) -> tuple[str, float, float] | None:
+        """While a live run holds the project: its holder, when its lease ends and the store's
+        clock now (seconds since the epoch); None when no run holds it. A renewal moves the
+        end, another run's claim changes the holder."""
         rows = await self._store.run(
             "SELECT owner, lease_until FROM projects WHERE id = ?", (project_id,)
         )
         if not rows or rows[0][0] is None:
-            return False
+            return None
         holder, lease_until = rows[0]
-        return self._holder_alive(holder, float(lease_until), await self._store.clock())
+        now = await self._store.clock()
+        if not self._holder_alive(holder, float(lease_until), now):
+            return None
+        return str(holder), float(lease_until), now
 
     async def _holder(self, project_id: str) -> str:
         rows = await self._store.run("SELECT owner FROM projects WHERE id = ?", (project_id,))

@@ -5,10 +5,13 @@ worker asked to stop lets its calls in flight finish and hands its projects back
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +25,7 @@ from test_durability import (
     CRITERIA,
     DEADLINE,
     DELAY,
+    HOLD,
     KILL_POINTS,
     PROJECT,
     PROJECT_ID,
@@ -325,6 +329,78 @@ def test_a_hundred_projects_on_four_workers_are_each_completed_once(fake, env, t
     assert set(per_project) == set(ids) and len(set(per_project.values())) == 1
     assert journal > 0 and ledger["org"].spent_nanos == journal
     assert sum(ledger[f"project:{p}"].spent_nanos for p in ids) == journal
+
+
+async def queue_and_holder(url: str, project_id: str) -> tuple[Counter[str], str | None]:
+    """How many jobs are in each status, and who holds the project's lease now."""
+    async with StateManager(url) as store:
+        rows = await store._store.run("SELECT owner FROM projects WHERE id = ?", (project_id,))
+    return Counter(status for _, status in await queued_jobs(url)), rows[0][0] if rows else None
+
+
+def test_workers_leaving_when_idle_first_finish_the_projects_of_a_killed_worker(
+    fake, env, tmp_path
+):
+    # The slow project's answers wait until its worker is killed: that kill lands mid-run.
+    killed = threading.Event()
+    llm = ScriptedLLM()
+
+    def respond(request):
+        slow = "notes for slow" in request.prompt_text and not killed.is_set()
+        return dataclasses.replace(llm(request), delay=HOLD if slow else DELAY)
+
+    fake.responder = respond
+    url = env["ORCHESTRATOR_DB_URL"]
+    ids = ["slow", *(f"quick{n}" for n in range(5))]  # queued first, so fetched first
+    asyncio.run(create(url, fake.base_url, ids, NOTE_TASK))
+    workers = [start_worker(env, tmp_path, "--exit-when-idle", "-v") for _ in range(3)]
+
+    holders = []
+
+    def mid_run() -> bool:
+        # The slow project's call is in flight, nothing is left queued, and another worker is
+        # still running its last project: without the kill, they would all leave soon.
+        slow_asked = any("notes for slow" in r.prompt_text for r in fake.requests)
+        jobs, holder = asyncio.run(queue_and_holder(url, "slow"))
+        holders.append(holder)
+        return slow_asked and holder is not None and jobs["todo"] == 0 and jobs["doing"] >= 2
+
+    wait_until(mid_run, "the slow project mid-run, the queue empty")
+    victim = next(w for w in workers if str(w.pid) == holders[-1].split(":")[1])
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate(timeout=DEADLINE)
+    killed.set()
+    survivors = [w for w in workers if w is not victim]
+    errors = "".join(finish(worker)[1] for worker in survivors)
+
+    projects, jobs, journal, ledger = asyncio.run(project_books(url))
+    assert projects == dict.fromkeys(ids, "SUCCESS"), errors
+    assert sorted(jobs) == sorted((p, "succeeded") for p in ids)  # the killed job, run again
+    assert "project slow: SUCCESS" in errors
+    # At -v, a worker says what it waits for: the killed worker's project, till its lease ends.
+    assert re.search(r"waiting for project slow: .*lease ends", errors), errors
+    # Every paid call is counted once: the ledger agrees with the journal, scope by scope.
+    assert journal > 0 and ledger["org"].spent_nanos == journal
+    assert sum(ledger[f"project:{p}"].spent_nanos for p in ids) == journal
+
+
+def test_an_idle_worker_leaves_a_project_whose_lease_a_live_worker_renews_to_that_worker(
+    fake, env, tmp_path
+):
+    fake.responder = ScriptedLLM(delay=HOLD)  # the live worker's call is in flight throughout
+    url = env["ORCHESTRATOR_DB_URL"]
+    asyncio.run(create(url, fake.base_url, ["busy"], NOTE_TASK))
+    live = start_worker(env, tmp_path)
+    try:
+        wait_until(lambda: fake.count() >= 1, "the live worker's first call", live)
+
+        _, err = finish(start_worker(env, tmp_path, "--exit-when-idle", "-v"))
+
+        assert "project busy: its lease was renewed: left to its live run" in err, err
+        assert live.poll() is None
+    finally:
+        live.kill()
+        live.communicate()
 
 
 def test_a_pool_can_queue_its_agents_jobs_for_the_workers(fake, env, tmp_path):
