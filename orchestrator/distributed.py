@@ -25,6 +25,7 @@ from typing import Any
 import procrastinate
 import psycopg
 
+from .aio import stop
 from .errors import ConfigError, OrchestratorError
 from .lease import ProjectBusy, lease_seconds
 from .sqlite_store import shown
@@ -249,9 +250,7 @@ async def _background(work: Coroutine[Any, Any, None] | None) -> AsyncIterator[N
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)
 
 
 async def _leave_when_idle(

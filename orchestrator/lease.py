@@ -9,6 +9,7 @@ import os
 import time
 from contextlib import suppress
 
+from .aio import stop
 from .errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
 from .state import StateManager, new_owner
 
@@ -64,9 +65,7 @@ class Lease:
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._renewer is not None:
-            self._renewer.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._renewer
+            await stop(self._renewer)
         if self.lost is None:
             with suppress(OrchestratorError):
                 await asyncio.shield(self.store.release(self.project_id, self.owner))

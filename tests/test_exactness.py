@@ -430,6 +430,37 @@ async def test_a_failed_renewal_is_retried_and_the_run_goes_on(fake, llm, short_
     assert state.status is ProjectStatus.SUCCESS, state.reason
 
 
+async def test_a_lease_ends_with_its_run_even_when_a_renewal_swallows_the_cancellation(
+    tmp_path, short_lease, monkeypatch
+):
+    # Python 3.11's asyncio.wait_for (psycopg's pool waits with it) returns instead of raising
+    # when a cancellation arrives just as its wait ends: the renewer goes on as if never stopped,
+    # and a worker waited for its run's end forever.
+    real_renew = StateManager.renew
+    renewing = asyncio.Event()
+
+    async def renew_deaf_to_one_cancellation(self, *args):
+        if not renewing.is_set():
+            renewing.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+        return await real_renew(self, *args)
+
+    monkeypatch.setattr(StateManager, "renew", renew_deaf_to_one_cancellation)
+    async with StateManager(tmp_path / "state.db") as store:
+        await store.create_project("p1", **PROJECT)
+
+        async def run_ending_while_its_lease_is_renewed() -> None:
+            async with lease_module.Lease(store, "p1"):
+                await renewing.wait()
+
+        run = asyncio.create_task(run_ending_while_its_lease_is_renewed())
+        ended, _ = await asyncio.wait({run}, timeout=10)
+
+        assert ended, "the lease's renewer went on after its run ended"
+        assert await store.claim("p1", "the next run", 60) is None  # released
+
+
 # --- the cache -------------------------------------------------------------------------------
 
 
