@@ -69,6 +69,7 @@ from .policy_dsl import PolicyAnalyzer, PolicyError, load_policy_file
 from .providers.base import Message
 from .retry import RetryPolicy
 from .routing import Decision, Router
+from .run_config import RunConfig
 from .state import StateManager, UnknownProjectError
 from .telemetry import TelemetryCollector
 
@@ -136,6 +137,7 @@ __all__ = [
     "RiskLevel",
     "Router",
     "RoutingTableBackend",
+    "RunConfig",
     "StateManager",
     "StructuredOutputError",
     "Task",

@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
 from .integration import DEFAULT_ROUNDS
 from .lease import ProjectBusy, lease_seconds
-from .local import KEYLESS_NOTE, LOCAL_PROVIDER, LocalModel, choose_local, saved_as
+from .local import KEYLESS_NOTE, LOCAL_PROVIDER, LocalModel
 from .metrics import MetricsExporter, exporter_for
 from .models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
 from .optimization import BACKENDS
@@ -48,6 +48,8 @@ from .progress import (
 )
 from .project_file import ProjectSpec, check_project_id, load_project_file
 from .routing import DEFAULT_MAX_FALLBACKS, Router
+from .run_client import run_client, run_models
+from .run_config import RunConfig
 from .sandbox import configured_limits
 from .settings import CATALOG_ENV, home_dir, load_environment
 from .sqlite_store import DB_URL_ENV, EXTRA_COMMAND, is_postgres_url, shown
@@ -568,62 +570,89 @@ def _probe_file(name: str, flag: str) -> None:
 
 
 async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> int:
-    settings = _run_settings(spec, args)
-    async with (
-        _guarded(),
-        StateManager() as store,
-        _client(args, settings["concurrency"], settings) as client,
-    ):
+    config = _config(args, spec)
+    async with _guarded(), StateManager() as store, _client(config) as (client, chosen):
         client.require_providers()
-        orchestrator = _new_orchestrator(spec, args, store, client, settings)
+        orchestrator = _orchestrator(args, store, client, budget=_budget(chosen))
         printer = _progress(args, orchestrator.budget)
         watch.attach(orchestrator, printer)
         with printer:  # the live area is gone before the results or an error is printed
             state = await orchestrator.run_project(
                 spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
-                restart=args.restart, team=args.team, job_id=args.job,
+                restart=args.restart, config=chosen,
             )  # fmt: skip
-    code = await _report(state, spec.output_dir, args.overwrite, settings["tree_name"])
+    code = await _report(state, chosen.output_dir, args.overwrite, _tree_name(chosen))
     await watch.finish(orchestrator)
     return code
 
 
-def _run_settings(spec: ProjectSpec, args: argparse.Namespace) -> dict[str, Any]:
-    """What a new run keeps with its project, for its resume (or a worker's)."""
-    routing = args.routing or "table"
-    return {
-        "output_dir": spec.output_dir,
-        "use_cache": not args.no_cache,
-        "routing": routing,
-        "tree_name": spec.tree_name or TREE_NAME,
-        "concurrency": spec.concurrency or 3,
-    }
+def _config(args: argparse.Namespace, spec: ProjectSpec | None = None) -> RunConfig:
+    """What the flags (and, for a new run, its project file, which they win over) give;
+    unset where neither says: a new run's defaults, or a resume's saved settings."""
+    limits = spec or ProjectSpec(
+        description="",
+        criteria="",
+        budget=args.budget,
+        time=args.time,
+        concurrency=args.concurrency,
+        quality_threshold=args.threshold,
+        output_dir=str(Path(args.output_dir).resolve()) if args.output_dir else None,
+        tree_name=args.tree_name,
+        integration=False if args.no_integration else None,
+        integration_rounds=args.integration_rounds,
+        max_fallbacks=args.max_fallbacks,
+    )
+    policies = _policies(args)
+    providers = _provider_names(args.providers)
+    return RunConfig(
+        max_usd=limits.budget,
+        max_time_seconds=limits.time,
+        quality_threshold=limits.quality_threshold,
+        concurrency=limits.concurrency,
+        routing=args.routing,
+        policies=tuple(policies) if policies is not None else None,
+        team=args.team,
+        job=args.job,
+        integration=False if limits.integration is False else None,
+        integration_rounds=limits.integration_rounds,
+        max_tasks=args.max_tasks,
+        max_fallbacks=limits.max_fallbacks,
+        catalog=str(Path(args.catalog).resolve()) if args.catalog else None,
+        providers=tuple(providers) if providers else None,
+        local=args.local_model or args.local or None,
+        call_timeout=args.call_timeout,
+        validator_timeout=args.validator_timeout,
+        allow_single_verdict=True if args.allow_single_verdict else None,
+        use_cache=False if args.no_cache else None,
+        output_dir=limits.output_dir,
+        tree_name=limits.tree_name,
+    )
 
 
-def _new_orchestrator(
-    spec: ProjectSpec,
+def _budget(config: RunConfig) -> Budget:
+    """The limits the progress line shows: the config's, else the defaults."""
+    limits = config.resolved()
+    assert limits.max_usd is not None and limits.max_time_seconds is not None
+    return Budget(max_usd=limits.max_usd, max_time_seconds=limits.max_time_seconds)
+
+
+def _tree_name(config: RunConfig) -> str:
+    return config.tree_name or TREE_NAME
+
+
+def _orchestrator(
     args: argparse.Namespace,
     store: StateManager,
     client: UnifiedClient,
-    settings: dict[str, Any],
+    budget: Budget | None = None,
 ) -> Orchestrator:
+    """An orchestrator over this command's store and client, with what a run's config does
+    not hold: the caps' amounts and whether code may run unsandboxed, asked each time."""
     return Orchestrator(
-        budget=Budget(max_usd=_or(spec.budget, 8.0), max_time_seconds=_or(spec.time, 5400.0)),
+        budget=budget,
         state_manager=store,
-        max_concurrency=settings["concurrency"],
         client=client,
-        use_cache=not args.no_cache,
-        quality_threshold=_or(spec.quality_threshold, 0.85),
         unsafe_validators=args.unsafe_validators,
-        validator_timeout=_or(args.validator_timeout, 60.0),
-        max_tasks=args.max_tasks,
-        allow_single_verdict=args.allow_single_verdict,
-        integration=spec.integration is not False,
-        integration_rounds=_or(spec.integration_rounds, DEFAULT_ROUNDS),
-        max_fallbacks=spec.max_fallbacks,
-        extra_settings={k: v for k, v in settings.items() if k != "concurrency"},
-        optimization_backend=BACKENDS[settings["routing"]](),
-        policies=_policies(args),
         budget_hierarchy=_caps(args),
     )
 
@@ -632,16 +661,16 @@ async def _submit(spec: ProjectSpec, args: argparse.Namespace) -> int:
     """Save the project as a run would, pay nothing, and queue it for the workers."""
     distributed = _distributed()
     url = os.environ[DB_URL_ENV]
-    settings = _run_settings(spec, args)
+    config = _config(args, spec)
     async with (
         _guarded(),
         StateManager() as store,
-        _client(args, settings["concurrency"], settings, running=False) as client,
+        _client(config, running=False) as (client, chosen),
     ):
-        orchestrator = _new_orchestrator(spec, args, store, client, settings)
+        orchestrator = _orchestrator(args, store, client, budget=_budget(chosen))
         project_id = await orchestrator.create_project(
             spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
-            restart=args.restart, team=args.team, job_id=args.job,
+            restart=args.restart, config=chosen,
         )  # fmt: skip
         waiting = await distributed.enqueue(url, [project_id])
     print(project_id)
@@ -651,13 +680,19 @@ async def _submit(spec: ProjectSpec, args: argparse.Namespace) -> int:
 
 
 async def _work(args: argparse.Namespace) -> int:
-    """A worker: each queued project runs as ``--resume ID`` would, a few at a time."""
+    """A worker: each queued project is resumed by the library, on the settings it saved, a
+    few at a time; its results are written where it saved them."""
     distributed = _distributed()
 
     async def run_one(project_id: str, stopping: asyncio.Event) -> str:
-        resume = build_parser().parse_args(["--resume", project_id])
+        orchestrator = Orchestrator()  # the store of $ORCHESTRATOR_DB_URL, the project's config
+        orchestrator.stopping = stopping
         try:
-            state, _ = await _resume_project(resume, _Watch.from_args(resume), stopping)
+            state = await orchestrator.resume(project_id)
+            ran = not state.already_finished
+            config = state.config
+            assert config is not None
+            await _report(state, config.output_dir if ran else None, False, _tree_name(config))
         except ProjectBusy:
             raise  # the worker queues it again for when that run's lease ends
         except OrchestratorError as exc:
@@ -698,72 +733,33 @@ async def _resume(args: argparse.Namespace, watch: _Watch) -> int:
     return code
 
 
-async def _resume_project(
-    args: argparse.Namespace, watch: _Watch, stopping: asyncio.Event | None = None
-) -> tuple[ProjectState, int]:
-    """Resume ``args.resume``; ``stopping``, once set, stops it gracefully (a worker's, which
-    handles the signals itself)."""
-    guard = _guarded() if stopping is None else nullcontext()
-    async with guard, StateManager() as store:
+async def _resume_project(args: argparse.Namespace, watch: _Watch) -> tuple[ProjectState, int]:
+    """Resume ``args.resume`` on the settings it saved, the flags given on top."""
+    overrides = _config(args)
+    async with _guarded(), StateManager() as store:
         status, settings = await store.run_settings(args.resume)
-        concurrency = args.concurrency or int(settings.get("concurrency", 3))
-        output_dir = args.output_dir or settings.get("output_dir")
-        use_cache = settings.get("use_cache", True) and not args.no_cache
-        routing = args.routing or settings.get("routing", "table")
-        if routing not in BACKENDS:
-            raise OrchestratorError(f"project {args.resume}: unknown routing {routing!r} saved")
-        resumed = {
-            "output_dir": output_dir,
-            "use_cache": use_cache,
-            "routing": routing,
-            "local": settings.get("local"),
-            "providers": settings.get("providers"),
-            "call_timeout": settings.get("call_timeout"),
-            "tree_name": args.tree_name or settings.get("tree_name") or TREE_NAME,
-        }
-        integration = settings.get("integration", True) and not args.no_integration
-        rounds = _or(args.integration_rounds, settings.get("integration_rounds", DEFAULT_ROUNDS))
-        async with _client(args, concurrency, resumed, running=status not in FINISHED) as client:
-            if status not in FINISHED:
+        running = status not in FINISHED
+        config = overrides.over(RunConfig.from_settings(settings))
+        async with _client(config, running=running) as (client, chosen):
+            if running:
                 client.require_providers()
-            # A worker's projects run side by side: one line each at their end, not their steps.
-            printer = _progress(args) if stopping is None else _silent_progress()
-            orchestrator = Orchestrator(
-                state_manager=store,
-                max_concurrency=concurrency,
-                client=client,
-                use_cache=use_cache,
-                unsafe_validators=args.unsafe_validators,
-                validator_timeout=_or(args.validator_timeout, 60.0),
-                max_tasks=args.max_tasks or settings.get("max_tasks"),
-                allow_single_verdict=args.allow_single_verdict,
-                integration=integration,
-                integration_rounds=rounds,
-                max_fallbacks=args.max_fallbacks,  # None: the project's saved setting
-                extra_settings=resumed,
-                optimization_backend=BACKENDS[routing](),
-                policies=_policies(args),
-                budget_hierarchy=_caps(args),
-            )
-            if stopping is not None:
-                orchestrator.stopping = stopping
+            orchestrator = _orchestrator(args, store, client)
+            printer = _progress(args)
             watch.attach(orchestrator, printer)
-            if status in FINISHED:
+            if not running:
                 print(
                     f"project {args.resume} already finished with status "
                     f"{status.value}; nothing to do",
                     file=sys.stderr,
                 )
             with printer:
-                state = await orchestrator.resume(
-                    args.resume,
-                    max_usd=args.budget,
-                    max_time_seconds=args.time,
-                    quality_threshold=args.threshold,
-                )
-    if status in FINISHED and not args.output_dir:
-        output_dir = None  # nothing ran: nothing new to write, unless asked for explicitly
-    code = await _report(state, output_dir, args.overwrite, resumed["tree_name"])
+                # The models as chosen (the local model, the providers) are saved for the next.
+                models = RunConfig(local=chosen.local, providers=chosen.providers)
+                state = await orchestrator.resume(args.resume, config=models.over(overrides))
+    resumed = state.config or config
+    # A finished project ran nothing: nothing new to write, unless asked for explicitly.
+    output_dir = resumed.output_dir if running else overrides.output_dir
+    code = await _report(state, output_dir, args.overwrite, _tree_name(resumed))
     await watch.finish(orchestrator)
     return state, code
 
@@ -810,50 +806,18 @@ async def _list_projects() -> int:
 
 @asynccontextmanager
 async def _client(
-    args: argparse.Namespace, concurrency: int, settings: dict[str, Any], *, running: bool = True
-) -> AsyncIterator[UnifiedClient]:
-    """The run's client: the catalog's providers (only those of --providers), and a local
-    model served for the run's length where one is asked for, was saved with the project, or
-    stands in for missing keys. What was chosen is written into ``settings`` for a resume."""
+    config: RunConfig, *, running: bool = True
+) -> AsyncIterator[tuple[UnifiedClient, RunConfig]]:
+    """The run's client (``run_client``), saying on stderr when the local model stands in for
+    missing keys."""
     env = load_environment()
-    catalog, providers, local, stands_in = _run_models(args, settings, env, running=running)
-    async with AsyncExitStack() as stack:
-        if local is not None:
-            await stack.enter_async_context(local)
-            catalog = local.catalog(catalog)
-            if stands_in:
-                print(f"orchestrator: {KEYLESS_NOTE}", file=sys.stderr)
-            providers = providers or [LOCAL_PROVIDER]
-        if providers:
-            catalog = catalog.only(providers)
-        timeout = args.call_timeout or settings.get("call_timeout")
-        if timeout:
-            every = {name: {"timeout": timeout} for name in catalog.providers}
-            catalog = catalog.extended("--call-timeout", {"providers": every})
-        settings.update(local=saved_as(local), providers=providers, call_timeout=timeout)
-        client = UnifiedClient(catalog=catalog, env=env, max_concurrency=concurrency)
-        yield await stack.enter_async_context(client)
 
+    def note(text: str) -> None:
+        print(f"orchestrator: {text}", file=sys.stderr)
 
-def _run_models(
-    args: argparse.Namespace, settings: dict[str, Any], env: Mapping[str, str], *, running: bool
-) -> tuple[Catalog, list[str] | None, LocalModel | None, bool]:
-    """The catalog, the providers a run is limited to (None: all), the local model it serves
-    (not started) and whether that stands in for missing keys: --providers, --local and
-    --local-model, or what the project saved."""
-    catalog = Catalog.load(args.catalog, env=env)
-    providers = _provider_names(args.providers) or settings.get("providers")
-    requested = args.local_model or args.local or settings.get("local")
-    if providers and LOCAL_PROVIDER in providers and LOCAL_PROVIDER not in catalog.providers:
-        requested = requested or True  # the embedded model, unless the catalog has a "local"
-    elif providers and requested:
-        providers = [*providers, LOCAL_PROVIDER]  # --local beside named cloud providers
-    others = [p for p in providers or () if p != LOCAL_PROVIDER or p in catalog.providers]
-    cloud = catalog.only(others) if providers else catalog
-    local, stands_in = choose_local(
-        requested if running else None, keys_usable=bool(cloud.usable_providers(env))
-    )
-    return catalog, providers, local, stands_in
+    async with run_client(config.resolved(), env, running=running, note=note) as (client, chosen):
+        # Only what was given, and the models chosen: a resume fills the rest from the saved.
+        yield client, RunConfig(local=chosen.local, providers=chosen.providers).over(config)
 
 
 def _listed_catalog(
@@ -985,18 +949,19 @@ def forecast_report(
     tasks it counts, what the command line assumed besides the report's assumptions, and the
     local model the run would start (None: none)."""
     env = load_environment()
-    catalog, providers, local, stands_in = _run_models(args, {}, env, running=True)
+    config = _config(args, spec)
+    catalog, providers, local, stands_in = run_models(config, env, running=True)
     assumptions = []
     if local is not None:
         catalog = local.unstarted_catalog(catalog)
-        providers = providers or [LOCAL_PROVIDER]
+        providers = providers or (LOCAL_PROVIDER,)
         if stands_in:
             assumptions.append(KEYLESS_NOTE)
         missing = local.missing()
         if missing is not None:
             assumptions.append(f"the local model cannot run here yet: {missing}")
     if providers:
-        catalog = catalog.only(providers)
+        catalog = catalog.only(list(providers))
     keyed = set(catalog.usable_providers(env))
     profiles = {
         key: profile
@@ -1011,7 +976,7 @@ def forecast_report(
     models = tuple(p.model for p in profiles.values())
     router = Router(
         catalog, models, backend=BACKENDS[routing](), profiles=profiles,
-        planner=ConstraintPlanner(PolicyEngine(_policies(args) or ())), cost_model=predictor,
+        planner=ConstraintPlanner(PolicyEngine(config.policies or ())), cost_model=predictor,
         max_fallbacks=_or(spec.max_fallbacks, DEFAULT_MAX_FALLBACKS),
     )  # fmt: skip
     tasks = list(spec.tasks.values()) if spec.tasks else None

@@ -13,16 +13,16 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .agents import TaskChannel
 from .audit import AuditLog
 from .budget import PHASE_SHARES, Budget, BudgetExceeded
 from .cache import DiskCache
-from .catalog import Catalog, Model
+from .catalog import Model
 from .client import Completion, UnifiedClient
 from .cost import BudgetHierarchy, CostPredictor
 from .errors import (
@@ -36,10 +36,9 @@ from .events import Event, EventKind, EventPump, EventSink, guarded, ignore
 from .fallback import ChainFailed, Failures, first_answer
 from .gateway import Journal, LLMGateway
 from .hooks import EventType, Hook, HookRegistry
-from .integration import DEFAULT_ROUNDS, Integration, IntegrationPhase, Round
+from .integration import Integration, IntegrationPhase, Round
 from .lease import Lease
 from .ledger import Ledger
-from .local import KEYLESS_NOTE, LOCAL_PROVIDER, choose_local
 from .metrics import MetricsExporter, MetricsFeed, MetricsSnapshot
 from .metrics import collect as collect_metrics
 from .models import (
@@ -51,13 +50,15 @@ from .models import (
     TaskType,
 )
 from .money import nanos_to_usd, usd_to_nanos
-from .optimization import OptimizationBackend, RoutingTableBackend
+from .optimization import BACKENDS, OptimizationBackend
 from .planner import ConstraintPlanner
 from .policy import JobSpec, Policy, PolicyEngine, PolicySet
 from .project_file import check_project_id
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
 from .providers.base import Message
-from .routing import DECOMPOSITION_MAX_TOKENS, DEFAULT_MAX_FALLBACKS, Decision, Router
+from .routing import DECOMPOSITION_MAX_TOKENS, Decision, Router
+from .run_client import run_client
+from .run_config import DEFAULTS, RunConfig
 from .sandbox import Sandbox, choose
 from .settings import load_environment
 from .state import SavedProject, StateError, StateManager, UnknownProjectError
@@ -92,7 +93,6 @@ PLANNED_TASKS = (5, 15)  # what the planner is asked for; a plan outside it is s
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 def _shared_roles(usable: tuple[Model, ...]) -> str | None:
@@ -113,9 +113,14 @@ class _Session:
     client: UnifiedClient
     cache: DiskCache | None
     store: StateManager | None
+    config: RunConfig = DEFAULTS  # the run's, resolved, saved with it for its resumes
     lease: Lease | None = None  # held while a run of the project goes on
-    policies: PolicySet = field(default_factory=PolicySet)  # what this run's choices obey
-    max_fallbacks: int = DEFAULT_MAX_FALLBACKS  # the run's, saved with it for its resumes
+    backend: OptimizationBackend | None = None  # None: the config's routing
+
+    @property
+    def policies(self) -> PolicySet:
+        """What this run's choices obey."""
+        return PolicySet(self.config.policies or ())
 
     @property
     def may_write(self) -> bool:
@@ -133,10 +138,16 @@ class _Session:
 class Orchestrator:
     """Runs and resumes projects: ``await Orchestrator(budget=Budget(8.0)).run_project(...)``.
 
+    What a run uses (limits, threshold, routing, policies, integration, task limits, models,
+    timeouts, output settings) is a ``RunConfig``: given here (``config=``, or the keyword
+    arguments of the same meaning, which win), to ``run_project`` or to ``resume``; what none
+    of them gives, a new run takes from the defaults and a resume from what the project saved.
+
     ``cache`` defaults to a ``DiskCache`` and ``state_manager`` to a ``StateManager``, both in
     ``$ORCHESTRATOR_HOME`` (``use_cache=False`` / ``use_state=False`` turn them off);
-    ``client`` defaults to a ``UnifiedClient`` over the keys in the environment. What the
-    orchestrator creates it also closes; what it is given stays open.
+    ``client`` defaults to a ``UnifiedClient`` made from the run's config (its catalog,
+    providers, local model, call timeout and concurrency) over the keys in the environment.
+    What the orchestrator creates it also closes; what it is given stays open.
     """
 
     def __init__(
@@ -144,16 +155,17 @@ class Orchestrator:
         budget: Budget | None = None,
         cache: DiskCache | None = None,
         state_manager: StateManager | None = None,
-        max_concurrency: int = 3,
+        max_concurrency: int | None = None,
         *,
+        config: RunConfig | None = None,
         client: UnifiedClient | None = None,
-        use_cache: bool = True,
+        use_cache: bool | None = None,
         use_state: bool = True,
-        quality_threshold: float = 0.85,
+        quality_threshold: float | None = None,
         on_event: EventSink | None = None,
-        validator_timeout: float = 60.0,
+        validator_timeout: float | None = None,
         unsafe_validators: bool = False,
-        min_tasks: int = 5,
+        min_tasks: int | None = None,
         max_tasks: int | None = None,
         extra_settings: Mapping[str, Any] | None = None,
         optimization_backend: OptimizationBackend | None = None,
@@ -161,25 +173,42 @@ class Orchestrator:
         cost_predictor: CostPredictor | None = None,
         budget_hierarchy: BudgetHierarchy | None = None,
         audit_log: AuditLog | None = None,
-        local: bool | str | os.PathLike[str] = False,
-        allow_single_verdict: bool = False,
-        integration: bool = True,
-        integration_rounds: int = DEFAULT_ROUNDS,
+        local: bool | str | os.PathLike[str] | None = None,
+        allow_single_verdict: bool | None = None,
+        integration: bool | None = None,
+        integration_rounds: int | None = None,
         max_fallbacks: int | None = None,
     ) -> None:
-        _check_threshold(quality_threshold)
-        if integration_rounds < 0:
-            raise ConfigError("integration rounds must be 0 or more")
-        if max_fallbacks is not None and max_fallbacks < 0:
-            raise ConfigError("max fallbacks must be 0 or more")
-        self.budget = budget or Budget()
+        # The keyword arguments are a RunConfig's fields under their older names; they win.
+        given = RunConfig(
+            max_usd=budget.max_usd if budget is not None else None,
+            max_time_seconds=budget.max_time_seconds if budget is not None else None,
+            quality_threshold=quality_threshold,
+            concurrency=max_concurrency,
+            policies=tuple(policies) if policies else None,
+            integration=integration,
+            integration_rounds=integration_rounds,
+            min_tasks=min_tasks,
+            max_tasks=max_tasks,
+            max_fallbacks=max_fallbacks,
+            local=os.fspath(local) if isinstance(local, os.PathLike) else local,
+            validator_timeout=validator_timeout,
+            allow_single_verdict=allow_single_verdict,
+            use_cache=use_cache,
+        )
+        self.config = given.over(config or RunConfig())
+        self._backend: OptimizationBackend | None = None
+        if optimization_backend is not None:
+            self.set_optimization_backend(optimization_backend)
+        limits = self.config.resolved()
+        assert limits.max_usd is not None and limits.max_time_seconds is not None
+        self.budget = budget or Budget(
+            max_usd=limits.max_usd, max_time_seconds=limits.max_time_seconds
+        )
         self._cache = cache
-        self._use_cache = use_cache
         self.state_manager = state_manager
         self._use_state = use_state
-        self.max_concurrency = max_concurrency
         self._client = client
-        self.quality_threshold = quality_threshold
         self.hooks = HookRegistry()
         # Time-boxed like the hooks (``hooks.timeout``).
         self._on_event = (
@@ -187,21 +216,11 @@ class Orchestrator:
         )
         self._display: EventSink = ignore
         self.emit: EventSink = self._emit
-        self.validator_timeout = validator_timeout
-        # Run model-written code without isolation: only when the user explicitly asks.
+        # Run model-written code without isolation: only when the user explicitly asks, for
+        # the runs of this orchestrator (never saved: a resume asks again).
         self.unsafe_validators = unsafe_validators
-        # The planner is asked for PLANNED_TASKS tasks (from min_tasks); any valid plan is run.
-        # Only max_tasks, when given, is a hard cap.
-        self.min_tasks = min_tasks
-        self.max_tasks = max_tasks
-        # Saved with the project (e.g. the CLI's output directory) and returned on resume.
+        # Saved with the project besides its config, and returned on resume.
         self.extra_settings = dict(extra_settings or {})
-        self.optimization_backend: OptimizationBackend = (
-            optimization_backend or RoutingTableBackend()
-        )
-        # Checked at every model choice of this orchestrator's runs (``orchestrator.policy``);
-        # a resumed project keeps the ones it was started with unless others are given here.
-        self.policies = PolicySet(policies or ())
         # What calls of each model and task type cost: routing and forecasts use it, every
         # answered call feeds it, and it is saved with each project it ran.
         self.cost_predictor = cost_predictor or CostPredictor()
@@ -219,19 +238,12 @@ class Orchestrator:
         self.stopping = asyncio.Event()
         # Every model selection and every call of this orchestrator's runs, hash-chained.
         self.audit_log = audit_log
-        # Without a client given: True runs every step on the embedded local model, a path on
-        # that GGUF file (``orchestrator.local``); with no key set, the embedded model stands in.
-        self.local = local
-        # A task completes on two agreeing verdicts; with this, one usable verdict suffices
-        # when the other evaluation failed.
-        self.allow_single_verdict = allow_single_verdict
-        # After the task graph: check the assembled tree together and send failures back to
-        # the tasks that wrote the files, for at most ``integration_rounds`` revision rounds.
-        self.integration = integration
-        self.integration_rounds = integration_rounds
-        # The models each call may fall back to after its routing choice: DEFAULT_MAX_FALLBACKS
-        # for a new project when None, and for a resumed one what it was started with.
-        self.max_fallbacks = max_fallbacks
+
+    @property
+    def policies(self) -> PolicySet:
+        """The policies this orchestrator's runs obey (a resume's, when none are given, are the
+        ones its project was started with)."""
+        return PolicySet(self.config.policies or ())
 
     @property
     def profiles(self) -> dict[str, ModelProfile]:
@@ -277,8 +289,17 @@ class Orchestrator:
 
     def set_optimization_backend(self, backend: OptimizationBackend) -> None:
         """How models are put in order for every choice of the next runs (see
-        ``orchestrator.optimization``); the default is the routing table's order."""
-        self.optimization_backend = backend
+        ``orchestrator.optimization``); the default is the routing table's order. A backend
+        of ``BACKENDS`` is saved by its name, for resumes; another is used as given."""
+        self._backend = backend
+        name = getattr(backend, "name", None)
+        if isinstance(name, str) and type(backend) is BACKENDS.get(name):
+            self.config = replace(self.config, routing=name)
+
+    @property
+    def optimization_backend(self) -> OptimizationBackend:
+        """The backend the next runs use (for a resume, unless set: the one it saved)."""
+        return self._backend or BACKENDS[self.config.resolved().routing or "table"]()
 
     # -- public entry points ----------------------------------------------------------------------
     async def run_project(
@@ -292,36 +313,34 @@ class Orchestrator:
         restart: bool = False,
         team: str | None = None,
         job_id: str | None = None,
+        config: RunConfig | None = None,
     ) -> ProjectState:
         """Run a new project and return its final state; failures are statuses, not raises.
 
-        ``team`` and ``job_id`` charge the run to those budget caps (``budget_hierarchy``, and
-        caps saved by earlier runs): a run that could pass one is refused with
-        ``BudgetCapExceeded`` before anything is paid.
+        ``config`` (and ``quality_threshold``, ``team``, ``job_id``, which win over it) says
+        what this run uses besides what the orchestrator was given; the result is saved with
+        the project for its resumes. ``team`` and ``job_id`` charge the run to those budget
+        caps (``budget_hierarchy``, and caps saved by earlier runs): a run that could pass one
+        is refused with ``BudgetCapExceeded`` before anything is paid.
 
         An existing ``project_id`` with the same inputs continues that project (as ``resume``
-        does, with this orchestrator's budget, time limit and threshold); with other inputs
-        (description, criteria, tasks) it is refused with ``ConfigError`` before anything is
-        paid, unless ``restart`` discards its saved state (journal included) first.
+        does, with what this call and this orchestrator give on top of what it saved); with
+        other inputs (description, criteria, tasks) it is refused with ``ConfigError`` before
+        anything is paid, unless ``restart`` discards its saved state (journal included) first.
         """
+        given = self._given(config, quality_threshold=quality_threshold, team=team, job=job_id)
         state, tasks = self._new_state(project_description, success_criteria, project_id, tasks,
-                                       quality_threshold)  # fmt: skip
-        async with (
-            self._session() as session,
-            self._capped(session, team, job_id, self.budget.max_nanos),
-        ):
-            saved = await self._create(session, state, tasks, restart, team, job_id)
-            if saved is not None:
-                # The same project again: it continues, under this call's limits.
-                return await self._continue(
-                    session,
-                    saved,
-                    self.budget.max_usd,
-                    self.budget.max_time_seconds,
-                    state.quality_threshold,
-                )
-            async with self._leased(session, state.project_id):
-                await self._run(session, state, tasks)
+                                       given)  # fmt: skip
+        async with self._session(_constant(given.resolved())) as session:
+            state.config = session.config
+            async with self._capped(session, session.config.team, session.config.job,
+                                    state.budget.max_nanos):  # fmt: skip
+                saved = await self._create(session, state, tasks, restart)
+                if saved is not None:
+                    # The same project again: it continues, with this call's settings on top.
+                    return await self._continue(session, saved, given)
+                async with self._leased(session, state.project_id):
+                    await self._run(session, state, tasks)
         return state
 
     async def create_project(
@@ -335,22 +354,32 @@ class Orchestrator:
         restart: bool = False,
         team: str | None = None,
         job_id: str | None = None,
+        config: RunConfig | None = None,
     ) -> str:
         """Save a project to be run later by ``resume`` (a worker's, say) and return its id,
         with every check ``run_project`` makes before paying anything, and nothing paid."""
+        given = self._given(config, quality_threshold=quality_threshold, team=team, job=job_id)
         state, tasks = self._new_state(project_description, success_criteria, project_id, tasks,
-                                       quality_threshold)  # fmt: skip
-        async with (
-            self._session() as session,
-            self._capped(session, team, job_id, self.budget.max_nanos),
-        ):
+                                       given)  # fmt: skip
+        async with self._session(_constant(given.resolved()), running=False) as session:
             if session.store is None:
                 raise ConfigError("a project saved for later needs a state store")
-            saved = await self._create(session, state, tasks, restart, team, job_id)
-            if saved is None and tasks is not None:
-                order = execution_order(dict(tasks))
-                await session.store.save_plan(state.project_id, dict(tasks), order, 0.0)
+            async with self._capped(session, session.config.team, session.config.job,
+                                    state.budget.max_nanos):  # fmt: skip
+                saved = await self._create(session, state, tasks, restart)
+                if saved is None and tasks is not None:
+                    order = execution_order(dict(tasks))
+                    await session.store.save_plan(state.project_id, dict(tasks), order, 0.0)
         return state.project_id
+
+    def _given(self, config: RunConfig | None, **fields: Any) -> RunConfig:
+        """What a call gives (``fields``, then ``config``) over what this orchestrator was
+        given: not yet the defaults, nor what a project saved."""
+        try:
+            named = RunConfig(**{k: v for k, v in fields.items() if v is not None})
+        except TypeError as exc:
+            raise ConfigError(f"not a run setting: {exc}") from None
+        return named.over(config or RunConfig()).over(self.config)
 
     def _new_state(
         self,
@@ -358,21 +387,22 @@ class Orchestrator:
         success_criteria: str,
         project_id: str | None,
         tasks: Mapping[str, Task] | None,
-        quality_threshold: float | None,
+        given: RunConfig,
     ) -> tuple[ProjectState, Mapping[str, Task] | None]:
         if project_id is not None:
             check_project_id(project_id)
         if tasks is not None:
             # Tasks built in code get the same checks as a project file's: ids, deps, validators.
             tasks = parse_tasks({"tasks": [t.to_dict() for t in tasks.values()]}, origin="tasks")
-        threshold = self.quality_threshold if quality_threshold is None else quality_threshold
-        _check_threshold(threshold)
+        config = given.resolved()
+        assert config.quality_threshold is not None
         state = ProjectState(
             project_id=project_id or new_project_id(),
             project_description=project_description,
             success_criteria=success_criteria,
-            budget=self._fresh_budget(),
-            quality_threshold=threshold,
+            budget=self._fresh_budget(config),
+            quality_threshold=config.quality_threshold,
+            config=config,
         )
         return state, tasks
 
@@ -382,26 +412,22 @@ class Orchestrator:
         state: ProjectState,
         tasks: Mapping[str, Task] | None,
         restart: bool,
-        team: str | None,
-        job_id: str | None,
     ) -> SavedProject | None:
         """Record the project (None), or find it saved with the same inputs (returned); one
         saved with other inputs is refused before anything is paid."""
-        session.policies = self.policies
         self._refuse_uncovered(session, tasks)
         self._preload(session, tasks, done=set())
         if session.store is None:
             return None
         if restart:
             await self._discard(session, state.project_id)
-        settings = {**self._settings(state.quality_threshold), "team": team, "job": job_id}
         created = await session.store.create_project(
             state.project_id,
             description=state.project_description,
             criteria=state.success_criteria,
-            max_usd=self.budget.max_usd,
-            max_time_seconds=self.budget.max_time_seconds,
-            settings=settings,
+            max_usd=state.budget.max_usd,
+            max_time_seconds=state.budget.max_time_seconds,
+            settings=self._settings(session.config),
         )
         if created:
             return None
@@ -429,7 +455,13 @@ class Orchestrator:
     def _for_job(self, spec: JobSpec) -> Orchestrator:
         job = copy.copy(self)  # the same client, stores, profiles and predictor
         job.budget = spec.budget
-        job.policies = PolicySet([*self.policies, *spec.policies])
+        policies = (*(self.config.policies or ()), *spec.policies)
+        job.config = replace(
+            self.config,
+            max_usd=spec.budget.max_usd,
+            max_time_seconds=spec.budget.max_time_seconds,
+            policies=policies or None,
+        )
         return job
 
     def stop_gracefully(self) -> None:
@@ -443,52 +475,54 @@ class Orchestrator:
         return self.channels.setdefault(name, TaskChannel())
 
     async def resume(
-        self,
-        project_id: str,
-        *,
-        max_usd: float | None = None,
-        max_time_seconds: float | None = None,
-        quality_threshold: float | None = None,
+        self, project_id: str, config: RunConfig | None = None, **overrides: Any
     ) -> ProjectState:
         """Continue an interrupted project where it stopped, with its spend and clock carried over.
 
-        Its budget, time limit and settings are kept unless given here. A finished project
+        It runs on the ``RunConfig`` it saved, with what is given here (``overrides``, by field
+        name, e.g. ``max_usd=2.0``, then ``config``) and what this orchestrator was given on
+        top, field by field; the result is saved for the next resume. A finished project
         (SUCCESS, PARTIAL_SUCCESS) is returned as saved and nothing runs. An unknown id raises
         ``UnknownProjectError``.
         """
         if not self._use_state and self.state_manager is None:
             raise ConfigError("resuming needs a state manager")
-        async with self._session() as session:
-            assert session.store is not None
-            saved = await session.store.load(project_id)
-            may_spend = usd_to_nanos(_given(max_usd, saved.max_usd)) - saved.spent_nanos
-            team, job_id = saved.settings.get("team"), saved.settings.get("job")
-            async with self._capped(session, team, job_id, max(0, may_spend)):
-                return await self._continue(
-                    session, saved, max_usd, max_time_seconds, quality_threshold
-                )
+        given = self._given(config, **overrides)
+        saved: SavedProject | None = None
+
+        async def configure(store: StateManager | None) -> tuple[RunConfig, bool]:
+            nonlocal saved
+            assert store is not None
+            saved = await store.load(project_id)
+            running = saved.status not in FINISHED
+            return _resumed_config(saved, given if running else RunConfig()), running
+
+        async with self._session(configure) as session:
+            assert saved is not None and session.store is not None
+            may_spend = usd_to_nanos(session.config.max_usd or 0.0) - saved.spent_nanos
+            async with self._capped(
+                session, session.config.team, session.config.job, max(0, may_spend)
+            ):
+                return await self._continue(session, saved, given)
 
     # -- the run -------------------------------------------------------------------------------
     async def _continue(
-        self,
-        session: _Session,
-        saved: SavedProject,
-        max_usd: float | None,
-        max_time_seconds: float | None,
-        quality_threshold: float | None,
+        self, session: _Session, saved: SavedProject, given: RunConfig
     ) -> ProjectState:
-        settings = {**saved.settings, **self.extra_settings}
-        settings["max_fallbacks"] = session.max_fallbacks = _given(
-            self.max_fallbacks, settings.get("max_fallbacks", DEFAULT_MAX_FALLBACKS)
-        )
-        if quality_threshold is not None:
-            _check_threshold(quality_threshold)
-            settings["quality_threshold"] = quality_threshold
-        if saved.status in FINISHED:
-            max_usd = max_time_seconds = None  # a finished project is reported as it was
+        """Run ``saved`` again (or report it, finished) on its config with ``given`` on top."""
+        finished = saved.status in FINISHED
+        # A finished project is reported as it was.
+        config = _resumed_config(saved, RunConfig() if finished else given)
+        if not finished:
+            # The models of the session's client, as a resume must find them again.
+            models = session.config
+            config = replace(config, local=models.local, providers=models.providers)
+        session.config = config
+        assert config.max_usd is not None and config.max_time_seconds is not None
+        assert config.quality_threshold is not None
         budget = Budget(
-            max_usd=_given(max_usd, saved.max_usd),
-            max_time_seconds=_given(max_time_seconds, saved.max_time_seconds),
+            max_usd=config.max_usd,
+            max_time_seconds=config.max_time_seconds,
             elapsed_before=saved.elapsed_seconds,
         )
         _restore_spend(budget, saved)
@@ -499,7 +533,9 @@ class Orchestrator:
             budget=budget,
             status=saved.status,
             reason=saved.reason,
-            quality_threshold=settings.get("quality_threshold", self.quality_threshold),
+            quality_threshold=config.quality_threshold,
+            config=config,
+            already_finished=finished,
         )
         resolve = _resolver(session.client)
         if saved.tasks is not None:
@@ -510,10 +546,6 @@ class Orchestrator:
         if saved.status not in FINISHED and session.store is not None:
             self.cost_predictor.load(await session.store.cost_estimates(saved.project_id))
         if saved.status not in FINISHED:
-            session.policies = self.policies or PolicySet(
-                Policy(**entry) for entry in settings.get("policies") or []
-            )
-            settings["policies"] = [p.to_dict() for p in session.policies]
             self._refuse_uncovered(session, saved.tasks)
             self._preload(session, saved.tasks, done=saved.final_tasks)
         if saved.status in FINISHED:
@@ -534,7 +566,7 @@ class Orchestrator:
                 saved.project_id,
                 max_usd=budget.max_usd,
                 max_time_seconds=budget.max_time_seconds,
-                settings=settings,
+                settings={**saved.settings, **self._settings(config)},
                 owner=lease.owner,
             )
             # Only finished tasks are kept; interrupted ones run again, replaying their journal.
@@ -665,15 +697,15 @@ class Orchestrator:
             threshold=state.quality_threshold,
             emit=self.emit,
             telemetry=self.telemetry,
-            allow_single_verdict=self.allow_single_verdict,
-            validator_timeout=self.validator_timeout,
+            allow_single_verdict=bool(session.config.allow_single_verdict),
+            validator_timeout=session.config.validator_timeout or 0.0,
             unsafe_validators=self.unsafe_validators,
         )
         timed_out = False
         try:
             async with asyncio.timeout(max(0.0, state.budget.seconds_left())):
                 if tasks is None:
-                    tasks = await self._decompose(state, gateway, router)
+                    tasks = await self._decompose(state, gateway, router, session.config)
                 state.tasks = dict(tasks)
                 state.execution_order = execution_order(state.tasks)
                 if await session.may_write_now():
@@ -743,7 +775,8 @@ class Orchestrator:
         """Check the assembled tree and send its failures back (``orchestrator.integration``);
         not after a run stopped early, which resumes here."""
         stopped = ctx.budget_exhausted or ctx.outages
-        if not self.integration or stopped:
+        config = session.config
+        if not config.integration or stopped:
             return
         if any(state.results[t].interrupted for t in state.execution_order):
             return
@@ -774,9 +807,9 @@ class Orchestrator:
 
         phase = IntegrationPhase(
             state,
-            self.integration_rounds,
+            config.integration_rounds or 0,
             box=lambda: self._sandbox(state),
-            seconds=self.validator_timeout,
+            seconds=config.validator_timeout or 0.0,
             revise=revise,
             save=save,
             stopped=lambda: ctx.budget_exhausted or bool(ctx.outages),
@@ -795,10 +828,11 @@ class Orchestrator:
         self.emit(Event("integration", data=data))
 
     async def _decompose(
-        self, state: ProjectState, gateway: LLMGateway, router: Router
+        self, state: ProjectState, gateway: LLMGateway, router: Router, config: RunConfig
     ) -> dict[str, Task]:
-        schema = decomposition_schema(min_tasks=1, max_tasks=self.max_tasks)
-        guidance = self._planned_tasks()
+        max_tasks = config.max_tasks
+        schema = decomposition_schema(min_tasks=1, max_tasks=max_tasks)
+        guidance = _planned_tasks(config)
         system = DECOMPOSE_SYSTEM.format(
             min_tasks=guidance[0],
             max_tasks=guidance[1],
@@ -819,7 +853,7 @@ class Orchestrator:
                     parse_tasks(
                         answer.parsed,
                         origin=f"decomposition by {model.value}",
-                        max_tasks=self.max_tasks,
+                        max_tasks=max_tasks,
                     )
                 )
                 execution_order(plan)  # a cyclic plan is as unusable as a malformed one
@@ -851,12 +885,12 @@ class Orchestrator:
                 on_failure=failed,
             )
         except ChainFailed as exc:
-            why = self._why_no_plan(exc.failures)
+            why = _why_no_plan(exc.failures, max_tasks)
             if exc.failures.only_outages:
                 raise DecompositionFailed(f"decomposition failed: {why}") from None
             # The planners answered, but nothing they said can run (a small local model's
             # plans never can): a plan that can, rather than a failure.
-            tasks = default_plan(state.project_description, state.success_criteria, self.max_tasks)
+            tasks = default_plan(state.project_description, state.success_criteria, max_tasks)
             message = (
                 f"the planner's answers could not be used ({why}); running a plan of "
                 f"{len(tasks)} task{'s' if len(tasks) != 1 else ''} instead: "
@@ -868,22 +902,6 @@ class Orchestrator:
         if not guidance[0] <= len(tasks) <= guidance[1]:
             self.emit(Event("plan_size", data={"tasks": len(tasks), "guidance": guidance}))
         return tasks
-
-    def _why_no_plan(self, failures: Failures) -> str:
-        if failures.only_outages:
-            return describe_outage(failures.outages)
-        if failures.stopped_by_truncation:
-            return failures.truncation_reason()
-        detail = failures.last
-        if self.max_tasks is not None and "need at most" in detail:
-            detail += "; raise --max-tasks (max_tasks=) or simplify the project"
-        return detail
-
-    def _planned_tasks(self) -> tuple[int, int]:
-        """How many tasks the planner is asked for: guidance, not a rule."""
-        upper = PLANNED_TASKS[1] if self.max_tasks is None else self.max_tasks
-        lower = min(self.min_tasks, upper)
-        return lower, max(lower, min(PLANNED_TASKS[1], upper))
 
     async def _execute(self, session: _Session, state: ProjectState, ctx: TaskContext) -> None:
         """Start every task as soon as its own dependencies are done."""
@@ -1012,43 +1030,41 @@ class Orchestrator:
 
     # -- resources and settings ---------------------------------------------------------------
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[_Session]:
-        """The client, cache and state store of one call, closing what was created here."""
+    async def _session(
+        self, configure: Configure, *, running: bool = True
+    ) -> AsyncIterator[_Session]:
+        """The state store, config, cache and client of one call, closing what was created
+        here. ``configure`` says the call's config (resolved) and whether it will run (False:
+        nothing is asked, so no local model is started), once the store is open."""
         async with AsyncExitStack() as stack:
-            client = self._client
-            if client is None:
-                client = await self._default_client(stack)
-            cache = self._cache
-            if cache is None and self._use_cache:
-                cache = DiskCache()
-                stack.push_async_callback(cache.aclose)
             store = self.state_manager
             if store is None and self._use_state:
                 store = StateManager()
                 stack.push_async_callback(store.aclose)
             # Opened before anything is paid for: a corrupt or foreign file stops us here.
-            for storage in (cache, store):
-                if storage is not None:
-                    await storage.open()
+            if store is not None:
+                await store.open()
+            config, will_run = await configure(store)
+            cache = self._cache if config.use_cache else None
+            if cache is None and config.use_cache:
+                cache = DiskCache()
+                stack.push_async_callback(cache.aclose)
+            if cache is not None:
+                await cache.open()
+            client = self._client
+            if client is None:
+                made = run_client(
+                    config,
+                    load_environment(),
+                    running=running and will_run,
+                    note=functools.partial(log.warning, "%s"),
+                )
+                client, config = await stack.enter_async_context(made)
             try:
-                yield _Session(client, cache, store, max_fallbacks=self._max_fallbacks())
+                yield _Session(client, cache, store, config, backend=self._backend)
             finally:
                 if self._on_event is not None:  # the handler has seen the call's events
                     await asyncio.shield(self._on_event.drain())
-
-    async def _default_client(self, stack: AsyncExitStack) -> UnifiedClient:
-        """A client over the user's keys, or over a local model served for the call's length."""
-        env = load_environment()
-        catalog = Catalog.load(env=env)
-        local, stands_in = choose_local(self.local, keys_usable=bool(catalog.usable_providers(env)))
-        if local is not None:
-            await stack.enter_async_context(local)
-            catalog = local.catalog(catalog).only([LOCAL_PROVIDER])
-            if stands_in:
-                log.warning("%s", KEYLESS_NOTE)
-        client = UnifiedClient(catalog=catalog, env=env, max_concurrency=self.max_concurrency)
-        stack.push_async_callback(client.aclose)
-        return client
 
     @asynccontextmanager
     async def _capped(
@@ -1112,12 +1128,12 @@ class Orchestrator:
             client.catalog,
             tuple(client.available_models()),
             client.is_healthy,
-            backend=self.optimization_backend,
+            backend=session.backend or BACKENDS[session.config.routing or "table"](),
             profiles=self.telemetry.profiles,
             on_decision=functools.partial(self._decided, project_id),
             planner=planner,
             cost_model=self.cost_predictor,
-            max_fallbacks=session.max_fallbacks,
+            max_fallbacks=session.config.max_fallbacks or 0,
         )
 
     def _refuse_uncovered(self, session: _Session, tasks: Mapping[str, Task] | None) -> None:
@@ -1176,34 +1192,67 @@ class Orchestrator:
         ]
         client.preload(router.first_calls(task.type for task in ready))
 
-    def _fresh_budget(self) -> Budget:
-        """This orchestrator's limits, with nothing spent and the clock starting now: a run
-        never inherits the spend or the elapsed time of an earlier one (``state.budget``)."""
+    def _fresh_budget(self, config: RunConfig) -> Budget:
+        """The run's limits, with nothing spent and the clock starting now: a run never
+        inherits the spend or the elapsed time of an earlier one (``state.budget``)."""
+        assert config.max_usd is not None and config.max_time_seconds is not None
         return Budget(
-            max_usd=self.budget.max_usd,
-            max_time_seconds=self.budget.max_time_seconds,
+            max_usd=config.max_usd,
+            max_time_seconds=config.max_time_seconds,
             clock=self.budget.clock,
             on_phase_warning=list(self.budget.on_phase_warning),
         )
 
-    def _settings(self, threshold: float) -> dict[str, Any]:
-        return {
-            **self.extra_settings,
-            "policies": [p.to_dict() for p in self.policies],
-            "quality_threshold": threshold,
-            "concurrency": self.max_concurrency,
-            "min_tasks": self.min_tasks,
-            "max_tasks": self.max_tasks,
-            "integration": self.integration,
-            "integration_rounds": self.integration_rounds,
-            "max_fallbacks": self._max_fallbacks(),
-        }
-
-    def _max_fallbacks(self) -> int:
-        return _given(self.max_fallbacks, DEFAULT_MAX_FALLBACKS)
+    def _settings(self, config: RunConfig) -> dict[str, Any]:
+        """What a project saves of its run: the config (its limits are columns of their own)
+        and what the orchestrator was asked to keep with it."""
+        saved = config.to_settings()
+        for limit in ("max_usd", "max_time_seconds"):
+            saved.pop(limit, None)
+        return {**self.extra_settings, **saved}
 
     def _phase_warning(self, phase: str, ratio: float) -> None:
         self.emit(Event("budget_warning", data={"phase": phase, "ratio": ratio}))
+
+
+def _why_no_plan(failures: Failures, max_tasks: int | None) -> str:
+    if failures.only_outages:
+        return describe_outage(failures.outages)
+    if failures.stopped_by_truncation:
+        return failures.truncation_reason()
+    detail = failures.last
+    if max_tasks is not None and "need at most" in detail:
+        detail += "; raise --max-tasks (max_tasks=) or simplify the project"
+    return detail
+
+
+def _planned_tasks(config: RunConfig) -> tuple[int, int]:
+    """How many tasks the planner is asked for: guidance, not a rule."""
+    upper = PLANNED_TASKS[1] if config.max_tasks is None else config.max_tasks
+    lower = min(config.min_tasks or 1, upper)
+    return lower, max(lower, min(PLANNED_TASKS[1], upper))
+
+
+Configure = Callable[[StateManager | None], Awaitable[tuple[RunConfig, bool]]]
+
+
+def _constant(config: RunConfig) -> Configure:
+    """A call's config known before its store is read: a new project's."""
+
+    async def configure(store: StateManager | None) -> tuple[RunConfig, bool]:
+        return config, True
+
+    return configure
+
+
+def _resumed_config(saved: SavedProject, given: RunConfig) -> RunConfig:
+    """A saved project's config with ``given`` on top, the defaults under both."""
+    try:
+        kept = RunConfig.from_settings(saved.settings)
+    except ConfigError as exc:
+        raise StateError(f"project {saved.project_id!r}: {exc}") from None
+    limits = RunConfig(max_usd=saved.max_usd, max_time_seconds=saved.max_time_seconds)
+    return given.over(limits.over(kept)).resolved()
 
 
 def _final_status(
@@ -1313,10 +1362,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _given(value: _T | None, saved: _T) -> _T:
-    return saved if value is None else value
-
-
 def _job_arguments(spec: JobSpec) -> dict[str, Any]:
     return {
         "project_description": spec.project_description,
@@ -1326,11 +1371,6 @@ def _job_arguments(spec: JobSpec) -> dict[str, Any]:
         "team": spec.team,
         "job_id": spec.job_id,
     }
-
-
-def _check_threshold(threshold: float) -> None:
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError("quality threshold must be between 0 and 1")
 
 
 def _excerpt(text: str, limit: int = 60) -> str:

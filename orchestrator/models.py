@@ -14,6 +14,7 @@ from .catalog import Catalog, Model
 
 if TYPE_CHECKING:
     from .integration import Integration
+    from .run_config import RunConfig
 
 
 class TaskType(StrEnum):
@@ -195,6 +196,10 @@ class ProjectState:
     # The assembled tree's checks and revision rounds (``orchestrator.integration``), or None
     # when integration is off or the tree holds no Python.
     integration: Integration | None = None
+    # What the run used (``RunConfig``, every field set), as saved with the project.
+    config: RunConfig | None = None
+    # A resume found the project finished already: nothing ran, it is reported as saved.
+    already_finished: bool = False
 
 
 # Weight of the newest sample in the moving averages of a profile.

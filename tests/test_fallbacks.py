@@ -69,7 +69,7 @@ async def test_the_library_takes_the_number_of_fallbacks(fake, llm, fallbacks):
 
 
 def test_negative_fallbacks_are_refused_by_the_library():
-    with pytest.raises(ConfigError, match="max fallbacks must be 0 or more"):
+    with pytest.raises(ConfigError, match="max_fallbacks must be 0 or more"):
         Orchestrator(budget=Budget(max_usd=1.0), max_fallbacks=-1)
 
 
