@@ -226,6 +226,29 @@ def test_the_design_documents_python_example_runs_as_written(fake, llm, tmp_path
     assert any(line.startswith("core: score=0.900 model=kimi-k2.6") for line in lines)
 
 
+def test_the_readmes_run_config_example_runs_as_written_and_its_resume_keeps_the_settings(
+    fake, llm, tmp_path
+):
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Use it from a script\n", 1)[1]
+    example = section.split("```python\n")[2].split("```", 1)[0]
+    assert "RunConfig(" in example and ".resume(" in example
+    script = tmp_path / "example.py"
+    script.write_text(example)
+
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**clean_environment(), **cli_env(fake, tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["greedy 8", "SUCCESS greedy"]
+
+
 def test_ctrl_c_stops_a_run_cleanly(fake, llm, tmp_path):
     llm.delay = 5
     process = subprocess.Popen(
