@@ -112,9 +112,16 @@ class TaskContext:
     unsafe_validators: bool = False
     # A task may complete on one usable verdict when the other evaluation failed.
     allow_single_verdict: bool = False
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What one task's run tells its project's run, besides its result: whether the budget
+    stopped it, and the providers whose outage did, with their last errors."""
+
+    result: TaskResult
     budget_exhausted: bool = False
-    # Providers whose outage stopped a task, with their last errors: the run cannot finish.
-    outages: dict[str, str] = field(default_factory=dict)
+    outages: Mapping[str, str] = field(default_factory=dict)
 
 
 class TaskRunner:
@@ -138,12 +145,12 @@ class TaskRunner:
         self._confirmed = False
         self._critic: Model | None = None  # the model whose critique the answer last got
 
-    async def run(self) -> TaskResult:
+    async def run(self) -> TaskOutcome:
         task, result = self.task, self.result
         result.status = TaskStatus.RUNNING
         chain = self.ctx.router.generation_chain(task.type, task.id)
         if not chain:
-            return self._finish("no usable model for this task type")
+            return TaskOutcome(self._finish("no usable model for this task type"))
         task_text = task_prompt(task, self.ctx.description, self.ctx.criteria, self._context(chain))
         max_tokens = self.ctx.router.max_tokens(task.type)
         try:
@@ -162,16 +169,14 @@ class TaskRunner:
             self._keep(draft.text, 0.0, False, [], author)
             await self._improve(task_text, draft.text, author, max_tokens)
         except BudgetExceeded:
-            self.ctx.budget_exhausted = True
             result.interrupted = True
-            return self._finish("budget exhausted")
+            return TaskOutcome(self._finish("budget exhausted"), budget_exhausted=True)
         except ChainExhausted as exc:
-            return self._finish(str(exc))
+            return TaskOutcome(self._finish(str(exc)))
         except ProvidersUnavailable as exc:
             # Not the task's fault: it keeps what it has and runs again on resume.
-            self.ctx.outages.update(exc.errors)
             result.interrupted = True
-            return self._finish(str(exc))
+            return TaskOutcome(self._finish(str(exc)), outages=exc.errors)
         except asyncio.CancelledError:
             result.interrupted = True
             self._finish("interrupted")
@@ -181,7 +186,7 @@ class TaskRunner:
             result.interrupted = True
             self._finish(f"stopped by an error: {exc}")
             raise
-        return self._finish(result.reason or "")
+        return TaskOutcome(self._finish(result.reason or ""))
 
     async def _improve(self, task_text: str, current: str, author: Model, max_tokens: int) -> None:
         task, result, ctx = self.task, self.result, self.ctx

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -101,6 +102,23 @@ async def test_a_file_exporter_follows_the_run_and_ends_on_its_final_figures(fak
     assert any(r.tasks["completed"] == 1 for r in runs)  # written after the first task
     assert runs[-1].status == "SUCCESS" and runs[-1].tasks["completed"] == 2
     assert runs[-1].spent_usd == state.budget.spent_usd
+
+
+async def test_two_projects_at_once_on_one_orchestrator_each_export_their_own_figures(fake, llm):
+    recording = Recording()
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orch = Orchestrator(budget=Budget(max_usd=5.0), client=client, use_cache=False)
+        orch.set_metrics_exporter(recording)
+        first, second = await asyncio.gather(
+            orch.run_project("[project] add", "add works", "first", tasks=TASKS),
+            orch.run_project("[project] add", "add works", "second", tasks=TASKS),
+        )
+
+    for state in (first, second):
+        mine = [s.run for s in recording.snapshots if s.run.project_id == state.project_id]
+        assert any(r.tasks["completed"] == 1 for r in mine)  # after its own first task
+        assert mine[-1].status == "SUCCESS" and mine[-1].tasks["completed"] == 2
+        assert mine[-1].spent_usd == state.budget.spent_usd
 
 
 async def test_a_collector_never_reads_half_a_metrics_file(fake, llm, tmp_path):
