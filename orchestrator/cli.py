@@ -689,10 +689,13 @@ async def _work(args: argparse.Namespace) -> int:
         orchestrator.stopping = stopping
         try:
             state = await orchestrator.resume(project_id)
-            ran = not state.already_finished
+            if state.already_finished:  # another worker's job finished it: nothing to report
+                said = f"project {project_id} already finished with status {state.status.value}"
+                print(said, file=sys.stderr)
+                return state.status.value
             config = state.config
             assert config is not None
-            await _report(state, config.output_dir if ran else None, False, _tree_name(config))
+            await _report(state, config.output_dir, False, _tree_name(config))
         except ProjectBusy:
             raise  # the worker queues it again for when that run's lease ends
         except OrchestratorError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -51,7 +52,12 @@ def queue_app(url: str) -> procrastinate.App:
         max_size=4,
     )
     app = procrastinate.App(connector=connector)
-    app.task(name=TASK_NAME, pass_context=True)(_run_job)
+    # A project another run still holds (its worker was killed a moment ago) is tried again, as
+    # the same job, once that run's lease can have ended: one job per project, however often.
+    busy = procrastinate.RetryStrategy(
+        wait=max(1, math.ceil(lease_seconds())), retry_exceptions={ProjectBusy}
+    )
+    app.task(name=TASK_NAME, pass_context=True, retry=busy)(_run_job)
     return app
 
 
@@ -90,12 +96,8 @@ async def enqueue(url: str, project_ids: Iterable[str]) -> set[str]:
     return waiting
 
 
-async def _defer(app: procrastinate.App, project_id: str, delay: float = 0.0) -> None:
-    task = app.tasks[TASK_NAME].configure(
-        lock=project_id,
-        queueing_lock=project_id,
-        schedule_in={"seconds": delay} if delay else None,
-    )
+async def _defer(app: procrastinate.App, project_id: str) -> None:
+    task = app.tasks[TASK_NAME].configure(lock=project_id, queueing_lock=project_id)
     await task.defer_async(project_id=project_id)
 
 
@@ -113,9 +115,8 @@ async def _run_job(context: procrastinate.JobContext, project_id: str) -> None:
     try:
         status = await _runner(project_id, _stopping)
     except ProjectBusy:
-        # Its last run's lease has not ended yet (a worker killed a moment ago): come back then.
-        await _requeue(app, project_id, delay=lease_seconds())
-        return
+        log.info("project %s: another run holds it; this job is tried again later", project_id)
+        raise  # retried by the queue (queue_app's retry strategy)
     finally:
         _running.discard(project_id)
         _job_ended.set()
@@ -124,9 +125,9 @@ async def _run_job(context: procrastinate.JobContext, project_id: str) -> None:
         log.warning("project %s released: this worker is stopping", project_id)
 
 
-async def _requeue(app: procrastinate.App, project_id: str, delay: float = 0.0) -> None:
+async def _requeue(app: procrastinate.App, project_id: str) -> None:
     with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued):
-        await _defer(app, project_id, delay)
+        await _defer(app, project_id)
 
 
 async def work(
