@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,3 +52,51 @@ async def stop(task: asyncio.Task[Any]) -> None:
         raise asyncio.CancelledError
     if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
+
+
+class LoopThread:
+    """An event loop of its own, on a daemon thread: for what must belong to none of the
+    caller's loops, which come and go (a script may call ``asyncio.run`` more than once).
+
+    Tasks started there are not the caller loop's: ``asyncio.run`` neither cancels them as it
+    ends nor waits for them, and the next ``asyncio.run`` finds them still serving. A daemon
+    thread does not keep the interpreter alive after the script's last line.
+
+    ``keep`` (the owner of what lives on the loop) is kept alive as long as the loop runs. Were
+    it collected first, unclosed (at the interpreter's exit, say), the tasks it started there
+    would be destroyed still pending, each with a complaint on stderr.
+    """
+
+    def __init__(self, name: str, *, keep: object = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._keep = keep
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def submit(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """``work`` as a task of this loop; its outcome as a future of the running loop.
+
+        Cancelling that future cancels the task; left alone (``uninterrupted``), the task runs
+        to its end whatever becomes of the loop that awaits it.
+        """
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    async def aclose(self) -> None:
+        """Wait for the tasks still running there, then stop the loop (its thread ends)."""
+        await self.submit(_others_ended())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.wrap_future(self._stopped)
+
+    def _serve(self) -> None:
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+            self._keep = None
+            self._stopped.set_result(None)
+
+
+async def _others_ended() -> None:
+    """Wait until every other task of the running loop has ended."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    await asyncio.gather(*others, return_exceptions=True)

@@ -73,6 +73,10 @@ class DiskCache:
     The file is opened on first use through a single aiosqlite connection; other instances and
     processes may share the file (WAL lets readers and a writer overlap, ``busy_timeout`` makes
     writers queue). A corrupt or foreign file is refused with ``CacheError``, never rewritten.
+
+    Open until ``aclose()`` (or the end of ``async with``); an orchestrator it is given leaves
+    it open. A script that never closes it still ends after its last line, and may use it in
+    one ``asyncio.run`` after another.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:

@@ -4,6 +4,10 @@ The same statements as the SQLite store (``sqlite_store``), translated to Postgr
 over a small ``psycopg`` connection pool. Each kind of store lives in a schema of its own
 (``orchestrator_state``, ``orchestrator_cache``), marked with its format the way a SQLite file
 is, so a foreign schema is never written to. Imported only when a PostgreSQL URL is configured.
+
+The pool lives on an event loop of the store's own, on a daemon thread (``_there``), the way an
+aiosqlite connection has its thread: a script may use the store in one ``asyncio.run`` after
+another and never close it, and still end after its last line.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from .aio import uninterrupted
+from .aio import LoopThread, uninterrupted
 from .errors import ConfigError, OrchestratorError
 from .sqlite_store import EXTRA_COMMAND, Migration, Program, run_program_async, shown
 
@@ -84,7 +88,8 @@ class PostgresStore:
         self.migrate = migrate
         self.error = error
         self._pool: Any = None
-        self._open_lock = asyncio.Lock()
+        self._home: LoopThread | None = None  # the pool's event loop, started on first use
+        self._open_lock = asyncio.Lock()  # taken on that loop only
         self._closed = False
 
     @property
@@ -93,40 +98,43 @@ class PostgresStore:
 
     async def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """One statement, committed on its own, rows read."""
-        pool = await self.connection()
-        try:
+
+        async def statement() -> list[tuple[Any, ...]]:
+            pool = await self._opened()
             async with pool.connection() as conn:
-                cursor = await conn.execute(to_postgres(sql), args)
-                return list(await cursor.fetchall()) if cursor.description else []
+                return await _execute(conn, sql, args)
+
+        try:
+            return await self._there(statement)
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 
     async def transaction(self, statements: Sequence[Statement]) -> None:
         """Several statements that commit together or not at all; a cancellation waits for the
         COMMIT or ROLLBACK."""
-        pool = await self.connection()
 
         async def atomically() -> None:
+            pool = await self._opened()
             async with pool.connection() as conn, conn.transaction():
                 for sql, args in statements:
                     await conn.execute(to_postgres(sql), args)
 
         try:
-            await uninterrupted(atomically())
+            await uninterrupted(self._there(atomically))
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 
     async def atomic(self, program: Program[T]) -> T:
         """``program`` in one transaction: committed when it returns, rolled back when it
         raises (its exception goes on), ended either way before a cancellation does."""
-        pool = await self.connection()
 
         async def atomically() -> T:
+            pool = await self._opened()
             async with pool.connection() as conn, conn.transaction():
                 return await run_program_async(program, functools.partial(_execute, conn))
 
         try:
-            return await uninterrupted(atomically())
+            return await uninterrupted(self._there(atomically))
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 
@@ -139,8 +147,30 @@ class PostgresStore:
         return f"({column}::jsonb ->> '{name}')"
 
     async def connection(self) -> Any:
+        """The pool, opened on first use; it serves the store's own event loop only."""
+        return await self._there(self._opened)
+
+    def _there(self, work: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Future[T]:
+        """``work()`` run on the store's own event loop (its thread started on first use), as a
+        future of the caller's: cancelling it cancels the work.
+
+        The pool's workers and scheduler are tasks of the loop that opens it. Were that the
+        caller's, ``asyncio.run`` would cancel them as it ends and wait for each to end, and a
+        worker connecting for the pool just then takes the cancellation for a failed attempt,
+        logs it and waits for its next job: the wait never ends, and a script that had printed
+        its result hung. Nor could a later ``asyncio.run`` grow or close that pool, its workers
+        gone with their loop. On a loop of its own, on a daemon thread, the pool serves every
+        loop the store is used from, and a store never closed does not keep the interpreter
+        alive (its connections end with the process, as they would have).
+        """
         if self._closed:
             raise self.error(f"{self.kind} is closed")
+        if self._home is None:
+            self._home = LoopThread(f"orchestrator-{self.kind}-database", keep=self)
+        return self._home.submit(work())
+
+    async def _opened(self) -> Any:
+        """The pool, opened on first use: on the store's own loop."""
         if self._pool is not None:
             return self._pool
         async with self._open_lock:
@@ -226,7 +256,16 @@ class PostgresStore:
         return self.error(f"{self.kind} database {self.path}: {_first_line(exc)}")
 
     async def aclose(self) -> None:
+        """Close the pool and end the store's thread. Safe to call more than once."""
         self._closed = True
+        home, self._home = self._home, None
+        if home is None:
+            return
+        await home.submit(self._close_pool())
+        await home.aclose()
+
+    async def _close_pool(self) -> None:
+        # Waits out an open in progress, which would otherwise leave a pool behind.
         async with self._open_lock:
             pool, self._pool = self._pool, None
         if pool is not None:

@@ -3,6 +3,11 @@
 The cache and the state database both sit on this. Each statement runs to completion in one job
 on aiosqlite's thread; explicit transactions take a lock so that no other coroutine's statement
 can slip in between their statements on the shared connection.
+
+A store outlives event loops: a script may use it in one ``asyncio.run`` after another, and
+never close it. aiosqlite's connection serves any loop (each call makes its future in the loop
+that awaits it), and its thread is a daemon, so a store left open does not keep the interpreter
+alive; only the locks belong to a loop, and are made anew in the next (``_locks_of_this_loop``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -77,6 +83,7 @@ class SQLiteStore:
         self.migrate = migrate
         self.error = error
         self._db: aiosqlite.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the locks below are for
         self._open_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._closed = False
@@ -122,6 +129,7 @@ class SQLiteStore:
     async def aclose(self) -> None:
         """Close the connection and end its thread. Safe to call more than once."""
         self._closed = True
+        self._locks_of_this_loop()
         # Waits out an open in progress, which would otherwise leave a connection behind.
         async with self._open_lock:
             db, self._db = self._db, None
@@ -142,8 +150,10 @@ class SQLiteStore:
         return f"json_extract({column}, '$.{name}')"
 
     async def connection(self) -> aiosqlite.Connection:
+        """The connection, opened on first use; every use of the locks comes through here."""
         if self._closed:
             raise self.error(f"{self.kind} is closed")
+        self._locks_of_this_loop()
         if self._db is not None:
             return self._db
         async with self._open_lock:
@@ -152,6 +162,18 @@ class SQLiteStore:
             if self._db is None:
                 self._db = await self._open()
             return self._db
+
+    def _locks_of_this_loop(self) -> None:
+        """Make the locks anew when the store is used in another event loop than before.
+
+        An ``asyncio.Lock`` binds to the first loop that waits on it and fails in any other, so
+        locks made in an earlier ``asyncio.run`` would fail the next one. Nothing can still hold
+        them: that loop no longer runs (one loop at a time uses a store).
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._open_lock, self._write_lock = asyncio.Lock(), asyncio.Lock()
 
     async def _open(self) -> aiosqlite.Connection:
         try:
@@ -162,6 +184,7 @@ class SQLiteStore:
             ) from exc
         # Autocommit: each statement commits alone, and transactions are only ever explicit.
         db = aiosqlite.connect(self.path, isolation_level=None)
+        _as_daemon(db)
         try:
             await db
         except sqlite3.Error as exc:
@@ -399,6 +422,21 @@ async def _atomic_program(db: aiosqlite.Connection, program: Program[T]) -> T:
 
     await _atomically(db, (), body)
     return results[0]
+
+
+def _as_daemon(db: aiosqlite.Connection) -> None:
+    """Make the worker thread of ``db``, not yet started, a daemon.
+
+    aiosqlite's thread ends only when its connection is closed, and the orchestrator leaves a
+    store it was given open: a non-daemon thread would keep a script's interpreter alive after
+    its last line. Ending with the interpreter is safe: every statement of ours is awaited
+    before the call that made it returns, so at exit the thread is idle; one cut short anyway
+    (a loop left with a statement under way) is cut as by a crash, and SQLite's journal makes a
+    commit whole or absent. ``_thread`` is private (aiosqlite 0.22), hence the tolerant lookup.
+    """
+    thread = getattr(db, "_thread", None)
+    if isinstance(thread, threading.Thread) and thread.ident is None:
+        thread.daemon = True
 
 
 async def _thread_gone(db: aiosqlite.Connection) -> None:

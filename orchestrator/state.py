@@ -197,6 +197,10 @@ class StateManager:
 
     Every write is one statement or one short transaction, so many runs and many tasks can
     share the file; no lock is held while anything else is awaited.
+
+    Open until ``aclose()`` (or the end of ``async with``); an orchestrator it is given leaves
+    it open. A script that never closes it still ends after its last line, and may use it in
+    one ``asyncio.run`` after another.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import sqlite3
+import subprocess
 import sys
 from typing import Any
 
@@ -510,6 +511,51 @@ async def test_sixteen_projects_run_at_once_on_one_state_file(tmp_path):
         assert summary.status == ProjectStatus.SUCCESS
         assert (summary.tasks_done, summary.tasks_total) == (5, 5)
         assert summary.spent_usd == pytest.approx(state.budget.spent_usd)
+
+
+ONE_RUN_AFTER_ANOTHER = """
+import asyncio, sys
+from orchestrator.state import StateError, StateManager
+
+store = StateManager(sys.argv[1])
+
+
+async def caps(run):
+    # Transactions at once: they wait for one another on the store's lock (or its pool).
+    await asyncio.gather(
+        *(store.save_budget_caps({f"team:{run}-{i}": float(i + 1)}) for i in range(8))
+    )
+    caps = await store.budget_caps()
+    return len(caps), caps[f"team:{run}-7"]
+
+
+print(*asyncio.run(caps(1)))
+print(*asyncio.run(caps(2)))
+asyncio.run(store.aclose())
+try:
+    asyncio.run(store.budget_caps())
+except StateError as exc:
+    print(exc)
+"""
+
+
+def test_a_store_serves_one_asyncio_run_after_another_and_closes_in_a_later_one(state_location):
+    """A script's store outlives each ``asyncio.run`` it is used in; what belongs to an event
+    loop (the locks, a PostgreSQL pool) is made anew in the next one."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", ONE_RUN_AFTER_ANOTHER, str(state_location)],
+            env={**clean_environment(), "PYTHONUNBUFFERED": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the script did not end within 60 s; it printed {exc.stdout!r}")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["8 8.0", "16 8.0", "state is closed"]
+    assert result.stderr == ""
 
 
 PROCESS_RUN = """
