@@ -22,7 +22,7 @@ import importlib.util
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -387,9 +387,12 @@ async def _pytest(
             top = module.split(".")[0]
             if "No module named" in message and top not in local and top not in missing:
                 missing.append(top)
-        failures.append(
-            Failure("pytest", f"{label} {test} - {message}", trace[-DETAIL_LIMIT:], files)
-        )
+        # The sandbox's bound a test met goes back with it: the code must fit the sandbox.
+        bound = box.refused_by(failed.message, failed.trace, failed.room)
+        summary = f"{label} {test} - {message}" + (f"; {bound}" if bound else "")
+        failures.append(Failure("pytest", summary, trace[-DETAIL_LIMIT:], files))
+    if run.bound and failures and not any(run.bound in f.summary for f in failures):
+        failures[0] = replace(failures[0], summary=f"{failures[0].summary}; {run.bound}")
     if not verdict.passed and not failures:
         detail = verdict.detail.replace(prefix, "")
         failures.append(Failure("pytest", detail, files=tuple(tree.test_files)))

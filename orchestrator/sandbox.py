@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import pwd
+import re
 import resource
 import shlex
 import shutil
@@ -141,6 +142,13 @@ def _mib(n: int) -> str:
     return f"{n / 1024**2:g} MiB"
 
 
+# What code reports when a limit refuses it: an allocation (MemoryError, ENOMEM), a new process
+# or thread (EAGAIN from fork, clone or a thread's start).
+_MEMORY_ERROR = re.compile(r"\bMemoryError\b|\[Errno 12\]")
+_STARTS_PROCESS = re.compile(r"fork|spawn|Popen|_execute_child|start_new_thread|\bclone\b")
+_NEARLY_FULL = 1024**2  # bytes still free on a tmpfs whose size quota a write met
+
+
 @dataclass(frozen=True)
 class Completed:
     returncode: int | None  # None when the run was stopped at its time limit
@@ -173,13 +181,15 @@ class Sandbox:
         seconds: float,
         channel: bool = False,
         read_only: Sequence[str] = (),
+        stdin: bytes = b"",
     ) -> Completed:
         """Run ``argv`` in ``workdir`` (writable); stop everything at ``seconds`` or on
         cancellation. ``read_only`` adds directories the program needs (a tool's own tree).
 
         With ``channel``, the placeholder ``{channel}`` in ``argv`` becomes the number of an
-        inherited pipe whose contents come back in ``Completed.channel``. Raises OSError if the
-        program cannot be started.
+        inherited pipe whose contents come back in ``Completed.channel``. ``stdin`` is what the
+        program reads on its standard input, then its end (nothing, by default). Raises OSError
+        if the program cannot be started.
         """
         seconds = float(seconds)
         read_fd, write_fd = os.pipe() if channel else (-1, -1)
@@ -207,6 +217,7 @@ class Sandbox:
                 pass_fds=(write_fd,) if channel else (),
                 channel_fd=read_fd if channel else None,
                 preexec_fn=None if self.isolated else _unsafe_limits(seconds, self.limits),
+                stdin=stdin,
             )
         finally:
             if read_fd >= 0:
@@ -219,6 +230,64 @@ class Sandbox:
     def bounds(self) -> str:
         """The limits this sandbox enforces, and how: e.g. whether a cgroup bounds its memory."""
         return self.limits.describe(whole=_cgroup_parent() is not None)
+
+    def stopped_by(self, done: Completed, seconds: float) -> str:
+        """The bound of this sandbox that stopped or held back the run ``done`` (one started
+        with ``seconds``), with its figure: ``stopped by the sandbox: memory limit 2048 MiB
+        reached``; "" for none it can tell. What the run's cgroup saw, or a signal a limit sends
+        (SIGXCPU, SIGXFSZ); the time limit is ``Completed.timed_out``'s."""
+        # Only a cgroup sees these, and it bounds the sandbox as a whole.
+        if done.exceeded == "memory":
+            return f"stopped by the sandbox: {self._memory(whole=True)} reached"
+        if done.exceeded == "processes":
+            return f"refused by the sandbox: {self._processes(whole=True)} reached"
+        returncode = done.returncode or 0
+        killed_by = -returncode if returncode < 0 else returncode - 128
+        if killed_by == signal.SIGXCPU:
+            return f"stopped by the sandbox: CPU time limit {int(seconds) + 1}s reached"
+        if killed_by == signal.SIGXFSZ:
+            return f"stopped by the sandbox: file size limit {_mib(self.limits.file_bytes)} reached"
+        return ""
+
+    def refused_by(self, error: str, trace: str = "", room: Sequence[int] | None = None) -> str:
+        """The bound of this sandbox behind ``error``, what the code raised (``MemoryError``,
+        ``OSError: [Errno 28] No space left on device``), with its figure: ``refused by the
+        sandbox: disk quota 256 MiB reached``; "" if it names none. ``trace`` tells a refused
+        fork (EAGAIN) from other EAGAINs; ``room`` ([bytes, files] still free on the tmpfs as
+        it failed) which of its two quotas a write met."""
+        bound, whole = "", _cgroup_parent() is not None
+        if _MEMORY_ERROR.search(error):
+            bound = self._memory(whole)
+        elif "[Errno 27]" in error:
+            bound = f"file size limit {_mib(self.limits.file_bytes)}"
+        elif not self.isolated:
+            return ""  # unisolated: no bound on processes or disk of ours
+        elif "can't start new thread" in error or (
+            "[Errno 11]" in error and _STARTS_PROCESS.search(f"{error}\n{trace}")
+        ):
+            bound = self._processes(whole)
+        elif "[Errno 28]" in error or "[Errno 122]" in error:
+            bound = self._disk(room)
+        return f"refused by the sandbox: {bound} reached" if bound else ""
+
+    def _memory(self, whole: bool) -> str:
+        if not self.isolated:  # unisolated: each process's own address space, not split
+            return f"memory limit {_mib(self.limits.memory_bytes)} per process"
+        memory, _ = self.limits.per_process(whole)
+        return f"memory limit {_mib(memory)}" + ("" if whole else " per process")
+
+    def _processes(self, whole: bool) -> str:
+        _, processes = self.limits.per_process(whole)
+        return f"process limit {processes}"
+
+    def _disk(self, room: Sequence[int] | None) -> str:
+        size, files = f"disk quota {_mib(self.limits.disk_bytes)}", f"{self.limits.files} files"
+        if room is not None and len(room) == 2:
+            if room[1] == 0:
+                return f"file quota {files}"
+            if room[0] < _NEARLY_FULL:
+                return size
+        return f"{size} or {files}"
 
     def _prepare(
         self, argv: list[str], workdir: str, seconds: float, read_only: Sequence[str]
@@ -890,13 +959,14 @@ async def _execute(
     pass_fds: tuple[int, ...] = (),
     channel_fd: int | None = None,
     preexec_fn=None,
+    stdin: bytes = b"",
 ) -> Completed:
     try:
         proc = await asyncio.create_subprocess_exec(
             *command,
             cwd=cwd,
             env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -908,6 +978,11 @@ async def _execute(
             # Only the child holds the write end now, so the channel ends when the code does.
             os.close(fd)
     assert proc.stdout is not None
+    if proc.stdin is not None:
+        # Less than a pipe holds: written at once, whenever the program reads it (or dies).
+        with contextlib.suppress(OSError):
+            proc.stdin.write(stdin)
+        proc.stdin.close()
     sink = _CappedOutput()
     channel = bytearray()
     readers = {asyncio.create_task(_drain(proc.stdout, sink))}

@@ -245,6 +245,11 @@ class TaskRunner:
             # Revise from the best answer so far, not from a regression, with its own feedback.
             current, feedback = result.output, list(best_notes)
         result.reason = f"best score {result.score:.2f} after {task.type.max_iterations} iterations"
+        # What held the kept answer back, where a validator did: a user sees it on the task's line.
+        failed = [v for v in result.validator_results if not v.passed and not v.not_run]
+        if failed:
+            said = "; ".join(f"{v.name} failed: {v.detail}" for v in failed)
+            result.reason = f"{result.reason} ({said})"
 
     async def revise_for_integration(self, request: str, round_number: int) -> None:
         """Answer an integration round's request: the revision replaces the task's output when

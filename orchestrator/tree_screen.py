@@ -18,7 +18,10 @@ pytest's reports from the inside; the screen refuses the ordinary ways to reach 
   ``importlib.import_module`` with the name written out), walking frames (``sys._getframe``,
   ``inspect.currentframe``/``stack``, ``.f_back``, ``.tb_frame``, ``.gi_frame``, tracing hooks),
   or reaching objects by the interpreter's tables (``sys.modules``, ``gc.get_referents``,
-  ``gc.get_referrers``, ``gc.get_objects``).
+  ``gc.get_referrers``, ``gc.get_objects``);
+- a test module walking frames or the object graph (all of the above but ``sys.modules``): each
+  runner keeps the key its results are sent with in its own process, and a test that could find
+  it could send results of its own in both runs.
 
 A static screen does not see through a name built at run time; the second run is there for that.
 """
@@ -161,10 +164,14 @@ def _source(path: str, source: str) -> list[Refused]:
                 where = "the test runner's internals" if top in _INTERNALS else "the test runner"
                 whom = "" if top in _INTERNALS else " (only test modules may import pytest)"
                 refuse(node, f"imports {module}: {where}{whom}")
-        if test:
-            continue
-        reach = _reaches_runner(node, modules)
-        if reach:
+        reach = _reaches_runner(node, modules, test)
+        if reach and test:
+            refuse(
+                node,
+                f"{reach}: a test may not walk frames or the garbage collector's object graph, "
+                "where the runners keep their own state",
+            )
+        elif reach:
             refuse(
                 node,
                 f"{reach}: code under test may not look for the test runner (frames, "
@@ -216,17 +223,21 @@ def _module_aliases(syntax: ast.AST) -> dict[str, str]:
     return aliases
 
 
-def _reaches_runner(node: ast.AST, modules: Mapping[str, str]) -> str:
-    """How ``node`` reaches for the runner (``sys._getframe``), or ""."""
+def _reaches_runner(node: ast.AST, modules: Mapping[str, str], test: bool) -> str:
+    """How ``node`` reaches for the runner (``sys._getframe``), or "". A ``test`` module may
+    use ``sys.modules`` (a test swaps modules there), not frames or the object graph."""
     if isinstance(node, ast.Attribute):
         if node.attr in _FRAME_ATTRIBUTES:
             return f"uses .{node.attr}"
         base = node.value
         module = modules.get(base.id) if isinstance(base, ast.Name) else None
         if module is not None and node.attr in _MODULE_ATTRIBUTES[module]:
-            return f"uses {module}.{node.attr}"
+            if not (test and module == "sys"):
+                return f"uses {module}.{node.attr}"
     if isinstance(node, ast.ImportFrom) and node.module in (*_MODULE_ATTRIBUTES, "gc", "traceback"):
         refused = _MODULE_ATTRIBUTES.get(node.module, frozenset()) | _FRAME_ATTRIBUTES | {"*"}
+        if test and node.module == "sys":
+            refused = _FRAME_ATTRIBUTES
         for alias in node.names:
             if alias.name in refused:
                 return f"imports {alias.name} from {node.module}"

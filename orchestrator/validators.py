@@ -14,7 +14,9 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import sys
 import threading
 import warnings
@@ -60,6 +62,7 @@ PYTHON_TAGS = ("python", "py", "python3", "")
 _NO_OUTPUTS: Mapping[str, str] = MappingProxyType({})
 # Our pytest configuration, written beside the tests under a name no file of theirs can have.
 PYTEST_CONFIG = ".verdict.ini"
+INTERNAL_ERROR = 3  # pytest's exit status when its own code failed
 
 _FILE_COMMENT = re.compile(r"^#\s*(?:file|filename)\s*:\s*(?P<name>\S+)\s*$", re.IGNORECASE)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
@@ -230,8 +233,18 @@ def _write(root: str, files: Mapping[str, str]) -> None:
 
 def _exit_description(tool: str, returncode: int) -> str:
     if returncode < 0:
-        return f"{tool} was killed by signal {-returncode}"
+        return f"{tool} was killed by {_signal_name(-returncode)}"
+    if 128 < returncode < 128 + signal.NSIG:
+        # The sandbox's first process reports its child's death by a signal as a shell does.
+        return f"{tool} was killed by {_signal_name(returncode - 128)} (exit status {returncode})"
     return f"{tool} exited with status {returncode}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _not_run(name: str) -> ValidatorResult:
@@ -337,6 +350,7 @@ class TestRun:
     failures: list[TestFailure] = field(default_factory=list)  # as pytest reported them
     refused: list[Refused] = field(default_factory=list)  # the screen's: nothing ran
     timed_out: bool = False
+    bound: str = ""  # the sandbox's bound the run met, if one did (in result's detail too)
 
 
 async def run_tests(
@@ -355,7 +369,10 @@ async def run_tests(
     The files are screened first (``tree_screen``): a refusal fails the run and nothing runs.
     pytest then runs in ``box`` under our configuration alone: no conftest files, no cache,
     no plugin but our channel (``pytest_channel`` turns plugin autoload off), the verdict read
-    only from the outcomes it streams, checked against its totals and exit status.
+    only from the outcomes it streams, checked against its totals and exit status. Each run
+    gets a key of its own on its standard input, and only lines carrying it count: the code
+    under test inherits the result channel, but not the key. A failure that met one of the
+    sandbox's bounds says which (``Sandbox.stopped_by``, ``Sandbox.refused_by``).
     """
     refused = await asyncio.to_thread(screen, files, roots)
     if refused:
@@ -373,11 +390,14 @@ async def run_tests(
         paths = json.dumps([os.path.join(again, r) if r else again for r in roots])
         second = [sys.executable, "-I", "-B", WITNESS_RUNNER, "{channel}", paths, *tests]
         runners = [PYTEST_RUNNER, WITNESS_RUNNER]
+        key, again_key = secrets.token_hex(16).encode(), secrets.token_hex(16).encode()
         # Both at once, each in its own copy of the files: what one run writes, the other
         # never sees. Run from the root, so that tracebacks name the files as the tree does.
         done, again_done = await asyncio.gather(
-            box.run(argv, root, seconds=seconds, channel=True, read_only=runners),
-            box.run(second, again, seconds=seconds, channel=True, read_only=runners),
+            box.run(argv, root, seconds=seconds, channel=True, read_only=runners, stdin=key),
+            box.run(
+                second, again, seconds=seconds, channel=True, read_only=runners, stdin=again_key
+            ),
             return_exceptions=True,
         )
     for run in (done, again_done):
@@ -388,22 +408,46 @@ async def run_tests(
     assert isinstance(done, Completed) and isinstance(again_done, Completed)
     if done.timed_out:
         return TestRun(_failed("pytest", f"timed out after {seconds:g}s"), timed_out=True)
-    stream = TestStream.parse(done.channel)
-    verdict = pytest_verdict(done)
+    stream = TestStream.parse(done.channel, key)
+    verdict = pytest_verdict(done, key)
     if not verdict.passed:
-        return TestRun(verdict, stream.failures)
+        bound = _bound(box, done, seconds, stream.failures, verdict.detail)
+        return TestRun(_noting(verdict, bound), stream.failures, bound=bound)
     if again_done.timed_out:
         detail = f"the second run of the tests timed out after {seconds:g}s"
         return TestRun(_failed("pytest", detail), timed_out=True)
-    witness = SecondRun.parse(again_done.channel)
+    witness = SecondRun.parse(again_done.channel, again_key)
     problem, failures = witness.disagreement(stream, again_done)
     if problem:
-        return TestRun(_failed("pytest", f"test results inconsistent: {problem}"), failures)
+        result = _failed("pytest", f"test results inconsistent: {problem}")
+        bound = _bound(box, again_done, seconds, failures, problem)
+        return TestRun(_noting(result, bound), failures, bound=bound)
     if not witness.confirmed:
         why = f": {witness.unwitnessed[0]}" if witness.unwitnessed else ""
         detail = f"{verdict.detail}, but no passing test could be run a second time{why}"
         return TestRun(_failed("pytest", detail))
     return TestRun(_passed("pytest", f"{verdict.detail} ({witness.confirmed} run twice)"))
+
+
+def _bound(
+    box: Sandbox, done: Completed, seconds: float, failures: Sequence[TestFailure], said: str
+) -> str:
+    """Which of the sandbox's bounds the failing run ``done`` met, as ``Sandbox.stopped_by``
+    and ``Sandbox.refused_by`` say it, or "". ``said``: the verdict, which names what stopped
+    a run outside any test (its last words, pytest's internal error)."""
+    found = box.stopped_by(done, seconds)
+    for failure in failures:
+        found = found or box.refused_by(failure.message, failure.trace, failure.room)
+    return found or box.refused_by(said)
+
+
+def _noting(result: ValidatorResult, bound: str) -> ValidatorResult:
+    """``result`` with the sandbox's bound it met said at the end of its detail, whatever the
+    detail's length."""
+    if not bound:
+        return result
+    room = DETAIL_LIMIT - len(bound) - 2
+    return _failed(result.name, f"{_one_line(result.detail, room)}; {bound}")
 
 
 def _prepare_runs(root: str, again: str, roots: Sequence[str], config: str) -> None:
@@ -424,13 +468,13 @@ class SecondRun:
     unwitnessed: list[str] = field(default_factory=list)  # "id: why", in order
 
     @classmethod
-    def parse(cls, data: bytes) -> SecondRun:
+    def parse(cls, data: bytes, key: bytes) -> SecondRun:
         run = cls()
-        for line in data.decode("utf-8", "replace").splitlines():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                message = None
+        for line in data.splitlines():
+            message = _keyed(line, key)
+            if message is _UNKEYED:
+                run.garbled = f"the second run's channel {NOT_THE_RUNNERS}"
+                break
             if not isinstance(message, dict) or run.finished:
                 run.garbled = "the second run's channel holds something else than its results"
                 break
@@ -484,6 +528,22 @@ class SecondRun:
         return "; ".join(problems[:1]) + (f" - {message}" if message else ""), failures
 
 
+NOT_THE_RUNNERS = "lacks the run's key: something else than the runner wrote it"
+_UNKEYED = object()
+
+
+def _keyed(line: bytes, key: bytes) -> object:
+    """The message of a channel line that starts with the run's ``key`` (None if it is not
+    JSON), or ``_UNKEYED``."""
+    given, _, rest = line.partition(b" ")
+    if not secrets.compare_digest(given, key):
+        return _UNKEYED
+    try:
+        return json.loads(rest.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class TestFailure:
     """One failing test (or a file that failed to collect), as pytest reported it."""
@@ -494,14 +554,19 @@ class TestFailure:
     when: str  # collection, setup, call or teardown
     message: str
     trace: str
+    room: tuple[int, int] | None = None  # [bytes, files] free on the sandbox's disk as it failed
 
     @classmethod
     def of(cls, message: dict[str, Any], when: str) -> TestFailure:
+        room = message.get("room")
+        if not (isinstance(room, list) and len(room) == 2 and all(type(n) is int for n in room)):
+            room = None
         return cls(
             str(message.get("id") or ""),
             when,
             str(message.get("message") or "failed"),
             str(message.get("trace") or ""),
+            (room[0], room[1]) if room else None,
         )
 
 
@@ -520,16 +585,15 @@ class TestStream:
     garbled: str = ""
 
     @classmethod
-    def parse(cls, data: bytes) -> TestStream:
+    def parse(cls, data: bytes, key: bytes) -> TestStream:
         stream = cls()
-        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        for number, line in enumerate(data.splitlines(), start=1):
             if stream.garbled:
                 break
-            try:
-                message = json.loads(line)
-            except ValueError:
-                message = None
-            if not isinstance(message, dict):
+            message = _keyed(line, key)
+            if message is _UNKEYED:
+                stream.garbled = f"line {number} of the result channel {NOT_THE_RUNNERS}"
+            elif not isinstance(message, dict):
                 stream.garbled = f"line {number} of the result channel is not a message"
             elif stream.finish is not None:
                 stream.garbled = "messages after the session finished"
@@ -542,6 +606,7 @@ class TestStream:
         if event == "collected" and isinstance(message.get("count"), int):
             self.collected = message["count"]
         elif event == "collect_error":
+            self.failed_reports += 1  # pytest's totals count a file that failed to collect
             self.problems.append(f"ERROR collecting {message.get('id')} - {message.get('message')}")
             self.failures.append(TestFailure.of(message, "collection"))
         elif event == "report":
@@ -598,9 +663,9 @@ class TestStream:
         return ""
 
 
-def pytest_verdict(done: Completed) -> ValidatorResult:
+def pytest_verdict(done: Completed, key: bytes) -> ValidatorResult:
     returncode = done.returncode or 0
-    stream = TestStream.parse(done.channel)
+    stream = TestStream.parse(done.channel, key)
     contradiction = stream.contradiction(returncode)
     if contradiction:
         return _failed("pytest", f"test results inconsistent: {contradiction}")
@@ -617,6 +682,12 @@ def pytest_verdict(done: Completed) -> ValidatorResult:
         return _failed("pytest", "; ".join(p for p in parts if p))
     if stream.problems:
         return _failed("pytest", "; ".join(p for p in (counts, stream.problems[0]) if p))
+    if stream.finish["exitstatus"] == INTERNAL_ERROR:
+        said = [line for line in done.lines if line.startswith("INTERNALERROR>")]
+        last = said[-1].removeprefix("INTERNALERROR>").strip() if said else "no output"
+        return _failed(
+            "pytest", "; ".join(p for p in (counts, f"pytest's internal error: {last}") if p)
+        )
     if returncode != 0 or not stream.outcomes:
         return _failed("pytest", counts or "no tests ran")
     if passed < 1:
@@ -707,4 +778,5 @@ async def _check_latex(output: str, seconds: float, box: Sandbox | None) -> Vali
     if done.returncode == 0:
         return _passed("latex", "compiles")
     error = next((line for line in done.lines if line.startswith("!")), "")
-    return _failed("latex", error or _exit_description("pdflatex", done.returncode or 0))
+    result = _failed("latex", error or _exit_description("pdflatex", done.returncode or 0))
+    return _noting(result, box.stopped_by(done, seconds))

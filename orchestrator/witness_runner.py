@@ -1,7 +1,8 @@
 """The second witness of a test run: the tests run again without pytest's runner, in their own
 process, and this verdict must agree with pytest's.
 
-Usage (inside the sandbox): ``python -I -B witness_runner.py FD ROOTS_JSON TEST_FILE...``.
+Usage (inside the sandbox): ``python -I -B witness_runner.py FD ROOTS_JSON TEST_FILE...``, with
+the run's key on standard input (``pytest_channel.read_key``).
 
 It imports each test module as pytest would (its directory, or the directory above its package,
 first on the path; ``ROOTS_JSON`` lists the import roots) and calls the tests itself, in
@@ -12,9 +13,9 @@ pytest's order: module-level ``test*`` functions and the ``test*`` methods of ``
 ``monkeypatch`` and ``capsys``, and xunit ``setup_*``/``teardown_*``. A test it cannot run the
 way pytest would (async, an unknown fixture, a fixture with ``params``, a ``skip``, ``skipif``,
 ``xfail`` or ``filterwarnings`` mark, a skip at run time) is reported ``unwitnessed``, never
-guessed. One JSON line per test goes to the inherited pipe FD the moment it is known (a
-parametrized test is one line for all its parameter sets: its outcome is the worst of theirs),
-then ``{"event": "finish"}``.
+guessed. One JSON line per test, after the run's key, goes to the inherited pipe FD the moment
+it is known (a parametrized test is one line for all its parameter sets: its outcome is the
+worst of theirs), then ``{"event": "finish"}``.
 
 This file is copied into the sandbox and runs there on its own: the standard library and the
 channel of ``pytest_channel`` beside it; pytest is imported only for ``monkeypatch``.
@@ -626,7 +627,7 @@ def _import(path: str) -> types.ModuleType:
 
 
 def main(argv: list[str]) -> int:
-    channel = Channel(int(argv[1]))
+    channel = Channel(int(argv[1]), _channel.read_key())
     for root in reversed(json.loads(argv[2])):
         sys.path.insert(0, root)
     runner = Runner(channel)

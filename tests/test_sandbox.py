@@ -54,6 +54,7 @@ class Attack:
         *flags: str,
         tasks: list[dict] | None = None,
         validator_seconds: float = VALIDATOR_SECONDS,
+        env: dict[str, str] | None = None,
     ):
         self.llm.answers["attack"] = module
         project = self.work / "attack.yaml"
@@ -72,6 +73,7 @@ class Attack:
             "ORCHESTRATOR_HOME": str(self.home),
             "HOME": str(self.user_home),
             sandbox.SANDBOX_ENV: self.isolation,
+            **(env or {}),
         }
         started = time.monotonic()
         result = run_cli(
@@ -265,7 +267,12 @@ def test_a_fork_bomb_is_contained_and_the_run_goes_on(attack):
     assert wait_gone("test_attack.py") == []
 
 
-def test_allocating_4_gib_fails_inside_the_sandbox(attack):
+def whole(isolation: str) -> bool:
+    """Whether a cgroup bounds the sandbox as a whole on this machine (else: split per process)."""
+    return "(cgroup)" in sandbox.Sandbox(isolation).bounds()
+
+
+def test_allocating_4_gib_fails_inside_the_sandbox_saying_which_limit(attack):
     attack.run(
         module(
             """
@@ -275,7 +282,88 @@ def test_allocating_4_gib_fails_inside_the_sandbox(attack):
                 assert block[-1] == 1
             """
         )
-    ).assert_failed_truthfully("MemoryError")
+    )
+    limit = "2048 MiB" if whole(attack.isolation) else "256 MiB per process"
+    bound = f"refused by the sandbox: memory limit {limit} reached"
+    attack.assert_failed_truthfully(f"MemoryError; {bound}")
+    # The task's line says why its answer failed, and so does the summary.
+    [line] = [line for line in attack.stderr.splitlines() if "attack degraded" in line]
+    assert bound in line
+    assert bound in attack.task()["reason"]
+
+
+def test_starting_more_processes_than_the_sandbox_allows_fails_saying_which_limit(attack):
+    attack.run(
+        module(
+            """
+            import os, time
+
+            def test_starts_200_processes():
+                for _ in range(200):
+                    if os.fork() == 0:
+                        time.sleep(30)
+                        os._exit(0)
+            """
+        )
+    )
+    processes = 128 if whole(attack.isolation) else 8
+    attack.assert_failed_truthfully(
+        f"Resource temporarily unavailable; refused by the sandbox: process limit {processes} "
+        "reached"
+    )
+    assert attack.seconds < 60
+    assert wait_gone("test_attack.py") == []
+
+
+# A quota of 8 MiB and 300 files, set the way a machine's owner sets it.
+SMALL_DISK = {"ORCHESTRATOR_SANDBOX_DISK_MIB": "8", "ORCHESTRATOR_SANDBOX_FILES": "300"}
+FILLS = {
+    "disk quota 8 MiB": """
+        def test_fills_the_disk():
+            for n in range(100):
+                with open(f"/tmp/part{n}", "wb") as f:
+                    f.write(bytes(1024**2))
+        """,
+    "file quota 300 files": """
+        def test_makes_many_files():
+            for n in range(1000):
+                open(f"empty{n}", "w").close()
+        """,
+    "file size limit 64 MiB": """
+        def test_writes_one_big_file(tmp_path):
+            (tmp_path / "big").write_bytes(bytes(100 * 1024**2))
+        """,
+}
+
+
+@pytest.mark.parametrize("quota", FILLS, ids=lambda quota: quota.split(" limit")[0])
+def test_filling_the_sandboxs_disk_fails_saying_which_quota(attack, quota):
+    big_file = "size" in quota  # it needs a disk larger than the file size limit
+    attack.run(module(FILLS[quota]), env={} if big_file else SMALL_DISK)
+
+    attack.assert_failed_truthfully(f"refused by the sandbox: {quota} reached")
+    errno = "File too large" if big_file else "No space left on device"
+    assert errno in attack.verdict()["detail"]
+
+
+def test_a_bound_only_a_cgroup_or_a_limits_signal_reports_is_named_with_its_figure():
+    # Seen only where a cgroup can be made (memory, processes) or where code outruns its CPU
+    # seconds on more cores than this machine has: what the sandbox says of each.
+    box = sandbox.Sandbox("bubblewrap")
+    said = {
+        "memory": box.stopped_by(sandbox.Completed(-9, "", exceeded="memory"), 5),
+        "processes": box.stopped_by(sandbox.Completed(1, "", exceeded="processes"), 5),
+        "cpu": box.stopped_by(sandbox.Completed(-24, ""), 5),
+        "cpu, as bubblewrap reports it": box.stopped_by(sandbox.Completed(128 + 24, ""), 5),
+        "killed": box.stopped_by(sandbox.Completed(-9, ""), 5),
+    }
+    assert said == {
+        "memory": "stopped by the sandbox: memory limit 2048 MiB reached",
+        "processes": "refused by the sandbox: process limit 128 reached",
+        "cpu": "stopped by the sandbox: CPU time limit 6s reached",
+        "cpu, as bubblewrap reports it": "stopped by the sandbox: CPU time limit 6s reached",
+        "killed": "",
+    }
 
 
 QUOTA = sandbox.Limits(disk_bytes=8 * 1024**2, files=200)

@@ -63,6 +63,27 @@ def test_a_test_module_may_import_pytest_and_look_at_sys_modules_but_not_pytests
     ]
 
 
+def test_a_test_module_may_not_walk_frames_or_the_object_graph_where_the_runners_keys_are():
+    source = """
+        import gc
+        import sys
+        from inspect import currentframe
+
+
+        def test_digs():
+            assert sys.modules["json"]
+            assert gc.get_referrers(sys._getframe(0))
+    """
+    reason = (
+        "a test may not walk frames or the garbage collector's object graph, where the runners "
+        "keep their own state"
+    )
+    assert refusals({"tests/test_x.py": source}) == [
+        f"tests/test_x.py, line 4: imports currentframe from inspect: {reason}",
+        f"tests/test_x.py, line 9: uses .get_referrers: {reason}",
+    ]
+
+
 def test_pytest_plugins_is_refused_wherever_it_is_set():
     assert refusals(
         {
