@@ -17,7 +17,6 @@ from .cost import (
     ForecastReport,
     RiskLevel,
 )
-from .engine import Orchestrator
 from .errors import (
     CatalogError,
     ConfigError,
@@ -31,6 +30,7 @@ from .errors import (
     UnknownModelError,
 )
 from .events import Event, EventKind
+from .facade import Orchestrator
 from .hooks import EventType, HookRegistry
 from .metrics import (
     ConsoleExporter,

@@ -16,7 +16,7 @@ from .telemetry import merge_profiles
 
 if TYPE_CHECKING:
     from .cost import BudgetHierarchy
-    from .engine import Orchestrator
+    from .facade import Orchestrator
     from .policy import JobSpec
 
 

@@ -26,8 +26,8 @@ from .budget import Budget
 from .catalog import Catalog, Model
 from .client import UnifiedClient
 from .cost import BudgetHierarchy, CostForecaster, CostPredictor, ForecastReport, SpendHistory
-from .engine import FINISHED, Orchestrator, new_project_id
 from .errors import OrchestratorError
+from .facade import FINISHED, Orchestrator, new_project_id
 from .integration import DEFAULT_ROUNDS
 from .lease import ProjectBusy, lease_seconds
 from .local import KEYLESS_NOTE, LOCAL_PROVIDER, LocalModel

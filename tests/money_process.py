@@ -28,7 +28,6 @@ import orchestrator.engine
 import orchestrator.providers.anthropic
 import orchestrator.providers.gemini
 import orchestrator.providers.openai_compat
-import orchestrator.run
 from orchestrator import Budget, BudgetCapExceeded, Orchestrator, UnifiedClient
 from orchestrator.ledger import Hold, Ledger
 from orchestrator.state import StateManager
@@ -92,7 +91,7 @@ async def main(
 
 if __name__ == "__main__":
     location, base_url, project_id, max_usd, concurrency, tasks, mode = sys.argv[1:]
-    orchestrator.run.Ledger = LEDGERS[mode]  # type: ignore[misc]
+    orchestrator.engine.Ledger = LEDGERS[mode]  # type: ignore[misc]
     ended = asyncio.run(
         main(location, base_url, project_id, float(max_usd), int(concurrency), int(tasks))
     )
