@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import io
 import logging
 import math
 import os
@@ -573,13 +572,13 @@ async def _run(spec: ProjectSpec, args: argparse.Namespace, watch: _Watch) -> in
     config = _config(args, spec)
     async with _guarded(), StateManager() as store, _client(config) as (client, chosen):
         client.require_providers()
-        orchestrator = _orchestrator(args, store, client, budget=_budget(chosen))
+        orchestrator = _orchestrator(args, store, client, chosen)
         printer = _progress(args, orchestrator.budget)
         watch.attach(orchestrator, printer)
         with printer:  # the live area is gone before the results or an error is printed
             state = await orchestrator.run_project(
                 spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
-                restart=args.restart, config=chosen,
+                restart=args.restart,
             )  # fmt: skip
     code = await _report(state, chosen.output_dir, args.overwrite, _tree_name(chosen))
     await watch.finish(orchestrator)
@@ -629,13 +628,6 @@ def _config(args: argparse.Namespace, spec: ProjectSpec | None = None) -> RunCon
     )
 
 
-def _budget(config: RunConfig) -> Budget:
-    """The limits the progress line shows: the config's, else the defaults."""
-    limits = config.resolved()
-    assert limits.max_usd is not None and limits.max_time_seconds is not None
-    return Budget(max_usd=limits.max_usd, max_time_seconds=limits.max_time_seconds)
-
-
 def _tree_name(config: RunConfig) -> str:
     return config.tree_name or TREE_NAME
 
@@ -644,12 +636,13 @@ def _orchestrator(
     args: argparse.Namespace,
     store: StateManager,
     client: UnifiedClient,
-    budget: Budget | None = None,
+    config: RunConfig | None = None,
 ) -> Orchestrator:
-    """An orchestrator over this command's store and client, with what a run's config does
-    not hold: the caps' amounts and whether code may run unsandboxed, asked each time."""
+    """An orchestrator over this command's store and client, for a new run on ``config``,
+    with what a run's config does not hold: the caps' amounts and whether code may run
+    unsandboxed, asked each time."""
     return Orchestrator(
-        budget=budget,
+        config=config,
         state_manager=store,
         client=client,
         unsafe_validators=args.unsafe_validators,
@@ -667,10 +660,10 @@ async def _submit(spec: ProjectSpec, args: argparse.Namespace) -> int:
         StateManager() as store,
         _client(config, running=False) as (client, chosen),
     ):
-        orchestrator = _orchestrator(args, store, client, budget=_budget(chosen))
+        orchestrator = _orchestrator(args, store, client, chosen)
         project_id = await orchestrator.create_project(
             spec.description, spec.criteria, spec.project_id, tasks=spec.tasks,
-            restart=args.restart, config=chosen,
+            restart=args.restart,
         )  # fmt: skip
         waiting = await distributed.enqueue(url, [project_id])
     print(project_id)
@@ -757,9 +750,8 @@ async def _resume_project(args: argparse.Namespace, watch: _Watch) -> tuple[Proj
                 )
             with printer:
                 # The models as chosen (the local model, the providers) are saved for the next.
-                models = RunConfig(local=chosen.local, providers=chosen.providers)
-                state = await orchestrator.resume(args.resume, config=models.over(overrides))
-    resumed = state.config or config
+                state = await orchestrator.resume(args.resume, config=chosen)
+    resumed = state.config or chosen
     # A finished project ran nothing: nothing new to write, unless asked for explicitly.
     output_dir = resumed.output_dir if running else overrides.output_dir
     code = await _report(state, output_dir, args.overwrite, _tree_name(resumed))
@@ -975,12 +967,13 @@ def forecast_report(
     TelemetryCollector(profiles).restore({k: v for k, v in telemetry.items() if k in profiles})
     predictor = CostPredictor()
     predictor.load(estimates)
-    routing = args.routing or "table"
+    run = config.resolved()  # the defaults a run would take where nothing is given
+    assert run.max_usd is not None and run.max_fallbacks is not None
     models = tuple(p.model for p in profiles.values())
     router = Router(
-        catalog, models, backend=BACKENDS[routing](), profiles=profiles,
-        planner=ConstraintPlanner(PolicyEngine(config.policies or ())), cost_model=predictor,
-        max_fallbacks=_or(spec.max_fallbacks, DEFAULT_MAX_FALLBACKS),
+        catalog, models, backend=run.backend(), profiles=profiles,
+        planner=ConstraintPlanner(PolicyEngine(run.policies or ())), cost_model=predictor,
+        max_fallbacks=run.max_fallbacks,
     )  # fmt: skip
     tasks = list(spec.tasks.values()) if spec.tasks else None
     if tasks is None:
@@ -992,15 +985,14 @@ def forecast_report(
             "code generation (give tasks: in a project file for a closer figure)"
         )
     assumptions.append(
-        f"routing {routing}, over "
+        f"routing {run.routing}, over "
         + (f"the usable providers ({', '.join(sorted(keyed))})" if keyed else
            "every catalog model (no provider key is set)")
     )  # fmt: skip
     report = CostForecaster.forecast(
-        tasks, profiles, predictor, Budget(max_usd=_or(spec.budget, 8.0)), router=router,
+        tasks, profiles, predictor, Budget(max_usd=run.max_usd), router=router,
         decomposition=spec.tasks is None, history=history,
-        integration_rounds=_or(spec.integration_rounds, DEFAULT_ROUNDS) if spec.integration
-        is not False else 0,
+        integration_rounds=(run.integration_rounds or 0) if run.integration else 0,
         description=spec.description, criteria=spec.criteria,
     )  # fmt: skip
     return report, len(tasks), assumptions, local
@@ -1023,14 +1015,6 @@ async def _stored_measurements() -> tuple[
 def _progress(args: argparse.Namespace, budget: Budget | None = None) -> ProgressPrinter:
     # With -v, log lines go to the same terminal: a live area redrawn in place would tear them.
     return ProgressPrinter(budget, live=False if args.verbose else None)
-
-
-def _silent_progress() -> ProgressPrinter:
-    return ProgressPrinter(stream=io.StringIO(), live=False)
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 def exit_code(state: ProjectState) -> int:

@@ -28,7 +28,7 @@ from .gateway import Journal, LLMGateway
 from .integration import Integration, IntegrationPhase, Round
 from .lease import Lease
 from .ledger import Ledger
-from .metrics import MetricsFeed
+from .metrics import MetricsFeed, MetricsSnapshot
 from .metrics import collect as collect_metrics
 from .models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
 from .money import nanos_to_usd
@@ -123,7 +123,6 @@ class Run:
         self.owner = owner
         self.session = session
         self.state = state
-        self.config = session.config
         self.gateway: LLMGateway | None = None  # made when the run starts, with its journal
         # What its tasks reported: the budget stopped one; providers whose outage stopped one,
         # with their last errors (the run cannot finish).
@@ -142,7 +141,7 @@ class Run:
         if event.kind is EventKind.TASK_FINISHED and self.feed is not None:
             self.feed.request()
 
-    def metrics(self) -> Any:
+    def metrics(self) -> MetricsSnapshot:
         """This run's figures, with what the orchestrator measured of each model."""
         return collect_metrics(self.owner.telemetry.profiles, self.state)
 
@@ -394,7 +393,7 @@ class Run:
         self.emit(Event("integration", data=data))
 
     async def _decompose(self, router: Router) -> dict[str, Task]:
-        config = self.config
+        config = self.session.config
         state = self.state
         max_tasks = config.max_tasks
         schema = decomposition_schema(min_tasks=1, max_tasks=max_tasks)

@@ -227,7 +227,7 @@ class Orchestrator:
     @property
     def optimization_backend(self) -> OptimizationBackend:
         """The backend the next runs use (for a resume, unless set: the one it saved)."""
-        return self._backend or BACKENDS[self.config.resolved().routing or "table"]()
+        return self._backend or self.config.backend()
 
     # -- public entry points ----------------------------------------------------------------------
     async def run_project(
@@ -261,8 +261,7 @@ class Orchestrator:
                                        given)  # fmt: skip
         async with self._session(_constant(given.resolved())) as session:
             state.config = session.config
-            async with self._capped(session, session.config.team, session.config.job,
-                                    state.budget.max_nanos):  # fmt: skip
+            async with self._capped(session, state.budget.max_nanos):
                 saved = await self._create(session, state, tasks, restart)
                 if saved is not None:
                     # The same project again: it continues, with this call's settings on top.
@@ -289,11 +288,10 @@ class Orchestrator:
         given = self._given(config, quality_threshold=quality_threshold, team=team, job=job_id)
         state, tasks = self._new_state(project_description, success_criteria, project_id, tasks,
                                        given)  # fmt: skip
-        async with self._session(_constant(given.resolved()), running=False) as session:
+        async with self._session(_constant(given.resolved(), running=False)) as session:
             if session.store is None:
                 raise ConfigError("a project saved for later needs a state store")
-            async with self._capped(session, session.config.team, session.config.job,
-                                    state.budget.max_nanos):  # fmt: skip
+            async with self._capped(session, state.budget.max_nanos):
                 saved = await self._create(session, state, tasks, restart)
                 if saved is None and tasks is not None:
                     order = execution_order(dict(tasks))
@@ -428,9 +426,7 @@ class Orchestrator:
         async with self._session(configure) as session:
             assert saved is not None and session.store is not None
             may_spend = usd_to_nanos(session.config.max_usd or 0.0) - saved.spent_nanos
-            async with self._capped(
-                session, session.config.team, session.config.job, max(0, may_spend)
-            ):
+            async with self._capped(session, max(0, may_spend)):
                 return await self._continue(session, saved, given)
 
     # -- the run -------------------------------------------------------------------------------
@@ -471,15 +467,14 @@ class Orchestrator:
         for task_id, record in saved.results.items():
             state.results[task_id] = TaskResult.from_record(record, resolve)
         state.integration = _saved_integration(saved)
-        if saved.status not in FINISHED and session.store is not None:
-            self.cost_predictor.load(await session.store.cost_estimates(saved.project_id))
-        if saved.status not in FINISHED:
-            self._refuse_uncovered(session, saved.tasks)
-            self._preload(session, saved.tasks, done=saved.final_tasks)
-        if saved.status in FINISHED:
+        if finished:
             state.api_health = session.client.api_health()
             self.emit(Event("already_finished", data={"status": saved.status.value}))
             return state
+        if session.store is not None:
+            self.cost_predictor.load(await session.store.cost_estimates(saved.project_id))
+        self._refuse_uncovered(session, saved.tasks)
+        self._preload(session, saved.tasks, done=saved.final_tasks)
         used_up = _used_up(budget)
         if used_up is not None:
             # Nothing could run: say which limit and how to give more, and change nothing.
@@ -529,9 +524,7 @@ class Orchestrator:
 
     # -- resources and settings ---------------------------------------------------------------
     @asynccontextmanager
-    async def _session(
-        self, configure: Configure, *, running: bool = True
-    ) -> AsyncIterator[Session]:
+    async def _session(self, configure: Configure) -> AsyncIterator[Session]:
         """The state store, config, cache and client of one call, closing what was created
         here. ``configure`` says the call's config (resolved) and whether it will run (False:
         nothing is asked, so no local model is started), once the store is open."""
@@ -543,7 +536,7 @@ class Orchestrator:
             # Opened before anything is paid for: a corrupt or foreign file stops us here.
             if store is not None:
                 await store.open()
-            config, will_run = await configure(store)
+            config, running = await configure(store)
             cache = self._cache if config.use_cache else None
             if cache is None and config.use_cache:
                 cache = DiskCache()
@@ -555,7 +548,7 @@ class Orchestrator:
                 made = run_client(
                     config,
                     load_environment(),
-                    running=running and will_run,
+                    running=running,
                     note=functools.partial(log.warning, "%s"),
                 )
                 client, config = await stack.enter_async_context(made)
@@ -566,12 +559,11 @@ class Orchestrator:
                     await asyncio.shield(self._on_event.drain())
 
     @asynccontextmanager
-    async def _capped(
-        self, session: Session, team: str | None, job_id: str | None, may_spend_nanos: int
-    ) -> AsyncIterator[None]:
-        """Hold ``may_spend_nanos`` against the organisation's, the team's and the job's caps while
-        the run goes on (``BudgetCapExceeded`` if it could pass one)."""
+    async def _capped(self, session: Session, may_spend_nanos: int) -> AsyncIterator[None]:
+        """Hold ``may_spend_nanos`` against the organisation's, and the run's team's and job's
+        caps while the run goes on (``BudgetCapExceeded`` if it could pass one)."""
         store, hierarchy = session.store, self.budget_hierarchy
+        team, job_id = session.config.team, session.config.job
         if store is None:
             yield
             return
@@ -612,7 +604,7 @@ class Orchestrator:
             client.catalog,
             tuple(client.available_models()),
             client.is_healthy,
-            backend=session.backend or BACKENDS[session.config.routing or "table"](),
+            backend=session.backend or session.config.backend(),
             profiles=self.telemetry.profiles,
             on_decision=functools.partial(self._decided, project_id),
             planner=planner,
@@ -699,11 +691,12 @@ class Orchestrator:
 Configure = Callable[[StateManager | None], Awaitable[tuple[RunConfig, bool]]]
 
 
-def _constant(config: RunConfig) -> Configure:
-    """A call's config known before its store is read: a new project's."""
+def _constant(config: RunConfig, *, running: bool = True) -> Configure:
+    """A call's config known before its store is read: a new project's (``running`` False: one
+    saved for later)."""
 
     async def configure(store: StateManager | None) -> tuple[RunConfig, bool]:
-        return config, True
+        return config, running
 
     return configure
 

@@ -17,7 +17,7 @@ from typing import Any
 from .assembly import TREE_NAME
 from .errors import ConfigError
 from .integration import DEFAULT_ROUNDS
-from .optimization import BACKENDS
+from .optimization import BACKENDS, OptimizationBackend
 from .policy import Policy
 from .routing import DEFAULT_MAX_FALLBACKS
 
@@ -80,6 +80,10 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """Every field set: what this one leaves unset, from the defaults."""
         return self.over(DEFAULTS)
+
+    def backend(self) -> OptimizationBackend:
+        """A new backend of this config's routing (the default's where unset)."""
+        return BACKENDS[self.routing or DEFAULT_ROUTING]()
 
     def given(self) -> dict[str, Any]:
         """The fields set, by name."""

@@ -196,6 +196,27 @@ def test_a_cyclic_task_list_in_a_project_file_is_rejected_naming_the_tasks(tmp_p
     assert "cycle" in result.stderr and "a" in result.stderr and "b" in result.stderr
 
 
+def python_examples(page: str, heading: str) -> list[str]:
+    """The Python examples of ``page`` after ``heading``, in their order."""
+    text = (PROJECT_ROOT / page).read_text(encoding="utf-8")
+    section = text.split(heading + "\n", 1)[1]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+
+
+def run_example(example: str, fake, tmp_path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``example`` run as a script of its own, its keys sending every provider to ``fake``."""
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**clean_environment(), **cli_env(fake, tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # The design document's example, where the reader meets it: the README's recipe and the first
 # example of the Python API page (each page, the heading its example follows).
 @pytest.mark.parametrize(
@@ -203,21 +224,10 @@ def test_a_cyclic_task_list_in_a_project_file_is_rejected_naming_the_tasks(tmp_p
     [("README.md", "### Use it from a script"), ("docs/python-api.md", "# Python API")],
 )
 def test_the_design_documents_python_example_runs_as_written(fake, llm, tmp_path, page, heading):
-    text = (PROJECT_ROOT / page).read_text(encoding="utf-8")
-    section = text.split(heading + "\n", 1)[1]
-    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    example = python_examples(page, heading)[0]
     assert "Orchestrator(budget=budget)" in example
-    script = tmp_path / "example.py"
-    script.write_text(example)
 
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env={**clean_environment(), **cli_env(fake, tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_example(example, fake, tmp_path)
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -229,21 +239,10 @@ def test_the_design_documents_python_example_runs_as_written(fake, llm, tmp_path
 def test_the_readmes_run_config_example_runs_as_written_and_its_resume_keeps_the_settings(
     fake, llm, tmp_path
 ):
-    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Use it from a script\n", 1)[1]
-    example = section.split("```python\n")[2].split("```", 1)[0]
+    example = python_examples("README.md", "### Use it from a script")[1]
     assert "RunConfig(" in example and ".resume(" in example
-    script = tmp_path / "example.py"
-    script.write_text(example)
 
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env={**clean_environment(), **cli_env(fake, tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_example(example, fake, tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["greedy 8", "SUCCESS greedy"]

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
-from conftest import PROJECT_ROOT, clean_environment
+from conftest import PROJECT_ROOT
 from prometheus_client.parser import text_string_to_metric_families
-from test_cli_run import cli_env
+from test_cli_run import run_example
 
 PAGE = PROJECT_ROOT / "docs" / "observability.md"
 # The page's sections, in its order, by their headings, and a line their example must hold
@@ -50,16 +48,8 @@ def test_the_hooks_telemetry_metrics_and_audit_examples_run_as_written(fake, llm
     # kept in this test's directory.
     script = "\n".join(observability_examples())
     script = script.replace(JSON_PATH, str(metrics_json)).replace(PROM_PATH, str(metrics_prom))
-    (tmp_path / "examples.py").write_text(script)
 
-    result = subprocess.run(
-        [sys.executable, "examples.py"],
-        cwd=tmp_path,
-        env={**clean_environment(), **cli_env(fake, tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_example(script, fake, tmp_path, timeout=240)
 
     assert result.returncode == 0, result.stderr
     printed = result.stdout.splitlines()
