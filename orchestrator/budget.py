@@ -1,24 +1,25 @@
-"""The spend and time ceiling: reserve a call's worst case before it is made, settle after."""
+"""The spend and time ceiling, as a run sees it: what was spent, what calls in flight hold.
+
+A ``Budget`` shows the account; the ledger (``ledger.Ledger``) decides what a call may hold. A
+run with a state store holds its calls in the store's shared ledger and the budget shows them
+(``track``); a budget on its own is the one-row book its own ledger decides on (``acquire``).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import OrchestratorError
+from .ledger import MAX_WAIT_SECONDS, BudgetExceeded, ExpiredHold, Ledger, LedgerRow
 from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 
-log = logging.getLogger(__name__)
+__all__ = ["MAX_WAIT_SECONDS", "PHASE_SHARES", "Budget", "BudgetExceeded", "CallsStopped"]
 
-# The longest a call waits for calls in flight to free room, here or in the shared ledger. Holds
-# belong only to attempts in flight, each bounded by its provider's timeout (300 s by default),
-# so this is never reached unless something holding money stalls.
-MAX_WAIT_SECONDS = 330.0
+log = logging.getLogger(__name__)
 
 PHASE_SHARES: dict[str, float] = {
     "decomposition": 0.05,
@@ -27,22 +28,6 @@ PHASE_SHARES: dict[str, float] = {
     "evaluation": 0.15,
     "reserve": 0.10,
 }
-
-
-class BudgetExceeded(OrchestratorError):
-    """A call's worst-case cost does not fit in what is left, so it is not made.
-
-    ``spent_nanos`` is what the request had already paid before it was stopped (e.g. an answer
-    whose repair request no longer fitted), so that spend is never lost from the books.
-    """
-
-    def __init__(self, message: str, spent_nanos: int = 0) -> None:
-        super().__init__(message)
-        self.spent_nanos = spent_nanos
-
-    @property
-    def spent_usd(self) -> float:
-        return nanos_to_usd(self.spent_nanos)
 
 
 class CallsStopped(BudgetExceeded):
@@ -88,8 +73,9 @@ class Budget:
         self.on_phase_warning = on_phase_warning if on_phase_warning is not None else []
         self._started = self.clock()
         self._warned: set[str] = set()
-        # Replaced on every settlement, so waiters wake up and look again.
-        self._settled = asyncio.Event()
+        # Decides what ``acquire`` may hold, this budget its book.
+        self._book = BudgetBook(self)
+        self.account = Ledger(self._book, "", "this process", ("run",))
 
     def __repr__(self) -> str:
         return (
@@ -152,44 +138,21 @@ class Budget:
         theirs)."""
         return self.available_nanos >= usd_to_nanos(cost)
 
-    def reserve(self, amount_nanos: int, phase: str) -> Reservation:
-        """Hold ``amount_nanos`` now, or raise ``BudgetExceeded``."""
-        if amount_nanos > self.available_nanos:
-            raise self._exceeded(amount_nanos)
-        return self.track(amount_nanos, phase)
-
     async def acquire(self, amount_nanos: int, phase: str) -> Reservation:
         """Hold ``amount_nanos``, waiting for calls in flight to settle if they hold what it
-        needs.
+        needs (its ledger decides, as the shared one does for a run with a store).
 
-        Raises ``BudgetExceeded`` only when the call cannot fit even once nothing else is held.
-        Only calls in flight hold money (a call holds nothing while it waits or sleeps before a
-        retry), so whatever it waits for ends with their attempts.
+        Raises ``BudgetExceeded`` at once when the call cannot fit even once nothing else is
+        held. Only calls in flight hold money (a call holds nothing while it waits or sleeps
+        before a retry), so whatever it waits for ends with their attempts.
         """
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        while amount_nanos > self.available_nanos:
-            if self.reserved_nanos <= 0 or amount_nanos > self.remaining_nanos:
-                raise self._exceeded(amount_nanos)
-            if deadline is None:
-                deadline = loop.time() + MAX_WAIT_SECONDS
-                log.debug(
-                    "a call needing %s waits for calls in flight to settle", _usd(amount_nanos)
-                )
-            left = deadline - loop.time()
-            if left <= 0:
-                raise BudgetExceeded(
-                    f"a call needing up to {_usd(amount_nanos)} waited {MAX_WAIT_SECONDS:g} s for "
-                    f"calls in flight to free room ({_usd(self.reserved_nanos)} held)"
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), left)
-        return self.reserve(amount_nanos, phase)
+        hold = self.account.new_hold(amount_nanos)
+        await self.account.reserve(hold, task_id="", phase=phase, journal_key="")
+        return self._book.granted.pop(hold.id)
 
     def track(self, amount_nanos: int, phase: str) -> Reservation:
-        """Hold ``amount_nanos`` without deciding: what ``reserve`` does once it fits, and how a
-        hold the shared ledger granted is shown (the ledger decides; a second decision here
-        could refuse what it let through, or wait)."""
+        """Show a hold a ledger granted (it decides; a second decision here could refuse what it
+        let through, or wait)."""
         self.reserved_nanos += checked_nanos(amount_nanos)
         # On every paid attempt: the arguments stay numbers, formatted only when -v shows them.
         log.debug(
@@ -201,12 +164,6 @@ class Budget:
             self.max_usd,
         )
         return Reservation(amount_nanos, phase)
-
-    def _exceeded(self, amount_nanos: int) -> BudgetExceeded:
-        return BudgetExceeded(
-            f"a call needing up to ${nanos_to_usd(amount_nanos):.4f} does not fit in the "
-            f"${nanos_to_usd(max(self.remaining_nanos, 0)):.4f} left of ${self.max_usd:.2f}"
-        )
 
     def settle(self, reservation: Reservation, actual_nanos: int) -> None:
         self._close(reservation)
@@ -240,8 +197,7 @@ class Budget:
         if reservation.open:
             reservation.open = False
             self.reserved_nanos -= reservation.amount_nanos
-            settled, self._settled = self._settled, asyncio.Event()
-            settled.set()
+            self.account.wake()  # calls waiting in ``acquire`` look again
 
     def _check_phase(self, phase: str) -> None:
         share = PHASE_SHARES.get(phase)
@@ -262,6 +218,41 @@ class Budget:
 
 def _usd(nanos: int) -> str:
     return f"${nanos_to_usd(nanos):.6f}"
+
+
+class BudgetBook:
+    """A budget as a ledger's book of one row, ``run``: its limit, spend and holds. A hold is
+    granted by showing it on the budget; it is settled by the budget (``settle``)."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.granted: dict[str, Reservation] = {}  # for ``acquire`` to take
+
+    async def ledger_reserve(
+        self, hold_id: str, amount_nanos: int, scopes: tuple[str, ...], *, phase: str, **_: str
+    ) -> str | None:
+        if amount_nanos > self.budget.available_nanos:
+            return "run"
+        self.granted[hold_id] = self.budget.track(amount_nanos, phase)
+        return None
+
+    async def ledger(self, scopes: Iterable[str] | None = None) -> dict[str, LedgerRow]:
+        budget = self.budget
+        return {"run": LedgerRow(budget.max_nanos, budget.spent_nanos, budget.reserved_nanos)}
+
+    async def ledger_open(self, scopes: Iterable[str], project_id: str, max_nanos: int) -> None:
+        """Nothing to open: the budget is the row."""
+
+    async def ledger_set_cap(self, scope: str, cap_nanos: int) -> None:
+        self.budget.max_nanos = cap_nanos
+
+    async def ledger_settle(
+        self, settlements: Iterable[tuple[str, int]], journal: Any = None
+    ) -> int:
+        raise TypeError("a budget's holds are settled by the budget (Budget.settle)")
+
+    async def ledger_expire(self) -> list[ExpiredHold]:
+        return []  # every hold here is of this process, alive
 
 
 @dataclass(frozen=True)

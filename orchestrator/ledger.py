@@ -1,4 +1,4 @@
-"""Budgets exact across processes: every paid call's worst case is held in the shared ledger.
+"""The one account of money: every paid call's worst case is held in a ledger before it is made.
 
 A run's scopes are the organisation, its team and job (if charged to them) and the project,
 always in that order. Before an attempt is sent its worst case is reserved on each of them in
@@ -8,6 +8,10 @@ waits for anything else, together with the call's journal row (the last one with
 so only attempts in flight ever hold money and a call never waits on a hold of its own; a hold
 left by a run that died is charged in full when the sweep finds it, since the vendor may have
 billed it.
+
+The ledger's rows live in the state store (SQLite or PostgreSQL), shared by every process; a
+``Budget`` used without a store is its own one-row book (``budget.BudgetBook``). Either way the
+decisions (does it fit, wait for calls in flight, refuse) are made here, once.
 """
 
 from __future__ import annotations
@@ -16,13 +20,82 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from .budget import MAX_WAIT_SECONDS, BudgetExceeded
+from .errors import OrchestratorError
 from .money import checked_nanos, nanos_to_usd
-from .state import ExpiredHold, StateManager
+
+# The longest a call waits for calls in flight to free room. Holds belong only to attempts in
+# flight, each bounded by its provider's timeout (300 s by default), so this is never reached
+# unless something holding money stalls.
+MAX_WAIT_SECONDS = 330.0
+
+
+class BudgetExceeded(OrchestratorError):
+    """A call's worst-case cost does not fit in what is left, so it is not made.
+
+    ``spent_nanos`` is what the request had already paid before it was stopped (e.g. an answer
+    whose repair request no longer fitted), so that spend is never lost from the books.
+    """
+
+    def __init__(self, message: str, spent_nanos: int = 0) -> None:
+        super().__init__(message)
+        self.spent_nanos = spent_nanos
+
+    @property
+    def spent_usd(self) -> float:
+        return nanos_to_usd(self.spent_nanos)
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One scope's row, in nano-dollars; ``cap_nanos`` None: the scope has no cap."""
+
+    cap_nanos: int | None
+    spent_nanos: int
+    reserved_nanos: int
+
+
+@dataclass(frozen=True)
+class ExpiredHold:
+    project_id: str
+    owner: str
+    amount_nanos: int
+    phase: str
+
+
+class Book(Protocol):
+    """Where a ledger's rows are kept: the state store (``StateManager``), or this process."""
+
+    async def ledger_open(self, scopes: Iterable[str], project_id: str, max_nanos: int) -> None: ...
+
+    async def ledger_set_cap(self, scope: str, cap_nanos: int) -> None: ...
+
+    async def ledger_reserve(
+        self,
+        hold_id: str,
+        amount_nanos: int,
+        scopes: tuple[str, ...],
+        *,
+        project_id: str,
+        owner: str,
+        task_id: str,
+        phase: str,
+        journal_key: str,
+    ) -> str | None: ...
+
+    async def ledger(self, scopes: Iterable[str] | None = None) -> dict[str, LedgerRow]: ...
+
+    async def ledger_settle(
+        self,
+        settlements: Iterable[tuple[str, int]],
+        journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
+    ) -> int: ...
+
+    async def ledger_expire(self) -> list[ExpiredHold]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +125,7 @@ def run_scopes(project_id: str, team: str | None, job_id: str | None) -> tuple[s
 
 def scope_name(scope: str) -> str:
     kind, _, name = scope.partition(":")
-    names = {"org": "organisation", "team": f"team {name}", "job": f"job {name}"}
+    names = {"org": "organisation", "team": f"team {name}", "job": f"job {name}", "run": "run's"}
     return names.get(kind, f"project {name}")
 
 
@@ -60,7 +133,7 @@ def scope_name(scope: str) -> str:
 class Ledger:
     """The ledger as one run sees it: its scopes, under the lease ``owner`` holds."""
 
-    store: StateManager
+    store: Book
     project_id: str
     owner: str
     scopes: tuple[str, ...] = field(default=())
@@ -156,6 +229,10 @@ class Ledger:
             return
         # A hold still open here was never handed to a request: nothing was sent under it.
         await self.store.ledger_settle([(h.id, h.actual_nanos or 0) for h in holds], journal)
+        self.wake()
+
+    def wake(self) -> None:
+        """Tell the calls waiting for room that some may have been freed: they look again."""
         settled, self._settled = self._settled, asyncio.Event()
         settled.set()
 

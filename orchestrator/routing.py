@@ -212,12 +212,14 @@ class Router:
         ranked = self.backend.rank(screened.allowed)
         if away_from is not None:
             ranked = _away_from(away_from, ranked)
-        ready = [r for r in ranked if self._ready(r.model, screened)]
-        held_back = [
-            (r.model, f"held back: {self._held_because(r.model, screened)} ({r.reason})")
-            for r in ranked
-            if not self._ready(r.model, screened)
-        ]
+        ready: list[Ranked] = []
+        held_back: list[tuple[Model, str]] = []
+        for r in ranked:
+            if self._ready(r.model, screened):
+                ready.append(r)
+            else:
+                why = f"held back: {self._held_because(r.model, screened)} ({r.reason})"
+                held_back.append((r.model, why))
         # The ready ones, then the held back, as far as the fallbacks allowed go.
         keep = self.max_fallbacks + 1
         beyond = ([r.model for r in ready] + [m for m, _ in held_back])[keep:]

@@ -53,22 +53,34 @@ def best_match(errors: Iterable[ValidationError]) -> ValidationError | None:
 
 def first_error(schema: dict[str, Any], instance: Any) -> ValidationError | None:
     """How ``instance`` best fails ``schema``, or None when it matches."""
-    return best_match(validator(schema).iter_errors(instance))
+    text = _schema_text(schema)
+    checker = validator(schema) if text is None else _text_validator(text)
+    return best_match(checker.iter_errors(instance))
 
 
 def schema_problem(schema: Any) -> str | None:
     """Why ``schema`` is not a valid JSON Schema, or None when it is one.
 
     Checking a schema against the meta-schema costs about a millisecond, and a run sends the
-    same few schemas with every call: the verdict is kept per schema, keyed on its JSON text
-    (only when that text reads back as an equal value, so no two schemas share a key)."""
+    same few schemas with every call: the verdict is kept per schema, keyed on its JSON text."""
+    text = _schema_text(schema)
+    return _schema_problem(schema) if text is None else _text_schema_problem(text)
+
+
+def _schema_text(schema: Any) -> str | None:
+    """``schema`` as canonical JSON text, to key what is built once per schema; None when that
+    text would not read back as an equal value (so no two schemas share a key)."""
     try:
         text = json.dumps(schema, sort_keys=True)
     except (TypeError, ValueError):
-        return _schema_problem(schema)
-    if json.loads(text) != schema:
-        return _schema_problem(schema)
-    return _text_schema_problem(text)
+        return None
+    return text if json.loads(text) == schema else None
+
+
+@lru_cache(maxsize=256)
+def _text_validator(text: str) -> Draft202012Validator:
+    # Building a validator (resolving its references) costs more than most checks with it.
+    return validator(json.loads(text))
 
 
 @lru_cache(maxsize=256)

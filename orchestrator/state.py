@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
+from .ledger import ExpiredHold, LedgerRow
 from .models import ProjectStatus, Task, TaskType
 from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 from .settings import home_dir
@@ -219,6 +220,12 @@ class StateManager:
         # A file's path, or a database's URL without its password.
         self.path: Path | str = self._store.path
 
+    @property
+    def transactions(self) -> int:
+        """Commits of writes since the store was opened, transactions and single statements
+        (transactions committed together count once): a figure the benchmarks report."""
+        return int(self._store.transactions)
+
     async def __aenter__(self) -> StateManager:
         return self
 
@@ -393,7 +400,8 @@ class StateManager:
     ) -> None:
         """A task's result and the run's clock, in one transaction."""
         await self._store.transaction(
-            list(_result_rows(project_id, task_id, record, final, elapsed, time.time()))
+            list(_result_rows(project_id, task_id, record, final, elapsed, time.time())),
+            durable=False,
         )
 
     async def checkpoint_held(
@@ -435,7 +443,9 @@ class StateManager:
             yield from _result_rows(project_id, task_id, result, final, elapsed, now)
             return spent
 
-        return await self._store.atomic(write())
+        # Not synced to disk on its own: what a power loss could take, a resume redoes from the
+        # journal (durable) without paying; the next paid call's commit syncs it anyway.
+        return await self._store.atomic(write(), durable=False)
 
     async def finish(
         self,
@@ -538,7 +548,8 @@ class StateManager:
                     " WHERE id = ?",
                     (elapsed, now, project_id),
                 ),
-            ]
+            ],
+            durable=False,  # derived: redone, not paid for
         )
 
     async def list_projects(self) -> list[ProjectSummary]:
@@ -635,7 +646,8 @@ class StateManager:
                     (project_id, model, task_type, average, samples),
                 )
                 for model, task_type, average, samples in estimates
-            ]
+            ],
+            durable=False,  # derived: redone, not paid for
         )
 
     async def measured_cost_estimates(self) -> list[tuple[str, str, float, int]]:
@@ -695,7 +707,8 @@ class StateManager:
                     (model, json.dumps(record)),
                 )
                 for model, record in records.items()
-            ]
+            ],
+            durable=False,  # derived: redone, not paid for
         )
 
     # -- caps across runs: the organisation (every project here), a team, a job -----------------
@@ -944,23 +957,6 @@ class StateManager:
         if self._store.local_liveness and _on_this_host(holder):
             return _owner_alive(holder)
         return lease_until >= now
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    """One scope's row, in nano-dollars; ``cap_nanos`` None: the scope has no cap."""
-
-    cap_nanos: int | None
-    spent_nanos: int
-    reserved_nanos: int
-
-
-@dataclass(frozen=True)
-class ExpiredHold:
-    project_id: str
-    owner: str
-    amount_nanos: int
-    phase: str
 
 
 class _Refused(Exception):

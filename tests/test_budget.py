@@ -8,7 +8,6 @@ import math
 import pytest
 
 from orchestrator import Budget, BudgetExceeded
-from orchestrator import budget as budget_module
 from orchestrator.money import usd_to_nanos as nanos
 
 
@@ -20,11 +19,11 @@ class Clock:
         return self.now
 
 
-def test_spend_and_time_accounting_as_documented():
+async def test_spend_and_time_accounting_as_documented():
     clock = Clock()
     budget = Budget(max_usd=2.0, max_time_seconds=10, clock=clock)
 
-    budget.settle(budget.reserve(nanos(0.5), "generation"), nanos(0.3))
+    budget.settle(await budget.acquire(nanos(0.5), "generation"), nanos(0.3))
     clock.now += 4
 
     assert budget.spent_usd == 0.3
@@ -36,26 +35,27 @@ def test_spend_and_time_accounting_as_documented():
     assert budget.time_remaining() is False
 
 
-def test_can_afford_counts_what_calls_in_flight_hold():
+async def test_can_afford_counts_what_calls_in_flight_hold():
     budget = Budget(max_usd=1.0, max_time_seconds=10)
-    held = budget.reserve(nanos(0.7), "generation")
+    held = await budget.acquire(nanos(0.7), "generation")
 
     assert budget.can_afford(0.3) and not budget.can_afford(0.31)
     budget.release(held)
     assert budget.can_afford(1.0)
 
 
-def test_a_reservation_that_does_not_fit_is_refused():
+async def test_a_reservation_that_does_not_fit_is_refused_saying_what_is_left():
     budget = Budget(max_usd=1.0, max_time_seconds=10)
-    budget.reserve(nanos(0.6), "generation")
+    budget.charge(nanos(0.6), "generation")
 
-    with pytest.raises(BudgetExceeded, match="does not fit"):
-        budget.reserve(nanos(0.5), "generation")
+    left = r"the run's budget of \$1\.00 has \$0\.4000 left: a call needing up to \$0\.5000"
+    with pytest.raises(BudgetExceeded, match=left + " does not fit"):
+        await budget.acquire(nanos(0.5), "generation")
 
 
 async def test_a_call_waits_for_calls_in_flight_to_settle_when_it_would_fit_after():
     budget = Budget(max_usd=1.0, max_time_seconds=10)
-    in_flight = budget.reserve(nanos(0.8), "generation")
+    in_flight = await budget.acquire(nanos(0.8), "generation")
     waiting = asyncio.create_task(budget.acquire(nanos(0.5), "evaluation"))
     await asyncio.sleep(0.01)
     assert not waiting.done()
@@ -66,10 +66,10 @@ async def test_a_call_waits_for_calls_in_flight_to_settle_when_it_would_fit_afte
     assert reservation.amount_nanos == nanos(0.5) and budget.available_usd == 0.3
 
 
-async def test_a_wait_for_calls_in_flight_is_bounded(monkeypatch):
-    monkeypatch.setattr(budget_module, "MAX_WAIT_SECONDS", 0.2)
+async def test_a_wait_for_calls_in_flight_is_bounded():
     budget = Budget(max_usd=1.0, max_time_seconds=10)
-    budget.reserve(nanos(0.8), "generation")  # a call in flight that never ends
+    budget.account.max_wait = 0.2
+    await budget.acquire(nanos(0.8), "generation")  # a call in flight that never ends
 
     with pytest.raises(BudgetExceeded, match=r"waited 0\.2 s for calls in flight"):
         await asyncio.wait_for(budget.acquire(nanos(0.5), "evaluation"), 5)
@@ -78,7 +78,7 @@ async def test_a_wait_for_calls_in_flight_is_bounded(monkeypatch):
 async def test_a_call_that_could_never_fit_is_refused_at_once():
     budget = Budget(max_usd=1.0, max_time_seconds=10)
     budget.charge(nanos(0.2), "generation")
-    budget.reserve(nanos(0.1), "generation")
+    await budget.acquire(nanos(0.1), "generation")
 
     # 0.9 exceeds the 0.8 left even if the call in flight cost nothing: no point waiting.
     with pytest.raises(BudgetExceeded):
@@ -105,15 +105,15 @@ def test_limits_that_are_not_finite_and_positive_are_refused(max_usd, max_time):
         Budget(max_usd=max_usd, max_time_seconds=max_time)
 
 
-def test_a_thirty_cent_budget_takes_exactly_three_ten_cent_calls():
+async def test_a_thirty_cent_budget_takes_exactly_three_ten_cent_calls():
     budget = Budget(max_usd=0.3, max_time_seconds=10)
     for _ in range(3):
-        budget.settle(budget.reserve(nanos(0.1), "generation"), nanos(0.1))
+        budget.settle(await budget.acquire(nanos(0.1), "generation"), nanos(0.1))
 
     assert (budget.spent_usd, budget.remaining_usd, budget.reserved_usd) == (0.3, 0.0, 0.0)
     assert 0.1 + 0.1 + 0.1 > 0.3  # in float USD the third call would not have fitted
     with pytest.raises(BudgetExceeded):
-        budget.reserve(1, "generation")  # not one nano-dollar more
+        await budget.acquire(1, "generation")  # not one nano-dollar more
 
 
 def test_a_budget_lowered_mid_run_is_kept_exactly():
