@@ -64,6 +64,33 @@ async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
     return times
 
 
+async def measure_together(location: str | Path, calls: int, at_once: int) -> tuple[float, float]:
+    """``calls`` paid calls' bookkeeping, ``at_once`` of them at a time (as calls in flight
+    together finish together): wall ms a call, and commits a call (the store commits the
+    writes that arrive while one is committing with it)."""
+    async with StateManager(location) as store:
+        project = f"bench-{time.time_ns()}"
+        await store.create_project(project, **PROJECT)
+        owner = f"bench:{os.getpid()}:y"
+        assert await store.claim(project, owner, 600.0) is None
+        ledger = Ledger(store, project, owner)
+        await ledger.open(100 * NANOS_PER_USD, "team", "job")
+        gate = asyncio.Semaphore(at_once)
+
+        async def paid_call(n: int) -> None:
+            async with gate:
+                hold = ledger.new_hold(NANOS_PER_USD // 100)
+                await ledger.reserve(hold, task_id="t", phase="generation", journal_key=f"c{n}")
+                row = (project, f"c{n}", "t", "generation", ENTRY, float(n))
+                await store.ledger_settle([(hold.id, NANOS_PER_USD // 1000)], row)
+
+        before, started = store.transactions, time.perf_counter()
+        await asyncio.gather(*(paid_call(n) for n in range(calls)))
+        wall, commits = time.perf_counter() - started, store.transactions - before
+        await store.delete_project(project)
+    return wall / calls * 1000, commits / calls
+
+
 def describe(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
@@ -78,7 +105,9 @@ async def main() -> None:
         raise SystemExit("give --url postgresql://... (or: source .ci/postgres start)")
     with tempfile.TemporaryDirectory() as directory:
         sqlite = await measure(Path(directory) / "state.db", args.calls)
+        sqlite_together = await measure_together(Path(directory) / "state.db", args.calls, 8)
     postgres = await measure(args.url, args.calls)
+    postgres_together = await measure_together(args.url, args.calls, 8)
     import psycopg
 
     with psycopg.connect(args.url) as conn:
@@ -95,6 +124,11 @@ async def main() -> None:
             f"{what:12} SQLite median {s_median:.3f} ms (p95 {s_p95:.3f}); PostgreSQL median "
             f"{p_median:.3f} ms (p95 {p_p95:.3f}); +{p_median - s_median:.3f} ms a call, "
             f"x{p_median / s_median:.1f}"
+        )
+    for name, (ms, commits) in (("SQLite", sqlite_together), ("PostgreSQL", postgres_together)):
+        print(
+            f"8 paid calls at a time on {name}: {ms:.3f} ms a call (wall), "
+            f"{commits:.2f} commits a paid call"
         )
 
 

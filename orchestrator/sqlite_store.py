@@ -459,8 +459,9 @@ async def run_program_async(program: Program[T], execute: Execute) -> T:
 
 
 def is_write(sql: str) -> bool:
-    """Whether a statement run on its own commits a write."""
-    return sql.lstrip()[:7].upper().startswith(("INSERT", "UPDATE", "DELETE"))
+    """Whether a statement run on its own commits a write (ours read with SELECT or PRAGMA
+    only; a WITH writes, in PostgreSQL's one-statement hold and settlement)."""
+    return not sql.lstrip()[:6].upper().startswith(("SELECT", "PRAGMA"))
 
 
 def each_statement(statements: Sequence[Statement]) -> Program[None]:
