@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from .fences import fenced_blocks, has_fence
+from .fences import PYTHON_TAGS, fenced_blocks, has_fence
 from .models import Task, TaskResult, TaskStatus, TaskType
 from .tree_screen import RUNNER_MODULES
-from .visible import visible
+from .visible import shorten, visible
 
 TREE_NAME = "project"  # the tree's directory inside the output directory, unless named
 MAX_PATH = 200
@@ -40,7 +40,6 @@ CODE_SUFFIXES = frozenset(
 )
 DOCUMENT_SUFFIXES = frozenset({".md", ".rst", ".txt"})
 PLAIN_NAMES = frozenset({"LICENSE", "NOTICE"})  # files that have no suffix by convention
-PYTHON_TAGS = frozenset({"python", "py", "python3", ""})
 DOCUMENT_TYPES = frozenset(
     {TaskType.WRITING, TaskType.SUMMARIZE, TaskType.REASONING, TaskType.CODE_REVIEW}
 )
@@ -236,8 +235,7 @@ def _marker(text: str) -> tuple[str | None, str]:
 
 
 def _shown(name: str) -> str:
-    flat = visible(name, one_line=True)
-    return flat if len(flat) <= 80 else flat[:79] + "…"
+    return shorten(visible(name, one_line=True), 80)
 
 
 @dataclass

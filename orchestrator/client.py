@@ -43,6 +43,7 @@ from .retry import RetryPolicy
 from .schemas import load_off_loop, schema_problem
 from .settings import load_environment
 from .structured import InvalidAnswer, parse_answer, repair_prompt
+from .tokens import high_tokens, token_bound
 
 DEFAULT_MAX_TOKENS = 4096
 # A prose or code answer cut off by the output limit is continued at most this often.
@@ -539,15 +540,23 @@ def sent_max_tokens(model: Model, max_tokens: int | None) -> int:
 
 
 def prompt_token_bound(request: ChatRequest) -> int:
-    """An upper bound on the prompt's tokens: a token always stands for at least one byte of
-    text; the margins cover chat-template tokens and the vendor-side tokens a native schema
-    mode adds."""
-    prompt_bytes = len(system_prompt(request).encode()) + sum(
-        len(m.content.encode()) for m in request.messages
-    )
+    """A bound on the prompt's tokens no tokenizer passes (``tokens.token_bound``), for what a
+    call may cost."""
+    return _prompt_tokens(request, token_bound)
+
+
+def prompt_token_estimate(request: ChatRequest) -> int:
+    """An upper estimate of the prompt's tokens (``tokens.high_tokens``), for its window."""
+    return _prompt_tokens(request, high_tokens)
+
+
+def _prompt_tokens(request: ChatRequest, count: Callable[[str], int]) -> int:
+    """The prompt's tokens as ``count`` counts a text's; the margins cover chat-template tokens
+    and the vendor-side tokens a native schema mode adds."""
+    tokens = count(system_prompt(request)) + sum(count(m.content) for m in request.messages)
     if request.json_schema is not None and request.native_schema:
-        prompt_bytes += 2 * len(json.dumps(request.json_schema).encode())
-    return prompt_bytes + 16 * (len(request.messages) + 1) + 512
+        tokens += 2 * count(json.dumps(request.json_schema))
+    return tokens + 16 * (len(request.messages) + 1) + 512
 
 
 def worst_case_nanos(model: Model, request: ChatRequest) -> int:
@@ -558,17 +567,40 @@ def worst_case_nanos(model: Model, request: ChatRequest) -> int:
 def output_room(model: Model, request: ChatRequest) -> int:
     """The most output tokens ``request`` can ask of ``model`` without the prompt and the answer
     passing its context window (a server answers that with HTTP 400, or cuts the answer off)."""
-    return model.context_window - prompt_token_bound(request)
+    return model.context_window - prompt_token_estimate(request)
+
+
+def prompt_room(
+    model: Model,
+    prompt: str,
+    *,
+    system: str | None,
+    max_tokens: int | None,
+    schema: dict[str, Any] | None = None,
+) -> int:
+    """How many tokens (``tokens.high_tokens``) ``prompt`` may still grow by and its request to
+    ``model`` keep its whole output limit: what a prompt's added context may take."""
+    request = ChatRequest(
+        messages=(Message("user", prompt),),
+        max_tokens=sent_max_tokens(model, max_tokens),
+        system=system,
+        json_schema=schema,
+        native_schema=schema is not None and model.json_schema,
+    )
+    return output_room(model, request) - request.max_tokens
 
 
 def fitted(model: Model, request: ChatRequest) -> ChatRequest:
     """``request`` with its output limit lowered to fit ``model``'s context window; a prompt
     that leaves no useful room is refused before anything is sent (the next model is asked)."""
+    wanted = max(request.max_tokens, MIN_OUTPUT_ROOM)
+    if model.context_window - prompt_token_bound(request) >= wanted:
+        return request  # it fits at a token a byte: no need to estimate closer
     room = output_room(model, request)
     if room < MIN_OUTPUT_ROOM:
         raise ContextWindowError(
             f"{model.value}'s context window ({model.context_window} tokens) cannot take this "
-            f"prompt (up to {prompt_token_bound(request)} tokens) and an answer",
+            f"prompt (up to about {prompt_token_estimate(request)} tokens) and an answer",
             model=model.value,
             provider=model.provider,
         )

@@ -34,6 +34,7 @@ from .routing import (
     Router,
     at_least_measured,
 )
+from .tokens import typical_tokens
 
 CRITIQUE_TYPE = ROLE_TASK_TYPES["critic"]  # the task type critique calls are learnt under
 EVALUATION_TYPE = ROLE_TASK_TYPES["evaluator"]
@@ -200,10 +201,10 @@ class _Tokens:
 
 
 def _text_tokens(text: str) -> tuple[int, int]:
-    """(expected, at most) tokens of ``text`` as a prompt: about four characters a token, and
-    at most what the client reserves for it (``prompt_token_bound``)."""
+    """(expected, at most) tokens of ``text`` as a prompt: ``typical_tokens``, and at most what
+    the client reserves for it (``prompt_token_bound``)."""
     request = ChatRequest(messages=(Message("user", text),), max_tokens=1)
-    return len(text) // 4, prompt_token_bound(request)
+    return typical_tokens(text), prompt_token_bound(request)
 
 
 def _worst_answer_usd(model: Model, call: _Tokens) -> float:

@@ -60,6 +60,7 @@ from .taskgraph import (
     parse_tasks,
 )
 from .telemetry import ModelProfile, TelemetryCollector
+from .visible import shorten
 
 FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
 
@@ -744,9 +745,9 @@ def _changed_inputs(
     """What differs between a saved project and a new run under its id, one phrase each."""
     changed = []
     if saved.description != description:
-        changed.append(f"description was {_excerpt(saved.description)!r}")
+        changed.append(f"description was {shorten(saved.description, 60)!r}")
     if saved.criteria != criteria:
-        changed.append(f"criteria were {_excerpt(saved.criteria)!r}")
+        changed.append(f"criteria were {shorten(saved.criteria, 60)!r}")
     if tasks is not None and saved.tasks is not None:
         before = {t: task.to_dict() for t, task in saved.tasks.items()}
         after = {t: task.to_dict() for t, task in tasks.items()}
@@ -779,10 +780,6 @@ def _job_arguments(spec: JobSpec) -> dict[str, Any]:
         "team": spec.team,
         "job_id": spec.job_id,
     }
-
-
-def _excerpt(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def new_project_id() -> str:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
+# The tags a block of Python is fenced with (models write ```python3 too; "" stands for an
+# untagged block, which a code answer's is). What the validators check as Python, what the writer
+# saves to a .py file and what the assembly counts as an unnamed file are these blocks.
+PYTHON_TAGS = ("python", "py", "python3", "")
+
 _FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _TAG = re.compile(r"[A-Za-z0-9_+#-]*")
 
@@ -14,7 +19,7 @@ def has_fence(text: str) -> bool:
     return any(_opening_fence(line) is not None for line in text.splitlines())
 
 
-def code_blocks(text: str, languages: Collection[str] = ("python", "py", "")) -> list[str]:
+def code_blocks(text: str, languages: Collection[str] = PYTHON_TAGS) -> list[str]:
     """The contents of every fenced block whose language tag is in ``languages``.
 
     Fences are ``` or ~~~ (three or more, indented at most three spaces); the tag is the first

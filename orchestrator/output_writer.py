@@ -22,12 +22,12 @@ from typing import Any
 
 from .assembly import TREE_NAME, ProjectTree, UnsafePath, assemble, tree_path
 from .errors import ConfigError
-from .fences import code_blocks, has_fence
+from .fences import PYTHON_TAGS, code_blocks, has_fence
 from .files import write_atomically
 from .models import ProjectState, Task, TaskResult, TaskType
 from .progress import format_usd
 from .sandbox import NO_SANDBOX
-from .visible import visible, visible_json
+from .visible import shorten, visible, visible_json
 
 SUMMARY_NAME = "summary.json"
 README_NAME = "README.md"
@@ -48,7 +48,7 @@ class OutputError(ConfigError):
     """The output directory cannot be created or written, or a write would leave it."""
 
 
-def strip_fences(text: str, languages: Iterable[str] = ("python", "py", "")) -> str:
+def strip_fences(text: str, languages: Iterable[str] = PYTHON_TAGS) -> str:
     """The bodies of the fenced blocks tagged with one of ``languages``, joined by two blank lines.
 
     ``""`` stands for an untagged fence. Text with no such block is returned unchanged, so an
@@ -407,11 +407,6 @@ def _line(text: object) -> str:
     return visible(" ".join(str(text).split())).replace("\\", "\\\\")
 
 
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _PROMPT_EXCERPT else flat[: _PROMPT_EXCERPT - 1] + "…"
-
-
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -438,7 +433,9 @@ def _validators(result: TaskResult) -> str:
 
 
 def _row(index: int, task: Task, result: TaskResult | None, file: str | None) -> list[str]:
-    task_text = f"{task.id}: {_excerpt(task.prompt)}" if task.prompt.strip() else task.id
+    task_text = (
+        f"{task.id}: {shorten(task.prompt, _PROMPT_EXCERPT)}" if task.prompt.strip() else task.id
+    )
     common = [str(index), _cell(task_text), _cell(TaskType(task.type).value)]
     if result is None:
         return [*common, "not run", *[_NONE] * 6, f"[{file}]({file})" if file else _NONE]

@@ -66,6 +66,9 @@ EVALUATION_SCHEMA = {
 }
 
 
+CONTEXT_HEADING = "Results of the tasks this one depends on:\n"
+
+
 def task_prompt(task: Task, description: str, criteria: str, context: str) -> str:
     parts = [f"Project (what this task is part of):\n{description}"]
     parts.append(f"Task ({task.type.value}):\n{task.prompt}")
@@ -73,7 +76,7 @@ def task_prompt(task: Task, description: str, criteria: str, context: str) -> st
         parts.append(f"Acceptance notes for this task:\n{task.acceptance}")
     parts.append(f"Project acceptance criteria:\n{criteria}")
     if context:
-        parts.append(f"Results of the tasks this one depends on:\n{context}")
+        parts.append(CONTEXT_HEADING + context)
     return "\n\n".join(parts)
 
 

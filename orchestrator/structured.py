@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .fences import code_blocks, has_fence
 from .schemas import first_error
+from .visible import shorten
 
 if TYPE_CHECKING:
     from jsonschema import ValidationError
@@ -52,8 +53,7 @@ def _problem(error: ValidationError) -> str:
         noun = str(path[-1]) if path and isinstance(path[-1], str) else "items"
         need = "at least" if error.validator == "minItems" else "at most"
         return f"got {len(value)} {noun}, need {need} {limit}"
-    message = " ".join(error.message.split())
-    return message if len(message) <= 200 else message[:199] + "…"
+    return shorten(error.message, 200)
 
 
 def repair_prompt(problem: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .assembly import as_block, named_files
 from .budget import Budget, BudgetExceeded
 from .catalog import Model
-from .client import Completion
+from .client import Completion, prompt_room
 from .errors import ProviderError
 from .events import Event, EventSink
 from .fallback import ChainFailed, Failures, first_answer
@@ -20,6 +20,7 @@ from .integration import INTEGRATION_PHASE
 from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
 from .money import nanos_to_usd, usd_to_nanos
 from .prompts import (
+    CONTEXT_HEADING,
     CRITIQUE_SYSTEM,
     EVALUATE_SYSTEM,
     EVALUATION_SCHEMA,
@@ -34,7 +35,9 @@ from .providers.base import Message
 from .routing import CRITIQUE_MAX_TOKENS, ROLE_TASK_TYPES, ROUTING_TABLE, Router
 from .sandbox import NO_SANDBOX
 from .telemetry import TelemetryCollector
+from .tokens import high_tokens
 from .validators import run_validators
+from .visible import shorten
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,10 @@ CONSISTENCY_DELTA = 0.05
 # second time before it decides the task; a score further away is decided by one verdict.
 CLOSE_TO_THRESHOLD = 0.1
 EVALUATION_MAX_TOKENS = ROUTING_TABLE[TaskType.EVALUATE][1]
-CHARS_PER_TOKEN = 3  # conservative for code; trimming must never overflow a window
+# Dependency outputs get at least this many tokens of a prompt (about 2,000 characters of code)
+# even where the window leaves them less: the output limit is then lowered to what is left, or
+# the request refused for the window and the next model of the chain asked.
+MIN_CONTEXT_TOKENS = 800
 # The task type a phase's calls are priced under, when it is not the task's own.
 ONE_VERDICT = (
     "only one of the two evaluations gave a usable verdict, which is not enough to complete the "
@@ -89,13 +95,8 @@ class ProvidersUnavailable(Exception):
 
 def describe_outage(errors: Mapping[str, str]) -> str:
     """One line naming the providers that failed and their last errors."""
-    parts = [f"{provider} ({_one_line(error, 120)})" for provider, error in errors.items()]
+    parts = [f"{provider} ({shorten(error, 120)})" for provider, error in errors.items()]
     return "providers unavailable: " + "; ".join(parts)
-
-
-def _one_line(text: str, limit: int) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 @dataclass
@@ -562,14 +563,22 @@ class TaskRunner:
         return ChainExhausted(f"every model failed for {phase}; last: {failures.last}")
 
     def _context(self, chain: list[Model]) -> str:
-        """Dependency outputs, trimmed so the prompt fits the smallest window in the chain."""
+        """Dependency outputs, each trimmed to an equal share of what the prompt has room for:
+        its request leaves every model of the chain its whole output limit, as the client's
+        window check counts tokens (``prompt_room``)."""
         if not self.dependencies:
             return ""
-        window = min(m.context_window for m in chain)
-        reserve = self.ctx.router.max_tokens(self.task.type) + 2000
-        own = len(self.task.prompt) + len(self.ctx.description) + len(self.ctx.criteria)
-        room = max(2000, (window - reserve) * CHARS_PER_TOKEN - own)
-        share = room // len(self.dependencies)
+        task, ctx = self.task, self.ctx
+        prompt = task_prompt(task, ctx.description, ctx.criteria, "")
+        system, limit = GENERATE_SYSTEM[task.type], ctx.router.max_tokens(task.type)
+        schema = self._answer_schema()
+        room = min(
+            prompt_room(m, prompt, system=system, max_tokens=limit, schema=schema) for m in chain
+        )
+        headings = [f"\n\n### {task_id}\n" for task_id in self.dependencies]
+        # Each text's own count, and a token more where two of them meet (a word they join).
+        framing = sum(map(high_tokens, [CONTEXT_HEADING, *headings])) + len(headings) + 1
+        share = max(MIN_CONTEXT_TOKENS, room - framing) // len(self.dependencies)
         parts = []
         for task_id, dep in self.dependencies.items():
             parts.append(f"### {task_id}\n{_trim(dep.output, share)}")
@@ -629,12 +638,19 @@ def _with_unchanged_files(task_type: TaskType, before: str, after: str) -> tuple
 
 
 def _trim(text: str, limit: int) -> str:
-    if len(text) <= limit:
+    """``text`` whole when it is at most ``limit`` tokens (``high_tokens``), else its start and
+    its end (two thirds and one third of what is kept) around a note of what was left out."""
+    tokens = high_tokens(text)
+    if tokens <= limit:
         return text
-    head = limit * 2 // 3
-    tail = limit - head
-    omitted = len(text) - head - tail
-    return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[-tail:]}"
+    keep = len(text) * limit // tokens  # the characters that many tokens take in this text
+    while True:
+        head = keep * 2 // 3
+        omitted = len(text) - keep
+        trimmed = f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[head + omitted :]}"
+        if keep == 0 or high_tokens(trimmed) <= limit:
+            return trimmed
+        keep = keep * 15 // 16  # the note took some of the room: a little less of the text
 
 
 def _another_grader(first: Model, others: list[Model]) -> Model:

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .models import Task, TaskType
 from .schemas import best_match, schema_problem, shipped, shipped_schema
 from .validators import KNOWN_VALIDATORS
+from .visible import shorten
 
 if TYPE_CHECKING:
     from jsonschema import ValidationError
@@ -38,6 +39,7 @@ PROMPT_MAX_CHARS = 4000
 ACCEPTANCE_MAX_CHARS = 1000
 DEPENDENCIES_MAX = 20
 PLANNED_TASKS_MAX = 40
+PROBLEM_LIMIT = 120  # characters of a problem quoted in an error line
 
 
 class TaskGraphError(ConfigError):
@@ -125,7 +127,7 @@ def parse_tasks(
             if problem is not None:
                 raise TaskGraphError(
                     f"{origin}: {_task_label(entries, index)} field 'output_schema': "
-                    f"not a valid JSON Schema ({_one_line(problem)})"
+                    f"not a valid JSON Schema ({shorten(problem, PROBLEM_LIMIT)})"
                 )
 
     seen: dict[str, int] = {}
@@ -408,13 +410,8 @@ def _kind_of(value: Any) -> str:
     return type(value).__name__
 
 
-def _one_line(text: str, limit: int = 120) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def _short(value: Any) -> str:
-    return _one_line(repr(value), 60)
+    return shorten(repr(value), 60)
 
 
 def explain_schema_error(error: ValidationError) -> str:
@@ -422,7 +419,7 @@ def explain_schema_error(error: ValidationError) -> str:
     keyword, expected, value = error.validator, error.validator_value, error.instance
     if keyword == "required" and isinstance(value, dict):
         missing = [name for name in expected if name not in value]
-        return f"missing field {missing[0]!r}" if missing else _one_line(error.message)
+        return f"missing field {missing[0]!r}" if missing else shorten(error.message, PROBLEM_LIMIT)
     if keyword == "additionalProperties" and isinstance(value, dict):
         allowed = list(error.schema.get("properties", {}))
         extra = [name for name in value if name not in allowed]
@@ -452,4 +449,4 @@ def explain_schema_error(error: ValidationError) -> str:
         return f"must be at least {expected} (got {_short(value)})"
     if keyword == "maximum":
         return f"must be at most {expected} (got {_short(value)})"
-    return _one_line(error.message)
+    return shorten(error.message, PROBLEM_LIMIT)

@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import pytest_channel
-from .fences import code_blocks
+from .fences import PYTHON_TAGS, code_blocks
 from .models import ValidatorResult
 from .sandbox import (
     NO_SANDBOX,
@@ -39,6 +39,7 @@ from .sandbox import (
 )
 from .schemas import best_match, schema_problem, validator
 from .tree_screen import RUNNER_MODULES, Refused, screen
+from .visible import shorten
 
 __all__ = ["KNOWN_VALIDATORS", "code_blocks", "run_validators", "unknown_validators"]
 
@@ -54,10 +55,6 @@ EXECUTING_VALIDATORS: frozenset[str] = frozenset({"pytest", "latex"})
 PYTEST_RUNNER = pytest_channel.__file__
 # The second witness: runs the tests again without pytest's runner (standard library only).
 WITNESS_RUNNER = os.path.join(os.path.dirname(PYTEST_RUNNER), "witness_runner.py")
-
-# What the validators treat as Python. Wider than code_blocks' default because models do write
-# ```python3, and missing such a block would fail a correct answer.
-PYTHON_TAGS = ("python", "py", "python3", "")
 
 _NO_OUTPUTS: Mapping[str, str] = MappingProxyType({})
 # Our pytest configuration, written beside the tests under a name no file of theirs can have.
@@ -136,20 +133,15 @@ async def run_validators(
 
 
 def _passed(name: str, detail: str = "") -> ValidatorResult:
-    return ValidatorResult(name, passed=True, detail=_one_line(detail))
+    return ValidatorResult(name, passed=True, detail=shorten(detail, DETAIL_LIMIT))
 
 
 def _failed(name: str, detail: str) -> ValidatorResult:
-    return ValidatorResult(name, passed=False, detail=_one_line(detail))
+    return ValidatorResult(name, passed=False, detail=shorten(detail, DETAIL_LIMIT))
 
 
 def _skipped(name: str, detail: str) -> ValidatorResult:
-    return ValidatorResult(name, passed=True, skipped=True, detail=_one_line(detail))
-
-
-def _one_line(text: str, limit: int = DETAIL_LIMIT) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
+    return ValidatorResult(name, passed=True, skipped=True, detail=shorten(detail, DETAIL_LIMIT))
 
 
 # --- in-process checks ------------------------------------------------------------------------
@@ -447,7 +439,7 @@ def _noting(result: ValidatorResult, bound: str) -> ValidatorResult:
     if not bound:
         return result
     room = DETAIL_LIMIT - len(bound) - 2
-    return _failed(result.name, f"{_one_line(result.detail, room)}; {bound}")
+    return _failed(result.name, f"{shorten(result.detail, room)}; {bound}")
 
 
 def _prepare_runs(root: str, again: str, roots: Sequence[str], config: str) -> None:

@@ -15,12 +15,19 @@ return would silently change what a line seems to say. Backslashes are not doubl
 shown stays readable (paths, regexes); a literal ``\\x1b`` in the text looks the same as an
 escaped ESC, which is harmless: the output holds no control character either way. Escaping is
 idempotent: escaped text holds nothing left to escape.
+
+``shorten`` is the one way a text is made a line of at most so many characters (an error's
+detail, an excerpt of a prompt): it collapses whitespace, line breaks included, but escapes
+nothing; what shows the line passes it through ``visible`` as it would the whole text.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import textwrap
+
+ELLIPSIS = "…"
 
 # C0 controls but newline and tab, DEL and the C1 controls (``\x9b`` is a one-byte CSI for many
 # terminals), the line and paragraph separators (a line break to some viewers, not to others),
@@ -47,6 +54,19 @@ def visible(text: str, *, one_line: bool = False) -> str:
     line of the live progress area), which escapes them too."""
     pattern = _CONTROL_OR_BREAK if one_line else _CONTROL
     return pattern.sub(_escaped, text)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` as one line of at most ``limit`` characters (at least one): its runs of
+    whitespace made one space, and a longer line cut after its last whole word that fits, with
+    an ellipsis (``textwrap.shorten``). Where whole words would leave out most of the room (a
+    long path, a JSON value, which ``textwrap.shorten`` drops whole), it is cut inside a word."""
+    limit = max(1, limit)
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    words = textwrap.shorten(flat, limit, placeholder=ELLIPSIS)
+    return words if len(words) > limit // 2 else flat[: limit - 1] + ELLIPSIS
 
 
 def visible_json(text: str) -> str:

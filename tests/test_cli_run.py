@@ -98,6 +98,31 @@ def test_a_project_file_runs_its_own_tasks_without_decomposition(fake, llm, tmp_
     assert "$1.50" in result.stdout
 
 
+def test_an_answer_fenced_as_python3_is_written_to_its_py_file_without_the_fences(
+    fake, llm, tmp_path
+):
+    project = tmp_path / "project.yaml"
+    project.write_text(
+        "project: Build an add library\n"
+        "criteria: add works\n"
+        "tasks:\n"
+        "  - id: calc\n"
+        "    type: code_generation\n"
+        "    prompt: '[calc] Write add.'\n"
+        "    hard_validators: [python_syntax]\n"
+    )
+    llm.answers["calc"] = "```python3\ndef add(a, b):\n    return a + b\n```\n"
+    out = tmp_path / "results"
+
+    result = run_cli(
+        "--file", str(project), "--output-dir", str(out), cwd=tmp_path, env=cli_env(fake, tmp_path)
+    )
+
+    assert result.returncode == 0, result.stderr
+    code = (out / "task_001_code_generation.py").read_text(encoding="utf-8")
+    assert code == "def add(a, b):\n    return a + b\n"
+
+
 @pytest.mark.parametrize(
     ("scripts", "flags", "code", "status"),
     [

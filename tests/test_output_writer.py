@@ -233,6 +233,16 @@ def test_code_without_fences_is_kept_as_is(tmp_path):
     assert code == answer + "\n"
 
 
+def test_code_fenced_as_python3_is_written_without_its_fences(tmp_path):
+    # The syntax validator reads a ```python3 block as Python; the file must hold just as much.
+    answer = "Here it is:\n\n```python3\ndef add(a, b):\n    return a + b\n```\n\nDone."
+    state = make_state([make_task("c", TaskType.CODE_GEN)], [make_result("c", answer)])
+
+    code = write_outputs(state, tmp_path / "out")[0].read_text(encoding="utf-8")
+
+    assert code == "def add(a, b):\n    return a + b\n"
+
+
 def test_strip_fences_details():
     # A model cut off by its token limit never closes the fence; its code is still kept.
     assert strip_fences("```python\nx = 1\ny = 2") == "x = 1\ny = 2"

@@ -9,7 +9,7 @@ import pytest
 from conftest import TERMINAL_CONTROLS
 
 from orchestrator import cli
-from orchestrator.visible import visible, visible_json
+from orchestrator.visible import shorten, visible, visible_json
 
 ORDINARY = "café naïve Ünïcödé, 中文 日本語, emoji 🎉 and a family 👨\u200d👩\u200d👧, e\u0301"
 
@@ -46,6 +46,25 @@ def test_newlines_tabs_and_ordinary_unicode_are_kept():
 def test_one_line_escapes_newlines_and_tabs_too():
     assert visible("a\nb\tc\x1b", one_line=True) == r"a\nb\tc\x1b"
     assert visible(ORDINARY, one_line=True) == ORDINARY
+
+
+def test_a_text_is_shortened_to_one_line_at_a_word_with_an_ellipsis():
+    error = "the import failed: no module named numpy"
+    assert shorten("  a short\n\tline  ", 40) == "a short line"
+    assert shorten(error, 30) == "the import failed: no module…"
+    assert all(len(shorten(error, limit)) <= limit for limit in range(1, 45))
+
+
+def test_a_word_longer_than_the_room_is_cut_not_dropped():
+    # textwrap.shorten would leave the ellipsis alone, or "see…": the path's start says more.
+    assert shorten("/" + "x" * 100, 20) == "/" + "x" * 18 + "…"
+    assert shorten("see /usr/lib/python3/site-packages/module.py", 24) == "see /usr/lib/python3/si…"
+
+
+def test_shortening_escapes_nothing_and_what_shows_it_still_escapes_it():
+    line = shorten("\x1b[2J cleared\r\nover", 80)
+    assert line == "\x1b[2J cleared over"  # line breaks gone, ESC left for visible
+    assert not TERMINAL_CONTROLS.search(visible(line))
 
 
 def test_escaping_twice_changes_nothing_more():

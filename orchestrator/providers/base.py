@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol
 
+from ..tokens import typical_tokens
+
 Role = Literal["user", "assistant"]
 
 
@@ -114,19 +116,15 @@ TIMED_OUT = Failure("transient", detail="timed out", maybe_billed=True)
 CONNECTION_FAILED = Failure("connection", detail="connection failed")
 
 
-def estimate_tokens(text: str) -> int:
-    """A rough token count (4 characters a token) for when a vendor reports no usage."""
-    return max(1, len(text) // 4)
-
-
 def with_estimated_usage(
     text: str, prompt: str, reported: str | None, stop: str | None, truncated: bool
 ) -> RawCompletion:
-    """An answer whose server reported no usage: its tokens estimated from the texts."""
+    """An answer whose server reported no usage: its tokens estimated from the texts, as many
+    as expected (``typical_tokens``): the call's worst case was reserved before it was made."""
     return RawCompletion(
         text=text,
-        input_tokens=estimate_tokens(prompt),
-        output_tokens=estimate_tokens(text),
+        input_tokens=typical_tokens(prompt),
+        output_tokens=typical_tokens(text),
         reported_model=reported,
         usage_estimated=True,
         stop_reason=stop,
