@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .models import ModelProfile, ProjectState
+from .settings import DB_URL_ENV
 from .telemetry import merge_profiles
 
 if TYPE_CHECKING:
@@ -91,7 +92,6 @@ class AgentPool:
         the result; an agent that fails has its exception instead. ``queue_url``: the
         PostgreSQL database of the queue, by default ``$ORCHESTRATOR_DB_URL``."""
         from .distributed import enqueue  # the distributed extra, only when asked for
-        from .sqlite_store import DB_URL_ENV
 
         url = queue_url or os.environ.get(DB_URL_ENV)
         if not url:

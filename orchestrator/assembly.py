@@ -30,7 +30,6 @@ from .models import Task, TaskResult, TaskStatus, TaskType
 from .tree_screen import RUNNER_MODULES
 from .visible import shorten, visible
 
-TREE_NAME = "project"  # the tree's directory inside the output directory, unless named
 MAX_PATH = 200
 MAX_DEPTH = 8
 

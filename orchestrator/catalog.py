@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,6 +265,8 @@ def _builtin_catalog() -> Catalog:
 
 @cache
 def _builtin_text() -> str:
+    from importlib import resources
+
     return resources.files("orchestrator").joinpath("data/catalog.yaml").read_text()
 
 

@@ -21,8 +21,7 @@ from .client import MAX_CONTINUATIONS, prompt_token_bound
 from .errors import ConfigError
 from .integration import DEFAULT_ROUNDS, INTEGRATION_PHASE
 from .models import ModelProfile, Task, TaskType
-from .money import nanos_to_usd, usd_to_nanos
-from .progress import format_usd
+from .money import format_usd, nanos_to_usd, usd_to_nanos
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER, GENERATE_SYSTEM, task_prompt
 from .providers.base import ChatRequest, Message
 from .routing import (

@@ -7,7 +7,6 @@ emits, each with the ``data`` fields it carries, and the names hooks subscribe b
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import queue
 import threading
@@ -84,6 +83,8 @@ class EventKind(StrEnum):
     def _missing_(cls, value: object) -> EventKind:
         if isinstance(value, str) and value in _SYNONYMS:
             return cls(_SYNONYMS[value])
+        import difflib
+
         known = [kind.value for kind in cls]
         close = difflib.get_close_matches(str(value), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -14,7 +14,7 @@ import copy
 import functools
 import logging
 import os
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import replace
@@ -783,4 +783,4 @@ def _job_arguments(spec: JobSpec) -> dict[str, Any]:
 
 
 def new_project_id() -> str:
-    return uuid.uuid4().hex[:12]
+    return secrets.token_hex(6)

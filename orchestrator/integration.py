@@ -28,11 +28,11 @@ from typing import Any
 
 from .assembly import ProjectTree, assemble
 from .models import ProjectState, TaskStatus
+from .run_config import DEFAULT_ROUNDS
 from .sandbox import NO_SANDBOX, Sandbox, run_tool, scratch_dir
 from .validators import compile_problem, find_ruff, pytest_installed, run_tests
 
 INTEGRATION_PHASE = "reserve"  # the budget partition integration revisions are paid from
-DEFAULT_ROUNDS = 2
 # Errors, not style: syntax errors, broken comparisons and statements, undefined names.
 RUFF_RULES = "E9,F63,F7,F82"
 MAX_FAILURES = 20  # per check, in the report

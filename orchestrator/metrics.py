@@ -28,7 +28,7 @@ from typing import Any, Protocol, TextIO
 from .errors import ConfigError, OrchestratorError
 from .files import write_atomically
 from .models import ModelProfile, ProjectState, TaskStatus
-from .progress import format_usd
+from .money import format_usd
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from .budget import Budget
-from .catalog import Catalog, Model
-
 if TYPE_CHECKING:
+    from .budget import Budget
+    from .catalog import Model
     from .integration import Integration
     from .run_config import RunConfig
+    from .telemetry import build_default_profiles as build_default_profiles
 
 
 class TaskType(StrEnum):
@@ -298,17 +298,12 @@ def _ema(average: float, sample: float) -> float:
     return (1 - PROFILE_EMA_ALPHA) * average + PROFILE_EMA_ALPHA * sample
 
 
-def build_default_profiles(catalog: Catalog | None = None) -> dict[str, ModelProfile]:
-    """A profile per catalog model (the built-in catalog by default), keyed by ``provider/id``,
-    holding the catalog's facts and priors until calls and evaluations update it."""
-    catalog = catalog if catalog is not None else Catalog.load()
-    profiles = {}
-    for model in catalog.models:
-        provider = catalog.provider_of(model)
-        profiles[model.key] = ModelProfile(
-            model=model,
-            region=provider.region,
-            trains_on_output=provider.trains_on_output,
-            quality=model.quality,
-        )
-    return profiles
+def __getattr__(name: str) -> Any:
+    """``build_default_profiles``, the design's ``orchestrator.models.build_default_profiles``:
+    it reads the catalog, so it lives with the telemetry (``orchestrator.telemetry``) and this
+    vocabulary stays below the catalog and the budget."""
+    if name == "build_default_profiles":
+        from .telemetry import build_default_profiles
+
+        return build_default_profiles
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,8 @@
 Every amount on the money path (prices, worst cases, holds, spend, caps, the journal and the
 ledger) is an ``int`` of nano-dollars, so sums are exact: three calls of $0.10 fill a $0.30
 budget to the nano-dollar. Floats of USD appear only where a person reads an amount, and in the
-public API that takes or reports them (``Budget(max_usd=...)``, ``spent_usd``).
+public API that takes or reports them (``Budget(max_usd=...)``, ``spent_usd``); ``format_usd``
+writes one for a person.
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ def usage_nanos(tokens_at_prices: list[tuple[int, int]]) -> int:
     exactly, the total rounded up once to a whole nano-dollar (never undercounted)."""
     exact = sum(tokens * price for tokens, price in tokens_at_prices)
     return -(-exact // TOKENS_PER_PRICE)
+
+
+def format_usd(value: float) -> str:
+    """Dollars with enough digits to be true: ``$8.00``, ``$0.28``, ``$0.004``, ``$0.00004``."""
+    if not math.isfinite(value):
+        return f"${value}"
+    if value == 0:
+        return "$0.00"
+    magnitude = abs(value)
+    # About three significant digits below a dollar, cents above.
+    decimals = 2 if magnitude >= 1 else min(8, 2 - math.floor(math.log10(magnitude)))
+    text = f"{value:,.{decimals}f}"
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0").ljust(2, "0")
+    return f"${whole}.{fraction}"
 
 
 def checked_nanos(amount: int) -> int:

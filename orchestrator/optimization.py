@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .catalog import Model
-from .models import ModelProfile
+if TYPE_CHECKING:
+    from .catalog import Model
+    from .models import ModelProfile
 
 
 @dataclass(frozen=True)

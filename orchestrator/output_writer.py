@@ -20,12 +20,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .assembly import TREE_NAME, ProjectTree, UnsafePath, assemble, tree_path
+from .assembly import ProjectTree, UnsafePath, assemble, tree_path
 from .errors import ConfigError
 from .fences import PYTHON_TAGS, code_blocks, has_fence
 from .files import write_atomically
 from .models import ProjectState, Task, TaskResult, TaskType
-from .progress import format_usd
+from .money import format_usd
+from .run_config import TREE_NAME
 from .sandbox import NO_SANDBOX
 from .visible import shorten, visible, visible_json
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from typing import Any, TextIO
 from .budget import Budget
 from .events import Event, EventKind
 from .models import ProjectState, TaskResult, ValidatorResult
+from .money import format_usd
 from .sandbox import NO_SANDBOX
 from .visible import visible
 
@@ -364,21 +364,6 @@ def _verdict(result: ValidatorResult) -> str:
     if result.passed:
         return "ok"
     return "NOT RUN" if result.not_run else "FAIL"
-
-
-def format_usd(value: float) -> str:
-    """Dollars with enough digits to be true: ``$8.00``, ``$0.28``, ``$0.004``, ``$0.00004``."""
-    if not math.isfinite(value):
-        return f"${value}"
-    if value == 0:
-        return "$0.00"
-    magnitude = abs(value)
-    # About three significant digits below a dollar, cents above.
-    decimals = 2 if magnitude >= 1 else min(8, 2 - math.floor(math.log10(magnitude)))
-    text = f"{value:,.{decimals}f}"
-    whole, _, fraction = text.partition(".")
-    fraction = fraction.rstrip("0").ljust(2, "0")
-    return f"${whole}.{fraction}"
 
 
 # The narrowest a text column is cut to before whole lines are cut instead.

@@ -11,6 +11,7 @@ from .errors import UnknownModelError
 from .models import ModelProfile, TaskType
 from .optimization import Candidate, OptimizationBackend, Ranked, RoutingTableBackend
 from .planner import ConstraintPlanner, Screened
+from .run_config import DEFAULT_MAX_FALLBACKS
 
 # The design document's priority lists, by the names it uses; the catalog maps each name to a
 # current model id, and a user catalog file can re-point any of them.
@@ -25,10 +26,6 @@ ROUTING_TABLE: dict[TaskType, tuple[tuple[str, ...], int]] = {
 }
 
 DECOMPOSITION_MAX_TOKENS = 4096
-# Models a call may fall back to after its routing choice (--max-fallbacks, max_fallbacks:):
-# each one asked is paid for, and a job every model fails (an answer always cut off, say)
-# would otherwise walk the whole catalog.
-DEFAULT_MAX_FALLBACKS = 2
 CRITIQUE_MAX_TOKENS = 1024
 
 

@@ -12,16 +12,25 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .assembly import TREE_NAME
 from .errors import ConfigError
-from .integration import DEFAULT_ROUNDS
-from .optimization import BACKENDS, OptimizationBackend
-from .policy import Policy
-from .routing import DEFAULT_MAX_FALLBACKS
+from .optimization import BACKENDS
 
+if TYPE_CHECKING:
+    from .optimization import OptimizationBackend
+    from .policy import Policy
+
+# What DEFAULTS (below) is made of, kept here so that the command line can say them in its help
+# without importing the modules that use them.
 DEFAULT_ROUTING = "table"
+# Revision rounds of the assembled tree after the tasks (``orchestrator.integration``).
+DEFAULT_ROUNDS = 2
+# Models a call may fall back to after its routing choice (--max-fallbacks, max_fallbacks:):
+# each one asked is paid for, and a job every model fails (an answer always cut off, say)
+# would otherwise walk the whole catalog.
+DEFAULT_MAX_FALLBACKS = 2
+TREE_NAME = "project"  # the tree's directory inside the output directory, unless named
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +113,8 @@ class RunConfig:
     def from_settings(cls, settings: Mapping[str, Any]) -> RunConfig:
         """What a project saved (other keys are ignored); a value of the wrong kind is a
         ``ConfigError`` naming it."""
+        from .policy import Policy
+
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in settings.items() if k in names and v is not None}
         try:
@@ -162,8 +173,11 @@ def _check(config: RunConfig) -> None:
             raise ConfigError(f"{name} must be text, not {value!r}")
     if config.local is not None and not isinstance(config.local, bool | str):
         raise ConfigError(f"local must be true, false or a model file, not {config.local!r}")
-    if config.policies is not None and not all(isinstance(p, Policy) for p in config.policies):
-        raise ConfigError("policies must be Policy objects")
+    if config.policies:  # the defaults' empty tuple has none to check: no import for it
+        from .policy import Policy
+
+        if not all(isinstance(p, Policy) for p in config.policies):
+            raise ConfigError("policies must be Policy objects")
 
 
 # What a new run uses where nothing was given.

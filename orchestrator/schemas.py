@@ -12,7 +12,6 @@ import json
 import sys
 from collections.abc import Iterable
 from functools import cache, lru_cache
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,6 +34,8 @@ def validator(schema: dict[str, Any]) -> Draft202012Validator:
 @cache
 def shipped_schema(name: str) -> dict[str, Any]:
     """One of the schemas in ``orchestrator/data`` (shared: copy it before changing it)."""
+    from importlib import resources
+
     return json.loads(resources.files("orchestrator").joinpath(f"data/{name}").read_text())
 
 

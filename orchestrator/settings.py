@@ -6,10 +6,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from dotenv import dotenv_values, find_dotenv
-
 HOME_ENV = "ORCHESTRATOR_HOME"
 CATALOG_ENV = "ORCHESTRATOR_CATALOG"
+# A postgresql:// URL: the projects, the journal and the cache live in that database instead
+# of the SQLite files in the home directory.
+DB_URL_ENV = "ORCHESTRATOR_DB_URL"
 DEFAULT_HOME = Path("~/.orchestrator_cache")
 
 
@@ -30,6 +31,8 @@ def load_environment(
     Values already set always win over the ``.env`` file, and the process environment is not
     modified. Without ``dotenv_path``, the nearest ``.env`` upward from the working directory.
     """
+    from dotenv import dotenv_values, find_dotenv  # read when a run starts, not on import
+
     merged = dict(os.environ if env is None else env)
     path = str(dotenv_path) if dotenv_path is not None else find_dotenv(usecwd=True)
     if path and Path(path).is_file():

@@ -22,13 +22,15 @@ from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
-
-import aiosqlite
 
 from .aio import uninterrupted
 from .errors import OrchestratorError
+from .settings import DB_URL_ENV
+
+if TYPE_CHECKING:
+    import aiosqlite
 
 BUSY_TIMEOUT_MS = 5000
 # aiosqlite's private way to run a function on its connection's thread (``Connection._execute``):
@@ -244,6 +246,8 @@ class SQLiteStore:
             raise self.error(
                 f"cannot create the directory for {self.kind} file {self.path}: {exc}"
             ) from exc
+        import aiosqlite  # with the first store opened, not on import
+
         # Autocommit: each statement commits alone, and transactions are only ever explicit.
         db = aiosqlite.connect(self.path, isolation_level=None)
         _as_daemon(db)
@@ -352,7 +356,6 @@ class SQLiteStore:
             raise
 
 
-DB_URL_ENV = "ORCHESTRATOR_DB_URL"
 EXTRA_COMMAND = "pip install -e '.[distributed]' (in the project's directory)"
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
-import uuid
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -1079,7 +1079,7 @@ def _journal_row(
 
 def new_owner() -> str:
     """Who runs a project: this machine, this process, and this run within it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _on_this_host(owner: str) -> bool:

@@ -8,7 +8,6 @@ rules a schema cannot express (unique ids, known dependencies and validators, no
 from __future__ import annotations
 
 import copy
-import difflib
 import heapq
 import re
 from collections.abc import Mapping, Sequence
@@ -225,6 +224,8 @@ def _range(low: int, high: int | None) -> str:
 
 
 def _did_you_mean(name: str, choices: Sequence[str] | Mapping[str, Any]) -> str:
+    import difflib  # for a mistake only
+
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -13,9 +13,31 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .catalog import Catalog, Model
-from .models import LATENCY_SAMPLES, ModelProfile, build_default_profiles
+from .models import LATENCY_SAMPLES, ModelProfile
 
-__all__ = ["LATENCY_SAMPLES", "ModelProfile", "TelemetryCollector", "merge_profiles"]
+__all__ = [
+    "LATENCY_SAMPLES",
+    "ModelProfile",
+    "TelemetryCollector",
+    "build_default_profiles",
+    "merge_profiles",
+]
+
+
+def build_default_profiles(catalog: Catalog | None = None) -> dict[str, ModelProfile]:
+    """A profile per catalog model (the built-in catalog by default), keyed by ``provider/id``,
+    holding the catalog's facts and priors until calls and evaluations update it."""
+    catalog = catalog if catalog is not None else Catalog.load()
+    profiles = {}
+    for model in catalog.models:
+        provider = catalog.provider_of(model)
+        profiles[model.key] = ModelProfile(
+            model=model,
+            region=provider.region,
+            trains_on_output=provider.trains_on_output,
+            quality=model.quality,
+        )
+    return profiles
 
 
 class TelemetryCollector:

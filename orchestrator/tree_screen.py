@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib.metadata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -83,6 +82,8 @@ def is_test_module(path: str) -> bool:
 def provided_names() -> Mapping[str, str]:
     """Top-level module name -> the installed distribution that provides it, in the
     environment of this interpreter (the one that runs the tests)."""
+    import importlib.metadata  # slow to import, and only a tree with tests needs it
+
     names: dict[str, str] = {}
     for name, distributions in importlib.metadata.packages_distributions().items():
         if name.isidentifier():

@@ -17,8 +17,8 @@ from conftest import TERMINAL_CONTROLS, clean_environment, fake_env, run_cli, wr
 import orchestrator
 from orchestrator import Budget, ConfigError, Orchestrator
 from orchestrator.models import ProjectState, ProjectStatus
-from orchestrator.money import usd_to_nanos
-from orchestrator.progress import format_usd, results_table
+from orchestrator.money import format_usd, usd_to_nanos
+from orchestrator.progress import results_table
 from orchestrator.state import StateManager
 
 

@@ -16,8 +16,7 @@ from scripted_llm import TaskScript
 from test_engine import prose_task
 from test_exactness import take_over_at_first_grading
 
-from orchestrator.money import nanos_to_usd
-from orchestrator.progress import format_usd
+from orchestrator.money import format_usd, nanos_to_usd
 from orchestrator.state import StateManager
 
 PROJECT = "[project] Build an add library"

@@ -6,7 +6,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol
 
 from ..tokens import typical_tokens
@@ -155,6 +154,8 @@ def retry_after_seconds(headers: Any) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    from email.utils import parsedate_to_datetime  # an HTTP date: rare, and slow to import
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -1,0 +1,137 @@
+"""Importing the package is light: ``import orchestrator`` loads none of its modules, a public
+name loads its own module's chain only, and ``--help`` answers without the engine.
+
+Each check runs in a fresh interpreter and looks at what it added to ``sys.modules``: what a
+library loads on import is paid by every program that imports it, whether it runs a project
+or not.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT, clean_environment
+
+import orchestrator
+
+# Libraries that are slow to import and needed only when something is run: the vendor SDKs and
+# their HTTP clients, the schema validator, the stores' drivers, the package metadata, ...
+HEAVY = (
+    "openai", "anthropic", "google.genai", "httpx", "httpx2", "jsonschema", "aiosqlite",
+    "psycopg", "procrastinate", "prometheus_client", "xllamacpp", "dotenv",
+    "importlib.metadata", "urllib.request", "email.utils",
+)  # fmt: skip
+# ... and what only a run needs: the engine, its stores, the YAML reader of the catalog files.
+RUN_ONLY = (
+    "asyncio", "yaml", "sqlite3", "orchestrator.engine", "orchestrator.facade",
+    "orchestrator.commands", "orchestrator.state", "orchestrator.client",
+)  # fmt: skip
+
+WHAT_IT_ADDS = """
+import json, sys
+before = set(sys.modules)
+{code}
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def modules_added(code: str, *argv: str) -> set[str]:
+    """The modules ``code`` adds to a fresh interpreter's ``sys.modules`` (run with ``argv``)."""
+    result = subprocess.run(
+        [sys.executable, "-c", WHAT_IT_ADDS.format(code=code), *argv],
+        cwd=PROJECT_ROOT, env=clean_environment(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def loaded(added: set[str], names: tuple[str, ...]) -> set[str]:
+    return {name for name in names if name in added}
+
+
+def test_importing_the_package_loads_none_of_its_modules():
+    added = modules_added("import orchestrator")
+
+    assert loaded(added, HEAVY + RUN_ONLY) == set()
+    assert sorted(m for m in added if m.startswith("orchestrator.")) == []
+
+
+@pytest.mark.parametrize("names", ["Orchestrator, RunConfig", "AgentPool", "CostForecaster"])
+def test_a_public_name_loads_no_sdk_nor_what_only_a_run_uses(names):
+    added = modules_added(f"from orchestrator import {names}")
+
+    assert loaded(added, HEAVY) == set()
+
+
+def test_help_is_answered_without_importing_the_engine():
+    run_help = """
+from orchestrator.cli import run
+try:
+    run()
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+"""
+    added = modules_added(run_help, "--help")
+
+    assert loaded(added, HEAVY + RUN_ONLY) == set()
+
+
+@pytest.mark.parametrize(
+    ("module", "above"),
+    [
+        ("orchestrator.models", ("orchestrator.budget", "orchestrator.catalog")),
+        ("orchestrator.cost", ("orchestrator.progress",)),
+        ("orchestrator.metrics", ("orchestrator.progress",)),
+        ("orchestrator.output_writer", ("orchestrator.progress",)),
+    ],
+    ids=["models", "cost", "metrics", "output_writer"],
+)
+def test_a_module_imports_nothing_from_the_layers_above_it(module, above):
+    """The vocabulary stays below the budget and the catalog; money is written for people by
+    ``orchestrator.money``, not by the progress display."""
+    assert loaded(modules_added(f"import {module}"), above) == set()
+
+
+def test_each_public_name_is_the_one_its_module_defines():
+    for name in orchestrator.__all__:
+        assert getattr(orchestrator, name) is not None, name
+    assert "__version__" in dir(orchestrator)
+    with pytest.raises(AttributeError):
+        orchestrator.NoSuchName  # noqa: B018
+
+
+def test_what_type_checkers_see_is_what_the_package_gives():
+    """The ``TYPE_CHECKING`` imports of ``orchestrator/__init__.py`` name every public name,
+    each from the module the package takes it from at run time."""
+    tree = ast.parse((PROJECT_ROOT / "orchestrator" / "__init__.py").read_text())
+    guarded = next(
+        node for node in tree.body
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+    )  # fmt: skip
+    seen = {}
+    for node in guarded.body:
+        if isinstance(node, ast.AnnAssign):  # __version__: str
+            continue
+        assert isinstance(node, ast.ImportFrom) and node.level == 1
+        module = importlib.import_module(f"orchestrator.{node.module}")
+        for alias in node.names:
+            seen[alias.name] = getattr(module, alias.name)
+
+    assert sorted(seen) == sorted(orchestrator.__all__)
+    assert {name: getattr(orchestrator, name) for name in seen} == seen
+
+
+def test_the_design_documents_import_paths_still_work():
+    from orchestrator.cost import BudgetHierarchy, CostForecaster  # noqa: F401
+    from orchestrator.engine import Orchestrator
+    from orchestrator.models import build_default_profiles
+    from orchestrator.telemetry import build_default_profiles as defined
+
+    assert Orchestrator is orchestrator.Orchestrator
+    assert build_default_profiles is defined is orchestrator.build_default_profiles
+    assert importlib.import_module("orchestrator").cost is sys.modules["orchestrator.cost"]
