@@ -145,7 +145,14 @@ class SQLiteStore:
         self._queued.append(mine)
         while not mine.ended:
             if self._committing is not None:
-                await self._committing.wait()
+                try:
+                    await self._committing.wait()
+                except BaseException:
+                    # Its loop is ending (``uninterrupted`` shields it from anything less):
+                    # a program not yet taken is dropped, not committed by a later loop.
+                    if mine in self._queued:
+                        self._queued.remove(mine)
+                    raise
                 continue
             group, self._queued = self._queued, []
             self._committing = committed = asyncio.Event()
