@@ -29,8 +29,8 @@ import psycopg
 from .aio import stop
 from .errors import ConfigError, OrchestratorError
 from .lease import ProjectBusy, lease_seconds
-from .sqlite_store import shown
 from .state import StateManager
+from .store import shown
 
 log = logging.getLogger(__name__)
 
