@@ -82,9 +82,13 @@ class PurePythonLoader(_Bounded, yaml.SafeLoader):
     """``yaml.SafeLoader`` within the bounds: the loader where PyYAML has no libyaml."""
 
 
-# The base is chosen at run time (CSafeLoader exists only where PyYAML has libyaml): mypy
-# cannot check a computed base class.
-class SafeLoader(_Bounded, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+if TYPE_CHECKING:  # libyaml's loader has the pure-Python one's interface
+    _FastestSafeLoader = yaml.SafeLoader
+else:  # CSafeLoader exists only where PyYAML was built with libyaml
+    _FastestSafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SafeLoader(_Bounded, _FastestSafeLoader):
     """``yaml.SafeLoader`` within the bounds, libyaml's where PyYAML was built with it (the
     catalog is read at every start)."""
 
