@@ -390,6 +390,7 @@ def run_program(program: Program[T], execute: Callable[[str, tuple[Any, ...]], R
         while True:
             statement = program.send(execute(*statement))
     except StopIteration as done:
+        # typeshed types StopIteration.value as Any: the generator's return type is lost.
         return done.value  # type: ignore[no-any-return]
 
 

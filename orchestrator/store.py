@@ -152,6 +152,7 @@ async def run_program_async(program: Program[T], execute: Execute) -> T:
         while True:
             statement = program.send(await execute(*statement))
     except StopIteration as done:
+        # typeshed types StopIteration.value as Any: the generator's return type is lost.
         return done.value  # type: ignore[no-any-return]
 
 
