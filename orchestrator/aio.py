@@ -50,8 +50,8 @@ async def stop(task: asyncio.Task[Any]) -> None:
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
-    if not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
+    if not task.cancelled() and (error := task.exception()) is not None:
+        raise error
 
 
 class LoopThread:

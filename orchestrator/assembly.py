@@ -196,7 +196,9 @@ def _only_block(text: str) -> bool:
     return stripped.startswith(("```", "~~~")) and stripped.endswith(("```", "~~~"))
 
 
-def _collect(blocks: Iterable[tuple[str, str]], kinds: frozenset[str], count_unnamed: bool):
+def _collect(
+    blocks: Iterable[tuple[str, str]], kinds: frozenset[str], count_unnamed: bool
+) -> Answer:
     files: list[NamedFile] = []
     refused: list[tuple[str, str]] = []
     unnamed = 0

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import OrchestratorError
 from .settings import home_dir
-from .sqlite_store import open_store
+from .store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class DiskCache:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self._store = open_store(
+        self._store: Store = open_store(
             path,
             home_dir() / "cache.db",
             kind="cache",
@@ -111,13 +111,14 @@ class DiskCache:
             self._misses += 1
             return None
         text = rows[0][0]
+        value: object
         try:
             value = json.loads(text)
         except (TypeError, ValueError) as exc:
             value, problem = None, str(exc)
         else:
             problem = "" if isinstance(value, dict) else f"a {type(value).__name__}, not an object"
-        if problem:
+        if not isinstance(value, dict):  # ``problem`` says why
             log.warning("cache file %s: dropping unreadable entry %s (%s)", self.path, key, problem)
             # Matching on the value too, so a good answer another writer just stored survives.
             await self._store.run("DELETE FROM responses WHERE key = ? AND value = ?", (key, text))

@@ -392,7 +392,7 @@ class UnifiedClient:
                     raw = await self._attempt(adapter, model, request)
             except BaseException as exc:
                 failure = _failure(adapter, exc)
-                if ticket is not None:
+                if spend is not None and ticket is not None:
                     cancelled = isinstance(exc, asyncio.CancelledError)
                     if cancelled or (failure is not None and failure.maybe_billed):
                         # Never under-count: a request we stopped waiting for (timed out, or

@@ -47,8 +47,8 @@ from .run_client import run_client, run_models
 from .run_config import TREE_NAME, RunConfig
 from .sandbox import configured_limits
 from .settings import DB_URL_ENV, home_dir, load_environment
-from .sqlite_store import EXTRA_COMMAND, is_postgres_url, shown
 from .state import StateManager
+from .store import EXTRA_COMMAND, is_postgres_url, shown
 from .telemetry import TelemetryCollector, build_default_profiles
 from .visible import visible
 

@@ -19,7 +19,7 @@ from .budget import Budget
 from .catalog import Catalog, Model
 from .client import MAX_CONTINUATIONS, prompt_token_bound
 from .errors import ConfigError
-from .integration import DEFAULT_ROUNDS, INTEGRATION_PHASE
+from .integration import INTEGRATION_PHASE
 from .models import ModelProfile, Task, TaskType
 from .money import format_usd, nanos_to_usd, usd_to_nanos
 from .prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER, GENERATE_SYSTEM, task_prompt
@@ -33,6 +33,7 @@ from .routing import (
     Router,
     at_least_measured,
 )
+from .run_config import DEFAULT_ROUNDS
 from .tokens import typical_tokens
 
 CRITIQUE_TYPE = ROLE_TASK_TYPES["critic"]  # the task type critique calls are learnt under

@@ -29,8 +29,8 @@ import psycopg
 from .aio import stop
 from .errors import ConfigError, OrchestratorError
 from .lease import ProjectBusy, lease_seconds
-from .sqlite_store import shown
 from .state import StateManager
+from .store import shown
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,11 @@ async def prepare_queue(url: str) -> None:
                 cursor = await conn.execute(
                     "SELECT to_regclass(%s)", (f"{QUEUE_SCHEMA}.procrastinate_jobs",)
                 )
-                if (await cursor.fetchone())[0] is None:
+                found = await cursor.fetchone()  # one row, whose value is None until created
+                if found is None or found[0] is None:
                     await conn.execute(f"SET LOCAL search_path = {QUEUE_SCHEMA}")
                     schema = procrastinate.schema.SchemaManager.get_schema()
-                    await conn.execute(schema)  # type: ignore[arg-type]
+                    await conn.execute(schema)
     except psycopg.Error as exc:
         raise OrchestratorError(
             f"cannot use the work queue in {shown(url)}: {str(exc).splitlines()[0]}"
@@ -336,8 +337,10 @@ class _Idle:
             elif job.status == "todo":
                 kind = "queued"
                 when = job.scheduled_at
-                later = when is not None and when > datetime.now(UTC)
-                why = f"queued to run at {_clock(when.timestamp())}" if later else "queued"
+                if when is not None and when > datetime.now(UTC):
+                    why = f"queued to run at {_clock(when.timestamp())}"
+                else:
+                    why = "queued"
             elif job.id in dead:
                 kind = "stalled"
                 why = "its worker stopped beating; queued again at the next sweep"

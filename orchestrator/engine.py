@@ -247,6 +247,7 @@ class Run:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
         router = self.owner._router(session, state.budget, state.project_id)
+        assert self.gateway is not None  # made as the run started
         shared = _shared_roles(router.usable)
         if shared is not None:
             self.emit(Event("notice", data={"message": shared}))
@@ -395,6 +396,8 @@ class Run:
     async def _decompose(self, router: Router) -> dict[str, Task]:
         config = self.session.config
         state = self.state
+        gateway = self.gateway
+        assert gateway is not None  # made as the run started
         max_tasks = config.max_tasks
         schema = decomposition_schema(min_tasks=1, max_tasks=max_tasks)
         guidance = _planned_tasks(config)
@@ -423,7 +426,7 @@ class Run:
                 )
                 execution_order(plan)  # a cyclic plan is as unusable as a malformed one
 
-            answer = await self.gateway.ask(
+            answer = await gateway.ask(
                 model,
                 [Message("user", prompt)],
                 system=system,
@@ -629,10 +632,17 @@ def _self_assessed(state: ProjectState) -> str | None:
     results = [state.results[t] for t in state.execution_order]
     if not results or not all(r.self_graded for r in results):
         return None
-    tests = [v for r in results for v in r.validator_results if v.name == "pytest"]
+    # Whether each pytest run, the tasks' and the last integration round's, ran and passed.
+    passed = [
+        v.passed and not (v.skipped or v.not_run)
+        for r in results
+        for v in r.validator_results
+        if v.name == "pytest"
+    ]
     if state.integration is not None and state.integration.rounds:
-        tests += [c for c in state.integration.rounds[-1].checks if c.name == "pytest"]
-    if any(t.passed and not (t.skipped or t.not_run) for t in tests):
+        checks = state.integration.rounds[-1].checks
+        passed += [c.passed and not (c.skipped or c.not_run) for c in checks if c.name == "pytest"]
+    if any(passed):
         return None
     authors = sorted({r.model_used.value for r in results if r.model_used is not None})
     return (

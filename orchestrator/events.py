@@ -95,7 +95,7 @@ class EventKind(StrEnum):
 _SYNONYMS = {"task_completed": EventKind.TASK_FINISHED.value}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Event:
     """One thing the engine reports: ``kind`` (an ``EventKind``, whose entry says what
     ``data`` holds) and, where they apply, the task, the model and the role (a call's step).
@@ -109,8 +109,20 @@ class Event:
     role: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", EventKind(self.kind))
+    # Written out (not the dataclass's) so that the string a kind may be given as is typed.
+    def __init__(
+        self,
+        kind: EventKind | str,
+        task_id: str | None = None,
+        model: str | None = None,
+        role: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        object.__setattr__(self, "kind", EventKind(kind))
+        object.__setattr__(self, "task_id", task_id)
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "role", role)
+        object.__setattr__(self, "data", {} if data is None else data)
 
 
 EventSink = Callable[[Event], None]

@@ -552,7 +552,8 @@ class Orchestrator:
                     running=running,
                     note=functools.partial(log.warning, "%s"),
                 )
-                client, config = await stack.enter_async_context(made)
+                opened, config = await stack.enter_async_context(made)
+                client = opened
             try:
                 yield Session(client, cache, store, config, backend=self._backend)
             finally:
@@ -762,7 +763,7 @@ def _changed_inputs(
     return changed
 
 
-def _resolver(client: UnifiedClient):
+def _resolver(client: UnifiedClient) -> Callable[[str], Model | None]:
     def resolve(key: str) -> Model | None:
         with suppress(UnknownModelError):
             return client.catalog.resolve(key)

@@ -21,7 +21,7 @@ import asyncio
 import importlib.util
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -280,6 +280,7 @@ def _unguarded_imports(syntax: ast.AST) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST, guarded: bool) -> None:
+        child: ast.AST
         if isinstance(node, ast.Try | ast.TryStar):
             catches = any(_catches_import_error(handler) for handler in node.handlers)
             for child in node.body:
@@ -476,7 +477,7 @@ def revision_requests(tree: ProjectTree, report: Round) -> dict[str, str]:
     """For each task that wrote a file a failure involves, the request it is sent: those
     failures, the tree's layout and the other tasks' involved files as they stand."""
     by_task: dict[str, list[Failure]] = {}
-    test_writers = sorted({tree.writer(p) for p in tree.test_files} - {None})
+    test_writers = sorted({w for p in tree.test_files if (w := tree.writer(p)) is not None})
     for failure in report.failures:
         writers = sorted({w for p in failure.files if (w := tree.writer(p)) is not None})
         for writer in writers or test_writers:
@@ -521,7 +522,7 @@ def _request(tree: ProjectTree, report: Round, task_id: str, failures: list[Fail
 
 # --- the phase --------------------------------------------------------------------------------
 
-Reviser = Callable[[str, str, int], Awaitable[None]]
+Reviser = Callable[[str, str, int], Coroutine[Any, Any, None]]  # run as a task
 
 
 @dataclass

@@ -87,7 +87,8 @@ def _healthy(root: str) -> bool:
 
     try:
         with urllib.request.urlopen(f"{root}/health", timeout=2) as response:
-            return response.status == 200
+            status: int = response.status  # typeshed types urlopen's response as Any
+            return status == 200
     except OSError:
         return False  # not listening yet, or 503 while the model loads
 

@@ -143,7 +143,7 @@ class ParetoBackend:
 
 
 BACKENDS: dict[str, type[OptimizationBackend]] = {
-    backend.name: backend  # type: ignore[misc]
+    backend.name: backend
     for backend in (RoutingTableBackend, GreedyBackend, WeightedSumBackend, ParetoBackend)
 }
 

@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 
 from .aio import LoopThread, uninterrupted
 from .errors import ConfigError, OrchestratorError
-from .sqlite_store import (
+from .store import (
     EXTRA_COMMAND,
     Migration,
     Program,
+    Rows,
+    Statement,
     each_statement,
     is_write,
     run_program_async,
@@ -40,7 +42,6 @@ except ImportError:  # pragma: no cover - the extra is checked by ``is_postgres_
 CONNECT_SECONDS = 10.0
 POOL_SIZE = 8
 
-Statement = tuple[str, tuple[Any, ...]]
 T = TypeVar("T")
 
 _SCALAR_MAX = re.compile(r"\bMAX\((\w+), ")
@@ -105,10 +106,10 @@ class PostgresStore:
     def closed(self) -> bool:
         return self._closed
 
-    async def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def run(self, sql: str, args: tuple[Any, ...] = ()) -> Rows:
         """One statement, committed on its own, rows read."""
 
-        async def statement() -> list[tuple[Any, ...]]:
+        async def statement() -> Rows:
             pool = await self._opened()
             async with pool.connection() as conn:
                 return await _execute(conn, sql, args)
@@ -276,7 +277,7 @@ class PostgresStore:
             await pool.close()
 
 
-async def _execute(conn: Any, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+async def _execute(conn: Any, sql: str, args: tuple[Any, ...] = ()) -> Rows:
     """One statement written for SQLite, on ``conn``, its rows read."""
     cursor = await conn.execute(to_postgres(sql), args)
     return list(await cursor.fetchall()) if cursor.description else []

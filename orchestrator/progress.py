@@ -146,7 +146,7 @@ class ProgressPrinter:
             share = event.data["ratio"]
             self._line(f"warning: {event.data['phase']} has used {share:.0%} of the budget")
 
-    def _resuming(self, data: dict) -> None:
+    def _resuming(self, data: dict[str, Any]) -> None:
         """One line before a resumed project's work: what is done, what is left, what was
         spent of the budget."""
         budget = self.budget or Budget()
@@ -163,7 +163,7 @@ class ProgressPrinter:
         self._draw()
         self.stream.flush()
 
-    def _integration(self, data: dict) -> None:
+    def _integration(self, data: dict[str, Any]) -> None:
         verdict = "passed" if data["passed"] else "failed"
         text = f"integration check {data['round']} {verdict}: {data['checks']}"
         if data["revise"]:
@@ -418,7 +418,7 @@ def _pad(text: str, width: int, right: bool) -> str:
 
 
 def text_table(
-    rows: list[tuple[str, ...]],
+    rows: Sequence[tuple[str, ...]],
     right: frozenset[int] = frozenset(),
     width: int | None = TERMINAL,
     drop: Sequence[int] = (),

@@ -129,7 +129,7 @@ def _one_of(document: dict[str, Any], name: str, origin: str) -> str:
         raise ProjectFileError(
             f"{origin}: field '{name}' and field '{alias}' are the same; keep one"
         )
-    value = document.get(name, document.get(alias))
+    value: str | None = document.get(name, document.get(alias))  # the schema says a string
     if value is None:
         raise ProjectFileError(f"{origin}: missing field '{name}' (or '{alias}')")
     return value

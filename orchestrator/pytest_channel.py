@@ -18,6 +18,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pytest is imported only once the key is read (``main``)
+    import pytest
 
 MESSAGE_LIMIT = 300
 TRACE_LINES = 40  # the end of a failure's traceback: where it failed and why
@@ -44,7 +48,7 @@ class Channel:
             data = data[os.write(self._fd, data) :]
 
 
-def _crash(report) -> str:
+def _crash(report: pytest.CollectReport | pytest.TestReport) -> str:
     """The short reason a report failed: the assertion or exception line."""
     crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
     message = getattr(crash, "message", None)
@@ -70,7 +74,7 @@ def _room() -> list[int] | None:
     return [found.f_bavail * found.f_frsize, found.f_favail]
 
 
-def _trace(report) -> str:
+def _trace(report: pytest.CollectReport | pytest.TestReport) -> str:
     """The end of the failure's report, as pytest would print it, trimmed."""
     text = str(getattr(report, "longreprtext", "") or getattr(report, "longrepr", "") or "")
     lines = text.splitlines()[-TRACE_LINES:]
@@ -81,7 +85,7 @@ class VerdictPlugin:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
 
-    def pytest_collectreport(self, report) -> None:
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self.channel.send(
                 event="collect_error",
@@ -90,10 +94,10 @@ class VerdictPlugin:
                 trace=_trace(report),
             )
 
-    def pytest_collection_finish(self, session) -> None:
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.channel.send(event="collected", count=len(session.items))
 
-    def pytest_runtest_logreport(self, report) -> None:
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.channel.send(
             event="report",
             id=report.nodeid,
@@ -105,7 +109,9 @@ class VerdictPlugin:
             room=_room() if report.failed else None,
         )
 
-    def pytest_sessionfinish(self, session, exitstatus) -> None:
+    def pytest_sessionfinish(
+        self, session: pytest.Session, exitstatus: int | pytest.ExitCode
+    ) -> None:
         self.channel.send(
             event="finish",
             exitstatus=int(exitstatus),

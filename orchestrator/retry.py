@@ -24,6 +24,6 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if failure.retry_after is not None:
             return min(failure.retry_after, self.max_retry_after)
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         # Equal jitter: never less than half the step, so retries still spread out under load.
         return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -882,7 +882,7 @@ def _minimal_env(home: str) -> dict[str, str]:
     }
 
 
-def _unsafe_limits(seconds: float, limits: Limits):
+def _unsafe_limits(seconds: float, limits: Limits) -> Callable[[], None]:
     def apply() -> None:
         for limit, value in (
             (resource.RLIMIT_CPU, int(seconds) + 1),
@@ -958,7 +958,7 @@ async def _execute(
     seconds: float,
     pass_fds: tuple[int, ...] = (),
     channel_fd: int | None = None,
-    preexec_fn=None,
+    preexec_fn: Callable[[], object] | None = None,
     stdin: bytes = b"",
 ) -> Completed:
     try:

@@ -36,7 +36,9 @@ def shipped_schema(name: str) -> dict[str, Any]:
     """One of the schemas in ``orchestrator/data`` (shared: copy it before changing it)."""
     from importlib import resources
 
-    return json.loads(resources.files("orchestrator").joinpath(f"data/{name}").read_text())
+    text = resources.files("orchestrator").joinpath(f"data/{name}").read_text()
+    schema: dict[str, Any] = json.loads(text)  # each is an object
+    return schema
 
 
 @cache
@@ -49,7 +51,8 @@ def best_match(errors: Iterable[ValidationError]) -> ValidationError | None:
     """The error that best says what is wrong (``jsonschema``'s choice), or None."""
     from jsonschema.exceptions import best_match
 
-    return best_match(errors)
+    found: ValidationError | None = best_match(errors)  # types-jsonschema leaves it unannotated
+    return found
 
 
 def first_error(schema: dict[str, Any], instance: Any) -> ValidationError | None:

@@ -14,20 +14,21 @@ alive; only the locks belong to a loop, and are made anew in the next (``_locks_
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .aio import uninterrupted
 from .errors import OrchestratorError
-from .settings import DB_URL_ENV
+
+# What both stores speak, from the seam; ``open_store`` kept importable from here.
+from .store import Migration, Program, Rows, Statement, each_statement, is_write, run_program_async
+from .store import open_store as open_store
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -37,18 +38,7 @@ BUSY_TIMEOUT_MS = 5000
 # a transaction runs there as one job; a release without it gets the statement-by-statement path.
 THREAD_JOB = "_execute"
 
-Statement = tuple[str, tuple[Any, ...]]
-Rows = list[tuple[Any, ...]]
-# Runs one statement inside a transaction and returns its rows.
-Execute = Callable[..., Awaitable[Rows]]
-# Brings a store made by an earlier version up to date, inside the transaction that opens it;
-# run at every open, so it must see for itself whether there is anything left to do.
-Migration = Callable[[Execute], Awaitable[None]]
 T = TypeVar("T")
-# A transaction's statements as a generator: it yields each statement, is sent its rows, and
-# returns its result. The same program runs as one job on SQLite's thread and statement by
-# statement on PostgreSQL; raising rolls it back.
-Program = Generator[Statement, Rows, T]
 
 
 class SQLiteStore:
@@ -363,56 +353,6 @@ class SQLiteStore:
             raise
 
 
-EXTRA_COMMAND = "pip install -e '.[distributed]' (in the project's directory)"
-
-
-def is_postgres_url(location: str | os.PathLike[str]) -> bool:
-    return str(location).startswith(("postgresql://", "postgres://"))
-
-
-def shown(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{parts.hostname or ''}{port}"))
-
-
-def open_store(
-    location: str | os.PathLike[str] | None,
-    default: Path,
-    *,
-    kind: str,
-    format_tag: str,
-    schema: Sequence[str],
-    error: type[OrchestratorError],
-    synchronous: str = "NORMAL",
-    additions: Sequence[str] = (),
-    migrate: Migration | None = None,
-) -> SQLiteStore | Any:
-    """The store at ``location`` (a file path, or a ``postgresql://`` URL), else in the
-    PostgreSQL database ``$ORCHESTRATOR_DB_URL`` names, else the SQLite file ``default``.
-    PostgreSQL is imported only when a URL names it."""
-    if location is None:
-        location = os.environ.get(DB_URL_ENV) or None
-        if location is not None and not is_postgres_url(location):
-            raise error(f"{DB_URL_ENV} must be a postgresql:// URL, not {location!r}")
-    if location is not None and is_postgres_url(location):
-        from .postgres_store import PostgresStore
-
-        return PostgresStore(
-            str(location), kind=kind, format_tag=format_tag, schema=schema, error=error,
-            additions=additions, migrate=migrate,
-        )  # fmt: skip
-    path = Path(location).expanduser() if location is not None else default
-    return SQLiteStore(
-        path, kind=kind, format_tag=format_tag, schema=schema, error=error,
-        synchronous=synchronous, additions=additions, migrate=migrate,
-    )  # fmt: skip
-
-
 async def _run(
     db: aiosqlite.Connection, sql: str, args: tuple[Any, ...] = ()
 ) -> list[tuple[Any, ...]]:
@@ -423,7 +363,9 @@ async def _run(
     writes; SQLite fails such a write with "database is locked" at once, ignoring
     busy_timeout, whenever another connection is writing or has written meanwhile.
     """
-    return list(await db.execute_fetchall(sql, args))
+    rows = await db.execute_fetchall(sql, args)
+    # aiosqlite types them as sqlite3.Row; with no row_factory set, sqlite3 gives plain tuples.
+    return cast(Rows, list(rows))
 
 
 async def _atomically(
@@ -455,30 +397,8 @@ def run_program(program: Program[T], execute: Callable[[str, tuple[Any, ...]], R
         while True:
             statement = program.send(execute(*statement))
     except StopIteration as done:
+        # typeshed types StopIteration.value as Any: the generator's return type is lost.
         return done.value  # type: ignore[no-any-return]
-
-
-async def run_program_async(program: Program[T], execute: Execute) -> T:
-    """``run_program`` with a statement runner that must be awaited."""
-    try:
-        statement = next(program)
-        while True:
-            statement = program.send(await execute(*statement))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-def is_write(sql: str) -> bool:
-    """Whether a statement run on its own commits a write (ours read with SELECT or PRAGMA
-    only; a WITH writes, in PostgreSQL's one-statement hold and settlement)."""
-    return not sql.lstrip()[:6].upper().startswith(("SELECT", "PRAGMA"))
-
-
-def each_statement(statements: Sequence[Statement]) -> Program[None]:
-    """A program of fixed statements, their rows unread."""
-    # Not ``yield from``: each statement is sent its rows, which a list's iterator cannot take.
-    for statement in statements:  # noqa: UP028
-        yield statement
 
 
 # The sync level of a commit that need not survive a power loss, by the store's own level.

@@ -24,7 +24,7 @@ from .ledger import ExpiredHold, LedgerRow
 from .models import ProjectStatus, Task, TaskType
 from .money import checked_nanos, nanos_to_usd, usd_to_nanos
 from .settings import home_dir
-from .sqlite_store import Execute, Program, Statement, open_store
+from .store import Execute, Program, Statement, Store, open_store
 
 STATE_FORMAT = "orchestrator-state-1"
 
@@ -205,7 +205,7 @@ class StateManager:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self._store = open_store(
+        self._store: Store = open_store(
             path,
             home_dir() / "state.db",
             kind="state",
@@ -282,14 +282,11 @@ class StateManager:
         )
         if not rows:
             return "nobody: the project is unknown"
+        holder: str | None
+        lease_until: float  # set whenever holder is
         holder, lease_until = rows[0]
         now = await self._store.clock()
-        free = holder is None or holder == owner
-        if not free and self._store.local_liveness and _on_this_host(holder):
-            free = not _owner_alive(holder)
-        elif not free:
-            free = lease_until < now
-        if free:
+        if holder is None or holder == owner or not self._holder_alive(holder, lease_until, now):
             # Compare-and-set on the holder seen, so two claimants cannot both win.
             taken = await self._store.run(
                 "UPDATE projects SET owner = ?, lease_until = ? WHERE id = ?"
@@ -1106,7 +1103,8 @@ def _pack(value: dict[str, Any]) -> bytes:
 
 
 def _unpack(blob: bytes) -> dict[str, Any]:
-    return json.loads(zlib.decompress(blob))
+    value: dict[str, Any] = json.loads(zlib.decompress(blob))  # an object: ``_pack`` made it
+    return value
 
 
 def _plan(text: str | None) -> tuple[dict[str, Task] | None, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .fences import code_blocks, has_fence
 from .schemas import first_error
@@ -128,5 +128,6 @@ def decoder_schema(schema: Any) -> Any:
     }
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a finite JSON number (an int or a float, not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

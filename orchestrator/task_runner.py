@@ -7,6 +7,7 @@ import logging
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .assembly import as_block, named_files
 from .budget import Budget, BudgetExceeded
@@ -486,7 +487,7 @@ class TaskRunner:
         step: str,
         iteration: int = 0,
         repeat: int = 0,
-        schema: dict | None = None,
+        schema: dict[str, Any] | None = None,
         counts_fallbacks: bool = False,
     ) -> tuple[Completion, Model]:
         """Ask the first model of ``chain`` that answers; each failure hands over to the next.
@@ -584,7 +585,7 @@ class TaskRunner:
             parts.append(f"### {task_id}\n{_trim(dep.output, share)}")
         return "\n\n".join(parts)
 
-    def _answer_schema(self) -> dict | None:
+    def _answer_schema(self) -> dict[str, Any] | None:
         """The schema a task's answer must match, sent with its generation and revisions so a
         server's structured output (a local server's constrained decoding) holds it to it."""
         task = self.task

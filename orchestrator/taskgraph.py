@@ -71,7 +71,8 @@ def decomposition_schema(*, min_tasks: int = 1, max_tasks: int | None = None) ->
     tasks = schema["properties"]["tasks"]
     tasks["minItems"] = min_tasks
     tasks["maxItems"] = max_tasks if max_tasks is not None else PLANNED_TASKS_MAX
-    return _strict(schema)
+    strict: dict[str, Any] = _strict(schema)  # an object, as the schema it is made from
+    return strict
 
 
 def _strict(node: Any) -> Any:
@@ -418,19 +419,22 @@ def _short(value: Any) -> str:
 def explain_schema_error(error: ValidationError) -> str:
     """What a ``jsonschema`` error means, in one line, without the location."""
     keyword, expected, value = error.validator, error.validator_value, error.instance
-    if keyword == "required" and isinstance(value, dict):
+    # validator_value is typed "Any | Unset" (a hand-made error has none): each branch checks
+    # that it has the shape its keyword gives it.
+    if keyword == "required" and isinstance(value, dict) and isinstance(expected, list):
         missing = [name for name in expected if name not in value]
         return f"missing field {missing[0]!r}" if missing else shorten(error.message, PROBLEM_LIMIT)
     if keyword == "additionalProperties" and isinstance(value, dict):
-        allowed = list(error.schema.get("properties", {}))
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        allowed = list(schema.get("properties", {}))
         extra = [name for name in value if name not in allowed]
         if extra:
             return f"unknown field {extra[0]!r}{_did_you_mean(str(extra[0]), allowed)}"
-    if keyword == "type":
+    if keyword == "type" and isinstance(expected, str | list):
         kinds = [expected] if isinstance(expected, str) else list(expected)
         wanted = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
         return f"expected {wanted}, got {_kind_of(value)}"
-    if keyword == "enum":
+    if keyword == "enum" and isinstance(expected, list):
         choices = ", ".join(str(c) for c in expected)
         return f"{_short(value)} is not one of: {choices}"
     if keyword == "pattern" and expected == _ID_PATTERN:

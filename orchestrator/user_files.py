@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -45,24 +45,34 @@ class _Refused(yaml.MarkedYAMLError):
     """Valid YAML that is too big to build: reported as what it is, not as a syntax error."""
 
 
-class _Bounded:
+if TYPE_CHECKING:
+    # What a loader this is mixed into provides: PyYAML's composer and parser (libyaml's
+    # CParser has the same methods).
+    class _Loader(yaml.parser.Parser, yaml.composer.Composer): ...
+else:
+    _Loader = object
+
+
+class _Bounded(_Loader):
     """What makes a loader refuse a document past the bounds, before constructing it."""
 
     _depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         # Only the pure-Python composer recurses here (libyaml's has its own nesting limit):
         # stop at the bound rather than at Python's recursion limit.
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _Refused(problem=_TOO_DEEP, problem_mark=self.peek_event().start_mark)
-            return super().compose_node(parent, index)  # type: ignore[misc]
+                # types-PyYAML leaves Parser.peek_event unannotated.
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _Refused(problem=_TOO_DEEP, problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
-    def get_single_node(self) -> Any:
-        node = super().get_single_node()  # type: ignore[misc]
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
         if node is not None:
             _check_bounds(node)
         return node
@@ -72,7 +82,13 @@ class PurePythonLoader(_Bounded, yaml.SafeLoader):
     """``yaml.SafeLoader`` within the bounds: the loader where PyYAML has no libyaml."""
 
 
-class SafeLoader(_Bounded, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+if TYPE_CHECKING:  # libyaml's loader has the pure-Python one's interface
+    _FastestSafeLoader = yaml.SafeLoader
+else:  # CSafeLoader exists only where PyYAML was built with libyaml
+    _FastestSafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SafeLoader(_Bounded, _FastestSafeLoader):
     """``yaml.SafeLoader`` within the bounds, libyaml's where PyYAML was built with it (the
     catalog is read at every start)."""
 

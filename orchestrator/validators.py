@@ -206,9 +206,9 @@ def _check_json(output: str, schema: dict[str, Any] | None) -> ValidatorResult:
         errors = list(validator(schema).iter_errors(data))
     except RecursionError:
         return _failed("json_schema", "JSON nested too deeply to validate")
-    if not errors:
+    error = best_match(errors)  # None only when there are none
+    if error is None:
         return _passed("json_schema", "valid JSON; matches the schema")
-    error = best_match(errors)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return _failed("json_schema", f"{error.json_path}: {error.message}{more}")
 
@@ -516,8 +516,11 @@ class SecondRun:
                 self.confirmed += 1
         if not problems:
             return "", []
-        message = failures[0].message if failures else ""
-        return "; ".join(problems[:1]) + (f" - {message}" if message else ""), failures
+        first_failure = failures[0].message if failures else ""
+        return (
+            "; ".join(problems[:1]) + (f" - {first_failure}" if first_failure else ""),
+            failures,
+        )
 
 
 NOT_THE_RUNNERS = "lacks the run's key: something else than the runner wrote it"

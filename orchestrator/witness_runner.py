@@ -37,7 +37,9 @@ import traceback
 import types
 import unittest
 from collections import namedtuple
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 
 def _beside(name: str) -> types.ModuleType:
@@ -50,8 +52,12 @@ def _beside(name: str) -> types.ModuleType:
     return module
 
 
-_channel = _beside("pytest_channel")
-Channel, MESSAGE_LIMIT = _channel.Channel, _channel.MESSAGE_LIMIT
+if TYPE_CHECKING:  # what the checker reads; at run time, the file beside this one
+    from . import pytest_channel as _channel
+else:
+    _channel = _beside("pytest_channel")
+Channel = _channel.Channel
+MESSAGE_LIMIT = _channel.MESSAGE_LIMIT
 TRACE_LIMIT, TRACE_LINES = _channel.TRACE_LIMIT, _channel.TRACE_LINES
 
 PASSED, FAILED, UNWITNESSED = "passed", "failed", "unwitnessed"
@@ -96,7 +102,14 @@ def _failure(exc: BaseException) -> Outcome:
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def fixture_of(obj: object) -> tuple[object, object] | None:
+class FixtureMarker(Protocol):
+    """What this reads of pytest's mark on a fixture function (its ``name``, ``scope`` and
+    ``params`` are read with ``getattr``: not every pytest has each)."""
+
+    autouse: bool
+
+
+def fixture_of(obj: object) -> tuple[FixtureMarker, Callable[..., object]] | None:
     """(marker, function) of a pytest fixture definition, or None."""
     try:
         marker = getattr(obj, "_fixture_function_marker", None) or getattr(
@@ -104,7 +117,7 @@ def fixture_of(obj: object) -> tuple[object, object] | None:
         )
     except Exception:
         return None
-    if marker is None:
+    if marker is None or not callable(obj):  # pytest's decorator makes a callable
         return None
     if hasattr(obj, "_get_wrapped_function"):
         return marker, obj._get_wrapped_function()
@@ -112,7 +125,14 @@ def fixture_of(obj: object) -> tuple[object, object] | None:
 
 
 class Fixture:
-    def __init__(self, name: str, function, scope: str, autouse: bool, key: object) -> None:
+    def __init__(
+        self,
+        name: str,
+        function: Callable[..., object] | None,
+        scope: str,
+        autouse: bool,
+        key: object,
+    ) -> None:
         self.name, self.function, self.scope, self.autouse, self.key = (
             name,
             function,
@@ -122,7 +142,7 @@ class Fixture:
         )
 
 
-def _definitions(namespace: dict, owner: object, holder: object) -> dict[str, Fixture]:
+def _definitions(namespace: dict[str, object], owner: object, holder: object) -> dict[str, Fixture]:
     """The fixtures defined in ``namespace`` (of ``holder``, a module or class); a class's
     are bound to ``owner``, the test's instance."""
     found: dict[str, Fixture] = {}
@@ -130,7 +150,8 @@ def _definitions(namespace: dict, owner: object, holder: object) -> dict[str, Fi
         fixture = fixture_of(obj)
         if fixture is None:
             continue
-        marker, function = fixture
+        marker = fixture[0]
+        function: Callable[..., object] | None = fixture[1]
         if owner is not None:  # a method: bound to the test's instance when it runs
             function = getattr(owner, attribute, None)
             fixture = fixture_of(function)
@@ -163,7 +184,7 @@ class Capsys:
         return result
 
     @contextlib.contextmanager
-    def disabled(self):
+    def disabled(self) -> Iterator[None]:
         sys.stdout, sys.stderr = self._saved
         try:
             yield
@@ -193,11 +214,11 @@ class Scopes:
 
     def __init__(self) -> None:
         self.values: dict[str, dict[object, object]] = {s: {} for s in SCOPES}
-        self.finalizers: dict[str, list] = {s: [] for s in SCOPES}
+        self.finalizers: dict[str, list[Callable[[], object]]] = {s: [] for s in SCOPES}
         self.factory: TmpPathFactory | None = None
 
     def close(self, scope: str) -> list[BaseException]:
-        errors = []
+        errors: list[BaseException] = []
         while self.finalizers[scope]:
             try:
                 self.finalizers[scope].pop()()
@@ -208,7 +229,7 @@ class Scopes:
         self.values[scope].clear()
         return errors
 
-    def builtin(self, name: str):
+    def builtin(self, name: str) -> object:
         if name in ("tmp_path_factory", "tmp_path"):
             if self.factory is None:
                 self.factory = TmpPathFactory()
@@ -228,7 +249,7 @@ class Scopes:
         raise Unwitnessed(f"fixture {name!r} is not one the second run provides")
 
 
-def _argnames(function) -> list[str]:
+def _argnames(function: Callable[..., object]) -> list[str]:
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError) as exc:
@@ -252,7 +273,7 @@ class Resolver:
             names += [n for n, f in layer.items() if f.autouse and n not in names]
         return names
 
-    def value(self, name: str):
+    def value(self, name: str) -> object:
         fixture = next((layer[name] for layer in self.layers if name in layer), None)
         if fixture is None:
             return self.scopes.builtin(name)
@@ -275,7 +296,7 @@ class Resolver:
             generator = function(**kwargs)
             value = next(generator)
 
-            def finish(generator=generator, name=name):
+            def finish(generator: Iterator[object] = generator, name: str = name) -> None:
                 try:
                     next(generator)
                 except StopIteration:
@@ -292,7 +313,7 @@ class Resolver:
 # --- collection, as pytest collects -----------------------------------------------------------
 
 
-def _marks(*holders: object) -> list:
+def _marks(*holders: object) -> list[object]:
     marks = []
     for holder in holders:
         found = getattr(holder, "pytestmark", [])
@@ -301,7 +322,7 @@ def _marks(*holders: object) -> list:
     return marks
 
 
-def _parameter_sets(marks: list) -> list[dict[str, object]]:
+def _parameter_sets(marks: list[object]) -> list[dict[str, object]]:
     """The keyword arguments of each parameter set, from the parametrize marks."""
     combined: list[dict[str, object]] = [{}]
     for mark in marks:
@@ -331,7 +352,7 @@ def _parameter_sets(marks: list) -> list[dict[str, object]]:
     return combined
 
 
-def _is_test_function(name: str, obj: object) -> object | None:
+def _is_test_function(name: str, obj: object) -> Callable[..., object] | None:
     if not (name.startswith("test") or _true(obj, "__test__")):
         return None
     if isinstance(obj, staticmethod | classmethod):
@@ -418,7 +439,14 @@ class Runner:
         self.close("class", path)
         self.close("module", path, teardown=("tearDownModule", "teardown_module"), arg=module)
 
-    def close(self, scope: str, test: str, teardown=(), arg=None, owner=None) -> None:
+    def close(
+        self,
+        scope: str,
+        test: str,
+        teardown: tuple[str, ...] = (),
+        arg: object = None,
+        owner: object = None,
+    ) -> None:
         errors = self.scopes.close(scope)
         holder = owner if owner is not None else self.module_obj
         if (scope, id(holder)) in self.xunit_done:
@@ -441,7 +469,7 @@ class Runner:
         if function is not None:
             _call_optional(function, arg)
 
-    def test_class(self, base: str, cls: type, module_fixtures) -> None:
+    def test_class(self, base: str, cls: type, module_fixtures: dict[str, Fixture]) -> None:
         if not getattr(cls, "__test__", True):
             return
         if _has_own(cls, "__init__", object.__init__) or _has_own(cls, "__new__", object.__new__):
@@ -454,7 +482,7 @@ class Runner:
                 )
         self.close("class", base, teardown=("teardown_class",), arg=cls, owner=cls)
 
-    def unittest_class(self, base: str, cls: type) -> None:
+    def unittest_class(self, base: str, cls: type[unittest.TestCase]) -> None:
         if not getattr(cls, "__test__", True):
             return
         names = unittest.TestLoader().getTestCaseNames(cls)
@@ -490,14 +518,23 @@ class Runner:
         try:
             cls.tearDownClass()
             cls.doClassCleanups()
-            if cls.tearDown_exceptions:
-                raise cls.tearDown_exceptions[0][1]
+            # typeshed omits TestCase.tearDown_exceptions (doClassCleanups sets it).
+            exceptions = cls.tearDown_exceptions  # type: ignore[attr-defined]
+            if exceptions:
+                raise exceptions[0][1]
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
             self.send(base, _failure(exc))
 
-    def test(self, test: str, function, cls, layers, holders) -> None:
+    def test(
+        self,
+        test: str,
+        function: Callable[..., object],
+        cls: type | None,
+        layers: list[dict[str, Fixture]],
+        holders: list[object],
+    ) -> None:
         try:
             marks = _marks(function, *holders)
             unrunnable = {getattr(m, "name", "") for m in marks} & _UNRUNNABLE_MARKS
@@ -508,19 +545,28 @@ class Runner:
             if inspect.isgeneratorfunction(function) or hasattr(function, "patchings"):
                 raise Unwitnessed("a generator or a mock.patch-decorated test")
             sets = _parameter_sets(marks)
-            used = [n for m in marks if getattr(m, "name", "") == "usefixtures" for n in m.args]
+            used = [
+                n
+                for m in marks
+                if getattr(m, "name", "") == "usefixtures"
+                for n in getattr(m, "args", ())
+            ]
         except Unwitnessed as exc:
             self.send(test, Outcome(UNWITNESSED, str(exc)))
             return
-        worst = None
-        for parameters in sets:
-            outcome = self.once(function, cls, layers, parameters, used)
-            rank = (PASSED, UNWITNESSED, FAILED).index(outcome.outcome)
-            if worst is None or rank > (PASSED, UNWITNESSED, FAILED).index(worst.outcome):
-                worst = outcome
-        self.send(test, worst)
+        outcomes = [self.once(function, cls, layers, parameters, used) for parameters in sets]
+        # The worst of them (the first, of equals): sets is never empty.
+        ranks = (PASSED, UNWITNESSED, FAILED)
+        self.send(test, max(outcomes, key=lambda outcome: ranks.index(outcome.outcome)))
 
-    def once(self, function, cls, layers, parameters, used) -> Outcome:
+    def once(
+        self,
+        function: Callable[..., object],
+        cls: type | None,
+        layers: list[dict[str, Fixture]],
+        parameters: dict[str, object],
+        used: list[str],
+    ) -> Outcome:
         instance = None
         outcome = Outcome(PASSED)
         try:
@@ -544,8 +590,10 @@ class Runner:
                 kwargs[name] = parameters[name] if name in parameters else resolver.value(name)
             result = call(**kwargs)
             if inspect.isawaitable(result):
+                close = getattr(result, "close", None)  # a coroutine's: no "never awaited"
                 with contextlib.suppress(Exception):
-                    result.close()
+                    if callable(close):
+                        close()
                 raise Unwitnessed("returned an awaitable")
         except Unwitnessed as exc:
             outcome = Outcome(UNWITNESSED, str(exc))
@@ -570,14 +618,14 @@ class Runner:
         return outcome
 
 
-def _class_namespace(cls: type) -> dict:
-    namespace: dict = {}
+def _class_namespace(cls: type) -> dict[str, object]:
+    namespace: dict[str, object] = {}
     for base in reversed(cls.__mro__):
         namespace.update(base.__dict__)
     return namespace
 
 
-def _is_test_case(obj: type) -> bool:
+def _is_test_case(obj: type) -> TypeGuard[type[unittest.TestCase]]:
     try:
         return issubclass(obj, unittest.TestCase)
     except TypeError:
@@ -589,15 +637,18 @@ def _has_own(cls: type, name: str, default: object) -> bool:
     return bool(found) and found != default
 
 
-def _first(holder: object, names: tuple[str, ...]):
+def _first(holder: object, names: tuple[str, ...]) -> Callable[..., object] | None:
     for name in names:
-        found = getattr(holder, name, None) if holder is not None else None
+        # What pytest would call: a callable, as the caller assumes (it fails as pytest would).
+        found: Callable[..., object] | None = (
+            getattr(holder, name, None) if holder is not None else None
+        )
         if found is not None and fixture_of(found) is None:
             return found
     return None
 
 
-def _call_optional(function, arg) -> None:
+def _call_optional(function: Callable[..., object] | None, arg: object) -> None:
     """Call ``function`` with ``arg`` if it takes an argument, as pytest calls xunit setups."""
     if function is None:
         return

@@ -33,6 +33,8 @@ _ADAPTERS: dict[str, tuple[str, str, float]] = {
     "gemini": (".gemini", "GeminiAdapter", 0.15),
     "anthropic": (".anthropic", "AnthropicAdapter", 0.55),
 }
+# An adapter class, as imported: built from an endpoint.
+AdapterClass = Callable[[Endpoint], ProviderAdapter]
 
 
 class _SdkLoader:
@@ -45,7 +47,7 @@ class _SdkLoader:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.imports: dict[str, Future[type]] = {}
+        self.imports: dict[str, Future[AdapterClass]] = {}
         self._weights: dict[str, float] = {}  # kind -> calls expected to need it
         self._queue: list[_Job] = []
         self._worker: threading.Thread | None = None
@@ -77,7 +79,7 @@ class _SdkLoader:
             self._start()
             return built
 
-    def _import_future(self, kind: str) -> Future[type]:
+    def _import_future(self, kind: str) -> Future[AdapterClass]:
         future = self.imports.get(kind)
         if future is None:
             future = self.imports[kind] = Future()
@@ -137,14 +139,14 @@ class _Job:
     after: Future[Any] | None = None  # the import an adapter's construction needs
 
 
-def _import(kind: str) -> type:
+def _import(kind: str) -> AdapterClass:
     module, name, _ = _ADAPTERS[kind]
     # The SDKs build thousands of classes; cyclic garbage collections over that growing heap
     # were a quarter of their import time. Nothing an import makes is cyclic garbage.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        adapter_class = getattr(importlib.import_module(module, __name__), name)
+        adapter_class: AdapterClass = getattr(importlib.import_module(module, __name__), name)
         if _loader.owns_process:
             # Otherwise the next young-generation collections walk every object the import
             # made (measured: 0.3 s of pauses in the first seconds of a run).
@@ -192,5 +194,4 @@ def make_adapter(kind: str, endpoint: Endpoint) -> ProviderAdapter:
     """The adapter for ``kind``, imported here and now (for code outside an event loop)."""
     if kind not in _ADAPTERS:
         raise ValueError(f"unknown provider kind {kind!r}")
-    adapter_class: Any = _import(kind)
-    return adapter_class(endpoint)
+    return _import(kind)(endpoint)

@@ -87,12 +87,12 @@ class GeminiAdapter:
 
 def _completion(request: ChatRequest, text: str, response: Any) -> RawCompletion:
     stop = _finish_reason(response) if response is not None else None
-    ending = {"stop_reason": stop, "truncated": stop == "MAX_TOKENS"}
+    truncated = stop == "MAX_TOKENS"
     usage = response.usage_metadata if response is not None else None
     reported = response.model_version if response is not None else None
     if usage is None or usage.prompt_token_count is None:
         prompt = "".join(m.content for m in request.messages) + (request.system or "")
-        return with_estimated_usage(text, prompt, reported, stop, stop == "MAX_TOKENS")
+        return with_estimated_usage(text, prompt, reported, stop, truncated)
     return RawCompletion(
         text=text,
         input_tokens=usage.prompt_token_count,
@@ -100,7 +100,8 @@ def _completion(request: ChatRequest, text: str, response: Any) -> RawCompletion
         output_tokens=(usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0),
         cached_tokens=usage.cached_content_token_count or 0,
         reported_model=reported,
-        **ending,
+        stop_reason=stop,
+        truncated=truncated,
     )
 
 

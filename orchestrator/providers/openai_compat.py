@@ -90,17 +90,18 @@ class OpenAICompatibleAdapter:
 def _completion(
     request: ChatRequest, text: str, stop: str | None, usage: Any, reported: str | None
 ) -> RawCompletion:
-    ending = {"stop_reason": stop, "truncated": stop == "length"}
+    truncated = stop == "length"
     if usage is None:
         prompt = "".join(m["content"] for m in _messages(request))
-        return with_estimated_usage(text, prompt, reported, stop, stop == "length")
+        return with_estimated_usage(text, prompt, reported, stop, truncated)
     return RawCompletion(
         text=text,
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
         cached_tokens=_cached_tokens(usage),
         reported_model=reported,
-        **ending,
+        stop_reason=stop,
+        truncated=truncated,
     )
 
 
