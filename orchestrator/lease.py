@@ -9,7 +9,7 @@ import os
 import time
 from contextlib import suppress
 
-from .aio import stop
+from .aio import stop, uninterrupted
 from .errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
 from .state import StateManager, new_owner
 
@@ -54,7 +54,14 @@ class Lease:
         self._renewer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Lease:
-        holder = await self.store.claim(self.project_id, self.owner, self.seconds)
+        claim = asyncio.ensure_future(self.store.claim(self.project_id, self.owner, self.seconds))
+        try:
+            holder = await uninterrupted(claim)
+        except asyncio.CancelledError:
+            # Cancelled once the claim was made: no ``async with`` body will release it.
+            if not claim.cancelled() and claim.exception() is None and claim.result() is None:
+                await uninterrupted(self.store.release(self.project_id, self.owner))
+            raise
         if holder is not None:
             raise ProjectBusy(
                 f"project {self.project_id!r} is being run by {holder}; wait for that run to "
@@ -64,11 +71,15 @@ class Lease:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._renewer is not None:
-            await stop(self._renewer)
-        if self.lost is None:
-            with suppress(OrchestratorError):
-                await asyncio.shield(self.store.release(self.project_id, self.owner))
+        try:
+            if self._renewer is not None:
+                await stop(self._renewer)
+        finally:
+            # Released even when the run is cancelled again while its renewer stops (a second
+            # Ctrl-C, its deadline): else this process would hold the project until it exits.
+            if self.lost is None:
+                with suppress(OrchestratorError):
+                    await uninterrupted(self.store.release(self.project_id, self.owner))
 
     def check(self) -> None:
         if self.lost is not None:
