@@ -36,10 +36,10 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 from engine_overhead import CALLS_IN_SEQUENCE_PER_TASK, generated_graph  # noqa: E402
 from fake_provider import FakeProvider, RecordedRequest, Reply  # noqa: E402
+from graph_shape import critical_path_length, width  # noqa: E402
 from resume_startup import PROJECT_ID, build_state  # noqa: E402
 
 from orchestrator import Catalog  # noqa: E402
-from orchestrator.taskgraph import critical_path_length, width  # noqa: E402
 
 MAKESPAN_TARGET = 1.3
 FIRST_CALL_TARGET_S = 0.5

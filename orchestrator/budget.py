@@ -120,10 +120,6 @@ class Budget:
         return nanos_to_usd(self.remaining_nanos)
 
     @property
-    def available_usd(self) -> float:
-        return nanos_to_usd(self.available_nanos)
-
-    @property
     def elapsed_seconds(self) -> float:
         return self.elapsed_before + (self.clock() - self._started)
 

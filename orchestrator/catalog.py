@@ -241,9 +241,6 @@ class Catalog:
             f"unknown model {name!r}: run 'python -m orchestrator --list-models' to see the catalog"
         )
 
-    def models_of(self, provider: str) -> list[Model]:
-        return [m for m in self.models if m.provider == provider]
-
     def provider_of(self, model: Model) -> ProviderSpec:
         return self.providers[model.provider]
 

@@ -146,7 +146,7 @@ class UnifiedClient:
         self.catalog = catalog if catalog is not None else Catalog.load(catalog_path, env=self.env)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.health = HealthRegistry(failure_threshold, cooldown)
+        self.health = HealthRegistry(failure_threshold, cooldown, self.retry.clock.now)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._last_failure: dict[str, str] = {}  # model key or provider -> last failure
         self._mismatches: set[tuple[str, str]] = set()  # (server, reported) warned already
@@ -372,7 +372,7 @@ class UnifiedClient:
             if spend is not None:
                 await spend.flush()  # before any wait below: never hold money while waiting
             if wait:
-                await asyncio.sleep(wait)
+                await self.retry.clock.sleep(wait)
             if not self.health.admit(model.provider, model.key):
                 last = self._last_failure.get(model.key) or self._last_failure.get(model.provider)
                 cause = f" (last: {last})" if last else ""

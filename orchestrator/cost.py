@@ -361,7 +361,7 @@ class _Estimate:
             "evaluation": 3 * iterations,  # two verdicts, and a third when they disagree
             INTEGRATION_PHASE: self.rounds,
         }
-        typical_total = high_total = 0.0
+        typical_total = 0.0
         for phase, (chain, priced_as, call) in roles.items():
             if not chain:
                 continue
@@ -374,7 +374,6 @@ class _Estimate:
             self.typical[name] += typical
             self.high[name] += high
             typical_total += typical
-            high_total += high
         self.per_task[task.id] = typical_total
 
     def _typical_count(self, task_type: TaskType, phase: str) -> float:

@@ -23,7 +23,7 @@ from .catalog import Model
 from .client import Completion, UnifiedClient
 from .errors import NoProvidersError, OrchestratorError, ProviderError
 from .events import Event, EventKind
-from .fallback import ChainFailed, Failures, first_answer
+from .fallback import Call, ChainFailed, Failures, ask_chain
 from .gateway import Journal, LLMGateway
 from .integration import Integration, IntegrationPhase, Round
 from .lease import Lease
@@ -410,48 +410,35 @@ class Run:
         prompt = DECOMPOSE_USER.format(
             description=state.project_description, criteria=state.success_criteria
         )
-        about = {"phase": "decomposition"}
+        call = Call(
+            [Message("user", prompt)],
+            system=system,
+            max_tokens=DECOMPOSITION_MAX_TOKENS,
+            phase="decomposition",
+            slot="decompose",
+            step="decomposition",
+            about={"phase": "decomposition"},
+            schema=schema,
+        )
+        plans: list[dict[str, Task]] = []
 
-        async def attempt(model: Model) -> dict[str, Task]:
-            self.emit(Event("call_started", model=model.value, role="decomposition", data=about))
-            plan: dict[str, Task] = {}
-
-            def usable(answer: Completion) -> None:
-                plan.update(
-                    parse_tasks(
-                        answer.parsed,
-                        origin=f"decomposition by {model.value}",
-                        max_tasks=max_tasks,
-                    )
-                )
-                execution_order(plan)  # a cyclic plan is as unusable as a malformed one
-
-            answer = await gateway.ask(
-                model,
-                [Message("user", prompt)],
-                system=system,
-                max_tokens=DECOMPOSITION_MAX_TOKENS,
-                phase="decomposition",
-                slot="decompose",
-                schema=schema,
-                usable=usable,  # an unusable plan is not replayed by a rerun or a resume
-            )
-            finished = {**about, "cost_usd": answer.cost_usd, "cached": answer.from_cache}
-            self.emit(Event("call_finished", None, model.value, "decomposition", finished))
-            return plan
-
-        def failed(model: Model, exc: Exception) -> None:
-            if isinstance(exc, ProviderError):
-                error = {**about, "error": str(exc)}
-                self.emit(Event("call_failed", None, model.value, "decomposition", error))
+        def usable(answer: Completion) -> None:
+            origin = f"decomposition by {answer.model.value}"
+            plan = parse_tasks(answer.parsed, origin=origin, max_tasks=max_tasks)
+            execution_order(plan)  # a cyclic plan is as unusable as a malformed one
+            plans.append(plan)
 
         try:
-            tasks, _ = await first_answer(
+            # An unusable plan hands over, and is not replayed by a rerun or a resume.
+            await ask_chain(
+                gateway,
                 router.decomposition_chain(),
-                attempt,
+                call,
+                self.emit,
                 hand_over_on=(ProviderError, TaskGraphError),
-                on_failure=failed,
+                usable=usable,
             )
+            tasks = plans[-1]
         except ChainFailed as exc:
             why = _why_no_plan(exc.failures, max_tasks)
             if exc.failures.only_outages:

@@ -58,10 +58,10 @@ class EventKind(StrEnum):
     #: ``data``: phase, iteration, repeat.
     CALL_STARTED = "call_started"
     #: A call answered. ``data``: phase, iteration, repeat, cost_usd, cached, replayed, notes
-    #: (the planner's: phase, cost_usd, cached).
+    #: (the planner's: no iteration or repeat).
     CALL_FINISHED = "call_finished"
-    #: A call failed; the next model of its chain is asked. ``data``: phase, iteration, repeat,
-    #: error (the planner's: phase, error).
+    #: A call failed (an unusable plan too); the next model of its chain is asked. ``data``:
+    #: phase, iteration, repeat, error (the planner's: phase, error).
     CALL_FAILED = "call_failed"
     #: Validators failed an answer (``task_id``, ``model``: its author). ``data``: validators
     #: (the failed ``ValidatorResult``s), iteration.

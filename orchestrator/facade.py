@@ -165,7 +165,8 @@ class Orchestrator:
         self.metrics_exporter: MetricsExporter | None = None
         self._current_run: ProjectState | None = None  # the run the metrics report on
         self.channels: dict[str, TaskChannel] = {}
-        # Set by ``stop_gracefully``: no new paid call starts, those in flight finish.
+        # Once set (a worker shutting down), no new paid call starts, those in flight finish and
+        # are journaled, and the run ends INTERRUPTED, resumable.
         self.stopping = asyncio.Event()
         # Every model selection and every call of this orchestrator's runs, hash-chained.
         self.audit_log = audit_log
@@ -390,11 +391,6 @@ class Orchestrator:
             policies=policies or None,
         )
         return job
-
-    def stop_gracefully(self) -> None:
-        """Start no new paid call: the calls in flight finish and are journaled, and the run
-        ends INTERRUPTED, resumable (a worker shutting down). Safe from a signal handler."""
-        self.stopping.set()
 
     def get_channel(self, name: str) -> TaskChannel:
         """The channel called ``name``, created on first use: for hooks and event handlers to

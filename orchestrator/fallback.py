@@ -4,19 +4,26 @@ The chain is the routing choice and its fallbacks, already bounded by the router
 (``--max-fallbacks``). An answer still cut off by the output limit hands over once only: a
 second model cut off too says the job asks for more than an answer holds, and every further
 model would be paid to say it again.
+
+``ask_chain`` is the one loop every call of a run goes through (the planner's and each task's):
+each model asked through the gateway, each call reported as started, answered or failed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any
 
 from .budget import BudgetExceeded
 from .catalog import Model
 from .errors import ProviderError, StructuredOutputError, TruncatedAnswerError
+from .events import Event, EventSink
+from .providers.base import Message
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from .client import Completion
+    from .gateway import LLMGateway
 
 # Cut-off answers a call takes before it stops asking: the first hands over, the second ends it.
 MAX_TRUNCATED_ANSWERS = 2
@@ -79,24 +86,75 @@ class ChainFailed(Exception):
         self.failures = failures
 
 
-async def first_answer(
+@dataclass(frozen=True)
+class Call:
+    """One request, asked of a chain's models in turn, and what its events say it is for.
+
+    ``phase`` is the budget partition it is paid from; ``step`` (decomposition, generation,
+    critique, revision, evaluation) is its events' role, and ``about`` (phase, and a task's
+    iteration and repeat) is in each of its events' data. ``task_id`` None: the planner's."""
+
+    messages: list[Message]
+    system: str | None
+    max_tokens: int
+    phase: str
+    slot: str
+    step: str
+    about: Mapping[str, Any]
+    task_id: str | None = None
+    schema: dict[str, Any] | None = None
+
+
+async def ask_chain(
+    gateway: LLMGateway,
     chain: Sequence[Model],
-    attempt: Callable[[Model], Awaitable[T]],
+    call: Call,
+    emit: EventSink,
     *,
     hand_over_on: tuple[type[Exception], ...],
+    usable: Callable[[Completion], object] | None = None,
     on_failure: Callable[[Model, Exception], None] | None = None,
-) -> tuple[T, Model]:
-    """``attempt(model)`` for each model of ``chain`` in turn until one returns; the exceptions
-    of ``hand_over_on`` hand over to the next (after ``on_failure``), any other propagates.
-    ``ChainFailed`` when the chain ran out or a second cut-off answer ended it."""
+    on_answer: Callable[[Model, Completion], None] | None = None,
+) -> tuple[Completion, Model]:
+    """The first answer of ``chain``'s models to ``call`` that ``usable`` accepts (see
+    ``LLMGateway.ask``), and its model; ``on_answer`` sees it before it is reported. A failure
+    of ``hand_over_on`` is reported (``on_failure`` first) and hands over to the next model; any
+    other propagates. ``ChainFailed`` when the chain ran out or a second cut-off answer ended it.
+    """
+    about = dict(call.about)
     failures = Failures()
     for model in chain:
+        emit(Event("call_started", call.task_id, model.value, call.step, about))
         try:
-            return await attempt(model), model
+            answer = await gateway.ask(
+                model,
+                call.messages,
+                system=call.system,
+                max_tokens=call.max_tokens,
+                phase=call.phase,
+                slot=call.slot,
+                task_id=call.task_id or "",
+                schema=call.schema,
+                usable=usable,
+            )
         except hand_over_on as exc:
             failures.record(exc)
             if on_failure is not None:
                 on_failure(model, exc)
+            error = {**about, "error": str(exc)}
+            emit(Event("call_failed", call.task_id, model.value, call.step, error))
             if failures.stopped_by_truncation:
                 break
+            continue
+        if on_answer is not None:
+            on_answer(model, answer)
+        finished = {
+            **about,
+            "cost_usd": answer.cost_usd,
+            "cached": answer.from_cache,
+            "replayed": answer.replayed,
+            "notes": list(answer.notes),
+        }
+        emit(Event("call_finished", call.task_id, model.value, call.step, finished))
+        return answer, model
     raise ChainFailed(failures)

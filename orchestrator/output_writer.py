@@ -61,11 +61,6 @@ def strip_fences(text: str, languages: Iterable[str] = PYTHON_TAGS) -> str:
     return "\n\n\n".join(bodies) if bodies else text
 
 
-def output_filename(index: int, task: Task, output: str) -> str:
-    """``task_{index:03d}_{type}.{ext}``; ``output`` only picks .json or .md for extraction."""
-    return _filename(index, task, _render(task, output)[0])
-
-
 def write_outputs(
     state: ProjectState,
     directory: str | os.PathLike[str],

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .catalog import Model
-from .optimization import Candidate, OptimizationBackend, Ranked
+from .optimization import Candidate
 from .policy import PolicyEngine, Violation
 
 
@@ -48,10 +48,3 @@ class ConstraintPlanner:
             if left is not None and candidate.cost_usd > left:
                 screened.unaffordable.add(candidate.model.key)
         return screened
-
-    def best(self, candidates: Sequence[Candidate], backend: OptimizationBackend) -> Ranked | None:
-        """The backend's best of the candidates the policies allow and the budget can pay for."""
-        screened = self.screen(candidates)
-        affordable = [c for c in screened.allowed if c.model.key not in screened.unaffordable]
-        ranked = backend.rank(affordable)
-        return ranked[0] if ranked else None

@@ -578,14 +578,6 @@ class StateManager:
         )
         return {row[0] for row in rows}
 
-    async def task_spend_nanos(self, project_id: str, task_id: str) -> int:
-        """What the task's journaled calls cost, answered or not, over every run of it."""
-        rows = await self._store.run(
-            "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ? AND task_id = ?",
-            (project_id, task_id),
-        )
-        return int(rows[0][0])
-
     async def journal_get(self, project_id: str, key: str) -> dict[str, Any] | None:
         """A journaled answer, with ``cost_nanos``: what its call paid, every attempt of it."""
         rows = await self._store.run(

@@ -15,7 +15,7 @@ from .catalog import Model
 from .client import Completion, prompt_room
 from .errors import ProviderError
 from .events import Event, EventSink
-from .fallback import ChainFailed, Failures, first_answer
+from .fallback import Call, ChainFailed, Failures, ask_chain
 from .gateway import LLMGateway
 from .integration import INTEGRATION_PHASE
 from .models import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
@@ -499,52 +499,46 @@ class TaskRunner:
         A model whose worst case no longer fits the budget hands over too: a cheaper one may.
         ``BudgetExceeded`` is raised only when no model could be afforded.
         """
-        about = {"phase": phase, "iteration": iteration, "repeat": repeat}
-
-        async def attempt(model: Model) -> Completion:
-            self.ctx.emit(Event("call_started", self.task.id, model.value, step, about))
-            return await self.ctx.gateway.ask(
-                model,
-                messages,
-                system=system,
-                max_tokens=max_tokens,
-                phase=phase,
-                slot=slot,
-                task_id=self.task.id,
-                schema=schema,
-            )
+        call = Call(
+            messages,
+            system=system,
+            max_tokens=max_tokens,
+            phase=phase,
+            slot=slot,
+            step=step,
+            about={"phase": phase, "iteration": iteration, "repeat": repeat},
+            task_id=self.task.id,
+            schema=schema,
+        )
 
         def failed(model: Model, exc: Exception) -> None:
             assert isinstance(exc, ProviderError | BudgetExceeded)
             self._paid(exc.spent_nanos)
-            error = {**about, "error": str(exc)}
-            self.ctx.emit(Event("call_failed", self.task.id, model.value, step, error))
             log.debug("%s %s: %s failed, next model: %s", self.task.id, phase, model.value, exc)
             if counts_fallbacks:
                 self.result.degraded_fallback_count += 1
 
+        def answered(model: Model, answer: Completion) -> None:
+            self._paid(answer.cost_nanos)
+            predictor = self.ctx.router.cost_model
+            if predictor is not None and not (answer.from_cache or answer.replayed):
+                task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
+                predictor.record(model, task_type, answer.cost_usd)
+            for note in answer.notes:
+                self._note(f"{phase} ({model.value}): {note}")
+
         try:
-            answer, model = await first_answer(
-                chain, attempt, hand_over_on=(ProviderError, BudgetExceeded), on_failure=failed
+            return await ask_chain(
+                self.ctx.gateway,
+                chain,
+                call,
+                self.ctx.emit,
+                hand_over_on=(ProviderError, BudgetExceeded),
+                on_failure=failed,
+                on_answer=answered,
             )
         except ChainFailed as exc:
             raise self._chain_error(exc.failures, phase) from None
-        self._paid(answer.cost_nanos)
-        predictor = self.ctx.router.cost_model
-        if predictor is not None and not (answer.from_cache or answer.replayed):
-            task_type = PHASE_TASK_TYPES.get(phase, self.task.type)
-            predictor.record(model, task_type, answer.cost_usd)
-        for note in answer.notes:
-            self._note(f"{phase} ({model.value}): {note}")
-        finished = {
-            **about,
-            "cost_usd": answer.cost_usd,
-            "cached": answer.from_cache,
-            "replayed": answer.replayed,
-            "notes": list(answer.notes),
-        }
-        self.ctx.emit(Event("call_finished", self.task.id, model.value, step, finished))
-        return answer, model
 
     def _paid(self, nanos: int) -> None:
         self._paid_nanos += nanos

@@ -293,67 +293,6 @@ def _find_cycle(
     return loop[first:] + loop[:first]
 
 
-def critical_path_length(
-    tasks: Mapping[str, Task], durations: Mapping[str, float] | None = None
-) -> float:
-    """Length of the longest dependency chain: its task count, or its total duration.
-
-    With ``durations`` every task needs one (non-negative); it is the least wall-clock time the
-    graph takes however many tasks run at once.
-    """
-    if durations is not None:
-        missing = [tid for tid in tasks if tid not in durations]
-        if missing:
-            raise ValueError(f"no duration for tasks: {', '.join(missing)}")
-        negative = [tid for tid in tasks if durations[tid] < 0]
-        if negative:
-            raise ValueError(f"negative duration for tasks: {', '.join(negative)}")
-    deps = _dependencies(tasks)
-    finish: dict[str, float] = {}
-    for tid in execution_order(tasks):
-        own = 1.0 if durations is None else float(durations[tid])
-        finish[tid] = own + max((finish[d] for d in deps[tid]), default=0.0)
-    return max(finish.values(), default=0.0)
-
-
-def width(tasks: Mapping[str, Task]) -> int:
-    """The most tasks that can run at the same time: the size of a maximum antichain.
-
-    Exact, not the per-depth-level approximation (which undercounts when a long chain runs beside
-    short ones): by Dilworth's theorem it is the task count minus a maximum matching in the
-    bipartite "must finish before" graph of the transitive closure. Quadratic in the task count,
-    which is fine for task lists of tens of tasks.
-    """
-    order = execution_order(tasks)
-    deps = _dependencies(tasks)
-    ancestors: dict[str, set[str]] = {}
-    for tid in order:
-        found: set[str] = set()
-        for dep in deps[tid]:
-            found.add(dep)
-            found |= ancestors[dep]
-        ancestors[tid] = found
-    later: dict[str, list[str]] = {tid: [] for tid in order}
-    for tid in order:
-        for ancestor in ancestors[tid]:
-            later[ancestor].append(tid)
-
-    matched_to: dict[str, str] = {}  # right-side task -> left-side task that precedes it
-
-    def augment(left: str, visited: set[str]) -> bool:
-        for right in later[left]:
-            if right in visited:
-                continue
-            visited.add(right)
-            if right not in matched_to or augment(matched_to[right], visited):
-                matched_to[right] = left
-                return True
-        return False
-
-    matching = sum(1 for tid in order if augment(tid, set()))
-    return len(order) - matching
-
-
 def _task_label(entries: Any, index: int) -> str:
     entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
     tid = entry.get("id") if isinstance(entry, dict) else None

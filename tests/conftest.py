@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -55,6 +56,7 @@ LOCAL_CATALOG = """
 """
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TESTS = PROJECT_ROOT / "tests"
 
 # "Billion laughs": 360 bytes of YAML, a flow list whose aliases expand to 9**9 values.
 _LEVELS = "abcdefghi"
@@ -73,7 +75,40 @@ DEEP_LIST = "[" * 50_000 + "]" * 50_000
 # C1 controls (a one-byte CSI among them) and the bidi embeddings, overrides and isolates.
 TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=5)
+
+class FakeClock:
+    """A retry clock that never waits: each sleep is recorded in ``sleeps`` and moves its time
+    on (as ``advance`` does, for a circuit breaker's cool-down), the loop given one turn."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.time += seconds
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+
+
+class NoWait:
+    """The system's time for circuit breakers, but retries that do not wait."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+FAST_RETRY = RetryPolicy(
+    max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=5, clock=NoWait()
+)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
@@ -188,11 +223,17 @@ async def client(fake):
 
 
 def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    retry_waits: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m orchestrator ARGS`` with no key of the developer's, plus ``env``."""
+    """``python -m orchestrator ARGS`` with no key of the developer's, plus ``env``; without
+    ``retry_waits``, its retries do not wait (``cli_without_waits.py``)."""
+    command = ["-m", "orchestrator"] if retry_waits else [str(TESTS / "cli_without_waits.py")]
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
+        [sys.executable, *command, *args],
         cwd=cwd,
         env={**clean_environment(), **(env or {})},
         capture_output=True,
@@ -248,6 +289,15 @@ def sqlite_rows(path: Path | str, sql: str, args: tuple = ()) -> list[tuple]:
             return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+async def task_spend_nanos(store: StateManager, project_id: str, task_id: str) -> int:
+    """What the task's journaled calls cost, answered or not, over every run of it."""
+    rows = await store._store.run(
+        "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ? AND task_id = ?",
+        (project_id, task_id),
+    )
+    return int(rows[0][0])
 
 
 async def eventually(condition) -> None:

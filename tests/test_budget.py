@@ -63,7 +63,7 @@ async def test_a_call_waits_for_calls_in_flight_to_settle_when_it_would_fit_afte
     budget.settle(in_flight, nanos(0.2))  # it cost less than its worst case
 
     reservation = await asyncio.wait_for(waiting, 1)
-    assert reservation.amount_nanos == nanos(0.5) and budget.available_usd == 0.3
+    assert reservation.amount_nanos == nanos(0.5) and budget.available_nanos == nanos(0.3)
 
 
 async def test_a_wait_for_calls_in_flight_is_bounded():

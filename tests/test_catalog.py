@@ -160,7 +160,7 @@ def test_builtin_catalog_has_exactly_the_five_vendors(builtin):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_every_provider_offers_a_strong_and_a_cheap_model(builtin, provider):
-    models = builtin.models_of(provider)
+    models = [m for m in builtin.models if m.provider == provider]
     assert len(models) >= 2
     prices = {(m.price.input, m.price.output) for m in models}
     assert len(prices) >= 2

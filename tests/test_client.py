@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
-from conftest import FAST_RETRY, eventually, fake_env
+from conftest import FAST_RETRY, FakeClock, NoWait, eventually, fake_env
 from fake_provider import Reply
 
 from orchestrator import (
@@ -17,6 +18,7 @@ from orchestrator import (
     StructuredOutputError,
     UnifiedClient,
 )
+from orchestrator.retry import SYSTEM_CLOCK
 
 # One model per vendor, and the wire format (fake "api") each one must arrive in.
 VENDORS = [
@@ -175,29 +177,67 @@ async def test_an_invalid_requested_schema_is_rejected_before_anything_is_paid(c
 
 # -- retries ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("model", "api", "path"), VENDORS)
-async def test_rate_limit_waits_for_retry_after_then_succeeds(client, fake, model, api, path):
+async def test_rate_limit_waits_for_retry_after_then_succeeds(fake, model, api, path):
     fake.script(model, Reply(status=429, headers={"retry-after": "1"}), "after the wait")
+    clock = FakeClock()
 
-    started = time.monotonic()
-    answer = await client.complete(model, "hi")
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=RetryPolicy(clock=clock)) as c:
+        answer = await c.complete(model, "hi")
 
     assert answer.text == "after the wait"
-    assert answer.attempts == 2
-    gap = fake.requests[1].received_at - fake.requests[0].received_at
-    assert 0.9 <= gap < 3
-    assert time.monotonic() - started >= 0.9
+    assert answer.attempts == 2 and fake.count(model=model) == 2
+    assert clock.sleeps == [1.0]  # what the vendor asked for, not the backoff's 0.25-0.5 s
 
 
-async def test_retry_after_is_capped(fake):
-    policy = RetryPolicy(max_attempts=2, base_delay=0.01, max_retry_after=0.2)
-    fake.script("gpt-4o-mini", Reply(status=429, headers={"retry-after": "300"}), "ok")
+async def test_the_system_clock_really_waits_what_retry_after_asks(fake):
+    fake.script("gpt-4o-mini", Reply(status=429, headers={"retry-after-ms": "300"}), "later")
 
-    async with UnifiedClient(env=fake_env(fake.base_url), retry=policy) as client:
+    async with UnifiedClient(env=fake_env(fake.base_url)) as client:
+        assert client.retry.clock is SYSTEM_CLOCK
         started = time.monotonic()
         answer = await client.complete("gpt-4o-mini", "hi")
 
+    assert answer.text == "later"
+    gap = fake.requests[1].received_at - fake.requests[0].received_at
+    assert 0.29 <= gap < 2
+    assert time.monotonic() - started >= 0.29
+
+
+async def test_retry_after_is_capped(fake):
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=2, base_delay=0.01, max_retry_after=0.2, clock=clock)
+    fake.script("gpt-4o-mini", Reply(status=429, headers={"retry-after": "300"}), "ok")
+
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=policy) as client:
+        answer = await client.complete("gpt-4o-mini", "hi")
+
     assert answer.text == "ok"
-    assert time.monotonic() - started < 2
+    assert clock.sleeps == [0.2]
+
+
+@pytest.mark.parametrize(
+    ("policy", "ceilings"),
+    [
+        (RetryPolicy(), [0.5, 1.0, 2.0]),  # the default: 0.5 s doubling, 4 attempts
+        (RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=3.0), [1.0, 2.0, 3.0, 3.0, 3.0]),
+    ],
+    ids=["default", "capped"],
+)
+async def test_backoff_doubles_up_to_its_cap_with_equal_jitter(fake, policy, ceilings):
+    clock = FakeClock()
+    fake.set_down("gpt-4o-mini")
+    retry = dataclasses.replace(policy, clock=clock)
+
+    async with UnifiedClient(
+        env=fake_env(fake.base_url), retry=retry, failure_threshold=10
+    ) as client:
+        with pytest.raises(ProviderError) as caught:
+            await client.complete("gpt-4o-mini", "hi")
+
+    assert caught.value.attempts == policy.max_attempts == fake.count(model="gpt-4o-mini")
+    assert len(clock.sleeps) == len(ceilings)
+    for wait, ceiling in zip(clock.sleeps, ceilings, strict=True):
+        assert ceiling / 2 <= wait <= ceiling  # never less than half the step
 
 
 @pytest.mark.parametrize(("model", "api", "path"), VENDORS)
@@ -252,7 +292,7 @@ async def test_a_call_that_takes_too_long_times_out_and_is_retried(fake, model, 
 
 
 async def test_timeouts_that_persist_fail_as_retryable(fake):
-    policy = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
+    policy = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, clock=NoWait())
     fake.script("claude-haiku-4-5", Reply(delay=3), Reply(delay=3))
 
     async with UnifiedClient(env=fake_env(fake.base_url), retry=policy, timeout=0.3) as client:
@@ -264,7 +304,8 @@ async def test_timeouts_that_persist_fail_as_retryable(fake):
 
 # -- health -----------------------------------------------------------------------------------
 async def test_a_model_that_keeps_failing_is_marked_unhealthy_then_recovers(fake):
-    policy = RetryPolicy(max_attempts=1)
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=1, clock=clock)
     async with UnifiedClient(
         env=fake_env(fake.base_url), retry=policy, failure_threshold=2, cooldown=0.5
     ) as client:
@@ -280,7 +321,9 @@ async def test_a_model_that_keeps_failing_is_marked_unhealthy_then_recovers(fake
         assert fake.count(model="gemini-2.5-flash") == 2  # the open breaker made no call
 
         fake.set_down("gemini-2.5-flash", False)
-        await asyncio.sleep(0.6)
+        clock.advance(0.4)
+        assert not client.is_healthy("gemini-2.5-flash")  # still cooling down
+        clock.advance(0.1)
         assert client.is_healthy("gemini-2.5-flash")
         assert (await client.complete("gemini-2.5-flash", "hi")).text == "ok"
         assert client.api_health()["gemini-2.5-flash"] is True
@@ -289,7 +332,7 @@ async def test_a_model_that_keeps_failing_is_marked_unhealthy_then_recovers(fake
 async def test_an_unreachable_vendor_marks_all_its_models_unhealthy(fake):
     env = fake_env(fake.base_url)
     env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9"  # nothing listens on the discard port
-    policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.01)
+    policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.01, clock=NoWait())
     async with UnifiedClient(env=env, retry=policy, failure_threshold=3, cooldown=30) as client:
         with pytest.raises(ProviderError, match="connection"):
             await client.complete("claude-haiku-4-5", "hi")

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from conftest import (
     FAST_RETRY,
+    FakeClock,
     clean_environment,
     eventually,
     fake_env,
     sqlite_rows,
+    task_spend_nanos,
     write_file,
 )
 from fake_provider import RecordedRequest, Reply
@@ -521,16 +523,17 @@ async def test_the_cache_key_holds_the_gemini_api_version(fake, tmp_path):
 
 async def test_after_the_cooldown_one_trial_call_goes_through_and_the_others_fail_fast(fake):
     fake.script("gpt-4o-mini", Reply(status=500, text="down"), Reply(text="back", delay=0.5))
+    clock = FakeClock()
     async with UnifiedClient(
         env=fake_env(fake.base_url),
-        retry=RetryPolicy(max_attempts=1),
+        retry=RetryPolicy(max_attempts=1, clock=clock),
         failure_threshold=1,
         cooldown=0.2,
         max_concurrency=5,
     ) as client:
         with pytest.raises(ProviderError):
             await client.complete("gpt-4o-mini", "hi")  # the breaker opens
-        await asyncio.sleep(0.25)  # the cooldown has passed
+        clock.advance(0.2)  # the cooldown has passed
 
         outcomes = await asyncio.gather(
             *(client.complete("gpt-4o-mini", "hi") for _ in range(4)), return_exceptions=True
@@ -554,7 +557,7 @@ async def test_a_tasks_cost_is_what_its_journal_holds_even_for_calls_cancelled_i
 
     async with StateManager() as store:
         saved = await store.load("p1")
-        journaled = await store.task_spend_nanos("p1", "core")
+        journaled = await task_spend_nanos(store, "p1", "core")
     rows = sqlite_rows(store.path, "SELECT entry IS NULL FROM journal WHERE task_id = 'core'")
     assert any(unanswered for (unanswered,) in rows)  # the critique, charged
     assert saved.results["core"]["cost_usd"] == nanos_to_usd(journaled)

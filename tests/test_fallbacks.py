@@ -104,7 +104,7 @@ def test_the_project_file_and_the_flag_set_the_fallbacks(fake, llm, tmp_path, fi
 
     result = run_cli(
         "--file", str(project_file(tmp_path, field)), *flags,
-        cwd=tmp_path, env=cli_env(fake, tmp_path),
+        cwd=tmp_path, env=cli_env(fake, tmp_path), retry_waits=False,
     )  # fmt: skip
 
     assert result.returncode == 6, result.stderr  # SYSTEM_FAILURE: the providers failed
@@ -115,11 +115,11 @@ def test_a_resume_keeps_the_fallbacks_the_run_was_started_with(fake, llm, tmp_pa
     fake.responder = failing(llm, "calc", Reply(status=500, text="internal error"))
     env = cli_env(fake, tmp_path)
     started = run_cli("--file", str(project_file(tmp_path)), "--max-fallbacks", "0",
-                      cwd=tmp_path, env=env)  # fmt: skip
+                      cwd=tmp_path, env=env, retry_waits=False)  # fmt: skip
     assert started.returncode == 6, started.stderr
     fake.clear()
 
-    resumed = run_cli("--resume", "bounded", cwd=tmp_path, env=env)
+    resumed = run_cli("--resume", "bounded", cwd=tmp_path, env=env, retry_waits=False)
 
     assert resumed.returncode == 6, resumed.stderr
     assert len(models_asked(fake, "calc")) == 1

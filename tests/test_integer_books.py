@@ -10,7 +10,7 @@ import json
 import random
 
 import pytest
-from conftest import FAST_RETRY, fake_env, sqlite_rows
+from conftest import FAST_RETRY, fake_env, sqlite_rows, task_spend_nanos
 from fake_provider import RecordedRequest, Reply
 from test_engine import as_tasks, prose_task
 from test_money_liveness import ask, books, journaled_gateway
@@ -75,7 +75,7 @@ async def test_after_many_calls_of_random_costs_every_book_holds_the_same_nano_d
         gateway = await journaled_gateway(store, client, max_usd=5.0)
         answers = await asyncio.gather(*(ask(gateway, n, tasks=3) for n in range(60)))
         spent, held, journal = await books(store)
-        tasks = [await store.task_spend_nanos("p", f"t{n}") for n in range(3)]
+        tasks = [await task_spend_nanos(store, "p", f"t{n}") for n in range(3)]
 
     paid = sum(answer.cost_nanos for answer in answers)
     assert spent == journal == paid == gateway.budget.spent_nanos == sum(tasks) and held == 0
@@ -94,7 +94,7 @@ async def test_each_tasks_cost_is_its_journal_sum_to_the_nano_dollar(fake, llm, 
             use_cache=False, min_tasks=1,
         )  # fmt: skip
         state = await orchestrator.run_project("[project] Notes", "c", "p1", tasks=as_tasks(plan))
-        journaled = {t: await store.task_spend_nanos("p1", t) for t in state.results}
+        journaled = {t: await task_spend_nanos(store, "p1", t) for t in state.results}
 
     assert state.status is ProjectStatus.SUCCESS, state.reason
     assert {t: r.cost_usd for t, r in state.results.items()} == {

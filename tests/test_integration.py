@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TERMINAL_CONTROLS, clean_environment, fake_env, run_cli, sqlite_rows
+from conftest import (
+    TERMINAL_CONTROLS,
+    NoWait,
+    clean_environment,
+    fake_env,
+    run_cli,
+    sqlite_rows,
+)
 from scripted_llm import ScriptedLLM
 
 from orchestrator import Budget, RetryPolicy, UnifiedClient
@@ -30,7 +37,7 @@ from orchestrator.output_writer import write_outputs
 from orchestrator.sandbox import detect
 from orchestrator.state import StateManager
 
-FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
+FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, clock=NoWait())
 
 needs_sandbox = pytest.mark.skipif(
     asyncio.run(detect()) is None, reason="no sandbox (bubblewrap) here"

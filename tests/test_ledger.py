@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_environment
+from conftest import clean_environment, task_spend_nanos
 
 from orchestrator import sqlite_store
 from orchestrator.budget import BudgetExceeded
@@ -187,7 +187,7 @@ async def test_a_hold_left_by_a_run_that_lost_its_project_is_charged_in_full_and
         )
         rows = await store.ledger()
         journal = await store.journal_get("p", "in-flight#unanswered")
-        unanswered = await store.task_spend_nanos("p", "t")
+        unanswered = await task_spend_nanos(store, "p", "t")
 
     assert [(h.project_id, h.amount_nanos, h.phase) for h in expired] == [
         ("p", nanos(0.6), "generation")

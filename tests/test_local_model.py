@@ -335,7 +335,7 @@ def test_call_timeout_cuts_off_a_real_servers_calls_and_the_run_says_they_timed_
     # A thousandth of a second: no answer, not even its first streamed piece, comes that soon.
     result = run_cli(
         "--file", str(a_tiny_project(tmp_path)), "--local", "--call-timeout", "0.001",
-        "--output-dir", str(tmp_path / "out"), cwd=tmp_path, timeout=60,
+        "--output-dir", str(tmp_path / "out"), cwd=tmp_path, timeout=60, retry_waits=False,
     )  # fmt: skip
 
     assert "Traceback" not in result.stderr

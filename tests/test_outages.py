@@ -83,7 +83,9 @@ def test_every_vendor_down_ends_system_failure_exit_6_with_one_line_naming_them(
     fake.responder = Outage(llm, fail_after=0)
     env = {**fake_env(fake.base_url, ("openai", "anthropic"))}
 
-    result = run_cli("-p", "[project] p", "-c", "c", "--budget", "1", cwd=tmp_path, env=env)
+    result = run_cli(
+        "-p", "[project] p", "-c", "c", "--budget", "1", cwd=tmp_path, env=env, retry_waits=False
+    )
 
     assert result.returncode == 6, result.stderr
     [reason] = [line for line in result.stdout.splitlines() if line.startswith("reason: ")]
@@ -100,7 +102,7 @@ def test_call_timeout_bounds_every_attempt_and_the_run_says_the_calls_timed_out(
     started = time.monotonic()
     result = run_cli(
         "-p", "[project] p", "-c", "c", "--budget", "1", "--call-timeout", "0.2",
-        cwd=tmp_path, env=env, timeout=45,
+        cwd=tmp_path, env=env, timeout=45, retry_waits=False,
     )  # fmt: skip
     elapsed = time.monotonic() - started
 

@@ -26,7 +26,6 @@ from orchestrator.output_writer import (
     MANIFEST_NAME,
     OutputError,
     check_output_dir,
-    output_filename,
     strip_fences,
     write_outputs,
 )
@@ -251,16 +250,6 @@ def test_strip_fences_details():
     assert strip_fences("only ```inline``` ticks") == "only ```inline``` ticks"
     assert strip_fences("```bash\nls\n```") == "```bash\nls\n```"
     assert strip_fences("```sql\nSELECT 1\n```\n```bash\nls\n```", ("sql",)) == "SELECT 1"
-
-
-def test_output_filename_uses_only_index_and_type():
-    hostile = make_task("../../etc/passwd", TaskType.CODE_GEN, "/tmp/x | rm -rf")
-    assert output_filename(1, hostile, "```python\nx\n```") == "task_001_code_generation.py"
-    extract = make_task("a/b", TaskType.DATA_EXTRACT)
-    assert output_filename(12, extract, '{"a": 1}') == "task_012_data_extraction.json"
-    assert output_filename(1000, extract, "not json") == "task_1000_data_extraction.md"
-    with pytest.raises(ValueError):
-        output_filename(0, extract, "{}")
 
 
 # --- numbering and hostile ids ---------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 import pytest
-from conftest import eventually, fake_env
+from conftest import NoWait, eventually, fake_env
 from scripted_llm import TaskScript
 from test_engine import as_tasks
 
@@ -15,7 +15,7 @@ from orchestrator.engine import Orchestrator
 from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
 from orchestrator.state import StateManager, UnknownProjectError
 
-FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
+FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, clock=NoWait())
 DESCRIPTION = "[project] Build an add library"
 CRITERIA = "add works and is tested"
 

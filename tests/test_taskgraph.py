@@ -12,13 +12,11 @@ from orchestrator.providers.openai_compat import is_strict_compatible
 from orchestrator.structured import VENDOR_UNSUPPORTED, vendor_schema
 from orchestrator.taskgraph import (
     TaskGraphError,
-    critical_path_length,
     decomposition_schema,
     default_plan,
     execution_order,
     parse_tasks,
     task_schema,
-    width,
 )
 from orchestrator.validators import KNOWN_VALIDATORS
 
@@ -311,8 +309,6 @@ def test_ready_tasks_keep_their_original_order():
 
 def test_diamond():
     assert execution_order(DIAMOND) == ["a", "b", "c", "d"]
-    assert width(DIAMOND) == 2
-    assert critical_path_length(DIAMOND) == 3
 
 
 @pytest.mark.parametrize(
@@ -337,32 +333,6 @@ def test_a_cycle_is_named(specs, cycle):
 def test_graph_functions_reject_unknown_dependencies():
     with pytest.raises(TaskGraphError, match="'b' depends on unknown task 'q'"):
         execution_order(graph(("a",), ("b", "q")))
-
-
-# Sizing
-
-
-def test_width_and_critical_path_of_small_graphs():
-    chain = graph(("a",), ("b", "a"), ("c", "b"))
-    assert (width(chain), critical_path_length(chain)) == (1, 3)
-    flat = graph(("a",), ("b",), ("c",), ("d",))
-    assert (width(flat), critical_path_length(flat)) == (4, 1)
-    assert (width({}), critical_path_length({}), execution_order({})) == (0, 0.0, [])
-
-
-def test_width_is_exact_where_depth_levels_undercount():
-    # Levels are {a, x}, {b, y}, {c}: two at most. But b, y and x can all run at once.
-    tasks = graph(("a",), ("b", "a"), ("c", "b"), ("x",), ("y", "a"))
-    assert width(tasks) == 3
-
-
-def test_critical_path_with_durations():
-    durations = {"a": 2.0, "b": 10.0, "c": 1.0, "d": 0.5}
-    assert critical_path_length(DIAMOND, durations) == 12.5
-    with pytest.raises(ValueError, match="no duration for tasks: d"):
-        critical_path_length(DIAMOND, {"a": 1, "b": 1, "c": 1})
-    with pytest.raises(ValueError, match="negative"):
-        critical_path_length(DIAMOND, {**durations, "c": -1})
 
 
 def test_the_plan_run_without_a_planner_is_the_code_and_its_tests_in_named_files():

@@ -12,7 +12,6 @@ from test_resume import orchestrate, start
 from orchestrator import StructuredOutputError, TruncatedAnswerError
 from orchestrator.client import CONTINUE_PROMPT, MAX_CONTINUATIONS
 from orchestrator.models import ProjectStatus, TaskStatus
-from orchestrator.providers import make_adapter
 from orchestrator.providers.base import ChatRequest, Message
 
 SCHEMA = {
@@ -64,16 +63,12 @@ async def test_a_cut_off_answer_is_continued_and_joined(client, fake, model, sto
 async def test_each_vendors_stop_reason_is_recorded_with_the_answer(
     client, fake, model, stop_reason
 ):
-    m = client.catalog.resolve(model)
-    spec = client.catalog.provider_of(m)
-    adapter = make_adapter(spec.kind, client._endpoint(spec))
+    adapter = await client._adapter(client.catalog.resolve(model))  # the one the client calls
     request = ChatRequest(messages=(Message("user", "hi"),), max_tokens=32)
     fake.script(model, Reply(text="cut", truncated=True), Reply(text="whole"))
-    try:
-        cut = await adapter.complete(model, request)
-        whole = await adapter.complete(model, request)
-    finally:
-        await adapter.aclose()
+
+    cut = await adapter.complete(model, request)
+    whole = await adapter.complete(model, request)
 
     assert (cut.stop_reason, cut.truncated) == (stop_reason, True)
     assert whole.truncated is False and whole.stop_reason not in (None, stop_reason)

@@ -188,10 +188,3 @@ async def load_adapter(kind: str, endpoint: Endpoint) -> ProviderAdapter:
         return adapter
     # Shielded: a caller cancelled (Ctrl-C, a deadline) leaves the job to finish in the thread.
     return await asyncio.shield(asyncio.wrap_future(_loader.adapter(kind, endpoint)))
-
-
-def make_adapter(kind: str, endpoint: Endpoint) -> ProviderAdapter:
-    """The adapter for ``kind``, imported here and now (for code outside an event loop)."""
-    if kind not in _ADAPTERS:
-        raise ValueError(f"unknown provider kind {kind!r}")
-    return _import(kind)(endpoint)

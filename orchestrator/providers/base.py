@@ -34,10 +34,6 @@ class ChatRequest:
     json_schema: dict[str, Any] | None = None
     native_schema: bool = False
 
-    @property
-    def wants_json(self) -> bool:
-        return self.json_schema is not None
-
 
 @dataclass(frozen=True)
 class RawCompletion:

@@ -1,0 +1,16 @@
+"""``python tests/cli_without_waits.py ARGS``: the command line as ``python -m orchestrator ARGS``
+runs it, except that its retries do not wait (``run_cli(..., retry_waits=False)``), for the tests
+whose vendors fail on purpose. The delays asked for are the client's tests' to check."""
+
+import asyncio
+import runpy
+
+from orchestrator import retry
+
+
+async def _no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+retry.SYSTEM_CLOCK.sleep = _no_wait  # type: ignore[method-assign]  # every policy's default
+runpy.run_module("orchestrator", run_name="__main__", alter_sys=True)
