@@ -31,23 +31,34 @@ PROJECT = {"description": "d", "criteria": "c", "max_usd": 100.0, "max_time_seco
 ENTRY = {"text": "x" * 2000, "parsed": None, "input_tokens": 900, "output_tokens": 500}
 
 
+async def held_project(store: StateManager) -> Ledger:
+    """A new project, claimed, its ledger open on the org, team, job and project rows."""
+    project = f"bench-{time.time_ns()}"
+    await store.create_project(project, **PROJECT)
+    owner = f"bench:{os.getpid()}:{project}"
+    assert await store.claim(project, owner, 600.0) is None
+    ledger = Ledger(store, project, owner)
+    await ledger.open(100 * NANOS_PER_USD, "team", "job")
+    return ledger
+
+
+async def paid_call(ledger: Ledger, n: int) -> None:
+    """What a run's paid call does: hold its worst case on every row of the ledger, then
+    settle it with its journal row in one transaction."""
+    hold = ledger.new_hold(NANOS_PER_USD // 100)
+    await ledger.reserve(hold, task_id="t", phase="generation", journal_key=f"c{n}")
+    row = (ledger.project_id, f"c{n}", "t", "generation", ENTRY, float(n))
+    await ledger.store.ledger_settle([(hold.id, NANOS_PER_USD // 1000)], row)
+
+
 async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"journal_put": [], "checkpoint": [], "paid_call": []}
     async with StateManager(location) as store:
-        project = f"bench-{time.time_ns()}"
-        await store.create_project(project, **PROJECT)
-        owner = f"bench:{os.getpid()}:x"
-        assert await store.claim(project, owner, 600.0) is None
-        ledger = Ledger(store, project, owner)
-        await ledger.open(100 * NANOS_PER_USD, "team", "job")
+        ledger = await held_project(store)
+        project = ledger.project_id
         for n in range(calls):
-            # What a run's paid call does now: hold its worst case on the org, team, job and
-            # project rows, then settle it with its journal row in one transaction.
             started = time.perf_counter()
-            hold = ledger.new_hold(NANOS_PER_USD // 100)
-            await ledger.reserve(hold, task_id="t", phase="generation", journal_key=f"c{n}")
-            row = (project, f"c{n}", "t", "generation", ENTRY, float(n))
-            await store.ledger_settle([(hold.id, NANOS_PER_USD // 1000)], row)
+            await paid_call(ledger, n)
             times["paid_call"].append(time.perf_counter() - started)
             started = time.perf_counter()
             await store.journal_put(
@@ -69,25 +80,18 @@ async def measure_together(location: str | Path, calls: int, at_once: int) -> tu
     together finish together): wall ms a call, and commits a call (the store commits the
     writes that arrive while one is committing with it)."""
     async with StateManager(location) as store:
-        project = f"bench-{time.time_ns()}"
-        await store.create_project(project, **PROJECT)
-        owner = f"bench:{os.getpid()}:y"
-        assert await store.claim(project, owner, 600.0) is None
-        ledger = Ledger(store, project, owner)
-        await ledger.open(100 * NANOS_PER_USD, "team", "job")
+        ledger = await held_project(store)
         gate = asyncio.Semaphore(at_once)
 
-        async def paid_call(n: int) -> None:
+        async def gated(n: int) -> None:
             async with gate:
-                hold = ledger.new_hold(NANOS_PER_USD // 100)
-                await ledger.reserve(hold, task_id="t", phase="generation", journal_key=f"c{n}")
-                row = (project, f"c{n}", "t", "generation", ENTRY, float(n))
-                await store.ledger_settle([(hold.id, NANOS_PER_USD // 1000)], row)
+                await paid_call(ledger, n)
 
+        # getattr: a checkout from before the commit counter is measured too (as 0 commits)
         before, started = getattr(store, "transactions", 0), time.perf_counter()
-        await asyncio.gather(*(paid_call(n) for n in range(calls)))
+        await asyncio.gather(*(gated(n) for n in range(calls)))
         wall, commits = time.perf_counter() - started, getattr(store, "transactions", 0) - before
-        await store.delete_project(project)
+        await store.delete_project(ledger.project_id)
     return wall / calls * 1000, commits / calls
 
 
