@@ -13,6 +13,14 @@ import argparse
 import json
 import os
 import sys
+import threading
+
+
+def _leave_when_parent_goes() -> None:
+    """Read standard input until the parent closes it or dies, then leave at once: from the
+    start, so a parent killed while the model loads (seconds) leaves no server behind."""
+    sys.stdin.buffer.read()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args(argv)
+    threading.Thread(target=_leave_when_parent_goes, daemon=True).start()
     try:
         import xllamacpp
 
@@ -47,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
     if "address" in message:
-        sys.stdin.buffer.read()  # until the parent closes it, or is gone
-    sys.stdout.flush()
+        threading.Event().wait()  # serves until the parent goes (see above)
     os._exit(0)
 
 
