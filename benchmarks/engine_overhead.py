@@ -23,8 +23,8 @@ from pathlib import Path
 from graph_shape import critical_path_length, width
 
 from orchestrator import Budget, DiskCache, Orchestrator, Task, TaskType, UnifiedClient
-from orchestrator.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
-from orchestrator.state import StateManager
+from orchestrator.llm.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
+from orchestrator.store.state import StateManager
 
 CALLS_IN_SEQUENCE_PER_TASK = 4  # generate, critique, revise, then both evaluations at once
 

@@ -30,7 +30,7 @@ from cli_end_to_end import environment  # noqa: E402
 from fake_provider import FakeProvider  # noqa: E402
 from scripted_llm import ScriptedLLM, TaskScript, default_plan  # noqa: E402
 
-from orchestrator.money import nanos_to_usd  # noqa: E402
+from orchestrator.money.units import nanos_to_usd  # noqa: E402
 
 LENGTHS = {"short": None, "medium": 0.3, "long": 1.0}  # share of the output limit billed
 

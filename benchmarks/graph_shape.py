@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from orchestrator.models import Task
-from orchestrator.taskgraph import execution_order
+from orchestrator.run.taskgraph import execution_order
+from orchestrator.run.tasks import Task
 
 
 def critical_path_length(tasks: Mapping[str, Task]) -> int:

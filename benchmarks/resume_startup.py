@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import Budget, Catalog, Orchestrator, Task, TaskType, UnifiedClient
-from orchestrator.catalog import Model
 from orchestrator.errors import UnknownModelError
-from orchestrator.models import ProjectStatus, TaskResult, TaskStatus, ValidatorResult
-from orchestrator.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
-from orchestrator.state import StateManager
-from orchestrator.taskgraph import execution_order
+from orchestrator.llm.catalog import Model
+from orchestrator.llm.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
+from orchestrator.run.taskgraph import execution_order
+from orchestrator.run.tasks import ProjectStatus, TaskResult, TaskStatus, ValidatorResult
+from orchestrator.store.state import StateManager
 
 PROJECT_ID = "bench"
 KEYS = {"OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "x", "GEMINI_API_KEY": "x"}

@@ -16,8 +16,8 @@ import statistics
 import sys
 import time
 
-from orchestrator import sandbox
-from orchestrator.validators import _check_pytest
+from orchestrator.code import sandbox
+from orchestrator.code.validators import _check_pytest
 
 SUITE = """```python
 # file: calc.py

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.ledger import Ledger
-from orchestrator.money import NANOS_PER_USD
-from orchestrator.state import StateManager
+from orchestrator.money.ledger import Ledger
+from orchestrator.money.units import NANOS_PER_USD
+from orchestrator.store.state import StateManager
 
 PROJECT = {"description": "d", "criteria": "c", "max_usd": 100.0, "max_time_seconds": 3600.0,
            "settings": {}}  # fmt: skip

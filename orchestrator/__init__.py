@@ -11,21 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
-    from .agents import AgentPool, TaskChannel
-    from .audit import AuditCheck, AuditLog, AuditRecord
-    from .budget import Budget, BudgetExceeded
-    from .cache import DiskCache
-    from .catalog import Catalog, Model, Price, ProviderSpec
-    from .client import Completion, UnifiedClient
-    from .cost import (
-        BudgetCapExceeded,
-        BudgetHierarchy,
-        CostForecaster,
-        CostPredictor,
-        ForecastReport,
-        RiskLevel,
-    )
-    from .errors import (
+    from orchestrator.errors import (
         CatalogError,
         ConfigError,
         ContextWindowError,
@@ -37,34 +23,39 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         TruncatedAnswerError,
         UnknownModelError,
     )
-    from .events import Event, EventKind
-    from .facade import Orchestrator
-    from .hooks import EventType, HookRegistry
-    from .metrics import (
+    from orchestrator.llm.cache import DiskCache
+    from orchestrator.llm.catalog import Catalog, Model, Price, ProviderSpec
+    from orchestrator.llm.client import Completion, UnifiedClient
+    from orchestrator.llm.providers.base import Message
+    from orchestrator.llm.retry import RetryPolicy
+    from orchestrator.money.budget import Budget, BudgetExceeded
+    from orchestrator.money.forecast import (
+        BudgetCapExceeded,
+        BudgetHierarchy,
+        CostForecaster,
+        CostPredictor,
+        ForecastReport,
+        RiskLevel,
+    )
+    from orchestrator.observe.audit import AuditCheck, AuditLog, AuditRecord
+    from orchestrator.observe.events import Event, EventKind
+    from orchestrator.observe.hooks import EventType, HookRegistry
+    from orchestrator.observe.metrics import (
         ConsoleExporter,
         JSONExporter,
         MetricsExporter,
         MetricsSnapshot,
         PrometheusExporter,
     )
-    from .models import (
-        ModelProfile,
-        ProjectState,
-        ProjectStatus,
-        Task,
-        TaskResult,
-        TaskStatus,
-        TaskType,
-    )
-    from .optimization import (
+    from orchestrator.observe.telemetry import TelemetryCollector
+    from orchestrator.routing.backends import (
         GreedyBackend,
         OptimizationBackend,
         ParetoBackend,
         RoutingTableBackend,
         WeightedSumBackend,
     )
-    from .planner import ConstraintPlanner
-    from .policy import (
+    from orchestrator.routing.policy import (
         EnforcementMode,
         JobSpec,
         Policy,
@@ -72,13 +63,22 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         PolicyHierarchy,
         PolicySet,
     )
-    from .policy_dsl import PolicyAnalyzer, PolicyError, load_policy_file
-    from .providers.base import Message
-    from .retry import RetryPolicy
-    from .routing import Decision, Router
-    from .run_config import RunConfig
-    from .state import StateManager, UnknownProjectError
-    from .telemetry import TelemetryCollector, build_default_profiles
+    from orchestrator.routing.policy_file import PolicyAnalyzer, PolicyError, load_policy_file
+    from orchestrator.routing.profiles import ModelProfile, build_default_profiles
+    from orchestrator.routing.router import Decision, Router
+    from orchestrator.routing.screen import ConstraintPlanner
+    from orchestrator.run.agents import AgentPool, TaskChannel
+    from orchestrator.run.config import RunConfig
+    from orchestrator.run.orchestrator import Orchestrator
+    from orchestrator.run.tasks import (
+        ProjectState,
+        ProjectStatus,
+        Task,
+        TaskResult,
+        TaskStatus,
+        TaskType,
+    )
+    from orchestrator.store.state import StateManager, UnknownProjectError
 
     __version__: str
 
@@ -87,13 +87,13 @@ DISTRIBUTION = "orchestrator-llm"
 
 # Each module and the public names it gives the package (the imports above, once more).
 _HOMES: dict[str, tuple[str, ...]] = {
-    "agents": ("AgentPool", "TaskChannel"),
-    "audit": ("AuditCheck", "AuditLog", "AuditRecord"),
-    "budget": ("Budget", "BudgetExceeded"),
-    "cache": ("DiskCache",),
-    "catalog": ("Catalog", "Model", "Price", "ProviderSpec"),
-    "client": ("Completion", "UnifiedClient"),
-    "cost": (
+    "run.agents": ("AgentPool", "TaskChannel"),
+    "observe.audit": ("AuditCheck", "AuditLog", "AuditRecord"),
+    "money.budget": ("Budget", "BudgetExceeded"),
+    "llm.cache": ("DiskCache",),
+    "llm.catalog": ("Catalog", "Model", "Price", "ProviderSpec"),
+    "llm.client": ("Completion", "UnifiedClient"),
+    "money.forecast": (
         "BudgetCapExceeded",
         "BudgetHierarchy",
         "CostForecaster",
@@ -113,18 +113,17 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "TruncatedAnswerError",
         "UnknownModelError",
     ),
-    "events": ("Event", "EventKind"),
-    "facade": ("Orchestrator",),
-    "hooks": ("EventType", "HookRegistry"),
-    "metrics": (
+    "observe.events": ("Event", "EventKind"),
+    "run.orchestrator": ("Orchestrator",),
+    "observe.hooks": ("EventType", "HookRegistry"),
+    "observe.metrics": (
         "ConsoleExporter",
         "JSONExporter",
         "MetricsExporter",
         "MetricsSnapshot",
         "PrometheusExporter",
     ),
-    "models": (
-        "ModelProfile",
+    "run.tasks": (
         "ProjectState",
         "ProjectStatus",
         "Task",
@@ -132,15 +131,15 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "TaskStatus",
         "TaskType",
     ),
-    "optimization": (
+    "routing.backends": (
         "GreedyBackend",
         "OptimizationBackend",
         "ParetoBackend",
         "RoutingTableBackend",
         "WeightedSumBackend",
     ),
-    "planner": ("ConstraintPlanner",),
-    "policy": (
+    "routing.screen": ("ConstraintPlanner",),
+    "routing.policy": (
         "EnforcementMode",
         "JobSpec",
         "Policy",
@@ -148,13 +147,14 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "PolicyHierarchy",
         "PolicySet",
     ),
-    "policy_dsl": ("PolicyAnalyzer", "PolicyError", "load_policy_file"),
-    "providers.base": ("Message",),
-    "retry": ("RetryPolicy",),
-    "routing": ("Decision", "Router"),
-    "run_config": ("RunConfig",),
-    "state": ("StateManager", "UnknownProjectError"),
-    "telemetry": ("TelemetryCollector", "build_default_profiles"),
+    "routing.policy_file": ("PolicyAnalyzer", "PolicyError", "load_policy_file"),
+    "llm.providers.base": ("Message",),
+    "llm.retry": ("RetryPolicy",),
+    "routing.router": ("Decision", "Router"),
+    "run.config": ("RunConfig",),
+    "store.state": ("StateManager", "UnknownProjectError"),
+    "observe.telemetry": ("TelemetryCollector",),
+    "routing.profiles": ("ModelProfile", "build_default_profiles"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 

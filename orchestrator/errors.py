@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .money import nanos_to_usd
+from orchestrator.money.units import nanos_to_usd
 
 
 class OrchestratorError(Exception):

@@ -5,7 +5,7 @@ whose vendors fail on purpose. The delays asked for are the client's tests' to c
 import asyncio
 import runpy
 
-from orchestrator import retry
+from orchestrator.llm import retry
 
 
 async def _no_wait(seconds: float) -> None:

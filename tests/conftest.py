@@ -17,11 +17,12 @@ import pytest
 from fake_provider import FakeProvider
 from scripted_llm import ScriptedLLM
 
-from orchestrator import Budget, RetryPolicy, UnifiedClient, sandbox
-from orchestrator.gateway import Journal, LLMGateway
-from orchestrator.ledger import Ledger
-from orchestrator.money import usd_to_nanos
-from orchestrator.state import StateManager
+from orchestrator import Budget, RetryPolicy, UnifiedClient
+from orchestrator.code import sandbox
+from orchestrator.llm.gateway import Journal, LLMGateway
+from orchestrator.money.ledger import Ledger
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.store.state import StateManager
 
 KEY_VARIABLES = (
     "OPENAI_API_KEY",
@@ -277,7 +278,7 @@ def sqlite_rows(path: Path | str, sql: str, args: tuple = ()) -> list[tuple]:
     if str(path).startswith("postgresql://"):
         import psycopg
 
-        from orchestrator.postgres_store import to_postgres
+        from orchestrator.store.postgres import to_postgres
 
         options = "-c search_path=orchestrator_state,orchestrator_cache"
         with psycopg.connect(str(path), autocommit=True, options=options) as pg:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from orchestrator.budget import BudgetExceeded
-from orchestrator.ledger import Hold, Ledger
-from orchestrator.money import usd_to_nanos
-from orchestrator.state import StateManager, new_owner
+from orchestrator.money.budget import BudgetExceeded
+from orchestrator.money.ledger import Hold, Ledger
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.store.state import StateManager, new_owner
 
 TEAM, JOB = "eng", "nightly"
 

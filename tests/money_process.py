@@ -23,14 +23,15 @@ from conftest import FAST_RETRY, fake_env
 from ledger_stress import NaiveLedger
 from test_engine import as_tasks, prose_task
 
+import orchestrator.llm.providers.anthropic
+import orchestrator.llm.providers.gemini
+import orchestrator.llm.providers.openai_compat
+
 # The vendor SDKs are imported before "ready": every run can call from its first moment.
-import orchestrator.engine
-import orchestrator.providers.anthropic
-import orchestrator.providers.gemini
-import orchestrator.providers.openai_compat
+import orchestrator.run.engine
 from orchestrator import Budget, BudgetCapExceeded, Orchestrator, UnifiedClient
-from orchestrator.ledger import Hold, Ledger
-from orchestrator.state import StateManager
+from orchestrator.money.ledger import Hold, Ledger
+from orchestrator.store.state import StateManager
 
 TEAM, JOB = "eng", "nightly"
 MAX_TIME_SECONDS = 120.0  # far beyond what any run takes: a TIMEOUT means a run got stuck
@@ -91,7 +92,7 @@ async def main(
 
 if __name__ == "__main__":
     location, base_url, project_id, max_usd, concurrency, tasks, mode = sys.argv[1:]
-    orchestrator.engine.Ledger = LEDGERS[mode]  # type: ignore[misc]
+    orchestrator.run.engine.Ledger = LEDGERS[mode]  # type: ignore[misc]
     ended = asyncio.run(
         main(location, base_url, project_id, float(max_usd), int(concurrency), int(tasks))
     )

@@ -9,10 +9,10 @@ from conftest import fake_env
 from test_resume import FAST
 
 from orchestrator import AgentPool, Budget, Orchestrator, UnifiedClient
-from orchestrator.cost import BudgetCapExceeded, BudgetHierarchy
-from orchestrator.models import ProjectState, ProjectStatus, Task, TaskType
-from orchestrator.optimization import GreedyBackend, ParetoBackend
-from orchestrator.policy import JobSpec, Policy
+from orchestrator.money.forecast import BudgetCapExceeded, BudgetHierarchy
+from orchestrator.routing.backends import GreedyBackend, ParetoBackend
+from orchestrator.routing.policy import JobSpec, Policy
+from orchestrator.run.tasks import ProjectState, ProjectStatus, Task, TaskType
 
 CODE_TASK = {"core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.")}
 

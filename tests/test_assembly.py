@@ -8,10 +8,17 @@ import os
 
 import pytest
 
-from orchestrator.assembly import UnsafePath, assemble, named_files, tree_path
-from orchestrator.budget import Budget
-from orchestrator.models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
-from orchestrator.output_writer import OutputError, write_outputs
+from orchestrator.code.assembly import UnsafePath, assemble, named_files, tree_path
+from orchestrator.code.output_writer import OutputError, write_outputs
+from orchestrator.money.budget import Budget
+from orchestrator.run.tasks import (
+    ProjectState,
+    ProjectStatus,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskType,
+)
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from scripted_llm import TaskScript
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
-from orchestrator.audit import AuditLog, verify
 from orchestrator.errors import ConfigError
-from orchestrator.hooks import EventType
-from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.observe.audit import AuditLog, verify
+from orchestrator.observe.hooks import EventType
+from orchestrator.run.tasks import ProjectStatus, Task, TaskType
 
 TASKS = {
     "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],
@@ -64,7 +64,7 @@ async def test_every_choice_and_every_paid_call_is_recorded_as_the_run_goes(fake
 
 
 async def test_policy_verdicts_are_recorded_with_their_reasons(fake, llm, tmp_path):
-    from orchestrator.policy import Policy
+    from orchestrator.routing.policy import Policy
 
     audit = AuditLog()
     await run(fake, audit, policies=[Policy("no_kimi", blocked_providers=["kimi"])])

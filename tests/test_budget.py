@@ -8,7 +8,7 @@ import math
 import pytest
 
 from orchestrator import Budget, BudgetExceeded
-from orchestrator.money import usd_to_nanos as nanos
+from orchestrator.money.units import usd_to_nanos as nanos
 
 
 class Clock:

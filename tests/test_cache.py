@@ -15,8 +15,8 @@ import aiosqlite
 import pytest
 from conftest import sqlite_rows
 
-from orchestrator.cache import CacheError, DiskCache, cache_key
 from orchestrator.errors import OrchestratorError
+from orchestrator.llm.cache import CacheError, DiskCache, cache_key
 
 BASE: dict[str, Any] = {
     "provider": "openai",
@@ -229,7 +229,7 @@ async def test_unreadable_stored_value_is_a_miss_and_is_dropped(tmp_path, caplog
         await cache.put("bad", {"v": 1})
         await cache.put("good", {"v": 2})
         sqlite_rows(path, "UPDATE responses SET value = ? WHERE key = 'bad'", (stored,))
-        with caplog.at_level(logging.WARNING, logger="orchestrator.cache"):
+        with caplog.at_level(logging.WARNING, logger="orchestrator.llm.cache"):
             assert await cache.get("bad") is None
         assert str(path) in caplog.text and "bad" in caplog.text
         assert await cache.stats() == {"entries": 1, "hits": 0, "misses": 1}

@@ -564,8 +564,8 @@ def test_home_dir_defaults_to_a_directory_in_the_user_home(tmp_path, monkeypatch
 
 def test_the_built_in_catalog_matches_the_catalog_schema():
     # Not checked at start-up (it ships with the package): checked here instead.
-    from orchestrator.catalog import _builtin_text
-    from orchestrator.schemas import shipped
+    from orchestrator.llm.catalog import _builtin_text
+    from orchestrator.text.schemas import shipped
 
     document = yaml.safe_load(_builtin_text())
     errors = [e.message for e in shipped("catalog.schema.json").iter_errors(document)]

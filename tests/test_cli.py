@@ -10,9 +10,9 @@ import pytest
 from conftest import ALIAS_BOMB, DEEP_LIST, LOCAL_CATALOG, run_cli
 
 from orchestrator import Catalog
-from orchestrator import local as local_module
-from orchestrator.cli import main
-from orchestrator.local import EMBEDDED_ID, INSTALL_COMMAND, embedded_available
+from orchestrator.cli.app import main
+from orchestrator.llm import local as local_module
+from orchestrator.llm.local import EMBEDDED_ID, INSTALL_COMMAND, embedded_available
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_list_models_shows_the_local_model_file_asked_for_and_that_it_is_missing
 def test_the_listing_says_what_the_embedded_model_lacks_here(
     monkeypatch, capsys, server, wheel, missing
 ):
-    # What is installed is this machine's business: asked of orchestrator.local, as it would
+    # What is installed is this machine's business: asked of orchestrator.llm.local, as it would
     # answer on a machine without the extra or the wheel.
     monkeypatch.setattr(local_module, "server_installed", lambda: server)
     wheel_file = Path(__file__) if wheel else None

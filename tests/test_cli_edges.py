@@ -16,10 +16,10 @@ from conftest import TERMINAL_CONTROLS, clean_environment, fake_env, run_cli, wr
 
 import orchestrator
 from orchestrator import Budget, ConfigError, Orchestrator
-from orchestrator.models import ProjectState, ProjectStatus
-from orchestrator.money import format_usd, usd_to_nanos
-from orchestrator.progress import results_table
-from orchestrator.state import StateManager
+from orchestrator.money.units import format_usd, usd_to_nanos
+from orchestrator.observe.progress import results_table
+from orchestrator.run.tasks import ProjectState, ProjectStatus
+from orchestrator.store.state import StateManager
 
 
 def test_version_is_printed_and_importable(tmp_path):

@@ -16,8 +16,8 @@ from scripted_llm import TaskScript
 from test_engine import prose_task
 from test_exactness import take_over_at_first_grading
 
-from orchestrator.money import format_usd, nanos_to_usd
-from orchestrator.state import StateManager
+from orchestrator.money.units import format_usd, nanos_to_usd
+from orchestrator.store.state import StateManager
 
 PROJECT = "[project] Build an add library"
 CRITERIA = "add works and is tested"

@@ -13,7 +13,7 @@ from conftest import clean_environment, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli_run import CRITERIA, PROJECT, cli_env
 
-from orchestrator.audit import record_hash
+from orchestrator.observe.audit import record_hash
 
 
 def wait_for(condition, timeout: float = 20) -> None:
@@ -111,7 +111,7 @@ def test_an_interrupted_run_prints_its_audit_head_and_the_head_catches_a_cut_or_
 
 
 def test_verify_audit_tells_a_write_cut_off_by_a_kill_from_tampering(tmp_path):
-    from orchestrator.audit import AuditLog
+    from orchestrator.observe.audit import AuditLog
 
     audit = tmp_path / "audit.jsonl"
     log = AuditLog(audit)

@@ -18,7 +18,7 @@ from orchestrator import (
     StructuredOutputError,
     UnifiedClient,
 )
-from orchestrator.retry import SYSTEM_CLOCK
+from orchestrator.llm.retry import SYSTEM_CLOCK
 
 # One model per vendor, and the wire format (fake "api") each one must arrive in.
 VENDORS = [

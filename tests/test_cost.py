@@ -12,7 +12,7 @@ from scripted_llm import TaskScript
 from test_resume import FAST
 
 from orchestrator import Budget, Catalog, Model, Orchestrator, UnifiedClient
-from orchestrator.cost import (
+from orchestrator.money.forecast import (
     BudgetCapExceeded,
     BudgetHierarchy,
     CostForecaster,
@@ -20,10 +20,11 @@ from orchestrator.cost import (
     RiskLevel,
     typical_call_usd,
 )
-from orchestrator.models import ProjectState, ProjectStatus, Task, TaskType, build_default_profiles
-from orchestrator.optimization import GreedyBackend
-from orchestrator.routing import Router
-from orchestrator.state import StateManager
+from orchestrator.routing.backends import GreedyBackend
+from orchestrator.routing.profiles import build_default_profiles
+from orchestrator.routing.router import Router
+from orchestrator.run.tasks import ProjectState, ProjectStatus, Task, TaskType
+from orchestrator.store.state import StateManager
 
 CATALOG = Catalog.load(env={})
 KIMI = CATALOG.resolve("kimi")
@@ -373,9 +374,9 @@ def test_the_command_line_charges_a_team_and_refuses_a_run_that_could_pass_its_c
 
 
 def test_the_constraint_planner_screens_out_what_the_policies_block_and_the_budget_cannot_pay():
-    from orchestrator.optimization import Candidate
-    from orchestrator.planner import ConstraintPlanner
-    from orchestrator.policy import Policy, PolicyEngine
+    from orchestrator.routing.backends import Candidate
+    from orchestrator.routing.policy import Policy, PolicyEngine
+    from orchestrator.routing.screen import ConstraintPlanner
 
     profiles = build_default_profiles(CATALOG)
     candidates = [

@@ -19,7 +19,7 @@ from orchestrator import (
     ProviderError,
     UnifiedClient,
 )
-from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.run.tasks import ProjectStatus, Task, TaskType
 
 MODEL_ID = "llama3.1:8b"
 
@@ -116,7 +116,7 @@ async def test_endpoint_with_key_env_is_unavailable_until_the_key_is_set(tmp_pat
 async def test_a_local_server_gets_the_schemas_bounds_and_a_cloud_vendor_does_not(
     tmp_path, fake, client
 ):
-    from orchestrator.prompts import EVALUATION_SCHEMA
+    from orchestrator.run.prompts import EVALUATION_SCHEMA
 
     fake.responder = lambda request: {"score": 0.5, "reasoning": "fine"}
     path = local_catalog(tmp_path, fake.base_url)

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT
 
-from orchestrator.cli import build_parser
-from orchestrator.local import INSTALL_COMMAND
+from orchestrator.cli.app import build_parser
+from orchestrator.llm.local import INSTALL_COMMAND
 
 README = PROJECT_ROOT / "README.md"
 DOCS = PROJECT_ROOT / "docs"

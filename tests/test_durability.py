@@ -30,8 +30,8 @@ from conftest import clean_environment, fake_env, run_cli
 from fake_provider import FakeProvider, RecordedRequest, Reply
 from scripted_llm import ScriptedLLM
 
-from orchestrator.catalog import Catalog
-from orchestrator.state import SavedProject, StateManager
+from orchestrator.llm.catalog import Catalog
+from orchestrator.store.state import SavedProject, StateManager
 
 PROJECT = "[project] Build an add library"
 CRITERIA = "add works and is tested"

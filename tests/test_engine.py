@@ -10,12 +10,11 @@ from conftest import NoWait, fake_env
 from fake_provider import Reply
 from scripted_llm import TaskScript, default_plan
 
-from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
-from orchestrator.budget import BudgetExceeded
-from orchestrator.cache import CacheError, DiskCache
-from orchestrator.engine import Orchestrator
-from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
-from orchestrator.state import StateError, StateManager
+from orchestrator import Budget, ConfigError, Orchestrator, RetryPolicy, UnifiedClient
+from orchestrator.llm.cache import CacheError, DiskCache
+from orchestrator.money.budget import BudgetExceeded
+from orchestrator.run.tasks import ProjectStatus, Task, TaskStatus, TaskType
+from orchestrator.store.state import StateError, StateManager
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, clock=NoWait())
 CRITERIA = "add works and is tested"

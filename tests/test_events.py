@@ -16,18 +16,18 @@ from test_resume import FAST
 
 import orchestrator
 from orchestrator import Budget, Event, EventKind, Orchestrator, UnifiedClient
-from orchestrator.audit import AuditLog
-from orchestrator.hooks import HookRegistry
-from orchestrator.metrics import JSONExporter
-from orchestrator.models import (
+from orchestrator.observe.audit import AuditLog
+from orchestrator.observe.hooks import HookRegistry
+from orchestrator.observe.metrics import JSONExporter
+from orchestrator.observe.progress import ProgressPrinter
+from orchestrator.routing.router import Decision
+from orchestrator.run.tasks import (
     ProjectStatus,
     TaskResult,
     TaskStatus,
     TaskType,
     ValidatorResult,
 )
-from orchestrator.progress import ProgressPrinter
-from orchestrator.routing import Decision
 
 PACKAGE = Path(orchestrator.__file__).parent
 DEFAULT_PLAN = ("[project] Build an add library", "add works and is tested")

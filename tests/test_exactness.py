@@ -37,20 +37,20 @@ from orchestrator import (
     BudgetExceeded,
     ConfigError,
     ModelUnavailableError,
+    Orchestrator,
     ProviderError,
     RetryPolicy,
     UnifiedClient,
 )
-from orchestrator import lease as lease_module
-from orchestrator.cache import DiskCache
-from orchestrator.catalog import Catalog
-from orchestrator.client import worst_case_nanos
-from orchestrator.engine import Orchestrator
-from orchestrator.gateway import LLMGateway
-from orchestrator.models import ProjectStatus, TaskResult, TaskStatus
-from orchestrator.money import nanos_to_usd, usd_to_nanos
-from orchestrator.providers.base import ChatRequest, Message
-from orchestrator.state import StateError, StateManager
+from orchestrator.llm.cache import DiskCache
+from orchestrator.llm.catalog import Catalog
+from orchestrator.llm.client import worst_case_nanos
+from orchestrator.llm.gateway import LLMGateway
+from orchestrator.llm.providers.base import ChatRequest, Message
+from orchestrator.money.units import nanos_to_usd, usd_to_nanos
+from orchestrator.run.tasks import ProjectStatus, TaskResult, TaskStatus
+from orchestrator.store import lease as lease_module
+from orchestrator.store.state import StateError, StateManager
 
 CATALOG = Catalog.load(env={})
 PROJECT = {

@@ -9,8 +9,8 @@ from test_cli_run import cli_env
 from test_engine import as_tasks, code_task, prose_task, run
 
 from orchestrator import Budget, ConfigError, Orchestrator
-from orchestrator.models import ProjectStatus, TaskStatus
-from orchestrator.routing import DEFAULT_MAX_FALLBACKS
+from orchestrator.routing.router import DEFAULT_MAX_FALLBACKS
+from orchestrator.run.tasks import ProjectStatus, TaskStatus
 
 
 def failing(llm, task_id: str, reply: Reply):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.models import TaskResult, TaskStatus
-from orchestrator.sqlite_store import Program, SQLiteStore
-from orchestrator.state import StateError, StateManager
+from orchestrator.run.tasks import TaskResult, TaskStatus
+from orchestrator.store.sqlite import Program, SQLiteStore
+from orchestrator.store.state import StateError, StateManager
 
 
 def notes_store(path: Path) -> SQLiteStore:

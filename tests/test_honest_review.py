@@ -14,7 +14,7 @@ from test_integration import needs_sandbox
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
-from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
+from orchestrator.run.tasks import ProjectStatus, Task, TaskStatus, TaskType
 
 TASKS = {
     "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],

@@ -14,9 +14,9 @@ from scripted_llm import TaskScript
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
-from orchestrator.events import EventKind
-from orchestrator.hooks import EventType
-from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.observe.events import EventKind
+from orchestrator.observe.hooks import EventType
+from orchestrator.run.tasks import ProjectStatus, Task, TaskType
 
 TASKS = {
     "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],
@@ -126,7 +126,7 @@ async def test_a_hook_can_follow_any_kind_of_event_with_its_task_model_role_and_
 async def test_hooks_that_raise_or_hang_are_logged_once_and_never_hold_up_the_run(
     fake, llm, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="orchestrator.hooks")
+    caplog.set_level(logging.WARNING, logger="orchestrator.observe.hooks")
     released = threading.Event()
 
     def raising(**_):
@@ -204,7 +204,7 @@ async def test_an_on_event_handler_that_hangs_is_logged_once_and_never_stalls_th
 async def test_a_hook_that_exits_is_logged_once_like_one_that_raises_and_the_run_goes_on(
     fake, llm, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="orchestrator.hooks")
+    caplog.set_level(logging.WARNING, logger="orchestrator.observe.hooks")
 
     def exits(**_):
         sys.exit(3)  # a script's habit, inside a hook
@@ -232,7 +232,7 @@ async def test_a_hook_that_exits_is_logged_once_like_one_that_raises_and_the_run
 async def test_an_async_hook_that_ignores_its_cancellation_cannot_stall_the_end_of_a_run(
     fake, llm, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="orchestrator.hooks")
+    caplog.set_level(logging.WARNING, logger="orchestrator.observe.hooks")
 
     async def stubborn(**_):
         try:

@@ -13,6 +13,7 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT, clean_environment
@@ -28,8 +29,8 @@ HEAVY = (
 )  # fmt: skip
 # ... and what only a run needs: the engine, its stores, the YAML reader of the catalog files.
 RUN_ONLY = (
-    "asyncio", "yaml", "sqlite3", "orchestrator.engine", "orchestrator.facade",
-    "orchestrator.commands", "orchestrator.state", "orchestrator.client",
+    "asyncio", "yaml", "sqlite3", "orchestrator.run.engine", "orchestrator.run.orchestrator",
+    "orchestrator.cli.commands", "orchestrator.store.state", "orchestrator.llm.client",
 )  # fmt: skip
 
 WHAT_IT_ADDS = """
@@ -70,7 +71,7 @@ def test_a_public_name_loads_no_sdk_nor_what_only_a_run_uses(names):
 
 def test_help_is_answered_without_importing_the_engine():
     run_help = """
-from orchestrator.cli import run
+from orchestrator.cli.app import run
 try:
     run()
 except SystemExit as exit:
@@ -84,16 +85,16 @@ except SystemExit as exit:
 @pytest.mark.parametrize(
     ("module", "above"),
     [
-        ("orchestrator.models", ("orchestrator.budget", "orchestrator.catalog")),
-        ("orchestrator.cost", ("orchestrator.progress",)),
-        ("orchestrator.metrics", ("orchestrator.progress",)),
-        ("orchestrator.output_writer", ("orchestrator.progress",)),
+        ("orchestrator.run.tasks", ("orchestrator.money.budget", "orchestrator.llm.catalog")),
+        ("orchestrator.money.forecast", ("orchestrator.observe.progress",)),
+        ("orchestrator.observe.metrics", ("orchestrator.observe.progress",)),
+        ("orchestrator.code.output_writer", ("orchestrator.observe.progress",)),
     ],
     ids=["models", "cost", "metrics", "output_writer"],
 )
 def test_a_module_imports_nothing_from_the_layers_above_it(module, above):
     """The vocabulary stays below the budget and the catalog; money is written for people by
-    ``orchestrator.money``, not by the progress display."""
+    ``orchestrator.money.units``, not by the progress display."""
     assert loaded(modules_added(f"import {module}"), above) == set()
 
 
@@ -117,8 +118,8 @@ def test_what_type_checkers_see_is_what_the_package_gives():
     for node in guarded.body:
         if isinstance(node, ast.AnnAssign):  # __version__: str
             continue
-        assert isinstance(node, ast.ImportFrom) and node.level == 1
-        module = importlib.import_module(f"orchestrator.{node.module}")
+        assert isinstance(node, ast.ImportFrom) and node.module
+        module = importlib.import_module(node.module)
         for alias in node.names:
             seen[alias.name] = getattr(module, alias.name)
 
@@ -126,12 +127,44 @@ def test_what_type_checkers_see_is_what_the_package_gives():
     assert {name: getattr(orchestrator, name) for name in seen} == seen
 
 
-def test_the_design_documents_import_paths_still_work():
-    from orchestrator.cost import BudgetHierarchy, CostForecaster  # noqa: F401
-    from orchestrator.engine import Orchestrator
-    from orchestrator.models import build_default_profiles
-    from orchestrator.telemetry import build_default_profiles as defined
+# Each module path the design document's examples import, and the module that holds its names now.
+DESIGN_PATHS = {
+    "orchestrator.optimization": "orchestrator.routing.backends",
+    "orchestrator.policy": "orchestrator.routing.policy",
+    "orchestrator.audit": "orchestrator.observe.audit",
+    "orchestrator.hooks": "orchestrator.observe.hooks",
+    "orchestrator.metrics": "orchestrator.observe.metrics",
+    "orchestrator.policy_dsl": "orchestrator.routing.policy_file",
+    "orchestrator.cost": "orchestrator.money.forecast",
+    "orchestrator.models": "orchestrator.run.tasks",
+    "orchestrator.cache": "orchestrator.llm.cache",
+    "orchestrator.state": "orchestrator.store.state",
+}
 
-    assert Orchestrator is orchestrator.Orchestrator
-    assert build_default_profiles is defined is orchestrator.build_default_profiles
+
+def _public_names_defined_in(module):
+    tree = ast.parse(Path(module.__file__).read_text())
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node]
+        for target in targets:
+            name = getattr(target, "name", None) or getattr(target, "id", None)
+            if name and not name.startswith("_"):
+                yield name
+
+
+@pytest.mark.parametrize("path", sorted(DESIGN_PATHS))
+def test_the_design_documents_import_paths_give_the_same_objects(path):
+    """Code written from the design's examples keeps working: its path gives every public name
+    of the module that holds them now, as the very same objects."""
+    design, home = importlib.import_module(path), importlib.import_module(DESIGN_PATHS[path])
+    names = set(_public_names_defined_in(home))
+    assert names and names <= set(design.__all__)
+    for name in names:
+        assert getattr(design, name) is getattr(home, name)
+
+
+def test_the_design_documents_one_function_path_works():
+    from orchestrator.models import build_default_profiles
+
+    assert build_default_profiles is orchestrator.build_default_profiles
     assert importlib.import_module("orchestrator").cost is sys.modules["orchestrator.cost"]

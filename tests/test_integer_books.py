@@ -16,9 +16,9 @@ from test_engine import as_tasks, prose_task
 from test_money_liveness import ask, books, journaled_gateway
 
 from orchestrator import Budget, BudgetExceeded, Catalog, Orchestrator, UnifiedClient
-from orchestrator.models import ProjectStatus
-from orchestrator.money import nanos_to_usd
-from orchestrator.state import StateManager
+from orchestrator.money.units import nanos_to_usd
+from orchestrator.run.tasks import ProjectStatus
+from orchestrator.store.state import StateManager
 
 # A model whose answers cost exactly what they ask for: $0.10 for 1,000 output tokens, the
 # prompt free, so a call's worst case is what it costs when the whole answer is billed.

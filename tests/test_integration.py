@@ -29,13 +29,12 @@ from conftest import (
 )
 from scripted_llm import ScriptedLLM
 
-from orchestrator import Budget, RetryPolicy, UnifiedClient
-from orchestrator.engine import Orchestrator
-from orchestrator.models import ProjectStatus, Task, TaskType
-from orchestrator.money import nanos_to_usd
-from orchestrator.output_writer import write_outputs
-from orchestrator.sandbox import detect
-from orchestrator.state import StateManager
+from orchestrator import Budget, Orchestrator, RetryPolicy, UnifiedClient
+from orchestrator.code.output_writer import write_outputs
+from orchestrator.code.sandbox import detect
+from orchestrator.money.units import nanos_to_usd
+from orchestrator.run.tasks import ProjectStatus, Task, TaskType
+from orchestrator.store.state import StateManager
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, clock=NoWait())
 

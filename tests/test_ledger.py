@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from conftest import clean_environment, task_spend_nanos
 
-from orchestrator import sqlite_store
-from orchestrator.budget import BudgetExceeded
-from orchestrator.lease import LeaseLost
-from orchestrator.ledger import Ledger, run_scopes
-from orchestrator.money import usd_to_nanos as nanos
-from orchestrator.state import StateManager
+from orchestrator.money.budget import BudgetExceeded
+from orchestrator.money.ledger import Ledger, run_scopes
+from orchestrator.money.units import usd_to_nanos as nanos
+from orchestrator.store import sqlite as sqlite_store
+from orchestrator.store.lease import LeaseLost
+from orchestrator.store.state import StateManager
 
 PROJECT = {
     "description": "d",

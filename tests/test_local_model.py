@@ -26,15 +26,15 @@ from orchestrator import (
     TruncatedAnswerError,
     UnifiedClient,
 )
-from orchestrator.local import (
+from orchestrator.llm.local import (
     LOCAL_PROVIDER,
     LocalModel,
     embedded_available,
     embedded_model_path,
 )
-from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
-from orchestrator.prompts import EVALUATE_SYSTEM, EVALUATION_SCHEMA, evaluate_prompt
-from orchestrator.task_runner import EVALUATION_MAX_TOKENS, ONE_VERDICT
+from orchestrator.run.prompts import EVALUATE_SYSTEM, EVALUATION_SCHEMA, evaluate_prompt
+from orchestrator.run.task_runner import EVALUATION_MAX_TOKENS, ONE_VERDICT
+from orchestrator.run.tasks import ProjectStatus, Task, TaskStatus, TaskType
 
 pytestmark = [
     pytest.mark.real_llm,
@@ -549,7 +549,7 @@ def _server_children(parent: int) -> list[int]:
                 command = cmdline.read()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == parent and b"orchestrator.local_server" in command:
+        if ppid == parent and b"orchestrator.llm.local_server" in command:
             found.append(int(entry))
     return found
 

@@ -16,14 +16,14 @@ from scripted_llm import TaskScript
 from test_resume import FAST
 
 from orchestrator import Budget, ConfigError, Orchestrator, UnifiedClient
-from orchestrator.metrics import (
+from orchestrator.observe.metrics import (
     ConsoleExporter,
     JSONExporter,
     MetricsSnapshot,
     PrometheusExporter,
     exporter_for,
 )
-from orchestrator.models import ProjectStatus, Task, TaskType
+from orchestrator.run.tasks import ProjectStatus, Task, TaskType
 
 TASKS = {
     "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from orchestrator.catalog import Price
-from orchestrator.money import NANOS_PER_USD, checked_nanos, nanos_to_usd, usd_to_nanos
+from orchestrator.llm.catalog import Price
+from orchestrator.money.units import NANOS_PER_USD, checked_nanos, nanos_to_usd, usd_to_nanos
 
 MILLION = 1_000_000
 

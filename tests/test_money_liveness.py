@@ -18,12 +18,12 @@ from scripted_llm import ScriptedLLM
 from test_engine import as_tasks, prose_task
 
 from orchestrator import Budget, BudgetExceeded, Orchestrator, ProviderError, UnifiedClient
-from orchestrator.gateway import Journal, LLMGateway
-from orchestrator.ledger import Ledger
-from orchestrator.models import ProjectState, ProjectStatus
-from orchestrator.money import usd_to_nanos
-from orchestrator.providers.base import Message
-from orchestrator.state import StateManager
+from orchestrator.llm.gateway import Journal, LLMGateway
+from orchestrator.llm.providers.base import Message
+from orchestrator.money.ledger import Ledger
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.run.tasks import ProjectState, ProjectStatus
+from orchestrator.store.state import StateManager
 
 OWNER = "tests:1:liveness"
 
@@ -120,7 +120,7 @@ async def test_a_wait_for_room_is_bounded_and_said_at_verbose(fake, tmp_path, ca
         gateway.journal.ledger.max_wait = 0.5
         first = asyncio.create_task(ask(gateway, 1))
         await asyncio.sleep(0.3)
-        with caplog.at_level(logging.DEBUG, logger="orchestrator.ledger"):
+        with caplog.at_level(logging.DEBUG, logger="orchestrator.money.ledger"):
             with pytest.raises(BudgetExceeded, match=r"waited 0\.5 s for calls in flight"):
                 await asyncio.wait_for(ask(gateway, 2), 5)
         await first

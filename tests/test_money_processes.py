@@ -24,8 +24,8 @@ import pytest
 from conftest import clean_environment, sqlite_rows
 from test_money_liveness import FlakyVendor
 
-from orchestrator.money import nanos_to_usd, usd_to_nanos
-from orchestrator.state import StateManager
+from orchestrator.money.units import nanos_to_usd, usd_to_nanos
+from orchestrator.store.state import StateManager
 
 SCRIPT = Path(__file__).with_name("money_process.py")
 TEAM, JOB = "eng", "nightly"

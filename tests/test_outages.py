@@ -13,8 +13,8 @@ from test_engine import as_tasks, code_task, prose_task
 from test_resume import orchestrate, start
 from test_resume import resume as resume_project
 
-from orchestrator.models import ProjectStatus, TaskStatus
-from orchestrator.state import StateManager
+from orchestrator.run.tasks import ProjectStatus, TaskStatus
+from orchestrator.store.state import StateManager
 
 PLAN = [code_task("core"), prose_task("docs", "core"), prose_task("notes")]
 

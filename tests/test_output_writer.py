@@ -11,8 +11,16 @@ import pytest
 from conftest import TERMINAL_CONTROLS
 
 from orchestrator import Catalog
-from orchestrator.budget import Budget
-from orchestrator.models import (
+from orchestrator.code.output_writer import (
+    MANIFEST_NAME,
+    OutputError,
+    check_output_dir,
+    strip_fences,
+    write_outputs,
+)
+from orchestrator.money.budget import Budget
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.run.tasks import (
     ProjectState,
     ProjectStatus,
     Task,
@@ -20,14 +28,6 @@ from orchestrator.models import (
     TaskStatus,
     TaskType,
     ValidatorResult,
-)
-from orchestrator.money import usd_to_nanos
-from orchestrator.output_writer import (
-    MANIFEST_NAME,
-    OutputError,
-    check_output_dir,
-    strip_fences,
-    write_outputs,
 )
 
 CATALOG = Catalog.load(env={})
@@ -660,7 +660,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     def refuse(source, destination):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("orchestrator.output_writer.os.replace", refuse)
+    monkeypatch.setattr("orchestrator.code.output_writer.os.replace", refuse)
     state = design_state()
     state.results["task_001"].output = "ANSWER = 42"
     with pytest.raises(OutputError, match=r"task_001_code_generation\.py: Permission denied"):

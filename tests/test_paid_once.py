@@ -12,12 +12,12 @@ from fake_provider import Reply
 from test_money_liveness import journaled_gateway
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
-from orchestrator.gateway import Journal, LLMGateway
-from orchestrator.ledger import Ledger
-from orchestrator.models import ProjectStatus
-from orchestrator.money import usd_to_nanos
-from orchestrator.providers.base import Message
-from orchestrator.state import StateManager
+from orchestrator.llm.gateway import Journal, LLMGateway
+from orchestrator.llm.providers.base import Message
+from orchestrator.money.ledger import Ledger
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.run.tasks import ProjectStatus
+from orchestrator.store.state import StateManager
 
 
 async def ask(gateway: LLMGateway, slot: str, question: str = "same question"):

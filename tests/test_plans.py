@@ -7,10 +7,9 @@ from __future__ import annotations
 from conftest import FAST_RETRY, fake_env, run_cli
 from scripted_llm import default_plan
 
-from orchestrator import Budget, UnifiedClient
-from orchestrator.engine import Orchestrator
-from orchestrator.events import Event
-from orchestrator.models import ProjectStatus
+from orchestrator import Budget, Orchestrator, UnifiedClient
+from orchestrator.observe.events import Event
+from orchestrator.run.tasks import ProjectStatus
 
 
 async def plan_and_run(fake, **options):

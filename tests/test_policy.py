@@ -9,9 +9,10 @@ from conftest import ALIAS_BOMB, DEEP_LIST, PROJECT_ROOT, fake_env, run_cli, wri
 from test_resume import FAST
 
 from orchestrator import Budget, Catalog, ConfigError, Orchestrator, UnifiedClient
-from orchestrator.models import ModelProfile, ProjectStatus, Task, TaskType
-from orchestrator.policy import EnforcementMode, Policy, PolicyHierarchy, PolicySet
-from orchestrator.policy_dsl import PolicyAnalyzer, PolicyError, load_policy_file
+from orchestrator.routing.policy import EnforcementMode, Policy, PolicyHierarchy, PolicySet
+from orchestrator.routing.policy_file import PolicyAnalyzer, PolicyError, load_policy_file
+from orchestrator.routing.profiles import ModelProfile
+from orchestrator.run.tasks import ProjectStatus, Task, TaskType
 
 CODE_TASK = {"core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.")}
 

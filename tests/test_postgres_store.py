@@ -15,9 +15,9 @@ import time
 import pytest
 from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli
 
-from orchestrator.cache import DiskCache
 from orchestrator.errors import ConfigError
-from orchestrator.state import StateError, StateManager
+from orchestrator.llm.cache import DiskCache
+from orchestrator.store.state import StateError, StateManager
 
 PROJECT = {"description": "d", "criteria": "c", "max_usd": 1.0, "max_time_seconds": 60.0,
            "settings": {}}  # fmt: skip
@@ -86,7 +86,7 @@ async def test_a_database_that_cannot_be_reached_is_one_line_without_its_passwor
 
 
 def test_without_the_extra_a_postgresql_database_is_a_one_line_error(tmp_path, monkeypatch):
-    import orchestrator.postgres_store as postgres_store
+    import orchestrator.store.postgres as postgres_store
 
     monkeypatch.setattr(postgres_store, "psycopg", None)
     with pytest.raises(ConfigError, match=r"distributed extra: pip install -e '\.\[distributed\]'"):
@@ -114,10 +114,10 @@ def test_without_the_extra_a_postgresql_database_is_a_one_line_error(tmp_path, m
 
 def test_the_sqlite_default_imports_nothing_of_the_distributed_mode(tmp_path):
     probe = (
-        "import sys\nfrom orchestrator.cli import main\n"
+        "import sys\nfrom orchestrator.cli.app import main\n"
         "code = main(['--list-projects'])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('psycopg', 'psycopg_pool', 'procrastinate', 'orchestrator.postgres_store')))\n"
+        "('psycopg', 'psycopg_pool', 'procrastinate', 'orchestrator.store.postgres')))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], env={**clean_environment(),

@@ -19,15 +19,22 @@ import pytest
 from conftest import clean_environment, fake_env
 
 from orchestrator import Budget, Event
-from orchestrator.catalog import Catalog
-from orchestrator.models import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus, TaskType
-from orchestrator.money import usd_to_nanos
-from orchestrator.progress import (
+from orchestrator.llm.catalog import Catalog
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.observe.progress import (
     ProgressPrinter,
     display_width,
     format_elapsed,
     results_table,
     text_table,
+)
+from orchestrator.run.tasks import (
+    ProjectState,
+    ProjectStatus,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskType,
 )
 
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from conftest import ALIAS_BOMB, DEEP_LIST, run_cli, write_file
 
+from orchestrator.cli.project_file import ProjectFileError, ProjectSpec, load_project_file
 from orchestrator.errors import ConfigError
-from orchestrator.models import TaskType
-from orchestrator.project_file import ProjectFileError, ProjectSpec, load_project_file
-from orchestrator.taskgraph import execution_order, parse_tasks
+from orchestrator.run.taskgraph import execution_order, parse_tasks
+from orchestrator.run.tasks import TaskType
 
 PROJECTS = Path(__file__).parents[1] / "projects"
 

@@ -10,10 +10,9 @@ from conftest import NoWait, eventually, fake_env
 from scripted_llm import TaskScript
 from test_engine import as_tasks
 
-from orchestrator import Budget, ConfigError, RetryPolicy, UnifiedClient
-from orchestrator.engine import Orchestrator
-from orchestrator.models import ProjectStatus, Task, TaskStatus, TaskType
-from orchestrator.state import StateManager, UnknownProjectError
+from orchestrator import Budget, ConfigError, Orchestrator, RetryPolicy, UnifiedClient
+from orchestrator.run.tasks import ProjectStatus, Task, TaskStatus, TaskType
+from orchestrator.store.state import StateManager, UnknownProjectError
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, clock=NoWait())
 DESCRIPTION = "[project] Build an add library"

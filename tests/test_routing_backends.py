@@ -7,14 +7,15 @@ from conftest import fake_env, run_cli, write_file
 from test_resume import FAST
 
 from orchestrator import Budget, Catalog, Orchestrator, UnifiedClient
-from orchestrator.models import ModelProfile, Task, TaskType, build_default_profiles
-from orchestrator.optimization import (
+from orchestrator.routing.backends import (
     Candidate,
     GreedyBackend,
     ParetoBackend,
     WeightedSumBackend,
 )
-from orchestrator.routing import Router
+from orchestrator.routing.profiles import ModelProfile, build_default_profiles
+from orchestrator.routing.router import Router
+from orchestrator.run.tasks import Task, TaskType
 
 CODE_TASK = {"core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.")}
 

@@ -12,11 +12,11 @@ from test_engine import as_tasks, code_task
 
 from orchestrator import Orchestrator
 from orchestrator.errors import ConfigError
-from orchestrator.events import EventKind
-from orchestrator.models import ProjectStatus
-from orchestrator.policy import Policy
-from orchestrator.run_config import DEFAULTS, RunConfig
-from orchestrator.state import StateError, StateManager
+from orchestrator.observe.events import EventKind
+from orchestrator.routing.policy import Policy
+from orchestrator.run.config import DEFAULTS, RunConfig
+from orchestrator.run.tasks import ProjectStatus
+from orchestrator.store.state import StateError, StateManager
 
 PROJECT = ("[project] Build an add library", "add works")
 # Every setting away from its default, as a project could be started with.

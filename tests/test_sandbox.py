@@ -25,9 +25,9 @@ import pytest
 from conftest import fake_env, run_cli, write_file
 from test_engine import code_task
 
-from orchestrator import sandbox
+from orchestrator.code import sandbox
+from orchestrator.code.validators import run_validators
 from orchestrator.errors import SandboxError
-from orchestrator.validators import run_validators
 
 SECRET = "sk-live-" + uuid.uuid4().hex
 VALIDATOR_SECONDS = 3

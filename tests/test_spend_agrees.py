@@ -24,10 +24,10 @@ from test_engine import code_task, prose_task
 from test_exactness import CATALOG, run_plan
 
 from orchestrator import Budget
-from orchestrator.models import ProjectState, ProjectStatus
-from orchestrator.money import usd_to_nanos
-from orchestrator.output_writer import write_outputs
-from orchestrator.state import StateManager
+from orchestrator.code.output_writer import write_outputs
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.run.tasks import ProjectState, ProjectStatus
+from orchestrator.store.state import StateManager
 
 PROJECT = "p1"
 # Kimi writes the code, GPT-4o reviews it, Claude writes the docs and Gemini sums up; the

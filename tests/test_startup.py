@@ -11,8 +11,8 @@ import threading
 import pytest
 from conftest import clean_environment, fake_env
 
-from orchestrator import providers
-from orchestrator.providers.base import Endpoint
+from orchestrator.llm import providers
+from orchestrator.llm.providers.base import Endpoint
 
 SDKS = ("openai", "anthropic", "google.genai")
 
@@ -34,7 +34,7 @@ class Watch:
         return None
 
 sys.meta_path.insert(0, Watch())
-from orchestrator.cli import run
+from orchestrator.cli.app import run
 try:
     run()
 except SystemExit as exit:

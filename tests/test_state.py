@@ -14,11 +14,11 @@ import pytest
 from conftest import clean_environment, sqlite_rows, write_file
 
 from orchestrator import Budget, Catalog, ConfigError, Orchestrator, Task, TaskType, UnifiedClient
-from orchestrator.cache import DiskCache
-from orchestrator.models import ProjectStatus, TaskResult, TaskStatus, ValidatorResult
-from orchestrator.money import usd_to_nanos
-from orchestrator.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
-from orchestrator.state import STATE_FORMAT, StateError, StateManager, UnknownProjectError
+from orchestrator.llm.cache import DiskCache
+from orchestrator.llm.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
+from orchestrator.money.units import usd_to_nanos
+from orchestrator.run.tasks import ProjectStatus, TaskResult, TaskStatus, ValidatorResult
+from orchestrator.store.state import STATE_FORMAT, StateError, StateManager, UnknownProjectError
 
 KEYS = {"OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "x", "GEMINI_API_KEY": "x"}
 PROJECT = {
@@ -369,7 +369,7 @@ async def test_saving_the_plan_drops_the_decomposition_answer_but_keeps_its_cost
 
 CRASHING_WRITER = """
 import asyncio, os, sys
-from orchestrator.state import StateManager
+from orchestrator.store.state import StateManager
 
 async def main(path):
     store = StateManager(path)
@@ -515,7 +515,7 @@ async def test_sixteen_projects_run_at_once_on_one_state_file(tmp_path):
 
 ONE_RUN_AFTER_ANOTHER = """
 import asyncio, sys
-from orchestrator.state import StateError, StateManager
+from orchestrator.store.state import StateError, StateManager
 
 store = StateManager(sys.argv[1])
 
@@ -562,8 +562,8 @@ PROCESS_RUN = """
 import asyncio, sys
 from pathlib import Path
 from orchestrator import Budget, Orchestrator, Task, TaskType, UnifiedClient
-from orchestrator.providers.base import RawCompletion
-from orchestrator.state import StateManager
+from orchestrator.llm.providers.base import RawCompletion
+from orchestrator.store.state import StateManager
 
 class Provider:
     def __init__(self, endpoint):

@@ -7,10 +7,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from orchestrator.models import Task, TaskType
-from orchestrator.providers.openai_compat import is_strict_compatible
-from orchestrator.structured import VENDOR_UNSUPPORTED, vendor_schema
-from orchestrator.taskgraph import (
+from orchestrator.code.validators import KNOWN_VALIDATORS
+from orchestrator.llm.providers.openai_compat import is_strict_compatible
+from orchestrator.run.taskgraph import (
     TaskGraphError,
     decomposition_schema,
     default_plan,
@@ -18,7 +17,8 @@ from orchestrator.taskgraph import (
     parse_tasks,
     task_schema,
 )
-from orchestrator.validators import KNOWN_VALIDATORS
+from orchestrator.run.tasks import Task, TaskType
+from orchestrator.text.structured import VENDOR_UNSUPPORTED, vendor_schema
 
 
 def entry(tid: str, *deps: str, **fields: Any) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from scripted_llm import TaskScript
 from test_resume import FAST
 
 from orchestrator import Budget, Catalog, Orchestrator, UnifiedClient
-from orchestrator.models import LATENCY_SAMPLES, ModelProfile, Task, TaskType
+from orchestrator.routing.profiles import LATENCY_SAMPLES, ModelProfile
+from orchestrator.run.tasks import Task, TaskType
 
 TASKS = {
     "core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.", [],

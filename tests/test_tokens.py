@@ -15,14 +15,14 @@ from scripted_llm import ScriptedLLM
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
-from orchestrator.client import prompt_token_bound, prompt_token_estimate
-from orchestrator.local import DEFAULT_CONTEXT, LocalModel, embedded_available
-from orchestrator.models import Task, TaskStatus, TaskType
-from orchestrator.providers.base import ChatRequest, Message
-from orchestrator.task_runner import _trim
-from orchestrator.tokens import high_tokens, token_bound, typical_tokens
+from orchestrator.llm.client import prompt_token_bound, prompt_token_estimate
+from orchestrator.llm.local import DEFAULT_CONTEXT, LocalModel, embedded_available
+from orchestrator.llm.providers.base import ChatRequest, Message
+from orchestrator.run.task_runner import _trim
+from orchestrator.run.tasks import Task, TaskStatus, TaskType
+from orchestrator.text.tokens import high_tokens, token_bound, typical_tokens
 
-CODE = (PROJECT_ROOT / "orchestrator" / "task_runner.py").read_text(encoding="utf-8")
+CODE = (PROJECT_ROOT / "orchestrator" / "run" / "task_runner.py").read_text(encoding="utf-8")
 PROSE = (PROJECT_ROOT / "docs" / "how-a-run-works.md").read_text(encoding="utf-8")
 # Texts a prompt may carry, from the kindest to a tokenizer to the hardest.
 SAMPLES = {

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from orchestrator.tree_screen import screen
+from orchestrator.code.tree_screen import screen
 
 
 def refusals(files: dict[str, str]) -> list[str]:

@@ -10,9 +10,9 @@ from test_exactness import ask, journal_rows
 from test_resume import orchestrate, start
 
 from orchestrator import StructuredOutputError, TruncatedAnswerError
-from orchestrator.client import CONTINUE_PROMPT, MAX_CONTINUATIONS
-from orchestrator.models import ProjectStatus, TaskStatus
-from orchestrator.providers.base import ChatRequest, Message
+from orchestrator.llm.client import CONTINUE_PROMPT, MAX_CONTINUATIONS
+from orchestrator.llm.providers.base import ChatRequest, Message
+from orchestrator.run.tasks import ProjectStatus, TaskStatus
 
 SCHEMA = {
     "type": "object",

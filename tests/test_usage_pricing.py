@@ -18,8 +18,8 @@ from conftest import FAST_RETRY, fake_env
 from fake_provider import Reply
 
 from orchestrator import UnifiedClient
-from orchestrator.catalog import Catalog, Price
-from orchestrator.client import Completion
+from orchestrator.llm.catalog import Catalog, Price
+from orchestrator.llm.client import Completion
 
 FIXTURES = Path(__file__).parent / "fixtures" / "usage"
 PICODOLLAR = 1e-12

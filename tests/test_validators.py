@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import validators
-from orchestrator.models import ValidatorResult
-from orchestrator.validators import (
+from orchestrator.code import validators
+from orchestrator.code.validators import (
     KNOWN_VALIDATORS,
     code_blocks,
     run_validators,
     unknown_validators,
 )
+from orchestrator.run.tasks import ValidatorResult
 
 
 def py(source: str, tag: str = "python") -> str:

@@ -8,8 +8,8 @@ import logging
 import pytest
 from conftest import TERMINAL_CONTROLS
 
-from orchestrator import cli
-from orchestrator.visible import shorten, visible, visible_json
+from orchestrator.cli import app as cli
+from orchestrator.text.visible import shorten, visible, visible_json
 
 ORDINARY = "café naïve Ünïcödé, 中文 日本語, emoji 🎉 and a family 👨\u200d👩\u200d👧, e\u0301"
 

@@ -1,0 +1,2 @@
+"""The ``orchestrator`` command line: its flags (``app``), what each mode does (``commands``)
+and project files."""

@@ -1,0 +1,3 @@
+"""Calling models: the catalog of models and prices, one adapter per vendor SDK, the client with
+its retries and circuit breakers, the gateway every paid call goes through, and the embedded
+local model."""

@@ -1,0 +1,61 @@
+"""Telemetry: what an orchestrator's runs measure about each model.
+
+Every paid call (latency, outcome, cost), every evaluation score and every validator failure of
+a run goes into the model's ``ModelProfile``. Routing reads the profiles, the metrics exporters
+publish them, and the state file keeps them for later runs and other processes. Answers from
+the cache or the journal are not calls: they measure nothing and never pull the averages down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.llm.catalog import Catalog, Model
+from orchestrator.routing.profiles import ModelProfile, build_default_profiles
+
+
+class TelemetryCollector:
+    """The model profiles of one orchestrator, by ``provider/id``, and what feeds them."""
+
+    def __init__(self, profiles: dict[str, ModelProfile] | None = None) -> None:
+        self.profiles: dict[str, ModelProfile] = profiles if profiles is not None else {}
+
+    def ensure(self, catalog: Catalog) -> None:
+        """A profile for every model of ``catalog`` (built once, then measured in place)."""
+        if not self.profiles:
+            self.profiles.update(build_default_profiles(catalog))
+
+    def record_call(
+        self, model: Model, seconds: float, ok: bool, cost_usd: float | None = None
+    ) -> None:
+        """A paid call: how long an answer took and what it cost, or that it failed."""
+        profile = self.profiles.get(model.key)
+        if profile is not None:
+            profile.record_call(seconds, ok, cost_usd)
+
+    def record_quality(self, model: Model, score: float) -> None:
+        """An evaluation score of one of ``model``'s answers."""
+        profile = self.profiles.get(model.key)
+        if profile is not None:
+            profile.record_quality(score)
+
+    def record_validator_failures(self, model: Model, count: int) -> None:
+        profile = self.profiles.get(model.key)
+        if profile is not None:
+            profile.validator_failures += count
+
+    def measured(self) -> dict[str, ModelProfile]:
+        """The profiles something was measured for, in key order."""
+        return {k: p for k, p in sorted(self.profiles.items()) if p.measured}
+
+    def export(self) -> dict[str, dict[str, Any]]:
+        """What was measured, for the state file."""
+        return {key: profile.to_record() for key, profile in self.measured().items()}
+
+    def restore(self, records: Mapping[str, Mapping[str, Any]]) -> None:
+        """Start from what earlier runs measured, for the models not measured here yet."""
+        for key, record in records.items():
+            profile = self.profiles.get(key)
+            if profile is not None and not profile.measured:
+                profile.restore(record)

@@ -1,0 +1,1 @@
+"""Which model does what: the router, its backends, and the policies that bound every choice."""

@@ -1,0 +1,161 @@
+"""Model profiles: what model selection knows about each model.
+
+A profile holds the catalog's facts about a model (provider, region, training terms, prices) and
+what calls and evaluations measured (quality, trust, latency, cost). Routing reads profiles; the
+telemetry feeds them; the state keeps them for later runs; several orchestrators' profiles merge.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.llm.catalog import Catalog, Model
+
+# Weight of the newest sample in the moving averages of a profile.
+PROFILE_EMA_ALPHA = 0.2
+LATENCY_SAMPLES = 50  # the rolling buffer a profile's p95 latency is read from
+
+
+@dataclass
+class ModelProfile:
+    """What model selection knows about one model: the catalog's facts (provider, region,
+    training terms, prices, context) and what calls and evaluations measured.
+
+    ``quality`` starts at the catalog's prior and follows the model's evaluation scores;
+    ``trust`` is a moving average of its calls' outcomes (1 answered, 0 failed); ``latency_ms``
+    is ``None`` until a call was measured.
+    """
+
+    model: Model
+    region: str
+    trains_on_output: bool | None
+    quality: float
+    trust: float = 1.0
+    latency_ms: float | None = None
+    calls: int = 0
+    failures: int = 0
+    evaluations: int = 0
+    validator_failures: int = 0
+    # A moving average of what an answered call cost (cache hits and replays are not calls).
+    cost_avg_usd: float | None = None
+    # The latest call latencies, for a real 95th percentile rather than a guess from the mean.
+    recent_latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    @property
+    def provider(self) -> str:
+        return self.model.provider
+
+    @property
+    def measured(self) -> bool:
+        """Whether any call, evaluation or validator run has told us something about it."""
+        return bool(self.calls or self.evaluations or self.validator_failures)
+
+    @property
+    def success_rate(self) -> float:
+        return 1.0 if not self.calls else (self.calls - self.failures) / self.calls
+
+    @property
+    def latency_p95_ms(self) -> float | None:
+        """The 95th percentile of the last ``LATENCY_SAMPLES`` call latencies (nearest rank)."""
+        if not self.recent_latencies_ms:
+            return None
+        ordered = sorted(self.recent_latencies_ms)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+    def cost_per_call(self, input_tokens: int, output_tokens: int) -> float:
+        return self.model.price.cost(input_tokens, output_tokens)
+
+    def record_call(self, seconds: float, ok: bool, cost_usd: float | None = None) -> None:
+        """A paid call's outcome (answers from the cache or the journal say nothing new); the
+        cost of an answered one."""
+        self.calls += 1
+        self.failures += not ok
+        self.trust = _ema(self.trust, 1.0 if ok else 0.0)
+        if ok:
+            millis = seconds * 1000
+            self.latency_ms = millis if self.latency_ms is None else _ema(self.latency_ms, millis)
+            self.recent_latencies_ms.append(millis)
+            if cost_usd is not None:
+                average = self.cost_avg_usd
+                self.cost_avg_usd = cost_usd if average is None else _ema(average, cost_usd)
+
+    def to_record(self) -> dict[str, Any]:
+        """What was measured, for the state file (the catalog facts are not saved)."""
+        return {
+            "quality": self.quality, "trust": self.trust, "latency_ms": self.latency_ms,
+            "calls": self.calls, "failures": self.failures, "evaluations": self.evaluations,
+            "validator_failures": self.validator_failures, "cost_avg_usd": self.cost_avg_usd,
+            "recent_latencies_ms": list(self.recent_latencies_ms),
+        }  # fmt: skip
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """Take what an earlier run measured (saved by ``to_record``)."""
+        for name in ("quality", "trust", "latency_ms", "cost_avg_usd"):
+            if name in record:
+                setattr(self, name, record[name])
+        for name in ("calls", "failures", "evaluations", "validator_failures"):
+            setattr(self, name, int(record.get(name, 0)))
+        self.recent_latencies_ms.extend(float(x) for x in record.get("recent_latencies_ms", []))
+
+    def record_quality(self, score: float) -> None:
+        """An evaluation score of one of the model's answers."""
+        self.evaluations += 1
+        self.quality = _ema(self.quality, score)
+
+
+def _ema(average: float, sample: float) -> float:
+    return (1 - PROFILE_EMA_ALPHA) * average + PROFILE_EMA_ALPHA * sample
+
+
+def build_default_profiles(catalog: Catalog | None = None) -> dict[str, ModelProfile]:
+    """A profile per catalog model (the built-in catalog by default), keyed by ``provider/id``,
+    holding the catalog's facts and priors until calls and evaluations update it."""
+    catalog = catalog if catalog is not None else Catalog.load()
+    profiles = {}
+    for model in catalog.models:
+        provider = catalog.provider_of(model)
+        profiles[model.key] = ModelProfile(
+            model=model,
+            region=provider.region,
+            trains_on_output=provider.trains_on_output,
+            quality=model.quality,
+        )
+    return profiles
+
+
+def merge_profiles(sources: Iterable[Mapping[str, ModelProfile]]) -> dict[str, ModelProfile]:
+    """Several orchestrators' profiles in one: moving averages (quality, trust, latency, cost)
+    averaged over those that measured the model, counters summed, latency samples pooled (the
+    latest ``LATENCY_SAMPLES`` of them kept)."""
+    sources = list(sources)
+    merged: dict[str, ModelProfile] = {}
+    for key in sorted({key for profiles in sources for key in profiles}):
+        profiles = [p[key] for p in sources if key in p]
+        measured = [p for p in profiles if p.measured] or profiles
+        first = profiles[0]
+        merged[key] = profile = ModelProfile(
+            model=first.model,
+            region=first.region,
+            trains_on_output=first.trains_on_output,
+            quality=statistics.fmean(p.quality for p in measured),
+            trust=statistics.fmean(p.trust for p in measured),
+            latency_ms=_mean(p.latency_ms for p in measured),
+            calls=sum(p.calls for p in profiles),
+            failures=sum(p.failures for p in profiles),
+            evaluations=sum(p.evaluations for p in profiles),
+            validator_failures=sum(p.validator_failures for p in profiles),
+            cost_avg_usd=_mean(p.cost_avg_usd for p in measured),
+        )
+        for source in profiles:
+            profile.recent_latencies_ms.extend(source.recent_latencies_ms)
+    return merged
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None

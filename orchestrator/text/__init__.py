@@ -1,0 +1,1 @@
+"""Text a model wrote: fences, JSON and its schemas, token counts, and escaping for display."""
