@@ -29,14 +29,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
     from orchestrator.llm.providers.base import Message
     from orchestrator.llm.retry import RetryPolicy
     from orchestrator.money.budget import Budget, BudgetExceeded
-    from orchestrator.money.forecast import (
-        BudgetCapExceeded,
-        BudgetHierarchy,
-        CostForecaster,
-        CostPredictor,
-        ForecastReport,
-        RiskLevel,
-    )
+    from orchestrator.money.caps import BudgetCapExceeded, BudgetHierarchy
+    from orchestrator.money.forecast import CostForecaster, CostPredictor, ForecastReport, RiskLevel
     from orchestrator.observe.audit import AuditCheck, AuditLog, AuditRecord
     from orchestrator.observe.events import Event, EventKind
     from orchestrator.observe.hooks import EventType, HookRegistry
@@ -57,7 +51,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
     )
     from orchestrator.routing.policy import (
         EnforcementMode,
-        JobSpec,
         Policy,
         PolicyEngine,
         PolicyHierarchy,
@@ -67,7 +60,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
     from orchestrator.routing.profiles import ModelProfile, build_default_profiles
     from orchestrator.routing.router import Decision, Router
     from orchestrator.routing.screen import ConstraintPlanner
-    from orchestrator.run.agents import AgentPool, TaskChannel
+    from orchestrator.run.agents import AgentPool, JobSpec
+    from orchestrator.run.channel import TaskChannel
     from orchestrator.run.config import RunConfig
     from orchestrator.run.orchestrator import Orchestrator
     from orchestrator.run.tasks import (
@@ -87,20 +81,15 @@ DISTRIBUTION = "orchestrator-llm"
 
 # Each module and the public names it gives the package (the imports above, once more).
 _HOMES: dict[str, tuple[str, ...]] = {
-    "run.agents": ("AgentPool", "TaskChannel"),
+    "run.agents": ("AgentPool", "JobSpec"),
+    "run.channel": ("TaskChannel",),
     "observe.audit": ("AuditCheck", "AuditLog", "AuditRecord"),
     "money.budget": ("Budget", "BudgetExceeded"),
     "llm.cache": ("DiskCache",),
     "llm.catalog": ("Catalog", "Model", "Price", "ProviderSpec"),
     "llm.client": ("Completion", "UnifiedClient"),
-    "money.forecast": (
-        "BudgetCapExceeded",
-        "BudgetHierarchy",
-        "CostForecaster",
-        "CostPredictor",
-        "ForecastReport",
-        "RiskLevel",
-    ),
+    "money.caps": ("BudgetCapExceeded", "BudgetHierarchy"),
+    "money.forecast": ("CostForecaster", "CostPredictor", "ForecastReport", "RiskLevel"),
     "errors": (
         "CatalogError",
         "ConfigError",
@@ -141,7 +130,6 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "routing.screen": ("ConstraintPlanner",),
     "routing.policy": (
         "EnforcementMode",
-        "JobSpec",
         "Policy",
         "PolicyEngine",
         "PolicyHierarchy",

@@ -1,5 +1,7 @@
-"""``orchestrator.cost``, the design document's path to :mod:`orchestrator.money.forecast`."""
+"""``orchestrator.cost``, the design document's path to the forecasts
+(:mod:`orchestrator.money.forecast`) and the caps across runs (:mod:`orchestrator.money.caps`)."""
 
+from orchestrator.money.caps import BudgetCapExceeded, BudgetHierarchy
 from orchestrator.money.forecast import (
     ASSUMED_CALLS_PER_TASK,
     CRITIQUE_TYPE,
@@ -9,8 +11,6 @@ from orchestrator.money.forecast import (
     INTEGRATION_REQUEST_TOKENS,
     PHASE_NAMES,
     PHASES,
-    BudgetCapExceeded,
-    BudgetHierarchy,
     CostForecaster,
     CostPredictor,
     ForecastReport,

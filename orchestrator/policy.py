@@ -1,9 +1,9 @@
-"""``orchestrator.policy``, the design document's path to :mod:`orchestrator.routing.policy`."""
+"""``orchestrator.policy``, the design document's path to the policies
+(:mod:`orchestrator.routing.policy`) and to ``JobSpec`` (:mod:`orchestrator.run.agents`)."""
 
 from orchestrator.routing.policy import (
     COMPLIANCE_RULES,
     EnforcementMode,
-    JobSpec,
     Policy,
     PolicyEngine,
     PolicyHierarchy,
@@ -11,6 +11,7 @@ from orchestrator.routing.policy import (
     Violation,
     model_names,
 )
+from orchestrator.run.agents import JobSpec
 
 __all__ = [
     "COMPLIANCE_RULES",

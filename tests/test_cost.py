@@ -12,14 +12,8 @@ from scripted_llm import TaskScript
 from test_resume import FAST
 
 from orchestrator import Budget, Catalog, Model, Orchestrator, UnifiedClient
-from orchestrator.money.forecast import (
-    BudgetCapExceeded,
-    BudgetHierarchy,
-    CostForecaster,
-    CostPredictor,
-    RiskLevel,
-    typical_call_usd,
-)
+from orchestrator.money.caps import BudgetCapExceeded, BudgetHierarchy
+from orchestrator.money.forecast import CostForecaster, CostPredictor, RiskLevel, typical_call_usd
 from orchestrator.routing.backends import GreedyBackend
 from orchestrator.routing.profiles import build_default_profiles
 from orchestrator.routing.router import Router

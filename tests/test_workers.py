@@ -39,9 +39,9 @@ from test_exactness import take_over_at_first_grading
 from test_postgres_store import own_postgres  # noqa: F401 - a server this test may restart
 
 from orchestrator import AgentPool, Budget, Orchestrator, Task, TaskType, UnifiedClient
-from orchestrator.money.forecast import BudgetHierarchy
+from orchestrator.money.caps import BudgetHierarchy
 from orchestrator.money.units import usd_to_nanos
-from orchestrator.routing.policy import JobSpec
+from orchestrator.run.agents import JobSpec
 from orchestrator.store.state import StateManager
 
 LEASE = "1"  # seconds: a killed worker's project and job are free again soon after

@@ -31,13 +31,8 @@ from orchestrator.llm.catalog import Catalog, Model
 from orchestrator.llm.client import UnifiedClient
 from orchestrator.llm.local import KEYLESS_NOTE, LOCAL_PROVIDER, LocalModel
 from orchestrator.money.budget import Budget
-from orchestrator.money.forecast import (
-    BudgetHierarchy,
-    CostForecaster,
-    CostPredictor,
-    ForecastReport,
-    SpendHistory,
-)
+from orchestrator.money.caps import BudgetHierarchy
+from orchestrator.money.forecast import CostForecaster, CostPredictor, ForecastReport, SpendHistory
 from orchestrator.money.units import format_usd
 from orchestrator.observe.audit import AuditLog, verify
 from orchestrator.observe.metrics import MetricsExporter, exporter_for

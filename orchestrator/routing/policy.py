@@ -16,9 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.llm.catalog import Model
-from orchestrator.money.budget import Budget
 from orchestrator.routing.profiles import ModelProfile
-from orchestrator.run.tasks import Task
 
 
 class EnforcementMode(StrEnum):
@@ -175,18 +173,3 @@ def _names(values: Iterable[str] | str) -> tuple[str, ...]:
     if isinstance(values, str):
         values = [values]
     return tuple(str(v).strip().lower() for v in values)
-
-
-@dataclass
-class JobSpec:
-    """One job for ``Orchestrator.run_job`` or an ``AgentPool``: a project with its own budget,
-    charged to ``team`` / ``job_id``'s caps, under ``policies`` besides the orchestrator's."""
-
-    project_description: str
-    success_criteria: str
-    budget: Budget = field(default_factory=Budget)
-    team: str | None = None
-    job_id: str | None = None
-    policies: Iterable[Policy] = ()
-    tasks: Mapping[str, Task] | None = None
-    project_id: str | None = None

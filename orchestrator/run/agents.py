@@ -1,55 +1,41 @@
-"""Several orchestrators at once (``AgentPool``) and messages between the tasks of a run
-(``TaskChannel``)."""
+"""Jobs (``JobSpec``): a project with its own budget and caps, run by ``Orchestrator.run_job`` or by
+several orchestrators at once (``AgentPool``)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import statistics
-from collections import deque
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import ConfigError
+from orchestrator.money.budget import Budget
 from orchestrator.routing.profiles import ModelProfile, merge_profiles
 from orchestrator.run.tasks import ProjectState
 from orchestrator.settings import DB_URL_ENV
 
 if TYPE_CHECKING:
-    from orchestrator.money.forecast import BudgetHierarchy
-    from orchestrator.routing.policy import JobSpec
+    from orchestrator.money.caps import BudgetHierarchy
+    from orchestrator.routing.policy import Policy
     from orchestrator.run.orchestrator import Orchestrator
+    from orchestrator.run.tasks import Task
 
 
-class TaskChannel:
-    """A first-in first-out channel: ``put`` and ``get`` as an ``asyncio.Queue`` (``get`` waits
-    for an item), and ``peek_all`` to read what is waiting without taking it."""
+@dataclass
+class JobSpec:
+    """One job for ``Orchestrator.run_job`` or an ``AgentPool``: a project with its own budget,
+    charged to ``team`` / ``job_id``'s caps, under ``policies`` besides the orchestrator's."""
 
-    def __init__(self) -> None:
-        self._items: deque[Any] = deque()
-        self._nonempty = asyncio.Event()
-
-    async def put(self, item: Any) -> None:
-        self.put_nowait(item)
-
-    def put_nowait(self, item: Any) -> None:
-        """``put`` for synchronous callbacks (event handlers, sync hooks)."""
-        self._items.append(item)
-        self._nonempty.set()
-
-    async def get(self) -> Any:
-        """The oldest item, waiting for one if there is none."""
-        while not self._items:
-            self._nonempty.clear()
-            await self._nonempty.wait()
-        return self._items.popleft()
-
-    def peek_all(self) -> list[Any]:
-        """Everything waiting, oldest first; it stays in the channel."""
-        return list(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
+    project_description: str
+    success_criteria: str
+    budget: Budget = field(default_factory=Budget)
+    team: str | None = None
+    job_id: str | None = None
+    policies: Iterable[Policy] = ()
+    tasks: Mapping[str, Task] | None = None
+    project_id: str | None = None
 
 
 class AgentPool:

@@ -30,7 +30,8 @@ from orchestrator.llm.cache import DiskCache
 from orchestrator.llm.catalog import Model
 from orchestrator.llm.client import UnifiedClient
 from orchestrator.money.budget import Budget
-from orchestrator.money.forecast import BudgetHierarchy, CostPredictor
+from orchestrator.money.caps import BudgetHierarchy
+from orchestrator.money.forecast import CostPredictor
 from orchestrator.money.units import usd_to_nanos
 from orchestrator.observe.audit import AuditLog
 from orchestrator.observe.events import Event, EventPump, EventSink, guarded, ignore
@@ -39,11 +40,12 @@ from orchestrator.observe.metrics import MetricsExporter, MetricsSnapshot
 from orchestrator.observe.metrics import collect as collect_metrics
 from orchestrator.observe.telemetry import TelemetryCollector
 from orchestrator.routing.backends import BACKENDS, OptimizationBackend
-from orchestrator.routing.policy import JobSpec, Policy, PolicyEngine, PolicySet
+from orchestrator.routing.policy import Policy, PolicyEngine, PolicySet
 from orchestrator.routing.profiles import ModelProfile
 from orchestrator.routing.router import Decision, Router
 from orchestrator.routing.screen import ConstraintPlanner
-from orchestrator.run.agents import TaskChannel
+from orchestrator.run.agents import JobSpec
+from orchestrator.run.channel import TaskChannel
 from orchestrator.run.client import run_client
 from orchestrator.run.config import RunConfig
 from orchestrator.run.engine import Run, Session, restore_spend
