@@ -1,10 +1,11 @@
 """The engine: ``Run``, one run of one project, from its plan to its final status.
 
-``Run.execute`` is the control loop: decompose (unless the plan is known), start every task as
-soon as its dependencies are done, integrate the tree, then settle the status and save it. A
-``Run`` owns what is the run's alone: its project's state, the session it runs in (client,
-stores, lease, config), its gateway and journal, its metrics feed, and what its tasks reported
-(the budget ran out, providers were down). Any number of runs of one ``Orchestrator``
+``Run.execute`` is the control loop: plan (``orchestrator.run.planning``, unless the plan is
+known), start every task as soon as its dependencies are done, integrate the tree, then settle
+the status (``orchestrator.run.outcome``) and save it. A ``Run`` owns what is the run's alone:
+its project's state, the session it runs in (``orchestrator.run.session``: client, stores,
+lease, config), its gateway and journal, its metrics feed, and what its tasks reported (the
+budget ran out, providers were down). Any number of runs of one ``Orchestrator``
 (``orchestrator.run.orchestrator``) go on at once without sharing any of it.
 """
 
@@ -14,54 +15,26 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.code.integration import Integration, IntegrationPhase, Round
 from orchestrator.code.sandbox import Sandbox, choose
-from orchestrator.code.validators import EXECUTING_VALIDATORS, KNOWN_VALIDATORS
-from orchestrator.errors import NoProvidersError, OrchestratorError, ProviderError
-from orchestrator.llm.cache import DiskCache
+from orchestrator.code.validators import EXECUTING_VALIDATORS
+from orchestrator.errors import NoProvidersError, OrchestratorError
 from orchestrator.llm.catalog import Model
-from orchestrator.llm.client import Completion, UnifiedClient
-from orchestrator.llm.fallback import Call, ChainFailed, Failures, ask_chain
 from orchestrator.llm.gateway import Journal, LLMGateway
-from orchestrator.llm.providers.base import Message
-from orchestrator.money.budget import PHASE_SHARES, Budget, BudgetExceeded
+from orchestrator.money.budget import BudgetExceeded
 from orchestrator.money.ledger import Ledger
-from orchestrator.money.units import nanos_to_usd
 from orchestrator.observe.events import Event, EventKind
 from orchestrator.observe.metrics import MetricsFeed, MetricsSnapshot
 from orchestrator.observe.metrics import collect as collect_metrics
-from orchestrator.routing.backends import OptimizationBackend
-from orchestrator.routing.policy import PolicySet
-from orchestrator.routing.router import DECOMPOSITION_MAX_TOKENS, Router
-from orchestrator.run.config import DEFAULTS, RunConfig
-from orchestrator.run.prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
-from orchestrator.run.task_runner import (
-    REVIEW_ROLES,
-    ProvidersUnavailable,
-    TaskContext,
-    TaskRunner,
-    describe_outage,
-)
-from orchestrator.run.taskgraph import (
-    TaskGraphError,
-    decomposition_schema,
-    default_plan,
-    execution_order,
-    parse_tasks,
-)
-from orchestrator.run.tasks import (
-    ProjectState,
-    ProjectStatus,
-    Task,
-    TaskResult,
-    TaskStatus,
-    TaskType,
-)
-from orchestrator.store.lease import Lease
-from orchestrator.store.state import SavedProject, StateManager
+from orchestrator.routing.router import Router
+from orchestrator.run.outcome import end_if_taken_over, save_end, settle
+from orchestrator.run.planning import DecompositionFailed, decompose
+from orchestrator.run.session import Session
+from orchestrator.run.task_runner import REVIEW_ROLES, ProvidersUnavailable, TaskContext, TaskRunner
+from orchestrator.run.taskgraph import execution_order
+from orchestrator.run.tasks import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from orchestrator.run.orchestrator import Orchestrator
@@ -78,7 +51,6 @@ TWO_MODELS = (
     "critiques an answer also grades it, so its grade is not independent of its critique; add a "
     "key or a third model for a separate grader"
 )
-PLANNED_TASKS = (5, 15)  # what the planner is asked for; a plan outside it is still run
 
 
 def _shared_roles(usable: tuple[Model, ...]) -> str | None:
@@ -88,39 +60,6 @@ def _shared_roles(usable: tuple[Model, ...]) -> str | None:
     if len(usable) == 1:
         return ONE_MODEL.format(usable[0].value)
     return TWO_MODELS.format(*(model.value for model in usable))
-
-
-class DecompositionFailed(Exception):
-    pass
-
-
-@dataclass
-class Session:
-    """The client, stores, config and lease one call of the orchestrator runs with."""
-
-    client: UnifiedClient
-    cache: DiskCache | None
-    store: StateManager | None
-    config: RunConfig = DEFAULTS  # the run's, resolved, saved with it for its resumes
-    lease: Lease | None = None  # held while a run of the project goes on
-    backend: OptimizationBackend | None = None  # None: the config's routing
-
-    @property
-    def policies(self) -> PolicySet:
-        """What this run's choices obey."""
-        return PolicySet(self.config.policies or ())
-
-    @property
-    def may_write(self) -> bool:
-        """Whether this run may write the project's state: not once it lost the project."""
-        return self.store is not None and (self.lease is None or self.lease.lost is None)
-
-    async def may_write_now(self) -> bool:
-        """``may_write``, the lease confirmed with the store first: a run paused past its lease
-        may not have seen yet that another run took the project, whose state it would overwrite."""
-        if self.lease is not None:
-            await self.lease.confirm()
-        return self.may_write
 
 
 class Run:
@@ -177,7 +116,7 @@ class Run:
             raise
         finally:
             await asyncio.shield(gateway.flush())
-            await asyncio.shield(self._end_if_taken_over())
+            await asyncio.shield(end_if_taken_over(session, state))
             budget.on_phase_warning.remove(self._phase_warning)
             state.api_health = session.client.api_health()
             await self._save_end()
@@ -202,96 +141,29 @@ class Run:
         )
 
     async def _save_end(self) -> None:
-        """The final status, what was learned of costs and models, the last metrics and the
-        audit log: written even while the run is being cancelled."""
-        state, session, owner = self.state, self.session, self.owner
-        if session.may_write:
-            assert session.store is not None
-            estimates = owner.cost_predictor.export()
-            await asyncio.shield(session.store.save_cost_estimates(state.project_id, estimates))
-            await asyncio.shield(session.store.save_model_telemetry(owner.telemetry.export()))
-            holder = session.lease.owner if session.lease else None
-            await asyncio.shield(
-                session.store.finish(
-                    state.project_id,
-                    state.status,
-                    state.reason,
-                    state.budget.elapsed_seconds,
-                    owner=holder,
-                )
-            )
+        """The final status, what was learned of costs and models (``save_end``), the last
+        metrics and the audit log: written even while the run is being cancelled."""
+        await save_end(self.owner, self.session, self.state)
         if self.feed is not None:
             await self.feed.flush()  # the final figures
-        if owner.audit_log is not None:
-            await asyncio.shield(asyncio.to_thread(owner.audit_log.sync))
-
-    async def _end_if_taken_over(self) -> None:
-        """A run that lost its project, whatever else happened, ends SYSTEM_FAILURE saying so
-        and reports what the store says the project paid (the new holder's calls included):
-        its own figure would hide money spent, and its state is no longer the project's."""
-        session, state = self.session, self.state
-        lease = session.lease
-        if lease is None:
-            return
-        await lease.confirm()
-        if lease.lost is None:
-            return
-        state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, lease.lost
-        assert session.store is not None
-        try:
-            saved = await session.store.load(state.project_id)
-        except OrchestratorError as exc:
-            log.warning("the project's spend cannot be read back: %s; this run's own is shown", exc)
-            return
-        restore_spend(state.budget, saved)
+        if self.owner.audit_log is not None:
+            await asyncio.shield(asyncio.to_thread(self.owner.audit_log.sync))
 
     async def _plan_and_execute(self, tasks: Mapping[str, Task] | None) -> None:
+        """Plan (unless ``tasks`` is the plan), run every task, integrate the tree and settle
+        the status, all within the run's time limit."""
         session, state = self.session, self.state
-        client = session.client
         try:
-            client.require_providers()
+            session.client.require_providers()
         except NoProvidersError as exc:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(exc)
             return
         router = self.owner._router(session, state.budget, state.project_id)
-        assert self.gateway is not None  # made as the run started
-        shared = _shared_roles(router.usable)
-        if shared is not None:
-            self.emit(Event("notice", data={"message": shared}))
-        ctx = TaskContext(
-            gateway=self.gateway,
-            router=router,
-            budget=state.budget,
-            criteria=state.success_criteria,
-            description=state.project_description,
-            threshold=state.quality_threshold,
-            emit=self.emit,
-            telemetry=self.owner.telemetry,
-            allow_single_verdict=bool(session.config.allow_single_verdict),
-            validator_timeout=session.config.validator_timeout or 0.0,
-            unsafe_validators=self.owner.unsafe_validators,
-        )
+        ctx = self._context(router)
         timed_out = False
         try:
             async with asyncio.timeout(max(0.0, state.budget.seconds_left())):
-                if tasks is None:
-                    tasks = await self._decompose(router)
-                state.tasks = dict(tasks)
-                state.execution_order = execution_order(state.tasks)
-                if await session.may_write_now():
-                    assert session.store is not None
-                    await session.store.save_plan(
-                        state.project_id,
-                        state.tasks,
-                        state.execution_order,
-                        state.budget.elapsed_seconds,
-                    )
-                self.emit(
-                    Event(
-                        "decomposed",
-                        data={"tasks": len(state.tasks), "done": len(state.results)},
-                    )
-                )
+                await self._plan(tasks, router)
                 await self._choose_sandbox()
                 await self._execute(ctx)
                 await self._integrate(ctx)
@@ -314,13 +186,46 @@ class Run:
             state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, str(errors[0])
             return
         await self._close_unfinished(timed_out)
-        state.status = _final_status(state, timed_out, self.budget_exhausted, bool(self.outages))
-        if state.status is ProjectStatus.SUCCESS and (unchecked := _self_assessed(state)):
-            state.status, state.reason = ProjectStatus.PARTIAL_SUCCESS, unchecked
-        elif state.status is ProjectStatus.SYSTEM_FAILURE:
-            state.reason = describe_outage(self.outages)
-        elif state.status is ProjectStatus.PARTIAL_SUCCESS and state.integration is not None:
-            state.reason = state.integration.reason()
+        settle(
+            state, timed_out=timed_out, budget_exhausted=self.budget_exhausted, outages=self.outages
+        )
+
+    def _context(self, router: Router) -> TaskContext:
+        """What every task of the run works with (saying first if its models must share the
+        roles of an answer)."""
+        session, state = self.session, self.state
+        assert self.gateway is not None  # made as the run started
+        shared = _shared_roles(router.usable)
+        if shared is not None:
+            self.emit(Event("notice", data={"message": shared}))
+        return TaskContext(
+            gateway=self.gateway,
+            router=router,
+            budget=state.budget,
+            criteria=state.success_criteria,
+            description=state.project_description,
+            threshold=state.quality_threshold,
+            emit=self.emit,
+            telemetry=self.owner.telemetry,
+            allow_single_verdict=bool(session.config.allow_single_verdict),
+            validator_timeout=session.config.validator_timeout or 0.0,
+            unsafe_validators=self.owner.unsafe_validators,
+        )
+
+    async def _plan(self, tasks: Mapping[str, Task] | None, router: Router) -> None:
+        """The run's plan: ``tasks``, or the planner's (``orchestrator.run.planning``), saved."""
+        session, state = self.session, self.state
+        if tasks is None:
+            assert self.gateway is not None  # made as the run started
+            tasks = await decompose(state, session.config, self.gateway, router, self.emit)
+        state.tasks = dict(tasks)
+        state.execution_order = execution_order(state.tasks)
+        if await session.may_write_now():
+            assert session.store is not None
+            await session.store.save_plan(
+                state.project_id, state.tasks, state.execution_order, state.budget.elapsed_seconds
+            )
+        self.emit(Event("decomposed", data={"tasks": len(state.tasks), "done": len(state.results)}))
 
     async def _choose_sandbox(self) -> None:
         """Say once, before any task runs, how model-written code will be run, if it will."""
@@ -400,71 +305,6 @@ class Run:
         }
         self.emit(Event("integration", data=data))
 
-    async def _decompose(self, router: Router) -> dict[str, Task]:
-        config = self.session.config
-        state = self.state
-        gateway = self.gateway
-        assert gateway is not None  # made as the run started
-        max_tasks = config.max_tasks
-        schema = decomposition_schema(min_tasks=1, max_tasks=max_tasks)
-        guidance = _planned_tasks(config)
-        system = DECOMPOSE_SYSTEM.format(
-            min_tasks=guidance[0],
-            max_tasks=guidance[1],
-            types=", ".join(t.value for t in TaskType),
-            validators=", ".join(sorted(KNOWN_VALIDATORS)),
-        )
-        prompt = DECOMPOSE_USER.format(
-            description=state.project_description, criteria=state.success_criteria
-        )
-        call = Call(
-            [Message("user", prompt)],
-            system=system,
-            max_tokens=DECOMPOSITION_MAX_TOKENS,
-            phase="decomposition",
-            slot="decompose",
-            step="decomposition",
-            about={"phase": "decomposition"},
-            schema=schema,
-        )
-        plans: list[dict[str, Task]] = []
-
-        def usable(answer: Completion) -> None:
-            origin = f"decomposition by {answer.model.value}"
-            plan = parse_tasks(answer.parsed, origin=origin, max_tasks=max_tasks)
-            execution_order(plan)  # a cyclic plan is as unusable as a malformed one
-            plans.append(plan)
-
-        try:
-            # An unusable plan hands over, and is not replayed by a rerun or a resume.
-            await ask_chain(
-                gateway,
-                router.decomposition_chain(),
-                call,
-                self.emit,
-                hand_over_on=(ProviderError, TaskGraphError),
-                usable=usable,
-            )
-            tasks = plans[-1]
-        except ChainFailed as exc:
-            why = _why_no_plan(exc.failures, max_tasks)
-            if exc.failures.only_outages:
-                raise DecompositionFailed(f"decomposition failed: {why}") from None
-            # The planners answered, but nothing they said can run (a small local model's
-            # plans never can): a plan that can, rather than a failure.
-            tasks = default_plan(state.project_description, state.success_criteria, max_tasks)
-            message = (
-                f"the planner's answers could not be used ({why}); running a plan of "
-                f"{len(tasks)} task{'s' if len(tasks) != 1 else ''} instead: "
-                f"{', '.join(tasks)} (write tasks: in a project file to choose your own)"
-            )
-            log.info("%s", message)  # shown once, by the notice, where there is a display
-            self.emit(Event("notice", data={"message": message}))
-            return tasks
-        if not guidance[0] <= len(tasks) <= guidance[1]:
-            self.emit(Event("plan_size", data={"tasks": len(tasks), "guidance": guidance}))
-        return tasks
-
     async def _execute(self, ctx: TaskContext) -> None:
         """Start every task as soon as its own dependencies are done."""
         state = self.state
@@ -527,28 +367,9 @@ class Run:
         self.emit(Event("task_skipped", task.id, data={"reason": reason}))
 
     async def _checkpoint(self, result: TaskResult) -> None:
-        session = self.session
-        if not session.may_write:
-            return
-        assert session.store is not None
-        lease = session.lease
-        unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
-        # One transaction: the lease confirmed (and renewed), the task's cost read from the
-        # journal, its result written.
-        spent = await session.store.checkpoint_held(
-            self.state.project_id,
-            result.task_id,
-            result.to_record(),
-            final=not (result.interrupted or unfinished),
-            elapsed=self.state.budget.elapsed_seconds,
-            owner=lease.owner if lease is not None else None,
-            lease_seconds=lease.seconds if lease is not None else 0.0,
+        await self.session.checkpoint(
+            self.state.project_id, result, self.state.budget.elapsed_seconds
         )
-        if spent is None:
-            assert lease is not None
-            lease.taken()
-        else:
-            result.cost_usd = nanos_to_usd(spent)
 
     async def _close_unfinished(self, timed_out: bool) -> None:
         state = self.state
@@ -583,73 +404,6 @@ class Run:
 
     def _phase_warning(self, phase: str, ratio: float) -> None:
         self.emit(Event("budget_warning", data={"phase": phase, "ratio": ratio}))
-
-
-def _why_no_plan(failures: Failures, max_tasks: int | None) -> str:
-    if failures.only_outages:
-        return describe_outage(failures.outages)
-    if failures.stopped_by_truncation:
-        return failures.truncation_reason()
-    detail = failures.last
-    if max_tasks is not None and "need at most" in detail:
-        detail += "; raise --max-tasks (max_tasks=) or simplify the project"
-    return detail
-
-
-def _planned_tasks(config: RunConfig) -> tuple[int, int]:
-    """How many tasks the planner is asked for: guidance, not a rule."""
-    upper = PLANNED_TASKS[1] if config.max_tasks is None else config.max_tasks
-    lower = min(config.min_tasks or 1, upper)
-    return lower, max(lower, min(PLANNED_TASKS[1], upper))
-
-
-def _final_status(
-    state: ProjectState, timed_out: bool, budget_exhausted: bool, outage: bool
-) -> ProjectStatus:
-    statuses = [state.results[t].status for t in state.execution_order]
-    integrated = state.integration is None or state.integration.passed
-    if statuses and all(s is TaskStatus.COMPLETED for s in statuses) and integrated:
-        return ProjectStatus.SUCCESS
-    if timed_out:
-        return ProjectStatus.TIMEOUT
-    if outage:
-        # Providers being down says nothing of the work: the run stops, resumable, and says so.
-        return ProjectStatus.SYSTEM_FAILURE
-    if budget_exhausted or any(state.results[t].interrupted for t in state.execution_order):
-        return ProjectStatus.BUDGET_EXHAUSTED
-    return ProjectStatus.PARTIAL_SUCCESS
-
-
-def _self_assessed(state: ProjectState) -> str | None:
-    """Why a run's success would rest on no evidence independent of its authors (every grade
-    came from the model that wrote the answer, and no test ran and passed), or None."""
-    results = [state.results[t] for t in state.execution_order]
-    if not results or not all(r.self_graded for r in results):
-        return None
-    # Whether each pytest run, the tasks' and the last integration round's, ran and passed.
-    passed = [
-        v.passed and not (v.skipped or v.not_run)
-        for r in results
-        for v in r.validator_results
-        if v.name == "pytest"
-    ]
-    if state.integration is not None and state.integration.rounds:
-        checks = state.integration.rounds[-1].checks
-        passed += [c.passed and not (c.skipped or c.not_run) for c in checks if c.name == "pytest"]
-    if any(passed):
-        return None
-    authors = sorted({r.model_used.value for r in results if r.model_used is not None})
-    return (
-        f"every grade came from the model that wrote the answer ({', '.join(authors)}) and no "
-        "test ran and passed, so nothing independent checked the work; add a key or a second "
-        "model for independent grading"
-    )
-
-
-def restore_spend(budget: Budget, saved: SavedProject) -> None:
-    """The budget shows what the journal says the project paid, each phase's share too."""
-    budget.spent_nanos = saved.spent_nanos
-    budget.phase_nanos = {**dict.fromkeys(PHASE_SHARES, 0), **saved.phase_nanos}
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -1,6 +1,8 @@
 """``Orchestrator``: the facade a user holds. It makes runs (``orchestrator.run.engine.Run``) and
-gives them what they share: the stores and client, the config given, telemetry and cost
-predictions, hooks, the audit log, the request to stop.
+gives them what they share: the stores and client (each call's ``orchestrator.run.session``),
+the config given, cost predictions and budget caps, the request to stop, and what watches them
+(``orchestrator.run.observed``: telemetry, hooks, events, metrics, the audit log). A project's
+saved state, recorded before a run and continued by a resume, is ``orchestrator.run.projects``.
 
 Every project is recorded when it starts, every paid call is journaled before its answer is
 used, and every finished task is checkpointed, so an interrupted run resumes by id and pays for
@@ -12,65 +14,47 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import logging
 import os
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
 from orchestrator.cli.project_file import check_project_id
-from orchestrator.code.integration import Integration
-from orchestrator.errors import (
-    ConfigError,
-    UnknownModelError,
-)
+from orchestrator.errors import ConfigError
 from orchestrator.llm.cache import DiskCache
-from orchestrator.llm.catalog import Model
 from orchestrator.llm.client import UnifiedClient
 from orchestrator.money.budget import Budget
 from orchestrator.money.caps import BudgetHierarchy
 from orchestrator.money.forecast import CostPredictor
 from orchestrator.money.units import usd_to_nanos
 from orchestrator.observe.audit import AuditLog
-from orchestrator.observe.events import Event, EventPump, EventSink, guarded, ignore
-from orchestrator.observe.hooks import EventType, Hook, HookRegistry
-from orchestrator.observe.metrics import MetricsExporter, MetricsSnapshot
-from orchestrator.observe.metrics import collect as collect_metrics
-from orchestrator.observe.telemetry import TelemetryCollector
+from orchestrator.observe.events import EventSink
 from orchestrator.routing.backends import BACKENDS, OptimizationBackend
 from orchestrator.routing.policy import Policy, PolicyEngine, PolicySet
-from orchestrator.routing.profiles import ModelProfile
-from orchestrator.routing.router import Decision, Router
+from orchestrator.routing.router import Router
 from orchestrator.routing.screen import ConstraintPlanner
 from orchestrator.run.agents import JobSpec
 from orchestrator.run.channel import TaskChannel
-from orchestrator.run.client import run_client
 from orchestrator.run.config import RunConfig
-from orchestrator.run.engine import Run, Session, restore_spend
-from orchestrator.run.taskgraph import (
-    execution_order,
-    parse_tasks,
+from orchestrator.run.engine import Run
+from orchestrator.run.observed import Observed
+from orchestrator.run.projects import (
+    FINISHED,
+    continue_saved,
+    new_project_id,
+    record,
+    resumed_config,
 )
-from orchestrator.run.tasks import (
-    ProjectState,
-    ProjectStatus,
-    Task,
-    TaskResult,
-    TaskType,
-)
-from orchestrator.settings import load_environment
-from orchestrator.store.lease import Lease
-from orchestrator.store.state import SavedProject, StateError, StateManager, UnknownProjectError
-from orchestrator.text.visible import shorten
+from orchestrator.run.session import Configure, Session, capped, constant, leased, open_session
+from orchestrator.run.taskgraph import execution_order, parse_tasks
+from orchestrator.run.tasks import ProjectState, Task
+from orchestrator.store.state import SavedProject, StateManager
 
-FINISHED = (ProjectStatus.SUCCESS, ProjectStatus.PARTIAL_SUCCESS)
-
-log = logging.getLogger(__name__)
+__all__ = ["FINISHED", "Orchestrator", "new_project_id"]
 
 
-class Orchestrator:
+class Orchestrator(Observed):
     """Runs and resumes projects: ``await Orchestrator(budget=Budget(8.0)).run_project(...)``.
 
     What a run uses (limits, threshold, routing, policies, integration, task limits, models,
@@ -84,6 +68,21 @@ class Orchestrator:
     providers, local model, call timeout and concurrency) over the keys in the environment.
     What the orchestrator creates it also closes; what it is given stays open.
     """
+
+    # Run model-written code without isolation: only when the user explicitly asks, for the
+    # runs of this orchestrator (never saved: a resume asks again).
+    unsafe_validators: bool
+    # Saved with the project besides its config, and returned on resume.
+    extra_settings: dict[str, Any]
+    # What calls of each model and task type cost: routing and forecasts use it, every answered
+    # call feeds it, and it is saved with each project it ran.
+    cost_predictor: CostPredictor
+    # Caps across runs (organisation, team, job), saved in the state file for later runs; share
+    # one between orchestrators that run at once so they hold money together.
+    budget_hierarchy: BudgetHierarchy
+    # Once set (a worker shutting down), no new paid call starts, those in flight finish and are
+    # journaled, and the run ends INTERRUPTED, resumable.
+    stopping: asyncio.Event
 
     def __init__(
         self,
@@ -114,111 +113,39 @@ class Orchestrator:
         integration_rounds: int | None = None,
         max_fallbacks: int | None = None,
     ) -> None:
-        # The keyword arguments are a RunConfig's fields under their older names; they win.
+        super().__init__(on_event, audit_log)
+        # The keyword arguments are a RunConfig's fields, some under older names; they win.
         given = RunConfig(
-            max_usd=budget.max_usd if budget is not None else None,
-            max_time_seconds=budget.max_time_seconds if budget is not None else None,
             quality_threshold=quality_threshold,
-            concurrency=max_concurrency,
-            policies=tuple(policies) if policies else None,
             integration=integration,
             integration_rounds=integration_rounds,
             min_tasks=min_tasks,
             max_tasks=max_tasks,
             max_fallbacks=max_fallbacks,
-            local=os.fspath(local) if isinstance(local, os.PathLike) else local,
             validator_timeout=validator_timeout,
             allow_single_verdict=allow_single_verdict,
             use_cache=use_cache,
         )
-        self.config = given.over(config or RunConfig())
+        renamed = _renamed(budget, max_concurrency, policies, local)
+        self.config = renamed.over(given).over(config or RunConfig())
         self._backend: OptimizationBackend | None = None
         if optimization_backend is not None:
             self.set_optimization_backend(optimization_backend)
-        limits = self.config.resolved()
-        assert limits.max_usd is not None and limits.max_time_seconds is not None
-        self.budget = budget or Budget(
-            max_usd=limits.max_usd, max_time_seconds=limits.max_time_seconds
-        )
-        self._cache = cache
-        self.state_manager = state_manager
-        self._use_state = use_state
-        self._client = client
-        self.hooks = HookRegistry()
-        # Time-boxed like the hooks (``hooks.timeout``).
-        self._on_event = (
-            EventPump(on_event, lambda: self.hooks.timeout) if on_event is not None else None
-        )
-        self._display: EventSink = ignore
-        self.emit: EventSink = self._emit
-        # Run model-written code without isolation: only when the user explicitly asks, for
-        # the runs of this orchestrator (never saved: a resume asks again).
+        self.budget = budget or _default_budget(self.config)
+        self.state_manager, self._use_state = state_manager, use_state
+        self._cache, self._client = cache, client
         self.unsafe_validators = unsafe_validators
-        # Saved with the project besides its config, and returned on resume.
         self.extra_settings = dict(extra_settings or {})
-        # What calls of each model and task type cost: routing and forecasts use it, every
-        # answered call feeds it, and it is saved with each project it ran.
         self.cost_predictor = cost_predictor or CostPredictor()
-        # Caps across runs (organisation, team, job), saved in the state file for later runs;
-        # share one between orchestrators that run at once so they hold money together.
         self.budget_hierarchy = budget_hierarchy or BudgetHierarchy()
-        # What this orchestrator's runs measured about each model (quality, trust, latency,
-        # cost), by ``provider/id``; built from the client's catalog at the first run.
-        self.telemetry = TelemetryCollector()
-        self.metrics_exporter: MetricsExporter | None = None
-        self._current_run: ProjectState | None = None  # the run the metrics report on
         self.channels: dict[str, TaskChannel] = {}
-        # Once set (a worker shutting down), no new paid call starts, those in flight finish and
-        # are journaled, and the run ends INTERRUPTED, resumable.
         self.stopping = asyncio.Event()
-        # Every model selection and every call of this orchestrator's runs, hash-chained.
-        self.audit_log = audit_log
 
     @property
     def policies(self) -> PolicySet:
         """The policies this orchestrator's runs obey (a resume's, when none are given, are the
         ones its project was started with)."""
         return PolicySet(self.config.policies or ())
-
-    @property
-    def profiles(self) -> dict[str, ModelProfile]:
-        """What this orchestrator's runs measured about each model (``self.telemetry``)."""
-        return self.telemetry.profiles
-
-    def add_hook(self, event_type: EventType, callback: Hook) -> None:
-        """Call ``callback`` with keyword arguments on every ``event_type`` of this
-        orchestrator's runs (``orchestrator.hooks``): sync or async, time-boxed, and never able
-        to break or stall a run."""
-        self.hooks.add(event_type, callback)
-
-    def display(self, sink: EventSink) -> None:
-        """Also send every event to ``sink``, called in order on the event loop's thread as
-        each happens: for a progress display that must not race the program's other output.
-        It must return at once (``on_event`` handlers run off the loop, time-boxed); one that
-        raises is logged once."""
-        self._display = guarded(sink)
-
-    def _emit(self, event: Event) -> None:
-        self._display(event)
-        if self._on_event is not None:
-            self._on_event(event)
-        self.hooks.dispatch(event)
-
-    def set_metrics_exporter(self, exporter: MetricsExporter | None) -> None:
-        """Where ``export_metrics`` writes (``orchestrator.metrics``); a file exporter is also
-        written after every finished task and at the end of each run."""
-        self.metrics_exporter = exporter
-
-    def export_metrics(self) -> MetricsSnapshot:
-        """Export the model telemetry and the latest run's figures with the exporter set (if
-        any), and return them."""
-        snapshot = self._metrics_snapshot()
-        if self.metrics_exporter is not None:
-            self.metrics_exporter.export(snapshot)
-        return snapshot
-
-    def _metrics_snapshot(self) -> MetricsSnapshot:
-        return collect_metrics(self.telemetry.profiles, self._current_run)
 
     def set_optimization_backend(self, backend: OptimizationBackend) -> None:
         """How models are put in order for every choice of the next runs (see
@@ -264,14 +191,14 @@ class Orchestrator:
         given = self._given(config, quality_threshold=quality_threshold, team=team, job=job_id)
         state, tasks = self._new_state(project_description, success_criteria, project_id, tasks,
                                        given)  # fmt: skip
-        async with self._session(_constant(given.resolved())) as session:
+        async with self._session(constant(given.resolved())) as session:
             state.config = session.config
-            async with self._capped(session, state.budget.max_nanos):
-                saved = await self._create(session, state, tasks, restart)
+            async with capped(session, self.budget_hierarchy, state.budget.max_nanos):
+                saved = await record(self, session, state, tasks, restart)
                 if saved is not None:
                     # The same project again: it continues, with this call's settings on top.
-                    return await self._continue(session, saved, given)
-                async with self._leased(session, state.project_id):
+                    return await continue_saved(self, session, saved, given)
+                async with leased(session, state.project_id):
                     await Run(self, session, state).execute(tasks)
         return state
 
@@ -293,11 +220,11 @@ class Orchestrator:
         given = self._given(config, quality_threshold=quality_threshold, team=team, job=job_id)
         state, tasks = self._new_state(project_description, success_criteria, project_id, tasks,
                                        given)  # fmt: skip
-        async with self._session(_constant(given.resolved(), running=False)) as session:
+        async with self._session(constant(given.resolved(), running=False)) as session:
             if session.store is None:
                 raise ConfigError("a project saved for later needs a state store")
-            async with self._capped(session, state.budget.max_nanos):
-                saved = await self._create(session, state, tasks, restart)
+            async with capped(session, self.budget_hierarchy, state.budget.max_nanos):
+                saved = await record(self, session, state, tasks, restart)
                 if saved is None and tasks is not None:
                     order = execution_order(dict(tasks))
                     await session.store.save_plan(state.project_id, dict(tasks), order, 0.0)
@@ -336,41 +263,6 @@ class Orchestrator:
             config=config,
         )
         return state, tasks
-
-    async def _create(
-        self,
-        session: Session,
-        state: ProjectState,
-        tasks: Mapping[str, Task] | None,
-        restart: bool,
-    ) -> SavedProject | None:
-        """Record the project (None), or find it saved with the same inputs (returned); one
-        saved with other inputs is refused before anything is paid."""
-        self._refuse_uncovered(session, tasks)
-        self._preload(session, tasks, done=set())
-        if session.store is None:
-            return None
-        if restart:
-            await self._discard(session, state.project_id)
-        created = await session.store.create_project(
-            state.project_id,
-            description=state.project_description,
-            criteria=state.success_criteria,
-            max_usd=state.budget.max_usd,
-            max_time_seconds=state.budget.max_time_seconds,
-            settings=self._settings(session.config),
-        )
-        if created:
-            return None
-        saved = await session.store.load(state.project_id)
-        changed = _changed_inputs(saved, state.project_description, state.success_criteria, tasks)
-        if changed:
-            raise ConfigError(
-                f"project id {state.project_id!r} was saved with other inputs "
-                f"({'; '.join(changed)}): use another --project-id, or --restart "
-                "(restart=True) to discard its saved state and start again"
-            )
-        return saved
 
     async def run_job(self, spec: JobSpec) -> ProjectState:
         """Run ``spec`` with its own budget, charged to its team's and job's caps and under its
@@ -421,173 +313,32 @@ class Orchestrator:
             assert store is not None
             saved = await store.load(project_id)
             running = saved.status not in FINISHED
-            return _resumed_config(saved, given if running else RunConfig()), running
+            return resumed_config(saved, given if running else RunConfig()), running
 
         async with self._session(configure) as session:
             assert saved is not None and session.store is not None
             may_spend = usd_to_nanos(session.config.max_usd or 0.0) - saved.spent_nanos
-            async with self._capped(session, max(0, may_spend)):
-                return await self._continue(session, saved, given)
-
-    # -- the run -------------------------------------------------------------------------------
-    async def _continue(
-        self, session: Session, saved: SavedProject, given: RunConfig
-    ) -> ProjectState:
-        """Run ``saved`` again (or report it, finished) on its config with ``given`` on top."""
-        finished = saved.status in FINISHED
-        # A finished project is reported as it was.
-        config = _resumed_config(saved, RunConfig() if finished else given)
-        if not finished:
-            # The models of the session's client, as a resume must find them again.
-            models = session.config
-            config = replace(config, local=models.local, providers=models.providers)
-        session.config = config
-        assert config.max_usd is not None and config.max_time_seconds is not None
-        assert config.quality_threshold is not None
-        budget = Budget(
-            max_usd=config.max_usd,
-            max_time_seconds=config.max_time_seconds,
-            elapsed_before=saved.elapsed_seconds,
-        )
-        restore_spend(budget, saved)
-        state = ProjectState(
-            project_id=saved.project_id,
-            project_description=saved.description,
-            success_criteria=saved.criteria,
-            budget=budget,
-            status=saved.status,
-            reason=saved.reason,
-            quality_threshold=config.quality_threshold,
-            config=config,
-            already_finished=finished,
-        )
-        resolve = _resolver(session.client)
-        if saved.tasks is not None:
-            state.tasks, state.execution_order = saved.tasks, saved.execution_order
-        for task_id, record in saved.results.items():
-            state.results[task_id] = TaskResult.from_record(record, resolve)
-        state.integration = _saved_integration(saved)
-        if finished:
-            state.api_health = session.client.api_health()
-            self.emit(Event("already_finished", data={"status": saved.status.value}))
-            return state
-        if session.store is not None:
-            self.cost_predictor.load(await session.store.cost_estimates(saved.project_id))
-        self._refuse_uncovered(session, saved.tasks)
-        self._preload(session, saved.tasks, done=saved.final_tasks)
-        used_up = _used_up(budget)
-        if used_up is not None:
-            # Nothing could run: say which limit and how to give more, and change nothing.
-            state.status, state.reason = used_up
-            state.api_health = session.client.api_health()
-            return state
-        assert session.store is not None
-        # Claimed first: a run refused because another holds the project changes nothing.
-        async with self._leased(session, saved.project_id) as lease:
-            assert lease is not None
-            await session.store.update_run(
-                saved.project_id,
-                max_usd=budget.max_usd,
-                max_time_seconds=budget.max_time_seconds,
-                settings={**saved.settings, **self._settings(config)},
-                owner=lease.owner,
-            )
-            # Only finished tasks are kept; interrupted ones run again, replaying their journal.
-            state.results = {t: state.results[t] for t in saved.final_tasks if t in state.results}
-            state.status, state.reason = ProjectStatus.RUNNING, ""
-            await Run(self, session, state).execute(state.tasks or None, resumed=True)
-        return state
-
-    async def _discard(self, session: Session, project_id: str) -> None:
-        """Forget a project's saved state, once no other run holds it."""
-        assert session.store is not None
-        try:
-            await session.store.load(project_id)
-        except UnknownProjectError:
-            return
-        async with self._leased(session, project_id):
-            await session.store.delete_project(project_id)
-
-    @asynccontextmanager
-    async def _leased(self, session: Session, project_id: str) -> AsyncIterator[Lease | None]:
-        """Hold the project for this run, so no other run pays for it (without a state store
-        there is nothing to share)."""
-        if session.store is None:
-            yield None
-            return
-        async with Lease(session.store, project_id) as held:
-            session.lease = held
-            try:
-                yield held
-            finally:
-                session.lease = None
+            async with capped(session, self.budget_hierarchy, max(0, may_spend)):
+                return await continue_saved(self, session, saved, given)
 
     # -- resources and settings ---------------------------------------------------------------
     @asynccontextmanager
     async def _session(self, configure: Configure) -> AsyncIterator[Session]:
-        """The state store, config, cache and client of one call, closing what was created
-        here. ``configure`` says the call's config (resolved) and whether it will run (False:
-        nothing is asked, so no local model is started), once the store is open."""
-        async with AsyncExitStack() as stack:
-            store = self.state_manager
-            if store is None and self._use_state:
-                store = StateManager()
-                stack.push_async_callback(store.aclose)
-            # Opened before anything is paid for: a corrupt or foreign file stops us here.
-            if store is not None:
-                await store.open()
-            config, running = await configure(store)
-            cache = self._cache if config.use_cache else None
-            if cache is None and config.use_cache:
-                cache = DiskCache()
-                stack.push_async_callback(cache.aclose)
-            if cache is not None:
-                await cache.open()
-            client = self._client
-            if client is None:
-                made = run_client(
-                    config,
-                    load_environment(),
-                    running=running,
-                    note=functools.partial(log.warning, "%s"),
-                )
-                opened, config = await stack.enter_async_context(made)
-                client = opened
+        """The session of one call (``open_session``: the stores and client this orchestrator
+        was given, or made for the call), ended once the event handler has seen its events."""
+        opened = open_session(
+            configure,
+            store=self.state_manager,
+            use_state=self._use_state,
+            cache=self._cache,
+            client=self._client,
+            backend=self._backend,
+        )
+        async with opened as session:
             try:
-                yield Session(client, cache, store, config, backend=self._backend)
+                yield session
             finally:
-                if self._on_event is not None:  # the handler has seen the call's events
-                    await asyncio.shield(self._on_event.drain())
-
-    @asynccontextmanager
-    async def _capped(self, session: Session, may_spend_nanos: int) -> AsyncIterator[None]:
-        """Hold ``may_spend_nanos`` against the organisation's, and the run's team's and job's
-        caps while the run goes on (``BudgetCapExceeded`` if it could pass one)."""
-        store, hierarchy = session.store, self.budget_hierarchy
-        team, job_id = session.config.team, session.config.job
-        if store is None:
-            yield
-            return
-        if hierarchy.caps:
-            await store.save_budget_caps(hierarchy.caps)  # for later runs and processes
-        caps = await store.budget_caps()
-        if not caps:
-            yield
-            return
-        spent = await store.scope_spend_nanos(team, job_id)
-        hold = hierarchy.hold(spent, caps, may_spend_nanos, team, job_id)
-        try:
-            yield
-        finally:
-            hierarchy.release(hold)
-
-    async def _load_telemetry(self, session: Session) -> None:
-        """What earlier runs measured about each model, for those this orchestrator has not
-        measured itself: routing and the metrics start from it."""
-        if session.store is None:
-            return
-        self.telemetry.ensure(session.client.catalog)
-        self.telemetry.restore(await session.store.model_telemetry())
+                await self._events_seen()
 
     def _router(
         self, session: Session, budget: Budget | None = None, project_id: str | None = None
@@ -613,62 +364,6 @@ class Orchestrator:
             max_fallbacks=session.config.max_fallbacks or 0,
         )
 
-    def _refuse_uncovered(self, session: Session, tasks: Mapping[str, Task] | None) -> None:
-        """Refuse, before anything is paid, a run whose policies leave some job without a
-        model: the planner (without a task list), a task type's authors, the evaluators."""
-        if not session.policies or not session.client.usable_providers():
-            return
-        router = replace(self._router(session), on_decision=None)
-        types = sorted({t.type for t in tasks.values()}) if tasks is not None else list(TaskType)
-        missing = [t.value for t in types if t is not TaskType.EVALUATE]
-        missing = [name for name in missing if not router.generation_chain(TaskType(name))]
-        if tasks is None and not router.decomposition_chain():
-            missing.insert(0, "decomposition")
-        if router.usable and not router.evaluator_chain(router.usable[0]):
-            missing.append("evaluation")
-        if missing:
-            names = ", ".join(p.name for p in session.policies)
-            raise ConfigError(
-                f"the policies ({names}) leave no model for: {', '.join(missing)}; "
-                "allow more providers, models or regions"
-            )
-
-    def _decided(self, project_id: str | None, decision: Decision) -> None:
-        log.debug("%s", decision.explain())
-        if self.audit_log is not None:
-            self.audit_log.record(
-                "decision", decision.to_record(), project_id=project_id, task_id=decision.task_id
-            )
-        chosen = decision.chosen.value if decision.chosen else None
-        self.emit(
-            Event(
-                "model_selected",
-                decision.task_id,
-                chosen,
-                decision.role,
-                {"decision": decision, "backend": decision.backend},
-            )
-        )
-
-    def _preload(
-        self, session: Session, tasks: Mapping[str, Task] | None, *, done: Collection[str]
-    ) -> None:
-        """Start loading the SDKs of the models the run's first calls go to, in the background,
-        as soon as the plan is known: the planner's and, as the plan is not known yet, those of
-        every task type; otherwise those of the tasks not ``done`` that can start at once."""
-        client = session.client
-        router = self._router(session)
-        if tasks is None:
-            types = [t for t in TaskType if t is not TaskType.EVALUATE]
-            client.preload(router.first_calls(types, planner=True))
-            return
-        ready = [
-            task
-            for task_id, task in tasks.items()
-            if task_id not in done and all(d in done for d in task.dependencies)
-        ]
-        client.preload(router.first_calls(task.type for task in ready))
-
     def _fresh_budget(self, config: RunConfig) -> Budget:
         """The run's limits, with nothing spent and the clock starting now: a run never
         inherits the spend or the elapsed time of an earlier one (``state.budget``)."""
@@ -689,86 +384,28 @@ class Orchestrator:
         return {**self.extra_settings, **saved}
 
 
-Configure = Callable[[StateManager | None], Awaitable[tuple[RunConfig, bool]]]
+def _renamed(
+    budget: Budget | None,
+    max_concurrency: int | None,
+    policies: Iterable[Policy] | None,
+    local: bool | str | os.PathLike[str] | None,
+) -> RunConfig:
+    """The ``Orchestrator`` keyword arguments whose ``RunConfig`` fields have other names or
+    kinds: the budget's limits, the concurrency, the policies and the local model."""
+    return RunConfig(
+        max_usd=budget.max_usd if budget is not None else None,
+        max_time_seconds=budget.max_time_seconds if budget is not None else None,
+        concurrency=max_concurrency,
+        policies=tuple(policies) if policies else None,
+        local=os.fspath(local) if isinstance(local, os.PathLike) else local,
+    )
 
 
-def _constant(config: RunConfig, *, running: bool = True) -> Configure:
-    """A call's config known before its store is read: a new project's (``running`` False: one
-    saved for later)."""
-
-    async def configure(store: StateManager | None) -> tuple[RunConfig, bool]:
-        return config, running
-
-    return configure
-
-
-def _resumed_config(saved: SavedProject, given: RunConfig) -> RunConfig:
-    """A saved project's config with ``given`` on top, the defaults under both."""
-    try:
-        kept = RunConfig.from_settings(saved.settings)
-    except ConfigError as exc:
-        raise StateError(f"project {saved.project_id!r}: {exc}") from None
-    limits = RunConfig(max_usd=saved.max_usd, max_time_seconds=saved.max_time_seconds)
-    return given.over(limits.over(kept)).resolved()
-
-
-def _saved_integration(saved: SavedProject) -> Integration | None:
-    if saved.integration is None:
-        return None
-    try:
-        return Integration.from_dict(saved.integration)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise StateError(
-            f"project {saved.project_id!r}: its saved integration record cannot be read ({exc})"
-        ) from exc
-
-
-def _used_up(budget: Budget) -> tuple[ProjectStatus, str] | None:
-    """The limit a resume would hit before doing anything, with how to raise it, if any."""
-    if budget.seconds_left() <= 0:
-        return ProjectStatus.TIMEOUT, (
-            f"the time limit of {budget.max_time_seconds:g} s is used up "
-            f"({budget.elapsed_seconds:.0f} s elapsed); resume with --time SECONDS "
-            "(max_time_seconds=) to give it more"
-        )
-    if budget.remaining_usd <= 0:
-        return ProjectStatus.BUDGET_EXHAUSTED, (
-            f"the budget of ${budget.max_usd:g} is spent; resume with --budget USD (max_usd=) "
-            "to give it more"
-        )
-    return None
-
-
-def _changed_inputs(
-    saved: SavedProject, description: str, criteria: str, tasks: Mapping[str, Task] | None
-) -> list[str]:
-    """What differs between a saved project and a new run under its id, one phrase each."""
-    changed = []
-    if saved.description != description:
-        changed.append(f"description was {shorten(saved.description, 60)!r}")
-    if saved.criteria != criteria:
-        changed.append(f"criteria were {shorten(saved.criteria, 60)!r}")
-    if tasks is not None and saved.tasks is not None:
-        before = {t: task.to_dict() for t, task in saved.tasks.items()}
-        after = {t: task.to_dict() for t, task in tasks.items()}
-        edited = sorted(t for t in before.keys() & after.keys() if before[t] != after[t])
-        for label, ids in (
-            ("tasks added", sorted(after.keys() - before.keys())),
-            ("tasks removed", sorted(before.keys() - after.keys())),
-            ("tasks changed", edited),
-        ):
-            if ids:
-                changed.append(f"{label}: {', '.join(ids)}")
-    return changed
-
-
-def _resolver(client: UnifiedClient) -> Callable[[str], Model | None]:
-    def resolve(key: str) -> Model | None:
-        with suppress(UnknownModelError):
-            return client.catalog.resolve(key)
-        return None  # the model left the catalog since; the result keeps everything else
-
-    return resolve
+def _default_budget(config: RunConfig) -> Budget:
+    """The budget of ``config``'s limits (the defaults' where it gives none)."""
+    limits = config.resolved()
+    assert limits.max_usd is not None and limits.max_time_seconds is not None
+    return Budget(max_usd=limits.max_usd, max_time_seconds=limits.max_time_seconds)
 
 
 def _job_arguments(spec: JobSpec) -> dict[str, Any]:
@@ -780,7 +417,3 @@ def _job_arguments(spec: JobSpec) -> dict[str, Any]:
         "team": spec.team,
         "job_id": spec.job_id,
     }
-
-
-def new_project_id() -> str:
-    return secrets.token_hex(6)
