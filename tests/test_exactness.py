@@ -44,7 +44,7 @@ from orchestrator import (
 )
 from orchestrator.llm.cache import DiskCache
 from orchestrator.llm.catalog import Catalog
-from orchestrator.llm.client import worst_case_nanos
+from orchestrator.llm.context_window import worst_case_nanos
 from orchestrator.llm.gateway import LLMGateway
 from orchestrator.llm.providers.base import ChatRequest, Message
 from orchestrator.money.units import nanos_to_usd, usd_to_nanos

@@ -15,7 +15,7 @@ from scripted_llm import ScriptedLLM
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
-from orchestrator.llm.client import prompt_token_bound, prompt_token_estimate
+from orchestrator.llm.context_window import prompt_token_bound, prompt_token_estimate
 from orchestrator.llm.local import DEFAULT_CONTEXT, LocalModel, embedded_available
 from orchestrator.llm.providers.base import ChatRequest, Message
 from orchestrator.run.task_runner import _trim

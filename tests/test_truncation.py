@@ -10,7 +10,7 @@ from test_exactness import ask, journal_rows
 from test_resume import orchestrate, start
 
 from orchestrator import StructuredOutputError, TruncatedAnswerError
-from orchestrator.llm.client import CONTINUE_PROMPT, MAX_CONTINUATIONS
+from orchestrator.llm.answers import CONTINUE_PROMPT, MAX_CONTINUATIONS
 from orchestrator.llm.providers.base import ChatRequest, Message
 from orchestrator.run.tasks import ProjectStatus, TaskStatus
 

@@ -59,7 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run = parser.add_argument_group("a new run")
+    _add_new_run(parser.add_argument_group("a new run"))
+    limits = parser.add_argument_group("limits and settings (for a resume: overrides)")
+    _add_limits(limits)
+    _add_tree(parser.add_argument_group("the project tree and its integration"))
+    _add_governance(parser.add_argument_group("governance"))
+    # The usage line lists the flags in the order they were added: --routing, then the models'
+    # flags, then the validators' limits, though --help shows --routing and the validators'
+    # limits among the limits.
+    _add_routing(limits)
+    _add_models(parser.add_argument_group("models"))
+    _add_validator_limits(limits)
+    _add_watching(parser.add_argument_group("watching a run"))
+    _add_saved(parser.add_argument_group("saved projects"))
+    _add_workers(
+        parser.add_argument_group("workers (a PostgreSQL store: --db or $" + DB_URL_ENV + ")")
+    )
+    _add_general(parser)
+    return parser
+
+
+def _add_new_run(run: argparse._ArgumentGroup) -> None:
     run.add_argument("-p", "--project", help="project description (required for a new run)")
     run.add_argument("-c", "--criteria", help="acceptance criteria (required for a new run)")
     run.add_argument("-f", "--file", metavar="PATH", help="load the project from a YAML file")
@@ -69,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="discard what is saved under --project-id (results and journal) and start again",
     )
-    limits = parser.add_argument_group("limits and settings (for a resume: overrides)")
+
+
+def _add_limits(limits: argparse._ArgumentGroup) -> None:
     limits.add_argument("-b", "--budget", type=float, help="spend ceiling in USD (default 8.0)")
     limits.add_argument(
         "-t", "--time", type=float, help="wall-clock limit in seconds (default 5400)"
@@ -95,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let --output-dir replace files this tool did not write or that changed since",
     )
     limits.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    assembly = parser.add_argument_group("the project tree and its integration")
+
+
+def _add_tree(assembly: argparse._ArgumentGroup) -> None:
     assembly.add_argument(
         "--tree-name",
         metavar="NAME",
@@ -115,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not check the assembled tree (compile, imports, ruff, its tests in the "
         "sandbox) nor revise it; statuses come from the tasks alone",
     )
-    governance = parser.add_argument_group("governance")
+
+
+def _add_governance(governance: argparse._ArgumentGroup) -> None:
     governance.add_argument(
         "--policy",
         metavar="FILE",
@@ -143,13 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"a cap on what {what} may spend in all, saved for later runs; a run that "
             "could pass a cap is refused before any spend",
         )
+
+
+def _add_routing(limits: argparse._ArgumentGroup) -> None:
     limits.add_argument(
         "--routing",
         choices=sorted(BACKENDS),
         help="how models are put in order for each job: table (the routing table, default), "
         "greedy (quality x trust / cost), weighted (weighted sum), pareto (non-dominated first)",
     )
-    models = parser.add_argument_group("models")
+
+
+def _add_models(models: argparse._ArgumentGroup) -> None:
     models.add_argument(
         "--local",
         action="store_true",
@@ -187,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only these providers of the catalog, comma-separated (e.g. local, or "
         "openai,anthropic); the others are hidden",
     )
+
+
+def _add_validator_limits(limits: argparse._ArgumentGroup) -> None:
     limits.add_argument(
         "--validator-timeout",
         type=float,
@@ -199,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run model-written code (pytest, latex validators) WITHOUT a sandbox where none is "
         "available; it can then read your files and keys and use your network",
     )
-    watch = parser.add_argument_group("watching a run")
+
+
+def _add_watching(watch: argparse._ArgumentGroup) -> None:
     watch.add_argument(
         "--metrics-out",
         metavar="FILE",
@@ -225,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --verify-audit: the head hash a run printed, kept elsewhere; the log must end "
         "there, which catches records cut from its end",
     )
-    saved = parser.add_argument_group("saved projects")
+
+
+def _add_saved(saved: argparse._ArgumentGroup) -> None:
     saved.add_argument("--resume", metavar="ID", help="continue an interrupted project")
     saved.add_argument(
         "--db",
@@ -237,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     saved.add_argument(
         "--list-projects", action="store_true", help="print saved projects, newest first"
     )
-    queued = parser.add_argument_group("workers (a PostgreSQL store: --db or $" + DB_URL_ENV + ")")
+
+
+def _add_workers(queued: argparse._ArgumentGroup) -> None:
     queued.add_argument(
         "--submit",
         action="store_true",
@@ -255,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --worker: stop once the queue is done (nothing queued, no killed worker's "
         "project left)",
     )
+
+
+def _add_general(parser: argparse.ArgumentParser) -> None:
+    """The flags outside any group: verbosity, the version and the model catalog."""
     parser.add_argument(
         "-v",
         "--verbose",
@@ -274,7 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"YAML file extending or overriding the built-in model catalog (or ${CATALOG_ENV})",
     )
-    return parser
 
 
 def run() -> NoReturn:

@@ -3,57 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.errors import (
-    ConfigError,
-    ContextWindowError,
-    ModelUnavailableError,
-    NoProvidersError,
-    OrchestratorError,
-    ProviderError,
-    StructuredOutputError,
-    TruncatedAnswerError,
-)
+from orchestrator.errors import ConfigError, ModelUnavailableError, NoProvidersError, ProviderError
 from orchestrator.llm import providers
+from orchestrator.llm.answers import Answer, parsed_answer
 from orchestrator.llm.catalog import Catalog, Model, ProviderSpec
+from orchestrator.llm.context_window import fitted, worst_case_nanos
+
+# Re-exported for the modules that import them from here (they live in context_window now).
+from orchestrator.llm.context_window import prompt_room as prompt_room
+from orchestrator.llm.context_window import sent_max_tokens as sent_max_tokens
+from orchestrator.llm.failures import provider_error, vendor_failure
 from orchestrator.llm.health import HealthRegistry
 from orchestrator.llm.local import INSTALL_COMMAND
 from orchestrator.llm.providers.base import (
-    TIMED_OUT,
     ChatRequest,
     Endpoint,
     Failure,
     Message,
     ProviderAdapter,
     RawCompletion,
-    system_prompt,
 )
 from orchestrator.llm.retry import RetryPolicy
 from orchestrator.money.budget import BudgetExceeded
 from orchestrator.money.units import nanos_to_usd
 from orchestrator.settings import load_environment
-from orchestrator.text.fences import join_continuation
 from orchestrator.text.schemas import load_off_loop, schema_problem
-from orchestrator.text.structured import InvalidAnswer, parse_answer, repair_prompt
-from orchestrator.text.tokens import high_tokens, token_bound
-
-DEFAULT_MAX_TOKENS = 4096
-# A prose or code answer cut off by the output limit is continued at most this often.
-MAX_CONTINUATIONS = 2
-# Fewer output tokens than this left in a context window: the prompt does not fit the model.
-MIN_OUTPUT_ROOM = 64
-CONTINUE_PROMPT = (
-    "Your answer was cut off by the output limit. Continue it exactly where it stopped: "
-    "repeat nothing, add no preamble, and do not reopen a code block that is still open."
-)
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +68,6 @@ class Completion:
     def cost_usd(self) -> float:
         """``cost_nanos`` for a person to read."""
         return nanos_to_usd(self.cost_nanos)
-
-
-@dataclass
-class _Answer:
-    text: str
-    attempts: int
-    max_tokens: int  # the limit the answer was finally asked with
-    notes: list[str]
-    parsed: Any = None
 
 
 class SpendGuard(Protocol):
@@ -224,29 +197,38 @@ class UnifiedClient:
         request = fitted(m, request)
         started = time.monotonic()
         paid: list[RawCompletion] = []
+
+        async def call(sent: ChatRequest) -> tuple[RawCompletion, int]:
+            return await self._call(m, sent, spend)
+
         try:
-            answer = await self._answer(m, request, spend, paid)
+            answer = await parsed_answer(m, request, call, paid)
         except (ProviderError, BudgetExceeded) as exc:
             exc.spent_nanos += self._cost(m, paid)  # what was answered before it failed is paid
             raise
-        cost = self._cost(m, paid)
+        return self._completion(m, answer, paid, time.monotonic() - started)
+
+    def _completion(
+        self, model: Model, answer: Answer, paid: list[RawCompletion], latency: float
+    ) -> Completion:
+        """``answer`` as the caller gets it, its tokens and cost summed over ``paid``."""
         return Completion(
             text=answer.text,
             parsed=answer.parsed,
-            model=m,
-            provider=m.provider,
+            model=model,
+            provider=model.provider,
             input_tokens=sum(r.input_tokens for r in paid),
             output_tokens=sum(r.output_tokens for r in paid),
             cached_tokens=sum(r.cached_tokens for r in paid),
             cache_write_tokens=sum(r.cache_write_tokens for r in paid),
-            cost_nanos=cost,
-            latency_seconds=time.monotonic() - started,
+            cost_nanos=self._cost(model, paid),
+            latency_seconds=latency,
             attempts=answer.attempts,
             paid_calls=len(paid),
             usage_estimated=any(r.usage_estimated for r in paid),
             reported_model=paid[-1].reported_model,
             stop_reason=paid[-1].stop_reason,
-            notes=(*answer.notes, *self._another_model(m, paid[-1].reported_model)),
+            notes=(*answer.notes, *self._another_model(model, paid[-1].reported_model)),
         )
 
     def _another_model(self, model: Model, reported: str | None) -> list[str]:
@@ -274,91 +256,6 @@ class UnifiedClient:
                 server, reported, model.id,
             )  # fmt: skip
         return [note]
-
-    async def _answer(
-        self,
-        model: Model,
-        request: ChatRequest,
-        spend: SpendGuard | None,
-        paid: list[RawCompletion],
-    ) -> _Answer:
-        """A whole answer, parsed and repaired once when a schema is asked for."""
-        answer = await self._whole(model, request, spend, paid)
-        schema = request.json_schema
-        if schema is None:
-            return answer
-        try:
-            answer.parsed = parse_answer(answer.text, schema)
-            return answer
-        except InvalidAnswer as first_problem:
-            repair = _follow_up(request, answer.text, repair_prompt(str(first_problem)))
-            repair = replace(repair, max_tokens=answer.max_tokens)
-        repaired = await self._whole(model, repair, spend, paid)
-        repaired.attempts += answer.attempts
-        repaired.notes[:0] = answer.notes
-        try:
-            repaired.parsed = parse_answer(repaired.text, schema)
-        except InvalidAnswer as problem:
-            raise StructuredOutputError(
-                f"{model.value} did not answer with JSON matching the schema ({problem}), "
-                "even after a repair request",
-                model=model.value,
-                provider=model.provider,
-                attempts=repaired.attempts,
-            ) from None
-        return repaired
-
-    async def _whole(
-        self,
-        model: Model,
-        request: ChatRequest,
-        spend: SpendGuard | None,
-        paid: list[RawCompletion],
-    ) -> _Answer:
-        """The answer to ``request``, never one the output limit cut off.
-
-        Prose and code are continued where they stopped (the part already paid for is kept);
-        JSON, and an answer cut off before any text, are asked again with a larger limit, up to
-        the model's own. ``TruncatedAnswerError`` when neither gives a whole answer.
-        """
-        raw, attempts = await self._call(model, request, spend)
-        paid.append(raw)
-        text, continued, notes = raw.text, 0, []
-        while raw.truncated:
-            cut_at = request.max_tokens
-            if request.json_schema is None and text.strip():
-                if continued == MAX_CONTINUATIONS:
-                    raise self._truncated(model, cut_at, f"even after {continued} continuations")
-                continued += 1
-                follow_up = _follow_up(request, text, CONTINUE_PROMPT)
-                if output_room(model, follow_up) < MIN_OUTPUT_ROOM:
-                    raise self._truncated(model, cut_at, "no room left in its context window")
-                raw, more = await self._call(model, fitted(model, follow_up), spend)
-                text = join_continuation(text, raw.text)
-            else:
-                limit = min(model.max_output_tokens, cut_at * 4, output_room(model, request))
-                if limit <= cut_at:
-                    raise self._truncated(model, cut_at, "the most this model can write")
-                notes.append(f"cut off at {cut_at} output tokens; asked again with {limit}")
-                request = replace(request, max_tokens=limit)
-                raw, more = await self._call(model, request, spend)
-                text = raw.text
-            attempts += more
-            paid.append(raw)
-        if continued:
-            times = "once" if continued == 1 else f"{continued} times"
-            notes.append(f"cut off at {request.max_tokens} output tokens; continued {times}")
-        for note in notes:
-            log.info("%s: %s", model.value, note)
-        return _Answer(text, attempts, request.max_tokens, notes)
-
-    @staticmethod
-    def _truncated(model: Model, max_tokens: int, why: str) -> TruncatedAnswerError:
-        return TruncatedAnswerError(
-            f"{model.value}'s answer was cut off at {max_tokens} output tokens ({why})",
-            model=model.value,
-            provider=model.provider,
-        )
 
     async def _call(
         self, model: Model, request: ChatRequest, spend: SpendGuard | None
@@ -391,7 +288,7 @@ class UnifiedClient:
                         ticket = await spend.reserve(worst_case)
                     raw = await self._attempt(adapter, model, request)
             except BaseException as exc:
-                failure = _failure(adapter, exc)
+                failure = vendor_failure(adapter, exc)
                 if spend is not None and ticket is not None:
                     cancelled = isinstance(exc, asyncio.CancelledError)
                     if cancelled or (failure is not None and failure.maybe_billed):
@@ -404,7 +301,7 @@ class UnifiedClient:
                     raise
                 self._record_failure(model, failure)
                 if not self.retry.should_retry(failure, attempt):
-                    raise _provider_error(model, failure, attempt) from exc
+                    raise provider_error(model, failure, attempt) from exc
                 wait = self.retry.delay(failure, attempt)
                 what = f"HTTP {failure.status}" if failure.status else failure.detail
                 log.debug("%s: %s; retry %d in %.2fs", model.value, what, attempt, wait)
@@ -534,85 +431,6 @@ class UnifiedClient:
         await self.aclose()
 
 
-def sent_max_tokens(model: Model, max_tokens: int | None) -> int:
-    """The output limit a request for ``max_tokens`` is sent with: capped at the model's."""
-    return min(max_tokens or DEFAULT_MAX_TOKENS, model.max_output_tokens)
-
-
-def prompt_token_bound(request: ChatRequest) -> int:
-    """A bound on the prompt's tokens no tokenizer passes (``tokens.token_bound``), for what a
-    call may cost."""
-    return _prompt_tokens(request, token_bound)
-
-
-def prompt_token_estimate(request: ChatRequest) -> int:
-    """An upper estimate of the prompt's tokens (``tokens.high_tokens``), for its window."""
-    return _prompt_tokens(request, high_tokens)
-
-
-def _prompt_tokens(request: ChatRequest, count: Callable[[str], int]) -> int:
-    """The prompt's tokens as ``count`` counts a text's; the margins cover chat-template tokens
-    and the vendor-side tokens a native schema mode adds."""
-    tokens = count(system_prompt(request)) + sum(count(m.content) for m in request.messages)
-    if request.json_schema is not None and request.native_schema:
-        tokens += 2 * count(json.dumps(request.json_schema))
-    return tokens + 16 * (len(request.messages) + 1) + 512
-
-
-def worst_case_nanos(model: Model, request: ChatRequest) -> int:
-    """An upper bound on what ``request`` can cost, in nano-dollars."""
-    return model.price.cost_nanos(prompt_token_bound(request), request.max_tokens)
-
-
-def output_room(model: Model, request: ChatRequest) -> int:
-    """The most output tokens ``request`` can ask of ``model`` without the prompt and the answer
-    passing its context window (a server answers that with HTTP 400, or cuts the answer off)."""
-    return model.context_window - prompt_token_estimate(request)
-
-
-def prompt_room(
-    model: Model,
-    prompt: str,
-    *,
-    system: str | None,
-    max_tokens: int | None,
-    schema: dict[str, Any] | None = None,
-) -> int:
-    """How many tokens (``tokens.high_tokens``) ``prompt`` may still grow by and its request to
-    ``model`` keep its whole output limit: what a prompt's added context may take."""
-    request = ChatRequest(
-        messages=(Message("user", prompt),),
-        max_tokens=sent_max_tokens(model, max_tokens),
-        system=system,
-        json_schema=schema,
-        native_schema=schema is not None and model.json_schema,
-    )
-    return output_room(model, request) - request.max_tokens
-
-
-def fitted(model: Model, request: ChatRequest) -> ChatRequest:
-    """``request`` with its output limit lowered to fit ``model``'s context window; a prompt
-    that leaves no useful room is refused before anything is sent (the next model is asked)."""
-    wanted = max(request.max_tokens, MIN_OUTPUT_ROOM)
-    if model.context_window - prompt_token_bound(request) >= wanted:
-        return request  # it fits at a token a byte: no need to estimate closer
-    room = output_room(model, request)
-    if room < MIN_OUTPUT_ROOM:
-        raise ContextWindowError(
-            f"{model.value}'s context window ({model.context_window} tokens) cannot take this "
-            f"prompt (up to about {prompt_token_estimate(request)} tokens) and an answer",
-            model=model.value,
-            provider=model.provider,
-        )
-    return request if request.max_tokens <= room else replace(request, max_tokens=room)
-
-
-def _follow_up(request: ChatRequest, answer: str, prompt: str) -> ChatRequest:
-    """``request`` carried on: the model's ``answer`` to it, then our ``prompt`` about that."""
-    messages = (*request.messages, Message("assistant", answer), Message("user", prompt))
-    return replace(request, messages=messages)
-
-
 def _messages(messages: MessagesLike) -> tuple[Message, ...]:
     if isinstance(messages, str):
         return (Message("user", messages),)
@@ -630,65 +448,9 @@ def _messages(messages: MessagesLike) -> tuple[Message, ...]:
     return tuple(result)
 
 
-def _failure(adapter: ProviderAdapter, exc: BaseException) -> Failure | None:
-    """What went wrong with a vendor call, or None for what is not the vendor's (our own
-    errors, a refused reservation, cancellation), which propagates as it is."""
-    if not isinstance(exc, Exception) or isinstance(exc, OrchestratorError):
-        return None
-    # Our own deadline (asyncio.timeout) fires as a bare TimeoutError whatever the transport.
-    if type(exc) is TimeoutError:
-        return TIMED_OUT
-    classified = adapter.classify(exc)
-    if classified is not None and classified.kind == "connection":
-        # Where, and how: "connection refused" is a server that is not running.
-        how = "connection refused" if _refused(exc) else "cannot connect"
-        return replace(classified, detail=f"{how} at {adapter.endpoint.base_url or 'the vendor'}")
-    if classified is not None:
-        return replace(classified, detail=_without_key(classified.detail, adapter))
-    # Anything else the SDK raised (an HTML page where JSON was due, a body it cannot parse)
-    # is a failure of this vendor call, not a bug: the next model is tried. The request did
-    # reach the vendor, so it may be billed.
-    return Failure(
-        kind="permanent",
-        detail=_without_key(f"unexpected {type(exc).__name__}: {str(exc)[:200]}", adapter),
-        maybe_billed=True,
-    )
-
-
 def same_model(requested: str, reported: str) -> bool:
     """Whether ``reported`` names the requested model: vendors answer under a dated or
     versioned name (``gpt-4o`` as ``gpt-4o-2024-08-06``, Gemini as ``models/...``)."""
     asked = requested.lower().removeprefix("models/")
     said = reported.lower().removeprefix("models/")
     return said == asked or said.startswith(asked) or asked.startswith(said)
-
-
-def _refused(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ConnectionRefusedError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _without_key(detail: str, adapter: ProviderAdapter) -> str:
-    """A vendor's error text, which may quote the key it was sent (a 401 often does), without it."""
-    key = adapter.endpoint.api_key
-    return detail.replace(key, "[redacted]") if key and len(key) >= 8 else detail
-
-
-def _provider_error(model: Model, failure: Failure, attempts: int) -> ProviderError:
-    what = f"HTTP {failure.status}" if failure.status else failure.detail
-    detail = f": {failure.detail}" if failure.status and failure.detail else ""
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return ProviderError(
-        f"{model.provider} {model.value} failed{tries} ({what}){detail}",
-        model=model.value,
-        provider=model.provider,
-        status=failure.status,
-        retryable=failure.retryable,
-        attempts=attempts,
-    )

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from orchestrator.code.integration import INTEGRATION_PHASE
+from orchestrator.llm.answers import MAX_CONTINUATIONS
 from orchestrator.llm.catalog import Catalog, Model
-from orchestrator.llm.client import MAX_CONTINUATIONS, prompt_token_bound
+from orchestrator.llm.context_window import prompt_token_bound
 from orchestrator.llm.providers.base import ChatRequest, Message
 from orchestrator.money.budget import Budget
 from orchestrator.routing.profiles import ModelProfile
