@@ -18,7 +18,7 @@ from orchestrator import Budget, Orchestrator, UnifiedClient
 from orchestrator.llm.context_window import prompt_token_bound, prompt_token_estimate
 from orchestrator.llm.local import DEFAULT_CONTEXT, LocalModel, embedded_available
 from orchestrator.llm.providers.base import ChatRequest, Message
-from orchestrator.run.task_runner import _trim
+from orchestrator.run.dependency_context import trim
 from orchestrator.run.tasks import Task, TaskStatus, TaskType
 from orchestrator.text.tokens import high_tokens, token_bound, typical_tokens
 
@@ -82,13 +82,13 @@ def test_a_request_is_held_to_the_window_by_its_estimate_and_priced_by_its_bound
 
 @pytest.mark.parametrize("limit", [50, 700, 3000])
 def test_a_dependency_output_is_trimmed_in_the_middle_to_its_share_of_tokens(limit):
-    trimmed = _trim(CODE, limit)
+    trimmed = trim(CODE, limit)
 
     assert high_tokens(trimmed) <= limit
     assert high_tokens(trimmed) > limit * 0.8  # the share is used, not thrown away
     head, note, tail = trimmed.partition(" characters omitted ...]\n")
     assert note and CODE.startswith(head.rpartition("\n[... ")[0]) and CODE.endswith(tail)
-    assert _trim(PROSE[:100], limit) == PROSE[:100]  # what fits is kept whole
+    assert trim(PROSE[:100], limit) == PROSE[:100]  # what fits is kept whole
 
 
 # Three models of the embedded model's window (``LocalModel``: 8,192 tokens) at the fake, so a

@@ -15,11 +15,7 @@ from orchestrator.errors import ConfigError, ModelUnavailableError, NoProvidersE
 from orchestrator.llm import providers
 from orchestrator.llm.answers import Answer, parsed_answer
 from orchestrator.llm.catalog import Catalog, Model, ProviderSpec
-from orchestrator.llm.context_window import fitted, worst_case_nanos
-
-# Re-exported for the modules that import them from here (they live in context_window now).
-from orchestrator.llm.context_window import prompt_room as prompt_room
-from orchestrator.llm.context_window import sent_max_tokens as sent_max_tokens
+from orchestrator.llm.context_window import fitted, sent_max_tokens, worst_case_nanos
 from orchestrator.llm.failures import provider_error, vendor_failure
 from orchestrator.llm.health import HealthRegistry
 from orchestrator.llm.local import INSTALL_COMMAND

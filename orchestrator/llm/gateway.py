@@ -19,7 +19,8 @@ from orchestrator.errors import (
 )
 from orchestrator.llm.cache import CacheError, DiskCache, cache_key
 from orchestrator.llm.catalog import Model
-from orchestrator.llm.client import Completion, UnifiedClient, sent_max_tokens
+from orchestrator.llm.client import Completion, UnifiedClient
+from orchestrator.llm.context_window import sent_max_tokens
 from orchestrator.llm.providers.base import Message
 from orchestrator.money.budget import Budget, BudgetExceeded, CallsStopped, Reservation
 from orchestrator.money.ledger import Hold, Ledger
@@ -246,7 +247,8 @@ class LLMGateway:
     ) -> Completion:
         """Ask the vendor, paying for it under ``key``."""
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
-        # a cancellation), what the budget was charged is journaled under its key, once.
+        # a cancellation), what the budget was charged is journaled under its key, once. The
+        # steps between the vendor's answer and that row are synchronous: nothing can cut in.
         meter = _Meter(self.budget, self.journal, task_id=task_id, phase=phase, key=key)
         try:
             answer = await self.client.complete(
@@ -259,22 +261,47 @@ class LLMGateway:
                 spend=meter,
             )
         except BaseException as exc:
-            if isinstance(exc, ProviderError | BudgetExceeded):
-                exc.spent_nanos = meter.charged_nanos
-            self._audit(model, task_id, phase, slot, "paid", meter=meter, error=exc)
-            # Refused before sending (circuit open, prompt too long): no call to measure.
-            not_sent = (ModelUnavailableError, ContextWindowError)
-            if isinstance(exc, ProviderError) and not isinstance(exc, not_sent):
-                self.telemetry.record_call(model, 0.0, ok=False)
+            self._record_failure(exc, model, task_id, phase, slot, meter)
             if self.journal is not None:
-                # Paid for but unusable: a resume meets the same verdict instead of paying
-                # again. Other failures (a timeout, a cancellation, a repair that no longer
-                # fitted) leave spend with nothing to replay: a resume asks again.
-                verdict = {"error": type(exc).__name__, "message": str(exc)}
-                entry = verdict if isinstance(exc, _VERDICTS) and meter.charged_nanos else None
-                await uninterrupted(meter.finish(entry))
+                await uninterrupted(meter.finish(_failure_entry(exc, meter)))
             raise
         answer = meter.priced(answer)
+        entry = self._record_answer(answer, model, task_id, phase, slot, meter, key)
+        if self.journal is not None:
+            # The journal is what a resume relies on: written before the answer is used.
+            await uninterrupted(meter.finish(entry))
+        return answer
+
+    def _record_failure(
+        self,
+        exc: BaseException,
+        model: Model,
+        task_id: str,
+        phase: str,
+        slot: str,
+        meter: _Meter,
+    ) -> None:
+        """Tell the caller, the audit and the telemetry what a paid call that failed cost."""
+        if isinstance(exc, ProviderError | BudgetExceeded):
+            exc.spent_nanos = meter.charged_nanos
+        self._audit(model, task_id, phase, slot, "paid", meter=meter, error=exc)
+        # Refused before sending (circuit open, prompt too long): no call to measure.
+        not_sent = (ModelUnavailableError, ContextWindowError)
+        if isinstance(exc, ProviderError) and not isinstance(exc, not_sent):
+            self.telemetry.record_call(model, 0.0, ok=False)
+
+    def _record_answer(
+        self,
+        answer: Completion,
+        model: Model,
+        task_id: str,
+        phase: str,
+        slot: str,
+        meter: _Meter,
+        key: str,
+    ) -> dict[str, Any]:
+        """Audit, measure and log a paid answer, start its cache write in the background, and
+        return its journal entry."""
         self._audit(model, task_id, phase, slot, "paid", meter=meter, answer=answer)
         self.telemetry.record_call(model, answer.latency_seconds, ok=True, cost_usd=answer.cost_usd)
         log.debug(
@@ -292,10 +319,7 @@ class LLMGateway:
             write = asyncio.create_task(self._cache_put(key, entry))
             self._pending.add(write)
             write.add_done_callback(self._pending.discard)
-        if self.journal is not None:
-            # The journal is what a resume relies on: written before the answer is used.
-            await uninterrupted(meter.finish(entry))
-        return answer
+        return entry
 
     def _audit(
         self,
@@ -484,6 +508,14 @@ def _identity(
     shape = None if schema is None else json.dumps(schema, sort_keys=True)
     sent = (model.key, sent_max_tokens(model, max_tokens), system, shape, temperature)
     return (*sent, *((m.role, m.content) for m in messages))
+
+
+def _failure_entry(exc: BaseException, meter: _Meter) -> dict[str, Any] | None:
+    """The journal entry of a paid call that failed. Paid for but unusable (a verdict): a resume
+    meets the same verdict instead of paying again. Other failures (a timeout, a cancellation, a
+    repair that no longer fitted) leave spend with nothing to replay (None): a resume asks again."""
+    verdict = {"error": type(exc).__name__, "message": str(exc)}
+    return verdict if isinstance(exc, _VERDICTS) and meter.charged_nanos else None
 
 
 def _entry(answer: Completion) -> dict[str, Any]:

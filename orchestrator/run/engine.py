@@ -29,10 +29,12 @@ from orchestrator.observe.events import Event, EventKind
 from orchestrator.observe.metrics import MetricsFeed, MetricsSnapshot
 from orchestrator.observe.metrics import collect as collect_metrics
 from orchestrator.routing.router import Router
+from orchestrator.run.evaluation import REVIEW_ROLES
 from orchestrator.run.outcome import end_if_taken_over, save_end, settle
 from orchestrator.run.planning import DecompositionFailed, decompose
 from orchestrator.run.session import Session
-from orchestrator.run.task_runner import REVIEW_ROLES, ProvidersUnavailable, TaskContext, TaskRunner
+from orchestrator.run.task_calls import ProvidersUnavailable
+from orchestrator.run.task_runner import TaskContext, TaskRunner
 from orchestrator.run.taskgraph import execution_order
 from orchestrator.run.tasks import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus
 

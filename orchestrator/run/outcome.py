@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import OrchestratorError
 from orchestrator.money.budget import PHASE_SHARES, Budget
 from orchestrator.run.session import Session
-from orchestrator.run.task_runner import describe_outage
+from orchestrator.run.task_calls import describe_outage
 from orchestrator.run.tasks import ProjectState, ProjectStatus, TaskStatus
 from orchestrator.store.state import SavedProject
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.run.tasks import Task, TaskType
 
 DECOMPOSE_SYSTEM = (
@@ -114,3 +116,11 @@ def evaluate_prompt(task_text: str, answer: str, reading: int = 1) -> str:
         f"{task_text}\n\n{graded}\n\nGo through the task's requirements and the acceptance "
         "criteria one at a time, then give the score and a short reasoning."
     )
+
+
+def answer_schema(task: Task) -> dict[str, Any] | None:
+    """The schema a task's answer must match, sent with its generation and revisions so a
+    server's structured output (a local server's constrained decoding) holds it to it."""
+    if task.output_schema and "json_schema" in task.hard_validators:
+        return task.output_schema
+    return None

@@ -120,43 +120,9 @@ def parse_tasks(
     if error is not None:
         raise TaskGraphError(f"{origin}: {describe_schema_error(document, error)}")
     entries: list[dict[str, Any]] = document["tasks"]
-    for index, entry in enumerate(entries):
-        schema = entry.get("output_schema")
-        if schema is not None:
-            problem = schema_problem(schema)
-            if problem is not None:
-                raise TaskGraphError(
-                    f"{origin}: {_task_label(entries, index)} field 'output_schema': "
-                    f"not a valid JSON Schema ({shorten(problem, PROBLEM_LIMIT)})"
-                )
-
-    seen: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        tid = entry["id"]
-        if tid in seen:
-            raise TaskGraphError(
-                f"{origin}: tasks[{index}] ({tid}): duplicate task id, also used by "
-                f"tasks[{seen[tid]}]"
-            )
-        seen[tid] = index
-    for entry in entries:
-        tid = entry["id"]
-        for dep in entry.get("dependencies") or []:
-            if dep == tid:
-                raise TaskGraphError(f"{origin}: task {tid!r} depends on itself")
-            if dep not in seen:
-                hint = _did_you_mean(dep, seen)
-                raise TaskGraphError(
-                    f"{origin}: task {tid!r} depends on unknown task {dep!r}{hint}"
-                )
-    known = ", ".join(sorted(KNOWN_VALIDATORS))
-    for entry in entries:
-        for name in entry.get("hard_validators") or []:
-            if name not in KNOWN_VALIDATORS:
-                raise TaskGraphError(
-                    f"{origin}: task {entry['id']!r} has unknown validator {name!r} "
-                    f"(known: {known})"
-                )
+    _check_output_schemas(entries, origin)
+    _check_dependencies(entries, _unique_ids(entries, origin), origin)
+    _check_validators(entries, origin)
     count = len(entries)
     if count < min_tasks or (max_tasks is not None and count > max_tasks):
         raise TaskGraphError(f"{origin}: {count} tasks, expected {_range(min_tasks, max_tasks)}")
@@ -167,6 +133,59 @@ def parse_tasks(
     except TaskGraphError as exc:
         raise TaskGraphError(f"{origin}: {exc}") from None
     return tasks
+
+
+def _check_output_schemas(entries: list[dict[str, Any]], origin: str) -> None:
+    """Each task's ``output_schema``, where it has one, is a valid JSON Schema."""
+    for index, entry in enumerate(entries):
+        schema = entry.get("output_schema")
+        if schema is not None:
+            problem = schema_problem(schema)
+            if problem is not None:
+                raise TaskGraphError(
+                    f"{origin}: {_task_label(entries, index)} field 'output_schema': "
+                    f"not a valid JSON Schema ({shorten(problem, PROBLEM_LIMIT)})"
+                )
+
+
+def _unique_ids(entries: list[dict[str, Any]], origin: str) -> dict[str, int]:
+    """Each task's index by its id, which no other task has."""
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        tid = entry["id"]
+        if tid in seen:
+            raise TaskGraphError(
+                f"{origin}: tasks[{index}] ({tid}): duplicate task id, also used by "
+                f"tasks[{seen[tid]}]"
+            )
+        seen[tid] = index
+    return seen
+
+
+def _check_dependencies(entries: list[dict[str, Any]], ids: Mapping[str, int], origin: str) -> None:
+    """Every dependency names another task of the list."""
+    for entry in entries:
+        tid = entry["id"]
+        for dep in entry.get("dependencies") or []:
+            if dep == tid:
+                raise TaskGraphError(f"{origin}: task {tid!r} depends on itself")
+            if dep not in ids:
+                hint = _did_you_mean(dep, ids)
+                raise TaskGraphError(
+                    f"{origin}: task {tid!r} depends on unknown task {dep!r}{hint}"
+                )
+
+
+def _check_validators(entries: list[dict[str, Any]], origin: str) -> None:
+    """Every hard validator named is one the package knows."""
+    known = ", ".join(sorted(KNOWN_VALIDATORS))
+    for entry in entries:
+        for name in entry.get("hard_validators") or []:
+            if name not in KNOWN_VALIDATORS:
+                raise TaskGraphError(
+                    f"{origin}: task {entry['id']!r} has unknown validator {name!r} "
+                    f"(known: {known})"
+                )
 
 
 # Words that say a project asks for code (and so for code and its tests).
