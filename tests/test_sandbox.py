@@ -25,7 +25,7 @@ import pytest
 from conftest import fake_env, run_cli, write_file
 from test_engine import code_task
 
-from orchestrator.code import sandbox
+from orchestrator.code import sandbox, sandbox_command
 from orchestrator.code.validators import run_validators
 from orchestrator.errors import SandboxError
 
@@ -619,8 +619,12 @@ async def test_bubblewrap_that_this_machine_has_but_that_fails_is_an_error_not_a
     if sandbox.machine_lacks("bubblewrap"):
         pytest.skip(f"this machine lacks bubblewrap: {sandbox.machine_lacks('bubblewrap')}")
     # Our bubblewrap command line broken, as a bad change would break it.
-    isolation = sandbox._bwrap_isolation
-    monkeypatch.setattr(sandbox, "_bwrap_isolation", lambda **kw: [*isolation(**kw), "--bogus"])
+    isolation = sandbox_command._bwrap_isolation
+
+    def broken(**kw):
+        return [*isolation(**kw), "--bogus"]
+
+    monkeypatch.setattr(sandbox_command, "_bwrap_isolation", broken)
     with pytest.raises(SandboxError, match="the bubblewrap sandbox fails to start, though"):
         await sandbox.detect()
     with pytest.raises(SandboxError):
@@ -667,10 +671,9 @@ async def test_each_run_starts_in_a_fresh_scratch_directory_that_is_removed(isol
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 UNPRIVILEGED_RUN = """
-import asyncio, importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("sandbox", sys.argv[1])
-sandbox = sys.modules["sandbox"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sandbox)
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[1])  # the checkout: the sandbox's modules load only the stdlib
+from orchestrator.code import sandbox
 PROBE = '''
 import json, os, socket
 facts = {"pids": len([p for p in os.listdir("/proc") if p.isdigit()]), "env": sorted(os.environ)}
@@ -701,14 +704,16 @@ def test_an_unprivileged_user_gets_the_same_isolation(isolation):
     if os.geteuid() != 0:
         pytest.skip("this run is already unprivileged: every other test covers it")
     module_path = Path(sandbox.__file__).resolve()
+    checkout = module_path.parents[2]
+    modules = [*module_path.parent.glob("*.py"), checkout / "orchestrator" / "__init__.py"]
     if not os.path.exists(SYSTEM_PYTHON) or not all(
-        p.stat().st_mode & 0o005 for p in [module_path, *module_path.parents]
+        p.stat().st_mode & 0o005 for p in [*modules, *module_path.parents]
     ):
         pytest.skip("no system Python, or the checkout is not readable by other users")
-    uid, gid = sandbox._nobody()
+    uid, gid = sandbox_command.nobody()
     result = subprocess.run(
         ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-         SYSTEM_PYTHON, "-I", "-c", UNPRIVILEGED_RUN, str(module_path), isolation],
+         SYSTEM_PYTHON, "-I", "-c", UNPRIVILEGED_RUN, str(checkout), isolation],
         capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     status, _, facts = result.stdout.strip().partition(" ")

@@ -28,7 +28,8 @@ from typing import Any
 
 from orchestrator.code.assembly import ProjectTree, assemble
 from orchestrator.code.sandbox import NO_SANDBOX, Sandbox, run_tool, scratch_dir
-from orchestrator.code.validators import compile_problem, find_ruff, pytest_installed, run_tests
+from orchestrator.code.validators import compile_problem, find_ruff, pytest_installed
+from orchestrator.code.verdict import run_tests
 from orchestrator.run.config import DEFAULT_ROUNDS
 from orchestrator.run.tasks import ProjectState, TaskStatus
 
