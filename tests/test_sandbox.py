@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -665,6 +666,21 @@ async def test_each_run_starts_in_a_fresh_scratch_directory_that_is_removed(isol
     assert [lines[:-1] for lines, _ in seen] == [[], []]
     assert seen[0][0][-1] == seen[0][1]
     assert seen[0][1] != seen[1][1]
+
+
+async def test_a_scratch_directory_outside_tmp_works_as_one_inside(isolation, monkeypatch):
+    """TMPDIR elsewhere (/var/tmp, a home directory): the code runs there the same way."""
+    elsewhere = tempfile.mkdtemp(prefix="orchestrator-test-", dir="/var/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", elsewhere)
+    try:
+        async with sandbox.scratch_dir() as workdir:
+            assert not workdir.startswith("/tmp/")
+            done = await sandbox.Sandbox(isolation).run(
+                ["/bin/sh", "-c", "touch made-here && pwd"], workdir, seconds=20
+            )
+            assert (done.returncode, done.lines[-1:]) == (0, [workdir])
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 # --- as an unprivileged user ---------------------------------------------------------------------

@@ -263,6 +263,8 @@ def _mount_points(dirs: set[str], files: Sequence[str]) -> list[str]:
     """Commands that make mount points under the new root: ``dirs``, ``files`` and their
     directories."""
     every = dirs | {os.path.dirname(p) for p in files}
+    if not every:  # a scratch directory outside /tmp leaves none to make in the private /tmp
+        return []
     lines = [f"mkdir -p {_under_root(sorted(every))}"]
     if files:
         lines.append(f"touch {_under_root(files)}")
