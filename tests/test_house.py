@@ -176,8 +176,6 @@ OVER_THE_LIMIT: dict[str, int] = {
     "orchestrator/run/task_runner.py:_evaluate": 83,
     "orchestrator/run/task_runner.py:_improve": 62,
     "orchestrator/run/taskgraph.py:parse_tasks": 66,
-    "orchestrator/store/state.py": 1118,
-    "orchestrator/store/state.py:StateManager": 753,
 }
 
 
