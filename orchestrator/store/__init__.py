@@ -1,2 +1,3 @@
 """Where a run's state lives: the store seam, SQLite and PostgreSQL behind it, the state manager
-(projects, checkpoints, the journal of paid calls) and the project lease."""
+and its parts (tables, projects and checkpoints, who holds a project, the journal of paid calls,
+the ledger's books, what runs measured) and the project lease."""

@@ -11,7 +11,8 @@ from contextlib import suppress
 
 from orchestrator.aio import stop, uninterrupted
 from orchestrator.errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
-from orchestrator.store.state import StateManager, new_owner
+from orchestrator.store.holders import new_owner
+from orchestrator.store.state import StateManager
 
 log = logging.getLogger(__name__)
 

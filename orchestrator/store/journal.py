@@ -1,0 +1,105 @@
+"""The journal of paid calls in the state store: one row per call, its cost forever, its answer
+while its task may still be resumed.
+
+A row's cost is in integer nano-dollars and adds up over the call's attempts, so the spend of a
+project is always the sum of what it really paid. ``journal_row`` is the one statement that
+writes a row: the ledger's settlement (``books``) and the sweep of expired holds write it too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from typing import Any
+
+from orchestrator.money.units import checked_nanos
+from orchestrator.store.base import Statement, Store
+
+
+class CallJournal:
+    """The journaled calls of every project in one store, read and written by project id."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def keys(self, project_id: str) -> set[str]:
+        """Keys of the journaled calls whose answers are still kept (replayable)."""
+        rows = await self._store.run(
+            "SELECT key FROM journal WHERE project_id = ? AND entry IS NOT NULL", (project_id,)
+        )
+        return {row[0] for row in rows}
+
+    async def get(self, project_id: str, key: str) -> dict[str, Any] | None:
+        """A journaled answer, with ``cost_nanos``: what its call paid, every attempt of it."""
+        rows = await self._store.run(
+            "SELECT entry, cost_nanos FROM journal WHERE project_id = ? AND key = ?",
+            (project_id, key),
+        )
+        if not rows or rows[0][0] is None:
+            return None
+        entry = unpack(rows[0][0])
+        entry["cost_nanos"] = int(rows[0][1])
+        return entry
+
+    async def forget(self, project_id: str, key: str) -> None:
+        """Drop a journaled answer found unusable, keeping what its call paid."""
+        await self._store.run(
+            "UPDATE journal SET entry = NULL WHERE project_id = ? AND key = ?", (project_id, key)
+        )
+
+    async def put(
+        self,
+        project_id: str,
+        key: str,
+        *,
+        task_id: str,
+        phase: str,
+        cost_nanos: int,
+        entry: dict[str, Any] | None,
+        elapsed: float,
+    ) -> None:
+        """Record a paid call; ``entry`` None records spend with no answer to replay."""
+        await self._store.run(
+            *journal_row(project_id, key, task_id, phase, cost_nanos, entry, elapsed)
+        )
+
+
+def journal_row(
+    project_id: str,
+    key: str,
+    task_id: str,
+    phase: str,
+    cost_nanos: int,
+    entry: dict[str, Any] | None,
+    elapsed: float,
+) -> Statement:
+    """A paid call's journal row; its cost adds to what the key already recorded."""
+    return (
+        "INSERT INTO journal (project_id, key, task_id, phase, cost_nanos, elapsed_seconds,"
+        " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (project_id, key) DO UPDATE SET"
+        " cost_nanos = journal.cost_nanos + excluded.cost_nanos,"
+        " entry = COALESCE(excluded.entry, journal.entry),"
+        " elapsed_seconds = excluded.elapsed_seconds",
+        (
+            project_id,
+            key,
+            task_id,
+            phase,
+            checked_nanos(cost_nanos),
+            elapsed,
+            None if entry is None else pack(entry),
+            time.time(),
+        ),
+    )
+
+
+def pack(value: dict[str, Any]) -> bytes:
+    """A journaled answer or a task's result as stored: compact JSON, compressed."""
+    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 6)
+
+
+def unpack(blob: bytes) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(zlib.decompress(blob))  # an object: ``pack`` made it
+    return value
