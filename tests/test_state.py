@@ -343,6 +343,15 @@ async def test_a_final_checkpoint_drops_its_answers_but_keeps_their_cost(store):
     assert saved.phase_spent == {"generation": 0.9, "cross_review": 0.2, "evaluation": 0.4}
 
 
+async def test_a_task_costs_what_the_journal_says_even_for_a_call_settled_after_it_finished(store):
+    await put_call(store, "a1", "a", 0.10)
+    await store.checkpoint("p", "a", result_record("a"), final=True, elapsed=2.0)
+    await put_call(store, "a2", "a", 0.25, "evaluation")  # cancelled in flight, settled late
+
+    saved = await store.load("p")
+    assert saved.results["a"]["cost_usd"] == saved.spent_usd == 0.35
+
+
 async def test_an_interrupted_checkpoint_keeps_its_answers_for_the_resume(store):
     await put_call(store, "a1", "a", 0.10)
     record = {**result_record("a"), "interrupted": True}

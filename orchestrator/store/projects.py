@@ -286,6 +286,14 @@ class Projects:
             project.results[task_id] = unpack(record)
             if final:
                 project.final_tasks.add(task_id)
+        # A task cost what the journal says it paid, the one record of it: a call settled after
+        # the task's last checkpoint (cancelled in flight as the run stopped) counts too.
+        for task_id, cost in await self._store.run(
+            "SELECT task_id, SUM(cost_nanos) FROM journal WHERE project_id = ? GROUP BY task_id",
+            (project_id,),
+        ):
+            if task_id in project.results:
+                project.results[task_id]["cost_usd"] = nanos_to_usd(int(cost))
         for phase, cost, latest in await self._store.run(
             "SELECT phase, SUM(cost_nanos), MAX(elapsed_seconds) FROM journal"
             " WHERE project_id = ? GROUP BY phase",
