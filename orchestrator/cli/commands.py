@@ -30,7 +30,7 @@ from orchestrator.cli.reports import (
 from orchestrator.cli.runs import resume, run_new, submit, work
 from orchestrator.cli.watch import Watch
 from orchestrator.errors import OrchestratorError
-from orchestrator.run.orchestrator import new_project_id
+from orchestrator.run.projects import new_project_id
 from orchestrator.settings import load_environment
 from orchestrator.text.visible import visible
 

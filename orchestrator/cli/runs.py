@@ -22,7 +22,8 @@ from orchestrator.llm.client import UnifiedClient
 from orchestrator.observe.progress import results_table
 from orchestrator.run.client import run_client
 from orchestrator.run.config import TREE_NAME, RunConfig
-from orchestrator.run.orchestrator import FINISHED, Orchestrator
+from orchestrator.run.orchestrator import Orchestrator
+from orchestrator.run.projects import FINISHED
 from orchestrator.run.tasks import ProjectState, ProjectStatus
 from orchestrator.settings import DB_URL_ENV, load_environment
 from orchestrator.store.base import EXTRA_COMMAND, is_postgres_url

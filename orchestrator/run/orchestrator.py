@@ -51,8 +51,6 @@ from orchestrator.run.taskgraph import execution_order, parse_tasks
 from orchestrator.run.tasks import ProjectState, Task
 from orchestrator.store.state import SavedProject, StateManager
 
-__all__ = ["FINISHED", "Orchestrator", "new_project_id"]
-
 
 class Orchestrator(Observed):
     """Runs and resumes projects: ``await Orchestrator(budget=Budget(8.0)).run_project(...)``.

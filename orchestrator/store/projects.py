@@ -286,23 +286,22 @@ class Projects:
             project.results[task_id] = unpack(record)
             if final:
                 project.final_tasks.add(task_id)
-        # A task cost what the journal says it paid, the one record of it: a call settled after
-        # the task's last checkpoint (cancelled in flight as the run stopped) counts too.
-        for task_id, cost in await self._store.run(
-            "SELECT task_id, SUM(cost_nanos) FROM journal WHERE project_id = ? GROUP BY task_id",
+        task_nanos: dict[str, int] = {}
+        for task_id, phase, cost, latest in await self._store.run(
+            "SELECT task_id, phase, SUM(cost_nanos), MAX(elapsed_seconds) FROM journal"
+            " WHERE project_id = ? GROUP BY task_id, phase",
             (project_id,),
         ):
-            if task_id in project.results:
-                project.results[task_id]["cost_usd"] = nanos_to_usd(int(cost))
-        for phase, cost, latest in await self._store.run(
-            "SELECT phase, SUM(cost_nanos), MAX(elapsed_seconds) FROM journal"
-            " WHERE project_id = ? GROUP BY phase",
-            (project_id,),
-        ):
-            project.phase_nanos[phase] = int(cost)
+            project.phase_nanos[phase] = project.phase_nanos.get(phase, 0) + int(cost)
             project.spent_nanos += int(cost)
+            task_nanos[task_id] = task_nanos.get(task_id, 0) + int(cost)
             # The clock is checkpointed per task; paid calls since then still moved it on.
             project.elapsed_seconds = max(project.elapsed_seconds, latest)
+        # A task cost what the journal says it paid, the one record of it: a call settled after
+        # the task's last checkpoint (cancelled in flight as the run stopped) counts too.
+        for task_id, nanos in task_nanos.items():
+            if task_id in project.results:
+                project.results[task_id]["cost_usd"] = nanos_to_usd(nanos)
         for (record,) in await self._store.run(
             "SELECT record FROM integration WHERE project_id = ?", (project_id,)
         ):

@@ -36,7 +36,6 @@ from orchestrator.store.base import (
     is_write,
     run_program_async,
 )
-from orchestrator.store.base import open_store as open_store
 
 if TYPE_CHECKING:
     import aiosqlite
