@@ -176,7 +176,8 @@ def _add_routing(limits: argparse._ArgumentGroup) -> None:
         "--routing",
         choices=sorted(BACKENDS),
         help="how models are put in order for each job: table (the routing table, default), "
-        "greedy (quality x trust / cost), weighted (weighted sum), pareto (non-dominated first)",
+        "greedy (quality x trust / cost), weighted (weighted sum), pareto (non-dominated first), "
+        "adaptive (learns which model passes each task type's checks for the least money)",
     )
 
 

@@ -121,6 +121,7 @@ def project_spec(args: argparse.Namespace) -> ProjectSpec:
         ("tree_name", args.tree_name),
         ("integration_rounds", args.integration_rounds),
         ("max_fallbacks", args.max_fallbacks),
+        ("routing", args.routing),
     ):
         if value is not None:
             setattr(merged, name, value)
@@ -151,6 +152,7 @@ def run_config(args: argparse.Namespace, spec: ProjectSpec | None = None) -> Run
         integration=False if args.no_integration else None,
         integration_rounds=args.integration_rounds,
         max_fallbacks=args.max_fallbacks,
+        routing=args.routing,
     )
     policies = policy_set(args)
     providers = provider_names(args.providers)
@@ -159,7 +161,7 @@ def run_config(args: argparse.Namespace, spec: ProjectSpec | None = None) -> Run
         max_time_seconds=limits.time,
         quality_threshold=limits.quality_threshold,
         concurrency=limits.concurrency,
-        routing=args.routing,
+        routing=limits.routing,
         policies=tuple(policies) if policies is not None else None,
         team=args.team,
         job=args.job,

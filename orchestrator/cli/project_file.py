@@ -44,6 +44,7 @@ class ProjectSpec:
     integration: bool | None = None
     integration_rounds: int | None = None
     max_fallbacks: int | None = None
+    routing: str | None = None  # a name of ``orchestrator.routing.backends.BACKENDS``
 
 
 def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
@@ -96,6 +97,7 @@ def load_project_file(path: str | os.PathLike[str]) -> ProjectSpec:
         integration=document.get("integration"),
         integration_rounds=document.get("integration_rounds"),
         max_fallbacks=document.get("max_fallbacks"),
+        routing=document.get("routing"),
     )
 
 

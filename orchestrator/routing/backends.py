@@ -6,17 +6,22 @@ where it is. ``RoutingTableBackend`` is the default: the design's routing table,
 cheapest other models. The others rank on the models' profiles (``orchestrator.run.tasks``):
 ``GreedyBackend`` on quality x trust / cost, ``WeightedSumBackend`` on a weighted sum of
 normalised quality, trust, cost and latency, ``ParetoBackend`` on the non-dominated set first.
+``AdaptiveBackend`` learns which model passes each task type's checks for the least money.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from orchestrator.routing.profiles import Outcomes
 
 if TYPE_CHECKING:
     from orchestrator.llm.catalog import Model
     from orchestrator.routing.profiles import ModelProfile
+    from orchestrator.run.tasks import TaskType
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,9 @@ class Candidate:
     profile: ModelProfile
     cost_usd: float
     table_rank: int | None = None
+    # The task type whose answers the job writes (an author's job), for backends that learn
+    # from how answers were judged; None for the planner, critics and evaluators.
+    task_type: TaskType | None = None
 
     @property
     def model(self) -> Model:
@@ -38,6 +46,8 @@ class Ranked:
     model: Model
     score: float
     reason: str
+    # The figures behind the place, for the audit record (a learning backend's posterior).
+    figures: Mapping[str, float] = field(default_factory=dict)
 
 
 class OptimizationBackend(Protocol):
@@ -142,10 +152,85 @@ class ParetoBackend:
         return _best_first(front) + _best_first(dominated)
 
 
+class AdaptiveBackend:
+    """Learns, per task type and model, which model passes its checks for the least money:
+    Thompson sampling over passes a dollar.
+
+    For each candidate a pass rate is drawn from its Beta posterior: the catalog's quality as a
+    prior worth ``PRIOR_ANSWERS`` answers, then how its answers to this task type were judged
+    (this run's and, through the telemetry, earlier runs'), times its calls' trust. Candidates
+    drawn at ``MIN_PASS_RATE`` or more go first, by drawn rate per dollar of a call (the
+    measured cost once there is one); the rest follow by drawn rate, since a model that fails
+    more often than it passes is no bargain at any price; a model whose last ``DEMOTE_AFTER``
+    answers of this type failed a deterministic check goes last. Jobs that write no answer of
+    their own (the planner, critics, evaluators) learn nothing here: ``fallback`` orders them.
+    """
+
+    name = "adaptive"
+
+    def __init__(self, seed: int | None = None, fallback: OptimizationBackend | None = None):
+        self.random = random.Random(seed)
+        self.fallback = fallback if fallback is not None else RoutingTableBackend()
+
+    def rank(self, candidates: Sequence[Candidate]) -> list[Ranked]:
+        if not candidates or any(c.task_type is None for c in candidates):
+            return self.fallback.rank(candidates)
+        drawn = [self.drawn(c) for c in candidates]
+        worth = [r for r in drawn if r.figures["drawn"] >= MIN_PASS_RATE and not _demoted(r)]
+        rest = [r for r in drawn if r.figures["drawn"] < MIN_PASS_RATE and not _demoted(r)]
+        demoted = [r for r in drawn if _demoted(r)]
+        return (
+            _best_first(worth)
+            + sorted(rest, key=lambda r: -r.figures["drawn"])
+            + sorted(demoted, key=lambda r: -r.figures["drawn"])
+        )
+
+    def drawn(self, candidate: Candidate) -> Ranked:
+        """The candidate with a pass rate drawn from its posterior, and why."""
+        assert candidate.task_type is not None
+        profile, kind = candidate.profile, candidate.task_type
+        seen = profile.outcomes.get(kind.value, Outcomes())
+        prior = min(max(profile.model.quality, 0.05), 0.95)
+        alpha = PRIOR_ANSWERS * prior + seen.passed
+        beta = PRIOR_ANSWERS * (1 - prior) + seen.failed
+        rate = self.random.betavariate(alpha, beta) * profile.trust
+        per_usd = rate / max(candidate.cost_usd, MIN_COST_USD)
+        figures = {
+            "passed": float(seen.passed), "failed": float(seen.failed),
+            "failing_checks": float(seen.failing_checks), "prior": prior,
+            "mean": alpha / (alpha + beta), "drawn": rate, "cost_usd": candidate.cost_usd,
+            "passes_per_usd": per_usd,
+        }  # fmt: skip
+        judged = seen.passed + seen.failed
+        reason = (
+            f"{kind.value} passed {seen.passed} of {judged} (prior {prior:.2f}): mean "
+            f"{figures['mean']:.2f}, drawn {rate:.2f}; {_usd(candidate.cost_usd)} a call = "
+            f"{per_usd:,.0f} passes a dollar"
+        )
+        if seen.failing_checks >= DEMOTE_AFTER:
+            reason += f"; demoted: its last {seen.failing_checks} answers failed their checks"
+        elif rate < MIN_PASS_RATE:
+            reason += f"; drawn under {MIN_PASS_RATE:.0%}: after those likelier to pass"
+        return Ranked(candidate.model, per_usd, reason, figures)
+
+
 BACKENDS: dict[str, type[OptimizationBackend]] = {
     backend.name: backend
-    for backend in (RoutingTableBackend, GreedyBackend, WeightedSumBackend, ParetoBackend)
+    for backend in (
+        RoutingTableBackend,
+        GreedyBackend,
+        WeightedSumBackend,
+        ParetoBackend,
+        AdaptiveBackend,
+    )
 }
+
+# What the catalog's quality prior is worth, in answers seen.
+PRIOR_ANSWERS = 2.0
+# A drawn pass rate under this goes after every candidate likelier to pass, however cheap.
+MIN_PASS_RATE = 0.5
+# Answers in a row failing a deterministic check that send a model to the back for a task type.
+DEMOTE_AFTER = 2
 
 # A model that costs nothing (a local endpoint) still has to be divided by something.
 MIN_COST_USD = 1e-7
@@ -168,6 +253,10 @@ def _dominates(a: Candidate, b: Candidate) -> bool:
         or (la is not None and lb is not None and la < lb)
     )
     return at_least and better
+
+
+def _demoted(ranked: Ranked) -> bool:
+    return ranked.figures.get("failing_checks", 0.0) >= DEMOTE_AFTER
 
 
 def _scaled(value: float, values: Sequence[float]) -> float:

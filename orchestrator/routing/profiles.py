@@ -45,6 +45,8 @@ class ModelProfile:
     cost_avg_usd: float | None = None
     # The latest call latencies, for a real 95th percentile rather than a guess from the mean.
     recent_latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    # How its answers were judged, by task type (``TaskType`` value): what adaptive routing learns.
+    outcomes: dict[str, Outcomes] = field(default_factory=dict)
 
     @property
     def provider(self) -> str:
@@ -53,7 +55,12 @@ class ModelProfile:
     @property
     def measured(self) -> bool:
         """Whether any call, evaluation or validator run has told us something about it."""
-        return bool(self.calls or self.evaluations or self.validator_failures)
+        return bool(self.calls or self.evaluations or self.validator_failures or self.outcomes)
+
+    def judged(self, task_type: str, passed: bool, *, by_checks: bool) -> None:
+        """One of its answers to a task of ``task_type`` passed or failed (``by_checks``: failed
+        a deterministic check, which counts toward a demotion)."""
+        self.outcomes.setdefault(task_type, Outcomes()).add(passed, by_checks=by_checks)
 
     @property
     def success_rate(self) -> float:
@@ -91,6 +98,7 @@ class ModelProfile:
             "calls": self.calls, "failures": self.failures, "evaluations": self.evaluations,
             "validator_failures": self.validator_failures, "cost_avg_usd": self.cost_avg_usd,
             "recent_latencies_ms": list(self.recent_latencies_ms),
+            "outcomes": {kind: o.to_record() for kind, o in sorted(self.outcomes.items())},
         }  # fmt: skip
 
     def restore(self, record: Mapping[str, Any]) -> None:
@@ -101,11 +109,53 @@ class ModelProfile:
         for name in ("calls", "failures", "evaluations", "validator_failures"):
             setattr(self, name, int(record.get(name, 0)))
         self.recent_latencies_ms.extend(float(x) for x in record.get("recent_latencies_ms", []))
+        outcomes = record.get("outcomes") or {}
+        if isinstance(outcomes, Mapping):
+            self.outcomes = {
+                str(kind): Outcomes.from_record(found) for kind, found in outcomes.items()
+            }
 
     def record_quality(self, score: float) -> None:
         """An evaluation score of one of the model's answers."""
         self.evaluations += 1
         self.quality = _ema(self.quality, score)
+
+
+@dataclass
+class Outcomes:
+    """How a model's answers to one task type were judged: passed (checks and evaluation),
+    failed, and how many of the latest failed a deterministic check in a row."""
+
+    passed: int = 0
+    failed: int = 0
+    failing_checks: int = 0  # back to 0 at the next pass
+
+    def add(self, passed: bool, *, by_checks: bool) -> None:
+        if passed:
+            self.passed += 1
+            self.failing_checks = 0
+        else:
+            self.failed += 1
+            self.failing_checks += by_checks
+
+    def to_record(self) -> list[int]:
+        return [self.passed, self.failed, self.failing_checks]
+
+    @classmethod
+    def from_record(cls, record: Any) -> Outcomes:
+        """A saved record (a list of three counts); anything else counts as nothing seen."""
+        try:
+            passed, failed, failing = (max(0, int(n)) for n in record)
+        except (TypeError, ValueError):
+            return cls()
+        return cls(passed, failed, failing)
+
+    def merged(self, other: Outcomes) -> Outcomes:
+        return Outcomes(
+            self.passed + other.passed,
+            self.failed + other.failed,
+            max(self.failing_checks, other.failing_checks),
+        )
 
 
 def _ema(average: float, sample: float) -> float:
@@ -153,6 +203,8 @@ def merge_profiles(sources: Iterable[Mapping[str, ModelProfile]]) -> dict[str, M
         )
         for source in profiles:
             profile.recent_latencies_ms.extend(source.recent_latencies_ms)
+            for kind, found in source.outcomes.items():
+                profile.outcomes[kind] = profile.outcomes.get(kind, Outcomes()).merged(found)
     return merged
 
 

@@ -97,7 +97,13 @@ class Decision:
             "backend": self.backend,
             "chosen": self.chosen.key if self.chosen else None,
             "candidates": [
-                {"model": r.model.key, "score": r.score, "reason": r.reason} for r in self.ranked
+                {
+                    "model": r.model.key,
+                    "score": r.score,
+                    "reason": r.reason,
+                    **({"figures": dict(r.figures)} if r.figures else {}),
+                }
+                for r in self.ranked
             ],
             "held_back": [{"model": m.key, "reason": why} for m, why in self.held_back],
             "excluded": [{"model": m.key, "reason": why} for m, why in self.excluded],
@@ -208,6 +214,7 @@ class Router:
                 profile=(profile := self._profile(model)),
                 cost_usd=self._call_cost(profile, measured_as, output_tokens),
                 table_rank=preferred.index(model) if model in preferred else None,
+                task_type=task_type if role == "generation" else None,
             )
             for model in self.usable
         ]

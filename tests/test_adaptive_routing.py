@@ -1,0 +1,157 @@
+"""Adaptive routing: each kind of task goes to the model that passes its checks for the least
+money, learned from how its answers were judged; a model whose answers keep failing their
+checks is sent to the back for that kind of task, and every choice says why in figures."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from conftest import write_file
+
+from orchestrator import Catalog
+from orchestrator.cli.project_file import ProjectFileError, load_project_file
+from orchestrator.routing.backends import (
+    BACKENDS,
+    DEMOTE_AFTER,
+    AdaptiveBackend,
+    Candidate,
+    RoutingTableBackend,
+)
+from orchestrator.routing.profiles import ModelProfile, Outcomes, merge_profiles
+from orchestrator.run.tasks import TaskType
+from orchestrator.text.schemas import shipped_schema
+
+CODE = TaskType.CODE_GEN
+
+
+def candidate(name: str, *, quality: float, cost: float, task_type=CODE, rank=None) -> Candidate:
+    model = replace(Catalog.load(env={}).resolve(name), quality=quality)
+    profile = ModelProfile(model, "us", False, quality)
+    return Candidate(profile, cost_usd=cost, table_rank=rank, task_type=task_type)
+
+
+def judge(c: Candidate, task_type: TaskType, *results: bool) -> None:
+    for passed in results:
+        c.profile.judged(task_type.value, passed, by_checks=not passed)
+
+
+def firsts(backend: AdaptiveBackend, candidates: list[Candidate], draws: int = 300) -> Counter:
+    return Counter(backend.rank(candidates)[0].model.value for _ in range(draws))
+
+
+def test_of_two_models_that_pass_alike_the_cheaper_gets_the_work():
+    cheap = candidate("gemini-flash-lite", quality=0.8, cost=0.001)
+    dear = candidate("claude-opus", quality=0.8, cost=0.05)
+    for c in (cheap, dear):
+        judge(c, CODE, *[True] * 8, False)
+
+    chosen = firsts(AdaptiveBackend(seed=1), [dear, cheap])
+
+    assert chosen["gemini-2.5-flash-lite"] > 0.95 * 300
+
+
+def test_a_model_that_keeps_failing_its_checks_goes_last_for_that_kind_of_task_only():
+    broken = candidate("kimi-k2.5", quality=0.95, cost=0.001)
+    other = candidate("gpt-4o", quality=0.7, cost=0.02)
+    judge(broken, CODE, *[False] * DEMOTE_AFTER)
+
+    ranked = AdaptiveBackend(seed=2).rank([broken, other])
+
+    assert [r.model.value for r in ranked] == ["gpt-4o", "kimi-k2.6"]
+    assert "demoted: its last 2 answers failed their checks" in ranked[-1].reason
+    # Writing is another kind of task: what kimi's code did says nothing about it.
+    writing = [candidate("kimi-k2.5", quality=0.95, cost=0.001, task_type=TaskType.WRITING)]
+    writing[0].profile.outcomes = broken.profile.outcomes
+    assert "demoted" not in AdaptiveBackend(seed=2).rank(writing)[0].reason
+
+
+def test_a_pass_ends_a_demotion():
+    model = candidate("kimi-k2.5", quality=0.9, cost=0.001)
+    judge(model, CODE, False, False, True)
+
+    assert model.profile.outcomes[CODE.value] == Outcomes(passed=1, failed=2, failing_checks=0)
+
+
+def test_a_free_model_that_rarely_passes_goes_after_one_likelier_to_pass():
+    free = candidate("gemini-flash-lite", quality=0.1, cost=0.0)
+    judge(free, CODE, *[False] * 6)
+    free.profile.outcomes[CODE.value].failing_checks = 0  # judged low, not failing checks
+    paid = candidate("gpt-4o", quality=0.9, cost=0.02)
+
+    chosen = firsts(AdaptiveBackend(seed=3), [free, paid])
+
+    assert chosen["gpt-4o"] > 0.95 * 300
+
+
+def test_an_untried_model_still_gets_some_work_while_a_tried_one_is_known_good():
+    tried = candidate("gpt-4o", quality=0.8, cost=0.01)
+    judge(tried, CODE, *[True] * 5)
+    untried = candidate("claude-sonnet", quality=0.8, cost=0.01)
+
+    chosen = firsts(AdaptiveBackend(seed=4), [tried, untried])
+
+    assert chosen["gpt-4o"] > chosen["claude-sonnet-5"] > 0
+
+
+def test_each_place_gives_the_posterior_figures_behind_it():
+    model = candidate("gpt-4o", quality=0.8, cost=0.01)
+    judge(model, CODE, True, True, False)
+
+    (ranked,) = AdaptiveBackend(seed=5).rank([model])
+
+    figures = ranked.figures
+    assert (figures["passed"], figures["failed"], figures["prior"]) == (2.0, 1.0, 0.8)
+    assert figures["mean"] == pytest.approx((1.6 + 2) / (2 + 3))
+    assert 0 < figures["drawn"] < 1
+    assert ranked.score == pytest.approx(figures["drawn"] / 0.01)
+    assert ranked.reason.startswith("code_generation passed 2 of 3 (prior 0.80): mean 0.72, ")
+
+
+def test_a_job_that_writes_no_answer_of_its_own_keeps_the_routing_table():
+    critics = [
+        candidate("gpt-4o", quality=0.9, cost=0.02, task_type=None, rank=1),
+        candidate("kimi-k2.5", quality=0.9, cost=0.001, task_type=None, rank=0),
+    ]
+
+    assert AdaptiveBackend(seed=6).rank(critics) == RoutingTableBackend().rank(critics)
+
+
+def test_what_was_learned_is_saved_restored_and_merged_across_orchestrators():
+    first = candidate("gpt-4o", quality=0.8, cost=0.01).profile
+    second = candidate("gpt-4o", quality=0.8, cost=0.01).profile
+    first.judged(CODE.value, False, by_checks=True)
+    second.judged(CODE.value, True, by_checks=False)
+    second.judged(TaskType.WRITING.value, True, by_checks=False)
+
+    saved = json.loads(json.dumps(first.to_record()))
+    restored = candidate("gpt-4o", quality=0.8, cost=0.01).profile
+    restored.restore(saved)
+    merged = merge_profiles([{"m": restored}, {"m": second}])["m"]
+
+    assert restored.outcomes == {CODE.value: Outcomes(0, 1, 1)}
+    assert merged.outcomes == {CODE.value: Outcomes(1, 1, 1), "creative_writing": Outcomes(1, 0, 0)}
+
+
+def test_a_saved_record_that_is_not_counts_reads_as_nothing_seen():
+    profile = candidate("gpt-4o", quality=0.8, cost=0.01).profile
+    profile.restore({"outcomes": {"code_generation": "garbage", "summarization": [1, -4, "x"]}})
+
+    assert profile.outcomes == {"code_generation": Outcomes(), "summarization": Outcomes()}
+
+
+def test_a_project_file_asks_for_a_backend_by_name_and_an_unknown_one_is_refused(tmp_path):
+    good = write_file(tmp_path / "p.yaml", "project: p\ncriteria: c\nrouting: adaptive\n")
+    bad = write_file(tmp_path / "q.yaml", "project: p\ncriteria: c\nrouting: clever\n")
+
+    assert load_project_file(good).routing == "adaptive"
+    with pytest.raises(ProjectFileError, match="routing"):
+        load_project_file(bad)
+
+
+def test_the_project_files_backends_are_the_command_lines():
+    names = shipped_schema("project.schema.json")["properties"]["routing"]["enum"]
+
+    assert sorted(names) == sorted(BACKENDS)
