@@ -51,6 +51,7 @@ class ScriptedLLM:
         output_share: float | None = None,
         answers: dict[str, str] | None = None,
         integration_answers: dict[str, str] | None = None,
+        broken_authors: int = 0,
     ) -> None:
         self.plan = plan if plan is not None else default_plan()
         # Task id -> the text every version of that task's answer is (instead of add()).
@@ -64,6 +65,9 @@ class ScriptedLLM:
         # Bill every answer as this share of max_tokens (answers of a chosen length); None: as
         # long as its text.
         self.output_share = output_share
+        # The first this many models to write code write code that never compiles (``broken``).
+        self.broken_authors = broken_authors
+        self.broken: list[str] = []
         self._lock = threading.Lock()
         self._judged: dict[str, list[int]] = {}  # task -> versions in the order first judged
         self.roles: list[tuple[str, str | None, str]] = []  # (role, task, model) per request
@@ -87,10 +91,18 @@ class ScriptedLLM:
         else:
             # Every revision is a new version, even one made from an older best answer.
             version = self.count("revise", task_id) if role == "revise" else 0
+            if task_type == "code_generation" and self._breaks(request.model):
+                script = TaskScript(broken_versions={version}, kind=script.kind)
             body = self.answers.get(task_id or "") or _answer(task_id, script, version, task_type)
         share = 1.0 if self.bill_max_output else self.output_share
         output_tokens = max(1, int(_max_tokens(request) * share)) if share else None
         return Reply(text=body, delay=self.delay, output_tokens=output_tokens)
+
+    def _breaks(self, model: str) -> bool:
+        with self._lock:
+            if model not in self.broken and len(self.broken) < self.broken_authors:
+                self.broken.append(model)
+            return model in self.broken
 
     def _score(self, task_id: str | None, script: TaskScript, text: str) -> float:
         graded = text.split("--- Answer to grade ---", 1)[-1]

@@ -4,14 +4,17 @@ checks is sent to the back for that kind of task, and every choice says why in f
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from dataclasses import replace
 
 import pytest
-from conftest import write_file
+from conftest import fake_env, write_file
+from scripted_llm import ScriptedLLM
+from test_resume import FAST
 
-from orchestrator import Catalog
+from orchestrator import Budget, Catalog, Orchestrator, RunConfig, StateManager, UnifiedClient
 from orchestrator.cli.project_file import ProjectFileError, load_project_file
 from orchestrator.routing.backends import (
     BACKENDS,
@@ -20,8 +23,11 @@ from orchestrator.routing.backends import (
     Candidate,
     RoutingTableBackend,
 )
+from orchestrator.routing.policy import Policy
 from orchestrator.routing.profiles import ModelProfile, Outcomes, merge_profiles
-from orchestrator.run.tasks import TaskType
+from orchestrator.routing.router import Router
+from orchestrator.run.taskgraph import parse_tasks
+from orchestrator.run.tasks import ProjectStatus, TaskType
 from orchestrator.text.schemas import shipped_schema
 
 CODE = TaskType.CODE_GEN
@@ -155,3 +161,133 @@ def test_the_project_files_backends_are_the_command_lines():
     names = shipped_schema("project.schema.json")["properties"]["routing"]["enum"]
 
     assert sorted(names) == sorted(BACKENDS)
+
+
+# --- over HTTP, through the real SDKs and the fake provider ---------------------------------------
+CODE_CHAIN = [
+    {"id": f"c{i}", "type": "code_generation", "prompt": f"[c{i}] Write add(a, b).",
+     "dependencies": [f"c{i - 1}"] if i else [], "hard_validators": ["python_syntax"],
+     "acceptance": None}
+    for i in range(6)
+]  # fmt: skip
+
+
+def code_written_by(llm, model: str, since: int = 0) -> list[str | None]:
+    """The tasks ``model`` wrote or revised code for, in order, after the first ``since``
+    requests."""
+    return [t for role, t, m in llm.roles[since:] if m == model and role in ("generate", "revise")]
+
+
+PROJECT = "adds"
+SEED = 11
+
+
+async def run_adaptive(fake, store, *, policies=(), description="[project] adds", restart=False):
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orchestrator = Orchestrator(
+            budget=Budget(max_usd=5.0, max_time_seconds=120),
+            state_manager=store,
+            client=client,
+            use_cache=False,
+            config=RunConfig(integration=False, policies=tuple(policies)),
+            # Seeded: the same draws every time, so the broken author gets its second task.
+            optimization_backend=AdaptiveBackend(seed=SEED),
+        )
+        tasks = parse_tasks({"tasks": CODE_CHAIN})
+        return await orchestrator.run_project(
+            description, "add works", PROJECT, tasks=tasks, restart=restart
+        )
+
+
+async def test_a_model_whose_code_never_compiles_stops_getting_code_in_the_run_and_the_next(
+    fake, tmp_path
+):
+    llm = fake.responder = ScriptedLLM(plan=CODE_CHAIN, broken_authors=1)
+    async with StateManager(tmp_path / "state.db") as store:
+        first = await run_adaptive(fake, store)
+        (broken,) = llm.broken
+        written = code_written_by(llm, broken)
+        # Its failing answer's next revision went to another model, and the task passed.
+        assert first.status is ProjectStatus.SUCCESS
+        assert first.results["c0"].model_used.value != broken
+        # Once its answers to two tasks had failed their checks, it got no more code: the
+        # routing table would have sent it every answer of all six.
+        assert len(set(written)) <= DEMOTE_AFTER and len(written) <= 2 * DEMOTE_AFTER, written
+        saved = await store.model_telemetry()
+        assert saved[first.results["c0"].model_used.key]["outcomes"]["code_generation"][0] >= 1
+        assert await demoted(store, llm)
+
+        seen = len(llm.roles)
+        second = await run_adaptive(fake, store, description="[project] more adds", restart=True)
+
+    assert second.status is ProjectStatus.SUCCESS
+    assert code_written_by(llm, broken, since=seen) == []
+
+
+async def test_learning_never_brings_back_a_model_a_policy_forbids(fake, tmp_path):
+    llm = fake.responder = ScriptedLLM(plan=CODE_CHAIN)
+    async with StateManager(tmp_path / "state.db") as store:
+        free = await run_adaptive(fake, store)
+        # Google's cheap model passes every time here: learning sends it the work...
+        assert any(r.model_used.provider == "google" for r in free.results.values())
+        seen = len(llm.roles)
+
+        state = await run_adaptive(
+            fake, store, policies=[Policy("no-google", blocked_providers=["google"])],
+            description="[project] adds elsewhere", restart=True,
+        )  # fmt: skip
+
+    # ...and a policy forbidding it still stands.
+    assert state.status is ProjectStatus.SUCCESS
+    assert not [m for _, _, m in llm.roles[seen:] if m.startswith("gemini")]
+
+
+async def test_what_a_run_learned_is_saved_with_each_task_and_a_resume_starts_from_it(
+    fake, tmp_path
+):
+    llm = fake.responder = ScriptedLLM(plan=CODE_CHAIN, broken_authors=1, delay=0.05)
+    async with StateManager(tmp_path / "state.db") as store:
+        run = asyncio.create_task(run_adaptive(fake, store))
+        # Saved as tasks finish, not only at the end: a run killed now keeps it.
+        while not await demoted(store, llm):
+            assert not run.done(), "the run ended before its broken author was demoted"
+            await asyncio.sleep(0.05)
+        assert not run.done(), "the run ended before what it learned was saved"
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        (broken,) = llm.broken
+        seen = len(llm.roles)
+
+        async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+            fresh = Orchestrator(  # a new process: nothing learned in memory
+                budget=Budget(max_usd=5.0, max_time_seconds=120), state_manager=store,
+                client=client, use_cache=False,
+            )  # fmt: skip
+            resumed = await fresh.resume(PROJECT)
+
+    assert resumed.status is ProjectStatus.SUCCESS
+    assert code_written_by(llm, broken, since=seen) == []
+
+
+async def demoted(store, llm) -> bool:
+    if not llm.broken:
+        return False
+    records = await store.model_telemetry()
+    found = [r for key, r in records.items() if key.endswith("/" + llm.broken[0])]
+    code = found[0].get("outcomes", {}).get("code_generation") if found else None
+    return bool(code) and code[2] >= DEMOTE_AFTER
+
+
+def test_the_audit_record_and_the_v_line_carry_the_figures_behind_a_choice():
+    catalog = Catalog.load(env={})
+    usable = tuple(m for m in catalog.models if m.provider in ("openai", "google"))
+    decisions = []
+    router = Router(catalog, usable, backend=AdaptiveBackend(seed=1), on_decision=decisions.append)
+
+    router.generation_chain(CODE, "core")
+
+    (decision,) = decisions
+    first = decision.to_record()["candidates"][0]
+    assert set(first["figures"]) >= {"passed", "failed", "prior", "mean", "drawn", "cost_usd"}
+    assert "passes a dollar" in decision.explain() and "drawn" in decision.explain()

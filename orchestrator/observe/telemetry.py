@@ -40,6 +40,13 @@ class TelemetryCollector:
         if profile is not None:
             profile.record_quality(score)
 
+    def record_judged(self, model: Model, task_type: str, passed: bool, *, by_checks: bool) -> None:
+        """One of ``model``'s answers to a task of ``task_type`` judged: passed (its checks and
+        its evaluation), or failed (``by_checks``: a deterministic check)."""
+        profile = self.profiles.get(model.key)
+        if profile is not None:
+            profile.judged(task_type, passed, by_checks=by_checks)
+
     def record_validator_failures(self, model: Model, count: int) -> None:
         profile = self.profiles.get(model.key)
         if profile is not None:

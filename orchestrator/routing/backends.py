@@ -167,6 +167,9 @@ class AdaptiveBackend:
     """
 
     name = "adaptive"
+    # It ranks by how answers were judged: a run hands a failed answer's revision to another
+    # model, and keeps what it learned with each task's checkpoint.
+    learns = True
 
     def __init__(self, seed: int | None = None, fallback: OptimizationBackend | None = None):
         self.random = random.Random(seed)

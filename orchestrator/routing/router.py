@@ -177,6 +177,22 @@ class Router:
         limit = self.max_tokens(TaskType.EVALUATE)
         return self._select("evaluator", task_type, task_id, preferred, limit, away_from=author)
 
+    @property
+    def learns(self) -> bool:
+        """Whether the backend ranks by how answers were judged (``AdaptiveBackend``)."""
+        return bool(getattr(self.backend, "learns", False))
+
+    def reviser_chain(
+        self, task_type: TaskType, author: Model, task_id: str | None = None, *, failed: bool
+    ) -> list[Model]:
+        """Revisers of ``author``'s answer: its author first, unless the backend learns and the
+        answer ``failed`` its checks: then the work moves to another model (the author last)."""
+        chain = self.generation_chain(task_type, task_id)
+        if failed and self.learns:
+            others = [m for m in chain if m != author]
+            return [*others, author][: self.max_fallbacks + 1]
+        return self.led_by(author, chain)
+
     def led_by(self, first: Model, chain: list[Model]) -> list[Model]:
         """``chain`` asking ``first`` first (a reviser its own answer's author), still within
         the fallbacks allowed."""

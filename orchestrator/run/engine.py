@@ -356,6 +356,8 @@ class Run:
         finally:
             # Shielded: a task stopped by Ctrl-C or the clock still leaves its checkpoint.
             await asyncio.shield(self._checkpoint(result))
+            if ctx.router.learns:  # what routing learned from the task, kept for a resume
+                await asyncio.shield(self._save_telemetry())
         self.budget_exhausted |= outcome.budget_exhausted
         self.outages.update(outcome.outages)
         self.emit(Event("task_finished", task.id, data={"result": result}))
@@ -372,6 +374,11 @@ class Run:
         await self.session.checkpoint(
             self.state.project_id, result, self.state.budget.elapsed_seconds
         )
+
+    async def _save_telemetry(self) -> None:
+        if self.session.may_write:
+            assert self.session.store is not None
+            await self.session.store.save_model_telemetry(self.owner.telemetry.export())
 
     async def _close_unfinished(self, timed_out: bool) -> None:
         state = self.state

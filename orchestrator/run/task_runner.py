@@ -184,8 +184,9 @@ class TaskRunner:
             if critique:
                 feedback.insert(0, f"Reviewer's critique:\n{critique}")
             if feedback:
+                last_failed = bool(passes) and not passes[-1]
                 current, author = await self._revise(
-                    task_text, current, feedback, author, max_tokens, iteration
+                    task_text, current, feedback, author, max_tokens, iteration, last_failed
                 )
             judged = await self._judge(task_text, current, author, iteration)
             result.score_history.append(judged.score)
@@ -241,10 +242,11 @@ class TaskRunner:
         author: Model,
         max_tokens: int,
         iteration: int,
+        failed: bool,
     ) -> tuple[str, Model]:
-        """The answer revised on ``feedback``, by its author first, and who revised it."""
-        chain = self.ctx.router.generation_chain(self.task.type, self.task.id)
-        chain = self.ctx.router.led_by(author, chain)
+        """The answer revised on ``feedback``, by its author first (another model when it
+        ``failed`` its checks and routing learns), and who revised it."""
+        chain = self.ctx.router.reviser_chain(self.task.type, author, self.task.id, failed=failed)
         revised, model = await self.calls.ask(
             chain,
             [
@@ -268,14 +270,19 @@ class TaskRunner:
     ) -> _Judgement:
         """The answer's hard validators, then, when it failed none, its evaluation."""
         judged = _Judgement(await self._validate(answer))
+        telemetry, kind = self.ctx.telemetry, self.task.type.value
         if judged.failed:
-            self.ctx.telemetry.record_validator_failures(author, len(judged.failed))
+            telemetry.record_validator_failures(author, len(judged.failed))
+            telemetry.record_judged(author, kind, False, by_checks=True)
             data = {"validators": judged.failed, "iteration": iteration}
             self.ctx.emit(Event("validation_failed", self.task.id, author.value, data=data))
             return judged
         evaluation = await self.evaluator.evaluate(
             task_text, answer, author, iteration, self._critic
         )
+        if evaluation.verdicts:  # graded: evaluators unavailable say nothing of the answer
+            passed = evaluation.score >= self.ctx.threshold
+            telemetry.record_judged(author, kind, passed, by_checks=False)
         confirmed = evaluation.confirmed(self.ctx.allow_single_verdict)
         if evaluation.verdicts and evaluation.score >= self.ctx.threshold and not confirmed:
             self.calls.note(f"iteration {iteration}: {ONE_VERDICT}")
