@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.llm.catalog import Catalog, Model
+from orchestrator.observe.telemetry import TelemetryCollector
 from orchestrator.routing import backends
 from orchestrator.routing.backends import (
     AdaptiveBackend,
@@ -181,7 +182,10 @@ class ByBackend(Routing):
     def judged(self, model: Model, kind: TaskType, passed: bool) -> None:
         profile = self.profiles[model.key]
         if isinstance(self.backend, AdaptiveBackend):
-            profile.judged(kind.value, passed, by_checks=not passed)
+            # As a run records it: a demotion's clock counts every model's answers of the type.
+            TelemetryCollector(self.profiles).record_judged(
+                model, kind.value, passed, by_checks=not passed
+            )
         else:
             profile.record_quality(1.0 if passed else 0.0)
 

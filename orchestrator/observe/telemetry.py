@@ -45,7 +45,13 @@ class TelemetryCollector:
         its evaluation), or failed (``by_checks``: a deterministic check)."""
         profile = self.profiles.get(model.key)
         if profile is not None:
-            profile.judged(task_type, passed, by_checks=by_checks)
+            of_type = self.judged(task_type) + 1  # this answer too
+            profile.judged(task_type, passed, by_checks=by_checks, of_type=of_type)
+
+    def judged(self, task_type: str) -> int:
+        """Answers to tasks of ``task_type`` judged so far, every model's."""
+        return sum(p.outcomes[task_type].judged for p in self.profiles.values()
+                   if task_type in p.outcomes)  # fmt: skip
 
     def record_validator_failures(self, model: Model, count: int) -> None:
         profile = self.profiles.get(model.key)

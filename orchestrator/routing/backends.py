@@ -178,7 +178,12 @@ class AdaptiveBackend:
     def rank(self, candidates: Sequence[Candidate]) -> list[Ranked]:
         if not candidates or any(c.task_type is None for c in candidates):
             return self.fallback.rank(candidates)
-        drawn = [self.drawn(c) for c in candidates]
+        kind = candidates[0].task_type
+        assert kind is not None
+        # Every candidate's answers of the type judged so far: a demotion's clock.
+        of_type = sum(c.profile.outcomes[kind.value].judged for c in candidates
+                      if kind.value in c.profile.outcomes)  # fmt: skip
+        drawn = [self.drawn(c, of_type) for c in candidates]
         worth = [r for r in drawn if r.figures["drawn"] >= MIN_PASS_RATE and not _demoted(r)]
         rest = [r for r in drawn if r.figures["drawn"] < MIN_PASS_RATE and not _demoted(r)]
         demoted = [r for r in drawn if _demoted(r)]
@@ -188,8 +193,9 @@ class AdaptiveBackend:
             + sorted(demoted, key=lambda r: -r.figures["drawn"])
         )
 
-    def drawn(self, candidate: Candidate) -> Ranked:
-        """The candidate with a pass rate drawn from its posterior, and why."""
+    def drawn(self, candidate: Candidate, of_type: int = 0) -> Ranked:
+        """The candidate with a pass rate drawn from its posterior, and why; ``of_type``: the
+        answers of the task type judged so far, every candidate's (a demotion's clock)."""
         assert candidate.task_type is not None
         profile, kind = candidate.profile, candidate.task_type
         seen = profile.outcomes.get(kind.value, Outcomes())
@@ -198,9 +204,13 @@ class AdaptiveBackend:
         beta = PRIOR_ANSWERS * (1 - prior) + seen.failed
         rate = self.random.betavariate(alpha, beta) * profile.trust
         per_usd = rate / max(candidate.cost_usd, MIN_COST_USD)
+        demoted = seen.failing_checks >= DEMOTE_AFTER and (
+            of_type - seen.failed_checks_at < DEMOTED_FOR
+        )
         figures = {
             "passed": float(seen.passed), "failed": float(seen.failed),
-            "failing_checks": float(seen.failing_checks), "prior": prior,
+            "failing_checks": float(seen.failing_checks), "demoted": float(demoted),
+            "prior": prior,
             "mean": alpha / (alpha + beta), "drawn": rate, "cost_usd": candidate.cost_usd,
             "passes_per_usd": per_usd,
         }  # fmt: skip
@@ -210,8 +220,10 @@ class AdaptiveBackend:
             f"{figures['mean']:.2f}, drawn {rate:.2f}; {_usd(candidate.cost_usd)} a call = "
             f"{per_usd:,.0f} passes a dollar"
         )
-        if seen.failing_checks >= DEMOTE_AFTER:
+        if demoted:
             reason += f"; demoted: its last {seen.failing_checks} answers failed their checks"
+        elif seen.failing_checks >= DEMOTE_AFTER:
+            reason += f"; on trial again after {DEMOTED_FOR} other answers of the type"
         elif rate < MIN_PASS_RATE:
             reason += f"; drawn under {MIN_PASS_RATE:.0%}: after those likelier to pass"
         return Ranked(candidate.model, per_usd, reason, figures)
@@ -229,11 +241,15 @@ BACKENDS: dict[str, type[OptimizationBackend]] = {
 }
 
 # What the catalog's quality prior is worth, in answers seen.
-PRIOR_ANSWERS = 2.0
+PRIOR_ANSWERS = 4.0
 # A drawn pass rate under this goes after every candidate likelier to pass, however cheap.
 MIN_PASS_RATE = 0.5
-# Answers in a row failing a deterministic check that send a model to the back for a task type.
+# Answers in a row failing a deterministic check that send a model to the back for a task type,
+# until this many answers of the type (every model's) have been judged since its last: then it
+# is on trial again (one more failed check sends it back), since a model locked out for good by
+# two unlucky answers would leave its share of the work to dearer ones.
 DEMOTE_AFTER = 2
+DEMOTED_FOR = 20
 
 # A model that costs nothing (a local endpoint) still has to be divided by something.
 MIN_COST_USD = 1e-7
@@ -259,7 +275,7 @@ def _dominates(a: Candidate, b: Candidate) -> bool:
 
 
 def _demoted(ranked: Ranked) -> bool:
-    return ranked.figures.get("failing_checks", 0.0) >= DEMOTE_AFTER
+    return bool(ranked.figures.get("demoted"))
 
 
 def _scaled(value: float, values: Sequence[float]) -> float:

@@ -57,10 +57,12 @@ class ModelProfile:
         """Whether any call, evaluation or validator run has told us something about it."""
         return bool(self.calls or self.evaluations or self.validator_failures or self.outcomes)
 
-    def judged(self, task_type: str, passed: bool, *, by_checks: bool) -> None:
+    def judged(self, task_type: str, passed: bool, *, by_checks: bool, of_type: int = 0) -> None:
         """One of its answers to a task of ``task_type`` passed or failed (``by_checks``: failed
-        a deterministic check, which counts toward a demotion)."""
-        self.outcomes.setdefault(task_type, Outcomes()).add(passed, by_checks=by_checks)
+        a deterministic check, which counts toward a demotion); ``of_type``: the answers of
+        that task type judged so far, every model's and this one, a demotion's clock."""
+        found = self.outcomes.setdefault(task_type, Outcomes())
+        found.add(passed, by_checks=by_checks, of_type=of_type)
 
     @property
     def success_rate(self) -> float:
@@ -129,32 +131,41 @@ class Outcomes:
     passed: int = 0
     failed: int = 0
     failing_checks: int = 0  # back to 0 at the next pass
+    # The answers of the task type judged (every model's) when its last failed check was.
+    failed_checks_at: int = 0
 
-    def add(self, passed: bool, *, by_checks: bool) -> None:
+    @property
+    def judged(self) -> int:
+        return self.passed + self.failed
+
+    def add(self, passed: bool, *, by_checks: bool, of_type: int = 0) -> None:
         if passed:
             self.passed += 1
             self.failing_checks = 0
         else:
             self.failed += 1
-            self.failing_checks += by_checks
+            if by_checks:
+                self.failing_checks += 1
+                self.failed_checks_at = of_type
 
     def to_record(self) -> list[int]:
-        return [self.passed, self.failed, self.failing_checks]
+        return [self.passed, self.failed, self.failing_checks, self.failed_checks_at]
 
     @classmethod
     def from_record(cls, record: Any) -> Outcomes:
-        """A saved record (a list of three counts); anything else counts as nothing seen."""
+        """A saved record (a list of three or four counts); anything else counts as nothing."""
         try:
-            passed, failed, failing = (max(0, int(n)) for n in record)
+            counts = [max(0, int(n)) for n in record]
         except (TypeError, ValueError):
             return cls()
-        return cls(passed, failed, failing)
+        return cls(*counts) if len(counts) in (3, 4) else cls()
 
     def merged(self, other: Outcomes) -> Outcomes:
         return Outcomes(
             self.passed + other.passed,
             self.failed + other.failed,
             max(self.failing_checks, other.failing_checks),
+            max(self.failed_checks_at, other.failed_checks_at),
         )
 
 
