@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-from conftest import fake_env, write_file
+from conftest import fake_env, run_cli, write_file
 from scripted_llm import ScriptedLLM
 from test_resume import FAST
 
@@ -321,3 +321,26 @@ def test_the_audit_record_and_the_v_line_carry_the_figures_behind_a_choice():
     first = decision.to_record()["candidates"][0]
     assert set(first["figures"]) >= {"passed", "failed", "prior", "mean", "drawn", "cost_usd"}
     assert "passes a dollar" in decision.explain() and "drawn" in decision.explain()
+
+
+def test_a_project_file_routing_adaptively_shows_each_choices_figures_at_v(fake, llm, tmp_path):
+    project = write_file(
+        tmp_path / "add.yaml",
+        """
+        project: "[project] Build an add library"
+        criteria: add works
+        routing: adaptive
+        tasks:
+          - id: core
+            type: code_generation
+            prompt: "[core] Write add(a, b) with tests."
+        """,
+    )
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+
+    result = run_cli("--file", str(project), "--no-integration", "-v", cwd=tmp_path, env=env)
+
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stderr.splitlines() if "generation for core:" in x)
+    assert "(adaptive: code_generation passed 0 of 0 (prior " in line
+    assert "passes a dollar); then " in line
