@@ -31,7 +31,7 @@ from fake_provider import FakeProvider  # noqa: E402
 from scripted_llm import ScriptedLLM  # noqa: E402
 
 from orchestrator import Budget, Orchestrator, Task, TaskType, UnifiedClient  # noqa: E402
-from orchestrator.run.workers import enqueue  # noqa: E402
+from orchestrator.jobs.workers import enqueue  # noqa: E402
 from orchestrator.store.state import StateManager  # noqa: E402
 
 NOTE = {"note": Task(id="note", type=TaskType.WRITING, prompt="[note] Write a note.")}

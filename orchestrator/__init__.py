@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         TruncatedAnswerError,
         UnknownModelError,
     )
+    from orchestrator.jobs.agents import AgentPool, JobSpec
     from orchestrator.llm.cache import DiskCache
     from orchestrator.llm.catalog import Catalog, Model, Price, ProviderSpec
     from orchestrator.llm.client import Completion, UnifiedClient
@@ -60,7 +61,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
     from orchestrator.routing.profiles import ModelProfile, build_default_profiles
     from orchestrator.routing.router import Decision, Router
     from orchestrator.routing.screen import ConstraintPlanner
-    from orchestrator.run.agents import AgentPool, JobSpec
     from orchestrator.run.channel import TaskChannel
     from orchestrator.run.config import RunConfig
     from orchestrator.run.orchestrator import Orchestrator
@@ -81,7 +81,7 @@ DISTRIBUTION = "orchestrator-llm"
 
 # Each module and the public names it gives the package (the imports above, once more).
 _HOMES: dict[str, tuple[str, ...]] = {
-    "run.agents": ("AgentPool", "JobSpec"),
+    "jobs.agents": ("AgentPool", "JobSpec"),
     "run.channel": ("TaskChannel",),
     "observe.audit": ("AuditCheck", "AuditLog", "AuditRecord"),
     "money.budget": ("Budget", "BudgetExceeded"),

@@ -1,6 +1,7 @@
 """``orchestrator.policy``, the design document's path to the policies
-(:mod:`orchestrator.routing.policy`) and to ``JobSpec`` (:mod:`orchestrator.run.agents`)."""
+(:mod:`orchestrator.routing.policy`) and to ``JobSpec`` (:mod:`orchestrator.jobs.agents`)."""
 
+from orchestrator.jobs.agents import JobSpec
 from orchestrator.routing.policy import (
     COMPLIANCE_RULES,
     EnforcementMode,
@@ -11,7 +12,6 @@ from orchestrator.routing.policy import (
     Violation,
     model_names,
 )
-from orchestrator.run.agents import JobSpec
 
 __all__ = [
     "COMPLIANCE_RULES",

@@ -9,10 +9,10 @@ from conftest import fake_env
 from test_resume import FAST
 
 from orchestrator import AgentPool, Budget, Orchestrator, UnifiedClient
+from orchestrator.jobs.agents import JobSpec
 from orchestrator.money.caps import BudgetCapExceeded, BudgetHierarchy
 from orchestrator.routing.backends import GreedyBackend, ParetoBackend
 from orchestrator.routing.policy import Policy
-from orchestrator.run.agents import JobSpec
 from orchestrator.run.tasks import ProjectState, ProjectStatus, Task, TaskType
 
 CODE_TASK = {"core": Task("core", TaskType.CODE_GEN, "[core] Write add(a, b) with tests.")}

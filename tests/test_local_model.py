@@ -32,9 +32,9 @@ from orchestrator.llm.local import (
     embedded_available,
     embedded_model_path,
 )
-from orchestrator.run.evaluation import EVALUATION_MAX_TOKENS, ONE_VERDICT
 from orchestrator.run.prompts import EVALUATE_SYSTEM, EVALUATION_SCHEMA, evaluate_prompt
 from orchestrator.run.tasks import ProjectStatus, Task, TaskStatus, TaskType
+from orchestrator.task.evaluation import EVALUATION_MAX_TOKENS, ONE_VERDICT
 
 pytestmark = [
     pytest.mark.real_llm,

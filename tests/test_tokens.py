@@ -18,11 +18,11 @@ from orchestrator import Budget, Orchestrator, UnifiedClient
 from orchestrator.llm.context_window import prompt_token_bound, prompt_token_estimate
 from orchestrator.llm.local import DEFAULT_CONTEXT, LocalModel, embedded_available
 from orchestrator.llm.providers.base import ChatRequest, Message
-from orchestrator.run.dependency_context import trim
 from orchestrator.run.tasks import Task, TaskStatus, TaskType
+from orchestrator.task.dependency_context import trim
 from orchestrator.text.tokens import high_tokens, token_bound, typical_tokens
 
-CODE = (PROJECT_ROOT / "orchestrator" / "run" / "task_runner.py").read_text(encoding="utf-8")
+CODE = (PROJECT_ROOT / "orchestrator" / "task" / "runner.py").read_text(encoding="utf-8")
 PROSE = (PROJECT_ROOT / "docs" / "how-a-run-works.md").read_text(encoding="utf-8")
 # Texts a prompt may carry, from the kindest to a tokenizer to the hardest.
 SAMPLES = {

@@ -39,9 +39,9 @@ from test_exactness import take_over_at_first_grading
 from test_postgres_store import own_postgres  # noqa: F401 - a server this test may restart
 
 from orchestrator import AgentPool, Budget, Orchestrator, Task, TaskType, UnifiedClient
+from orchestrator.jobs.agents import JobSpec
 from orchestrator.money.caps import BudgetHierarchy
 from orchestrator.money.units import usd_to_nanos
-from orchestrator.run.agents import JobSpec
 from orchestrator.store.state import StateManager
 
 LEASE = "1"  # seconds: a killed worker's project and job are free again soon after
@@ -96,7 +96,7 @@ async def books(url: str) -> tuple[int, int, int]:
 
 
 async def queued_jobs(url: str) -> list[tuple[str, str]]:
-    from orchestrator.run.workers import QUEUE_SCHEMA
+    from orchestrator.jobs.workers import QUEUE_SCHEMA
 
     async with StateManager(url) as store:
         rows = await store._store.run(
@@ -273,7 +273,7 @@ async def create(
     caps: BudgetHierarchy | None = None,
 ) -> None:
     """Projects saved for the workers through the library, as a script would."""
-    from orchestrator.run.workers import enqueue
+    from orchestrator.jobs.workers import enqueue
 
     async with (
         StateManager(url) as store,

@@ -157,7 +157,7 @@ async def work(args: argparse.Namespace) -> int:
 
 
 def _distributed() -> Any:
-    """``orchestrator.run.workers``, imported only here; needs a PostgreSQL store."""
+    """``orchestrator.jobs.workers``, imported only here; needs a PostgreSQL store."""
     url = os.environ.get(DB_URL_ENV)
     if not url:
         raise usage_error(
@@ -166,7 +166,7 @@ def _distributed() -> Any:
     if not is_postgres_url(url):
         raise usage_error(f"{DB_URL_ENV} must be a postgresql:// URL")
     try:
-        from orchestrator.run import workers as distributed
+        from orchestrator.jobs import workers as distributed
     except ImportError:
         raise usage_error(
             f"--submit and --worker need the distributed extra: {EXTRA_COMMAND}"

@@ -29,14 +29,14 @@ from orchestrator.observe.events import Event, EventKind
 from orchestrator.observe.metrics import MetricsFeed, MetricsSnapshot
 from orchestrator.observe.metrics import collect as collect_metrics
 from orchestrator.routing.router import Router
-from orchestrator.run.evaluation import REVIEW_ROLES
 from orchestrator.run.outcome import end_if_taken_over, save_end, settle
 from orchestrator.run.planning import DecompositionFailed, decompose
 from orchestrator.run.session import Session
-from orchestrator.run.task_calls import ProvidersUnavailable
-from orchestrator.run.task_runner import TaskContext, TaskRunner
 from orchestrator.run.taskgraph import execution_order
 from orchestrator.run.tasks import ProjectState, ProjectStatus, Task, TaskResult, TaskStatus
+from orchestrator.task.calls import ProvidersUnavailable
+from orchestrator.task.evaluation import REVIEW_ROLES
+from orchestrator.task.runner import TaskContext, TaskRunner
 
 if TYPE_CHECKING:
     from orchestrator.run.orchestrator import Orchestrator

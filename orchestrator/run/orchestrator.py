@@ -22,6 +22,7 @@ from typing import Any
 
 from orchestrator.cli.project_file import check_project_id
 from orchestrator.errors import ConfigError
+from orchestrator.jobs.agents import JobSpec
 from orchestrator.llm.cache import DiskCache
 from orchestrator.llm.client import UnifiedClient
 from orchestrator.money.budget import Budget
@@ -34,7 +35,6 @@ from orchestrator.routing.backends import BACKENDS, OptimizationBackend
 from orchestrator.routing.policy import Policy, PolicyEngine, PolicySet
 from orchestrator.routing.router import Router
 from orchestrator.routing.screen import ConstraintPlanner
-from orchestrator.run.agents import JobSpec
 from orchestrator.run.channel import TaskChannel
 from orchestrator.run.config import RunConfig
 from orchestrator.run.engine import Run

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import OrchestratorError
 from orchestrator.money.budget import PHASE_SHARES, Budget
 from orchestrator.run.session import Session
-from orchestrator.run.task_calls import describe_outage
 from orchestrator.run.tasks import ProjectState, ProjectStatus, TaskStatus
 from orchestrator.store.state import SavedProject
+from orchestrator.task.calls import describe_outage
 
 if TYPE_CHECKING:
     from orchestrator.run.orchestrator import Orchestrator

@@ -16,7 +16,6 @@ from orchestrator.observe.events import Event, EventSink
 from orchestrator.routing.router import DECOMPOSITION_MAX_TOKENS, Router
 from orchestrator.run.config import RunConfig
 from orchestrator.run.prompts import DECOMPOSE_SYSTEM, DECOMPOSE_USER
-from orchestrator.run.task_calls import describe_outage
 from orchestrator.run.taskgraph import (
     TaskGraphError,
     decomposition_schema,
@@ -25,6 +24,7 @@ from orchestrator.run.taskgraph import (
     parse_tasks,
 )
 from orchestrator.run.tasks import ProjectState, Task, TaskType
+from orchestrator.task.calls import describe_outage
 
 log = logging.getLogger(__name__)
 

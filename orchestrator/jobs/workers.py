@@ -110,7 +110,7 @@ _job_ended = asyncio.Event()  # one of them ended: a worker leaving when idle lo
 
 
 async def _run_job(context: procrastinate.JobContext, project_id: str) -> None:
-    assert _runner is not None, "jobs run only in a worker started by orchestrator.run.workers"
+    assert _runner is not None, "jobs run only in a worker started by orchestrator.jobs.workers"
     app = context.app
     _running.add(project_id)
     try:

@@ -14,8 +14,8 @@ from orchestrator.money.budget import BudgetExceeded
 from orchestrator.observe.telemetry import TelemetryCollector
 from orchestrator.routing.router import ROUTING_TABLE, Router
 from orchestrator.run.prompts import EVALUATE_SYSTEM, EVALUATION_SCHEMA, evaluate_prompt
-from orchestrator.run.task_calls import ChainExhausted, ProvidersUnavailable, TaskCalls
 from orchestrator.run.tasks import Task, TaskResult, TaskType
+from orchestrator.task.calls import ChainExhausted, ProvidersUnavailable, TaskCalls
 
 CONSISTENCY_DELTA = 0.05
 # With one usable evaluator, a first score this close to the threshold (either side) is read a

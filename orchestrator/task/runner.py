@@ -1,6 +1,6 @@
 """One task's loop: generate, then critique, revise, validate and evaluate until good enough.
 
-Each step's calls go through ``TaskCalls`` (``task_calls``), which pays them into the task and
+Each step's calls go through ``TaskCalls`` (``calls``), which pays them into the task and
 says what ended a call no model answered; the evaluation's verdicts and score are
 ``evaluation``'s; what the prompt carries of the task's dependencies is ``dependency_context``'s.
 """
@@ -22,8 +22,6 @@ from orchestrator.money.budget import Budget, BudgetExceeded
 from orchestrator.observe.events import Event, EventSink
 from orchestrator.observe.telemetry import TelemetryCollector
 from orchestrator.routing.router import CRITIQUE_MAX_TOKENS, Router
-from orchestrator.run.dependency_context import dependency_context
-from orchestrator.run.evaluation import ONE_VERDICT, Evaluator
 from orchestrator.run.prompts import (
     CRITIQUE_SYSTEM,
     GENERATE_SYSTEM,
@@ -33,12 +31,14 @@ from orchestrator.run.prompts import (
     revise_prompt,
     task_prompt,
 )
-from orchestrator.run.task_calls import (
+from orchestrator.run.tasks import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
+from orchestrator.task.calls import (
     ChainExhausted,
     ProvidersUnavailable,
     TaskCalls,
 )
-from orchestrator.run.tasks import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
+from orchestrator.task.dependency_context import dependency_context
+from orchestrator.task.evaluation import ONE_VERDICT, Evaluator
 
 # The run's engine names these from here.
 PLATEAU_DELTA = 0.02

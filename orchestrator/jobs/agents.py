@@ -77,7 +77,7 @@ class AgentPool:
         of running it here: each agent saves its project (checked, nothing paid) and its id is
         the result; an agent that fails has its exception instead. ``queue_url``: the
         PostgreSQL database of the queue, by default ``$ORCHESTRATOR_DB_URL``."""
-        from orchestrator.run.workers import enqueue  # the distributed extra, only when asked for
+        from orchestrator.jobs.workers import enqueue  # the distributed extra, only when asked for
 
         url = queue_url or os.environ.get(DB_URL_ENV)
         if not url:
