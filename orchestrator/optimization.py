@@ -3,7 +3,12 @@ the design document's path to :mod:`orchestrator.routing.backends`."""
 
 from orchestrator.routing.backends import (
     BACKENDS,
+    DEMOTE_AFTER,
+    DEMOTED_FOR,
     MIN_COST_USD,
+    MIN_PASS_RATE,
+    PRIOR_ANSWERS,
+    AdaptiveBackend,
     Candidate,
     GreedyBackend,
     OptimizationBackend,
@@ -15,7 +20,12 @@ from orchestrator.routing.backends import (
 
 __all__ = [
     "BACKENDS",
+    "DEMOTED_FOR",
+    "DEMOTE_AFTER",
     "MIN_COST_USD",
+    "MIN_PASS_RATE",
+    "PRIOR_ANSWERS",
+    "AdaptiveBackend",
     "Candidate",
     "GreedyBackend",
     "OptimizationBackend",

@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.routing.profiles import Outcomes
-
 if TYPE_CHECKING:
     from orchestrator.llm.catalog import Model
     from orchestrator.routing.profiles import ModelProfile
@@ -198,31 +196,34 @@ class AdaptiveBackend:
         answers of the task type judged so far, every candidate's (a demotion's clock)."""
         assert candidate.task_type is not None
         profile, kind = candidate.profile, candidate.task_type
-        seen = profile.outcomes.get(kind.value, Outcomes())
+        seen = profile.outcomes.get(kind.value)
+        passed, failed = (seen.passed, seen.failed) if seen is not None else (0, 0)
+        failing = seen.failing_checks if seen is not None else 0
         prior = min(max(profile.model.quality, 0.05), 0.95)
-        alpha = PRIOR_ANSWERS * prior + seen.passed
-        beta = PRIOR_ANSWERS * (1 - prior) + seen.failed
+        alpha = PRIOR_ANSWERS * prior + passed
+        beta = PRIOR_ANSWERS * (1 - prior) + failed
         rate = self.random.betavariate(alpha, beta) * profile.trust
         per_usd = rate / max(candidate.cost_usd, MIN_COST_USD)
-        demoted = seen.failing_checks >= DEMOTE_AFTER and (
-            of_type - seen.failed_checks_at < DEMOTED_FOR
+        demoted = (
+            seen is not None
+            and failing >= DEMOTE_AFTER
+            and (of_type - seen.failed_checks_at < DEMOTED_FOR)
         )
         figures = {
-            "passed": float(seen.passed), "failed": float(seen.failed),
-            "failing_checks": float(seen.failing_checks), "demoted": float(demoted),
+            "passed": float(passed), "failed": float(failed),
+            "failing_checks": float(failing), "demoted": float(demoted),
             "prior": prior,
             "mean": alpha / (alpha + beta), "drawn": rate, "cost_usd": candidate.cost_usd,
             "passes_per_usd": per_usd,
         }  # fmt: skip
-        judged = seen.passed + seen.failed
         reason = (
-            f"{kind.value} passed {seen.passed} of {judged} (prior {prior:.2f}): mean "
+            f"{kind.value} passed {passed} of {passed + failed} (prior {prior:.2f}): mean "
             f"{figures['mean']:.2f}, drawn {rate:.2f}; {_usd(candidate.cost_usd)} a call = "
             f"{per_usd:,.0f} passes a dollar"
         )
         if demoted:
-            reason += f"; demoted: its last {seen.failing_checks} answers failed their checks"
-        elif seen.failing_checks >= DEMOTE_AFTER:
+            reason += f"; demoted: its last {failing} answers failed their checks"
+        elif failing >= DEMOTE_AFTER:
             reason += f"; on trial again after {DEMOTED_FOR} other answers of the type"
         elif rate < MIN_PASS_RATE:
             reason += f"; drawn under {MIN_PASS_RATE:.0%}: after those likelier to pass"
