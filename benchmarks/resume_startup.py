@@ -34,6 +34,7 @@ from orchestrator.llm.catalog import Model
 from orchestrator.llm.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
 from orchestrator.run.taskgraph import execution_order
 from orchestrator.run.tasks import ProjectStatus, TaskResult, TaskStatus, ValidatorResult
+from orchestrator.store.journal import CallJournal
 from orchestrator.store.state import StateManager
 
 PROJECT_ID = "bench"
@@ -100,7 +101,7 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
     writes = 0
     started = time.perf_counter()
     async with StateManager(path) as store:
-        await store.create_project(
+        await store.projects.create(
             PROJECT_ID,
             description="A large generated project",
             criteria="every part works",
@@ -109,7 +110,7 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
             settings={"quality_threshold": 0.85, "concurrency": 8},
         )
         plan_entry = {"text": "{...plan...}" * 200, "parsed": None, "cost_nanos": cost}
-        await store.journal_put(
+        await store.journal.put(
             PROJECT_ID,
             "decomposition",
             task_id="",
@@ -118,7 +119,7 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
             entry=plan_entry,
             elapsed=5.0,
         )
-        await store.save_plan(PROJECT_ID, tasks, order, 5.0)
+        await store.projects.save_plan(PROJECT_ID, tasks, order, 5.0)
         elapsed = 5.0
         for index, task_id in enumerate(order):
             final = index < len(order) // 2
@@ -134,7 +135,7 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
                     "cost_nanos": cost,
                     "reported_model": "gpt-4o",
                 }
-                await store.journal_put(
+                await store.journal.put(
                     PROJECT_ID,
                     key,
                     task_id=task_id,
@@ -145,9 +146,11 @@ async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) ->
                 )
                 writes += 1
             record = record_of(task_id, code_text(rng, args.size), models, rng, final)
-            await store.checkpoint(PROJECT_ID, task_id, record, final=final, elapsed=elapsed)
+            await store.projects.checkpoint(
+                PROJECT_ID, task_id, record, final=final, elapsed=elapsed
+            )
             writes += 1
-        await store.finish(PROJECT_ID, ProjectStatus.INTERRUPTED, "interrupted", elapsed)
+        await store.projects.finish(PROJECT_ID, ProjectStatus.INTERRUPTED, "interrupted", elapsed)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "writes": writes}
 
@@ -173,7 +176,7 @@ async def start_up(path: Path, catalog: Catalog) -> dict[str, float]:
     t0 = time.perf_counter()
     store = StateManager(path)
     try:
-        saved = await store.load(PROJECT_ID)
+        saved = await store.projects.load(PROJECT_ID)
         t1 = time.perf_counter()
         results = {t: TaskResult.from_record(r, resolve) for t, r in saved.results.items()}
         t2 = time.perf_counter()
@@ -207,15 +210,25 @@ class InstantProvider:
         return None
 
 
-class CountingStateManager(StateManager):
+class CountingJournal(CallJournal):
     """Counts the journal's replayed answers, to say what the full resume really did."""
 
     replayed = 0
 
-    async def journal_get(self, project_id: str, key: str) -> dict[str, Any] | None:
-        entry = await super().journal_get(project_id, key)
+    async def get(self, project_id: str, key: str) -> dict[str, Any] | None:
+        entry = await super().get(project_id, key)
         self.replayed += entry is not None
         return entry
+
+
+class CountingStateManager(StateManager):
+    """A state manager whose journal counts what it replays."""
+
+    journal: CountingJournal
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.journal = CountingJournal(self._store)
 
 
 async def full_resume(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -242,7 +255,7 @@ async def full_resume(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "first_call": (calls[0] - t0) if calls else float("nan"),
         "total": t_end - t0,
         "calls": len(calls),
-        "replayed": store.replayed,
+        "replayed": store.journal.replayed,
         "status": state.status.value,
         "done": sum(r.status is TaskStatus.COMPLETED for r in state.results.values()),
     }

@@ -34,10 +34,10 @@ ENTRY = {"text": "x" * 2000, "parsed": None, "input_tokens": 900, "output_tokens
 async def held_project(store: StateManager) -> Ledger:
     """A new project, claimed, its ledger open on the org, team, job and project rows."""
     project = f"bench-{time.time_ns()}"
-    await store.create_project(project, **PROJECT)
+    await store.projects.create(project, **PROJECT)
     owner = f"bench:{os.getpid()}:{project}"
-    assert await store.claim(project, owner, 600.0) is None
-    ledger = Ledger(store, project, owner)
+    assert await store.holders.claim(project, owner, 600.0) is None
+    ledger = Ledger(store.books, project, owner)
     await ledger.open(100 * NANOS_PER_USD, "team", "job")
     return ledger
 
@@ -61,7 +61,7 @@ async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
             await paid_call(ledger, n)
             times["paid_call"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            await store.journal_put(
+            await store.journal.put(
                 project, f"k{n}", task_id=f"t{n % 10}", phase="generation",
                 cost_nanos=NANOS_PER_USD // 1000, entry=ENTRY, elapsed=float(n),
             )  # fmt: skip
@@ -69,9 +69,11 @@ async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
             if n % 5 == 4:
                 started = time.perf_counter()
                 record = {"task_id": f"t{n}", "output": "y" * 4000}
-                await store.checkpoint(project, f"t{n}", record, final=True, elapsed=float(n))
+                await store.projects.checkpoint(
+                    project, f"t{n}", record, final=True, elapsed=float(n)
+                )
                 times["checkpoint"].append(time.perf_counter() - started)
-        await store.delete_project(project)
+        await store.projects.delete(project)
     return times
 
 
@@ -91,7 +93,7 @@ async def measure_together(location: str | Path, calls: int, at_once: int) -> tu
         before, started = getattr(store, "transactions", 0), time.perf_counter()
         await asyncio.gather(*(gated(n) for n in range(calls)))
         wall, commits = time.perf_counter() - started, getattr(store, "transactions", 0) - before
-        await store.delete_project(ledger.project_id)
+        await store.projects.delete(ledger.project_id)
     return wall / calls * 1000, commits / calls
 
 

@@ -204,14 +204,14 @@ def llm(fake):
 async def gateway(fake, tmp_path):
     """A gateway over the real SDKs and the fake, journaling project "p" into a state file."""
     store = StateManager(tmp_path / "state.db")
-    await store.create_project(
+    await store.projects.create(
         "p", description="d", criteria="c", max_usd=5.0, max_time_seconds=60.0, settings={}
     )
-    assert await store.claim("p", "tests:1:gateway", 600.0) is None
-    ledger = Ledger(store, "p", "tests:1:gateway")
+    assert await store.holders.claim("p", "tests:1:gateway", 600.0) is None
+    ledger = Ledger(store.books, "p", "tests:1:gateway")
     await ledger.open(usd_to_nanos(5.0), None, None)
     budget = Budget(max_usd=5.0, max_time_seconds=60)
-    journal = Journal(store, "p", budget, ledger)
+    journal = Journal(store.journal, "p", budget, ledger)
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST_RETRY, timeout=10) as client:
         yield LLMGateway(client, budget, None, journal)
     await store.aclose()

@@ -55,9 +55,9 @@ def _json(scopes: tuple[str, ...]) -> str:
 async def main(location: str, project_id: str, calls: int, amount: float, mode: str) -> int:
     owner = new_owner()
     async with StateManager(location) as store:
-        assert await store.claim(project_id, owner, 60.0) is None
+        assert await store.holders.claim(project_id, owner, 60.0) is None
         kind = NaiveLedger if mode == "naive" else Ledger
-        ledger = kind(store, project_id, owner)
+        ledger = kind(store.books, project_id, owner)
         await ledger.open(usd_to_nanos(100.0), TEAM, JOB)
         paid = 0
 
@@ -73,11 +73,11 @@ async def main(location: str, project_id: str, calls: int, amount: float, mode: 
                 hold.actual_nanos = hold.amount_nanos  # every call costs its worst case
                 key = f"{owner}-{number}-{paid}"
                 row = (project_id, key, "t", "generation", None, 0.0)
-                await store.ledger_settle([(hold.id, hold.actual_nanos)], row)
+                await store.books.ledger_settle([(hold.id, hold.actual_nanos)], row)
                 paid += 1
 
         await asyncio.gather(*(caller(n) for n in range(calls)))
-        await store.release(project_id, owner)
+        await store.holders.release(project_id, owner)
     return paid
 
 

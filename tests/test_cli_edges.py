@@ -83,7 +83,7 @@ def test_a_closed_pipe_ends_the_listing_quietly(tmp_path, unbuffered):
     async def save_projects() -> None:
         async with StateManager() as store:
             for n in range(3):
-                await store.create_project(
+                await store.projects.create(
                     f"p{n}", description="d", criteria="c", max_usd=1.0, max_time_seconds=60,
                     settings={},
                 )  # fmt: skip

@@ -495,7 +495,7 @@ def test_a_resume_says_first_what_it_resumes_in_one_line(fake, llm, tmp_path):
 
     async def load():
         async with StateManager(tmp_path / "home" / "state.db") as store:
-            return await store.load("poor")
+            return await store.projects.load("poor")
 
     saved = asyncio.run(load())
     done, spent = len(saved.final_tasks), format_usd(saved.spent_usd)

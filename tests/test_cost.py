@@ -69,7 +69,7 @@ async def test_every_answered_call_feeds_the_predictor_and_it_is_saved_with_the_
     assert predictor.samples(author, TaskType.CODE_GEN) == 2  # the draft and the revision
     assert predictor.predict(author, TaskType.CODE_GEN) > 0
     async with StateManager() as store:
-        saved = {(m, t): n for m, t, _, n in await store.cost_estimates("p1")}
+        saved = {(m, t): n for m, t, _, n in await store.measures.cost_estimates("p1")}
     assert saved[(author.key, "code_generation")] == 2
     assert any(t == "evaluation" for _, t in saved)  # evaluations are learnt apart
 
@@ -290,7 +290,7 @@ def test_forecast_on_the_command_line_uses_what_earlier_runs_measured(tmp_path, 
 
     async def save():
         async with StateManager() as store:
-            await store.save_model_telemetry({author.key: measured})
+            await store.measures.save_model_telemetry({author.key: measured})
 
     asyncio.run(save())
     informed = run_cli(*args, cwd=tmp_path, env=env)

@@ -206,7 +206,7 @@ def listed(home: Path, cwd: Path) -> dict[str, str]:
 def load(home: Path) -> SavedProject:
     async def read() -> SavedProject:
         async with StateManager(_database.get(home, home / "state.db")) as store:
-            return await store.load(PROJECT_ID)
+            return await store.projects.load(PROJECT_ID)
 
     return asyncio.run(read())
 

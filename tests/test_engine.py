@@ -14,6 +14,7 @@ from orchestrator import Budget, ConfigError, Orchestrator, RetryPolicy, Unified
 from orchestrator.llm.cache import CacheError, DiskCache
 from orchestrator.money.budget import BudgetExceeded
 from orchestrator.run.tasks import ProjectStatus, Task, TaskStatus, TaskType
+from orchestrator.store.books import SharedBook
 from orchestrator.store.state import StateError, StateManager
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, clock=NoWait())
@@ -429,17 +430,24 @@ class FailingJournal(StateManager):
 
     def __init__(self, path, fail_after: int) -> None:
         super().__init__(path)
+        self.books = FailingBook(self._store, self.holders, self.path, fail_after)
+
+
+class FailingBook(SharedBook):
+    """The books of a full disk: a call's journal row, written with its settlement, fails
+    after ``fail_after`` of them."""
+
+    def __init__(self, store, holders, path, fail_after: int) -> None:
+        super().__init__(store, holders)
+        self.path = path
         self.writes = 0
         self.fail_after = fail_after
 
-    def _write(self) -> None:
-        self.writes += 1
-        if self.writes > self.fail_after:
-            raise StateError(f"state file {self.path}: database or disk is full")
-
-    async def ledger_settle(self, settlements, journal=None) -> float:
-        if journal is not None:  # a call's journal row, written with its settlement
-            self._write()
+    async def ledger_settle(self, settlements, journal=None) -> int:
+        if journal is not None:
+            self.writes += 1
+            if self.writes > self.fail_after:
+                raise StateError(f"state file {self.path}: database or disk is full")
         return await super().ledger_settle(settlements, journal)
 
 

@@ -50,6 +50,7 @@ from orchestrator.llm.providers.base import ChatRequest, Message
 from orchestrator.money.units import nanos_to_usd, usd_to_nanos
 from orchestrator.run.tasks import ProjectStatus, TaskResult, TaskStatus
 from orchestrator.store import lease as lease_module
+from orchestrator.store.holders import Holders
 from orchestrator.store.state import StateError, StateManager
 
 CATALOG = Catalog.load(env={})
@@ -65,7 +66,7 @@ PROJECT = {
 @pytest.fixture
 async def store(tmp_path):
     async with StateManager(tmp_path / "state.db") as manager:
-        assert await manager.create_project("p", **PROJECT)
+        assert await manager.projects.create("p", **PROJECT)
         yield manager
 
 
@@ -79,7 +80,9 @@ async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_n
     other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     record = TaskResult("a", output="x", status=TaskStatus.COMPLETED).to_record()
-    checkpoint = asyncio.create_task(store.checkpoint("p", "a", record, final=True, elapsed=1.0))
+    checkpoint = asyncio.create_task(
+        store.projects.checkpoint("p", "a", record, final=True, elapsed=1.0)
+    )
     await asyncio.sleep(0.3)
     checkpoint.cancel()  # Ctrl-C, SIGTERM or the deadline lands here
     await asyncio.sleep(0.1)
@@ -90,11 +93,11 @@ async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_n
 
     # Later autocommit writes of the run are really committed, not joined to an open
     # transaction and rolled back at close.
-    await store.journal_put(
+    await store.journal.put(
         "p", "k", task_id="a", phase="generation", cost_nanos=420_000_000, entry=None,
         elapsed=2.0,
     )  # fmt: skip
-    await store.finish("p", ProjectStatus.INTERRUPTED, "interrupted", 2.0)
+    await store.projects.finish("p", ProjectStatus.INTERRUPTED, "interrupted", 2.0)
     another = sqlite3.connect(tmp_path / "state.db", timeout=0.5)
     another.execute("BEGIN IMMEDIATE")  # nobody holds the file's write lock
     another.rollback()
@@ -287,15 +290,15 @@ def live_holder() -> str:
 
 async def test_a_resume_refused_because_another_run_holds_the_project_changes_nothing(fake):
     async with StateManager() as store:
-        await store.create_project("p1", **{**PROJECT, "settings": {"output_dir": "/mine"}})
-        await store.finish("p1", ProjectStatus.INTERRUPTED, "interrupted", 1.0)
-        assert await store.claim("p1", live_holder(), 60) is None
+        await store.projects.create("p1", **{**PROJECT, "settings": {"output_dir": "/mine"}})
+        await store.projects.finish("p1", ProjectStatus.INTERRUPTED, "interrupted", 1.0)
+        assert await store.holders.claim("p1", live_holder(), 60) is None
 
     with pytest.raises(ConfigError, match="is being run by"):
         await run_plan(fake, [], None, resume=True, max_usd=9.0, max_time_seconds=99.0)
 
     async with StateManager() as store:
-        saved = await store.load("p1")
+        saved = await store.projects.load("p1")
     assert (saved.max_usd, saved.max_time_seconds) == (5.0, 60.0)
     assert saved.settings == {"output_dir": "/mine"}
     assert saved.status is ProjectStatus.INTERRUPTED
@@ -303,12 +306,12 @@ async def test_a_resume_refused_because_another_run_holds_the_project_changes_no
 
 async def test_an_expired_lease_of_a_live_run_on_this_machine_is_not_taken(tmp_path):
     async with StateManager(tmp_path / "state.db") as store:
-        await store.create_project("p1", **PROJECT)
+        await store.projects.create("p1", **PROJECT)
         holder = live_holder()
-        assert await store.claim("p1", holder, lease_seconds=-10) is None  # expired at once
+        assert await store.holders.claim("p1", holder, lease_seconds=-10) is None  # expired at once
 
         # A clock jump makes every lease look expired; a live holder still keeps its project.
-        assert await store.claim("p1", "me", 60) == holder
+        assert await store.holders.claim("p1", "me", 60) == holder
 
 
 @pytest.fixture
@@ -415,7 +418,7 @@ async def test_a_failed_renewal_is_retried_and_the_run_goes_on(fake, llm, short_
     plan = [code_task("core")]
     llm.plan = plan
     llm.delay = 0.1
-    real_renew = StateManager.renew
+    real_renew = Holders.renew
     failures = []
 
     async def flaky_renew(self, *args, **kwargs):
@@ -424,7 +427,7 @@ async def test_a_failed_renewal_is_retried_and_the_run_goes_on(fake, llm, short_
             raise StateError("state file: database is locked")
         return await real_renew(self, *args, **kwargs)
 
-    monkeypatch.setattr(StateManager, "renew", flaky_renew)
+    monkeypatch.setattr(Holders, "renew", flaky_renew)
 
     state = await run_plan(fake, plan, Budget(max_usd=5.0, max_time_seconds=60))
 
@@ -438,7 +441,7 @@ async def test_a_lease_ends_with_its_run_even_when_a_renewal_swallows_the_cancel
     # Python 3.11's asyncio.wait_for (psycopg's pool waits with it) returns instead of raising
     # when a cancellation arrives just as its wait ends: the renewer goes on as if never stopped,
     # and a worker waited for its run's end forever.
-    real_renew = StateManager.renew
+    real_renew = Holders.renew
     renewing = asyncio.Event()
 
     async def renew_deaf_to_one_cancellation(self, *args):
@@ -448,19 +451,19 @@ async def test_a_lease_ends_with_its_run_even_when_a_renewal_swallows_the_cancel
                 await asyncio.sleep(0.05)
         return await real_renew(self, *args)
 
-    monkeypatch.setattr(StateManager, "renew", renew_deaf_to_one_cancellation)
+    monkeypatch.setattr(Holders, "renew", renew_deaf_to_one_cancellation)
     async with StateManager(tmp_path / "state.db") as store:
-        await store.create_project("p1", **PROJECT)
+        await store.projects.create("p1", **PROJECT)
 
         async def run_ending_while_its_lease_is_renewed() -> None:
-            async with lease_module.Lease(store, "p1"):
+            async with lease_module.Lease(store.holders, "p1"):
                 await renewing.wait()
 
         run = asyncio.create_task(run_ending_while_its_lease_is_renewed())
         ended, _ = await asyncio.wait({run}, timeout=10)
 
         assert ended, "the lease's renewer went on after its run ended"
-        assert await store.claim("p1", "the next run", 60) is None  # released
+        assert await store.holders.claim("p1", "the next run", 60) is None  # released
 
 
 # --- the cache -------------------------------------------------------------------------------
@@ -556,7 +559,7 @@ async def test_a_tasks_cost_is_what_its_journal_holds_even_for_calls_cancelled_i
         await run
 
     async with StateManager() as store:
-        saved = await store.load("p1")
+        saved = await store.projects.load("p1")
         journaled = await task_spend_nanos(store, "p1", "core")
     rows = sqlite_rows(store.path, "SELECT entry IS NULL FROM journal WHERE task_id = 'core'")
     assert any(unanswered for (unanswered,) in rows)  # the critique, charged
@@ -607,7 +610,7 @@ async def journal_costs(only_answered: bool = False) -> dict[str, int]:
 
 async def project_recorded(project_id: str) -> bool:
     async with StateManager() as store:
-        return any(p.project_id == project_id for p in await store.list_projects())
+        return any(p.project_id == project_id for p in await store.projects.summaries())
 
 
 async def resume_paying_nothing_twice(fake, plan, vendor: BillingVendor):

@@ -122,23 +122,27 @@ def pause(seconds: float) -> Program[None]:
 
 async def test_money_is_synced_to_disk_and_a_checkpoint_is_not(tmp_path):
     async with StateManager(tmp_path / "state.db") as state:
-        await state.create_project("p", **PROJECT, settings={})
-        assert await state.claim("p", "me", 60.0) is None
-        await state.ledger_open(("org", "project:p"), "p", 5_000_000_000)
+        await state.projects.create("p", **PROJECT, settings={})
+        assert await state.holders.claim("p", "me", 60.0) is None
+        await state.books.ledger_open(("org", "project:p"), "p", 5_000_000_000)
         result = TaskResult("t", "answer", 0.9, TaskStatus.COMPLETED)
 
         async def checkpoint() -> None:
-            await state.checkpoint_held("p", "t", result.to_dict(), final=False, elapsed=1.0)
+            await state.projects.checkpoint_held(
+                "p", "t", result.to_dict(), final=False, elapsed=1.0
+            )
 
         async def reserve(hold: str) -> None:
-            refused = await state.ledger_reserve(
+            refused = await state.books.ledger_reserve(
                 hold, 1000, ("org", "project:p"), project_id="p", owner="me", task_id="t",
                 phase="generation", journal_key=hold,
             )  # fmt: skip
             assert refused is None
 
         async def settle(hold: str) -> None:
-            await state.ledger_settle([(hold, 400)], ("p", hold, "t", "generation", None, 1.0))
+            await state.books.ledger_settle(
+                [(hold, 400)], ("p", hold, "t", "generation", None, 1.0)
+            )
 
         async def paid_call() -> None:
             await reserve("h1")

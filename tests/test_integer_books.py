@@ -192,10 +192,10 @@ async def test_a_store_made_with_float_usd_is_converted_when_opened_and_its_proj
     llm.plan = PLAN
 
     async with StateManager(state_location) as store:
-        saved = await store.load("p1")
-        ledger = await store.ledger()
+        saved = await store.projects.load("p1")
+        ledger = await store.books.ledger()
         holds = await store._store.run("SELECT id, amount_nanos FROM money_holds")
-        listed = {p.project_id: p.spent_usd for p in await store.list_projects()}
+        listed = {p.project_id: p.spent_usd for p in await store.projects.summaries()}
 
     # Every amount read from it is the one it stood for, to the nano-dollar.
     assert (saved.spent_nanos, saved.spent_usd) == (300_000_000, 0.3)

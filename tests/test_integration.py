@@ -531,7 +531,7 @@ def saved(home) -> dict[str, dict]:
     async def read() -> dict[str, dict]:
         async with StateManager(home / "state.db") as store:
             try:
-                return (await store.load("rl")).results
+                return (await store.projects.load("rl")).results
             except Exception:
                 return {}
 

@@ -31,12 +31,12 @@ STRESS = Path(__file__).with_name("ledger_stress.py")
 
 
 async def project(store: StateManager, project_id: str, owner: str = "host:1:run") -> None:
-    await store.create_project(project_id, **PROJECT)
-    assert await store.claim(project_id, owner, 60.0) is None
+    await store.projects.create(project_id, **PROJECT)
+    assert await store.holders.claim(project_id, owner, 60.0) is None
 
 
 async def opened(store: StateManager, project_id: str, owner: str = "host:1:run") -> Ledger:
-    ledger = Ledger(store, project_id, owner)
+    ledger = Ledger(store.books, project_id, owner)
     await ledger.open(nanos(PROJECT["max_usd"]), "eng", "nightly")
     return ledger
 
@@ -56,17 +56,17 @@ async def test_a_call_holds_its_worst_case_on_every_scope_and_its_journal_row_se
     state_location,
 ):
     async with StateManager(state_location) as store:
-        await store.save_budget_caps({"team:eng": 3.0})
+        await store.books.save_budget_caps({"team:eng": 3.0})
         await project(store, "p")
         ledger = await opened(store, "p")
 
         hold = await held(ledger, 0.5)
-        during = await store.ledger()
-        charged = await store.ledger_settle(
+        during = await store.books.ledger()
+        charged = await store.books.ledger_settle(
             [(hold.id, nanos(0.2))], ("p", "call", "t", "generation", {"text": "ok"}, 1.0)
         )
-        after = await store.ledger()
-        journal = await store.journal_get("p", "call")
+        after = await store.books.ledger()
+        journal = await store.journal.get("p", "call")
 
     assert {s: (r.spent_nanos, r.reserved_nanos) for s, r in during.items()} == dict.fromkeys(
         ledger.scopes, (0, nanos(0.5))
@@ -85,17 +85,17 @@ async def test_a_call_that_could_pass_a_cap_is_refused_naming_it_and_holds_nothi
     state_location,
 ):
     async with StateManager(state_location) as store:
-        await store.save_budget_caps({"job:nightly": 1.0})
+        await store.books.save_budget_caps({"job:nightly": 1.0})
         await project(store, "p")
         ledger = await opened(store, "p")
         first = await held(ledger, 0.4)
-        await store.ledger_settle(
+        await store.books.ledger_settle(
             [(first.id, nanos(0.4))], ("p", "a", "t", "generation", None, 0.0)
         )
 
         with pytest.raises(BudgetExceeded) as refused:
             await held(ledger, 0.7)
-        rows = await store.ledger()
+        rows = await store.books.ledger()
 
     assert str(refused.value) == (
         "the job nightly budget of $1.00 has $0.6000 left: "
@@ -116,7 +116,7 @@ async def test_a_run_whose_project_another_run_took_holds_nothing_more_even_befo
 
         with pytest.raises(LeaseLost, match="another run took project 'p'"):
             await held(ledger, 0.1)
-        rows = await store.ledger()
+        rows = await store.books.ledger()
 
     assert [rows[s].reserved_nanos for s in ledger.scopes] == [0, 0, 0, 0]
 
@@ -128,18 +128,20 @@ async def test_the_ledgers_transactions_keep_the_books_the_same_on_both_sqlite_p
     if path == "statement by statement":  # as on an aiosqlite release without the job hook
         monkeypatch.setattr(sqlite_store, "THREAD_JOB", "_no_such_hook")
     async with StateManager(tmp_path / "state.db") as store:
-        await store.save_budget_caps({"team:eng": 1.0})
+        await store.books.save_budget_caps({"team:eng": 1.0})
         await project(store, "p")
         ledger = await opened(store, "p")
         first = await held(ledger, 0.6)
-        await store.ledger_settle([(first.id, nanos(0.6))], ("p", "a", "t", "generation", None, 0))
+        await store.books.ledger_settle(
+            [(first.id, nanos(0.6))], ("p", "a", "t", "generation", None, 0)
+        )
         with pytest.raises(BudgetExceeded):
             await held(ledger, 0.5)  # refused on the team's row after the org's was held
         second = await held(ledger, 0.3, key="b")
-        charged = await store.ledger_settle(
+        charged = await store.books.ledger_settle(
             [(second.id, nanos(0.25))], ("p", "b", "t", "generation", {"text": "ok"}, 1.0)
         )
-        rows = await store.ledger()
+        rows = await store.books.ledger()
         journal = await store._store.run("SELECT key, cost_nanos FROM journal ORDER BY key")
 
     assert charged == nanos(0.25)
@@ -151,7 +153,7 @@ async def test_the_ledgers_transactions_keep_the_books_the_same_on_both_sqlite_p
 
 async def test_a_call_waits_while_calls_in_flight_hold_the_room_it_needs(state_location):
     async with StateManager(state_location) as store:
-        await store.save_budget_caps({"team:eng": 1.0})
+        await store.books.save_budget_caps({"team:eng": 1.0})
         await project(store, "p")
         ledger = await opened(store, "p")
         first = await held(ledger, 0.8, key="first")
@@ -160,11 +162,11 @@ async def test_a_call_waits_while_calls_in_flight_hold_the_room_it_needs(state_l
         await asyncio.sleep(0.2)
         waited = not second.done()
         # The first call cost less than its worst case: the second fits now.
-        await store.ledger_settle(
+        await store.books.ledger_settle(
             [(first.id, nanos(0.3))], ("p", "first", "t", "generation", None, 0)
         )
         await asyncio.wait_for(second, 5)
-        rows = await store.ledger(["team:eng"])
+        rows = await store.books.ledger(["team:eng"])
 
     assert waited
     team = rows["team:eng"]
@@ -178,15 +180,15 @@ async def test_a_hold_left_by_a_run_that_lost_its_project_is_charged_in_full_and
         await project(store, "p", owner="elsewhere:1:gone")
         gone = await opened(store, "p", owner="elsewhere:1:gone")
         hold = await held(gone, 0.6, key="in-flight")
-        await store.release("p", "elsewhere:1:gone")  # its lease ended without settling
+        await store.holders.release("p", "elsewhere:1:gone")  # its lease ended without settling
 
-        assert await store.claim("p", "host:2:next", 60.0) is None
-        expired = await Ledger(store, "p", "host:2:next").open(nanos(5.0), "eng", "nightly")
-        late = await store.ledger_settle(
+        assert await store.holders.claim("p", "host:2:next", 60.0) is None
+        expired = await Ledger(store.books, "p", "host:2:next").open(nanos(5.0), "eng", "nightly")
+        late = await store.books.ledger_settle(
             [(hold.id, nanos(0.1))], ("p", "late", "t", "generation", None, 0)
         )
-        rows = await store.ledger()
-        journal = await store.journal_get("p", "in-flight#unanswered")
+        rows = await store.books.ledger()
+        journal = await store.journal.get("p", "in-flight#unanswered")
         unanswered = await task_spend_nanos(store, "p", "t")
 
     assert [(h.project_id, h.amount_nanos, h.phase) for h in expired] == [
@@ -213,15 +215,15 @@ async def test_a_hold_of_a_process_that_died_is_charged_once_its_death_is_known(
 ):
     owner = dead_owner
     async with StateManager(state_location) as store:
-        await store.create_project("p", **PROJECT)
+        await store.projects.create("p", **PROJECT)
         lease = 0.5
-        assert await store.claim("p", owner, lease) is None
+        assert await store.holders.claim("p", owner, lease) is None
         hold = await held(await opened(store, "p", owner), 0.25, key="in-flight")
         # On one machine the process is known dead at once; elsewhere its lease must run out.
         if not store._store.local_liveness:
             await asyncio.sleep(lease + 0.2)
-        swept = await Ledger(store, "other", "host:3:x").open(nanos(1.0), None, None)
-        rows = await store.ledger(["org"])
+        swept = await Ledger(store.books, "other", "host:3:x").open(nanos(1.0), None, None)
+        rows = await store.books.ledger(["org"])
         reservations = await store._store.run("SELECT id FROM money_holds")
 
     assert swept == []  # another project's sweep charges it, but reports only its own
@@ -233,14 +235,14 @@ async def test_a_new_ledger_row_starts_from_what_the_journal_says_the_scope_paid
     state_location,
 ):
     async with StateManager(state_location) as store:
-        await store.create_project("old", **PROJECT)
-        await store.journal_put(
+        await store.projects.create("old", **PROJECT)
+        await store.journal.put(
             "old", "k", task_id="t", phase="generation", cost_nanos=nanos(0.75), entry=None,
             elapsed=0,
         )  # fmt: skip
         await project(store, "p")
         await opened(store, "p")
-        rows = await store.ledger()
+        rows = await store.books.ledger()
 
     spent = {scope: row.spent_nanos for scope, row in rows.items()}
     assert spent == {"org": nanos(0.75), "team:eng": nanos(0.75), "job:nightly": nanos(0.75),
@@ -272,14 +274,14 @@ def stress(location: str, mode: str, processes: int = 4, calls: int = 4) -> list
 
 async def prepare(location: str, caps: dict[str, float]) -> None:
     async with StateManager(location) as store:
-        await store.save_budget_caps(caps)
+        await store.books.save_budget_caps(caps)
         for n in range(4):
-            await store.create_project(f"p{n}", **PROJECT)
+            await store.projects.create(f"p{n}", **PROJECT)
 
 
 async def totals(location: str) -> tuple[dict[str, int], int]:
     async with StateManager(location) as store:
-        rows = await store.ledger()
+        rows = await store.books.ledger()
         journal = await store._store.run("SELECT SUM(cost_nanos) FROM journal")
     return {scope: row.spent_nanos for scope, row in rows.items()}, int(journal[0][0])
 

@@ -30,14 +30,14 @@ OWNER = "tests:1:liveness"
 
 async def journaled_gateway(store: StateManager, client: UnifiedClient, max_usd: float):
     """A gateway journaling project "p" (budget ``max_usd``) into ``store``, with its ledger."""
-    await store.create_project(
+    await store.projects.create(
         "p", description="d", criteria="c", max_usd=max_usd, max_time_seconds=600.0, settings={}
     )
-    assert await store.claim("p", OWNER, 600.0) is None
-    ledger = Ledger(store, "p", OWNER)
+    assert await store.holders.claim("p", OWNER, 600.0) is None
+    ledger = Ledger(store.books, "p", OWNER)
     await ledger.open(usd_to_nanos(max_usd), None, None)
     budget = Budget(max_usd=max_usd, max_time_seconds=600)
-    return LLMGateway(client, budget, None, Journal(store, "p", budget, ledger))
+    return LLMGateway(client, budget, None, Journal(store.journal, "p", budget, ledger))
 
 
 async def ask(gateway: LLMGateway, n: int, max_tokens: int = 1000, tasks: int | None = None):
@@ -55,7 +55,7 @@ async def ask(gateway: LLMGateway, n: int, max_tokens: int = 1000, tasks: int | 
 
 async def books(store: StateManager, project_id: str = "p") -> tuple[int, int, int]:
     """(the project's ledger spend, what it still holds, its journal's sum), in nano-dollars."""
-    row = (await store.ledger([f"project:{project_id}"]))[f"project:{project_id}"]
+    row = (await store.books.ledger([f"project:{project_id}"]))[f"project:{project_id}"]
     journal = await store._store.run(
         "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ?", (project_id,)
     )
@@ -195,7 +195,7 @@ async def run_near_the_budget(fake, llm, seed: int, location) -> tuple[ProjectSt
             "[project] Notes", "they read well", f"p{seed}", tasks=as_tasks(plan)
         )
         took = time.monotonic() - started
-        row = (await store.ledger([f"project:p{seed}"]))[f"project:p{seed}"]
+        row = (await store.books.ledger([f"project:p{seed}"]))[f"project:p{seed}"]
         journal = await store._store.run(
             "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal WHERE project_id = ?",
             (f"p{seed}",),

@@ -118,7 +118,7 @@ def run_processes(location: str, base_url: str, case: Example, mode: str) -> lis
 
 async def save_caps(location: str, caps: dict[str, float]) -> None:
     async with StateManager(location) as store:
-        await store.save_budget_caps(caps)
+        await store.books.save_budget_caps(caps)
 
 
 def journal_by_scope(location: str) -> dict[str, int]:

@@ -70,9 +70,9 @@ async def test_a_shared_answer_is_replayed_on_resume_without_a_call(fake, tmp_pa
         sent = fake.count()
 
         budget = Budget(max_usd=1.0, max_time_seconds=60)
-        ledger = Ledger(store, "p", "tests:1:liveness")
+        ledger = Ledger(store.books, "p", "tests:1:liveness")
         await ledger.open(usd_to_nanos(1.0), None, None)
-        journal = Journal(store, "p", budget, ledger)
+        journal = Journal(store.journal, "p", budget, ledger)
         await journal.load()
         resumed = LLMGateway(client, budget, None, journal)
         again = await asyncio.gather(ask(resumed, "a"), ask(resumed, "b"))

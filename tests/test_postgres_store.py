@@ -27,10 +27,10 @@ async def test_the_state_and_the_cache_share_one_database_in_schemas_of_their_ow
     import psycopg
 
     async with StateManager(postgres_url) as state, DiskCache(postgres_url) as cache:
-        assert await state.create_project("p", **PROJECT)
+        assert await state.projects.create("p", **PROJECT)
         await cache.put("k", {"text": "answer"})
         assert await cache.get("k") == {"text": "answer"}
-        assert [p.project_id for p in await state.list_projects()] == ["p"]
+        assert [p.project_id for p in await state.projects.summaries()] == ["p"]
 
     with psycopg.connect(postgres_url) as conn:
         rows = conn.execute(
@@ -64,13 +64,13 @@ async def test_a_lease_runs_on_the_database_clock_not_on_whether_its_holder_live
     # file that frees the project at once; across workers only the lease can tell.
     gone = f"{__import__('socket').gethostname()}:999999:dead"
     async with StateManager(postgres_url) as store:
-        assert await store.create_project("p", **PROJECT)
-        assert await store.claim("p", gone, lease_seconds=0.5) is None
+        assert await store.projects.create("p", **PROJECT)
+        assert await store.holders.claim("p", gone, lease_seconds=0.5) is None
 
-        assert await store.claim("p", "worker-2", lease_seconds=30) == gone
+        assert await store.holders.claim("p", "worker-2", lease_seconds=30) == gone
         await asyncio.sleep(0.6)
-        assert await store.claim("p", "worker-2", lease_seconds=30) is None
-        assert not await store.renew("p", gone, lease_seconds=30)
+        assert await store.holders.claim("p", "worker-2", lease_seconds=30) is None
+        assert not await store.holders.renew("p", gone, lease_seconds=30)
 
 
 async def test_a_database_that_cannot_be_reached_is_one_line_without_its_password():
@@ -172,8 +172,8 @@ async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_cou
 ):
     url, directory = own_postgres
     async with StateManager(url) as store:
-        assert await store.create_project("p", **PROJECT)
-        await store.journal_put("p", "k1", task_id="a", phase="generation", cost_nanos=500_000_000,
+        assert await store.projects.create("p", **PROJECT)
+        await store.journal.put("p", "k1", task_id="a", phase="generation", cost_nanos=500_000_000,
                                 entry={"text": "one"}, elapsed=1.0)  # fmt: skip
 
         restarted = await asyncio.to_thread(
@@ -182,12 +182,12 @@ async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_cou
         )  # fmt: skip
         assert restarted.returncode == 0, restarted.stderr
 
-        await store.journal_put("p", "k2", task_id="a", phase="generation", cost_nanos=250_000_000,
+        await store.journal.put("p", "k2", task_id="a", phase="generation", cost_nanos=250_000_000,
                                 entry={"text": "two"}, elapsed=2.0)  # fmt: skip
-        saved = await store.load("p")
+        saved = await store.projects.load("p")
     assert saved.spent_usd == 0.75  # each call once, none lost, none twice
     async with StateManager(url) as other:
-        assert await other.journal_keys("p") == {"k1", "k2"}
+        assert await other.journal.keys("p") == {"k1", "k2"}
 
 
 @pytest.mark.parametrize(
@@ -206,13 +206,16 @@ def test_a_database_that_is_not_a_postgresql_url_is_a_one_line_error(tmp_path, f
 
 async def test_of_eight_workers_claiming_one_project_at_once_exactly_one_gets_it(postgres_url):
     async with StateManager(postgres_url) as setup:
-        assert await setup.create_project("p", **PROJECT)
+        assert await setup.projects.create("p", **PROJECT)
     stores = [StateManager(postgres_url) for _ in range(8)]
     try:
         for store in stores:
             await store.open()
         holders = await asyncio.gather(
-            *(store.claim("p", f"worker-{n}", lease_seconds=30) for n, store in enumerate(stores))
+            *(
+                store.holders.claim("p", f"worker-{n}", lease_seconds=30)
+                for n, store in enumerate(stores)
+            )
         )
     finally:
         for store in stores:

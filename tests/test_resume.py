@@ -73,7 +73,7 @@ async def test_a_task_interrupted_mid_loop_replays_its_paid_calls(fake, llm):
     with pytest.raises(asyncio.CancelledError):
         await run
     async with StateManager() as store:
-        assert (await store.load("p1")).status is ProjectStatus.INTERRUPTED
+        assert (await store.projects.load("p1")).status is ProjectStatus.INTERRUPTED
 
     resumed = await orchestrate(fake, resume)
 
@@ -101,7 +101,7 @@ async def test_resuming_a_finished_project_changes_nothing(fake, llm):
         t: r.output for t, r in finished.results.items()
     }
     async with StateManager() as store:
-        assert (await store.load("p1")).status is ProjectStatus.SUCCESS
+        assert (await store.projects.load("p1")).status is ProjectStatus.SUCCESS
 
 
 async def test_an_unknown_project_id_is_a_clear_error(fake, llm):
@@ -156,7 +156,7 @@ async def test_a_finished_project_rerun_with_changed_inputs_is_refused_before_an
     assert fresh.status is ProjectStatus.SUCCESS
     assert fake.count() > requests  # started again, paid again: what --restart means
     async with StateManager() as store:
-        saved = await store.load("p1")
+        saved = await store.projects.load("p1")
     assert saved.criteria == criteria and set(saved.tasks) == set(plan)
 
 
@@ -203,13 +203,13 @@ async def test_a_project_being_run_cannot_be_run_twice_at_once(fake, llm):
 
 async def test_a_run_killed_outright_does_not_hold_its_project(fake, llm, tmp_path):
     async with StateManager() as store:
-        await store.create_project(
+        await store.projects.create(
             "p1", description=DESCRIPTION, criteria=CRITERIA, max_usd=5.0,
             max_time_seconds=60, settings={},
         )  # fmt: skip
         # A holder on this machine whose process no longer exists, as after kill -9.
         dead = f"{socket.gethostname()}:{2**22 + 12345}:gone"
-        assert await store.claim("p1", dead, lease_seconds=3600) is None
+        assert await store.holders.claim("p1", dead, lease_seconds=3600) is None
 
     resumed = await orchestrate(fake, resume)
 

@@ -73,7 +73,7 @@ def keys(fake, monkeypatch):
 
 async def saved_config(project_id: str) -> RunConfig:
     async with StateManager() as store:
-        _, settings = await store.run_settings(project_id)
+        _, settings = await store.projects.run_settings(project_id)
     return RunConfig.from_settings(settings)
 
 

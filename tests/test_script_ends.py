@@ -38,7 +38,7 @@ def run(orch, what):
 
 async def look(state, cache):
     "Both stores, by many at once (as a run's tasks use them)."
-    listed = await asyncio.gather(*(state.list_projects() for _ in range(16)))
+    listed = await asyncio.gather(*(state.projects.summaries() for _ in range(16)))
     stats = await asyncio.gather(*(cache.stats() for _ in range(16)))
     print("projects:", sorted({len(projects) for projects in listed}))
     print("cached:", all(s["entries"] > 0 for s in stats))

@@ -112,8 +112,8 @@ async def stored_books() -> dict[str, int]:
         state_file(), "SELECT SUM(cost_nanos) FROM journal WHERE project_id = ?", (PROJECT,)
     )
     async with StateManager() as store:
-        ledger = (await store.ledger())[f"project:{PROJECT}"]
-        saved = await store.load(PROJECT)
+        ledger = (await store.books.ledger())[f"project:{PROJECT}"]
+        saved = await store.projects.load(PROJECT)
     assert ledger.reserved_nanos == 0  # nothing is held once the run is over
     tasks = [result["cost_usd"] for result in saved.results.values()]
     return {

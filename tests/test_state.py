@@ -126,7 +126,7 @@ def result_record(task_id: str) -> dict[str, Any]:
 async def put_call(
     store: StateManager, key: str, task_id: str, cost: float, phase: str = "generation"
 ) -> None:
-    await store.journal_put(
+    await store.journal.put(
         "p",
         key,
         task_id=task_id,
@@ -140,7 +140,7 @@ async def put_call(
 @pytest.fixture
 async def store(state_location):
     async with StateManager(state_location) as manager:
-        assert await manager.create_project("p", **PROJECT)
+        assert await manager.projects.create("p", **PROJECT)
         yield manager
 
 
@@ -150,7 +150,7 @@ async def store(state_location):
 async def test_default_file_is_state_db_in_orchestrator_home_in_wal_mode(isolated_home):
     async with StateManager() as manager:
         assert manager.path == isolated_home / "state.db"
-        await manager.create_project("p", **PROJECT)
+        await manager.projects.create("p", **PROJECT)
         path = isolated_home / "state.db"
         assert sqlite_rows(path, "PRAGMA journal_mode") == [("wal",)]
         assert sqlite_rows(path, "SELECT value FROM meta WHERE key = 'format'") == [(STATE_FORMAT,)]
@@ -165,7 +165,7 @@ async def test_the_project_row_is_written_when_the_run_starts(isolated_home):
         await asyncio.wait_for(started.wait(), 10)
         # A second instance, as `--list-projects` in another terminal would be.
         async with StateManager() as other:
-            saved = await other.load("p-start")
+            saved = await other.projects.load("p-start")
     finally:
         gate.set()
     state = await run
@@ -178,14 +178,14 @@ async def test_the_project_row_is_written_when_the_run_starts(isolated_home):
     assert saved.results == {} and saved.spent_usd == 0  # nothing answered, nothing paid yet
     assert state.status is ProjectStatus.SUCCESS
     async with StateManager(isolated_home / "state.db") as other:
-        after = await other.load("p-start")
+        after = await other.projects.load("p-start")
     assert after.status is ProjectStatus.SUCCESS
     assert after.spent_usd == pytest.approx(state.budget.spent_usd)
 
 
 async def test_create_project_refuses_a_taken_id_and_leaves_the_row_untouched(store):
     before = sqlite_rows(store.path, "SELECT * FROM projects")
-    taken = await store.create_project(
+    taken = await store.projects.create(
         "p",
         description="another project",
         criteria="other",
@@ -195,12 +195,12 @@ async def test_create_project_refuses_a_taken_id_and_leaves_the_row_untouched(st
     )
     assert taken is False
     assert sqlite_rows(store.path, "SELECT * FROM projects") == before
-    assert (await store.load("p")).description == PROJECT["description"]
+    assert (await store.projects.load("p")).description == PROJECT["description"]
 
 
 async def test_an_unknown_project_id_is_a_config_error_pointing_at_the_list(store):
     with pytest.raises(UnknownProjectError) as caught:
-        await store.load("nope")
+        await store.projects.load("nope")
     message = str(caught.value)
     assert isinstance(caught.value, ConfigError)
     assert "'nope'" in message and "--list-projects" in message
@@ -232,19 +232,19 @@ async def test_a_checkpoint_writes_the_result_and_the_clock_in_one_transaction(s
             " BEGIN SELECT RAISE(ABORT, 'disk full'); END",
         )
     with pytest.raises(StateError, match="disk full"):
-        await store.checkpoint("p", "a", result_record("a"), final=True, elapsed=30.0)
+        await store.projects.checkpoint("p", "a", result_record("a"), final=True, elapsed=30.0)
     assert sqlite_rows(store.path, "SELECT COUNT(*) FROM results") == [(0,)]
-    assert await store.journal_get("p", "k1") is not None  # its answers were not dropped either
+    assert await store.journal.get("p", "k1") is not None  # its answers were not dropped either
 
     sqlite_rows(store.path, "DROP TRIGGER clock_fails" + (" ON projects" if postgres else ""))
-    await store.checkpoint("p", "a", result_record("a"), final=True, elapsed=30.0)
-    saved = await store.load("p")
+    await store.projects.checkpoint("p", "a", result_record("a"), final=True, elapsed=30.0)
+    saved = await store.projects.load("p")
     assert saved.results["a"]["output"] == "print(1)"
     assert saved.final_tasks == {"a"}
     assert saved.elapsed_seconds == 30.0
     # A task that started earlier and checkpoints later must not turn the clock back.
-    await store.checkpoint("p", "b", result_record("b"), final=True, elapsed=12.0)
-    assert (await store.load("p")).elapsed_seconds == 30.0
+    await store.projects.checkpoint("p", "b", result_record("b"), final=True, elapsed=12.0)
+    assert (await store.projects.load("p")).elapsed_seconds == 30.0
 
 
 async def test_a_result_round_trips_with_its_models_resolved_by_catalog_key(tmp_path, store):
@@ -290,9 +290,9 @@ async def test_a_result_round_trips_with_its_models_resolved_by_catalog_key(tmp_
     record = result.to_record()
     assert (record["model_used"], record["reviewer_model"]) == ("local/gpt-4o", "openai/gpt-4o")
 
-    await store.checkpoint("p", "core", record, final=False, elapsed=5.0)
+    await store.projects.checkpoint("p", "core", record, final=False, elapsed=5.0)
     async with StateManager(store.path) as other:
-        saved = await other.load("p")
+        saved = await other.projects.load("p")
     restored = TaskResult.from_record(saved.results["core"], catalog.resolve)
 
     assert restored == result
@@ -301,12 +301,12 @@ async def test_a_result_round_trips_with_its_models_resolved_by_catalog_key(tmp_
 
 
 async def test_checkpointing_the_same_task_again_replaces_its_row(store):
-    await store.checkpoint("p", "a", result_record("a"), final=False, elapsed=1.0)
+    await store.projects.checkpoint("p", "a", result_record("a"), final=False, elapsed=1.0)
     second = {**result_record("a"), "output": "print(2)"}
-    await store.checkpoint("p", "a", second, final=True, elapsed=2.0)
+    await store.projects.checkpoint("p", "a", second, final=True, elapsed=2.0)
 
     assert sqlite_rows(store.path, "SELECT COUNT(*), SUM(final) FROM results") == [(1, 1)]
-    saved = await store.load("p")
+    saved = await store.projects.load("p")
     assert saved.results["a"]["output"] == "print(2)" and saved.final_tasks == {"a"}
 
 
@@ -315,13 +315,13 @@ async def test_checkpointing_the_same_task_again_replaces_its_row(store):
 
 async def test_journal_round_trip(store):
     entry = {"text": "héllo ✓", "parsed": {"score": 0.9}, "input_tokens": 3, "output_tokens": 5}
-    await store.journal_put(
+    await store.journal.put(
         "p", "k", task_id="a", phase="evaluation", cost_nanos=500_000_000, entry=entry,
         elapsed=1.0,
     )  # fmt: skip
-    assert await store.journal_get("p", "k") == {**entry, "cost_nanos": 500_000_000}
-    assert await store.journal_get("p", "other") is None
-    assert await store.journal_get("other-project", "k") is None
+    assert await store.journal.get("p", "k") == {**entry, "cost_nanos": 500_000_000}
+    assert await store.journal.get("p", "other") is None
+    assert await store.journal.get("other-project", "k") is None
     # Compressed on disk: the answer is not stored as plain text.
     (blob,) = sqlite_rows(store.path, "SELECT entry FROM journal")[0]
     assert isinstance(blob, bytes) and "héllo".encode() not in blob
@@ -333,32 +333,32 @@ async def test_a_final_checkpoint_drops_its_answers_but_keeps_their_cost(store):
     await put_call(store, "a3", "a", 0.40, "evaluation")
     await put_call(store, "b1", "b", 0.80, "generation")
 
-    await store.checkpoint("p", "a", result_record("a"), final=True, elapsed=2.0)
+    await store.projects.checkpoint("p", "a", result_record("a"), final=True, elapsed=2.0)
 
     for key in ("a1", "a2", "a3"):
-        assert await store.journal_get("p", key) is None
-    assert await store.journal_get("p", "b1") is not None  # another task's answers stay
-    saved = await store.load("p")
+        assert await store.journal.get("p", key) is None
+    assert await store.journal.get("p", "b1") is not None  # another task's answers stay
+    saved = await store.projects.load("p")
     assert saved.spent_usd == 1.5
     assert saved.phase_spent == {"generation": 0.9, "cross_review": 0.2, "evaluation": 0.4}
 
 
 async def test_a_task_costs_what_the_journal_says_even_for_a_call_settled_after_it_finished(store):
     await put_call(store, "a1", "a", 0.10)
-    await store.checkpoint("p", "a", result_record("a"), final=True, elapsed=2.0)
+    await store.projects.checkpoint("p", "a", result_record("a"), final=True, elapsed=2.0)
     await put_call(store, "a2", "a", 0.25, "evaluation")  # cancelled in flight, settled late
 
-    saved = await store.load("p")
+    saved = await store.projects.load("p")
     assert saved.results["a"]["cost_usd"] == saved.spent_usd == 0.35
 
 
 async def test_an_interrupted_checkpoint_keeps_its_answers_for_the_resume(store):
     await put_call(store, "a1", "a", 0.10)
     record = {**result_record("a"), "interrupted": True}
-    await store.checkpoint("p", "a", record, final=False, elapsed=2.0)
+    await store.projects.checkpoint("p", "a", record, final=False, elapsed=2.0)
 
-    assert (await store.journal_get("p", "a1"))["text"] == "answer a1"
-    assert (await store.load("p")).spent_usd == pytest.approx(0.10)
+    assert (await store.journal.get("p", "a1"))["text"] == "answer a1"
+    assert (await store.projects.load("p")).spent_usd == pytest.approx(0.10)
 
 
 async def test_saving_the_plan_drops_the_decomposition_answer_but_keeps_its_cost(store):
@@ -366,11 +366,11 @@ async def test_saving_the_plan_drops_the_decomposition_answer_but_keeps_its_cost
     await put_call(store, "a1", "a", 0.10)
     tasks = graph(6)
 
-    await store.save_plan("p", tasks, list(tasks), 3.0)
+    await store.projects.save_plan("p", tasks, list(tasks), 3.0)
 
-    assert await store.journal_get("p", "plan") is None
-    assert await store.journal_get("p", "a1") is not None
-    saved = await store.load("p")
+    assert await store.journal.get("p", "plan") is None
+    assert await store.journal.get("p", "a1") is not None
+    saved = await store.projects.load("p")
     assert saved.tasks == tasks and saved.execution_order == list(tasks)
     assert saved.spent_usd == pytest.approx(0.40)
     assert saved.phase_spent["decomposition"] == pytest.approx(0.30)
@@ -382,11 +382,11 @@ from orchestrator.store.state import StateManager
 
 async def main(path):
     store = StateManager(path)
-    await store.create_project(
+    await store.projects.create(
         "p", description="d", criteria="c", max_usd=5.0, max_time_seconds=60.0, settings={}
     )
     for i, cost in enumerate([125_000_000, 250_000_000, 500_000_000]):
-        await store.journal_put(
+        await store.journal.put(
             "p", f"k{i}", task_id="a", phase="generation", cost_nanos=cost,
             entry={"text": "paid for"}, elapsed=7.0 + i,
         )
@@ -404,12 +404,12 @@ async def test_spend_survives_a_crash_before_any_checkpoint(tmp_path):
     assert await process.wait() == 9
 
     async with StateManager(path) as store:
-        saved = await store.load("p")
+        saved = await store.projects.load("p")
         assert saved.spent_usd == 0.875
         assert saved.phase_spent == {"generation": 0.875}
         assert saved.elapsed_seconds == pytest.approx(9.0)  # the clock moved with the calls
         assert saved.results == {}
-        assert (await store.journal_get("p", "k2"))["text"] == "paid for"
+        assert (await store.journal.get("p", "k2"))["text"] == "paid for"
 
 
 # --- listing -------------------------------------------------------------------------------
@@ -418,21 +418,23 @@ async def test_spend_survives_a_crash_before_any_checkpoint(tmp_path):
 async def test_list_projects_newest_first_with_spend_and_progress(tmp_path):
     async with StateManager(tmp_path / "state.db") as store:
         for project_id, budget in (("old", 1.0), ("mid", 2.0), ("new", 3.0)):
-            await store.create_project(project_id, **{**PROJECT, "max_usd": budget})
+            await store.projects.create(project_id, **{**PROJECT, "max_usd": budget})
             await asyncio.sleep(0.01)  # distinct timestamps on coarse clocks
-        assert [p.project_id for p in await store.list_projects()] == ["new", "mid", "old"]
+        assert [p.project_id for p in await store.projects.summaries()] == ["new", "mid", "old"]
 
-        await store.save_plan("mid", graph(4), list(graph(4)), 1.0)
+        await store.projects.save_plan("mid", graph(4), list(graph(4)), 1.0)
         for key, task_id, cost in (("k1", "t00", 0.5), ("k2", "t01", 0.25), ("k3", "t02", 0.1)):
-            await store.journal_put(
+            await store.journal.put(
                 "mid", key, task_id=task_id, phase="generation", cost_nanos=usd_to_nanos(cost),
                 entry={}, elapsed=1,
             )  # fmt: skip
-        await store.checkpoint("mid", "t00", result_record("t00"), final=True, elapsed=2.0)
-        await store.checkpoint("mid", "t01", result_record("t01"), final=True, elapsed=2.0)
-        await store.checkpoint("mid", "t02", result_record("t02"), final=False, elapsed=2.0)
+        await store.projects.checkpoint("mid", "t00", result_record("t00"), final=True, elapsed=2.0)
+        await store.projects.checkpoint("mid", "t01", result_record("t01"), final=True, elapsed=2.0)
+        await store.projects.checkpoint(
+            "mid", "t02", result_record("t02"), final=False, elapsed=2.0
+        )
 
-        projects = await store.list_projects()
+        projects = await store.projects.summaries()
 
     # The project worked on last comes first: it is the one a user wants to resume.
     assert [p.project_id for p in projects] == ["mid", "new", "old"]
@@ -458,7 +460,7 @@ async def test_a_corrupt_file_is_refused_by_path_and_left_unchanged(tmp_path, co
     path = tmp_path / "state.db"
     path.write_bytes(content)
     async with StateManager(path) as store:
-        for attempt in (store.load("p"), store.create_project("p", **PROJECT)):
+        for attempt in (store.projects.load("p"), store.projects.create("p", **PROJECT)):
             with pytest.raises(StateError) as caught:
                 await attempt
             message = str(caught.value)
@@ -477,7 +479,7 @@ async def test_a_foreign_sqlite_file_is_refused_and_left_unchanged(tmp_path):
     content = path.read_bytes()
     async with StateManager(path) as store:
         with pytest.raises(StateError, match="another kind") as caught:
-            await store.list_projects()
+            await store.projects.summaries()
         assert str(path) in str(caught.value)
     assert path.read_bytes() == content
     assert sqlite_rows(path, "PRAGMA journal_mode") == [("delete",)]
@@ -490,7 +492,7 @@ async def test_a_cache_file_is_not_taken_for_a_state_file(tmp_path):
     content = path.read_bytes()
     async with StateManager(path) as store:
         with pytest.raises(StateError, match="another kind") as caught:
-            await store.create_project("p", **PROJECT)
+            await store.projects.create("p", **PROJECT)
         assert "orchestrator-cache-1" in str(caught.value)
     assert path.read_bytes() == content
     async with DiskCache(path) as cache:
@@ -513,7 +515,7 @@ async def test_sixteen_projects_run_at_once_on_one_state_file(tmp_path):
 
     assert [s.status for s in states] == [ProjectStatus.SUCCESS] * 16
     async with StateManager(path) as store:
-        listed = {p.project_id: p for p in await store.list_projects()}
+        listed = {p.project_id: p for p in await store.projects.summaries()}
     assert len(listed) == 16
     for i, state in enumerate(states):
         summary = listed[f"p{i:02d}"]
@@ -532,9 +534,9 @@ store = StateManager(sys.argv[1])
 async def caps(run):
     # Transactions at once: they wait for one another on the store's lock (or its pool).
     await asyncio.gather(
-        *(store.save_budget_caps({f"team:{run}-{i}": float(i + 1)}) for i in range(8))
+        *(store.books.save_budget_caps({f"team:{run}-{i}": float(i + 1)}) for i in range(8))
     )
-    caps = await store.budget_caps()
+    caps = await store.books.budget_caps()
     return len(caps), caps[f"team:{run}-7"]
 
 
@@ -542,7 +544,7 @@ print(*asyncio.run(caps(1)))
 print(*asyncio.run(caps(2)))
 asyncio.run(store.aclose())
 try:
-    asyncio.run(store.budget_caps())
+    asyncio.run(store.books.budget_caps())
 except StateError as exc:
     print(exc)
 """
@@ -643,7 +645,7 @@ async def test_four_processes_write_to_one_new_state_file_at_once(tmp_path):
         assert out.decode().split() == ["SUCCESS"]
         assert b"locked" not in err
     async with StateManager(path) as store:
-        projects = await store.list_projects()
+        projects = await store.projects.summaries()
     assert sorted(p.project_id for p in projects) == [f"proc{i}" for i in range(4)]
     assert all((p.tasks_done, p.tasks_total) == (8, 8) for p in projects)
 

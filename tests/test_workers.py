@@ -89,9 +89,9 @@ async def books(url: str) -> tuple[int, int, int]:
     """The organisation's ledger spend, the journal's total, and the project's saved spend, in
     nano-dollars."""
     async with StateManager(url) as store:
-        ledger = await store.ledger(["org"])
+        ledger = await store.books.ledger(["org"])
         journal = await store._store.run("SELECT COALESCE(SUM(cost_nanos), 0) FROM journal")
-        saved = await store.load(PROJECT_ID)
+        saved = await store.projects.load(PROJECT_ID)
     return ledger["org"].spent_nanos, int(journal[0][0]), saved.spent_nanos
 
 
@@ -299,9 +299,9 @@ async def create(
 
 async def project_books(url: str) -> tuple[dict[str, str], list[tuple[str, str]], int, dict]:
     async with StateManager(url) as store:
-        projects = {p.project_id: p.status for p in await store.list_projects()}
+        projects = {p.project_id: p.status for p in await store.projects.summaries()}
         journal = await store._store.run("SELECT COALESCE(SUM(cost_nanos), 0) FROM journal")
-        ledger = await store.ledger()
+        ledger = await store.books.ledger()
     return projects, await queued_jobs(url), int(journal[0][0]), ledger
 
 

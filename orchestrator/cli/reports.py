@@ -43,7 +43,7 @@ def verify_audit(path: str, head: str | None = None) -> int:
 async def list_projects() -> int:
     """``--list-projects``: the saved projects, newest first, as a table."""
     async with StateManager() as store:
-        projects = await store.list_projects()
+        projects = await store.projects.summaries()
     if not projects:
         print("no saved projects", file=sys.stderr)
         return EXIT_SUCCESS
@@ -249,7 +249,8 @@ async def _stored_measurements() -> tuple[
     if not os.environ.get(DB_URL_ENV) and not (home_dir() / "state.db").is_file():
         return {}, SpendHistory(), []
     async with StateManager() as store:
+        measures = store.measures
         history = SpendHistory.from_journal(
-            await store.measured_task_calls(), await store.measured_planning()
+            await measures.measured_task_calls(), await measures.measured_planning()
         )
-        return await store.model_telemetry(), history, await store.measured_cost_estimates()
+        return await measures.model_telemetry(), history, await measures.measured_cost_estimates()

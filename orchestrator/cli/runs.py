@@ -70,7 +70,7 @@ async def _resume_project(args: argparse.Namespace, watch: Watch) -> tuple[Proje
     """Resume ``args.resume`` on the settings it saved, the flags given on top."""
     overrides = run_config(args)
     async with _guarded(), StateManager() as store:
-        status, settings = await store.run_settings(args.resume)
+        status, settings = await store.projects.run_settings(args.resume)
         running = status not in FINISHED
         config = overrides.over(RunConfig.from_settings(settings))
         async with _client(config, running=running) as (client, chosen):

@@ -29,6 +29,7 @@ import psycopg
 from orchestrator.aio import stop
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.store.base import shown
+from orchestrator.store.holders import Holders
 from orchestrator.store.lease import ProjectBusy, lease_seconds
 from orchestrator.store.state import StateManager
 
@@ -149,7 +150,7 @@ async def work(
     _running.clear()
     app = queue_app(url)
     lease = lease_seconds()
-    async with app.open_async(), StateManager(url) as store, _sweeping(app, store, lease):
+    async with app.open_async(), StateManager(url) as store, _sweeping(app, store.holders, lease):
         worker = asyncio.create_task(
             app.run_worker_async(
                 concurrency=concurrency,
@@ -169,7 +170,7 @@ async def work(
                 worker.cancel()  # it stops fetching; a job it just took runs to its end
 
         with _on_stop_signal(lambda: _stop(worker)):
-            watch = _leave_when_idle(app, store, lease, leave) if exit_when_idle else None
+            watch = _leave_when_idle(app, store.holders, lease, leave) if exit_when_idle else None
             async with _background(watch):
                 try:
                     await worker
@@ -203,7 +204,7 @@ def _on_stop_signal(stop: Callable[[], None]) -> Any:
             loop.remove_signal_handler(number)
 
 
-async def _retry_stalled(app: procrastinate.App, store: StateManager, lease: float) -> None:
+async def _retry_stalled(app: procrastinate.App, holders: Holders, lease: float) -> None:
     """Send back to the queue the jobs of workers that stopped beating (killed): their
     projects resume from their journals elsewhere.
 
@@ -217,7 +218,7 @@ async def _retry_stalled(app: procrastinate.App, store: StateManager, lease: flo
         )
         for job in stalled:
             project_id = str(job.task_kwargs.get("project_id"))
-            if await store.held(project_id):
+            if await holders.held(project_id):
                 continue
             log.warning("project %s: its worker stopped; queued again", project_id)
             await app.job_manager.retry_job(job)
@@ -226,17 +227,15 @@ async def _retry_stalled(app: procrastinate.App, store: StateManager, lease: flo
 
 
 @contextlib.asynccontextmanager
-async def _sweeping(
-    app: procrastinate.App, store: StateManager, lease: float
-) -> AsyncIterator[None]:
+async def _sweeping(app: procrastinate.App, holders: Holders, lease: float) -> AsyncIterator[None]:
     """A sweep now, so that even a worker leaving when idle picks up stalled work, then every
     half lease while the worker runs."""
-    await _retry_stalled(app, store, lease)
+    await _retry_stalled(app, holders, lease)
 
     async def sweep() -> None:
         while True:
             await asyncio.sleep(lease / 2)
-            await _retry_stalled(app, store, lease)
+            await _retry_stalled(app, holders, lease)
 
     async with _background(sweep()):
         yield
@@ -256,7 +255,7 @@ async def _background(work: Coroutine[Any, Any, None] | None) -> AsyncIterator[N
 
 
 async def _leave_when_idle(
-    app: procrastinate.App, store: StateManager, lease: float, leave: Callable[[], None]
+    app: procrastinate.App, holders: Holders, lease: float, leave: Callable[[], None]
 ) -> None:
     """Call ``leave`` once this worker runs no job, nothing is queued and no project is left
     to a worker that stopped beating (killed).
@@ -276,7 +275,7 @@ async def _leave_when_idle(
         _job_ended.clear()
         if not _running:
             idle = idle or _Idle(lease)
-            waits = await idle.waits(app, store)
+            waits = await idle.waits(app, holders)
             if not waits:
                 log.info("idle: nothing queued and no project left by a stopped worker; leaving")
                 leave()
@@ -301,16 +300,16 @@ class _Idle:
         self.leases: dict[str, tuple[str, float]] = {}  # project: (holder, lease end) first seen
         self.live: set[str] = set()  # projects whose lease moved: a live run holds them
 
-    async def waits(self, app: procrastinate.App, store: StateManager) -> list[str]:
+    async def waits(self, app: procrastinate.App, holders: Holders) -> list[str]:
         """'project ID: why' for each job still to wait for; none: the worker may leave."""
         try:
-            return await self._waits(app, store)
+            return await self._waits(app, holders)
         except Exception as exc:  # the queue's database may be away a moment: look again
             why = f"the queue, which cannot be read: {str(exc).splitlines()[0]}"
             return [why] if self._patient(("queue",), why) else []
 
-    async def _waits(self, app: procrastinate.App, store: StateManager) -> list[str]:
-        await _retry_stalled(app, store, self.lease)  # a killed worker's free project: queued
+    async def _waits(self, app: procrastinate.App, holders: Holders) -> list[str]:
+        await _retry_stalled(app, holders, self.lease)  # a killed worker's free project: queued
         manager = app.job_manager
         todo = await manager.list_jobs_async(task=TASK_NAME, status="todo")
         doing = await manager.list_jobs_async(task=TASK_NAME, status="doing")
@@ -323,7 +322,7 @@ class _Idle:
             project_id = str(job.task_kwargs.get("project_id"))
             if project_id in self.live:
                 continue
-            held = await store.lease(project_id)
+            held = await holders.lease(project_id)
             if held is not None:
                 holder, ends, now = held
                 if self.leases.setdefault(project_id, (holder, ends)) != (holder, ends):

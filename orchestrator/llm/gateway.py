@@ -27,8 +27,8 @@ from orchestrator.money.ledger import Hold, Ledger
 from orchestrator.money.units import nanos_to_usd
 from orchestrator.observe.audit import AuditLog
 from orchestrator.observe.telemetry import TelemetryCollector
+from orchestrator.store.journal import CallJournal
 from orchestrator.store.lease import Lease
-from orchestrator.store.state import StateManager
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Journal:
     """The paid calls of one project, written before their answers are used; each row settles
     its call's attempts in the ``ledger`` in the same transaction."""
 
-    store: StateManager
+    store: CallJournal
     project_id: str
     budget: Budget
     ledger: Ledger
@@ -50,16 +50,16 @@ class Journal:
     replayable: set[str] = field(default_factory=set)
 
     async def load(self) -> None:
-        self.replayable = await self.store.journal_keys(self.project_id)
+        self.replayable = await self.store.keys(self.project_id)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         if key not in self.replayable:
             return None
-        return await self.store.journal_get(self.project_id, key)
+        return await self.store.get(self.project_id, key)
 
     async def forget(self, key: str) -> None:
         """Keep the call's spend but not its answer: a resume asks again."""
-        await self.store.journal_forget(self.project_id, key)
+        await self.store.forget(self.project_id, key)
         self.replayable.discard(key)
 
     async def put(

@@ -67,7 +67,8 @@ class ExpiredHold:
 
 
 class Book(Protocol):
-    """Where a ledger's rows are kept: the state store (``StateManager``), or this process."""
+    """Where a ledger's rows are kept: the state store's (a ``StateManager``'s ``books``), or
+    this process."""
 
     async def ledger_open(self, scopes: Iterable[str], project_id: str, max_nanos: int) -> None: ...
 

@@ -224,7 +224,7 @@ class Run:
         state.execution_order = execution_order(state.tasks)
         if await session.may_write_now():
             assert session.store is not None
-            await session.store.save_plan(
+            await session.store.projects.save_plan(
                 state.project_id, state.tasks, state.execution_order, state.budget.elapsed_seconds
             )
         self.emit(Event("decomposed", data={"tasks": len(state.tasks), "done": len(state.results)}))
@@ -280,7 +280,7 @@ class Run:
             if await session.may_write_now():
                 assert session.store is not None
                 await asyncio.shield(
-                    session.store.save_integration(
+                    session.store.projects.save_integration(
                         state.project_id, record.to_dict(), state.budget.elapsed_seconds
                     )
                 )
@@ -402,12 +402,12 @@ class Run:
         if store is None or lease is None:
             return None
         budget = self.state.budget
-        _, settings = await store.run_settings(lease.project_id)
-        ledger = Ledger(store, lease.project_id, lease.owner)
+        _, settings = await store.projects.run_settings(lease.project_id)
+        ledger = Ledger(store.books, lease.project_id, lease.owner)
         expired = await ledger.open(budget.max_nanos, settings.get("team"), settings.get("job"))
         for hold in expired:
             budget.charge(hold.amount_nanos, hold.phase)  # journaled by the sweep, as charged
-        journal = Journal(store, lease.project_id, budget, ledger)
+        journal = Journal(store.journal, lease.project_id, budget, ledger)
         await journal.load()
         return journal
 

@@ -94,7 +94,7 @@ class Observed:
         if session.store is None:
             return
         self.telemetry.ensure(session.client.catalog)
-        self.telemetry.restore(await session.store.model_telemetry())
+        self.telemetry.restore(await session.store.measures.model_telemetry())
 
     def _decided(self, project_id: str | None, decision: Decision) -> None:
         """A model chosen for ``project_id``: logged, audited and sent as an event."""

@@ -225,7 +225,9 @@ class Orchestrator(Observed):
                 saved = await record(self, session, state, tasks, restart)
                 if saved is None and tasks is not None:
                     order = execution_order(dict(tasks))
-                    await session.store.save_plan(state.project_id, dict(tasks), order, 0.0)
+                    await session.store.projects.save_plan(
+                        state.project_id, dict(tasks), order, 0.0
+                    )
         return state.project_id
 
     def _given(self, config: RunConfig | None, **fields: Any) -> RunConfig:
@@ -309,7 +311,7 @@ class Orchestrator(Observed):
         async def configure(store: StateManager | None) -> tuple[RunConfig, bool]:
             nonlocal saved
             assert store is not None
-            saved = await store.load(project_id)
+            saved = await store.projects.load(project_id)
             running = saved.status not in FINISHED
             return resumed_config(saved, given if running else RunConfig()), running
 

@@ -94,7 +94,7 @@ async def end_if_taken_over(session: Session, state: ProjectState) -> None:
     state.status, state.reason = ProjectStatus.SYSTEM_FAILURE, lease.lost
     assert session.store is not None
     try:
-        saved = await session.store.load(state.project_id)
+        saved = await session.store.projects.load(state.project_id)
     except OrchestratorError as exc:
         log.warning("the project's spend cannot be read back: %s; this run's own is shown", exc)
         return
@@ -108,11 +108,11 @@ async def save_end(owner: Orchestrator, session: Session, state: ProjectState) -
         return
     assert session.store is not None
     estimates = owner.cost_predictor.export()
-    await asyncio.shield(session.store.save_cost_estimates(state.project_id, estimates))
-    await asyncio.shield(session.store.save_model_telemetry(owner.telemetry.export()))
+    await asyncio.shield(session.store.measures.save_cost_estimates(state.project_id, estimates))
+    await asyncio.shield(session.store.measures.save_model_telemetry(owner.telemetry.export()))
     holder = session.lease.owner if session.lease else None
     await asyncio.shield(
-        session.store.finish(
+        session.store.projects.finish(
             state.project_id, state.status, state.reason, state.budget.elapsed_seconds, owner=holder
         )
     )

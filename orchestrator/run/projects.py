@@ -50,7 +50,7 @@ async def record(
         return None
     if restart:
         await discard(session, state.project_id)
-    created = await session.store.create_project(
+    created = await session.store.projects.create(
         state.project_id,
         description=state.project_description,
         criteria=state.success_criteria,
@@ -60,7 +60,7 @@ async def record(
     )
     if created:
         return None
-    saved = await session.store.load(state.project_id)
+    saved = await session.store.projects.load(state.project_id)
     changed = _changed_inputs(saved, state.project_description, state.success_criteria, tasks)
     if changed:
         raise ConfigError(
@@ -89,7 +89,7 @@ async def continue_saved(
         owner.emit(Event("already_finished", data={"status": saved.status.value}))
         return state
     if session.store is not None:
-        owner.cost_predictor.load(await session.store.cost_estimates(saved.project_id))
+        owner.cost_predictor.load(await session.store.measures.cost_estimates(saved.project_id))
     prepare(owner, session, saved.tasks, done=saved.final_tasks)
     used_up = _used_up(state.budget)
     if used_up is not None:
@@ -109,7 +109,7 @@ async def _run_again(
     assert session.store is not None
     async with leased(session, saved.project_id) as lease:
         assert lease is not None
-        await session.store.update_run(
+        await session.store.projects.update_run(
             saved.project_id,
             max_usd=state.budget.max_usd,
             max_time_seconds=state.budget.max_time_seconds,

@@ -66,7 +66,7 @@ class Session:
         unfinished = result.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
         # One transaction: the lease confirmed (and renewed), the task's cost read from the
         # journal, its result written.
-        spent = await self.store.checkpoint_held(
+        spent = await self.store.projects.checkpoint_held(
             project_id,
             result.task_id,
             result.to_record(),
@@ -140,7 +140,7 @@ async def leased(session: Session, project_id: str) -> AsyncIterator[Lease | Non
     if session.store is None:
         yield None
         return
-    async with Lease(session.store, project_id) as held:
+    async with Lease(session.store.holders, project_id) as held:
         session.lease = held
         try:
             yield held
@@ -152,11 +152,11 @@ async def discard(session: Session, project_id: str) -> None:
     """Forget a project's saved state, once no other run holds it."""
     assert session.store is not None
     try:
-        await session.store.load(project_id)
+        await session.store.projects.load(project_id)
     except UnknownProjectError:
         return
     async with leased(session, project_id):
-        await session.store.delete_project(project_id)
+        await session.store.projects.delete(project_id)
 
 
 @asynccontextmanager
@@ -171,12 +171,12 @@ async def capped(
         yield
         return
     if hierarchy.caps:
-        await store.save_budget_caps(hierarchy.caps)  # for later runs and processes
-    caps = await store.budget_caps()
+        await store.books.save_budget_caps(hierarchy.caps)  # for later runs and processes
+    caps = await store.books.budget_caps()
     if not caps:
         yield
         return
-    spent = await store.scope_spend_nanos(team, job_id)
+    spent = await store.books.scope_spend_nanos(team, job_id)
     hold = hierarchy.hold(spent, caps, may_spend_nanos, team, job_id)
     try:
         yield

@@ -11,8 +11,7 @@ from contextlib import suppress
 
 from orchestrator.aio import stop, uninterrupted
 from orchestrator.errors import TAKEN_OVER, ConfigError, LeaseLost, OrchestratorError
-from orchestrator.store.holders import new_owner
-from orchestrator.store.state import StateManager
+from orchestrator.store.holders import Holders, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,8 @@ class Lease:
     checks it first: a run that no longer holds its project stops spending at once.
     """
 
-    def __init__(self, store: StateManager, project_id: str, seconds: float | None = None):
-        self.store = store
+    def __init__(self, holders: Holders, project_id: str, seconds: float | None = None):
+        self.holders = holders
         self.project_id = project_id
         self.seconds = lease_seconds() if seconds is None else seconds
         self.owner = new_owner()
@@ -55,13 +54,13 @@ class Lease:
         self._renewer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Lease:
-        claim = asyncio.ensure_future(self.store.claim(self.project_id, self.owner, self.seconds))
+        claim = asyncio.ensure_future(self.holders.claim(self.project_id, self.owner, self.seconds))
         try:
             holder = await uninterrupted(claim)
         except asyncio.CancelledError:
             # Cancelled once the claim was made: no ``async with`` body will release it.
             if not claim.cancelled() and claim.exception() is None and claim.result() is None:
-                await uninterrupted(self.store.release(self.project_id, self.owner))
+                await uninterrupted(self.holders.release(self.project_id, self.owner))
             raise
         if holder is not None:
             raise ProjectBusy(
@@ -80,7 +79,7 @@ class Lease:
             # Ctrl-C, its deadline): else this process would hold the project until it exits.
             if self.lost is None:
                 with suppress(OrchestratorError):
-                    await uninterrupted(self.store.release(self.project_id, self.owner))
+                    await uninterrupted(self.holders.release(self.project_id, self.owner))
 
     def check(self) -> None:
         if self.lost is not None:
@@ -96,7 +95,7 @@ class Lease:
         if self.lost is not None:
             return
         with suppress(OrchestratorError):
-            if not await self.store.renew(self.project_id, self.owner, self.seconds):
+            if not await self.holders.renew(self.project_id, self.owner, self.seconds):
                 self.taken()
 
     def taken(self) -> None:
@@ -112,7 +111,7 @@ class Lease:
         while True:
             await asyncio.sleep(pause)
             try:
-                held = await self.store.renew(self.project_id, self.owner, self.seconds)
+                held = await self.holders.renew(self.project_id, self.owner, self.seconds)
             except OrchestratorError as exc:
                 if time.monotonic() + RETRY_SECONDS >= held_until:
                     self._lose(f"the project lease could not be renewed: {exc}")

@@ -76,7 +76,7 @@ class Projects:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def create_project(
+    async def create(
         self,
         project_id: str,
         *,
@@ -131,7 +131,7 @@ class Projects:
             ),
         )
 
-    async def delete_project(self, project_id: str) -> None:
+    async def delete(self, project_id: str) -> None:
         """Forget a project entirely: its row, its results and its journal."""
         await self._store.transaction(
             [
@@ -329,7 +329,7 @@ class Projects:
             durable=False,  # derived: redone, not paid for
         )
 
-    async def list_projects(self) -> list[ProjectSummary]:
+    async def summaries(self) -> list[ProjectSummary]:
         """Every project, newest first."""
         rows = await self._store.run(
             "SELECT p.id, p.status, p.max_usd, p.task_count, p.updated_at,"
