@@ -241,7 +241,7 @@ async def test_a_model_whose_code_never_compiles_stops_getting_code_in_the_run_a
         # Once its answers to two tasks had failed their checks, it got no more code: the
         # routing table would have sent it every answer of all six.
         assert len(set(written)) <= DEMOTE_AFTER and len(written) <= 2 * DEMOTE_AFTER, written
-        saved = await store.model_telemetry()
+        saved = await store.measures.model_telemetry()
         assert saved[first.results["c0"].model_used.key]["outcomes"]["code_generation"][0] >= 1
         assert await demoted(store, llm)
 
@@ -303,7 +303,7 @@ async def test_what_a_run_learned_is_saved_with_each_task_and_a_resume_starts_fr
 async def demoted(store, llm) -> bool:
     if not llm.broken:
         return False
-    records = await store.model_telemetry()
+    records = await store.measures.model_telemetry()
     found = [r for key, r in records.items() if key.endswith("/" + llm.broken[0])]
     code = found[0].get("outcomes", {}).get("code_generation") if found else None
     return bool(code) and code[2] >= DEMOTE_AFTER
