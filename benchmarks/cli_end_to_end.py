@@ -29,7 +29,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
@@ -49,7 +51,7 @@ VERDICT = json.dumps({"score": 0.95, "reasoning": "meets the criteria"})
 ANSWER = "A complete answer to the task, long enough to pass a length check."
 
 
-def responder(latency: float):
+def responder(latency: float) -> Callable[[RecordedRequest], Reply]:
     def answer(request: RecordedRequest) -> Reply:
         return Reply(VERDICT if request.wants_json else ANSWER, delay=latency)
 
@@ -94,7 +96,7 @@ class Watched:
             reader.start()
         self.exited = 0.0
 
-    def _read(self, pipe) -> None:
+    def _read(self, pipe: IO[str]) -> None:
         for line in pipe:
             self.lines.append((time.time(), line.rstrip("\n")))
 

@@ -23,7 +23,14 @@ from pathlib import Path
 from graph_shape import critical_path_length, width
 
 from orchestrator import Budget, DiskCache, Orchestrator, Task, TaskType, UnifiedClient
-from orchestrator.llm.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
+from orchestrator.llm.providers.base import (
+    ChatRequest,
+    Endpoint,
+    Failure,
+    Progress,
+    RawCompletion,
+)
+from orchestrator.store.sqlite import SQLiteStore
 from orchestrator.store.state import StateManager
 
 CALLS_IN_SEQUENCE_PER_TASK = 4  # generate, critique, revise, then both evaluations at once
@@ -37,7 +44,9 @@ class InProcessProvider:
         self.latency = latency
         self.spans = spans
 
-    async def complete(self, model_id: str, request: ChatRequest) -> RawCompletion:
+    async def complete(
+        self, model_id: str, request: ChatRequest, progress: Progress | None = None
+    ) -> RawCompletion:
         started = time.perf_counter()
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -93,6 +102,7 @@ async def run_graph(
     cache = DiskCache(store_dir / "cache.db") if store_dir else None
     store = StateManager(store_dir / "state.db") if store_dir else None
     if store is not None:
+        assert isinstance(store._store, SQLiteStore)  # a directory: a SQLite file
         store._store.synchronous = synchronous
     async with UnifiedClient(
         env=env, max_concurrency=concurrency, adapter_factory=factory

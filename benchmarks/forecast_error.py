@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
@@ -33,9 +34,11 @@ from scripted_llm import ScriptedLLM, TaskScript, default_plan  # noqa: E402
 from orchestrator.money.units import nanos_to_usd  # noqa: E402
 
 LENGTHS = {"short": None, "medium": 0.3, "long": 1.0}  # share of the output limit billed
+# (length, learned, typical, high, worst, actual)
+Row = tuple[str, bool, float, float, float, float]
 
 
-def project_document(budget: float) -> dict:
+def project_document(budget: float) -> dict[str, Any]:
     return {
         "project": "[project] An add library",
         "criteria": "add works and is documented",
@@ -81,7 +84,7 @@ def spent(home: Path) -> float:
         conn.close()
 
 
-def measure(length: str, fake: FakeProvider, root: Path, budget: float) -> list[tuple]:
+def measure(length: str, fake: FakeProvider, root: Path, budget: float) -> list[Row]:
     """Two (forecast, run) pairs at one answer length: rows of (length, learned, typical,
     high, worst, actual)."""
     work = root / length
@@ -90,7 +93,7 @@ def measure(length: str, fake: FakeProvider, root: Path, budget: float) -> list[
     env = environment(fake.base_url, home)
     project = work / "project.json"
     project.write_text(json.dumps(project_document(budget)))
-    rows = []
+    rows: list[Row] = []
     for _ in range(2):
         typical, high, worst, learned = forecast(project, env, work)
         before = spent(home) if (home / "state.db").exists() else 0.0

@@ -31,7 +31,13 @@ from typing import Any
 from orchestrator import Budget, Catalog, Orchestrator, Task, TaskType, UnifiedClient
 from orchestrator.errors import UnknownModelError
 from orchestrator.llm.catalog import Model
-from orchestrator.llm.providers.base import ChatRequest, Endpoint, Failure, RawCompletion
+from orchestrator.llm.providers.base import (
+    ChatRequest,
+    Endpoint,
+    Failure,
+    Progress,
+    RawCompletion,
+)
 from orchestrator.run.taskgraph import execution_order
 from orchestrator.run.tasks import ProjectStatus, TaskResult, TaskStatus, ValidatorResult
 from orchestrator.store.journal import CallJournal
@@ -197,7 +203,9 @@ class InstantProvider:
         self.calls = calls
         self.text = code_text(random.Random(endpoint.provider), size)
 
-    async def complete(self, model_id: str, request: ChatRequest) -> RawCompletion:
+    async def complete(
+        self, model_id: str, request: ChatRequest, progress: Progress | None = None
+    ) -> RawCompletion:
         self.calls.append(time.perf_counter())
         if "score" in (request.json_schema or {}).get("properties", {}):
             return RawCompletion('{"score": 0.95, "reasoning": "ok"}', 1200, 40)

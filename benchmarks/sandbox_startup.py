@@ -15,6 +15,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from orchestrator.code import sandbox
 from orchestrator.code.validators import _check_pytest
@@ -36,7 +37,7 @@ def test_add():
 TARGET_MS = 50.0
 
 
-async def median_seconds(runs: int, once) -> float:
+async def median_seconds(runs: int, once: Callable[[], Awaitable[None]]) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()

@@ -119,7 +119,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 # -- the parent: the fake provider, the rounds, the figures -------------------------------------
-def start_fake(log: Path) -> tuple[subprocess.Popen, str]:
+def start_fake(log: Path) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(TESTS)]))
     fake = subprocess.Popen(
         [sys.executable, str(TESTS / "fake_provider.py"), "--log", str(log),
@@ -153,7 +153,8 @@ def run_side(side: str, args: argparse.Namespace, env: dict[str, str], cwd: Path
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"the {side} side failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def new_requests(log: Path, seen: int) -> tuple[list[dict[str, Any]], int]:

@@ -26,15 +26,15 @@ from orchestrator.money.ledger import Ledger
 from orchestrator.money.units import NANOS_PER_USD
 from orchestrator.store.state import StateManager
 
-PROJECT = {"description": "d", "criteria": "c", "max_usd": 100.0, "max_time_seconds": 3600.0,
-           "settings": {}}  # fmt: skip
 ENTRY = {"text": "x" * 2000, "parsed": None, "input_tokens": 900, "output_tokens": 500}
 
 
 async def held_project(store: StateManager) -> Ledger:
     """A new project, claimed, its ledger open on the org, team, job and project rows."""
     project = f"bench-{time.time_ns()}"
-    await store.projects.create(project, **PROJECT)
+    await store.projects.create(
+        project, description="d", criteria="c", max_usd=100.0, max_time_seconds=3600.0, settings={}
+    )
     owner = f"bench:{os.getpid()}:{project}"
     assert await store.holders.claim(project, owner, 600.0) is None
     ledger = Ledger(store.books, project, owner)
@@ -117,8 +117,10 @@ async def main() -> None:
     import psycopg
 
     with psycopg.connect(args.url) as conn:
-        fsync = conn.execute("SHOW fsync").fetchone()[0]
-        commit = conn.execute("SHOW synchronous_commit").fetchone()[0]
+        fsync_row = conn.execute("SHOW fsync").fetchone()
+        commit_row = conn.execute("SHOW synchronous_commit").fetchone()
+    assert fsync_row is not None and commit_row is not None
+    fsync, commit = fsync_row[0], commit_row[0]
     print(f"{args.calls} journal writes, {args.calls // 5} checkpoints, one after another")
     print(f"SQLite: synchronous=FULL; PostgreSQL: fsync={fsync}, synchronous_commit={commit}")
     if fsync != "on":

@@ -58,7 +58,9 @@ async def queue(url: str, base_url: str, count: int) -> None:
     await enqueue(url, ids)
 
 
-def round_of(admin: str, workers: int, projects: int, concurrency: int, delay: float) -> dict:
+def round_of(
+    admin: str, workers: int, projects: int, concurrency: int, delay: float
+) -> dict[str, float]:
     url = fresh_database(admin)
     with FakeProvider() as fake, tempfile.TemporaryDirectory() as home:
         fake.responder = ScriptedLLM(delay=delay)
