@@ -34,6 +34,12 @@ def wait_for_requests(fake, count: int, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
+def without_code(llm) -> None:
+    """The planner's five tasks with ``core`` written as prose instead of code: the same plan and
+    run, with nothing for the sandbox to check (what the tests using it are not about)."""
+    llm.plan = [prose_task("core"), *llm.plan[1:]]
+
+
 def test_a_run_from_the_command_line_succeeds_and_writes_its_outputs(fake, llm, tmp_path):
     out = tmp_path / "results"
 
@@ -84,9 +90,9 @@ def test_a_project_file_runs_its_own_tasks_without_decomposition(fake, llm, tmp_
         "quality_threshold: 0.8\n"
         "tasks:\n"
         "  - id: calc\n"
-        "    type: code_generation\n"
-        "    prompt: '[calc] Write add with tests.'\n"
-        "    hard_validators: [python_syntax, pytest]\n"
+        "    type: creative_writing\n"
+        "    prompt: '[calc] Write about add.'\n"
+        "    hard_validators: [length]\n"
     )
     llm.scripts["calc"] = TaskScript(scores=[0.81])
 
@@ -130,6 +136,7 @@ def test_an_answer_fenced_as_python3_is_written_to_its_py_file_without_the_fence
     ],
 )
 def test_each_status_has_its_own_exit_code(fake, llm, tmp_path, scripts, flags, code, status):
+    without_code(llm)
     llm.scripts.update(scripts)
     llm.bill_max_output = True  # long answers, so a small budget really runs out
 
@@ -354,6 +361,7 @@ def resume_cli(fake, tmp_path, project_id, *flags):
 def test_a_timed_out_run_resumed_without_more_time_says_so_and_with_more_finishes(
     fake, llm, tmp_path
 ):
+    without_code(llm)
     llm.delay = 0.5
     first = run_cli(
         "-p", PROJECT, "-c", CRITERIA, "--time", "1.5", "--no-cache", "--project-id", "slow",
@@ -379,6 +387,7 @@ def test_a_timed_out_run_resumed_without_more_time_says_so_and_with_more_finishe
 def test_a_run_out_of_budget_resumed_without_more_stays_so_and_with_more_finishes(
     fake, llm, tmp_path
 ):
+    without_code(llm)
     llm.bill_max_output = True
     first = run_cli(
         "-p", PROJECT, "-c", CRITERIA, "--budget", "0.05", "--no-cache", "--project-id", "poor",
@@ -399,13 +408,14 @@ def test_a_run_out_of_budget_resumed_without_more_stays_so_and_with_more_finishe
 
 
 def test_a_resume_with_nothing_to_do_writes_nothing_and_a_hand_edit_survives(fake, llm, tmp_path):
+    without_code(llm)
     out = tmp_path / "results"
     first = run_cli(
         "-p", PROJECT, "-c", CRITERIA, "--project-id", "done", "--output-dir", str(out),
         cwd=tmp_path, env=cli_env(fake, tmp_path),
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    edited = out / "task_001_code_generation.py"
+    edited = out / "task_001_creative_writing.md"
     edited.write_text("# my own fix\n", encoding="utf-8")
 
     again, _ = resume_cli(fake, tmp_path, "done")
@@ -417,11 +427,12 @@ def test_a_resume_with_nothing_to_do_writes_nothing_and_a_hand_edit_survives(fak
     asked, _ = resume_cli(fake, tmp_path, "done", "--output-dir", str(out))
 
     assert asked.returncode == 2
-    assert "task_001_code_generation.py" in asked.stderr and "--overwrite" in asked.stderr
+    assert "task_001_creative_writing.md" in asked.stderr and "--overwrite" in asked.stderr
     assert edited.read_text(encoding="utf-8") == "# my own fix\n"
 
 
 def test_the_same_command_runs_again_into_the_same_directory(fake, llm, tmp_path):
+    without_code(llm)
     out = tmp_path / "results"
     command = (
         "--project",
@@ -448,6 +459,7 @@ def test_the_same_command_runs_again_into_the_same_directory(fake, llm, tmp_path
 def test_another_project_into_a_directory_of_results_is_refused_before_any_call(
     fake, llm, tmp_path
 ):
+    without_code(llm)
     out = tmp_path / "results"
     first = run_cli(
         "--project", PROJECT, "--criteria", CRITERIA, "--budget", "2", "--output-dir", str(out),
@@ -486,6 +498,7 @@ def test_a_description_of_ones_own_runs_when_the_planner_cannot_plan_it(fake, ll
 
 
 def test_a_resume_says_first_what_it_resumes_in_one_line(fake, llm, tmp_path):
+    without_code(llm)
     llm.bill_max_output = True
     first = run_cli(
         "-p", PROJECT, "-c", CRITERIA, "--budget", "0.05", "--no-cache", "--project-id", "poor",

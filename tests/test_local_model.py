@@ -448,15 +448,16 @@ async def test_a_local_model_context_stops_its_server_on_error():
 
 
 async def test_a_prompt_near_the_context_window_gets_a_fitted_limit_not_an_error():
-    long_prompt = "Reply with one word: hello. " + "(padding) " * 130  # about 1,300 bytes
+    long_prompt = "Reply with one word: hello. " + "(padding) " * 20  # about 230 bytes
     async with (
-        LocalModel(context=2048) as small,
+        LocalModel(context=768) as small,
         UnifiedClient(catalog=small.catalog().only([LOCAL_PROVIDER]), env={}) as client,
     ):
-        # 1,024 output tokens would pass the 2,048-token window with this prompt: the limit is
+        # 1,024 output tokens would pass the 768-token window with this prompt: the limit is
         # lowered to the hundred or so that fit, and the server answers (a server like vLLM
         # refuses the request outright otherwise). An answer that runs into that limit is
-        # reported as cut off, never taken as whole.
+        # reported as cut off, never taken as whole. (A small window and a short prompt: the
+        # model reads and writes a few hundred tokens, not thousands.)
         try:
             answer = await client.complete("local", long_prompt, max_tokens=1024)
             assert answer.text.strip()
