@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
     )
     from orchestrator.observe.telemetry import TelemetryCollector
     from orchestrator.routing.backends import (
+        AdaptiveBackend,
         GreedyBackend,
         OptimizationBackend,
         ParetoBackend,
@@ -121,6 +122,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "TaskType",
     ),
     "routing.backends": (
+        "AdaptiveBackend",
         "GreedyBackend",
         "OptimizationBackend",
         "ParetoBackend",
@@ -183,6 +185,7 @@ def _version() -> str:
 
 
 __all__ = [
+    "AdaptiveBackend",
     "AgentPool",
     "AuditCheck",
     "AuditLog",
