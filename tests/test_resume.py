@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from contextlib import asynccontextmanager
 
 import pytest
 from conftest import NoWait, eventually, fake_env
@@ -11,6 +12,7 @@ from scripted_llm import TaskScript
 from test_engine import as_tasks
 
 from orchestrator import Budget, ConfigError, Orchestrator, RetryPolicy, UnifiedClient
+from orchestrator.run import projects
 from orchestrator.run.tasks import ProjectStatus, Task, TaskStatus, TaskType
 from orchestrator.store.state import StateManager, UnknownProjectError
 
@@ -61,6 +63,30 @@ async def test_a_run_stopped_by_its_budget_continues_with_a_bigger_one(fake, llm
     # Tasks finished before the stop were not run again.
     new_tasks = {task for _, task, _ in llm.roles[requests_before:]}
     assert not new_tasks & done_before
+
+
+async def test_a_resume_claiming_a_project_another_run_has_just_finished_runs_nothing(
+    fake, llm, monkeypatch
+):
+    llm.bill_max_output = True
+    stopped = await orchestrate(fake, start, budget=Budget(max_usd=0.1, max_time_seconds=60))
+    assert stopped.status is ProjectStatus.BUDGET_EXHAUSTED
+    asked = fake.count()
+    claim = projects.leased
+
+    @asynccontextmanager
+    async def finished_just_before(session, project_id):
+        # Another worker's run of the project ends between this resume's read and its claim.
+        await session.store.projects.finish(project_id, ProjectStatus.SUCCESS, "done there", 1.0)
+        async with claim(session, project_id) as lease:
+            yield lease
+
+    monkeypatch.setattr(projects, "leased", finished_just_before)
+    resumed = await orchestrate(fake, resume, max_usd=1.0)
+
+    assert resumed.already_finished and resumed.status is ProjectStatus.SUCCESS
+    assert resumed.reason == "done there"
+    assert fake.count() == asked  # nothing asked again, nothing paid again
 
 
 async def test_a_task_interrupted_mid_loop_replays_its_paid_calls(fake, llm):
