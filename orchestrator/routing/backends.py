@@ -178,7 +178,10 @@ class AdaptiveBackend:
             return self.fallback.rank(candidates)
         kind = candidates[0].task_type
         assert kind is not None
-        # Every candidate's answers of the type judged so far: a demotion's clock.
+        # Every candidate's answers of the type judged so far: a demotion's clock. It counts
+        # the candidates at hand only, never more than the telemetry counted when the clock
+        # started, so a demotion may outlast its count (models judged but not candidates now),
+        # never end early.
         of_type = sum(c.profile.outcomes[kind.value].judged for c in candidates
                       if kind.value in c.profile.outcomes)  # fmt: skip
         drawn = [self.drawn(c, of_type) for c in candidates]
