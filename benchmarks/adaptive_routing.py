@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from orchestrator.llm.catalog import Catalog, Model
 from orchestrator.observe.telemetry import TelemetryCollector
-from orchestrator.routing import backends
+from orchestrator.routing import backends, profiles
 from orchestrator.routing.backends import (
     AdaptiveBackend,
     Candidate,
@@ -52,7 +52,7 @@ from orchestrator.routing.backends import (
     OptimizationBackend,
     RoutingTableBackend,
 )
-from orchestrator.routing.profiles import ModelProfile, build_default_profiles
+from orchestrator.routing.profiles import ModelProfile, build_default_profiles, judged_of_type
 from orchestrator.routing.router import CRITIQUE_MAX_TOKENS, ROUTING_TABLE, TYPICAL_PROMPT_TOKENS
 from orchestrator.run.config import DEFAULT_MAX_FALLBACKS
 from orchestrator.run.tasks import TaskType
@@ -177,17 +177,24 @@ class ByBackend(Routing):
             )
             for m in self.world.models
         ]
-        return [r.model for r in self.backend.rank(candidates)]
+        ranked = [r.model for r in self.backend.rank(candidates)]
+        # As the router does for every backend: models whose answers keep failing their checks
+        # are held back, after the others.
+        of_type = judged_of_type(self.profiles.values(), kind.value)
+        held = {
+            key for key, p in self.profiles.items()
+            if (found := p.outcomes.get(kind.value)) is not None and found.demoted(of_type)
+        }  # fmt: skip
+        return [m for m in ranked if m.key not in held] + [m for m in ranked if m.key in held]
 
     def judged(self, model: Model, kind: TaskType, passed: bool) -> None:
-        profile = self.profiles[model.key]
-        if isinstance(self.backend, AdaptiveBackend):
-            # As a run records it: a demotion's clock counts every model's answers of the type.
-            TelemetryCollector(self.profiles).record_judged(
-                model, kind.value, passed, by_checks=not passed
-            )
-        else:
-            profile.record_quality(1.0 if passed else 0.0)
+        # As a run records it, whatever the backend: a demotion's clock counts every model's
+        # answers of the type; an evaluation's score moves the profile's quality too.
+        TelemetryCollector(self.profiles).record_judged(
+            model, kind.value, passed, by_checks=not passed
+        )
+        if not isinstance(self.backend, AdaptiveBackend):
+            self.profiles[model.key].record_quality(1.0 if passed else 0.0)
 
 
 class Oracle(Routing):
@@ -295,7 +302,8 @@ def checkpoints(tasks: int) -> list[int]:
 
 
 def set_constants(prior: float, floor: float, demote: int) -> None:
-    backends.PRIOR_ANSWERS, backends.MIN_PASS_RATE, backends.DEMOTE_AFTER = prior, floor, demote
+    backends.PRIOR_ANSWERS, backends.MIN_PASS_RATE = prior, floor
+    profiles.DEMOTE_AFTER = demote or 10**9  # 0: never demoted
 
 
 def report(args: argparse.Namespace, catalog: Catalog) -> None:
@@ -422,7 +430,7 @@ def main() -> None:
     )
     parser.add_argument("--prior-answers", type=float, default=backends.PRIOR_ANSWERS)
     parser.add_argument("--min-pass-rate", type=float, default=backends.MIN_PASS_RATE)
-    parser.add_argument("--demote-after", type=int, default=backends.DEMOTE_AFTER, help="0: off")
+    parser.add_argument("--demote-after", type=int, default=profiles.DEMOTE_AFTER, help="0: off")
     parser.add_argument("--sweep", action="store_true", help="adaptive over a grid of constants")
     parser.add_argument("--sweep-prior", type=_floats, default=[0.5, 1, 2, 4, 8])
     parser.add_argument("--sweep-floor", type=_floats, default=[0.5])

@@ -3,8 +3,6 @@ the design document's path to :mod:`orchestrator.routing.backends`."""
 
 from orchestrator.routing.backends import (
     BACKENDS,
-    DEMOTE_AFTER,
-    DEMOTED_FOR,
     MIN_COST_USD,
     MIN_PASS_RATE,
     PRIOR_ANSWERS,
@@ -20,8 +18,6 @@ from orchestrator.routing.backends import (
 
 __all__ = [
     "BACKENDS",
-    "DEMOTED_FOR",
-    "DEMOTE_AFTER",
     "MIN_COST_USD",
     "MIN_PASS_RATE",
     "PRIOR_ANSWERS",

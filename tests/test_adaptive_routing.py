@@ -19,16 +19,20 @@ from orchestrator.cli.project_file import ProjectFileError, load_project_file
 from orchestrator.observe.telemetry import TelemetryCollector
 from orchestrator.routing.backends import (
     BACKENDS,
-    DEMOTE_AFTER,
-    DEMOTED_FOR,
     PRIOR_ANSWERS,
     AdaptiveBackend,
     Candidate,
     RoutingTableBackend,
 )
 from orchestrator.routing.policy import Policy
-from orchestrator.routing.profiles import ModelProfile, Outcomes, merge_profiles
-from orchestrator.routing.router import Router
+from orchestrator.routing.profiles import (
+    DEMOTE_AFTER,
+    DEMOTED_FOR,
+    ModelProfile,
+    Outcomes,
+    merge_profiles,
+)
+from orchestrator.routing.router import Decision, Router
 from orchestrator.run.taskgraph import parse_tasks
 from orchestrator.run.tasks import ProjectStatus, TaskType
 from orchestrator.text.schemas import shipped_schema
@@ -62,40 +66,55 @@ def test_of_two_models_that_pass_alike_the_cheaper_gets_the_work():
     assert chosen["gemini-2.5-flash-lite"] > 0.95 * 300
 
 
-def test_a_model_that_keeps_failing_its_checks_goes_last_for_that_kind_of_task_only():
-    broken = candidate("kimi-k2.5", quality=0.95, cost=0.001)
-    other = candidate("gpt-4o", quality=0.7, cost=0.02)
-    judge(broken, CODE, *[False] * DEMOTE_AFTER)
+def routed_authors(telemetry: TelemetryCollector, task_type: TaskType, backend) -> Decision:
+    """The decision of a router over two models for an author of ``task_type``."""
+    catalog = Catalog.load(env={})
+    usable = tuple(catalog.resolve(name) for name in ("kimi-k2.5", "gpt-4o"))
+    telemetry.ensure(catalog)
+    decisions: list[Decision] = []
+    router = Router(catalog, usable, backend=backend, profiles=telemetry.profiles,
+                    on_decision=decisions.append)  # fmt: skip
+    router.generation_chain(task_type, "t")
+    return decisions[0]
 
-    ranked = AdaptiveBackend(seed=2).rank([broken, other])
 
-    assert [r.model.value for r in ranked] == ["gpt-4o", "kimi-k2.6"]
-    assert "demoted: its last 2 answers failed their checks" in ranked[-1].reason
-    # Writing is another kind of task: what kimi's code did says nothing about it.
-    writing = [candidate("kimi-k2.5", quality=0.95, cost=0.001, task_type=TaskType.WRITING)]
-    writing[0].profile.outcomes = broken.profile.outcomes
-    assert "demoted" not in AdaptiveBackend(seed=2).rank(writing)[0].reason
+@pytest.mark.parametrize("backend", [RoutingTableBackend(), AdaptiveBackend(seed=2)])
+def test_a_model_that_keeps_failing_its_checks_goes_last_for_that_kind_of_task_only(backend):
+    telemetry = TelemetryCollector()
+    telemetry.ensure(Catalog.load(env={}))
+    kimi = Catalog.load(env={}).resolve("kimi-k2.5")
+    for _ in range(DEMOTE_AFTER):
+        telemetry.record_judged(kimi, CODE.value, False, by_checks=True)
+
+    code = routed_authors(telemetry, CODE, backend)
+    writing = routed_authors(telemetry, TaskType.WRITING, backend)
+
+    # Kimi leads the routing table for code, and is held back behind gpt-4o...
+    assert [m.value for m in code.chain] == ["gpt-4o", "kimi-k2.6"]
+    (why,) = [why for m, why in code.held_back if m == kimi]
+    assert why.startswith("held back: its last 2 answers of this task type failed their checks")
+    # ...but what its code did says nothing of its writing.
+    assert kimi not in [m for m, _ in writing.held_back]
 
 
 def test_a_demoted_model_is_tried_again_once_enough_other_answers_were_judged():
-    collector = TelemetryCollector()
-    broken = candidate("kimi-k2.5", quality=0.95, cost=0.001)
-    other = candidate("gpt-4o", quality=0.95, cost=0.02)
-    collector.profiles = {broken.model.key: broken.profile, other.model.key: other.profile}
+    telemetry = TelemetryCollector()
+    telemetry.ensure(Catalog.load(env={}))
+    kimi, gpt = (Catalog.load(env={}).resolve(n) for n in ("kimi-k2.5", "gpt-4o"))
     for _ in range(DEMOTE_AFTER):
-        collector.record_judged(broken.model, CODE.value, False, by_checks=True)
+        telemetry.record_judged(kimi, CODE.value, False, by_checks=True)
 
     def demoted() -> bool:
-        ranked = AdaptiveBackend(seed=7).rank([broken, other])
-        return "demoted" in ranked[-1].reason and ranked[-1].model == broken.model
+        decision = routed_authors(telemetry, CODE, RoutingTableBackend())
+        return kimi in [m for m, _ in decision.held_back]
 
     for _ in range(DEMOTED_FOR - 1):
-        collector.record_judged(other.model, CODE.value, True, by_checks=False)
+        telemetry.record_judged(gpt, CODE.value, True, by_checks=False)
         assert demoted()
-    collector.record_judged(other.model, CODE.value, True, by_checks=False)
-    assert not demoted()  # on trial: ranked by its draws again
-    # One more failed check and it is back at the back.
-    collector.record_judged(broken.model, CODE.value, False, by_checks=True)
+    telemetry.record_judged(gpt, CODE.value, True, by_checks=False)
+    assert not demoted()  # on trial: in its place again
+    # One more failed check and it is held back again.
+    telemetry.record_judged(kimi, CODE.value, False, by_checks=True)
     assert demoted()
 
 
@@ -210,7 +229,9 @@ PROJECT = "adds"
 SEED = 1
 
 
-async def run_adaptive(fake, store, *, policies=(), description="[project] adds", restart=False):
+async def run_adaptive(
+    fake, store, *, policies=(), description="[project] adds", restart=False, backend=None
+):
     async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
         orchestrator = Orchestrator(
             budget=Budget(max_usd=5.0, max_time_seconds=120),
@@ -219,7 +240,7 @@ async def run_adaptive(fake, store, *, policies=(), description="[project] adds"
             use_cache=False,
             config=RunConfig(integration=False, policies=tuple(policies)),
             # Seeded: the same draws every time, so the broken author gets its second task.
-            optimization_backend=AdaptiveBackend(seed=SEED),
+            optimization_backend=backend or AdaptiveBackend(seed=SEED),
         )
         tasks = parse_tasks({"tasks": CODE_CHAIN})
         return await orchestrator.run_project(
@@ -250,6 +271,20 @@ async def test_a_model_whose_code_never_compiles_stops_getting_code_in_the_run_a
 
     assert second.status is ProjectStatus.SUCCESS
     assert code_written_by(llm, broken, since=seen) == []
+
+
+async def test_under_the_routing_table_too_failing_code_moves_to_another_model(fake, tmp_path):
+    llm = fake.responder = ScriptedLLM(plan=CODE_CHAIN, broken_authors=1)
+    async with StateManager(tmp_path / "state.db") as store:
+        state = await run_adaptive(fake, store, backend=RoutingTableBackend())
+
+    (broken,) = llm.broken
+    assert broken == "kimi-k2.6"  # the routing table's first choice for code
+    assert state.status is ProjectStatus.SUCCESS  # each failing answer revised by another
+    # Its first two tasks' answers failed their checks: then it was held back, and the table
+    # no longer sent it every answer of all six tasks.
+    assert set(code_written_by(llm, broken)) == {"c0", "c1"}
+    assert all(r.model_used.value != broken for r in state.results.values())
 
 
 async def test_learning_never_brings_back_a_model_a_policy_forbids(fake, tmp_path):

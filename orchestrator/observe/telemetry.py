@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.llm.catalog import Catalog, Model
-from orchestrator.routing.profiles import ModelProfile, build_default_profiles
+from orchestrator.routing.profiles import ModelProfile, build_default_profiles, judged_of_type
 
 
 class TelemetryCollector:
@@ -50,8 +50,7 @@ class TelemetryCollector:
 
     def judged(self, task_type: str) -> int:
         """Answers to tasks of ``task_type`` judged so far, every model's."""
-        return sum(p.outcomes[task_type].judged for p in self.profiles.values()
-                   if task_type in p.outcomes)  # fmt: skip
+        return judged_of_type(self.profiles.values(), task_type)
 
     def record_validator_failures(self, model: Model, count: int) -> None:
         profile = self.profiles.get(model.key)

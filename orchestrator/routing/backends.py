@@ -159,14 +159,14 @@ class AdaptiveBackend:
     (this run's and, through the telemetry, earlier runs'), times its calls' trust. Candidates
     drawn at ``MIN_PASS_RATE`` or more go first, by drawn rate per dollar of a call (the
     measured cost once there is one); the rest follow by drawn rate, since a model that fails
-    more often than it passes is no bargain at any price; a model whose last ``DEMOTE_AFTER``
-    answers of this type failed a deterministic check goes last. Jobs that write no answer of
+    more often than it passes is no bargain at any price. (A model whose answers keep failing
+    their checks is held back by the router, whatever the backend.) Jobs that write no answer of
     their own (the planner, critics, evaluators) learn nothing here: ``fallback`` orders them.
     """
 
     name = "adaptive"
-    # It ranks by how answers were judged: a run hands a failed answer's revision to another
-    # model, and keeps what it learned with each task's checkpoint.
+    # It ranks by how answers were judged: a run keeps what it learned with each task's
+    # checkpoint.
     learns = True
 
     def __init__(self, seed: int | None = None, fallback: OptimizationBackend | None = None):
@@ -176,46 +176,24 @@ class AdaptiveBackend:
     def rank(self, candidates: Sequence[Candidate]) -> list[Ranked]:
         if not candidates or any(c.task_type is None for c in candidates):
             return self.fallback.rank(candidates)
-        kind = candidates[0].task_type
-        assert kind is not None
-        # Every candidate's answers of the type judged so far: a demotion's clock. It counts
-        # the candidates at hand only, never more than the telemetry counted when the clock
-        # started, so a demotion may outlast its count (models judged but not candidates now),
-        # never end early.
-        of_type = sum(c.profile.outcomes[kind.value].judged for c in candidates
-                      if kind.value in c.profile.outcomes)  # fmt: skip
-        drawn = [self.drawn(c, of_type) for c in candidates]
-        worth = [r for r in drawn if r.figures["drawn"] >= MIN_PASS_RATE and not _demoted(r)]
-        rest = [r for r in drawn if r.figures["drawn"] < MIN_PASS_RATE and not _demoted(r)]
-        demoted = [r for r in drawn if _demoted(r)]
-        return (
-            _best_first(worth)
-            + sorted(rest, key=lambda r: -r.figures["drawn"])
-            + sorted(demoted, key=lambda r: -r.figures["drawn"])
-        )
+        drawn = [self.drawn(c) for c in candidates]
+        worth = [r for r in drawn if r.figures["drawn"] >= MIN_PASS_RATE]
+        rest = [r for r in drawn if r.figures["drawn"] < MIN_PASS_RATE]
+        return _best_first(worth) + sorted(rest, key=lambda r: -r.figures["drawn"])
 
-    def drawn(self, candidate: Candidate, of_type: int = 0) -> Ranked:
-        """The candidate with a pass rate drawn from its posterior, and why; ``of_type``: the
-        answers of the task type judged so far, every candidate's (a demotion's clock)."""
+    def drawn(self, candidate: Candidate) -> Ranked:
+        """The candidate with a pass rate drawn from its posterior, and why."""
         assert candidate.task_type is not None
         profile, kind = candidate.profile, candidate.task_type
         seen = profile.outcomes.get(kind.value)
         passed, failed = (seen.passed, seen.failed) if seen is not None else (0, 0)
-        failing = seen.failing_checks if seen is not None else 0
         prior = min(max(profile.model.quality, 0.05), 0.95)
         alpha = PRIOR_ANSWERS * prior + passed
         beta = PRIOR_ANSWERS * (1 - prior) + failed
         rate = self.random.betavariate(alpha, beta) * profile.trust
         per_usd = rate / max(candidate.cost_usd, MIN_COST_USD)
-        demoted = (
-            seen is not None
-            and failing >= DEMOTE_AFTER
-            and (of_type - seen.failed_checks_at < DEMOTED_FOR)
-        )
         figures = {
-            "passed": float(passed), "failed": float(failed),
-            "failing_checks": float(failing), "demoted": float(demoted),
-            "prior": prior,
+            "passed": float(passed), "failed": float(failed), "prior": prior,
             "mean": alpha / (alpha + beta), "drawn": rate, "cost_usd": candidate.cost_usd,
             "passes_per_usd": per_usd,
         }  # fmt: skip
@@ -224,11 +202,7 @@ class AdaptiveBackend:
             f"{figures['mean']:.2f}, drawn {rate:.2f}; {_usd(candidate.cost_usd)} a call = "
             f"{per_usd:,.0f} passes a dollar"
         )
-        if demoted:
-            reason += f"; demoted: its last {failing} answers failed their checks"
-        elif failing >= DEMOTE_AFTER:
-            reason += f"; on trial again after {DEMOTED_FOR} other answers of the type"
-        elif rate < MIN_PASS_RATE:
+        if rate < MIN_PASS_RATE:
             reason += f"; drawn under {MIN_PASS_RATE:.0%}: after those likelier to pass"
         return Ranked(candidate.model, per_usd, reason, figures)
 
@@ -248,12 +222,6 @@ BACKENDS: dict[str, type[OptimizationBackend]] = {
 PRIOR_ANSWERS = 4.0
 # A drawn pass rate under this goes after every candidate likelier to pass, however cheap.
 MIN_PASS_RATE = 0.5
-# Answers in a row failing a deterministic check that send a model to the back for a task type,
-# until this many answers of the type (every model's) have been judged since its last: then it
-# is on trial again (one more failed check sends it back), since a model locked out for good by
-# two unlucky answers would leave its share of the work to dearer ones.
-DEMOTE_AFTER = 2
-DEMOTED_FOR = 20
 
 # A model that costs nothing (a local endpoint) still has to be divided by something.
 MIN_COST_USD = 1e-7
@@ -276,10 +244,6 @@ def _dominates(a: Candidate, b: Candidate) -> bool:
         or (la is not None and lb is not None and la < lb)
     )
     return at_least and better
-
-
-def _demoted(ranked: Ranked) -> bool:
-    return bool(ranked.figures.get("demoted"))
 
 
 def _scaled(value: float, values: Sequence[float]) -> float:

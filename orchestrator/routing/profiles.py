@@ -16,6 +16,12 @@ from typing import Any
 
 from orchestrator.llm.catalog import Catalog, Model
 
+# Answers in a row failing a deterministic check that send a model to the back for a task type,
+# until this many answers of the type (every model's) have been judged since its last: then it
+# is on trial again (one more failed check sends it back), since a model locked out for good by
+# two unlucky answers would leave its share of the work to dearer ones.
+DEMOTE_AFTER = 2
+DEMOTED_FOR = 20
 # Weight of the newest sample in the moving averages of a profile.
 PROFILE_EMA_ALPHA = 0.2
 LATENCY_SAMPLES = 50  # the rolling buffer a profile's p95 latency is read from
@@ -148,6 +154,12 @@ class Outcomes:
                 self.failing_checks += 1
                 self.failed_checks_at = of_type
 
+    def demoted(self, of_type: int) -> bool:
+        """Whether its last ``DEMOTE_AFTER`` answers failed their checks, the last of them
+        fewer than ``DEMOTED_FOR`` answers of the type ago (``of_type``: judged so far)."""
+        recent = of_type - self.failed_checks_at < DEMOTED_FOR
+        return self.failing_checks >= DEMOTE_AFTER and recent
+
     def to_record(self) -> list[int]:
         return [self.passed, self.failed, self.failing_checks, self.failed_checks_at]
 
@@ -167,6 +179,11 @@ class Outcomes:
             max(self.failing_checks, other.failing_checks),
             max(self.failed_checks_at, other.failed_checks_at),
         )
+
+
+def judged_of_type(profiles: Iterable[ModelProfile], task_type: str) -> int:
+    """Answers to tasks of ``task_type`` judged so far, every model's: a demotion's clock."""
+    return sum(p.outcomes[task_type].judged for p in profiles if task_type in p.outcomes)
 
 
 def _ema(average: float, sample: float) -> float:

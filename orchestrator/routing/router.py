@@ -14,7 +14,7 @@ from orchestrator.routing.backends import (
     Ranked,
     RoutingTableBackend,
 )
-from orchestrator.routing.profiles import ModelProfile
+from orchestrator.routing.profiles import ModelProfile, judged_of_type
 from orchestrator.routing.screen import ConstraintPlanner, Screened
 from orchestrator.run.config import DEFAULT_MAX_FALLBACKS
 from orchestrator.run.tasks import TaskType
@@ -185,10 +185,10 @@ class Router:
     def reviser_chain(
         self, task_type: TaskType, author: Model, task_id: str | None = None, *, failed: bool
     ) -> list[Model]:
-        """Revisers of ``author``'s answer: its author first, unless the backend learns and the
-        answer ``failed`` its checks: then the work moves to another model (the author last)."""
+        """Revisers of ``author``'s answer: its author first, unless the answer ``failed`` its
+        checks: then the work moves to another model (the author last)."""
         chain = self.generation_chain(task_type, task_id)
-        if failed and self.learns:
+        if failed:
             others = [m for m in chain if m != author]
             return [*others, author][: self.max_fallbacks + 1]
         return self.led_by(author, chain)
@@ -238,14 +238,15 @@ class Router:
         ranked = self.backend.rank(screened.allowed)
         if away_from is not None:
             ranked = _away_from(away_from, ranked)
+        demoted = self._demoted(task_type) if role == "generation" and task_type else {}
         ready: list[Ranked] = []
         held_back: list[tuple[Model, str]] = []
         for r in ranked:
-            if self._ready(r.model, screened):
+            if self._ready(r.model, screened) and r.model.key not in demoted:
                 ready.append(r)
             else:
-                why = f"held back: {self._held_because(r.model, screened)} ({r.reason})"
-                held_back.append((r.model, why))
+                because = self._held_because(r.model, screened, demoted.get(r.model.key))
+                held_back.append((r.model, f"held back: {because} ({r.reason})"))
         # The ready ones, then the held back, as far as the fallbacks allowed go.
         keep = self.max_fallbacks + 1
         beyond = ([r.model for r in ready] + [m for m, _ in held_back])[keep:]
@@ -282,10 +283,23 @@ class Router:
     def _ready(self, model: Model, screened: Screened) -> bool:
         return self.healthy(model) and model.key not in screened.unaffordable
 
-    def _held_because(self, model: Model, screened: Screened) -> str:
+    def _held_because(self, model: Model, screened: Screened, failing: int | None) -> str:
         if not self.healthy(model):
             return "failing recently"
-        return "a call may cost more than the budget left"
+        if model.key in screened.unaffordable:
+            return "a call may cost more than the budget left"
+        return f"its last {failing} answers of this task type failed their checks"
+
+    def _demoted(self, task_type: TaskType) -> dict[str, int]:
+        """The models whose answers to ``task_type`` keep failing their checks, by key, with
+        how many in a row: held back, so the work goes to others (``Outcomes.demoted``)."""
+        kind = task_type.value
+        of_type = judged_of_type(self.profiles.values(), kind)
+        return {
+            key: found.failing_checks
+            for key, profile in self.profiles.items()
+            if (found := profile.outcomes.get(kind)) is not None and found.demoted(of_type)
+        }
 
     def _profile(self, model: Model) -> ModelProfile:
         profile = self.profiles.get(model.key)
