@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import threading
 import time
@@ -53,9 +54,12 @@ async def test_the_design_documents_hooks_run_with_the_arguments_it_shows(fake, 
 
     printed = capsys.readouterr().out.splitlines()
     assert f"[core] score={state.results['core'].score:.3f}" in printed
-    author = state.results["core"].model_used.value
-    assert f"Validator failed for core using {author}" in printed
-    assert any(line.startswith("WARNING: generation at") for line in printed)
+    # Each failing answer was the work of a model that wrote core's code.
+    failed = [line for line in printed if line.startswith("Validator failed for core using ")]
+    writers = {m for role, t, m in llm.roles if t == "core" and role in ("generate", "revise")}
+    assert failed and {line.rsplit(" ", 1)[1] for line in failed} <= writers
+    # A phase's share of the budget crossed (which one depends on who revised what).
+    assert any(re.fullmatch(r"WARNING: \w+ at \d+% of budget", line) for line in printed)
 
 
 async def test_async_hooks_are_awaited_and_model_choices_reach_them(fake, llm):
