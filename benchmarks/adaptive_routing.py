@@ -52,7 +52,7 @@ from orchestrator.routing.backends import (
     OptimizationBackend,
     RoutingTableBackend,
 )
-from orchestrator.routing.profiles import ModelProfile, build_default_profiles, judged_of_type
+from orchestrator.routing.profiles import ModelProfile, build_default_profiles, demoted
 from orchestrator.routing.router import CRITIQUE_MAX_TOKENS, ROUTING_TABLE, TYPICAL_PROMPT_TOKENS
 from orchestrator.run.config import DEFAULT_MAX_FALLBACKS
 from orchestrator.run.tasks import TaskType
@@ -180,11 +180,7 @@ class ByBackend(Routing):
         ranked = [r.model for r in self.backend.rank(candidates)]
         # As the router does for every backend: models whose answers keep failing their checks
         # are held back, after the others.
-        of_type = judged_of_type(self.profiles.values(), kind.value)
-        held = {
-            key for key, p in self.profiles.items()
-            if (found := p.outcomes.get(kind.value)) is not None and found.demoted(of_type)
-        }  # fmt: skip
+        held = demoted(self.profiles, kind.value)
         return [m for m in ranked if m.key not in held] + [m for m in ranked if m.key in held]
 
     def judged(self, model: Model, kind: TaskType, passed: bool) -> None:

@@ -3,7 +3,7 @@
 Every backend ranks the same candidates (the usable, healthy models the policies allow, with the
 routing table's position and an estimated cost per call for the job) and says why each one is
 where it is. ``RoutingTableBackend`` is the default: the design's routing table, then the
-cheapest other models. The others rank on the models' profiles (``orchestrator.run.tasks``):
+cheapest other models. The others rank on the models' profiles (``orchestrator.routing.profiles``):
 ``GreedyBackend`` on quality x trust / cost, ``WeightedSumBackend`` on a weighted sum of
 normalised quality, trust, cost and latency, ``ParetoBackend`` on the non-dominated set first.
 ``AdaptiveBackend`` learns which model passes each task type's checks for the least money.

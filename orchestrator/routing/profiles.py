@@ -186,6 +186,17 @@ def judged_of_type(profiles: Iterable[ModelProfile], task_type: str) -> int:
     return sum(p.outcomes[task_type].judged for p in profiles if task_type in p.outcomes)
 
 
+def demoted(profiles: Mapping[str, ModelProfile], task_type: str) -> dict[str, int]:
+    """The models whose answers to ``task_type`` keep failing their checks, by key, with how
+    many in a row (``Outcomes.demoted``): held back, so the work goes to others."""
+    of_type = judged_of_type(profiles.values(), task_type)
+    return {
+        key: found.failing_checks
+        for key, profile in profiles.items()
+        if (found := profile.outcomes.get(task_type)) is not None and found.demoted(of_type)
+    }
+
+
 def _ema(average: float, sample: float) -> float:
     return (1 - PROFILE_EMA_ALPHA) * average + PROFILE_EMA_ALPHA * sample
 

@@ -14,7 +14,7 @@ from orchestrator.routing.backends import (
     Ranked,
     RoutingTableBackend,
 )
-from orchestrator.routing.profiles import ModelProfile, judged_of_type
+from orchestrator.routing.profiles import ModelProfile, demoted
 from orchestrator.routing.screen import ConstraintPlanner, Screened
 from orchestrator.run.config import DEFAULT_MAX_FALLBACKS
 from orchestrator.run.tasks import TaskType
@@ -238,14 +238,14 @@ class Router:
         ranked = self.backend.rank(screened.allowed)
         if away_from is not None:
             ranked = _away_from(away_from, ranked)
-        demoted = self._demoted(task_type) if role == "generation" and task_type else {}
+        held = demoted(self.profiles, task_type.value) if role == "generation" and task_type else {}
         ready: list[Ranked] = []
         held_back: list[tuple[Model, str]] = []
         for r in ranked:
-            if self._ready(r.model, screened) and r.model.key not in demoted:
+            if self._ready(r.model, screened) and r.model.key not in held:
                 ready.append(r)
             else:
-                because = self._held_because(r.model, screened, demoted.get(r.model.key))
+                because = self._held_because(r.model, screened, held.get(r.model.key))
                 held_back.append((r.model, f"held back: {because} ({r.reason})"))
         # The ready ones, then the held back, as far as the fallbacks allowed go.
         keep = self.max_fallbacks + 1
@@ -289,17 +289,6 @@ class Router:
         if model.key in screened.unaffordable:
             return "a call may cost more than the budget left"
         return f"its last {failing} answers of this task type failed their checks"
-
-    def _demoted(self, task_type: TaskType) -> dict[str, int]:
-        """The models whose answers to ``task_type`` keep failing their checks, by key, with
-        how many in a row: held back, so the work goes to others (``Outcomes.demoted``)."""
-        kind = task_type.value
-        of_type = judged_of_type(self.profiles.values(), kind)
-        return {
-            key: found.failing_checks
-            for key, profile in self.profiles.items()
-            if (found := profile.outcomes.get(kind)) is not None and found.demoted(of_type)
-        }
 
     def _profile(self, model: Model) -> ModelProfile:
         profile = self.profiles.get(model.key)

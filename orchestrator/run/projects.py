@@ -97,32 +97,24 @@ async def continue_saved(
         state.status, state.reason = used_up
         state.api_health = session.client.api_health()
         return state
-    try:
-        await _run_again(owner, session, saved, state)
-    except _FinishedMeanwhile as done:
-        return await continue_saved(owner, session, done.saved, given)
+    finished_since = await _run_again(owner, session, saved, state)
+    if finished_since is not None:
+        return await continue_saved(owner, session, finished_since, given)
     return state
-
-
-class _FinishedMeanwhile(Exception):
-    """Another run finished the project between its load and this run's claim."""
-
-    def __init__(self, saved: SavedProject) -> None:
-        self.saved = saved
 
 
 async def _run_again(
     owner: Orchestrator, session: Session, saved: SavedProject, state: ProjectState
-) -> None:
+) -> SavedProject | None:
     """Run ``saved``'s unfinished tasks (those of ``state``), the project claimed first: a run
     refused because another holds the project changes nothing, and one that finished it
-    since ``saved`` was read leaves nothing to run (``_FinishedMeanwhile``)."""
+    since ``saved`` was read leaves nothing to run (that project, as saved now, is returned)."""
     assert session.store is not None
     async with leased(session, saved.project_id) as lease:
         assert lease is not None
         status, _ = await session.store.projects.run_settings(saved.project_id)
         if status in FINISHED:  # its lease was released just before this claim
-            raise _FinishedMeanwhile(await session.store.projects.load(saved.project_id))
+            return await session.store.projects.load(saved.project_id)
         await session.store.projects.update_run(
             saved.project_id,
             max_usd=state.budget.max_usd,
@@ -134,6 +126,7 @@ async def _run_again(
         state.results = {t: state.results[t] for t in saved.final_tasks if t in state.results}
         state.status, state.reason = ProjectStatus.RUNNING, ""
         await Run(owner, session, state).execute(state.tasks or None, resumed=True)
+    return None
 
 
 def _saved_state(saved: SavedProject, config: RunConfig, client: UnifiedClient) -> ProjectState:
