@@ -103,7 +103,7 @@ def test_the_readmes_quick_start_sets_up_and_tests_as_ci_does():
     assert re.search(r"^budget: 0?\.\d+$", read(PROJECT_ROOT / example), flags=re.MULTILINE)
     # The tests: every extra, its PostgreSQL, its pytest; CI runs this very line, and the first
     # one twice, in a bare shell.
-    assert ".venv/bin/pip install -e '.[dev,local,distributed]'" in tests
+    assert ".venv/bin/pip install -e '.[dev,local,distributed,web]'" in tests
     assert f"--no-deps {pin}" in tests
     assert "source .ci/postgres start && .venv/bin/python -m pytest;" in tests
     assert '.ci/postgres stop "${PG_THROWAWAY_DIR:-}"; exit $rc' in tests

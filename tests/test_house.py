@@ -16,6 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
 CONCERNS = {
     "run", "task", "jobs", "llm", "routing", "money", "store", "code", "text", "observe", "cli",
+    "web",
 }  # fmt: skip
 
 # The design document's import paths, each a module that only re-exports (see test_import_weight).

@@ -251,6 +251,14 @@ def _add_watching(watch: argparse._ArgumentGroup) -> None:
         "the run goes",
     )
     watch.add_argument(
+        "--serve",
+        metavar="[HOST:]PORT",
+        help="serve a read-only page of the saved projects (the store runs use) at "
+        "http://HOST:PORT/ until Ctrl-C, following running ones live; HOST is 127.0.0.1 unless "
+        "given; with --audit-log FILE each project's page checks that log's chain; needs the "
+        "web extra",
+    )
+    watch.add_argument(
         "--verify-audit",
         metavar="FILE",
         help="check an audit log's hash chain (exit 0 intact, 1 tampered with or not ending "

@@ -49,6 +49,10 @@ def execute(args: argparse.Namespace) -> int:
             return EXIT_SUCCESS
         if args.list_projects:
             return asyncio.run(list_projects())
+        if args.serve:
+            from orchestrator.web.serve import serve  # the web extra: only when asked for
+
+            return serve(args.serve, audit_log=args.audit_log)
         if args.audit_head and not args.verify_audit:
             raise usage_error("--audit-head goes with --verify-audit FILE")
         if args.verify_audit:

@@ -209,6 +209,14 @@ class SharedBook:
             if wanted is None or scope in wanted
         }
 
+    async def in_flight(self, project_id: str) -> list[tuple[str, str, int]]:
+        """The project's calls in flight: each hold's task, phase and amount held."""
+        rows = await self._store.run(
+            "SELECT task_id, phase, amount_nanos FROM money_holds WHERE project_id = ?",
+            (project_id,),
+        )
+        return [(str(task), str(phase), int(amount)) for task, phase, amount in rows]
+
     async def ledger_settle(
         self,
         settlements: Iterable[tuple[str, int]],

@@ -11,10 +11,24 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.money.units import checked_nanos
 from orchestrator.store.base import Statement, Store
+
+
+@dataclass(frozen=True)
+class JournaledCall:
+    """One paid call as the journal keeps it; ``model`` as its vendor named it, while its
+    answer is kept (None once its task finished, or for a call that got no answer)."""
+
+    task_id: str
+    phase: str
+    cost_nanos: int
+    elapsed_seconds: float
+    created_at: float
+    model: str | None
 
 
 class CallJournal:
@@ -41,6 +55,32 @@ class CallJournal:
         entry = unpack(rows[0][0])
         entry["cost_nanos"] = int(rows[0][1])
         return entry
+
+    async def latest(self, project_id: str, limit: int) -> tuple[list[JournaledCall], int]:
+        """The project's ``limit`` latest journaled calls, newest first, and how many it has."""
+        rows = await self._store.run(
+            "SELECT task_id, phase, cost_nanos, elapsed_seconds, created_at, entry FROM journal"
+            " WHERE project_id = ? ORDER BY created_at DESC LIMIT ?",
+            (project_id, limit),
+        )
+        counted = await self._store.run(
+            "SELECT COUNT(*) FROM journal WHERE project_id = ?", (project_id,)
+        )
+        calls = [
+            JournaledCall(task, phase, int(cost), float(elapsed), float(created),
+                          None if entry is None else unpack(entry).get("reported_model"))
+            for task, phase, cost, elapsed, created, entry in rows
+        ]  # fmt: skip
+        return calls, int(counted[0][0])
+
+    async def spent_since(self, project_id: str, since: float) -> int:
+        """What the project's calls journaled since ``since`` (seconds since the epoch) paid."""
+        rows = await self._store.run(
+            "SELECT COALESCE(SUM(cost_nanos), 0) FROM journal"
+            " WHERE project_id = ? AND created_at >= ?",
+            (project_id, since),
+        )
+        return int(rows[0][0])
 
     async def forget(self, project_id: str, key: str) -> None:
         """Drop a journaled answer found unusable, keeping what its call paid."""

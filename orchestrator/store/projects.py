@@ -329,6 +329,21 @@ class Projects:
             durable=False,  # derived: redone, not paid for
         )
 
+    async def progress_mark(self, project_id: str | None = None) -> tuple[Any, ...]:
+        """What changes whenever a project (or, for None, any project) moves: its row, its
+        journal and its calls in flight. A viewer compares marks to know when to look again."""
+        of_project = "" if project_id is None else " WHERE project_id = ?"
+        of_row = "" if project_id is None else " WHERE id = ?"
+        rows = await self._store.run(
+            f"SELECT (SELECT MAX(updated_at) FROM projects{of_row}),"
+            f" (SELECT COUNT(*) FROM projects{of_row}),"
+            f" (SELECT COUNT(*) FROM journal{of_project}),"
+            f" (SELECT COALESCE(SUM(cost_nanos), 0) FROM journal{of_project}),"
+            f" (SELECT COUNT(*) FROM money_holds{of_project})",
+            () if project_id is None else (project_id,) * 5,
+        )
+        return tuple(rows[0])
+
     async def summaries(self) -> list[ProjectSummary]:
         """Every project, newest first."""
         rows = await self._store.run(

@@ -1,0 +1,291 @@
+"""What the pages show, read from the state store: the projects, and one project's tasks, spend
+against its caps, integration rounds, paid calls and audit check. Reading only: nothing here
+writes to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.code.integration import Integration
+from orchestrator.money.ledger import run_scopes, scope_name
+from orchestrator.money.units import nanos_to_usd
+from orchestrator.observe.audit import verify
+from orchestrator.run.tasks import ProjectStatus
+from orchestrator.store.journal import JournaledCall
+from orchestrator.store.projects import SavedProject
+from orchestrator.store.state import StateManager
+from orchestrator.web.graph import Drawing, layered
+
+CALLS_SHOWN = 500  # the newest paid calls a project's page lists
+RECENT_SECONDS = 300.0  # the window of the recent burn rate
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    """One project in the list."""
+
+    project_id: str
+    status: str
+    live: bool  # a run holds it now
+    spent_usd: float
+    max_usd: float
+    tasks_done: int
+    tasks_total: int
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A validator's or an integration check's outcome, as a word and its detail."""
+
+    name: str
+    outcome: str  # passed, failed, skipped (the tool is absent), not run (no sandbox)
+    detail: str
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Verdict:
+        if record.get("not_run"):
+            outcome = "not run"
+        elif record.get("skipped"):
+            outcome = "skipped"
+        else:
+            outcome = "passed" if record.get("passed") else "failed"
+        return cls(str(record.get("name", "?")), outcome, str(record.get("detail", "")))
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task_id: str
+    task_type: str
+    dependencies: list[str]
+    state: str  # a finished task's status, else running, in flight, interrupted or waiting
+    model: str | None
+    reviewer: str | None
+    score: float | None
+    iterations: int
+    cost_usd: float
+    validators: list[Verdict]
+    reason: str
+    in_flight: list[str]  # the phases of its calls in flight now
+
+
+@dataclass(frozen=True)
+class CapView:
+    """A scope's spend against its cap: paid, held by calls in flight, and the cap (None: no
+    cap)."""
+
+    name: str
+    spent_usd: float
+    held_usd: float
+    cap_usd: float | None
+
+    @property
+    def percent(self) -> float | None:
+        if not self.cap_usd:
+            return None
+        return min(100.0, 100.0 * (self.spent_usd + self.held_usd) / self.cap_usd)
+
+
+@dataclass(frozen=True)
+class RoundView:
+    number: int
+    passed: bool
+    checks: list[Verdict]
+    failures: list[str]
+    revised: list[str]  # the tasks asked to revise
+
+
+@dataclass(frozen=True)
+class AuditView:
+    path: str
+    ok: bool
+    description: str
+    project_records: int
+
+
+@dataclass
+class ProjectPage:
+    project_id: str
+    description: str
+    criteria: str
+    status: str
+    live: bool
+    reason: str
+    spent_usd: float
+    max_usd: float
+    elapsed_seconds: float
+    max_time_seconds: float
+    tasks: list[TaskView]
+    drawing: Drawing
+    caps: list[CapView]
+    burn_usd_per_minute: float  # over the whole run
+    recent_burn_usd_per_minute: float  # over the last RECENT_SECONDS
+    rounds: list[RoundView]
+    integration_note: str
+    calls: list[JournaledCall]
+    calls_total: int
+    audit: AuditView | None
+
+    @property
+    def tasks_done(self) -> int:
+        return sum(task.state in _FINISHED for task in self.tasks)
+
+
+_FINISHED = frozenset({"completed", "degraded", "failed", "skipped"})
+
+
+async def project_rows(state: StateManager) -> list[ProjectRow]:
+    """Every project, those a run holds now first, then the newest."""
+    rows = []
+    for summary in await state.projects.summaries():
+        live = summary.status == ProjectStatus.RUNNING and await state.holders.held(
+            summary.project_id
+        )
+        rows.append(
+            ProjectRow(
+                summary.project_id,
+                summary.status,
+                live,
+                summary.spent_usd,
+                summary.max_usd,
+                summary.tasks_done,
+                summary.tasks_total,
+                summary.updated_at,
+            )
+        )
+    return sorted(rows, key=lambda row: not row.live)  # stable: newest first within each
+
+
+async def project_page(
+    state: StateManager, project_id: str, audit_log: Path | None = None
+) -> ProjectPage:
+    """One project as the store holds it now (``UnknownProjectError``: no such project)."""
+    saved = await state.projects.load(project_id)
+    live = saved.status == ProjectStatus.RUNNING and await state.holders.held(project_id)
+    in_flight: dict[str, list[str]] = {}
+    for task_id, phase, _held in await state.books.in_flight(project_id):
+        in_flight.setdefault(task_id, []).append(phase)
+    calls, calls_total = await state.journal.latest(project_id, CALLS_SHOWN)
+    called = {call.task_id for call in calls}
+    tasks = [
+        _task_view(saved, task_id, live, in_flight.get(task_id, []), task_id in called)
+        for task_id in saved.execution_order
+    ]
+    integration = Integration.from_dict(saved.integration) if saved.integration else None
+    recent = await state.journal.spent_since(project_id, time.time() - RECENT_SECONDS)
+    return ProjectPage(
+        project_id=project_id,
+        description=saved.description,
+        criteria=saved.criteria,
+        status=saved.status.value,
+        live=live,
+        reason=saved.reason,
+        spent_usd=saved.spent_usd,
+        max_usd=saved.max_usd,
+        elapsed_seconds=saved.elapsed_seconds,
+        max_time_seconds=saved.max_time_seconds,
+        tasks=tasks,
+        drawing=layered(
+            saved.execution_order,
+            {t.task_id: t.dependencies for t in tasks},
+            {t.task_id: t.state for t in tasks},
+        ),
+        caps=await _caps(state, saved),
+        burn_usd_per_minute=60 * saved.spent_usd / saved.elapsed_seconds
+        if saved.elapsed_seconds > 0
+        else 0.0,
+        recent_burn_usd_per_minute=60 * nanos_to_usd(recent) / RECENT_SECONDS,
+        rounds=[_round_view(r.to_dict()) for r in integration.rounds] if integration else [],
+        integration_note=integration.note if integration else "",
+        calls=calls,
+        calls_total=calls_total,
+        audit=await asyncio.to_thread(_audit_view, audit_log, project_id) if audit_log else None,
+    )
+
+
+def _task_view(
+    saved: SavedProject, task_id: str, live: bool, in_flight: list[str], called: bool
+) -> TaskView:
+    task = saved.tasks[task_id] if saved.tasks else None
+    result = saved.results.get(task_id)
+    if task_id in saved.final_tasks and result is not None:
+        state = str(result.get("status", "failed"))
+    elif in_flight:
+        state = "in flight"
+    elif result is not None or called:
+        state = "running" if live else "interrupted"
+    else:
+        state = "waiting" if live or saved.status == ProjectStatus.RUNNING else "not run"
+    record = result or {}
+    return TaskView(
+        task_id=task_id,
+        task_type=task.type.value if task else "",
+        dependencies=list(task.dependencies) if task else [],
+        state=state,
+        model=record.get("model_used"),
+        reviewer=record.get("reviewer_model"),
+        score=record.get("score") if result is not None else None,
+        iterations=int(record.get("iterations", 0)),
+        cost_usd=float(record.get("cost_usd", 0.0)),
+        validators=[Verdict.of(v) for v in record.get("validator_results", [])],
+        reason=str(record.get("reason", "")),
+        in_flight=sorted(in_flight),
+    )
+
+
+async def _caps(state: StateManager, saved: SavedProject) -> list[CapView]:
+    """Every cap that applies to the project, from the shared ledger: the project's own, its
+    job's, its team's and the organisation's (the scopes without a cap are left out)."""
+    settings = saved.settings
+    scopes = run_scopes(saved.project_id, settings.get("team"), settings.get("job"))
+    rows = await state.books.ledger(scopes)
+    caps = []
+    for scope in reversed(scopes):  # the project's first
+        row = rows.get(scope)
+        if scope.startswith("project:"):
+            held = row.reserved_nanos if row else 0
+            caps.append(CapView("project", saved.spent_usd, nanos_to_usd(held), saved.max_usd))
+        elif row is not None and row.cap_nanos is not None:
+            caps.append(
+                CapView(
+                    scope_name(scope),
+                    nanos_to_usd(row.spent_nanos),
+                    nanos_to_usd(row.reserved_nanos),
+                    nanos_to_usd(row.cap_nanos),
+                )
+            )
+    return caps
+
+
+def _round_view(record: dict[str, Any]) -> RoundView:
+    return RoundView(
+        number=int(record["round"]),
+        passed=bool(record["passed"]),
+        checks=[Verdict.of(c) for c in record["checks"]],
+        failures=[f"{f['check']}: {f['summary']}" for f in record["failures"]],
+        revised=sorted(record.get("revision_requests", {})),
+    )
+
+
+def _audit_view(path: Path, project_id: str) -> AuditView:
+    """The audit log's chain check, and how many of its records are this project's (read from
+    a thread: the log may be long)."""
+    check = verify(path)
+    records = 0
+    if check.ok:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            records = sum(_project_of(line) == project_id for line in lines)
+    return AuditView(str(path), check.ok, check.describe(path), records)
+
+
+def _project_of(line: str) -> object:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None  # a last line cut off in mid-write; the check above said so
+    return record.get("project_id") if isinstance(record, dict) else None
