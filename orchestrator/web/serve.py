@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -68,13 +69,21 @@ def serve(address: str, *, audit_log: str | None = None) -> int:
             timeout_graceful_shutdown=2,
         )
     )
+    # SIGTERM stops it as Ctrl-C does: the server shuts down, then says so by this exception
+    # (uvicorn hands a signal it caught back to the handler it found once it has stopped).
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         asyncio.run(_serve(server, listener))
     except KeyboardInterrupt:
         pass  # how a server is meant to be stopped
     finally:
+        signal.signal(signal.SIGTERM, previous)
         listener.close()
     return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 async def _serve(server: uvicorn.Server, listener: socket.socket) -> None:
