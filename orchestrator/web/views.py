@@ -31,12 +31,16 @@ class ProjectRow:
 
     project_id: str
     status: str
-    live: bool  # a run holds it now
+    holder: str | None  # the machine and process of the run that holds it now
     spent_usd: float
     max_usd: float
     tasks_done: int
     tasks_total: int
     updated_at: float
+
+    @property
+    def live(self) -> bool:
+        return self.holder is not None
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class ProjectPage:
     description: str
     criteria: str
     status: str
-    live: bool
+    holder: str | None  # the machine and process of the run that holds it now
     reason: str
     spent_usd: float
     max_usd: float
@@ -132,8 +136,22 @@ class ProjectPage:
     audit: AuditView | None
 
     @property
+    def live(self) -> bool:
+        return self.holder is not None
+
+    @property
     def tasks_done(self) -> int:
         return sum(task.state in _FINISHED for task in self.tasks)
+
+    @property
+    def minutes_to_cap(self) -> float | None:
+        """At the recent burn rate, how long until the tightest cap is reached (None: not
+        burning, or no cap)."""
+        rate = self.recent_burn_usd_per_minute
+        rooms = [c.cap_usd - c.spent_usd - c.held_usd for c in self.caps if c.cap_usd is not None]
+        if rate <= 0 or not rooms or not self.live:
+            return None
+        return max(min(rooms), 0.0) / rate
 
 
 _FINISHED = frozenset({"completed", "degraded", "failed", "skipped"})
@@ -143,14 +161,14 @@ async def project_rows(state: StateManager) -> list[ProjectRow]:
     """Every project, those a run holds now first, then the newest."""
     rows = []
     for summary in await state.projects.summaries():
-        live = summary.status == ProjectStatus.RUNNING and await state.holders.held(
-            summary.project_id
-        )
+        holder = None
+        if summary.status == ProjectStatus.RUNNING:
+            holder = await _holder(state, summary.project_id)
         rows.append(
             ProjectRow(
                 summary.project_id,
                 summary.status,
-                live,
+                holder,
                 summary.spent_usd,
                 summary.max_usd,
                 summary.tasks_done,
@@ -166,14 +184,16 @@ async def project_page(
 ) -> ProjectPage:
     """One project as the store holds it now (``UnknownProjectError``: no such project)."""
     saved = await state.projects.load(project_id)
-    live = saved.status == ProjectStatus.RUNNING and await state.holders.held(project_id)
+    holder = await _holder(state, project_id) if saved.status == ProjectStatus.RUNNING else None
     in_flight: dict[str, list[str]] = {}
     for task_id, phase, _held in await state.books.in_flight(project_id):
         in_flight.setdefault(task_id, []).append(phase)
     calls, calls_total = await state.journal.latest(project_id, CALLS_SHOWN)
     called = {call.task_id for call in calls}
     tasks = [
-        _task_view(saved, task_id, live, in_flight.get(task_id, []), task_id in called)
+        _task_view(
+            saved, task_id, holder is not None, in_flight.get(task_id, []), task_id in called
+        )
         for task_id in saved.execution_order
     ]
     integration = Integration.from_dict(saved.integration) if saved.integration else None
@@ -183,7 +203,7 @@ async def project_page(
         description=saved.description,
         criteria=saved.criteria,
         status=saved.status.value,
-        live=live,
+        holder=holder,
         reason=saved.reason,
         spent_usd=saved.spent_usd,
         max_usd=saved.max_usd,
@@ -206,6 +226,15 @@ async def project_page(
         calls_total=calls_total,
         audit=await asyncio.to_thread(_audit_view, audit_log, project_id) if audit_log else None,
     )
+
+
+async def _holder(state: StateManager, project_id: str) -> str | None:
+    """Which machine and process holds the project now (its owner without the run's token)."""
+    lease = await state.holders.lease(project_id)
+    if lease is None:
+        return None
+    host, _, rest = lease[0].partition(":")
+    return f"{host} (pid {rest.partition(':')[0]})" if rest else host
 
 
 def _task_view(
