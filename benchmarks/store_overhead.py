@@ -22,11 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.money.ledger import Ledger
+from orchestrator.money.ledger import CallRow, Ledger
 from orchestrator.money.units import NANOS_PER_USD
 from orchestrator.store.state import StateManager
 
 ENTRY = {"text": "x" * 2000, "parsed": None, "input_tokens": 900, "output_tokens": 500}
+MODEL = "openai/gpt-4o"
 
 
 async def held_project(store: StateManager) -> Ledger:
@@ -46,8 +47,8 @@ async def paid_call(ledger: Ledger, n: int) -> None:
     """What a run's paid call does: hold its worst case on every row of the ledger, then
     settle it with its journal row in one transaction."""
     hold = ledger.new_hold(NANOS_PER_USD // 100)
-    await ledger.reserve(hold, task_id="t", phase="generation", journal_key=f"c{n}")
-    row = (ledger.project_id, f"c{n}", "t", "generation", ENTRY, float(n))
+    await ledger.reserve(hold, task_id="t", phase="generation", model=MODEL, journal_key=f"c{n}")
+    row = CallRow(ledger.project_id, f"c{n}", "t", "generation", MODEL, ENTRY, float(n))
     await ledger.store.ledger_settle([(hold.id, NANOS_PER_USD // 1000)], row)
 
 
@@ -62,7 +63,7 @@ async def measure(location: str | Path, calls: int) -> dict[str, list[float]]:
             times["paid_call"].append(time.perf_counter() - started)
             started = time.perf_counter()
             await store.journal.put(
-                project, f"k{n}", task_id=f"t{n % 10}", phase="generation",
+                project, f"k{n}", task_id=f"t{n % 10}", phase="generation", model=MODEL,
                 cost_nanos=NANOS_PER_USD // 1000, entry=ENTRY, elapsed=float(n),
             )  # fmt: skip
             times["journal_put"].append(time.perf_counter() - started)

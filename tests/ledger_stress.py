@@ -13,7 +13,7 @@ import asyncio
 import sys
 
 from orchestrator.money.budget import BudgetExceeded
-from orchestrator.money.ledger import Hold, Ledger
+from orchestrator.money.ledger import CallRow, Hold, Ledger
 from orchestrator.money.units import usd_to_nanos
 from orchestrator.store.state import StateManager, new_owner
 
@@ -23,7 +23,9 @@ TEAM, JOB = "eng", "nightly"
 class NaiveLedger(Ledger):
     """Reads what each scope has left, then holds: two processes can both see the same room."""
 
-    async def reserve(self, hold: Hold, *, task_id: str, phase: str, journal_key: str) -> None:
+    async def reserve(
+        self, hold: Hold, *, task_id: str, phase: str, model: str | None, journal_key: str
+    ) -> None:
         rows = await self.store.ledger(self.scopes)
         for scope in self.scopes:
             row = rows[scope]
@@ -40,9 +42,9 @@ class NaiveLedger(Ledger):
             )
         await self.store._store.run(
             "INSERT INTO money_holds (id, project_id, owner, scopes, amount_nanos, task_id,"
-            " phase, journal_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " phase, journal_key, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (hold.id, self.project_id, self.owner, _json(self.scopes), hold.amount_nanos,
-             task_id, phase, journal_key),
+             task_id, phase, journal_key, model),
         )  # fmt: skip
 
 
@@ -66,13 +68,16 @@ async def main(location: str, project_id: str, calls: int, amount: float, mode: 
             while True:
                 hold = ledger.new_hold(usd_to_nanos(amount))
                 try:
-                    await ledger.reserve(hold, task_id="t", phase="generation", journal_key="k")
+                    await ledger.reserve(
+                        hold, task_id="t", phase="generation", model="openai/gpt-4o",
+                        journal_key="k",
+                    )  # fmt: skip
                 except BudgetExceeded:
                     return
                 await asyncio.sleep(0.005)  # the provider answers
                 hold.actual_nanos = hold.amount_nanos  # every call costs its worst case
                 key = f"{owner}-{number}-{paid}"
-                row = (project_id, key, "t", "generation", None, 0.0)
+                row = CallRow(project_id, key, "t", "generation", "openai/gpt-4o", None, 0.0)
                 await store.books.ledger_settle([(hold.id, hold.actual_nanos)], row)
                 paid += 1
 

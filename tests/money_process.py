@@ -47,9 +47,9 @@ class HoardingLedger(Ledger):
         # Journal key -> the settlements (holds, journal row) of its call not yet written.
         self.kept: dict[str, list[tuple[Sequence[Hold], Any]]] = {}
 
-    async def reserve(self, hold: Hold, *, task_id: str, phase: str, journal_key: str) -> None:
+    async def reserve(self, hold: Hold, *, journal_key: str, **call: Any) -> None:
         try:
-            await super().reserve(hold, task_id=task_id, phase=phase, journal_key=journal_key)
+            await super().reserve(hold, journal_key=journal_key, **call)
         finally:
             for holds, row in self.kept.pop(journal_key, []):
                 await super().settle(holds, row)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import clean_environment, fake_env, run_cli
+from conftest import clean_environment, fake_env, run_cli, sqlite_rows
 from fake_provider import FakeProvider, RecordedRequest, Reply
 from scripted_llm import ScriptedLLM
 
@@ -214,6 +214,11 @@ def load(home: Path) -> SavedProject:
 _CATALOG = Catalog.load(env={})
 
 
+def journaled_models(home: Path) -> list[tuple[str, str | None]]:
+    """Each journal row's key and the model it names."""
+    return sqlite_rows(_database.get(home, home / "state.db"), "SELECT key, model FROM journal")
+
+
 def worst_case(request: RecordedRequest) -> float:
     """An upper bound on what the run charges for ``request`` (prompt bytes bound its tokens;
     a native schema, sent once in the body, counts three times in the run's own bound)."""
@@ -337,6 +342,13 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_pays_for_nothing_twice(
     first_copies = {key(r): r for r in reversed(stopped.requests)}
     repeated_cost = sum(worst_case(first_copies[k]) * n for k, n in repeats.items())
     assert baseline.spent_usd - 1e-9 <= saved.spent_usd <= baseline.spent_usd + repeated_cost + 1e-9
+    # Every paid call's row names the model it went to, once its task is final too; after kill -9
+    # those held unanswered are journaled, as the resume charged their holds, under theirs.
+    journaled = journaled_models(home)
+    assert all(model is not None for _, model in journaled)
+    if signum == signal.SIGKILL:
+        unanswered = Counter(model for key, model in journaled if key.endswith("#unanswered"))
+        assert Counter(_CATALOG.resolve(r.model).key for r in stopped.held) <= unanswered
 
 
 def copy_of_baseline(baseline: Baseline, tmp_path: Path) -> Path:

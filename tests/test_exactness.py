@@ -94,8 +94,8 @@ async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_n
     # Later autocommit writes of the run are really committed, not joined to an open
     # transaction and rolled back at close.
     await store.journal.put(
-        "p", "k", task_id="a", phase="generation", cost_nanos=420_000_000, entry=None,
-        elapsed=2.0,
+        "p", "k", task_id="a", phase="generation", model="openai/gpt-4o",
+        cost_nanos=420_000_000, entry=None, elapsed=2.0,
     )  # fmt: skip
     await store.projects.finish("p", ProjectStatus.INTERRUPTED, "interrupted", 2.0)
     another = sqlite3.connect(tmp_path / "state.db", timeout=0.5)

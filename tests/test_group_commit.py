@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.money.ledger import CallRow
 from orchestrator.run.tasks import TaskResult, TaskStatus
 from orchestrator.store.sqlite import Program, SQLiteStore
 from orchestrator.store.state import StateError, StateManager
@@ -135,13 +136,13 @@ async def test_money_is_synced_to_disk_and_a_checkpoint_is_not(tmp_path):
         async def reserve(hold: str) -> None:
             refused = await state.books.ledger_reserve(
                 hold, 1000, ("org", "project:p"), project_id="p", owner="me", task_id="t",
-                phase="generation", journal_key=hold,
+                phase="generation", model="openai/gpt-4o", journal_key=hold,
             )  # fmt: skip
             assert refused is None
 
         async def settle(hold: str) -> None:
             await state.books.ledger_settle(
-                [(hold, 400)], ("p", hold, "t", "generation", None, 1.0)
+                [(hold, 400)], CallRow("p", hold, "t", "generation", "openai/gpt-4o", None, 1.0)
             )
 
         async def paid_call() -> None:

@@ -14,7 +14,7 @@ import pytest
 from conftest import clean_environment, task_spend_nanos
 
 from orchestrator.money.budget import BudgetExceeded
-from orchestrator.money.ledger import Ledger, run_scopes
+from orchestrator.money.ledger import CallRow, Ledger, run_scopes
 from orchestrator.money.units import usd_to_nanos as nanos
 from orchestrator.store import sqlite as sqlite_store
 from orchestrator.store.lease import LeaseLost
@@ -28,6 +28,7 @@ PROJECT = {
     "settings": {"team": "eng", "job": "nightly"},
 }
 STRESS = Path(__file__).with_name("ledger_stress.py")
+MODEL = "openai/gpt-4o"  # the catalog key of the model every call here goes to
 
 
 async def project(store: StateManager, project_id: str, owner: str = "host:1:run") -> None:
@@ -43,7 +44,7 @@ async def opened(store: StateManager, project_id: str, owner: str = "host:1:run"
 
 async def held(ledger: Ledger, amount_usd: float, key: str = "call"):
     hold = ledger.new_hold(nanos(amount_usd))
-    await ledger.reserve(hold, task_id="t", phase="generation", journal_key=key)
+    await ledger.reserve(hold, task_id="t", phase="generation", model=MODEL, journal_key=key)
     return hold
 
 
@@ -63,7 +64,8 @@ async def test_a_call_holds_its_worst_case_on_every_scope_and_its_journal_row_se
         hold = await held(ledger, 0.5)
         during = await store.books.ledger()
         charged = await store.books.ledger_settle(
-            [(hold.id, nanos(0.2))], ("p", "call", "t", "generation", {"text": "ok"}, 1.0)
+            [(hold.id, nanos(0.2))],
+            CallRow("p", "call", "t", "generation", MODEL, {"text": "ok"}, 1.0),
         )
         after = await store.books.ledger()
         journal = await store.journal.get("p", "call")
@@ -90,7 +92,7 @@ async def test_a_call_that_could_pass_a_cap_is_refused_naming_it_and_holds_nothi
         ledger = await opened(store, "p")
         first = await held(ledger, 0.4)
         await store.books.ledger_settle(
-            [(first.id, nanos(0.4))], ("p", "a", "t", "generation", None, 0.0)
+            [(first.id, nanos(0.4))], CallRow("p", "a", "t", "generation", MODEL, None, 0.0)
         )
 
         with pytest.raises(BudgetExceeded) as refused:
@@ -133,13 +135,14 @@ async def test_the_ledgers_transactions_keep_the_books_the_same_on_both_sqlite_p
         ledger = await opened(store, "p")
         first = await held(ledger, 0.6)
         await store.books.ledger_settle(
-            [(first.id, nanos(0.6))], ("p", "a", "t", "generation", None, 0)
+            [(first.id, nanos(0.6))], CallRow("p", "a", "t", "generation", MODEL, None, 0)
         )
         with pytest.raises(BudgetExceeded):
             await held(ledger, 0.5)  # refused on the team's row after the org's was held
         second = await held(ledger, 0.3, key="b")
         charged = await store.books.ledger_settle(
-            [(second.id, nanos(0.25))], ("p", "b", "t", "generation", {"text": "ok"}, 1.0)
+            [(second.id, nanos(0.25))],
+            CallRow("p", "b", "t", "generation", MODEL, {"text": "ok"}, 1.0),
         )
         rows = await store.books.ledger()
         journal = await store._store.run("SELECT key, cost_nanos FROM journal ORDER BY key")
@@ -163,7 +166,7 @@ async def test_a_call_waits_while_calls_in_flight_hold_the_room_it_needs(state_l
         waited = not second.done()
         # The first call cost less than its worst case: the second fits now.
         await store.books.ledger_settle(
-            [(first.id, nanos(0.3))], ("p", "first", "t", "generation", None, 0)
+            [(first.id, nanos(0.3))], CallRow("p", "first", "t", "generation", MODEL, None, 0)
         )
         await asyncio.wait_for(second, 5)
         rows = await store.books.ledger(["team:eng"])
@@ -185,11 +188,12 @@ async def test_a_hold_left_by_a_run_that_lost_its_project_is_charged_in_full_and
         assert await store.holders.claim("p", "host:2:next", 60.0) is None
         expired = await Ledger(store.books, "p", "host:2:next").open(nanos(5.0), "eng", "nightly")
         late = await store.books.ledger_settle(
-            [(hold.id, nanos(0.1))], ("p", "late", "t", "generation", None, 0)
+            [(hold.id, nanos(0.1))], CallRow("p", "late", "t", "generation", MODEL, None, 0)
         )
         rows = await store.books.ledger()
         journal = await store.journal.get("p", "in-flight#unanswered")
         unanswered = await task_spend_nanos(store, "p", "t")
+        calls, _ = await store.journal.latest("p", 10)
 
     assert [(h.project_id, h.amount_nanos, h.phase) for h in expired] == [
         ("p", nanos(0.6), "generation")
@@ -199,6 +203,7 @@ async def test_a_hold_left_by_a_run_that_lost_its_project_is_charged_in_full_and
     )
     assert journal is None  # nothing to replay: it is asked again, its worst case is charged
     assert unanswered == nanos(0.6)
+    assert [(c.cost_nanos, c.model) for c in calls] == [(nanos(0.6), MODEL)]  # its call's model
     assert late == 0  # a settlement that comes after the expiry adds nothing
 
 
@@ -237,8 +242,8 @@ async def test_a_new_ledger_row_starts_from_what_the_journal_says_the_scope_paid
     async with StateManager(state_location) as store:
         await store.projects.create("old", **PROJECT)
         await store.journal.put(
-            "old", "k", task_id="t", phase="generation", cost_nanos=nanos(0.75), entry=None,
-            elapsed=0,
+            "old", "k", task_id="t", phase="generation", model=MODEL, cost_nanos=nanos(0.75),
+            entry=None, elapsed=0,
         )  # fmt: skip
         await project(store, "p")
         await opened(store, "p")

@@ -173,8 +173,10 @@ async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_cou
     url, directory = own_postgres
     async with StateManager(url) as store:
         assert await store.projects.create("p", **PROJECT)
-        await store.journal.put("p", "k1", task_id="a", phase="generation", cost_nanos=500_000_000,
-                                entry={"text": "one"}, elapsed=1.0)  # fmt: skip
+        await store.journal.put(
+            "p", "k1", task_id="a", phase="generation", model="openai/gpt-4o",
+            cost_nanos=500_000_000, entry={"text": "one"}, elapsed=1.0,
+        )  # fmt: skip
 
         restarted = await asyncio.to_thread(
             subprocess.run, ["bash", str(PROJECT_ROOT / ".ci" / "postgres"), "restart", directory],
@@ -182,8 +184,10 @@ async def test_a_server_restart_between_two_calls_is_survived_and_nothing_is_cou
         )  # fmt: skip
         assert restarted.returncode == 0, restarted.stderr
 
-        await store.journal.put("p", "k2", task_id="a", phase="generation", cost_nanos=250_000_000,
-                                entry={"text": "two"}, elapsed=2.0)  # fmt: skip
+        await store.journal.put(
+            "p", "k2", task_id="a", phase="generation", model="openai/gpt-4o",
+            cost_nanos=250_000_000, entry={"text": "two"}, elapsed=2.0,
+        )  # fmt: skip
         saved = await store.projects.load("p")
     assert saved.spent_usd == 0.75  # each call once, none lost, none twice
     async with StateManager(url) as other:

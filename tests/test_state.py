@@ -131,6 +131,7 @@ async def put_call(
         key,
         task_id=task_id,
         phase=phase,
+        model="openai/gpt-4o",
         cost_nanos=usd_to_nanos(cost),
         entry={"text": f"answer {key}", "parsed": None},
         elapsed=1.0,
@@ -316,8 +317,8 @@ async def test_checkpointing_the_same_task_again_replaces_its_row(store):
 async def test_journal_round_trip(store):
     entry = {"text": "héllo ✓", "parsed": {"score": 0.9}, "input_tokens": 3, "output_tokens": 5}
     await store.journal.put(
-        "p", "k", task_id="a", phase="evaluation", cost_nanos=500_000_000, entry=entry,
-        elapsed=1.0,
+        "p", "k", task_id="a", phase="evaluation", model="openai/gpt-4o",
+        cost_nanos=500_000_000, entry=entry, elapsed=1.0,
     )  # fmt: skip
     assert await store.journal.get("p", "k") == {**entry, "cost_nanos": 500_000_000}
     assert await store.journal.get("p", "other") is None
@@ -387,8 +388,8 @@ async def main(path):
     )
     for i, cost in enumerate([125_000_000, 250_000_000, 500_000_000]):
         await store.journal.put(
-            "p", f"k{i}", task_id="a", phase="generation", cost_nanos=cost,
-            entry={"text": "paid for"}, elapsed=7.0 + i,
+            "p", f"k{i}", task_id="a", phase="generation", model="openai/gpt-4o",
+            cost_nanos=cost, entry={"text": "paid for"}, elapsed=7.0 + i,
         )
     os._exit(9)  # no checkpoint, no close: as kill -9 would leave it
 
@@ -425,8 +426,8 @@ async def test_list_projects_newest_first_with_spend_and_progress(tmp_path):
         await store.projects.save_plan("mid", graph(4), list(graph(4)), 1.0)
         for key, task_id, cost in (("k1", "t00", 0.5), ("k2", "t01", 0.25), ("k3", "t02", 0.1)):
             await store.journal.put(
-                "mid", key, task_id=task_id, phase="generation", cost_nanos=usd_to_nanos(cost),
-                entry={}, elapsed=1,
+                "mid", key, task_id=task_id, phase="generation", model="openai/gpt-4o",
+                cost_nanos=usd_to_nanos(cost), entry={}, elapsed=1,
             )  # fmt: skip
         await store.projects.checkpoint("mid", "t00", result_record("t00"), final=True, elapsed=2.0)
         await store.projects.checkpoint("mid", "t01", result_record("t01"), final=True, elapsed=2.0)

@@ -115,6 +115,9 @@ async def test_a_running_projects_page_follows_it_as_its_tasks_finish(fake, page
         assert format_usd(state.budget.spent_usd) in spent
         calls = await page.locator("table.calls tbody tr").count()
         assert calls == await _journal_rows(state.project_id)
+        # Each names the model it went to, though the finished tasks' answers are dropped.
+        models = await page.locator("table.calls tbody td:nth-child(4)").all_inner_texts()
+        assert len(models) == calls and all("/" in model for model in models)
         # The model's and the user's text is shown as text: nothing in it ran.
         await page.locator("details.brief summary").click()
         assert HOSTILE in await page.locator("details.brief pre").first.inner_text()

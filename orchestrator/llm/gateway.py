@@ -23,7 +23,7 @@ from orchestrator.llm.client import Completion, UnifiedClient
 from orchestrator.llm.context_window import sent_max_tokens
 from orchestrator.llm.providers.base import Message
 from orchestrator.money.budget import Budget, BudgetExceeded, CallsStopped, Reservation
-from orchestrator.money.ledger import Hold, Ledger
+from orchestrator.money.ledger import CallRow, Hold, Ledger
 from orchestrator.money.units import nanos_to_usd
 from orchestrator.observe.audit import AuditLog
 from orchestrator.observe.telemetry import TelemetryCollector
@@ -69,13 +69,16 @@ class Journal:
         *,
         task_id: str,
         phase: str,
+        model: str,
         entry: dict[str, Any] | None,
     ) -> None:
-        """Settle ``holds`` and add what they cost to the call's row under ``key``, with the
-        answer ``entry`` (None: spend with nothing to replay). A row of a call that paid
-        nothing and left nothing to replay is not written."""
-        row = (self.project_id, key, task_id, phase, entry, self.budget.elapsed_seconds)
-        await self.ledger.settle(holds, row)
+        """Settle ``holds`` and add what they cost to the row under ``key`` of a call to
+        ``model`` (its catalog key), with the answer ``entry`` (None: spend with nothing to
+        replay). A row of a call that paid nothing and left nothing to replay is not written."""
+        elapsed = self.budget.elapsed_seconds
+        await self.ledger.settle(
+            holds, CallRow(self.project_id, key, task_id, phase, model, entry, elapsed)
+        )
 
 
 class LLMGateway:
@@ -227,7 +230,9 @@ class LLMGateway:
         shared = replace(answer, cost_nanos=0, attempts=0, paid_calls=0, latency_seconds=0.0)
         self._audit(model, task_id, phase, slot, "shared", answer=shared)
         if self.journal is not None:
-            put = self.journal.put(key, [], task_id=task_id, phase=phase, entry=_entry(shared))
+            put = self.journal.put(
+                key, [], task_id=task_id, phase=phase, model=model.key, entry=_entry(shared)
+            )
             await uninterrupted(put)
         return shared
 
@@ -249,7 +254,9 @@ class LLMGateway:
         # This call owns its attempts' money: whatever ends it (an answer, an error, a timeout,
         # a cancellation), what the budget was charged is journaled under its key, once. The
         # steps between the vendor's answer and that row are synchronous: nothing can cut in.
-        meter = _Meter(self.budget, self.journal, task_id=task_id, phase=phase, key=key)
+        meter = _Meter(
+            self.budget, self.journal, task_id=task_id, phase=phase, model=model.key, key=key
+        )
         try:
             answer = await self.client.complete(
                 model,
@@ -422,12 +429,20 @@ class _Meter:
     """
 
     def __init__(
-        self, budget: Budget, journal: Journal | None, *, task_id: str, phase: str, key: str
+        self,
+        budget: Budget,
+        journal: Journal | None,
+        *,
+        task_id: str,
+        phase: str,
+        model: str,
+        key: str,
     ) -> None:
         self.budget = budget
         self.journal = journal
         self.key = key
-        self.call = {"task_id": task_id, "phase": phase}
+        # What the call's hold and its journal row say of it: ``model`` its catalog key.
+        self.call = {"task_id": task_id, "phase": phase, "model": model}
         self.charged_nanos = 0
         self.reserved_nanos = 0  # the worst cases held, for the audit
         self.holds: list[Hold] = []  # every hold of the call

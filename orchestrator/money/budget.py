@@ -149,7 +149,7 @@ class Budget:
         before a retry), so whatever it waits for ends with their attempts.
         """
         hold = self.account.new_hold(amount_nanos)
-        await self.account.reserve(hold, task_id="", phase=phase, journal_key="")
+        await self.account.reserve(hold, task_id="", phase=phase, model=None, journal_key="")
         return self._book.granted.pop(hold.id)
 
     def track(self, amount_nanos: int, phase: str) -> Reservation:
@@ -231,7 +231,13 @@ class BudgetBook:
         self.granted: dict[str, Reservation] = {}  # for ``acquire`` to take
 
     async def ledger_reserve(
-        self, hold_id: str, amount_nanos: int, scopes: tuple[str, ...], *, phase: str, **_: str
+        self,
+        hold_id: str,
+        amount_nanos: int,
+        scopes: tuple[str, ...],
+        *,
+        phase: str,
+        **_: str | None,
     ) -> str | None:
         if amount_nanos > self.budget.available_nanos:
             return "run"

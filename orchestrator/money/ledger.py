@@ -22,7 +22,7 @@ import logging
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.money.units import checked_nanos, nanos_to_usd
@@ -58,6 +58,20 @@ class LedgerRow:
     reserved_nanos: int
 
 
+class CallRow(NamedTuple):
+    """A paid call's journal row as its settlement writes it: ``model`` the catalog key of the
+    model the call was sent to (``Model.key``), ``entry`` its answer (None: spend with nothing
+    to replay), ``elapsed`` the run's clock."""
+
+    project_id: str
+    key: str
+    task_id: str
+    phase: str
+    model: str | None
+    entry: dict[str, Any] | None
+    elapsed: float
+
+
 @dataclass(frozen=True)
 class ExpiredHold:
     project_id: str
@@ -84,15 +98,14 @@ class Book(Protocol):
         owner: str,
         task_id: str,
         phase: str,
+        model: str | None,
         journal_key: str,
     ) -> str | None: ...
 
     async def ledger(self, scopes: Iterable[str] | None = None) -> dict[str, LedgerRow]: ...
 
     async def ledger_settle(
-        self,
-        settlements: Iterable[tuple[str, int]],
-        journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
+        self, settlements: Iterable[tuple[str, int]], journal: CallRow | None = None
     ) -> int: ...
 
     async def ledger_expire(self) -> list[ExpiredHold]: ...
@@ -164,10 +177,13 @@ class Ledger:
         it can settle it whatever interrupts the reservation."""
         return Hold(secrets.token_hex(16), checked_nanos(amount_nanos))
 
-    async def reserve(self, hold: Hold, *, task_id: str, phase: str, journal_key: str) -> None:
-        """Hold ``hold.amount_nanos`` on every scope, waiting while calls in flight hold what it
-        needs; ``BudgetExceeded`` at once when it cannot fit even once they all settle, and
-        when they have not freed the room within ``max_wait`` seconds."""
+    async def reserve(
+        self, hold: Hold, *, task_id: str, phase: str, model: str | None, journal_key: str
+    ) -> None:
+        """Hold ``hold.amount_nanos`` on every scope for a call to ``model`` (its catalog key;
+        None: not known here), waiting while calls in flight hold what it needs;
+        ``BudgetExceeded`` at once when it cannot fit even once they all settle, and when they
+        have not freed the room within ``max_wait`` seconds."""
         loop = asyncio.get_running_loop()
         started: float | None = None  # when it began to wait
         wait = _FIRST_WAIT
@@ -180,6 +196,7 @@ class Ledger:
                 owner=self.owner,
                 task_id=task_id,
                 phase=phase,
+                model=model,
                 journal_key=journal_key,
             )
             waited = 0.0 if started is None else loop.time() - started
@@ -219,13 +236,9 @@ class Ledger:
                 await asyncio.wait_for(settled.wait(), min(wait, self.max_wait - waited))
             wait = min(wait * 2, _LONGEST_WAIT)
 
-    async def settle(
-        self,
-        holds: Sequence[Hold],
-        journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
-    ) -> None:
+    async def settle(self, holds: Sequence[Hold], journal: CallRow | None = None) -> None:
         """Settle ``holds`` at what their attempts cost (released: 0) and write the call's
-        journal row ``(project_id, key, task_id, phase, entry, elapsed)`` in one transaction."""
+        journal row in one transaction."""
         if not holds and journal is None:
             return
         # A hold still open here was never handed to a request: nothing was sent under it.

@@ -85,6 +85,10 @@ class Store(Protocol):
         """SQL for the field ``name`` of the JSON text in ``column``."""
         ...
 
+    def column_names(self, table: str) -> Statement:
+        """A query whose rows are the names of ``table``'s columns."""
+        ...
+
     async def connection(self) -> object:
         """Open (and check) the database now rather than on first use; what it returns is the
         backend's own connection or pool."""

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchestrator.errors import TAKEN_OVER, LeaseLost
-from orchestrator.money.ledger import ExpiredHold, LedgerRow
+from orchestrator.money.ledger import CallRow, ExpiredHold, LedgerRow
 from orchestrator.money.units import checked_nanos, usd_to_nanos
 from orchestrator.store.base import Program, Statement, Store
 from orchestrator.store.holders import Holders
-from orchestrator.store.journal import journal_row
+from orchestrator.store.journal import JOURNAL_UPSERT, journal_row
 
 # What each kind of scope was charged, from the journal: a ledger row starts from it.
 _SCOPE_JOURNAL = {
@@ -49,7 +49,7 @@ _RESERVE_AT_ONCE = (
     " held AS (UPDATE money_ledger m SET reserved_nanos = m.reserved_nanos + ? FROM granted"
     "  WHERE m.scope IN (SELECT scope FROM wanted) RETURNING m.scope),"
     " hold AS (INSERT INTO money_holds (id, project_id, owner, scopes, amount_nanos, task_id,"
-    "  phase, journal_key) SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM granted)"
+    "  phase, journal_key, model) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM granted)"
     " SELECT (SELECT owner FROM holder), (SELECT scope FROM refused)"
 )
 _SETTLE_AT_ONCE = (
@@ -67,15 +67,11 @@ _SETTLE_AT_ONCE = (
     "  reserved_nanos = m.reserved_nanos - p.held FROM per_scope p"
     "  WHERE m.scope = p.scope AND (SELECT count(*) FROM locked) > 0),"
     " charged AS (SELECT CAST(COALESCE(SUM(actual), 0) AS INTEGER) AS nanos FROM gone),"
-    " written AS (INSERT INTO journal (project_id, key, task_id, phase, cost_nanos,"
+    " written AS (INSERT INTO journal (project_id, key, task_id, phase, model, cost_nanos,"
     "  elapsed_seconds, entry, created_at) SELECT CAST(? AS TEXT), CAST(? AS TEXT),"
-    "  CAST(? AS TEXT), CAST(? AS TEXT), c.nanos, CAST(? AS REAL), CAST(? AS BLOB),"
-    "  CAST(? AS REAL) FROM charged c WHERE CAST(? AS BOOLEAN)"
-    "  AND (c.nanos > 0 OR CAST(? AS BLOB) IS NOT NULL)"
-    "  ON CONFLICT (project_id, key) DO UPDATE SET"
-    "  cost_nanos = journal.cost_nanos + excluded.cost_nanos,"
-    "  entry = COALESCE(excluded.entry, journal.entry),"
-    "  elapsed_seconds = excluded.elapsed_seconds)"
+    "  CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), c.nanos, CAST(? AS REAL),"
+    "  CAST(? AS BLOB), CAST(? AS REAL) FROM charged c WHERE CAST(? AS BOOLEAN)"
+    "  AND (c.nanos > 0 OR CAST(? AS BLOB) IS NOT NULL)" + JOURNAL_UPSERT + ")"
     " SELECT nanos FROM charged"
 )
 
@@ -155,13 +151,16 @@ class SharedBook:
         owner: str,
         task_id: str,
         phase: str,
+        model: str | None,
         journal_key: str,
     ) -> str | None:
-        """Hold ``amount_nanos`` on every scope, in their order, in one transaction: None when
-        held, else the first scope whose cap it could pass (then nothing is held anywhere)."""
+        """Hold ``amount_nanos`` on every scope, in their order, in one transaction, for a call
+        to ``model``: None when held, else the first scope whose cap it could pass (then
+        nothing is held anywhere)."""
+        hold = hold_row(hold_id, project_id, owner, scopes, amount_nanos, task_id, phase,
+                        journal_key, model)  # fmt: skip
         if self._store.writes_in_with:  # one statement, one round trip
-            row = hold_row(hold_id, project_id, owner, scopes, amount_nanos, task_id, phase,
-                           journal_key)[1]  # fmt: skip
+            row = hold[1]
             holder, refused = (
                 await self._store.run(
                     _RESERVE_AT_ONCE,
@@ -188,8 +187,7 @@ class SharedBook:
                     if not holder or holder[0][0] != owner:
                         raise LeaseLost(TAKEN_OVER.format(project_id))
                     raise _Refused(scope)
-            yield hold_row(hold_id, project_id, owner, scopes, amount_nanos, task_id, phase,
-                           journal_key)  # fmt: skip
+            yield hold
             return None
 
         try:
@@ -209,37 +207,37 @@ class SharedBook:
             if wanted is None or scope in wanted
         }
 
-    async def in_flight(self, project_id: str) -> list[tuple[str, str, int]]:
-        """The project's calls in flight: each hold's task, phase and amount held."""
+    async def in_flight(self, project_id: str) -> list[tuple[str, str, str | None, int]]:
+        """The project's calls in flight: each hold's task, phase, model (its catalog key;
+        None for a hold made before holds kept it) and amount held."""
         rows = await self._store.run(
-            "SELECT task_id, phase, amount_nanos FROM money_holds WHERE project_id = ?",
+            "SELECT task_id, phase, model, amount_nanos FROM money_holds WHERE project_id = ?",
             (project_id,),
         )
-        return [(str(task), str(phase), int(amount)) for task, phase, amount in rows]
+        return [
+            (str(task), str(phase), None if model is None else str(model), int(amount))
+            for task, phase, model, amount in rows
+        ]
 
     async def ledger_settle(
-        self,
-        settlements: Iterable[tuple[str, int]],
-        journal: tuple[str, str, str, str, dict[str, Any] | None, float] | None = None,
+        self, settlements: Iterable[tuple[str, int]], journal: CallRow | None = None
     ) -> int:
         """Settle holds at what they cost in nano-dollars (0: released) and, in the same
-        transaction, add what they cost to the call's journal row ``(project_id, key, task_id,
-        phase, entry, elapsed)`` (not written when they cost nothing and there is no entry). A
-        hold no longer there expired meanwhile (charged in full then): it adds nothing. Returns
-        what was charged."""
+        transaction, add what they cost to the call's journal row (not written when they cost
+        nothing and there is no entry). A hold no longer there expired meanwhile (charged in
+        full then): it adds nothing. Returns what was charged."""
         settlements = [(hold_id, checked_nanos(actual)) for hold_id, actual in settlements]
         if self._store.writes_in_with:  # one statement, one round trip
-            row: tuple[Any, ...] = (None,) * 8
+            row: tuple[Any, ...] = (None,) * 9
             if journal is not None:
-                project_id, key, task_id, phase, entry, elapsed = journal
-                row = journal_row(project_id, key, task_id, phase, 0, entry, elapsed)[1]
-            project_id, key, task_id, phase, _, elapsed, blob, created = row
+                row = journal_row(journal, 0)[1]
+            project_id, key, task_id, phase, model, _, elapsed, blob, created = row
             rows = await self._store.run(
                 _SETTLE_AT_ONCE,
                 (
                     [hold_id for hold_id, _ in settlements],
                     [actual for _, actual in settlements],
-                    *(project_id, key, task_id, phase, elapsed, blob, created),
+                    *(project_id, key, task_id, phase, model, elapsed, blob, created),
                     journal is not None,
                     blob,
                 ),
@@ -258,9 +256,8 @@ class SharedBook:
                 scopes, amount = json.loads(gone[0][0]), int(gone[0][1])
                 yield from _move_to_spent(scopes, amount, actual_nanos)
                 charged += actual_nanos
-            if journal is not None and (charged or journal[4] is not None):
-                project_id, key, task_id, phase, entry, elapsed = journal
-                yield journal_row(project_id, key, task_id, phase, charged, entry, elapsed)
+            if journal is not None and (charged or journal.entry is not None):
+                yield journal_row(journal, charged)
             return charged
 
         return await self._store.atomic(settle())
@@ -321,12 +318,15 @@ def hold_row(
     task_id: str,
     phase: str,
     journal_key: str,
+    model: str | None,
 ) -> Statement:
+    """A call's hold, kept until it is settled: ``model`` the catalog key of the model the
+    call was sent to, for the journal row of a hold that expires."""
     return (
         "INSERT INTO money_holds (id, project_id, owner, scopes, amount_nanos, task_id, phase,"
-        " journal_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " journal_key, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (hold_id, project_id, owner, json.dumps(scopes), amount_nanos, task_id, phase,
-         journal_key),
+         journal_key, model),
     )  # fmt: skip
 
 
@@ -355,16 +355,17 @@ def _saved_caps() -> Program[dict[str, int]]:
 def _expire(hold_id: str) -> Program[ExpiredHold | None]:
     gone = yield (
         "DELETE FROM money_holds WHERE id = ?"
-        " RETURNING project_id, owner, scopes, amount_nanos, task_id, phase, journal_key",
+        " RETURNING project_id, owner, scopes, amount_nanos, task_id, phase, journal_key, model",
         (hold_id,),
     )
     if not gone:
         return None  # settled or expired by another process meanwhile
-    project_id, owner, scopes, amount, task_id, phase, key = gone[0]
+    project_id, owner, scopes, amount, task_id, phase, key, model = gone[0]
     amount = int(amount)
     yield from _move_to_spent(json.loads(scopes), amount, amount)
     # Kept like a call cut off in flight: spend with nothing to replay, asked again on resume.
-    sql, args = journal_row(project_id, f"{key}#unanswered", task_id, phase, amount, None, 0.0)
+    unanswered = CallRow(project_id, f"{key}#unanswered", task_id, phase, model, None, 0.0)
+    sql, args = journal_row(unanswered, amount)
     exists = yield ("SELECT 1 FROM projects WHERE id = ?", (project_id,))
     if exists:
         yield sql, args

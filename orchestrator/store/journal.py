@@ -2,7 +2,8 @@
 while its task may still be resumed.
 
 A row's cost is in integer nano-dollars and adds up over the call's attempts, so the spend of a
-project is always the sum of what it really paid. ``journal_row`` is the one statement that
+project is always the sum of what it really paid; like its cost, the row keeps for good which
+model the call went to (its catalog key). ``journal_row`` is the one statement that
 writes a row: the ledger's settlement (``books``) and the sweep of expired holds write it too.
 """
 
@@ -14,14 +15,16 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.money.ledger import CallRow
 from orchestrator.money.units import checked_nanos
 from orchestrator.store.base import Statement, Store
 
 
 @dataclass(frozen=True)
 class JournaledCall:
-    """One paid call as the journal keeps it; ``model`` as its vendor named it, while its
-    answer is kept (None once its task finished, or for a call that got no answer)."""
+    """One paid call as the journal keeps it; ``model`` the catalog key of the model it went
+    to (for a call journaled before rows kept it: the model its vendor named in its answer,
+    while that is kept; else None)."""
 
     task_id: str
     phase: str
@@ -59,7 +62,9 @@ class CallJournal:
     async def latest(self, project_id: str, limit: int) -> tuple[list[JournaledCall], int]:
         """The project's ``limit`` latest journaled calls, newest first, and how many it has."""
         rows = await self._store.run(
-            "SELECT task_id, phase, cost_nanos, elapsed_seconds, created_at, entry FROM journal"
+            "SELECT task_id, phase, cost_nanos, elapsed_seconds, created_at, model,"
+            # The answer only where it is the one place the model may be named: an old row.
+            " CASE WHEN model IS NULL THEN entry END FROM journal"
             " WHERE project_id = ? ORDER BY created_at DESC LIMIT ?",
             (project_id, limit),
         )
@@ -68,8 +73,8 @@ class CallJournal:
         )
         calls = [
             JournaledCall(task, phase, int(cost), float(elapsed), float(created),
-                          None if entry is None else unpack(entry).get("reported_model"))
-            for task, phase, cost, elapsed, created, entry in rows
+                          model if entry is None else unpack(entry).get("reported_model"))
+            for task, phase, cost, elapsed, created, model, entry in rows
         ]  # fmt: skip
         return calls, int(counted[0][0])
 
@@ -95,41 +100,48 @@ class CallJournal:
         *,
         task_id: str,
         phase: str,
+        model: str | None,
         cost_nanos: int,
         entry: dict[str, Any] | None,
         elapsed: float,
     ) -> None:
-        """Record a paid call; ``entry`` None records spend with no answer to replay."""
-        await self._store.run(
-            *journal_row(project_id, key, task_id, phase, cost_nanos, entry, elapsed)
-        )
+        """Record a paid call to ``model`` (its catalog key); ``entry`` None records spend with
+        no answer to replay."""
+        call = CallRow(project_id, key, task_id, phase, model, entry, elapsed)
+        await self._store.run(*journal_row(call, cost_nanos))
 
 
-def journal_row(
-    project_id: str,
-    key: str,
-    task_id: str,
-    phase: str,
-    cost_nanos: int,
-    entry: dict[str, Any] | None,
-    elapsed: float,
-) -> Statement:
+# What a call's row becomes when its key was journaled before (an earlier attempt, a call cut
+# off and asked again): the costs add up; the answer, and the model of a row written before
+# rows kept it, are filled in.
+JOURNAL_UPSERT = (
+    " ON CONFLICT (project_id, key) DO UPDATE SET"
+    " cost_nanos = journal.cost_nanos + excluded.cost_nanos,"
+    " entry = COALESCE(excluded.entry, journal.entry),"
+    " model = COALESCE(excluded.model, journal.model),"
+    " elapsed_seconds = excluded.elapsed_seconds"
+)
+
+
+_JOURNAL_ROW = (
+    "INSERT INTO journal (project_id, key, task_id, phase, model, cost_nanos, elapsed_seconds,"
+    " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" + JOURNAL_UPSERT
+)
+
+
+def journal_row(call: CallRow, cost_nanos: int) -> Statement:
     """A paid call's journal row; its cost adds to what the key already recorded."""
     return (
-        "INSERT INTO journal (project_id, key, task_id, phase, cost_nanos, elapsed_seconds,"
-        " entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (project_id, key) DO UPDATE SET"
-        " cost_nanos = journal.cost_nanos + excluded.cost_nanos,"
-        " entry = COALESCE(excluded.entry, journal.entry),"
-        " elapsed_seconds = excluded.elapsed_seconds",
+        _JOURNAL_ROW,
         (
-            project_id,
-            key,
-            task_id,
-            phase,
+            call.project_id,
+            call.key,
+            call.task_id,
+            call.phase,
+            call.model,
             checked_nanos(cost_nanos),
-            elapsed,
-            None if entry is None else pack(entry),
+            call.elapsed,
+            None if call.entry is None else pack(call.entry),
             time.time(),
         ),
     )

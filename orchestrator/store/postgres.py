@@ -151,6 +151,13 @@ class PostgresStore:
     def json_field(self, column: str, name: str) -> str:
         return f"({column}::jsonb ->> '{name}')"
 
+    def column_names(self, table: str) -> Statement:
+        return (
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = ? AND table_name = ?",
+            (self.schema_name, table),
+        )
+
     async def connection(self) -> Any:
         """The pool, opened on first use; it serves the store's own event loop only."""
         return await self._there(self._opened)

@@ -1,5 +1,5 @@
-"""The state store's tables: its format, what a new store is made of, what an older one gains,
-and the one migration (amounts in float USD to integer nano-dollars)."""
+"""The state store's tables: its format, what a new store is made of, what an older one gains
+(tables, columns), and the one migration (amounts in float USD to integer nano-dollars)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.money.units import usd_to_nanos
-from orchestrator.store.base import Execute
+from orchestrator.store.base import Execute, Statement
 from orchestrator.store.books import hold_row, ledger_row
 
 STATE_FORMAT = "orchestrator-state-1"
@@ -18,12 +18,13 @@ class StateError(OrchestratorError):
     """The state file cannot be used (corrupt, foreign, unreachable) or is closed."""
 
 
-# What each paid call cost, in integer nano-dollars (``money``): sums are exact.
+# What each paid call cost, in integer nano-dollars (``money``): sums are exact; and the
+# catalog key of the model it went to (NULL in a row journaled before rows kept it).
 _JOURNAL = (
     "CREATE TABLE journal ("
     " project_id TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
     " cost_nanos INTEGER NOT NULL, elapsed_seconds REAL NOT NULL, entry BLOB,"
-    " created_at REAL NOT NULL, PRIMARY KEY (project_id, key))"
+    " created_at REAL NOT NULL, model TEXT, PRIMARY KEY (project_id, key))"
 )
 _JOURNAL_INDEX = "CREATE INDEX journal_task ON journal (project_id, task_id)"
 # Marks a store whose amounts are integers; one made before is converted when opened.
@@ -60,7 +61,14 @@ ADDITIONS = (
     "CREATE TABLE IF NOT EXISTS money_holds ("
     " id TEXT PRIMARY KEY, project_id TEXT NOT NULL, owner TEXT NOT NULL, scopes TEXT NOT NULL,"
     " amount_nanos INTEGER NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
-    " journal_key TEXT NOT NULL)",
+    " journal_key TEXT NOT NULL, model TEXT)",
+)
+# Columns added to tables since the format was first released, as (table, column, type): a
+# store made before them gains them when opened (``add_columns``), NULL in the rows it had.
+ADDED_COLUMNS = (
+    # The catalog key of the model a paid call went to, kept with its cost and its hold.
+    ("journal", "model", "TEXT"),
+    ("money_holds", "model", "TEXT"),
 )
 # The ledger as files made before amounts were integers kept it, in float USD: read once, when
 # such a file is opened, and then dropped (``to_nano_dollars``).
@@ -72,6 +80,15 @@ _USD_LEDGER = (
     " amount REAL NOT NULL, task_id TEXT NOT NULL, phase TEXT NOT NULL,"
     " journal_key TEXT NOT NULL)",
 )
+
+
+async def add_columns(execute: Execute, column_names: Callable[[str], Statement]) -> None:
+    """Give a store made before them the ``ADDED_COLUMNS``, in the transaction that opens it
+    (``column_names``: the store's query for a table's columns). Before ``to_nano_dollars``,
+    which writes the holds it carries over with theirs."""
+    for table, column, kind in ADDED_COLUMNS:
+        if column not in {row[0] for row in await execute(*column_names(table))}:
+            await execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 async def to_nano_dollars(execute: Execute, json_field: Callable[[str, str], str]) -> None:
@@ -104,7 +121,7 @@ async def to_nano_dollars(execute: Execute, json_field: Callable[[str, str], str
     ):
         amount_nanos = usd_to_nanos(float(amount))
         await execute(*hold_row(hold_id, project_id, owner, tuple(json.loads(scopes)),
-                                amount_nanos, task_id, phase, key))  # fmt: skip
+                                amount_nanos, task_id, phase, key, None))  # fmt: skip
         for scope in json.loads(scopes):
             held[scope] = held.get(scope, 0) + amount_nanos
     for scope, cap in await execute("SELECT scope, cap FROM budget_ledger"):

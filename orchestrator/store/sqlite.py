@@ -216,6 +216,9 @@ class SQLiteStore:
     def json_field(self, column: str, name: str) -> str:
         return f"json_extract({column}, '$.{name}')"
 
+    def column_names(self, table: str) -> Statement:
+        return "SELECT name FROM pragma_table_info(?)", (table,)
+
     async def connection(self) -> aiosqlite.Connection:
         """The connection, opened on first use; every use of the locks comes through here."""
         if self._closed:

@@ -31,7 +31,14 @@ from orchestrator.store.projects import (
     SavedProject,
     UnknownProjectError,
 )
-from orchestrator.store.schema import ADDITIONS, SCHEMA, STATE_FORMAT, StateError, to_nano_dollars
+from orchestrator.store.schema import (
+    ADDITIONS,
+    SCHEMA,
+    STATE_FORMAT,
+    StateError,
+    add_columns,
+    to_nano_dollars,
+)
 
 # What ``orchestrator.store.state`` has always given (``orchestrator.state`` gives it too).
 __all__ = [
@@ -74,7 +81,7 @@ class StateManager:
             error=StateError,
             # Paid calls are journaled here: a commit must survive a power loss or an OS crash.
             synchronous="FULL",
-            migrate=self._to_nano_dollars,
+            migrate=self._migrate,
         )
         # A file's path, or a database's URL without its password.
         self.path: Path | str = self._store.path
@@ -103,6 +110,8 @@ class StateManager:
     async def aclose(self) -> None:
         await self._store.aclose()
 
-    async def _to_nano_dollars(self, execute: Execute) -> None:
-        """The store's one migration, run as it opens (its JSON fields in its own SQL)."""
+    async def _migrate(self, execute: Execute) -> None:
+        """What brings a store made by an earlier version up to date, run as it opens, in its
+        own SQL: the columns added since, then amounts in integer nano-dollars."""
+        await add_columns(execute, self._store.column_names)
         await to_nano_dollars(execute, self._store.json_field)

@@ -75,7 +75,7 @@ class TaskView:
     cost_usd: float
     validators: list[Verdict]
     reason: str
-    in_flight: list[str]  # the phases of its calls in flight now
+    in_flight: list[str]  # its calls in flight now: each one's phase, and model when known
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,8 @@ async def project_page(
     saved = await state.projects.load(project_id)
     holder = await _holder(state, project_id) if saved.status == ProjectStatus.RUNNING else None
     in_flight: dict[str, list[str]] = {}
-    for task_id, phase, _held in await state.books.in_flight(project_id):
-        in_flight.setdefault(task_id, []).append(phase)
+    for task_id, phase, model, _held in await state.books.in_flight(project_id):
+        in_flight.setdefault(task_id, []).append(f"{phase} on {model}" if model else phase)
     calls, calls_total = await state.journal.latest(project_id, CALLS_SHOWN)
     called = {call.task_id for call in calls}
     tasks = [
