@@ -101,7 +101,10 @@ async def _serve(server: uvicorn.Server, listener: socket.socket) -> None:
 
 def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a port in use is one clear line."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # Named TCP, so that asyncio sets TCP_NODELAY on each connection (it looks at the protocol
+    # number): else a kept-alive connection waits ~40 ms for a delayed ACK on every answer.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
