@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, clean_environment
+from conftest import PROJECT_ROOT, clean_environment, fake_env
 
 import orchestrator
 
@@ -32,6 +32,8 @@ RUN_ONLY = (
     "asyncio", "yaml", "sqlite3", "orchestrator.run.engine", "orchestrator.run.orchestrator",
     "orchestrator.cli.commands", "orchestrator.store.state", "orchestrator.llm.client",
 )  # fmt: skip
+# ... and what only the page over the store needs (--serve: the web extra).
+WEB = ("starlette", "uvicorn", "jinja2", "orchestrator.web")
 
 WHAT_IT_ADDS = """
 import json, sys
@@ -41,11 +43,13 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
 
-def modules_added(code: str, *argv: str) -> set[str]:
-    """The modules ``code`` adds to a fresh interpreter's ``sys.modules`` (run with ``argv``)."""
+def modules_added(code: str, *argv: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules ``code`` adds to a fresh interpreter's ``sys.modules`` (run with ``argv``,
+    and ``env`` added to its environment)."""
     result = subprocess.run(
         [sys.executable, "-c", WHAT_IT_ADDS.format(code=code), *argv],
-        cwd=PROJECT_ROOT, env=clean_environment(), capture_output=True, text=True, timeout=60,
+        cwd=PROJECT_ROOT, env={**clean_environment(), **(env or {})}, capture_output=True,
+        text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -58,7 +62,7 @@ def loaded(added: set[str], names: tuple[str, ...]) -> set[str]:
 def test_importing_the_package_loads_none_of_its_modules():
     added = modules_added("import orchestrator")
 
-    assert loaded(added, HEAVY + RUN_ONLY) == set()
+    assert loaded(added, HEAVY + RUN_ONLY + WEB) == set()
     assert sorted(m for m in added if m.startswith("orchestrator.")) == []
 
 
@@ -79,7 +83,19 @@ except SystemExit as exit:
 """
     added = modules_added(run_help, "--help")
 
-    assert loaded(added, HEAVY + RUN_ONLY) == set()
+    assert loaded(added, HEAVY + RUN_ONLY + WEB) == set()
+
+
+def test_a_whole_run_from_the_command_line_never_imports_the_page(fake, llm, tmp_path):
+    run_project = f"""
+from orchestrator.cli.app import main
+assert main(["--project", "[project] add", "--criteria", "add works", "--budget", "2",
+             "--output-dir", {str(tmp_path / "results")!r}]) == 0
+"""
+    added = modules_added(run_project, env=fake_env(fake.base_url))
+
+    assert "orchestrator.run.engine" in added  # it ran
+    assert loaded(added, WEB) == set()
 
 
 @pytest.mark.parametrize(

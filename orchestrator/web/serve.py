@@ -20,17 +20,19 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "127.0.0.1"
 # A page bound to this machine's loopback answers only to its loopback names: a site the browser
-# visits cannot point a name of its own at 127.0.0.1 and read the page through it.
-_LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
+# visits cannot point a name of its own at 127.0.0.1 and read the page through it. (A Host header
+# writes an IPv6 address in brackets.)
+_LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]
 
 
 def parse_address(text: str) -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port); ``ConfigError`` otherwise."""
     host, _, port_text = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]") or DEFAULT_HOST
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if "[" in host or "]" in host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"--serve takes [HOST:]PORT with a port from 0 to 65535, not {text!r}")
-    return host, int(port_text)
+    return host or DEFAULT_HOST, int(port_text)
 
 
 def allowed_hosts(host: str) -> list[str]:
@@ -39,8 +41,9 @@ def allowed_hosts(host: str) -> list[str]:
     if host == "localhost":
         return _LOOPBACK_NAMES
     with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_loopback:
-            return [*_LOOPBACK_NAMES, host]
+        address = ipaddress.ip_address(host)
+        if address.is_loopback:
+            return [*_LOOPBACK_NAMES, f"[{host}]" if address.version == 6 else host]
     return ["*"]
 
 
@@ -69,21 +72,16 @@ def serve(address: str, *, audit_log: str | None = None) -> int:
             timeout_graceful_shutdown=2,
         )
     )
-    # SIGTERM stops it as Ctrl-C does: the server shuts down, then says so by this exception
-    # (uvicorn hands a signal it caught back to the handler it found once it has stopped).
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # SIGTERM stops it as Ctrl-C does (the server, having shut down, raises the signal again).
+    terminate = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         asyncio.run(_serve(server, listener))
     except KeyboardInterrupt:
         pass  # how a server is meant to be stopped
     finally:
-        signal.signal(signal.SIGTERM, previous)
         listener.close()
+        signal.signal(signal.SIGTERM, terminate)
     return 0
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 async def _serve(server: uvicorn.Server, listener: socket.socket) -> None:
@@ -103,7 +101,10 @@ async def _serve(server: uvicorn.Server, listener: socket.socket) -> None:
 
 def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a port in use is one clear line."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # Named TCP, so that asyncio sets TCP_NODELAY on each connection (it looks at the protocol
+    # number): else a kept-alive connection waits ~40 ms for a delayed ACK on every answer.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))

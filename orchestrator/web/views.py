@@ -249,7 +249,7 @@ def _task_view(
     elif result is not None or called:
         state = "running" if live else "interrupted"
     else:
-        state = "waiting" if live or saved.status == ProjectStatus.RUNNING else "not run"
+        state = "waiting" if live else "not run"  # nothing will run it until a resume does
     record = result or {}
     return TaskView(
         task_id=task_id,
