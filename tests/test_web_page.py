@@ -313,3 +313,31 @@ async def test_the_audit_logs_chain_is_checked_and_a_tampered_line_named(fake, l
     assert f"{len(lines)} records, chain intact" in intact
     assert f"; {own} records of this project</p>" in intact
     assert re.search(rf'<p class="audit broken">{re.escape(str(log))}: line 3: [^<]+</p>', broken)
+
+
+async def test_a_large_projects_table_of_tasks_is_a_page_of_its_own():
+    tasks = {
+        f"t{n}": Task(f"t{n}", TaskType.SUMMARIZE, f"[t{n}] Summarise.", []) for n in range(201)
+    }
+    async with StateManager() as state:
+        await state.projects.create(
+            "big", description=PROJECT, criteria=CRITERIA, max_usd=2.0, max_time_seconds=600.0,
+            settings={},
+        )  # fmt: skip
+        await state.projects.save_plan("big", tasks, list(tasks), 1.0)
+        for task_id in ("t0", "t1"):
+            await state.projects.checkpoint(
+                "big", task_id, finished(task_id), final=True, elapsed=2.0
+            )
+
+    with serving() as server:
+        page = server.page("/project/big")
+        every_task = server.page("/project/big?tasks=all")
+        fragment = server.get("/project/big/live?tasks=all").text  # no mark: all of it
+
+    assert 'class="tasks"' not in page and 'href="?tasks=all"' in page
+    assert "completed 2" in html.unescape(page) and "not run 199" in html.unescape(page)
+    assert page.count('class="node ') == 201  # the graph stays
+    for shown in (every_task, fragment):
+        assert len(records(shown, "tasks")) == 201
+    assert 'data-live="/project/big/live?tasks=all"' in every_task

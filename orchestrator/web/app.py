@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.applications import Starlette
@@ -33,6 +34,8 @@ from orchestrator.text.visible import shorten, visible
 from orchestrator.web.views import project_page, project_rows
 
 POLL_MILLISECONDS = 500  # how often a page asks whether anything changed: under a second behind
+# A project with more tasks shows its table of tasks on a page of its own (``?tasks=all``).
+TASK_TABLE_UP_TO = 200
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Nothing from elsewhere, no inline script or style: a page that shows model text cannot be made
 # to run it.
@@ -117,20 +120,23 @@ class _Pages:
 
     async def project(self, request: Request) -> Response:
         project_id = request.path_params["project_id"]
+        every_task = request.query_params.get("tasks") == "all"
+        live_url = f"/project/{quote(project_id, safe='')}/live"
         return await self._page(
             "project.html",
-            f"/project/{project_id}/live",
+            live_url + ("?tasks=all" if every_task else ""),
             lambda: self._project_mark(project_id),
-            lambda: self._project_context(project_id),
+            lambda: self._project_context(project_id, every_task),
         )
 
     async def project_live(self, request: Request) -> Response:
         project_id = request.path_params["project_id"]
+        every_task = request.query_params.get("tasks") == "all"
         return await self._live(
             request,
             "_project.html",
             lambda: self._project_mark(project_id),
-            lambda: self._project_context(project_id),
+            lambda: self._project_context(project_id, every_task),
         )
 
     async def task(self, request: Request) -> Response:
@@ -157,8 +163,9 @@ class _Pages:
         mark = await self._state.projects.progress_mark()
         return _digest((mark, [(row.project_id, row.live) for row in rows]))
 
-    async def _project_context(self, project_id: str) -> dict[str, Any]:
-        return {"page": await project_page(self._state, project_id, self.audit_log)}
+    async def _project_context(self, project_id: str, every_task: bool) -> dict[str, Any]:
+        page = await project_page(self._state, project_id, self.audit_log)
+        return {"page": page, "task_table": every_task or len(page.tasks) <= TASK_TABLE_UP_TO}
 
     async def _project_mark(self, project_id: str) -> str:
         mark = await self._state.projects.progress_mark(project_id)

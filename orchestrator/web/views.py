@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,11 @@ class ProjectPage:
     @property
     def tasks_done(self) -> int:
         return sum(task.state in _FINISHED for task in self.tasks)
+
+    @property
+    def state_counts(self) -> list[tuple[str, int]]:
+        """How many tasks are in each state, the most common first."""
+        return Counter(task.state for task in self.tasks).most_common()
 
     @property
     def minutes_to_cap(self) -> float | None:

@@ -1,6 +1,6 @@
 // Follows the store: every half second the page asks its "live" twin whether anything changed
-// (204: nothing did) and, when something did, swaps in the new content, keeping open whatever
-// the reader opened. No other script runs on these pages.
+// (204: nothing did) and, when something did, swaps in the new content, keeping open or closed
+// whatever the reader opened or closed. No other script runs on these pages.
 (function () {
   "use strict";
   const live = document.getElementById("live");
@@ -9,23 +9,23 @@
   const every = Number(follow.dataset.pollMs) || 500;
   let mark = live.dataset.mark;
 
-  function openDetails() {
-    return Array.from(live.querySelectorAll("details[open]"), (d) => d.className);
+  // Which of the page's folds the reader has open or closed, by name: kept across updates.
+  function folds() {
+    return new Map(Array.from(live.querySelectorAll("details"), (d) => [d.className, d.open]));
   }
 
   async function look() {
     try {
-      const answer = await fetch(live.dataset.live + "?mark=" + encodeURIComponent(mark), {
-        cache: "no-store",
-      });
+      const url = new URL(live.dataset.live, window.location.href);
+      url.searchParams.set("mark", mark);
+      const answer = await fetch(url, { cache: "no-store" });
       if (answer.status === 200) {
-        const opened = openDetails();
+        const kept = folds();
         live.innerHTML = await answer.text();
         mark = answer.headers.get("X-Mark") || "";
         live.dataset.mark = mark;
-        for (const name of opened) {
-          const again = live.querySelector("details." + CSS.escape(name));
-          if (again) again.open = true;
+        for (const fold of live.querySelectorAll("details")) {
+          if (kept.has(fold.className)) fold.open = kept.get(fold.className);
         }
       }
       follow.className = answer.ok ? "follow" : "follow lost";
