@@ -51,6 +51,13 @@ RUNNERS = (PYTEST_RUNNER, WITNESS_RUNNER, WITNESS_FIXTURES)
 # Our pytest configuration, written beside the tests under a name no file of theirs can have.
 PYTEST_CONFIG = ".verdict.ini"
 INTERNAL_ERROR = 3  # pytest's exit status when its own code failed
+# pytest's builtin plugins left out of the run: the cache (a run writes nothing it keeps), and
+# those that act only on command-line options this runner never passes (--pastebin,
+# --setup-only/--setup-show, --setup-plan, --stepwise), so leaving them out changes no verdict
+# and no fixture a test may ask for; it saves their import and set-up in every run. Those
+# that give tests a fixture (junitxml's record_property, doctest's doctest_namespace, tmpdir,
+# caplog, subtests...) or act on every run (warnings, faulthandler, unraisable exceptions) stay.
+LEFT_OUT_PLUGINS = ("cacheprovider", "pastebin", "setuponly", "setupplan", "stepwise")
 
 
 def passed(name: str, detail: str = "") -> ValidatorResult:
@@ -156,8 +163,10 @@ async def _run_twice(
     """pytest in the first of ``workdirs``, the second witness in the second (a copy of it),
     each with its key on its standard input; what each run returned or raised."""
     root, again = workdirs
-    argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q", "-p"]
-    argv += ["no:cacheprovider", "--color=no", "--noconftest", "-c", config]
+    argv = [sys.executable, "-I", "-B", PYTEST_RUNNER, "{channel}", "-q"]
+    for plugin in LEFT_OUT_PLUGINS:
+        argv += ["-p", f"no:{plugin}"]
+    argv += ["--color=no", "--noconftest", "-c", config]
     argv += ["--rootdir", root, *tests]
     paths = json.dumps([os.path.join(again, r) if r else again for r in roots])
     second = [sys.executable, "-I", "-B", WITNESS_RUNNER, "{channel}", paths, *tests]
