@@ -153,34 +153,31 @@ class Routing:
 class ByBackend(Routing):
     """A backend of the package over candidates built as ``Router._select`` builds them."""
 
-    def __init__(
-        self,
-        name: str,
-        backend: OptimizationBackend,
-        world: World,
-        catalog: Catalog,
-        whole: bool = False,
-    ):
-        # whole: a candidate's cost is the whole attempt's (its critique and verdict too)
-        self.name, self.backend, self.world, self.whole = name, backend, world, whole
+    def __init__(self, name: str, backend: OptimizationBackend, world: World, catalog: Catalog):
+        self.name, self.backend, self.world = name, backend, world
         self.profiles: dict[str, ModelProfile] = build_default_profiles(catalog)
         self.table = {kind: _table(catalog, kind) for kind in set(world.tasks)}
+        # As the router does: a backend that learns weighs whole attempts, and says what a
+        # model's record made of it before a failing streak.
+        self.learns = bool(getattr(backend, "learns", False))
+        self.record = getattr(backend, "rate_before_streak", None)
 
     def chain(self, kind: TaskType) -> list[Model]:
         table = self.table[kind]
         candidates = [
             Candidate(
                 profile=self.profiles[m.key],
-                cost_usd=self.world.cost(m, kind) if self.whole else self.world.calls[m.key, kind],
+                cost_usd=self.world.calls[m.key, kind],
                 table_rank=table.index(m.key) if m.key in table else None,
                 task_type=kind,
+                overhead_usd=self.world.overheads[kind] if self.learns else 0.0,
             )
             for m in self.world.models
         ]
         ranked = [r.model for r in self.backend.rank(candidates)]
         # As the router does for every backend: models whose answers keep failing their checks
         # are held back, after the others.
-        held = demoted(self.profiles, kind.value)
+        held = demoted(self.profiles, kind.value, self.record)
         return [m for m in ranked if m.key not in held] + [m for m in ranked if m.key in held]
 
     def judged(self, model: Model, kind: TaskType, passed: bool) -> None:
@@ -268,9 +265,7 @@ def run_seed(
         "oracle/$": lambda: Oracle(world, floor=0.0, name="oracle/$"),
         "table": lambda: ByBackend("table", RoutingTableBackend(), world, catalog),
         "greedy": lambda: ByBackend("greedy", GreedyBackend(), world, catalog),
-        "adaptive": lambda: ByBackend(
-            "adaptive", AdaptiveBackend(seed=seed), world, catalog, args.whole_attempt
-        ),
+        "adaptive": lambda: ByBackend("adaptive", AdaptiveBackend(seed=seed), world, catalog),
         "single": lambda: Single(single, tries),
     }
     return {name: simulate(world, makers[name](), tries) for name in only}, world, single
@@ -418,11 +413,6 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.15, help="of a hidden pass rate")
     parser.add_argument(
         "--overhead", type=float, default=1.0, help="times a critique and a verdict an attempt"
-    )
-    parser.add_argument(
-        "--whole-attempt",
-        action="store_true",
-        help="adaptive's candidates cost a whole attempt, not only the author's call",
     )
     parser.add_argument("--prior-answers", type=float, default=backends.PRIOR_ANSWERS)
     parser.add_argument("--min-pass-rate", type=float, default=backends.MIN_PASS_RATE)
