@@ -224,6 +224,83 @@ def demoted(
     return held
 
 
+# What a profile's record counts, and which of its counts moves each of its moving averages.
+_COUNTERS = ("calls", "failures", "evaluations", "validator_failures")
+
+
+def merged_record(
+    stored: Mapping[str, Any] | None,
+    now: Mapping[str, Any],
+    since: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What the store should hold for a model once this process saves: ``stored`` (what every
+    process saved until now) with what this process measured since ``since`` (its record when
+    it last loaded or saved it; None: nothing of it came from the store), ``now`` being its
+    record now. Counters add this process's increments; each moving average takes this
+    process's samples on top of the stored one (as if they had come after it); this process's
+    new latencies join the stored ones; a task type's passes and failures add up, its failing
+    streak is the longer one (as ``merge_profiles`` has it). Several processes saving the same
+    model this way lose none of each other's measurements."""
+    if stored is None or not stored:
+        return dict(now)
+    base = since or {}
+    merged = {**now, **stored}
+    delta = {name: max(0, int(now.get(name, 0)) - int(base.get(name, 0))) for name in _COUNTERS}
+    for name in _COUNTERS:
+        merged[name] = int(stored.get(name, 0)) + delta[name]
+    answered = max(0, delta["calls"] - delta["failures"])
+    moved_by = {"quality": delta["evaluations"], "trust": delta["calls"],
+                "latency_ms": answered, "cost_avg_usd": answered}  # fmt: skip
+    for name, samples in moved_by.items():
+        merged[name] = _moved(stored.get(name), base.get(name), now.get(name), samples)
+    latest = list(now.get("recent_latencies_ms") or [])
+    new = latest[len(latest) - min(answered, len(latest)) :]
+    merged["recent_latencies_ms"] = [*list(stored.get("recent_latencies_ms") or []), *new][
+        -LATENCY_SAMPLES:
+    ]
+    merged["outcomes"] = _merged_outcomes(
+        stored.get("outcomes"), now.get("outcomes"), base.get("outcomes")
+    )
+    return merged
+
+
+def _moved(stored: Any, since: Any, now: Any, samples: int) -> Any:
+    """A moving average as stored, moved by the ``samples`` this process took since ``since``
+    (which moved its own from ``since`` to ``now``): an average after n samples is the start's
+    share (1 - alpha)^n plus the samples', so the stored one takes the samples' part as is."""
+    if samples <= 0 or now is None:
+        return stored if stored is not None else now
+    if stored is None:
+        return now
+    start = since if since is not None else now
+    kept = (1 - PROFILE_EMA_ALPHA) ** samples
+    return float(now) + kept * (float(stored) - float(start))
+
+
+def _merged_outcomes(stored: Any, now: Any, since: Any) -> dict[str, list[int]]:
+    """The outcomes by task type (``Outcomes.to_record`` lists): the stored ones with this
+    process's passes and failures since ``since`` added."""
+
+    def read(found: Any) -> dict[str, Outcomes]:
+        if not isinstance(found, Mapping):
+            return {}
+        return {str(kind): Outcomes.from_record(record) for kind, record in found.items()}
+
+    stored_by, now_by, since_by = read(stored), read(now), read(since)
+    merged = dict(stored_by)
+    for kind, mine in now_by.items():
+        before = since_by.get(kind, Outcomes())
+        added = Outcomes(
+            max(0, mine.passed - before.passed),
+            max(0, mine.failed - before.failed),
+            mine.failing_checks,
+            mine.failed_checks_at,
+        )
+        if added.judged:
+            merged[kind] = merged.get(kind, Outcomes()).merged(added)
+    return {kind: found.to_record() for kind, found in sorted(merged.items())}
+
+
 def _ema(average: float, sample: float) -> float:
     return (1 - PROFILE_EMA_ALPHA) * average + PROFILE_EMA_ALPHA * sample
 
