@@ -17,7 +17,9 @@ Routers: ``table`` (``RoutingTableBackend``), ``greedy`` (``GreedyBackend``, its
 quality following every judged answer, as evaluation scores move it in a run), ``adaptive``
 (``AdaptiveBackend`` itself, each answer judged into its profile, a failure as a failed check;
 its candidates carry an attempt's critique and verdict as the router gives them),
-the ``oracle`` (knows the hidden rates: by pass rate per dollar of an attempt among the models
+``informed`` (``adaptive`` told each task type's difficulty beforehand: its prior for a model at
+a type is the mean of the hidden rates of models of its size there, what no router knows), the
+``oracle`` (knows the hidden rates: by pass rate per dollar of an attempt among the models
 passing at ``MIN_PASS_RATE`` or more, then the rest by pass rate), ``oracle/$`` (the same with
 no floor) and ``single``, the best single model (the most expected passes a dollar over the
 seed's tasks, asked for everything, again on a failure). Figures are summed over the seeds;
@@ -43,7 +45,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.llm.catalog import Catalog, Model
 from orchestrator.observe.telemetry import TelemetryCollector
@@ -195,6 +197,32 @@ class ByBackend(Routing):
             self.profiles[model.key].record_quality(1.0 if passed else 0.0)
 
 
+class Informed(Routing):
+    """``adaptive`` told each task type's difficulty (``HARDER``) beforehand: its prior for a
+    model at a type is the catalog's quality less what the type takes from a model of its size,
+    the mean of the model's hidden pass rate there. What no router knows; it shows what learning
+    each model's own rate still costs."""
+
+    name = "informed"
+
+    def __init__(self, world: World, catalog: Catalog, seed: int):
+        self.by_kind: dict[TaskType, ByBackend] = {}
+        for kind in set(world.tasks):
+            routing = ByBackend("informed", AdaptiveBackend(seed=seed), world, catalog)
+            for profile in routing.profiles.values():
+                model = profile.model
+                small, large = HARDER.get(kind, (0.1, 0.05))
+                harder = large if model.quality >= LARGE else small
+                profile.model = replace(model, quality=_clip(model.quality - harder))
+            self.by_kind[kind] = routing
+
+    def chain(self, kind: TaskType) -> list[Model]:
+        return self.by_kind[kind].chain(kind)
+
+    def judged(self, model: Model, kind: TaskType, passed: bool) -> None:
+        self.by_kind[kind].judged(model, kind, passed)
+
+
 class Oracle(Routing):
     """Knows the hidden rates: by pass rate a dollar among those passing at ``floor`` or more,
     then the rest by pass rate."""
@@ -256,7 +284,7 @@ def best_single(world: World, tries: int) -> Model:
     return max(world.models, key=per_usd)
 
 
-ROUTERS = ("oracle", "oracle/$", "table", "greedy", "adaptive", "single")
+ROUTERS = ("oracle", "oracle/$", "table", "greedy", "adaptive", "informed", "single")
 
 
 def run_seed(
@@ -271,6 +299,7 @@ def run_seed(
         "table": lambda: ByBackend("table", RoutingTableBackend(), world, catalog),
         "greedy": lambda: ByBackend("greedy", GreedyBackend(), world, catalog),
         "adaptive": lambda: ByBackend("adaptive", AdaptiveBackend(seed=seed), world, catalog),
+        "informed": lambda: Informed(world, catalog, seed),
         "single": lambda: Single(single, tries),
     }
     return {name: simulate(world, makers[name](), tries) for name in only}, world, single
