@@ -15,8 +15,11 @@ alike whoever asked it.
 
 Routers: ``table`` (``RoutingTableBackend``), ``greedy`` (``GreedyBackend``, its profiles'
 quality following every judged answer, as evaluation scores move it in a run), ``adaptive``
-(``AdaptiveBackend`` itself, each answer judged into its profile, a failure as a failed check),
-the ``oracle`` (knows the hidden rates: by pass rate per dollar of an attempt among the models
+(``AdaptiveBackend`` itself, each answer judged into its profile, a failure as a failed check;
+its candidates carry an attempt's critique and verdict as the router gives them),
+``informed`` (``adaptive`` told each task type's difficulty beforehand: its prior for a model at
+a type is the mean of the hidden rates of models of its size there, what no router knows), the
+``oracle`` (knows the hidden rates: by pass rate per dollar of an attempt among the models
 passing at ``MIN_PASS_RATE`` or more, then the rest by pass rate), ``oracle/$`` (the same with
 no floor) and ``single``, the best single model (the most expected passes a dollar over the
 seed's tasks, asked for everything, again on a failure). Figures are summed over the seeds;
@@ -26,11 +29,13 @@ rate), ``routing now`` the expected passes a dollar of the last ten tasks' chain
 rates, over the oracle's. The goal (issue #27): adaptive within 5% of the oracle's passes a
 dollar after 30 tasks.
 
+``--by-type`` shows each task type between checkpoints: every router's passes a dollar over
+the oracle's, and how often the model it asked first was the oracle's first.
 ``--prior-answers``, ``--min-pass-rate`` and ``--demote-after`` set the adaptive backend's
-constants in this process only; ``--sweep`` tries a grid of them; ``--whole-attempt`` gives
-adaptive's candidates the cost of a whole attempt rather than of the author's call alone.
+constants in this process only; ``--sweep`` tries a grid of them.
 
-    python benchmarks/adaptive_routing.py [--tasks 300] [--seeds 20] [--fallbacks 2] [--sweep]
+    python benchmarks/adaptive_routing.py [--tasks 300] [--seeds 20] [--fallbacks 2] [--by-type]
+        [--sweep]
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.llm.catalog import Catalog, Model
 from orchestrator.observe.telemetry import TelemetryCollector
@@ -136,6 +141,8 @@ class Done:
     cost: float
     expected_pass: float
     expected_cost: float
+    kind: TaskType
+    first: str  # the key of the model asked first
 
 
 class Routing:
@@ -153,34 +160,31 @@ class Routing:
 class ByBackend(Routing):
     """A backend of the package over candidates built as ``Router._select`` builds them."""
 
-    def __init__(
-        self,
-        name: str,
-        backend: OptimizationBackend,
-        world: World,
-        catalog: Catalog,
-        whole: bool = False,
-    ):
-        # whole: a candidate's cost is the whole attempt's (its critique and verdict too)
-        self.name, self.backend, self.world, self.whole = name, backend, world, whole
+    def __init__(self, name: str, backend: OptimizationBackend, world: World, catalog: Catalog):
+        self.name, self.backend, self.world = name, backend, world
         self.profiles: dict[str, ModelProfile] = build_default_profiles(catalog)
         self.table = {kind: _table(catalog, kind) for kind in set(world.tasks)}
+        # As the router does: a backend that learns weighs whole attempts, and says what a
+        # model's record made of it before a failing streak.
+        self.learns = bool(getattr(backend, "learns", False))
+        self.record = getattr(backend, "rate_before_streak", None)
 
     def chain(self, kind: TaskType) -> list[Model]:
         table = self.table[kind]
         candidates = [
             Candidate(
                 profile=self.profiles[m.key],
-                cost_usd=self.world.cost(m, kind) if self.whole else self.world.calls[m.key, kind],
+                cost_usd=self.world.calls[m.key, kind],
                 table_rank=table.index(m.key) if m.key in table else None,
                 task_type=kind,
+                overhead_usd=self.world.overheads[kind] if self.learns else 0.0,
             )
             for m in self.world.models
         ]
         ranked = [r.model for r in self.backend.rank(candidates)]
         # As the router does for every backend: models whose answers keep failing their checks
         # are held back, after the others.
-        held = demoted(self.profiles, kind.value)
+        held = demoted(self.profiles, kind.value, self.record)
         return [m for m in ranked if m.key not in held] + [m for m in ranked if m.key in held]
 
     def judged(self, model: Model, kind: TaskType, passed: bool) -> None:
@@ -191,6 +195,32 @@ class ByBackend(Routing):
         )
         if not isinstance(self.backend, AdaptiveBackend):
             self.profiles[model.key].record_quality(1.0 if passed else 0.0)
+
+
+class Informed(Routing):
+    """``adaptive`` told each task type's difficulty (``HARDER``) beforehand: its prior for a
+    model at a type is the catalog's quality less what the type takes from a model of its size,
+    the mean of the model's hidden pass rate there. What no router knows; it shows what learning
+    each model's own rate still costs."""
+
+    name = "informed"
+
+    def __init__(self, world: World, catalog: Catalog, seed: int):
+        self.by_kind: dict[TaskType, ByBackend] = {}
+        for kind in set(world.tasks):
+            routing = ByBackend("informed", AdaptiveBackend(seed=seed), world, catalog)
+            for profile in routing.profiles.values():
+                model = profile.model
+                small, large = HARDER.get(kind, (0.1, 0.05))
+                harder = large if model.quality >= LARGE else small
+                profile.model = replace(model, quality=_clip(model.quality - harder))
+            self.by_kind[kind] = routing
+
+    def chain(self, kind: TaskType) -> list[Model]:
+        return self.by_kind[kind].chain(kind)
+
+    def judged(self, model: Model, kind: TaskType, passed: bool) -> None:
+        self.by_kind[kind].judged(model, kind, passed)
 
 
 class Oracle(Routing):
@@ -231,7 +261,7 @@ def simulate(world: World, routing: Routing, tries: int) -> list[Done]:
             routing.judged(model, kind, passed)
             if passed:
                 break
-        done.append(Done(passed, cost, *_expected(world, kind, chain)))
+        done.append(Done(passed, cost, *_expected(world, kind, chain), kind, chain[0].key))
     return done
 
 
@@ -254,7 +284,7 @@ def best_single(world: World, tries: int) -> Model:
     return max(world.models, key=per_usd)
 
 
-ROUTERS = ("oracle", "oracle/$", "table", "greedy", "adaptive", "single")
+ROUTERS = ("oracle", "oracle/$", "table", "greedy", "adaptive", "informed", "single")
 
 
 def run_seed(
@@ -268,9 +298,8 @@ def run_seed(
         "oracle/$": lambda: Oracle(world, floor=0.0, name="oracle/$"),
         "table": lambda: ByBackend("table", RoutingTableBackend(), world, catalog),
         "greedy": lambda: ByBackend("greedy", GreedyBackend(), world, catalog),
-        "adaptive": lambda: ByBackend(
-            "adaptive", AdaptiveBackend(seed=seed), world, catalog, args.whole_attempt
-        ),
+        "adaptive": lambda: ByBackend("adaptive", AdaptiveBackend(seed=seed), world, catalog),
+        "informed": lambda: Informed(world, catalog, seed),
         "single": lambda: Single(single, tries),
     }
     return {name: simulate(world, makers[name](), tries) for name in only}, world, single
@@ -305,11 +334,14 @@ def set_constants(prior: float, floor: float, demote: int) -> None:
 def report(args: argparse.Namespace, catalog: Catalog) -> None:
     by_router: dict[str, list[list[Done]]] = {name: [] for name in ROUTERS}
     singles: list[str] = []
+    bests: list[dict[TaskType, str]] = []  # by seed: the oracle's first model for each type
     for seed in range(args.seeds):
         runs, world, single = run_seed(seed, catalog, args)
         for name, done in runs.items():
             by_router[name].append(done)
         singles.append(single.value)
+        knows = Oracle(world)
+        bests.append({kind: knows.chain(kind)[0].key for kind in set(world.tasks)})
         if seed == 0:
             extra = ", ".join(f"{k.value} ${usd:.4f}" for k, usd in world.overheads.items())
             print(f"an attempt's critique and verdict: {extra}")
@@ -331,6 +363,8 @@ def report(args: argparse.Namespace, catalog: Catalog) -> None:
                 f"{1 / f.per_usd:>9.4f} {alone.per_usd / f.per_usd:>9.2f} "
                 f"{f.expected_per_usd / oracle.expected_per_usd:>11.1%}"
             )
+    if args.by_type:
+        by_type(by_router, bests, checkpoints(args.tasks))
     goal = figures(by_router["adaptive"], GOAL_TASKS)
     goal_oracle = figures(by_router["oracle"], GOAL_TASKS)
     ratio = goal.per_usd / goal_oracle.per_usd
@@ -344,6 +378,42 @@ def report(args: argparse.Namespace, catalog: Catalog) -> None:
         "'vs single' is a pass's cost at equal pass rate against the best single model's "
         "(under 1: cheaper a pass)"
     )
+
+
+def by_type(
+    by_router: dict[str, list[list[Done]]], bests: Sequence[dict[TaskType, str]], marks: list[int]
+) -> None:
+    """Each task type's passes a dollar over the oracle's, between checkpoints, and how often
+    the model a router asked first was the oracle's first: where a router loses, and whether it
+    still does after learning."""
+    spans = list(itertools.pairwise([0, *marks]))
+    routers = [name for name in by_router if name not in ("oracle", "oracle/$")]
+    print(
+        "\nby task type, tasks between checkpoints: passes a dollar over the oracle's, and the"
+        "\nshare of tasks whose first model asked was the oracle's first"
+    )
+    print(f"{'type':<17} {'router':<9}" + "".join(f"{f'{lo + 1}-{hi}':>16}" for lo, hi in spans))
+    for kind in sorted({d.kind for run in by_router["oracle"] for d in run}, key=TYPES.index):
+        for name in routers:
+            cells = ""
+            for lo, hi in spans:
+                mine = _of_kind(by_router[name], kind, lo, hi)
+                oracle = _of_kind(by_router["oracle"], kind, lo, hi)
+                ratio = _per_usd([d for _, d in mine]) / _per_usd([d for _, d in oracle])
+                same = sum(d.first == bests[seed][kind] for seed, d in mine) / max(1, len(mine))
+                cells += f"{ratio:>9.1%} {same:>5.0%}"
+            print(f"{kind.value:<17} {name:<9}{cells}")
+
+
+def _of_kind(
+    runs: Sequence[Sequence[Done]], kind: TaskType, lo: int, hi: int
+) -> list[tuple[int, Done]]:
+    """The tasks of ``kind`` from the ``lo``-th to the ``hi``-th of each seed, with its seed."""
+    return [(seed, d) for seed, run in enumerate(runs) for d in run[lo:hi] if d.kind is kind]
+
+
+def _per_usd(done: Sequence[Done]) -> float:
+    return sum(d.passed for d in done) / max(sum(d.cost for d in done), backends.MIN_COST_USD)
 
 
 def sweep(args: argparse.Namespace, catalog: Catalog) -> None:
@@ -419,14 +489,15 @@ def main() -> None:
     parser.add_argument(
         "--overhead", type=float, default=1.0, help="times a critique and a verdict an attempt"
     )
-    parser.add_argument(
-        "--whole-attempt",
-        action="store_true",
-        help="adaptive's candidates cost a whole attempt, not only the author's call",
-    )
     parser.add_argument("--prior-answers", type=float, default=backends.PRIOR_ANSWERS)
     parser.add_argument("--min-pass-rate", type=float, default=backends.MIN_PASS_RATE)
     parser.add_argument("--demote-after", type=int, default=profiles.DEMOTE_AFTER, help="0: off")
+    parser.add_argument(
+        "--by-type",
+        action="store_true",
+        help="each task type's figures between checkpoints, and how often each router's first "
+        "choice was the oracle's",
+    )
     parser.add_argument("--sweep", action="store_true", help="adaptive over a grid of constants")
     parser.add_argument("--sweep-prior", type=_floats, default=[0.5, 1, 2, 4, 8])
     parser.add_argument("--sweep-floor", type=_floats, default=[0.5])

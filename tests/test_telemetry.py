@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from conftest import fake_env
-from scripted_llm import TaskScript
+from scripted_llm import ScriptedLLM, TaskScript
 from test_resume import FAST
 
-from orchestrator import Budget, Catalog, Orchestrator, UnifiedClient
-from orchestrator.routing.profiles import LATENCY_SAMPLES, ModelProfile
+from orchestrator import Budget, Catalog, Orchestrator, StateManager, UnifiedClient
+from orchestrator.observe.telemetry import TelemetryCollector
+from orchestrator.routing.profiles import LATENCY_SAMPLES, ModelProfile, Outcomes, merged_record
 from orchestrator.run.tasks import Task, TaskType
 
 TASKS = {
@@ -66,3 +70,100 @@ async def test_the_planners_calls_count_and_cache_hits_do_not(fake, llm):
 
     assert fake.count() == sum(measured.values())
     assert not any(p.calls for p in again.profiles.values())
+
+
+# --- several orchestrators on one store ------------------------------------------------------
+CATALOG = Catalog.load(env={})
+KIMI = CATALOG.resolve("kimi-k2.5")
+
+
+def judged(telemetry: TelemetryCollector, *passes: bool) -> None:
+    for passed in passes:
+        telemetry.record_call(KIMI, 1.0, ok=True, cost_usd=0.01)
+        telemetry.record_judged(KIMI, "code_generation", passed, by_checks=not passed)
+
+
+async def worker(store: StateManager) -> TelemetryCollector:
+    """A worker's telemetry, started from what the store holds, as a run starts."""
+    telemetry = TelemetryCollector()
+    telemetry.ensure(CATALOG)
+    telemetry.restore(await store.measures.model_telemetry())
+    return telemetry
+
+
+async def stored_code(store: StateManager) -> tuple[list[int], int]:
+    record = (await store.measures.model_telemetry())[KIMI.key]
+    return record["outcomes"]["code_generation"], record["calls"]
+
+
+async def test_workers_saving_the_same_model_at_once_keep_each_others_measurements(
+    state_location,
+):
+    async with StateManager(state_location) as first, StateManager(state_location) as second:
+        earlier = await worker(first)
+        judged(earlier, True, True, True)
+        await earlier.save(first.measures)
+        # Two workers start from the three answers saved, then each judges its own.
+        a, b = await worker(first), await worker(second)
+        judged(a, True, True, False)
+        judged(b, False, False, False, False)
+
+        await asyncio.gather(a.save(first.measures), b.save(second.measures))
+        (passed, failed, *_), calls = await stored_code(first)
+        assert (passed, failed, calls) == (3 + 2, 1 + 4, 3 + 3 + 4)
+
+        # A second save adds only what was judged since the first.
+        judged(a, True)
+        await asyncio.gather(a.save(first.measures), a.save(first.measures))
+        (passed, failed, *_), calls = await stored_code(second)
+        assert (passed, failed, calls) == (6, 5, 11)
+        # What each worker keeps in memory is still its own view.
+        assert a.profiles[KIMI.key].outcomes["code_generation"].judged == 3 + 4
+
+
+async def test_two_orchestrators_running_at_once_on_one_store_add_up_what_they_learned(
+    fake, state_location
+):
+    fake.responder = ScriptedLLM(delay=0.02)  # both have loaded the store before either saves
+
+    async def run_on(store: StateManager, project: str) -> Orchestrator:
+        async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+            orch = Orchestrator(
+                budget=Budget(max_usd=5.0), client=client, use_cache=False, state_manager=store
+            )
+            await orch.run_project(f"[project] {project}", "add works", project, tasks=TASKS)
+            return orch
+
+    async with StateManager(state_location) as first, StateManager(state_location) as second:
+        orchestrators = await asyncio.gather(run_on(first, "one"), run_on(second, "two"))
+        records = await first.measures.model_telemetry()
+
+    def answers(outcomes) -> int:
+        return sum(Outcomes.from_record(o).judged for o in outcomes.values())
+
+    learned = sum(
+        p.outcomes[TaskType.CODE_GEN.value].judged
+        for orch in orchestrators
+        for p in orch.profiles.values()
+        if TaskType.CODE_GEN.value in p.outcomes
+    )
+    saved = sum(answers(r.get("outcomes", {})) for r in records.values())
+    assert learned >= 2 and saved == learned
+    calls = sum(p.calls for orch in orchestrators for p in orch.profiles.values())
+    assert sum(r["calls"] for r in records.values()) == calls
+
+
+def test_a_saved_average_takes_this_processs_samples_on_top_of_what_others_saved():
+    since = ModelProfile(KIMI, "cn", True, 0.8)
+    now = ModelProfile(KIMI, "cn", True, 0.8)
+    now.record_quality(1.0)  # one evaluation here: 0.8 -> 0.84
+    now.record_call(0.5, ok=True, cost_usd=0.01)
+    stored = {**since.to_record(), "quality": 0.5, "calls": 7, "recent_latencies_ms": [900.0]}
+
+    merged = merged_record(stored, now.to_record(), since.to_record())
+
+    # As if the stored average had taken the same sample: 0.8 x 0.5 + 0.2 x 1.0.
+    assert merged["quality"] == pytest.approx(0.6)
+    assert merged["calls"] == 8
+    assert merged["recent_latencies_ms"] == [900.0, 500.0]
+    assert merged_record(None, now.to_record(), since.to_record()) == now.to_record()

@@ -8,11 +8,20 @@ the cache or the journal are not calls: they measure nothing and never pull the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.llm.catalog import Catalog, Model
-from orchestrator.routing.profiles import ModelProfile, build_default_profiles, judged_of_type
+from orchestrator.routing.profiles import (
+    ModelProfile,
+    build_default_profiles,
+    judged_of_type,
+    merged_record,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.store.measures import Measures
 
 
 class TelemetryCollector:
@@ -20,6 +29,9 @@ class TelemetryCollector:
 
     def __init__(self, profiles: dict[str, ModelProfile] | None = None) -> None:
         self.profiles: dict[str, ModelProfile] = profiles if profiles is not None else {}
+        # Each profile's record as it was last loaded from the store or saved to it: what it
+        # measured since is what a save adds to the store's.
+        self._synced: dict[str, dict[str, Any]] = {}
 
     def ensure(self, catalog: Catalog) -> None:
         """A profile for every model of ``catalog`` (built once, then measured in place)."""
@@ -71,3 +83,39 @@ class TelemetryCollector:
             profile = self.profiles.get(key)
             if profile is not None and not profile.measured:
                 profile.restore(record)
+                self._synced[key] = profile.to_record()
+
+    async def save(self, measures: Measures) -> None:
+        """Add what was measured since the last load or save to what the store holds, model by
+        model in one transaction (``merged_record``): other processes saving the same models on
+        the same store keep theirs, and ours is not counted twice. Safe to run while another
+        save of this collector is under way: each adds what the other does not."""
+        pending = {}
+        for key, profile in self.measured().items():
+            now, since = profile.to_record(), self._synced.get(key)
+            if now != since:
+                pending[key] = (now, since)
+                self._synced[key] = now  # the next save adds only what comes after
+        if not pending:
+            return
+        try:
+            await measures.save_model_telemetry(
+                {
+                    key: functools.partial(_update, now=now, since=since)
+                    for key, (now, since) in pending.items()
+                }
+            )
+        except BaseException:
+            for key, (now, since) in pending.items():
+                if self._synced.get(key) is now:  # no later save counted on it: try again
+                    if since is None:
+                        self._synced.pop(key, None)
+                    else:
+                        self._synced[key] = since
+            raise
+
+
+def _update(
+    stored: dict[str, Any] | None, *, now: dict[str, Any], since: dict[str, Any] | None
+) -> dict[str, Any]:
+    return merged_record(stored, now, since)

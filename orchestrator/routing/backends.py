@@ -11,6 +11,7 @@ normalised quality, trust, cost and latency, ``ParetoBackend`` on the non-domina
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +34,18 @@ class Candidate:
     # The task type whose answers the job writes (an author's job), for backends that learn
     # from how answers were judged; None for the planner, critics and evaluators.
     task_type: TaskType | None = None
+    # What an attempt at the job pays besides this call, whoever writes it: the critique of the
+    # answer and the verdicts on it (an author's job under a learning backend; else 0).
+    overhead_usd: float = 0.0
 
     @property
     def model(self) -> Model:
         return self.profile.model
+
+    @property
+    def attempt_usd(self) -> float:
+        """What one attempt at the job costs with this model: its call and the overhead."""
+        return self.cost_usd + self.overhead_usd
 
 
 @dataclass(frozen=True)
@@ -152,16 +161,29 @@ class ParetoBackend:
 
 class AdaptiveBackend:
     """Learns, per task type and model, which model passes its checks for the least money:
-    Thompson sampling over passes a dollar.
+    passes a dollar of a whole attempt.
 
-    For each candidate a pass rate is drawn from its Beta posterior: the catalog's quality as a
-    prior worth ``PRIOR_ANSWERS`` answers, then how its answers to this task type were judged
-    (this run's and, through the telemetry, earlier runs'), times its calls' trust. Candidates
-    drawn at ``MIN_PASS_RATE`` or more go first, by drawn rate per dollar of a call (the
-    measured cost once there is one); the rest follow by drawn rate, since a model that fails
-    more often than it passes is no bargain at any price. (A model whose answers keep failing
-    their checks is held back by the router, whatever the backend.) Jobs that write no answer of
-    their own (the planner, critics, evaluators) learn nothing here: ``fallback`` orders them.
+    Each candidate's pass rate has a Beta posterior: the catalog's quality as a prior worth
+    ``PRIOR_ANSWERS`` answers, then how its answers to this task type were judged (this run's
+    and, through the telemetry, earlier runs'). A candidate is ranked on its posterior mean,
+    except that each of K candidates is, one time in K, ranked on a draw from its posterior
+    instead (Thompson sampling exploring with probability 1/K): every model keeps a chance to
+    show what it does, without the work being spread over every model that might be as good,
+    as a draw for every candidate spreads it. A model whose latest answer of the type failed its
+    checks is not drawn: it has just shown what it does. Either rate is taken times the trust
+    the model's calls earned.
+
+    Candidates go first by that rate per dollar of an attempt: the call and what every attempt
+    pays besides, its critique and its verdicts (``Candidate.overhead_usd``), since a failed
+    answer pays them all again at its revision. Those whose rate is likely under
+    ``MIN_PASS_RATE`` (the mean plus one posterior standard deviation is under it) follow by
+    rate: a model that fails more often than it passes is no bargain at any price. Ties go to
+    the model measured faster.
+
+    The router holds back a model whose answers keep failing their checks, whatever the
+    backend; under this one, a model with passes on record only for a failing streak its
+    record makes unlikely (``rate_before_streak``). Jobs that write no answer of their own (the
+    planner, critics, evaluators) learn nothing here: ``fallback`` orders them.
     """
 
     name = "adaptive"
@@ -176,35 +198,59 @@ class AdaptiveBackend:
     def rank(self, candidates: Sequence[Candidate]) -> list[Ranked]:
         if not candidates or any(c.task_type is None for c in candidates):
             return self.fallback.rank(candidates)
-        drawn = [self.drawn(c) for c in candidates]
-        worth = [r for r in drawn if r.figures["drawn"] >= MIN_PASS_RATE]
-        rest = [r for r in drawn if r.figures["drawn"] < MIN_PASS_RATE]
-        return _best_first(worth) + sorted(rest, key=lambda r: -r.figures["drawn"])
+        explore = 1 / len(candidates)
+        drawn = [(self.drawn(c, explore), c) for c in candidates]
+        worth = [(r, c) for r, c in drawn if r.figures["upper"] >= MIN_PASS_RATE]
+        rest = [(r, c) for r, c in drawn if r.figures["upper"] < MIN_PASS_RATE]
+        worth.sort(key=lambda rc: (-rc[0].score, _latency(rc[1])))
+        rest.sort(key=lambda rc: (-rc[0].figures["drawn"], _latency(rc[1])))
+        return [r for r, _ in worth + rest]
 
-    def drawn(self, candidate: Candidate) -> Ranked:
-        """The candidate with a pass rate drawn from its posterior, and why."""
+    def drawn(self, candidate: Candidate, explore: float = 0.0) -> Ranked:
+        """The candidate with the pass rate it is ranked on, and why: its posterior mean, or with
+        probability ``explore`` a draw from its posterior."""
         assert candidate.task_type is not None
         profile, kind = candidate.profile, candidate.task_type
         seen = profile.outcomes.get(kind.value)
         passed, failed = (seen.passed, seen.failed) if seen is not None else (0, 0)
-        prior = min(max(profile.model.quality, 0.05), 0.95)
-        alpha = PRIOR_ANSWERS * prior + passed
-        beta = PRIOR_ANSWERS * (1 - prior) + failed
-        rate = self.random.betavariate(alpha, beta) * profile.trust
-        per_usd = rate / max(candidate.cost_usd, MIN_COST_USD)
+        prior = _prior(profile)
+        alpha, beta = _posterior(prior, passed, failed)
+        mean = alpha / (alpha + beta)
+        spread = math.sqrt(alpha * beta / ((alpha + beta) ** 2 * (alpha + beta + 1)))
+        # A model whose latest answer of the type failed its checks is ranked on its record, not
+        # explored: a draw is for what it might do, and it has just shown what it does.
+        failing = seen is not None and seen.failing_checks > 0
+        explored = self.random.random() < explore and not failing
+        rate = (self.random.betavariate(alpha, beta) if explored else mean) * profile.trust
+        upper = min(1.0, mean + spread) * profile.trust
+        attempt = candidate.attempt_usd
+        per_usd = rate / max(attempt, MIN_COST_USD)
         figures = {
-            "passed": float(passed), "failed": float(failed), "prior": prior,
-            "mean": alpha / (alpha + beta), "drawn": rate, "cost_usd": candidate.cost_usd,
-            "passes_per_usd": per_usd,
+            "passed": float(passed), "failed": float(failed), "prior": prior, "mean": mean,
+            "drawn": rate, "explored": float(explored), "upper": upper,
+            "cost_usd": candidate.cost_usd, "attempt_usd": attempt, "passes_per_usd": per_usd,
         }  # fmt: skip
+        how = f"drawn {rate:.2f}" if explored else "not drawn: ranked on its mean"
+        paid = f"{_usd(attempt)} an attempt"
+        if candidate.overhead_usd:
+            paid += f" (the call {_usd(candidate.cost_usd)})"
         reason = (
             f"{kind.value} passed {passed} of {passed + failed} (prior {prior:.2f}): mean "
-            f"{figures['mean']:.2f}, drawn {rate:.2f}; {_usd(candidate.cost_usd)} a call = "
-            f"{per_usd:,.0f} passes a dollar"
+            f"{mean:.2f}, {how}; {paid} = {per_usd:,.0f} passes a dollar"
         )
-        if rate < MIN_PASS_RATE:
-            reason += f"; drawn under {MIN_PASS_RATE:.0%}: after those likelier to pass"
+        if upper < MIN_PASS_RATE:
+            reason += f"; likely under {MIN_PASS_RATE:.0%}: after those likelier to pass"
         return Ranked(candidate.model, per_usd, reason, figures)
+
+    def rate_before_streak(self, profile: ModelProfile, task_type: str) -> float | None:
+        """Its pass rate at ``task_type`` as its record had it before its latest answers failed
+        their checks in a row (the posterior mean); None with no pass on record. The router
+        holds a model back only for a failing streak this rate makes unlikely."""
+        seen = profile.outcomes.get(task_type)
+        if seen is None or not seen.passed:
+            return None
+        alpha, beta = _posterior(_prior(profile), seen.passed, seen.failed - seen.failing_checks)
+        return alpha / (alpha + beta)
 
 
 BACKENDS: dict[str, type[OptimizationBackend]] = {
@@ -220,11 +266,28 @@ BACKENDS: dict[str, type[OptimizationBackend]] = {
 
 # What the catalog's quality prior is worth, in answers seen.
 PRIOR_ANSWERS = 4.0
-# A drawn pass rate under this goes after every candidate likelier to pass, however cheap.
+# A model whose pass rate is likely under this (its posterior mean plus one standard deviation
+# is) goes after every candidate likelier to pass, however cheap.
 MIN_PASS_RATE = 0.5
 
 # A model that costs nothing (a local endpoint) still has to be divided by something.
 MIN_COST_USD = 1e-7
+
+
+def _prior(profile: ModelProfile) -> float:
+    """The catalog's quality, kept off 0 and 1 so that evidence can always move it."""
+    return min(max(profile.model.quality, 0.05), 0.95)
+
+
+def _posterior(prior: float, passed: int, failed: int) -> tuple[float, float]:
+    """The Beta posterior of a pass rate: ``prior`` worth ``PRIOR_ANSWERS`` answers, then these."""
+    return PRIOR_ANSWERS * prior + passed, PRIOR_ANSWERS * (1 - prior) + max(failed, 0)
+
+
+def _latency(c: Candidate) -> float:
+    """For a tie: the measured latency, a model not measured yet after those that were."""
+    latency = c.profile.latency_ms
+    return math.inf if latency is None else latency
 
 
 def _dominates(a: Candidate, b: Candidate) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,11 @@ from orchestrator.llm.catalog import Catalog, Model
 # two unlucky answers would leave its share of the work to dearer ones.
 DEMOTE_AFTER = 2
 DEMOTED_FOR = 20
+# Under a router that learns, a model with passes on record is held back only once its failing
+# streak is one its record makes less likely than this: a model that passes 60% fails two in a
+# row one time in six, and its posterior has counted those failures already. A streak that rare
+# says the model changed (a new version, a broken deployment), which its record cannot say yet.
+UNLIKELY_STREAK = 0.01
 # Weight of the newest sample in the moving averages of a profile.
 PROFILE_EMA_ALPHA = 0.2
 LATENCY_SAMPLES = 50  # the rolling buffer a profile's p95 latency is read from
@@ -154,11 +159,13 @@ class Outcomes:
                 self.failing_checks += 1
                 self.failed_checks_at = of_type
 
-    def demoted(self, of_type: int) -> bool:
+    def demoted(self, of_type: int, rate_before: float | None = None) -> bool:
         """Whether its last ``DEMOTE_AFTER`` answers failed their checks, the last of them
-        fewer than ``DEMOTED_FOR`` answers of the type ago (``of_type``: judged so far)."""
+        fewer than ``DEMOTED_FOR`` answers of the type ago (``of_type``: judged so far); given
+        ``rate_before``, its pass rate as learned before the streak, only a streak that rate makes
+        less likely than ``UNLIKELY_STREAK`` counts (``streak_held_back``)."""
         recent = of_type - self.failed_checks_at < DEMOTED_FOR
-        return self.failing_checks >= DEMOTE_AFTER and recent
+        return self.failing_checks >= streak_held_back(rate_before) and recent
 
     def to_record(self) -> list[int]:
         return [self.passed, self.failed, self.failing_checks, self.failed_checks_at]
@@ -181,20 +188,117 @@ class Outcomes:
         )
 
 
+def streak_held_back(rate_before: float | None = None) -> int:
+    """The answers failing their checks in a row that hold a model back: ``DEMOTE_AFTER``, or,
+    for a model learned to pass at ``rate_before``, the shortest streak that rate makes less
+    likely than ``UNLIKELY_STREAK`` (never fewer than ``DEMOTE_AFTER``)."""
+    if rate_before is None or not 0 < rate_before < 1:
+        return DEMOTE_AFTER
+    unlikely = math.ceil(math.log(UNLIKELY_STREAK) / math.log(1 - rate_before) - 1e-9)
+    return max(DEMOTE_AFTER, unlikely)
+
+
 def judged_of_type(profiles: Iterable[ModelProfile], task_type: str) -> int:
     """Answers to tasks of ``task_type`` judged so far, every model's: a demotion's clock."""
     return sum(p.outcomes[task_type].judged for p in profiles if task_type in p.outcomes)
 
 
-def demoted(profiles: Mapping[str, ModelProfile], task_type: str) -> dict[str, int]:
+def demoted(
+    profiles: Mapping[str, ModelProfile],
+    task_type: str,
+    rate_before: Callable[[ModelProfile, str], float | None] | None = None,
+) -> dict[str, int]:
     """The models whose answers to ``task_type`` keep failing their checks, by key, with how
-    many in a row (``Outcomes.demoted``): held back, so the work goes to others."""
+    many in a row (``Outcomes.demoted``): held back, so the work goes to others. A router that
+    learns gives ``rate_before``, a model's pass rate at the type as learned before its failing
+    streak (None: nothing passed to learn from)."""
     of_type = judged_of_type(profiles.values(), task_type)
-    return {
-        key: found.failing_checks
-        for key, profile in profiles.items()
-        if (found := profile.outcomes.get(task_type)) is not None and found.demoted(of_type)
-    }
+    held: dict[str, int] = {}
+    for key, profile in profiles.items():
+        found = profile.outcomes.get(task_type)
+        if found is None or not found.failing_checks:
+            continue
+        rate = rate_before(profile, task_type) if rate_before is not None else None
+        if found.demoted(of_type, rate):
+            held[key] = found.failing_checks
+    return held
+
+
+# What a profile's record counts, and which of its counts moves each of its moving averages.
+_COUNTERS = ("calls", "failures", "evaluations", "validator_failures")
+
+
+def merged_record(
+    stored: Mapping[str, Any] | None,
+    now: Mapping[str, Any],
+    since: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What the store should hold for a model once this process saves: ``stored`` (what every
+    process saved until now) with what this process measured since ``since`` (its record when
+    it last loaded or saved it; None: nothing of it came from the store), ``now`` being its
+    record now. Counters add this process's increments; each moving average takes this
+    process's samples on top of the stored one (as if they had come after it); this process's
+    new latencies join the stored ones; a task type's passes and failures add up, its failing
+    streak is the longer one (as ``merge_profiles`` has it). Several processes saving the same
+    model this way lose none of each other's measurements."""
+    if stored is None or not stored:
+        return dict(now)
+    base = since or {}
+    merged = {**now, **stored}
+    delta = {name: max(0, int(now.get(name, 0)) - int(base.get(name, 0))) for name in _COUNTERS}
+    for name in _COUNTERS:
+        merged[name] = int(stored.get(name, 0)) + delta[name]
+    answered = max(0, delta["calls"] - delta["failures"])
+    moved_by = {"quality": delta["evaluations"], "trust": delta["calls"],
+                "latency_ms": answered, "cost_avg_usd": answered}  # fmt: skip
+    for name, samples in moved_by.items():
+        merged[name] = _moved(stored.get(name), base.get(name), now.get(name), samples)
+    latest = list(now.get("recent_latencies_ms") or [])
+    new = latest[len(latest) - min(answered, len(latest)) :]
+    merged["recent_latencies_ms"] = [*list(stored.get("recent_latencies_ms") or []), *new][
+        -LATENCY_SAMPLES:
+    ]
+    merged["outcomes"] = _merged_outcomes(
+        stored.get("outcomes"), now.get("outcomes"), base.get("outcomes")
+    )
+    return merged
+
+
+def _moved(stored: Any, since: Any, now: Any, samples: int) -> Any:
+    """A moving average as stored, moved by the ``samples`` this process took since ``since``
+    (which moved its own from ``since`` to ``now``): an average after n samples is the start's
+    share (1 - alpha)^n plus the samples', so the stored one takes the samples' part as is."""
+    if samples <= 0 or now is None:
+        return stored if stored is not None else now
+    if stored is None:
+        return now
+    start = since if since is not None else now
+    kept = (1 - PROFILE_EMA_ALPHA) ** samples
+    return float(now) + kept * (float(stored) - float(start))
+
+
+def _merged_outcomes(stored: Any, now: Any, since: Any) -> dict[str, list[int]]:
+    """The outcomes by task type (``Outcomes.to_record`` lists): the stored ones with this
+    process's passes and failures since ``since`` added."""
+
+    def read(found: Any) -> dict[str, Outcomes]:
+        if not isinstance(found, Mapping):
+            return {}
+        return {str(kind): Outcomes.from_record(record) for kind, record in found.items()}
+
+    stored_by, now_by, since_by = read(stored), read(now), read(since)
+    merged = dict(stored_by)
+    for kind, mine in now_by.items():
+        before = since_by.get(kind, Outcomes())
+        added = Outcomes(
+            max(0, mine.passed - before.passed),
+            max(0, mine.failed - before.failed),
+            mine.failing_checks,
+            mine.failed_checks_at,
+        )
+        if added.judged:
+            merged[kind] = merged.get(kind, Outcomes()).merged(added)
+    return {kind: found.to_record() for kind, found in sorted(merged.items())}
 
 
 def _ema(average: float, sample: float) -> float:

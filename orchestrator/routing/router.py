@@ -224,21 +224,17 @@ class Router:
         output_tokens: int,
         away_from: Model | None = None,
     ) -> list[Model]:
-        measured_as = ROLE_TASK_TYPES.get(role, task_type)
-        candidates = [
-            Candidate(
-                profile=(profile := self._profile(model)),
-                cost_usd=self._call_cost(profile, measured_as, output_tokens),
-                table_rank=preferred.index(model) if model in preferred else None,
-                task_type=task_type if role == "generation" else None,
-            )
-            for model in self.usable
-        ]
+        # The task type of an author's job; None for the planner, critics and evaluators.
+        writes = task_type if role == "generation" else None
+        candidates = self._candidates(role, task_type, writes, preferred, output_tokens)
         screened = self.planner.screen(candidates)
         ranked = self.backend.rank(screened.allowed)
         if away_from is not None:
             ranked = _away_from(away_from, ranked)
-        held = demoted(self.profiles, task_type.value) if role == "generation" and task_type else {}
+        # A learning backend says what a model's record made of its pass rate before its
+        # failing streak: only a streak that rate makes unlikely holds the model back.
+        record = getattr(self.backend, "rate_before_streak", None)
+        held = demoted(self.profiles, writes.value, record) if writes is not None else {}
         ready: list[Ranked] = []
         held_back: list[tuple[Model, str]] = []
         for r in ranked:
@@ -268,6 +264,62 @@ class Router:
         if self.on_decision is not None:
             self.on_decision(decision)
         return decision.chain
+
+    def _candidates(
+        self,
+        role: str,
+        task_type: TaskType | None,
+        writes: TaskType | None,
+        preferred: list[Model],
+        output_tokens: int,
+    ) -> list[Candidate]:
+        """Every usable model for the job, with its estimated cost and table position; for an
+        author's job under a backend that weighs whole attempts (one that learns what passes),
+        what an attempt pays besides the call too."""
+        measured_as = ROLE_TASK_TYPES.get(role, task_type)
+        overhead = self._attempt_overheads(writes) if writes is not None and self.learns else None
+        return [
+            Candidate(
+                profile=(profile := self._profile(model)),
+                cost_usd=self._call_cost(profile, measured_as, output_tokens),
+                table_rank=preferred.index(model) if model in preferred else None,
+                task_type=writes,
+                overhead_usd=overhead(model) if overhead is not None else 0.0,
+            )
+            for model in self.usable
+        ]
+
+    def _attempt_overheads(self, task_type: TaskType) -> Callable[[Model], float]:
+        """What an author's attempt at ``task_type`` pays besides its own call, by author: the
+        critique of its answer and the two verdicts on it, from the first critic and evaluators
+        this router would ask for that author (another provider's first), each call estimated
+        as every call is."""
+        whole = replace(self, on_decision=None, max_fallbacks=len(self.usable))
+        role = TaskType.CODE_REVIEW if task_type is TaskType.CODE_GEN else task_type
+        critics = whole._select(
+            "critic", task_type, None, self._preferred(role), CRITIQUE_MAX_TOKENS
+        )
+        graders = whole._select(
+            "evaluator", task_type, None, self._preferred(TaskType.EVALUATE),
+            self.max_tokens(TaskType.EVALUATE),
+        )  # fmt: skip
+        critique = {
+            m: self._call_cost(self._profile(m), ROLE_TASK_TYPES["critic"], CRITIQUE_MAX_TOKENS)
+            for m in critics
+        }
+        verdict = {
+            m: self._call_cost(
+                self._profile(m), TaskType.EVALUATE, self.max_tokens(TaskType.EVALUATE)
+            )
+            for m in graders
+        }
+
+        def overhead(author: Model) -> float:
+            critic = [m for m in _away_from_models(author, critics) if m != author][:1]
+            judges = [m for m in _away_from_models(author, graders) if m != author][:2]
+            return sum(critique[m] for m in critic) + sum(verdict[m] for m in judges)
+
+        return overhead
 
     def _call_cost(
         self, profile: ModelProfile, task_type: TaskType | None, output_tokens: int
@@ -308,6 +360,14 @@ class Router:
             if model in self.usable and model not in preferred:
                 preferred.append(model)
         return preferred
+
+
+def _away_from_models(author: Model, models: Iterable[Model]) -> list[Model]:
+    """``models`` another provider's first, then the author's provider's others, the author last."""
+    items = list(models)
+    other_provider = [m for m in items if m.provider != author.provider]
+    other_model = [m for m in items if m.provider == author.provider and m != author]
+    return other_provider + other_model + [m for m in items if m == author]
 
 
 def _away_from(author: Model, ranked: Iterable[Ranked]) -> list[Ranked]:

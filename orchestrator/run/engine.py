@@ -378,7 +378,7 @@ class Run:
     async def _save_telemetry(self) -> None:
         if self.session.may_write:
             assert self.session.store is not None
-            await self.session.store.measures.save_model_telemetry(self.owner.telemetry.export())
+            await self.owner.telemetry.save(self.session.store.measures)
 
     async def _close_unfinished(self, timed_out: bool) -> None:
         state = self.state

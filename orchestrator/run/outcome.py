@@ -109,7 +109,7 @@ async def save_end(owner: Orchestrator, session: Session, state: ProjectState) -
     assert session.store is not None
     estimates = owner.cost_predictor.export()
     await asyncio.shield(session.store.measures.save_cost_estimates(state.project_id, estimates))
-    await asyncio.shield(session.store.measures.save_model_telemetry(owner.telemetry.export()))
+    await asyncio.shield(owner.telemetry.save(session.store.measures))
     holder = session.lease.owner if session.lease else None
     await asyncio.shield(
         session.store.projects.finish(

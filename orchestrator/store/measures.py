@@ -7,12 +7,15 @@ All of it is derived (redone, not paid for), so it is written without a sync of 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchestrator.money.units import nanos_to_usd
-from orchestrator.store.base import Store
+from orchestrator.store.base import Program, Store
 from orchestrator.store.projects import parse_plan
+
+# What a model's telemetry record becomes, given the one stored (None: none, or unreadable).
+Update = Callable[[dict[str, Any] | None], dict[str, Any]]
 
 
 class Measures:
@@ -89,22 +92,45 @@ class Measures:
     async def model_telemetry(self) -> dict[str, dict[str, Any]]:
         rows = await self._store.run("SELECT model, record FROM model_telemetry")
         found: dict[str, dict[str, Any]] = {}
-        for model, record in rows:
-            try:
-                found[str(model)] = json.loads(record)
-            except ValueError:
-                continue  # a damaged row only costs what it measured
+        for model, text in rows:
+            record = _record(text)
+            if record is not None:  # a damaged row only costs what it measured
+                found[str(model)] = record
         return found
 
-    async def save_model_telemetry(self, records: Mapping[str, dict[str, Any]]) -> None:
-        await self._store.transaction(
-            [
-                (
+    async def save_model_telemetry(self, records: Mapping[str, dict[str, Any] | Update]) -> None:
+        """Each model's telemetry record, in one transaction: a record as it is, or an update,
+        given what is stored for the model (None: nothing yet) and returning what to store.
+
+        An update reads the model's row locked (inserted empty if there was none), so that
+        processes saving the same model at once on a shared store take turns: each merges
+        into what the other wrote rather than overwriting it. Models are taken in one order
+        (their keys), so two such saves never deadlock."""
+
+        def save() -> Program[None]:
+            for model in sorted(records):
+                update = records[model]
+                if callable(update):
+                    rows = yield (
+                        "INSERT INTO model_telemetry (model, record) VALUES (?, 'null')"
+                        " ON CONFLICT (model) DO UPDATE SET record = model_telemetry.record"
+                        " RETURNING record",
+                        (model,),
+                    )
+                    update = update(_record(rows[0][0]) if rows else None)
+                yield (
                     "INSERT INTO model_telemetry (model, record) VALUES (?, ?)"
                     " ON CONFLICT (model) DO UPDATE SET record = excluded.record",
-                    (model, json.dumps(record)),
+                    (model, json.dumps(update)),
                 )
-                for model, record in records.items()
-            ],
-            durable=False,  # derived: redone, not paid for
-        )
+
+        await self._store.atomic(save(), durable=False)  # derived: redone, not paid for
+
+
+def _record(text: Any) -> dict[str, Any] | None:
+    """A stored telemetry record, or None for none (a row just made) or a damaged one."""
+    try:
+        record = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
