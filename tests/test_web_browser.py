@@ -19,6 +19,7 @@ from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
 from orchestrator.money.units import format_usd
+from orchestrator.run.tasks import Task, TaskResult, TaskStatus, TaskType
 from orchestrator.store.state import StateManager
 
 playwright = pytest.importorskip("playwright.async_api", reason="needs the dev extra")
@@ -135,3 +136,31 @@ async def _journal_rows(project_id: str) -> int:
     async with StateManager() as store:
         _, total = await store.journal.latest(project_id, 1)
     return total
+
+
+async def test_the_table_of_every_task_of_a_large_project_follows_it_too(page_server):
+    tasks = {
+        f"t{n}": Task(f"t{n}", TaskType.SUMMARIZE, f"[t{n}] Summarise.", []) for n in range(201)
+    }
+    async with StateManager() as store:
+        await store.projects.create(
+            "big", description="A large project", criteria="each summary reads well",
+            max_usd=2.0, max_time_seconds=600.0, settings={},
+        )  # fmt: skip
+        await store.projects.save_plan("big", tasks, list(tasks), 1.0)
+    async with playwright.async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM)
+        page = await browser.new_page()
+        await page.goto(page_server + "/project/big")
+        await page.get_by_text("the table of all 201 tasks").click()
+        await shown(page.locator("#task-t7 td.state"), "not run")
+        await page.evaluate("window.loadedOnce = true")
+
+        done = TaskResult("t7", output="A summary.", score=0.9, status=TaskStatus.COMPLETED)
+        async with StateManager() as store:
+            await store.projects.checkpoint("big", "t7", done.to_record(), final=True, elapsed=2.0)
+
+        await shown(page.locator("#task-t7 td.state"), "completed")
+        assert await page.evaluate("window.loadedOnce") is True
+        assert page.url.endswith("/project/big?tasks=all")
+        await browser.close()
