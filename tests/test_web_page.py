@@ -341,3 +341,20 @@ async def test_a_large_projects_table_of_tasks_is_a_page_of_its_own():
     for shown in (every_task, fragment):
         assert len(records(shown, "tasks")) == 201
     assert 'data-live="/project/big/live?tasks=all"' in every_task
+
+
+async def test_a_project_id_with_a_slash_from_a_script_has_its_pages_all_the_same():
+    await save_stopped_project("team/nightly build")
+
+    with serving() as server:
+        link = re.search(r'<a href="(/project/team[^"]+)">', server.page("/"))
+        assert link is not None
+        page = server.page(html.unescape(link.group(1)))
+        live = server.get(html.unescape(re.search(r'data-live="([^"]+)"', page).group(1)))
+        task_link = re.search(r'<a href="(/project/team[^"]+/task/a)">', page)
+        assert task_link is not None
+        task = server.page(html.unescape(task_link.group(1)))
+
+    assert "team/nightly build" in page and task_states(page)["a"] == "completed"
+    assert live.status == 200 and "team/nightly build" in live.text
+    assert "[a] Write add." in task

@@ -64,9 +64,10 @@ def create_app(
     routes = [
         Route("/", pages.index),
         Route("/live", pages.index_live),
-        Route("/project/{project_id}", pages.project),
-        Route("/project/{project_id}/live", pages.project_live),
-        Route("/project/{project_id}/task/{task_id}", pages.task),
+        # A project id from a script may hold a "/": the paths below it are matched first.
+        Route("/project/{project_id:path}/live", pages.project_live),
+        Route("/project/{project_id:path}/task/{task_id}", pages.task),
+        Route("/project/{project_id:path}", pages.project),
         Mount("/static", StaticFiles(packages=[("orchestrator.web", "static")]), name="static"),
     ]
     return Starlette(
