@@ -10,10 +10,20 @@ import json
 import os
 import re
 import socket
+from pathlib import Path
 
 import pytest
 from conftest import fake_env, sqlite_rows
 from served import mark_of, records, serving, table
+from test_integration import (
+    BUGGY_LIBRARY,
+    LIBRARY,
+    TESTS,
+    library_and_tests,
+    needs_sandbox,
+    scripted,
+)
+from test_integration import run as run_integrated
 from test_resume import FAST
 
 from orchestrator import Budget, Orchestrator, UnifiedClient
@@ -358,3 +368,20 @@ async def test_a_project_id_with_a_slash_from_a_script_has_its_pages_all_the_sam
     assert "team/nightly build" in page and task_states(page)["a"] == "completed"
     assert live.status == 200 and "team/nightly build" in live.text
     assert "[a] Write add." in task
+
+
+@needs_sandbox
+async def test_the_integration_rounds_show_what_failed_and_who_was_asked_to_revise(fake):
+    scripted(fake, {"lib": BUGGY_LIBRARY, "tests": TESTS}, {"lib": LIBRARY})
+    home = Path(os.environ["ORCHESTRATOR_HOME"])  # the store the page reads
+    state, _ = await run_integrated(fake, library_and_tests(), home)
+    assert [r.passed for r in state.integration.rounds] == [False, True]
+
+    with serving() as server:
+        page = html.unescape(server.page("/project/rl"))
+
+    rounds = re.findall(r"<li><strong>round (\d): (\w+)</strong>", page)
+    assert rounds == [("1", "failed"), ("2", "passed")]
+    assert "pytest: failed" in page and "pytest: passed" in page
+    assert "tests/test_bucket.py::test_takes_until_empty" in page
+    assert "revision asked of lib, tests" in page
