@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import fake_env, sqlite_rows
+from conftest import fake_env, run_cli, sqlite_rows
 from served import mark_of, records, serving, table
 from test_integration import (
     BUGGY_LIBRARY,
@@ -385,3 +385,20 @@ async def test_the_integration_rounds_show_what_failed_and_who_was_asked_to_revi
     assert "pytest: failed" in page and "pytest: passed" in page
     assert "tests/test_bucket.py::test_takes_until_empty" in page
     assert "revision asked of lib, tests" in page
+
+
+async def test_a_project_waiting_for_a_worker_says_so_rather_than_how_to_resume_it(
+    fake, postgres_url, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("ORCHESTRATOR_DB_URL", postgres_url)  # the store the page reads
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_DB_URL": postgres_url}
+    submitted = run_cli("--submit", "-p", PROJECT, "-c", CRITERIA, "--project-id", "queued",
+                        cwd=tmp_path, env=env)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+
+    with serving() as server:
+        listed = {row["id"]: row["status"] for row in records(server.page("/"), "projects")}
+        queued = server.page("/project/queued")
+
+    assert listed == {"queued": "RUNNING waiting for a worker"}
+    assert "waiting for a worker" in queued and "--resume" not in queued

@@ -9,6 +9,8 @@ database URL is ever put on a page."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -27,12 +29,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.money.units import format_usd, nanos_to_usd
+from orchestrator.settings import DB_URL_ENV
 from orchestrator.store.base import is_postgres_url
 from orchestrator.store.projects import UnknownProjectError
 from orchestrator.store.state import StateManager
 from orchestrator.text.visible import shorten, visible
 from orchestrator.web.views import project_page, project_rows
 
+log = logging.getLogger(__name__)
 POLL_MILLISECONDS = 500  # how often a page asks whether anything changed: under a second behind
 # A project with more tasks shows its table of tasks on a page of its own (``?tasks=all``).
 TASK_TABLE_UP_TO = 200
@@ -157,22 +161,38 @@ class _Pages:
     # --- what each page shows, and the mark that says it changed -----------------------------
 
     async def _index_context(self) -> dict[str, Any]:
-        return {"projects": await project_rows(self._state)}
+        return {"projects": await project_rows(self._state, await self._queued())}
 
     async def _index_mark(self) -> str:
-        rows = await project_rows(self._state)
+        rows = await project_rows(self._state, await self._queued())
         mark = await self._state.projects.progress_mark()
-        return _digest((mark, [(row.project_id, row.live) for row in rows]))
+        return _digest((mark, [(row.project_id, row.live, row.queued) for row in rows]))
 
     async def _project_context(self, project_id: str, every_task: bool) -> dict[str, Any]:
-        page = await project_page(self._state, project_id, self.audit_log)
+        page = await project_page(self._state, project_id, self.audit_log, await self._queued())
         return {"page": page, "task_table": every_task or len(page.tasks) <= TASK_TABLE_UP_TO}
 
     async def _project_mark(self, project_id: str) -> str:
         mark = await self._state.projects.progress_mark(project_id)
         if mark[1] == 0:
             raise UnknownProjectError(project_id)
-        return _digest((mark, await self._state.holders.held(project_id)))
+        queued = project_id in await self._queued()
+        return _digest((mark, await self._state.holders.held(project_id), queued))
+
+    async def _queued(self) -> set[str]:
+        """The projects waiting in the workers' queue: only a PostgreSQL store has one."""
+        url = self.store if self.store is not None else os.environ.get(DB_URL_ENV)
+        if url is None or not is_postgres_url(url):
+            return set()
+        import psycopg  # the distributed extra, which a PostgreSQL store needs
+
+        from orchestrator.jobs.workers import waiting_for_a_worker
+
+        try:
+            return await waiting_for_a_worker(str(url))
+        except psycopg.Error as exc:  # the page still shows what the store holds
+            log.warning("cannot read the workers' queue: %s", str(exc).splitlines()[0])
+            return set()
 
     # --- rendering ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class ProjectRow:
     project_id: str
     status: str
     holder: str | None  # the machine and process of the run that holds it now
+    queued: bool  # waiting in the workers' queue for one to take it
     spent_usd: float
     max_usd: float
     tasks_done: int
@@ -120,6 +122,7 @@ class ProjectPage:
     criteria: str
     status: str
     holder: str | None  # the machine and process of the run that holds it now
+    queued: bool  # waiting in the workers' queue for one to take it
     reason: str
     spent_usd: float
     max_usd: float
@@ -163,8 +166,9 @@ class ProjectPage:
 _FINISHED = frozenset({"completed", "degraded", "failed", "skipped"})
 
 
-async def project_rows(state: StateManager) -> list[ProjectRow]:
-    """Every project, those a run holds now first, then the newest."""
+async def project_rows(state: StateManager, queued: Set[str] = frozenset()) -> list[ProjectRow]:
+    """Every project, those a run holds now first, then the newest (``queued``: the projects
+    waiting in the workers' queue)."""
     rows = []
     for summary in await state.projects.summaries():
         holder = None
@@ -175,6 +179,7 @@ async def project_rows(state: StateManager) -> list[ProjectRow]:
                 summary.project_id,
                 summary.status,
                 holder,
+                holder is None and summary.project_id in queued,
                 summary.spent_usd,
                 summary.max_usd,
                 summary.tasks_done,
@@ -186,11 +191,16 @@ async def project_rows(state: StateManager) -> list[ProjectRow]:
 
 
 async def project_page(
-    state: StateManager, project_id: str, audit_log: Path | None = None
+    state: StateManager,
+    project_id: str,
+    audit_log: Path | None = None,
+    queued: Set[str] = frozenset(),
 ) -> ProjectPage:
-    """One project as the store holds it now (``UnknownProjectError``: no such project)."""
+    """One project as the store holds it now (``UnknownProjectError``: no such project;
+    ``queued``: the projects waiting in the workers' queue)."""
     saved = await state.projects.load(project_id)
     holder = await _holder(state, project_id) if saved.status == ProjectStatus.RUNNING else None
+    waiting = holder is None and project_id in queued
     in_flight: dict[str, list[str]] = {}
     for task_id, phase, model, _held in await state.books.in_flight(project_id):
         in_flight.setdefault(task_id, []).append(f"{phase} on {model}" if model else phase)
@@ -198,7 +208,12 @@ async def project_page(
     called = {call.task_id for call in calls}
     tasks = [
         _task_view(
-            saved, task_id, holder is not None, in_flight.get(task_id, []), task_id in called
+            saved,
+            task_id,
+            holder is not None,
+            waiting,
+            in_flight.get(task_id, []),
+            task_id in called,
         )
         for task_id in saved.execution_order
     ]
@@ -210,6 +225,7 @@ async def project_page(
         criteria=saved.criteria,
         status=saved.status.value,
         holder=holder,
+        queued=waiting,
         reason=saved.reason,
         spent_usd=saved.spent_usd,
         max_usd=saved.max_usd,
@@ -244,7 +260,12 @@ async def _holder(state: StateManager, project_id: str) -> str | None:
 
 
 def _task_view(
-    saved: SavedProject, task_id: str, live: bool, in_flight: list[str], called: bool
+    saved: SavedProject,
+    task_id: str,
+    live: bool,
+    queued: bool,
+    in_flight: list[str],
+    called: bool,
 ) -> TaskView:
     task = saved.tasks[task_id] if saved.tasks else None
     result = saved.results.get(task_id)
@@ -255,7 +276,8 @@ def _task_view(
     elif result is not None or called:
         state = "running" if live else "interrupted"
     else:
-        state = "waiting" if live else "not run"  # nothing will run it until a resume does
+        # Without a run, or a worker to come, nothing will run it until a resume does.
+        state = "waiting" if live or queued else "not run"
     record = result or {}
     return TaskView(
         task_id=task_id,
