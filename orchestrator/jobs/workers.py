@@ -98,22 +98,19 @@ async def enqueue(url: str, project_ids: Iterable[str]) -> set[str]:
     return waiting
 
 
-async def waiting_for_a_worker(url: str) -> set[str]:
-    """The projects whose job waits in the queue for a worker to take it (none when nothing
-    was ever queued in ``url``'s database)."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cursor = await conn.execute(
-            "SELECT to_regclass(%s)", (f"{QUEUE_SCHEMA}.procrastinate_jobs",)
-        )
-        found = await cursor.fetchone()
-        if found is None or found[0] is None:
-            return set()
-        cursor = await conn.execute(
-            f"SELECT queueing_lock FROM {QUEUE_SCHEMA}.procrastinate_jobs"
-            " WHERE status = 'todo' AND task_name = %s",
-            (TASK_NAME,),
-        )
-        return {str(lock) for (lock,) in await cursor.fetchall() if lock}
+async def waiting_for_a_worker(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+    """The projects whose job waits in the queue for a worker to take it, read on ``conn`` (a
+    connection to the store's database; none when nothing was ever queued there)."""
+    cursor = await conn.execute("SELECT to_regclass(%s)", (f"{QUEUE_SCHEMA}.procrastinate_jobs",))
+    found = await cursor.fetchone()
+    if found is None or found[0] is None:
+        return set()
+    cursor = await conn.execute(
+        f"SELECT queueing_lock FROM {QUEUE_SCHEMA}.procrastinate_jobs"
+        " WHERE status = 'todo' AND task_name = %s",
+        (TASK_NAME,),
+    )
+    return {str(lock) for (lock,) in await cursor.fetchall() if lock}
 
 
 async def _defer(app: procrastinate.App, project_id: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -35,6 +35,9 @@ from orchestrator.store.projects import UnknownProjectError
 from orchestrator.store.state import StateManager
 from orchestrator.text.visible import shorten, visible
 from orchestrator.web.views import project_page, project_rows
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 POLL_MILLISECONDS = 500  # how often a page asks whether anything changed: under a second behind
@@ -90,6 +93,8 @@ class _Pages:
         self.store = store
         self.audit_log = audit_log
         self.state: StateManager | None = None
+        # A connection to read the workers' queue, once one is needed.
+        self.queue: psycopg.AsyncConnection[Any] | None = None
         self.templates = Environment(
             loader=PackageLoader("orchestrator.web"),
             autoescape=select_autoescape(default=True),
@@ -111,6 +116,8 @@ class _Pages:
             yield
         finally:
             await self.state.aclose()
+            if self.queue is not None:
+                await self.queue.close()
 
     @property
     def _state(self) -> StateManager:
@@ -180,7 +187,8 @@ class _Pages:
         return _digest((mark, await self._state.holders.held(project_id), queued))
 
     async def _queued(self) -> set[str]:
-        """The projects waiting in the workers' queue: only a PostgreSQL store has one."""
+        """The projects waiting in the workers' queue: only a PostgreSQL store has one. Read
+        on one connection kept for the purpose, not one a look."""
         url = self.store if self.store is not None else os.environ.get(DB_URL_ENV)
         if url is None or not is_postgres_url(url):
             return set()
@@ -189,7 +197,9 @@ class _Pages:
         from orchestrator.jobs.workers import waiting_for_a_worker
 
         try:
-            return await waiting_for_a_worker(str(url))
+            if self.queue is None or self.queue.closed:
+                self.queue = await psycopg.AsyncConnection.connect(str(url), autocommit=True)
+            return await waiting_for_a_worker(self.queue)
         except psycopg.Error as exc:  # the page still shows what the store holds
             log.warning("cannot read the workers' queue: %s", str(exc).splitlines()[0])
             return set()
