@@ -30,7 +30,14 @@ from orchestrator import Budget, Orchestrator, UnifiedClient
 from orchestrator.money.caps import BudgetHierarchy
 from orchestrator.money.units import format_usd
 from orchestrator.observe.audit import AuditLog
-from orchestrator.run.tasks import Task, TaskResult, TaskStatus, TaskType, ValidatorResult
+from orchestrator.run.tasks import (
+    ProjectStatus,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskType,
+    ValidatorResult,
+)
 from orchestrator.store.state import StateManager
 
 PROJECT = "[project] Build an add library"
@@ -402,3 +409,26 @@ async def test_a_project_waiting_for_a_worker_says_so_rather_than_how_to_resume_
 
     assert listed == {"queued": "RUNNING waiting for a worker"}
     assert "waiting for a worker" in queued and "--resume" not in queued
+
+
+async def test_a_run_that_ran_out_of_money_shows_its_status_its_reason_and_what_it_did(fake, llm):
+    llm.bill_max_output = True  # every answer as long as its limit allows: money runs out
+    async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
+        orchestrator = Orchestrator(budget=Budget(max_usd=0.02), client=client, use_cache=False)
+        state = await orchestrator.run_project(PROJECT, CRITERIA, project_id="poor")
+    assert state.status is ProjectStatus.BUDGET_EXHAUSTED
+    # Why it stopped, how far it got and how to go on, in one line.
+    assert state.reason.startswith("the budget of $0.02 cannot pay for the next call")
+    assert state.reason.endswith("resume with --resume poor (and a larger --budget)")
+
+    with serving() as server:
+        page = html.unescape(server.page("/project/poor"))
+
+    assert '<span class="status budget_exhausted">BUDGET_EXHAUSTED</span>' in page
+    assert f'<p class="reason">{state.reason}</p>' in page
+    assert "no run holds it" not in page and "running now" not in page
+    # Stopped by the budget, every task runs again on a resume: each says so, and why.
+    shown = task_states(page)
+    assert set(shown) == set(state.results) and all(r.interrupted for r in state.results.values())
+    for task_id, result in state.results.items():
+        assert shown[task_id] == f"interrupted{result.reason}"  # the state, then why

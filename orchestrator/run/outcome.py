@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.money.budget import PHASE_SHARES, Budget
+from orchestrator.money.units import format_usd
 from orchestrator.run.session import Session
 from orchestrator.run.tasks import ProjectState, ProjectStatus, TaskStatus
 from orchestrator.store.state import SavedProject
@@ -36,6 +37,30 @@ def settle(
         state.reason = describe_outage(outages)
     elif state.status is ProjectStatus.PARTIAL_SUCCESS and state.integration is not None:
         state.reason = state.integration.reason()
+    elif state.status in _LIMITS and not state.reason:
+        state.reason = _stopped_by_limit(state)
+
+
+# What stopped a run at a limit, and the flag that raises it on a resume.
+_LIMITS = {ProjectStatus.BUDGET_EXHAUSTED: "--budget", ProjectStatus.TIMEOUT: "--time"}
+
+
+def _stopped_by_limit(state: ProjectState) -> str:
+    """Why a run stopped at its budget or its time limit, how far it got, and how to go on."""
+    budget = state.budget
+    if state.status is ProjectStatus.BUDGET_EXHAUSTED:
+        limit = (
+            f"the budget of {format_usd(budget.max_usd)} cannot pay for the next call "
+            f"({format_usd(budget.spent_usd)} spent)"
+        )
+    else:
+        limit = f"the time limit of {budget.max_time_seconds:g} s ran out"
+    results = [state.results[t] for t in state.execution_order if t in state.results]
+    finished = sum(not r.interrupted for r in results)
+    return (
+        f"{limit}: {finished} of {len(state.execution_order)} tasks finished; the rest resume "
+        f"with --resume {state.project_id} (and a larger {_LIMITS[state.status]})"
+    )
 
 
 def _final_status(
