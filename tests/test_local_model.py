@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -183,11 +184,13 @@ async def test_the_anthropic_adapter_speaks_to_the_servers_messages_route(server
             # No temperature reaches this route (Anthropic's SDK takes none), so the model
             # samples and may ramble past the limit: then the route's stop reason says so, and
             # the answer is continued, and reported cut off if it still runs on.
-            # Each request its own prompt: llama.cpp counts only the prompt tokens it had to
-            # read, so the same prompt again, found in its cache, would count none.
+            # Each request its own prompt, never sent before to this server (which other tests
+            # share): llama.cpp counts only the prompt tokens it had to read, so a prompt found
+            # in its cache would count none.
+            prompt = f"{secrets.token_hex(4)}: {HELLO} (streamed: {stream})"
             try:
-                answer = await client.complete("msgs", f"{HELLO} (streamed: {stream})",
-                                               system=TERSE["system"], max_tokens=32)  # fmt: skip
+                answer = await client.complete("msgs", prompt, system=TERSE["system"],
+                                               max_tokens=32)  # fmt: skip
             except TruncatedAnswerError as cut_off:
                 assert "cut off at 32 output tokens (even after 2 continuations)" in str(cut_off)
                 assert cut_off.spent_usd == 0.0
