@@ -8,7 +8,6 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from orchestrator.money.budget import Budget
 from orchestrator.money.forecast import CostForecaster, CostPredictor, ForecastReport, SpendHistory
 from orchestrator.money.units import format_usd
 from orchestrator.observe.audit import verify
-from orchestrator.observe.progress import output_width, text_table, wrapped
+from orchestrator.observe.progress import format_time, output_width, text_table, wrapped
 from orchestrator.observe.telemetry import TelemetryCollector
 from orchestrator.routing.policy import PolicyEngine
 from orchestrator.routing.profiles import build_default_profiles
@@ -55,7 +54,7 @@ async def list_projects() -> int:
                 p.status,
                 f"{format_usd(p.spent_usd)} / {format_usd(p.max_usd)}",
                 f"{p.tasks_done}/{p.tasks_total}",
-                datetime.fromtimestamp(p.updated_at).strftime("%Y-%m-%d %H:%M:%S"),
+                format_time(p.updated_at),
             )
         )
     print("\n".join(text_table(rows)))

@@ -11,6 +11,7 @@ import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TextIO
 
 from orchestrator.code.sandbox import NO_SANDBOX
@@ -274,6 +275,11 @@ def format_elapsed(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def format_time(epoch_seconds: float) -> str:
+    """A moment as a person reads it, in local time: ``2026-12-07 21:02:25``."""
+    return datetime.fromtimestamp(epoch_seconds).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class _Terminal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from orchestrator.errors import UnknownModelError
 from orchestrator.llm.catalog import Catalog, Model
@@ -33,6 +33,7 @@ ROUTING_TABLE: dict[TaskType, tuple[tuple[str, ...], int]] = {
 
 DECOMPOSITION_MAX_TOKENS = 4096
 CRITIQUE_MAX_TOKENS = 1024
+T = TypeVar("T")
 
 
 # A job's cost is estimated for a prompt this long and an answer as long as the job allows.
@@ -230,7 +231,7 @@ class Router:
         screened = self.planner.screen(candidates)
         ranked = self.backend.rank(screened.allowed)
         if away_from is not None:
-            ranked = _away_from(away_from, ranked)
+            ranked = _away_from(away_from, ranked, lambda r: r.model)
         # A learning backend says what a model's record made of its pass rate before its
         # failing streak: only a streak that rate makes unlikely holds the model back.
         record = getattr(self.backend, "rate_before_streak", None)
@@ -315,8 +316,8 @@ class Router:
         }
 
         def overhead(author: Model) -> float:
-            critic = [m for m in _away_from_models(author, critics) if m != author][:1]
-            judges = [m for m in _away_from_models(author, graders) if m != author][:2]
+            critic = [m for m in _away_from(author, critics, _itself) if m != author][:1]
+            judges = [m for m in _away_from(author, graders, _itself) if m != author][:2]
             return sum(critique[m] for m in critic) + sum(verdict[m] for m in judges)
 
         return overhead
@@ -362,17 +363,16 @@ class Router:
         return preferred
 
 
-def _away_from_models(author: Model, models: Iterable[Model]) -> list[Model]:
-    """``models`` another provider's first, then the author's provider's others, the author last."""
-    items = list(models)
-    other_provider = [m for m in items if m.provider != author.provider]
-    other_model = [m for m in items if m.provider == author.provider and m != author]
-    return other_provider + other_model + [m for m in items if m == author]
+def _away_from(author: Model, items: Iterable[T], model_of: Callable[[T], Model]) -> list[T]:
+    """``items`` with another provider's models first, then the author's provider's others,
+    the author last; otherwise in their order."""
+
+    def place(item: T) -> tuple[bool, bool]:
+        model = model_of(item)
+        return model.provider == author.provider, model == author
+
+    return sorted(items, key=place)
 
 
-def _away_from(author: Model, ranked: Iterable[Ranked]) -> list[Ranked]:
-    items = list(ranked)
-    other_provider = [r for r in items if r.model.provider != author.provider]
-    other_model = [r for r in items if r.model.provider == author.provider and r.model != author]
-    same = [r for r in items if r.model == author]
-    return other_provider + other_model + same
+def _itself(model: Model) -> Model:
+    return model

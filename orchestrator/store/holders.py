@@ -67,6 +67,21 @@ class Holders:
             return None
         return str(holder), float(lease_until), now
 
+    async def live(self) -> dict[str, str]:
+        """The projects a live run holds now, each with its holder: one read, however many
+        projects the store has."""
+        rows = await self._store.run(
+            "SELECT id, owner, lease_until FROM projects WHERE owner IS NOT NULL"
+        )
+        if not rows:
+            return {}
+        now = await self._store.clock()
+        return {
+            str(project_id): str(owner)
+            for project_id, owner, lease_until in rows
+            if self.alive(owner, float(lease_until), now)
+        }
+
     async def _holder(self, project_id: str) -> str:
         rows = await self._store.run("SELECT owner FROM projects WHERE id = ?", (project_id,))
         return (rows[0][0] if rows else None) or "another run"
@@ -98,14 +113,26 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def _on_this_host(owner: str) -> bool:
+def shown_owner(owner: str) -> str:
+    """Who holds a project, for a person: its machine and process, without the run's token."""
+    host, pid = _host_and_pid(owner)
+    return f"{host} (pid {pid})" if pid else host
+
+
+def _host_and_pid(owner: str) -> tuple[str, str]:
+    """An owner's machine and process id (``host:pid:token``), as written."""
     host, _, rest = owner.partition(":")
-    return host == socket.gethostname() and rest.partition(":")[0].isdigit()
+    return host, rest.partition(":")[0]
+
+
+def _on_this_host(owner: str) -> bool:
+    host, pid = _host_and_pid(owner)
+    return host == socket.gethostname() and pid.isdigit()
 
 
 def _owner_alive(owner: str) -> bool:
     """Whether the process of ``owner``, on this machine, still runs."""
-    pid_text = owner.partition(":")[2].partition(":")[0]
+    pid_text = _host_and_pid(owner)[1]
     if not _on_this_host(owner):
         return True  # another machine: only its lease can tell
     try:

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -29,12 +28,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.money.units import format_usd, nanos_to_usd
+from orchestrator.observe.progress import format_time
 from orchestrator.settings import DB_URL_ENV
 from orchestrator.store.base import is_postgres_url
 from orchestrator.store.projects import UnknownProjectError
 from orchestrator.store.state import StateManager
 from orchestrator.text.visible import shorten, visible
-from orchestrator.web.views import project_page, project_rows
+from orchestrator.web.views import Verdict, project_page, project_rows
 
 if TYPE_CHECKING:
     import psycopg
@@ -103,7 +103,7 @@ class _Pages:
             lstrip_blocks=True,
         )
         self.templates.filters.update(
-            usd=format_usd, nanos_usd=_nanos_usd, text=visible, line=_one_line, when=_when
+            usd=format_usd, nanos_usd=_nanos_usd, text=visible, line=_one_line, when=format_time
         )
         self.templates.globals.update(poll_ms=POLL_MILLISECONDS)
 
@@ -157,10 +157,12 @@ class _Pages:
         saved = await self._state.projects.load(project_id)
         if saved.tasks is None or task_id not in saved.tasks:
             return _not_found_text(f"project {project_id} has no task {task_id}")
+        result = saved.results.get(task_id)
         html = self.templates.get_template("task.html").render(
             project=saved,
             task=saved.tasks[task_id],
-            result=saved.results.get(task_id),
+            result=result,
+            verdicts=[Verdict.of(v) for v in (result or {}).get("validator_results", [])],
             final=task_id in saved.final_tasks,
         )
         return HTMLResponse(html, headers=_HEADERS)
@@ -171,9 +173,11 @@ class _Pages:
         return {"projects": await project_rows(self._state, await self._queued())}
 
     async def _index_mark(self) -> str:
-        rows = await project_rows(self._state, await self._queued())
+        # What moves the list without a write to the store: a holder's process ending, a
+        # worker taking a queued project.
+        holders = await self._state.holders.live()
         mark = await self._state.projects.progress_mark()
-        return _digest((mark, [(row.project_id, row.live, row.queued) for row in rows]))
+        return _digest((mark, sorted(holders.items()), sorted(await self._queued())))
 
     async def _project_context(self, project_id: str, every_task: bool) -> dict[str, Any]:
         page = await project_page(self._state, project_id, self.audit_log, await self._queued())
@@ -276,7 +280,3 @@ def _one_line(text: str, limit: int = 160) -> str:
 
 def _nanos_usd(nanos: int) -> str:
     return format_usd(nanos_to_usd(nanos))
-
-
-def _when(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.code.integration import Integration
+from orchestrator.code.integration import Integration, Round
 from orchestrator.money.ledger import run_scopes, scope_name
 from orchestrator.money.units import nanos_to_usd
 from orchestrator.observe.audit import verify
 from orchestrator.run.tasks import ProjectStatus
+from orchestrator.store.holders import shown_owner
 from orchestrator.store.journal import JournaledCall
 from orchestrator.store.projects import SavedProject
 from orchestrator.store.state import StateManager
@@ -169,11 +170,11 @@ _FINISHED = frozenset({"completed", "degraded", "failed", "skipped"})
 async def project_rows(state: StateManager, queued: Set[str] = frozenset()) -> list[ProjectRow]:
     """Every project, those a run holds now first, then the newest (``queued``: the projects
     waiting in the workers' queue)."""
+    holders = await state.holders.live()
     rows = []
     for summary in await state.projects.summaries():
-        holder = None
-        if summary.status == ProjectStatus.RUNNING:
-            holder = await _holder(state, summary.project_id)
+        owner = holders.get(summary.project_id)
+        holder = shown_owner(owner) if owner and summary.status == ProjectStatus.RUNNING else None
         rows.append(
             ProjectRow(
                 summary.project_id,
@@ -242,7 +243,7 @@ async def project_page(
         if saved.elapsed_seconds > 0
         else 0.0,
         recent_burn_usd_per_minute=60 * nanos_to_usd(recent) / RECENT_SECONDS,
-        rounds=[_round_view(r.to_dict()) for r in integration.rounds] if integration else [],
+        rounds=[_round_view(r) for r in integration.rounds] if integration else [],
         integration_note=integration.note if integration else "",
         calls=calls,
         calls_total=calls_total,
@@ -251,12 +252,9 @@ async def project_page(
 
 
 async def _holder(state: StateManager, project_id: str) -> str | None:
-    """Which machine and process holds the project now (its owner without the run's token)."""
+    """Which machine and process holds the project now (None: no live run does)."""
     lease = await state.holders.lease(project_id)
-    if lease is None:
-        return None
-    host, _, rest = lease[0].partition(":")
-    return f"{host} (pid {rest.partition(':')[0]})" if rest else host
+    return None if lease is None else shown_owner(lease[0])
 
 
 def _task_view(
@@ -286,7 +284,7 @@ def _task_view(
         state=state,
         model=record.get("model_used"),
         reviewer=record.get("reviewer_model"),
-        score=record.get("score") if result is not None else None,
+        score=record.get("score"),
         iterations=int(record.get("iterations", 0)),
         cost_usd=float(record.get("cost_usd", 0.0)),
         validators=[Verdict.of(v) for v in record.get("validator_results", [])],
@@ -319,13 +317,13 @@ async def _caps(state: StateManager, saved: SavedProject) -> list[CapView]:
     return caps
 
 
-def _round_view(record: dict[str, Any]) -> RoundView:
+def _round_view(done: Round) -> RoundView:
     return RoundView(
-        number=int(record["round"]),
-        passed=bool(record["passed"]),
-        checks=[Verdict.of(c) for c in record["checks"]],
-        failures=[f"{f['check']}: {f['summary']}" for f in record["failures"]],
-        revised=sorted(record.get("revision_requests", {})),
+        number=done.number,
+        passed=done.passed,
+        checks=[Verdict.of(check.to_dict()) for check in done.checks],
+        failures=[f"{failure.check}: {failure.summary}" for failure in done.failures],
+        revised=sorted(done.requests),
     )
 
 
