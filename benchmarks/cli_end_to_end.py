@@ -41,8 +41,6 @@ from fake_provider import FakeProvider, RecordedRequest, Reply  # noqa: E402
 from graph_shape import critical_path_length, width  # noqa: E402
 from resume_startup import PROJECT_ID, build_state  # noqa: E402
 
-from orchestrator import Catalog  # noqa: E402
-
 MAKESPAN_TARGET = 1.3
 FIRST_CALL_TARGET_S = 0.5
 
@@ -143,7 +141,7 @@ def resumed_first_calls(args: argparse.Namespace, fake: FakeProvider, work: Path
     """Each run resumes its own copy of one interrupted project's state."""
     saved = work / "saved.db"
     settings = argparse.Namespace(tasks=1000, calls=5, size=1500, seed=args.seed)
-    asyncio.run(build_state(saved, settings, Catalog.load(env={})))
+    asyncio.run(build_state(saved, settings))
     firsts = []
     for index in range(args.repeat):
         home = work / f"home{index}"

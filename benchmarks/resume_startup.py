@@ -1,13 +1,13 @@
 """Resume start-up time and state-file size for a large interrupted project.
 
-Builds the saved state of a 1,000-task project through the real ``StateManager`` API — the
-plan, ~5 journaled calls per task with ~1.5 KB answers, ~1.5 KB of output per task, half the
-tasks checkpointed as finished and half interrupted mid-loop (so their answers are kept) —
-then prints:
+Builds the saved state of a 1,000-task project by running it for real over an in-process
+provider that answers at once (~1.5 KB answers, each another text), cancelled once it has made
+half of the calls the project would make (``--calls`` a task), as Ctrl-C would: what it saved is
+what the engine saves (plan, journal, checkpoints, tasks cut off mid-loop). Then prints:
   (a) resume start-up: from a cold ``StateManager`` to a state ready to schedule (load, every
       ``TaskResult.from_record``, ``execution_order``), target <= 1 s; and ``Orchestrator.resume``
-      up to its first provider call, and to the end, with an in-process provider that answers
-      at once;
+      up to its first provider call, and to the end, with the same provider: how many calls it
+      made and how many journaled answers it replayed instead of paying again;
   (b) the state file's size after the interrupted run, target <= 20 MB.
 
     python benchmarks/resume_startup.py [--tasks 1000] [--calls 5] [--size 1500] [--repeat 5]
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import random
 import shutil
 import statistics
@@ -39,13 +38,13 @@ from orchestrator.llm.providers.base import (
     RawCompletion,
 )
 from orchestrator.run.taskgraph import execution_order
-from orchestrator.run.tasks import ProjectStatus, TaskResult, TaskStatus, ValidatorResult
+from orchestrator.run.tasks import TaskResult, TaskStatus
 from orchestrator.store.journal import CallJournal
 from orchestrator.store.state import StateManager
+from orchestrator.text.tokens import typical_tokens
 
 PROJECT_ID = "bench"
 KEYS = {"OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "x", "GEMINI_API_KEY": "x"}
-PHASES = ("generation", "cross_review", "generation", "evaluation", "evaluation")
 START_UP_TARGET_S = 1.0
 SIZE_TARGET_MB = 20.0
 
@@ -76,91 +75,44 @@ def generated_graph(count: int, seed: int) -> dict[str, Task]:
     return tasks
 
 
-def record_of(
-    task_id: str, output: str, models: list[Model], rng: random.Random, final: bool
-) -> dict[str, Any]:
-    result = TaskResult(
-        task_id,
-        output=output,
-        score=0.92 if final else 0.6,
-        status=TaskStatus.COMPLETED if final else TaskStatus.DEGRADED,
-        model_used=rng.choice(models),
-        reviewer_model=rng.choice(models),
-        iterations=1 if final else 2,
-        cost_usd=0.01,
-        deterministic_check_passed=final,
-        validator_results=[ValidatorResult("python_syntax", True)],
-        score_history=[0.92] if final else [0.55, 0.6],
-        reason="" if final else "interrupted",
-        interrupted=not final,
-    )
-    return result.to_record()
-
-
-async def build_state(path: Path, args: argparse.Namespace, catalog: Catalog) -> dict[str, float]:
-    """The interrupted run, written call by call as the engine would write it."""
-    rng = random.Random(args.seed)
-    models = [m for m in catalog.models if m.provider in ("openai", "anthropic", "google")]
+async def build_state(path: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The interrupted run: the project run for real over ``InstantProvider`` (every call
+    journaled and every task checkpointed by the engine itself), cancelled once it has made
+    half of its calls, as Ctrl-C would. The journal's keys are then the requests' own, so the
+    resume replays what was paid for (synthetic keys would replay nothing)."""
     tasks = generated_graph(args.tasks, args.seed)
-    order = execution_order(tasks)
-    cost = 2_000_000  # $0.002, in nano-dollars
-    writes = 0
+    calls: list[float] = []
+    stop_after = args.tasks * args.calls // 2
+    half_made = asyncio.Event()
+
+    def factory(kind: str, endpoint: Endpoint) -> InstantProvider:
+        return InstantProvider(endpoint, calls, args.size, half_made, stop_after)
+
     started = time.perf_counter()
-    async with StateManager(path) as store:
-        await store.projects.create(
-            PROJECT_ID,
-            description="A large generated project",
-            criteria="every part works",
-            max_usd=1000.0,
-            max_time_seconds=36000.0,
-            settings={"quality_threshold": 0.85, "concurrency": 8},
-        )
-        plan_entry = {"text": "{...plan...}" * 200, "parsed": None, "cost_nanos": cost}
-        await store.journal.put(
-            PROJECT_ID,
-            "decomposition",
-            task_id="",
-            phase="decomposition",
-            model="openai/gpt-4o",
-            cost_nanos=cost,
-            entry=plan_entry,
-            elapsed=5.0,
-        )
-        await store.projects.save_plan(PROJECT_ID, tasks, order, 5.0)
-        elapsed = 5.0
-        for index, task_id in enumerate(order):
-            final = index < len(order) // 2
-            for call in range(args.calls):
-                elapsed += 0.5
-                key = hashlib.sha256(f"{task_id}/{call}".encode()).hexdigest()
-                entry = {
-                    "text": code_text(rng, args.size),
-                    "parsed": None,
-                    "input_tokens": 1200,
-                    "output_tokens": 600,
-                    "cached_tokens": 0,
-                    "cost_nanos": cost,
-                    "reported_model": "gpt-4o",
-                }
-                await store.journal.put(
-                    PROJECT_ID,
-                    key,
-                    task_id=task_id,
-                    phase=PHASES[call % len(PHASES)],
-                    model="openai/gpt-4o",
-                    cost_nanos=cost,
-                    entry=entry,
-                    elapsed=elapsed,
-                )
-                writes += 1
-            record = record_of(task_id, code_text(rng, args.size), models, rng, final)
-            await store.projects.checkpoint(
-                PROJECT_ID, task_id, record, final=final, elapsed=elapsed
+    async with UnifiedClient(env=KEYS, max_concurrency=8, adapter_factory=factory) as client:
+        async with StateManager(path) as store:
+            orchestrator = Orchestrator(
+                budget=Budget(max_usd=1000.0, max_time_seconds=36000.0),
+                client=client,
+                state_manager=store,
+                max_concurrency=8,
+                use_cache=False,
             )
-            writes += 1
-        await store.projects.finish(PROJECT_ID, ProjectStatus.INTERRUPTED, "interrupted", elapsed)
+            run = asyncio.create_task(
+                orchestrator.run_project(
+                    "A large generated project", "every part works", PROJECT_ID, tasks=tasks
+                )
+            )
+            await asyncio.wait({run, asyncio.create_task(half_made.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            run.cancel()
+            with suppress(asyncio.CancelledError):
+                await run
+            saved = await store.projects.load(PROJECT_ID)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "writes": writes}
+    finished = sum(r["status"] == TaskStatus.COMPLETED.value for r in saved.results.values())
+    return {"seconds": seconds, "calls": len(calls), "finished": finished,
+            "status": f"{saved.status.value} {saved.reason}"}  # fmt: skip
 
 
 def file_mb(path: Path) -> float:
@@ -193,25 +145,40 @@ async def start_up(path: Path, catalog: Catalog) -> dict[str, float]:
         t3 = time.perf_counter()
     finally:
         await store.aclose()
-    assert len(order) == len(saved.tasks) and len(results) == len(saved.tasks)
+    assert len(order) == len(saved.tasks) and len(results) <= len(saved.tasks)
     return {"load": t1 - t0, "records": t2 - t1, "order": t3 - t2, "total": t3 - t0}
 
 
 class InstantProvider:
-    """Answers every call at once, noting when the first one arrived."""
+    """Answers every call at once (noting when), another text each time; with ``enough``, sets it
+    once ``enough_after`` calls have arrived."""
 
-    def __init__(self, endpoint: Endpoint, calls: list[float], size: int) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        calls: list[float],
+        size: int,
+        enough: asyncio.Event | None = None,
+        enough_after: int = 0,
+    ) -> None:
         self.endpoint = endpoint
         self.calls = calls
-        self.text = code_text(random.Random(endpoint.provider), size)
+        self.size = size
+        self.enough, self.enough_after = enough, enough_after
 
     async def complete(
         self, model_id: str, request: ChatRequest, progress: Progress | None = None
     ) -> RawCompletion:
         self.calls.append(time.perf_counter())
+        if self.enough is not None and len(self.calls) >= self.enough_after:
+            self.enough.set()
         if "score" in (request.json_schema or {}).get("properties", {}):
             return RawCompletion('{"score": 0.95, "reasoning": "ok"}', 1200, 40)
-        return RawCompletion(self.text, 1200, 600)
+        # Another text each call: one text over and over would flatter the state's size. Like
+        # a vendor, never more tokens than the request allows.
+        text = code_text(random.Random(len(self.calls)), self.size)
+        prompt = "".join(message.content for message in request.messages)
+        return RawCompletion(text, typical_tokens(prompt), min(600, request.max_tokens))
 
     def classify(self, exc: BaseException) -> Failure | None:
         return None
@@ -287,15 +254,12 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state.db"
-        built = await build_state(path, args, catalog)
+        built = await build_state(path, args)
         size = file_mb(path)
         print(
-            f"state of a {args.tasks}-task project: {args.calls} calls/task, {args.size} B "
-            f"answers and outputs, half finished, half interrupted"
-        )
-        print(
-            f"    built in {built['seconds']:.2f} s: {built['writes']:.0f} sequential writes, "
-            f"{built['seconds'] / built['writes'] * 1000:.3f} ms each"
+            f"state of a {args.tasks}-task project run over an instant provider ({args.size} B "
+            f"answers) and cancelled after {built['calls']:.0f} calls: {built['status']}, "
+            f"{built['finished']:.0f} tasks finished; the run took {built['seconds']:.2f} s"
         )
 
         runs = [await start_up(path, catalog) for _ in range(args.repeat)]
