@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,9 +128,9 @@ class Model(metaclass=_NamedModels):
     def value(self) -> str:
         return self.id
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """Unique across providers: ``provider/id``."""
+        """Unique across providers: ``provider/id`` (made once: routing reads it often)."""
         return f"{self.provider}/{self.id}"
 
     def __str__(self) -> str:

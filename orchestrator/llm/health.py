@@ -84,10 +84,13 @@ class HealthRegistry:
         return breaker
 
     def available(self, provider: str, model_key: str) -> bool:
-        return (
-            self.breaker(f"provider:{provider}").available
-            and self.breaker(f"model:{model_key}").available
-        )
+        # Read without making breakers (routing asks this of every candidate for every call):
+        # a breaker not made yet has seen no failure, so it lets calls through.
+        for name in (f"provider:{provider}", f"model:{model_key}"):
+            breaker = self._breakers.get(name)
+            if breaker is not None and not breaker.available:
+                return False
+        return True
 
     def admit(self, provider: str, model_key: str) -> bool:
         """Let one call to the model through, as a trial where a breaker is open; the caller

@@ -75,13 +75,14 @@ class CostPredictor:
         """The average for (``model``, ``task_type``); without one, the catalog's price of a
         typical call, or what ``profile`` measured the model's calls to cost when that is more
         (``orchestrator.routing.router.at_least_measured``)."""
-        known = self._averages.get((model.key, TaskType(task_type)))
+        # A task type is a str enum: its value finds its entry as well (no conversion per call).
+        known = self._averages.get((model.key, task_type))
         if known is not None:
             return known[0]
         return at_least_measured(typical_call_usd(model, TaskType(task_type)), profile)
 
     def samples(self, model: Model, task_type: TaskType) -> int:
-        known = self._averages.get((model.key, TaskType(task_type)))
+        known = self._averages.get((model.key, task_type))
         return known[1] if known is not None else 0
 
     def cheapest_model(self, task_type: TaskType, candidates: Sequence[Model]) -> Model | None:

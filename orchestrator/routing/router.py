@@ -152,6 +152,11 @@ class Router:
     cost_model: CallCostModel | None = None
     # Each chain is the choice and at most this many fallbacks.
     max_fallbacks: int = DEFAULT_MAX_FALLBACKS
+    # What follows from the catalog and the usable models alone (the table's models for a job,
+    # a typical call's catalog price), worked out once: every paid call asks for a chain.
+    _fixed: dict[tuple[Any, ...], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def max_tokens(self, task_type: TaskType) -> int:
         return ROUTING_TABLE[task_type][1]
@@ -279,11 +284,12 @@ class Router:
         what an attempt pays besides the call too."""
         measured_as = ROLE_TASK_TYPES.get(role, task_type)
         overhead = self._attempt_overheads(writes) if writes is not None and self.learns else None
+        table_ranks = {model.key: rank for rank, model in enumerate(preferred)}
         return [
             Candidate(
                 profile=(profile := self._profile(model)),
                 cost_usd=self._call_cost(profile, measured_as, output_tokens),
-                table_rank=preferred.index(model) if model in preferred else None,
+                table_rank=table_ranks.get(model.key),
                 task_type=writes,
                 overhead_usd=overhead(model) if overhead is not None else 0.0,
             )
@@ -329,9 +335,11 @@ class Router:
         costs = self.cost_model
         if costs is not None and task_type is not None and costs.samples(model, task_type):
             return costs.predict(model, task_type)
-        return at_least_measured(
-            profile.cost_per_call(TYPICAL_PROMPT_TOKENS, output_tokens), profile
-        )
+        typical = self._fixed.get(("typical call", model.key, output_tokens))
+        if typical is None:
+            typical = profile.cost_per_call(TYPICAL_PROMPT_TOKENS, output_tokens)
+            self._fixed["typical call", model.key, output_tokens] = typical
+        return at_least_measured(typical, profile)
 
     def _ready(self, model: Model, screened: Screened) -> bool:
         return self.healthy(model) and model.key not in screened.unaffordable
@@ -351,6 +359,13 @@ class Router:
         return profile
 
     def _preferred(self, task_type: TaskType) -> list[Model]:
+        """The routing table's models for ``task_type`` that are usable, in its order."""
+        known: list[Model] | None = self._fixed.get(("table", task_type))
+        if known is None:
+            known = self._fixed["table", task_type] = self._table_models(task_type)
+        return known
+
+    def _table_models(self, task_type: TaskType) -> list[Model]:
         names, _ = ROUTING_TABLE[task_type]
         preferred: list[Model] = []
         for name in names:

@@ -98,7 +98,8 @@ class Observed:
 
     def _decided(self, project_id: str | None, decision: Decision) -> None:
         """A model chosen for ``project_id``: logged, audited and sent as an event."""
-        log.debug("%s", decision.explain())
+        if log.isEnabledFor(logging.DEBUG):  # the line is made only for -v: a choice per call
+            log.debug("%s", decision.explain())
         if self.audit_log is not None:
             self.audit_log.record(
                 "decision", decision.to_record(), project_id=project_id, task_id=decision.task_id

@@ -172,21 +172,25 @@ class SharedBook:
             return None if refused is None else str(refused)
 
         def reserve() -> Program[str | None]:
-            for scope in scopes:
-                held = yield (
-                    "UPDATE money_ledger SET reserved_nanos = reserved_nanos + ? WHERE scope = ?"
-                    " AND (cap_nanos IS NULL OR spent_nanos + reserved_nanos + ? <= cap_nanos)"
-                    # Only while the run holds its project: one paused past its lease, whose
-                    # project another run took, is refused here even before it notices.
-                    " AND EXISTS (SELECT 1 FROM projects WHERE id = ? AND owner = ?)"
-                    " RETURNING scope",
-                    (amount_nanos, scope, amount_nanos, project_id, owner),
-                )
-                if not held:
-                    holder = yield ("SELECT owner FROM projects WHERE id = ?", (project_id,))
-                    if not holder or holder[0][0] != owner:
-                        raise LeaseLost(TAKEN_OVER.format(project_id))
-                    raise _Refused(scope)
+            # Every scope in one statement (the paid call's hot path); a scope it could not
+            # hold refuses the whole, and raising rolls back what the others held.
+            held = yield (
+                "UPDATE money_ledger SET reserved_nanos = reserved_nanos + ?"
+                f" WHERE scope IN ({', '.join('?' * len(scopes))})"
+                " AND (cap_nanos IS NULL OR spent_nanos + reserved_nanos + ? <= cap_nanos)"
+                # Only while the run holds its project: one paused past its lease, whose
+                # project another run took, is refused here even before it notices.
+                " AND EXISTS (SELECT 1 FROM projects WHERE id = ? AND owner = ?)"
+                " RETURNING scope",
+                (amount_nanos, *scopes, amount_nanos, project_id, owner),
+            )
+            granted = {scope for (scope,) in held}
+            refused = [scope for scope in scopes if scope not in granted]
+            if refused:
+                holder = yield ("SELECT owner FROM projects WHERE id = ?", (project_id,))
+                if not holder or holder[0][0] != owner:
+                    raise LeaseLost(TAKEN_OVER.format(project_id))
+                raise _Refused(refused[0])
             yield hold
             return None
 
