@@ -5,7 +5,10 @@ from orchestrator.routing.backends import (
     BACKENDS,
     MIN_COST_USD,
     MIN_PASS_RATE,
+    MODEL_ANSWERS,
     PRIOR_ANSWERS,
+    QUALITY_BANDWIDTH,
+    TYPE_ANSWERS,
     AdaptiveBackend,
     Candidate,
     GreedyBackend,
@@ -14,13 +17,17 @@ from orchestrator.routing.backends import (
     Ranked,
     RoutingTableBackend,
     WeightedSumBackend,
+    type_offset,
 )
 
 __all__ = [
     "BACKENDS",
     "MIN_COST_USD",
     "MIN_PASS_RATE",
+    "MODEL_ANSWERS",
     "PRIOR_ANSWERS",
+    "QUALITY_BANDWIDTH",
+    "TYPE_ANSWERS",
     "AdaptiveBackend",
     "Candidate",
     "GreedyBackend",
@@ -29,4 +36,5 @@ __all__ = [
     "Ranked",
     "RoutingTableBackend",
     "WeightedSumBackend",
+    "type_offset",
 ]
