@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import cli_forks
 import pytest
 from fake_provider import FakeProvider
 from scripted_llm import ScriptedLLM
@@ -229,18 +230,29 @@ def run_cli(
     env: dict[str, str] | None = None,
     timeout: float = 60,
     retry_waits: bool = True,
+    fresh_interpreter: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m orchestrator ARGS`` with no key of the developer's, plus ``env``; without
-    ``retry_waits``, its retries do not wait (``cli_without_waits.py``)."""
+    ``retry_waits``, its retries do not wait (``cli_without_waits.py``). It runs as a fork of a
+    server that has imported the vendor SDKs already (``cli_forks.py``), unless the test needs
+    a ``fresh_interpreter``: one that imports and starts everything itself."""
     command = ["-m", "orchestrator"] if retry_waits else [str(TESTS / "cli_without_waits.py")]
+    full = [sys.executable, *command, *args]
+    environment = {**clean_environment(), **(env or {})}
+    if not fresh_interpreter:
+        done = cli_forks.forked(
+            full, args, cwd=cwd, env=environment, server_env=clean_environment(),
+            timeout=timeout, retry_waits=retry_waits,
+        )  # fmt: skip
+        if done is not None:
+            return done
     return subprocess.run(
-        [sys.executable, *command, *args],
-        cwd=cwd,
-        env={**clean_environment(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        full, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
+
+
+def pytest_sessionfinish(session) -> None:
+    cli_forks.stop()
 
 
 def write_file(path: Path, text: str | bytes) -> Path:

@@ -16,7 +16,7 @@ import time
 
 import pyte
 import pytest
-from conftest import clean_environment, fake_env
+from conftest import clean_environment, fake_env, run_cli
 
 from orchestrator import Budget, Event
 from orchestrator.llm.catalog import Catalog
@@ -466,11 +466,7 @@ def test_wide_characters_count_as_two_columns():
 
 @pytest.mark.parametrize("columns", [60, 200])
 def test_list_models_fits_the_terminal(tmp_path, columns):
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "--list-models"],
-        env={**clean_environment(), "COLUMNS": str(columns)},
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
-    )  # fmt: skip
+    result = run_cli("--list-models", cwd=tmp_path, env={"COLUMNS": str(columns)})
 
     assert result.returncode == 0, result.stderr
     assert widest(result.stdout) <= columns
@@ -484,12 +480,10 @@ def test_list_models_fits_the_terminal(tmp_path, columns):
 
 
 def test_a_run_at_a_narrow_terminal_prints_a_results_table_that_fits(fake, llm, tmp_path):
-    env = {**clean_environment(), **fake_env(fake.base_url),
-           "ORCHESTRATOR_HOME": str(tmp_path / "home"), "COLUMNS": "60"}  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "-p", "[project] Build an add library", "-c",
-         "add works", "--budget", "2", "--no-integration"],
-        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home"), "COLUMNS": "60"}
+    result = run_cli(
+        "-p", "[project] Build an add library", "-c", "add works", "--budget", "2",
+        "--no-integration", cwd=tmp_path, env=env, timeout=120,
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
