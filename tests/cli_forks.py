@@ -102,27 +102,64 @@ class ForkServer:
     ) -> subprocess.CompletedProcess[str]:  # fmt: skip
         """``python -m orchestrator CLI_ARGS`` forked, reported as ``subprocess.run`` reports
         ``args`` run with ``capture_output=True, text=True, timeout=TIMEOUT``."""
-        request = json.dumps(
-            {"args": list(cli_args), "cwd": str(cwd), "env": env, "retry_waits": retry_waits}
-        ).encode()
         out, out_w = os.pipe()
         err, err_w = os.pipe()
         stdin = os.open(os.devnull, os.O_RDONLY)
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        request = {"args": list(cli_args), "cwd": str(cwd), "env": env, "retry_waits": retry_waits}
         try:
-            connection.connect(self.path)
-            socket.send_fds(connection, [_LENGTH.pack(len(request))], [stdin, out_w, err_w])
-            connection.sendall(request)
+            connection = self._send(request, [stdin, out_w, err_w])
         except OSError:
             for fd in (out, err):
                 os.close(fd)
+            raise
+        with connection:
+            return Command(args, connection, out, err).wait(timeout)
+
+    def spawn(
+        self, args: list[str], command_args: Sequence[str], script: str | None, *, cwd: Path,
+        env: dict[str, str], stdin: Any, stdout: Any, stderr: Any, text: bool,
+    ) -> ForkedProcess:  # fmt: skip
+        """``args`` (``python -m orchestrator ARGS`` or ``python SCRIPT ARGS``) forked, as a
+        process the caller drives like ``subprocess.Popen``: pipes, signals, waiting."""
+        ours: list[int | None] = []  # the caller's ends of its pipes, by stream
+        theirs: list[int] = []  # the child's fds 0, 1 and 2
+        for index, wanted in enumerate((stdin, stdout, stderr)):
+            if wanted == subprocess.PIPE:
+                read, write = os.pipe()
+                ours.append(write if index == 0 else read)
+                theirs.append(read if index == 0 else write)
+            else:
+                ours.append(None)
+                if wanted == subprocess.DEVNULL or (index == 0 and wanted is None):
+                    theirs.append(os.open(os.devnull, os.O_RDWR))
+                else:  # inherited: this process's own stream
+                    theirs.append(os.dup(index if wanted is None else wanted.fileno()))
+        request = {"args": list(command_args), "script": script, "cwd": str(cwd), "env": env,
+                   "retry_waits": True}  # fmt: skip
+        try:
+            connection = self._send(request, theirs)
+        except OSError:
+            for fd in ours:
+                if fd is not None:
+                    os.close(fd)
+            raise
+        return ForkedProcess(args, connection, ours, text)
+
+    def _send(self, request: dict[str, Any], fds: list[int]) -> socket.socket:
+        """A command and its stdio fds (closed here) to the server: the caller's connection."""
+        data = json.dumps(request).encode()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(self.path)
+            socket.send_fds(connection, [_LENGTH.pack(len(data))], fds)
+            connection.sendall(data)
+        except OSError:
             connection.close()
             raise
         finally:
-            for fd in (stdin, out_w, err_w):
+            for fd in fds:
                 os.close(fd)
-        with connection:
-            return Command(args, connection, out, err).wait(timeout)
+        return connection
 
     def close(self) -> None:
         """End the server: its stdin closing is its signal."""
@@ -204,6 +241,124 @@ class Command:
             self.connection.shutdown(socket.SHUT_WR)
 
 
+class ForkedProcess:
+    """A forked command with the part of ``subprocess.Popen``'s interface the tests use: its
+    pid, its pipes, signals, ``poll``, ``wait`` and ``communicate``. Its exit status comes from
+    the server (its parent), in ``subprocess``'s terms (negative for a signal)."""
+
+    def __init__(
+        self, args: list[str], connection: socket.socket, pipes: list[int | None], text: bool
+    ) -> None:
+        self.args, self.connection = args, connection
+        self.returncode: int | None = None
+        self.stdin, self.stdout, self.stderr = (
+            None if fd is None else _pipe_end(fd, writes=index == 0, text=text)
+            for index, fd in enumerate(pipes)
+        )
+        self._said = bytearray()
+        self._readers: dict[str, threading.Thread] = {}
+        self._read: dict[str, Any] = {}
+        self.pid = int(self._line(timeout=60, index=0))
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self.connection], [], [], 0)[0]:
+            self._status(timeout=None)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._status(timeout)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass  # it has just ended
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
+        """As ``Popen.communicate``: ``input`` written and stdin closed, the output read to its
+        end and the exit awaited; past ``timeout``, ``TimeoutExpired`` and a later call goes on
+        where this one stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.stdin is not None and not self.stdin.closed:
+            if input:
+                self.stdin.write(input)
+            self.stdin.close()
+        for name in ("stdout", "stderr"):
+            stream = getattr(self, name)
+            if stream is not None and name not in self._readers:
+                reader = threading.Thread(target=self._drain, args=(name, stream), daemon=True)
+                self._readers[name] = reader
+                reader.start()
+        for reader in self._readers.values():
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self._read.get("stdout"), self._read.get("stderr")
+
+    def _drain(self, name: str, stream: Any) -> None:
+        self._read[name] = stream.read()
+        stream.close()
+
+    def _status(self, timeout: float | None) -> None:
+        self.returncode = int(self._line(timeout, index=1))
+        self.connection.close()
+
+    def _line(self, timeout: float | None, index: int) -> bytes:
+        """The server's ``index``-th line about the command (0: its pid, 1: its status)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._said.count(b"\n") <= index:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and not (
+                left > 0 and select.select([self.connection], [], [], left)[0]
+            ):
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            data = self.connection.recv(64)
+            if not data:
+                raise ConnectionError(f"the fork server ended before the command: {self._said!r}")
+            self._said += data
+        return bytes(self._said).splitlines()[index]
+
+
+def _pipe_end(fd: int, *, writes: bool, text: bool) -> Any:
+    """The caller's end of a pipe as ``subprocess.Popen`` makes it: buffered bytes, or text
+    written through (stdin) or read with universal newlines."""
+    raw = open(fd, "wb" if writes else "rb")
+    return (
+        io.TextIOWrapper(raw, write_through=True)
+        if text and writes
+        else (io.TextIOWrapper(raw) if text else raw)
+    )
+
+
+def popen(
+    args: list[str], *, cwd: Path, env: dict[str, str], server_env: dict[str, str],
+    stdin: Any = None, stdout: Any = None, stderr: Any = None, text: bool = False,
+) -> ForkedProcess | subprocess.Popen[Any]:  # fmt: skip
+    """``subprocess.Popen(args, ...)`` for ``python -m orchestrator ARGS`` and ``python
+    SCRIPT.py ARGS``: forked from this test process's server where it can be, as ``forked``."""
+    module = args[1:3] == ["-m", "orchestrator"]
+    script = args[1] if len(args) > 1 and args[1].endswith(".py") else None
+    server = _the_server(server_env) if args[0] == sys.executable and (module or script) else None
+    if server is None or not server.starts_alike(env):
+        return subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text
+        )
+    rest = args[3:] if module else args[2:]
+    return server.spawn(args, rest, script, cwd=cwd, env=env, stdin=stdin, stdout=stdout,
+                        stderr=stderr, text=text)  # fmt: skip
+
+
 def _text(data: bytes | bytearray) -> str:
     """Bytes as ``subprocess.run(text=True)`` decodes them: the locale's encoding, universal
     newlines."""
@@ -221,14 +376,21 @@ def forked(
 ) -> subprocess.CompletedProcess[str] | None:  # fmt: skip
     """The command run by this test process's fork server (started with ``server_env`` on the
     first call), or None where it must run in a fresh interpreter."""
+    server = _the_server(server_env)
+    if server is None or not server.starts_alike(env):
+        return None
+    return server.run(args, cli_args, cwd=cwd, env=env, timeout=timeout, retry_waits=retry_waits)
+
+
+def _the_server(server_env: dict[str, str]) -> ForkServer | None:
+    """This test process's server, started with ``server_env`` on first use (None where it
+    cannot run)."""
     global _server, _started
     with _lock:
         if not _started:
             _started = True
             _server = ForkServer.start(server_env)
-    if _server is None or not _server.starts_alike(env):
-        return None
-    return _server.run(args, cli_args, cwd=cwd, env=env, timeout=timeout, retry_waits=retry_waits)
+        return _server
 
 
 def stop() -> None:
@@ -380,9 +542,15 @@ def become(command: dict[str, Any], unbuffered: bool) -> None:
     os.environ.update(command["env"])
     time.tzset()
     tempfile.tempdir = None  # found again from the command's TMPDIR
-    sys.argv = ["-m", *command["args"]]
-    sys.orig_argv = [sys.executable, "-m", "orchestrator", *command["args"]]
-    sys.path.insert(0, os.getcwd())  # the server took its own directory out
+    script = command.get("script")
+    if script is None:
+        sys.argv = ["-m", *command["args"]]
+        sys.orig_argv = [sys.executable, "-m", "orchestrator", *command["args"]]
+        sys.path.insert(0, os.getcwd())  # the server took its own directory out
+    else:  # as ``python SCRIPT``: its own directory first on the path
+        sys.argv = [script, *command["args"]]
+        sys.orig_argv = [sys.executable, script, *command["args"]]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     importlib.invalidate_caches()
     if not command["retry_waits"]:
         stop_waiting()
@@ -427,5 +595,9 @@ if __name__ == "__main__":
     if command is None:
         sys.exit(0)
     become(command, unbuffered)
+    script = command.get("script")
     del server, command
-    runpy.run_module("orchestrator", run_name="__main__", alter_sys=True)
+    if script is None:
+        runpy.run_module("orchestrator", run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(script, run_name="__main__")

@@ -251,6 +251,19 @@ def run_cli(
     )
 
 
+def start_process(
+    args: list[str], *, cwd: Path, env: dict[str, str] | None = None, stdin=None, stdout=None,
+    stderr=None, text: bool = False,
+):  # fmt: skip
+    """``subprocess.Popen(ARGS)`` for ``python -m orchestrator ...`` or ``python SCRIPT.py
+    ...`` (no key of the developer's, plus ``env``), forked like ``run_cli``'s commands: a
+    process the test signals, kills, feeds and waits for as it would a ``Popen``."""
+    return cli_forks.popen(
+        args, cwd=cwd, env={**clean_environment(), **(env or {})},
+        server_env=clean_environment(), stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+    )  # fmt: skip
+
+
 def pytest_sessionfinish(session) -> None:
     cli_forks.stop()
 

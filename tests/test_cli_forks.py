@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
-from conftest import fake_env, run_cli
+from conftest import fake_env, run_cli, start_process
 
 
 def seen(result: subprocess.CompletedProcess[str]) -> tuple[object, ...]:
@@ -55,3 +57,43 @@ def test_a_forked_command_past_its_timeout_is_killed_and_reported_as_subprocess_
 
     assert time.monotonic() - started < 15
     assert timed_out.value.timeout == 2
+
+
+SCRIPT = """
+import os, sys
+print("ready", sys.argv[1:], os.getcwd() == sys.argv[1], flush=True)
+line = sys.stdin.readline()
+print("got", line.strip(), file=sys.stderr)
+sys.exit(int(line))
+"""
+
+
+def test_a_started_script_is_driven_as_a_popen_is_through_its_pipes(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    process = start_process(
+        [sys.executable, str(script), str(tmp_path)], cwd=tmp_path, text=True, **pipes
+    )
+
+    assert process.stdout.readline() == f"ready [{str(tmp_path)!r}] True\n"
+    assert process.poll() is None
+    out, err = process.communicate("7\n", timeout=30)
+    assert (process.returncode, out, err) == (7, "", "got 7\n")
+
+
+def test_a_started_command_that_is_signalled_ends_as_a_popen_reports_it(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    process = start_process(
+        [sys.executable, str(script), str(tmp_path)], cwd=tmp_path, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    process.stdout.readline()
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.2)
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    assert type(process) is not subprocess.Popen  # forked, not started afresh

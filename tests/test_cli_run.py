@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli, sqlite_rows
+from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli, sqlite_rows, start_process
 from scripted_llm import TaskScript
 from test_engine import prose_task
 from test_exactness import take_over_at_first_grading
@@ -281,14 +281,11 @@ def test_the_readmes_run_config_example_runs_as_written_and_its_resume_keeps_the
 
 def test_ctrl_c_stops_a_run_cleanly(fake, llm, tmp_path):
     llm.delay = 5
-    process = subprocess.Popen(
+    process = start_process(
         [sys.executable, "-m", "orchestrator", "-p", PROJECT, "-c", CRITERIA],
-        cwd=tmp_path,
-        env={**clean_environment(), **cli_env(fake, tmp_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        cwd=tmp_path, env=cli_env(fake, tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     wait_for_requests(fake, 1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=10)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import clean_environment, run_cli
+from conftest import run_cli, start_process
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli_run import CRITERIA, PROJECT, cli_env
 
@@ -35,11 +35,10 @@ def test_a_killed_run_keeps_its_audit_trail_and_the_resume_extends_it(fake, llm,
     env = cli_env(fake, tmp_path)
     llm.delay = 0.3
     watch = ["--audit-log", str(audit), "--metrics-out", str(metrics)]
-    process = subprocess.Popen(
+    process = start_process(
         [sys.executable, "-m", "orchestrator", "-p", PROJECT, "-c", CRITERIA,
          "--project-id", "watched", *watch],
-        cwd=tmp_path, env={**clean_environment(), **env},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(lambda: len(audit_calls(audit)) >= 2)
     process.kill()
@@ -80,11 +79,10 @@ def test_an_interrupted_run_prints_its_audit_head_and_the_head_catches_a_cut_or_
     audit = tmp_path / "audit.jsonl"
     env = cli_env(fake, tmp_path)
     llm.delay = 5
-    process = subprocess.Popen(
+    process = start_process(
         [sys.executable, "-m", "orchestrator", "-p", PROJECT, "-c", CRITERIA,
          "--audit-log", str(audit)],
-        cwd=tmp_path, env={**clean_environment(), **env},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(lambda: fake.count() >= 1)
     process.send_signal(signal.SIGINT)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import clean_environment, fake_env, run_cli, sqlite_rows
+from conftest import clean_environment, fake_env, run_cli, sqlite_rows, start_process
 from fake_provider import FakeProvider, RecordedRequest, Reply
 from scripted_llm import ScriptedLLM
 
@@ -152,14 +152,10 @@ def interrupt(
     """Start a new run, send ``signum`` once every request of ``point`` is held, wait for exit."""
     conductor = Conductor(point.hold, delay=DELAY)
     fake.responder = conductor
-    process = subprocess.Popen(
-        new_run_command(),
-        env={**clean_environment(), **cli_env(fake, home)},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_process(
+        new_run_command(), env=cli_env(fake, home), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         wait_until(conductor.fired.is_set, f"the requests {set(point.hold)}", process)
         # The fake lists a request only once its responder returned; wait for the held ones.

@@ -22,10 +22,10 @@ import pytest
 from conftest import (
     TERMINAL_CONTROLS,
     NoWait,
-    clean_environment,
     fake_env,
     run_cli,
     sqlite_rows,
+    start_process,
 )
 from scripted_llm import ScriptedLLM
 
@@ -461,10 +461,9 @@ def test_kill_9_during_integration_then_resume_finishes_it_paying_for_nothing_tw
     fake.responder = held
     command = [sys.executable, "-m", "orchestrator", "--file", str(project), "--project-id",
                "rl", "--no-cache", "--output-dir", str(tmp_path / "out")]  # fmt: skip
-    process = subprocess.Popen(
-        command, env={**clean_environment(), **env}, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = start_process(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         # The round's report is saved, lib's revision answered and checkpointed, and tests'
         # revision request is in flight, unanswered: then the process is killed outright.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import clean_environment, sqlite_rows
+from conftest import sqlite_rows, start_process
 from test_money_liveness import FlakyVendor
 
 from orchestrator.money.units import nanos_to_usd, usd_to_nanos
@@ -75,17 +75,15 @@ class Ended:
 def run_processes(location: str, base_url: str, case: Example, mode: str) -> list[Ended]:
     """Start one process per budget, let them all start their runs at once, and wait for each
     to exit by itself (killed, and reported so, if it has not within EXIT_WITHIN)."""
-    env = clean_environment()
-    tests = str(Path(__file__).parent)
-    env["PYTHONPATH"] = os.pathsep.join([tests, env["PYTHONPATH"]])
     workers = []
     for n, budget in enumerate(case.budgets):
         args = [location, base_url, f"p{n}", repr(budget), str(case.concurrency[n]),
                 str(case.tasks[n]), mode]  # fmt: skip
+        # The script's own directory (the tests') is first on its path, as for any script.
         workers.append(
-            subprocess.Popen(
+            start_process(
                 [sys.executable, str(SCRIPT), *args],
-                env=env,
+                cwd=SCRIPT.parent,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

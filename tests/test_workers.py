@@ -15,9 +15,16 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli, sqlite_rows
+from conftest import (
+    PROJECT_ROOT,
+    fake_env,
+    run_cli,
+    sqlite_rows,
+    start_process,
+)
 from scripted_llm import ScriptedLLM
 from test_durability import (
     BUDGET,
@@ -59,15 +66,11 @@ def env(fake, postgres_url, tmp_path) -> dict[str, str]:
     }
 
 
-def start_worker(env: dict[str, str], cwd: Path, *flags: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def start_worker(env: dict[str, str], cwd: Path, *flags: str) -> Any:
+    return start_process(
         [sys.executable, "-m", "orchestrator", "--worker", *flags],
-        env={**clean_environment(), **env},
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
 
 def finish(worker: subprocess.Popen[str]) -> tuple[str, str]:
@@ -465,10 +468,9 @@ def test_a_database_restart_mid_run_is_ridden_out_or_resumed_and_charges_nothing
     env = {**fake_env(fake.base_url), "ORCHESTRATOR_HOME": str(tmp_path / "home"),
            "ORCHESTRATOR_DB_URL": url, "ORCHESTRATOR_LEASE_SECONDS": LEASE}  # fmt: skip
     fake.responder = Conductor(delay=0.3)
-    run = subprocess.Popen(
+    run = start_process(
         [sys.executable, "-m", "orchestrator", *RUN_FLAGS],
-        env={**clean_environment(), **env}, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         wait_until(lambda: fake.count() >= 4, "the first answers", run)
