@@ -92,7 +92,7 @@ class ForkServer:
 
     def starts_alike(self, env: dict[str, str]) -> bool:
         """Whether an interpreter started with ``env`` would start as the server did."""
-        names = {*env, *self.env}
+        names = {*env, *self.env} - {"PYTHONUNBUFFERED"}  # a fork makes its streams so itself
         startup = [n for n in names if n.startswith("PYTHON") or n in STARTUP_LOCALE]
         return all(env.get(name) == self.env.get(name) for name in startup)
 
@@ -532,6 +532,7 @@ def become(command: dict[str, Any], unbuffered: bool) -> None:
     for target, fd in enumerate(command["fds"]):
         os.dup2(fd, target)
         os.close(fd)
+    unbuffered = unbuffered or bool(command["env"].get("PYTHONUNBUFFERED"))
     names = ("<stdin>", "<stdout>", "<stderr>")
     like = (sys.stdin, sys.stdout, sys.stderr)
     streams = [_stdio(fd, names[fd], "rww"[fd], unbuffered, like[fd]) for fd in range(3)]

@@ -264,6 +264,23 @@ def start_process(
     )  # fmt: skip
 
 
+def run_process(
+    args: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(ARGS, capture_output=True, text=True, timeout=TIMEOUT)`` for a command
+    ``start_process`` forks: its output and exit status, or ``TimeoutExpired`` (it killed)."""
+    process = start_process(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise subprocess.TimeoutExpired(args, timeout, out, err) from None
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
 def pytest_sessionfinish(session) -> None:
     cli_forks.stop()
 

@@ -11,7 +11,14 @@ import sys
 import time
 
 import pytest
-from conftest import PROJECT_ROOT, clean_environment, fake_env, run_cli, sqlite_rows, start_process
+from conftest import (
+    PROJECT_ROOT,
+    fake_env,
+    run_cli,
+    run_process,
+    sqlite_rows,
+    start_process,
+)
 from scripted_llm import TaskScript
 from test_engine import prose_task
 from test_exactness import take_over_at_first_grading
@@ -238,13 +245,8 @@ def run_example(example: str, fake, tmp_path, timeout: float = 120) -> subproces
     """``example`` run as a script of its own, its keys sending every provider to ``fake``."""
     script = tmp_path / "example.py"
     script.write_text(example)
-    return subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env={**clean_environment(), **cli_env(fake, tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_process(
+        [sys.executable, str(script)], cwd=tmp_path, env=cli_env(fake, tmp_path), timeout=timeout
     )
 
 

@@ -262,11 +262,17 @@ def test_the_cli_runs_the_example_with_local(tmp_path):
         t["result"]["status"] == "completed" for t in tasks.values()
     ):
         assert "every grade came from the model that wrote the answer" in result.stdout
-    # Every task's output is written, unless the clock stopped the run before its answer.
+    # Every task's output is written, unless the clock stopped the run before its answer; a
+    # small model's code answers may hold no code at all: that task is degraded, saying so.
     assert (out / "README.md").is_file()
     for task in tasks.values():
         if task["file"] is not None:
-            assert (out / task["file"]).read_text().strip()
+            written = (out / task["file"]).read_text().strip()
+            no_code = (
+                task["result"]["status"] == "degraded"
+                and "no Python code found" in (task["result"]["reason"])
+            )
+            assert written or no_code, task["result"]
         else:
             assert status == "TIMEOUT", (task["id"], task["result"])
     if status != "TIMEOUT":

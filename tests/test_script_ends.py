@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import clean_environment, fake_env
+from conftest import fake_env, run_process
 
 SECONDS = 60  # a run takes a few seconds here; a script kept alive by a thread never ends
 
@@ -67,19 +67,13 @@ def run_script(body: str, stores: tuple[str, str], fake, tmp_path) -> list[str]:
     script = tmp_path / "script.py"
     script.write_text(PRELUDE + textwrap.dedent(body), encoding="utf-8")
     env = {
-        **clean_environment(),
         **fake_env(fake.base_url),
         "ORCHESTRATOR_HOME": str(tmp_path),
         "PYTHONUNBUFFERED": "1",  # what it printed before it hung, if it does
     }
     try:
-        result = subprocess.run(
-            [sys.executable, str(script), *stores],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=SECONDS,
+        result = run_process(
+            [sys.executable, str(script), *stores], cwd=tmp_path, env=env, timeout=SECONDS
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
