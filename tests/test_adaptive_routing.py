@@ -437,7 +437,7 @@ async def test_what_a_run_learned_is_saved_with_each_task_and_a_resume_starts_fr
         with pytest.raises(asyncio.CancelledError):
             await run
         (broken,) = llm.broken
-        seen = len(llm.roles)
+        seen = await requests_once_quiet(llm)
 
         async with UnifiedClient(env=fake_env(fake.base_url), retry=FAST) as client:
             fresh = Orchestrator(  # a new process: nothing learned in memory
@@ -448,6 +448,17 @@ async def test_what_a_run_learned_is_saved_with_each_task_and_a_resume_starts_fr
 
     assert resumed.status is ProjectStatus.SUCCESS
     assert code_written_by(llm, broken, since=seen) == []
+
+
+async def requests_once_quiet(llm, quiet: float = 0.5) -> int:
+    """How many requests the fake has seen once none has arrived for ``quiet`` seconds: one the
+    cancelled run sent just before its end (seen by the fake a moment later under load) is the
+    cancelled run's, not the resume's."""
+    count = -1
+    while count != len(llm.roles):
+        count = len(llm.roles)
+        await asyncio.sleep(quiet)
+    return count
 
 
 async def failing_on_record(store, llm) -> bool:
