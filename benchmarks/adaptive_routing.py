@@ -16,10 +16,9 @@ alike whoever asked it.
 Routers: ``table`` (``RoutingTableBackend``), ``greedy`` (``GreedyBackend``, its profiles'
 quality following every judged answer, as evaluation scores move it in a run), ``adaptive``
 (``AdaptiveBackend`` itself, each answer judged into its profile, a failure as a failed check;
-its candidates carry an attempt's critique and verdict as the router gives them; it learns each
-task type's difficulty from every model's answers), ``informed`` (``adaptive`` told each task
-type's difficulty beforehand instead: its prior for a model at a type is the mean of the hidden
-rates of models of its size there, what no router knows), the
+its candidates carry an attempt's critique and verdict as the router gives them),
+``informed`` (``adaptive`` told each task type's difficulty beforehand: its prior for a model at
+a type is the mean of the hidden rates of models of its size there, what no router knows), the
 ``oracle`` (knows the hidden rates: by pass rate per dollar of an attempt among the models
 passing at ``MIN_PASS_RATE`` or more, then the rest by pass rate), ``oracle/$`` (the same with
 no floor) and ``single``, the best single model (the most expected passes a dollar over the
@@ -32,14 +31,11 @@ dollar after 30 tasks.
 
 ``--by-type`` shows each task type between checkpoints: every router's passes a dollar over
 the oracle's, and how often the model it asked first was the oracle's first.
-``--prior-answers``, ``--min-pass-rate``, ``--demote-after`` and, for how a task type's
-difficulty is learned from every model's answers, ``--type-answers`` (``inf``: not learned),
-``--model-answers`` and ``--quality-bandwidth`` set the adaptive backend's constants in this
-process only; ``--sweep`` tries a grid of them. Constants are chosen on ``--first-seed 100
---seeds 100`` and reported on the default seeds 0-19, which they were not chosen on.
+``--prior-answers``, ``--min-pass-rate`` and ``--demote-after`` set the adaptive backend's
+constants in this process only; ``--sweep`` tries a grid of them.
 
-    python benchmarks/adaptive_routing.py [--tasks 300] [--seeds 20] [--first-seed 0]
-        [--fallbacks 2] [--by-type] [--sweep]
+    python benchmarks/adaptive_routing.py [--tasks 300] [--seeds 20] [--fallbacks 2] [--by-type]
+        [--sweep]
 """
 
 from __future__ import annotations
@@ -204,16 +200,15 @@ class ByBackend(Routing):
 class Informed(Routing):
     """``adaptive`` told each task type's difficulty (``HARDER``) beforehand: its prior for a
     model at a type is the catalog's quality less what the type takes from a model of its size,
-    the mean of the model's hidden pass rate there, and nothing learned of the type changes
-    that. What no router knows; it shows what learning each model's own rate still costs."""
+    the mean of the model's hidden pass rate there. What no router knows; it shows what learning
+    each model's own rate still costs."""
 
     name = "informed"
 
     def __init__(self, world: World, catalog: Catalog, seed: int):
         self.by_kind: dict[TaskType, ByBackend] = {}
         for kind in set(world.tasks):
-            told = AdaptiveBackend(seed=seed, learns_types=False)
-            routing = ByBackend("informed", told, world, catalog)
+            routing = ByBackend("informed", AdaptiveBackend(seed=seed), world, catalog)
             for profile in routing.profiles.values():
                 model = profile.model
                 small, large = HARDER.get(kind, (0.1, 0.05))
@@ -340,17 +335,17 @@ def report(args: argparse.Namespace, catalog: Catalog) -> None:
     by_router: dict[str, list[list[Done]]] = {name: [] for name in ROUTERS}
     singles: list[str] = []
     bests: list[dict[TaskType, str]] = []  # by seed: the oracle's first model for each type
-    for seed in _seeds(args):
+    for seed in range(args.seeds):
         runs, world, single = run_seed(seed, catalog, args)
         for name, done in runs.items():
             by_router[name].append(done)
         singles.append(single.value)
         knows = Oracle(world)
         bests.append({kind: knows.chain(kind)[0].key for kind in set(world.tasks)})
-        if seed == args.first_seed:
+        if seed == 0:
             extra = ", ".join(f"{k.value} ${usd:.4f}" for k, usd in world.overheads.items())
             print(f"an attempt's critique and verdict: {extra}")
-            print(f"seed {seed}: {world.surprises}; best single model {single.value}")
+            print(f"seed 0: {world.surprises}; best single model {single.value}")
     print(f"best single model by seed: {_counted(singles)}")
     for upto in checkpoints(args.tasks):
         table = {name: figures(runs, upto) for name, runs in by_router.items()}
@@ -424,7 +419,7 @@ def _per_usd(done: Sequence[Done]) -> float:
 def sweep(args: argparse.Namespace, catalog: Catalog) -> None:
     """Adaptive with each set of constants, against the oracle, on the same worlds."""
     oracle: list[list[Done]] = []
-    for seed in _seeds(args):
+    for seed in range(args.seeds):
         oracle.append(run_seed(seed, catalog, args, only=("oracle",))[0]["oracle"])
     marks = checkpoints(args.tasks)
     head = "".join(f"{f'@{n}':>8}{'now':>7}" for n in marks)
@@ -436,7 +431,7 @@ def sweep(args: argparse.Namespace, catalog: Catalog) -> None:
         set_constants(prior, floor, demote)
         runs = [
             run_seed(seed, catalog, args, only=("adaptive",))[0]["adaptive"]
-            for seed in _seeds(args)
+            for seed in range(args.seeds)
         ]
         cells = ""
         for n in marks:
@@ -472,10 +467,6 @@ def _clip(rate: float) -> float:
     return min(max(rate, 0.02), 0.98)
 
 
-def _seeds(args: argparse.Namespace) -> range:
-    return range(args.first_seed, args.first_seed + args.seeds)
-
-
 def _types(text: str) -> tuple[TaskType, ...]:
     return tuple(TaskType(word.strip()) for word in text.split(","))
 
@@ -492,9 +483,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=300, help="tasks a seed")
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument(
-        "--first-seed", type=int, default=0, help="seeds from this one (100: those for tuning)"
-    )
     parser.add_argument("--fallbacks", type=int, default=DEFAULT_MAX_FALLBACKS)
     parser.add_argument("--types", type=_types, default=TYPES, help="task types, by value")
     parser.add_argument("--spread", type=float, default=0.15, help="of a hidden pass rate")
@@ -503,11 +491,6 @@ def main() -> None:
     )
     parser.add_argument("--prior-answers", type=float, default=backends.PRIOR_ANSWERS)
     parser.add_argument("--min-pass-rate", type=float, default=backends.MIN_PASS_RATE)
-    parser.add_argument(
-        "--type-answers", type=float, default=backends.TYPE_ANSWERS, help="inf: no type learned"
-    )
-    parser.add_argument("--model-answers", type=float, default=backends.MODEL_ANSWERS)
-    parser.add_argument("--quality-bandwidth", type=float, default=backends.QUALITY_BANDWIDTH)
     parser.add_argument("--demote-after", type=int, default=profiles.DEMOTE_AFTER, help="0: off")
     parser.add_argument(
         "--by-type",
@@ -526,16 +509,12 @@ def main() -> None:
     catalog = Catalog.load(env={})
     demote = args.demote_after or NEVER
     set_constants(args.prior_answers, args.min_pass_rate, demote)
-    backends.TYPE_ANSWERS, backends.MODEL_ANSWERS = args.type_answers, args.model_answers
-    backends.QUALITY_BANDWIDTH = args.quality_bandwidth
     print(
         f"{len(args.types)} task types ({', '.join(t.value for t in args.types)}) x "
         f"{len(catalog.models)} models, {args.seeds} seeds of {args.tasks} tasks, "
         f"1 + {args.fallbacks} fallbacks a task; adaptive: prior worth {args.prior_answers:g} "
         f"answers, floor {args.min_pass_rate:g}, demoted after "
-        f"{'never' if demote >= NEVER else demote}; a type's offset shrunk by "
-        f"{args.type_answers:g} answers, a model's counting at most {args.model_answers:g}, "
-        f"by qualities {args.quality_bandwidth:g} apart"
+        f"{'never' if demote >= NEVER else demote}"
     )
     report(args, catalog)
     if args.sweep:

@@ -5,10 +5,7 @@ from orchestrator.routing.backends import (
     BACKENDS,
     MIN_COST_USD,
     MIN_PASS_RATE,
-    MODEL_ANSWERS,
     PRIOR_ANSWERS,
-    QUALITY_BANDWIDTH,
-    TYPE_ANSWERS,
     AdaptiveBackend,
     Candidate,
     GreedyBackend,
@@ -17,17 +14,13 @@ from orchestrator.routing.backends import (
     Ranked,
     RoutingTableBackend,
     WeightedSumBackend,
-    type_offset,
 )
 
 __all__ = [
     "BACKENDS",
     "MIN_COST_USD",
     "MIN_PASS_RATE",
-    "MODEL_ANSWERS",
     "PRIOR_ANSWERS",
-    "QUALITY_BANDWIDTH",
-    "TYPE_ANSWERS",
     "AdaptiveBackend",
     "Candidate",
     "GreedyBackend",
@@ -36,5 +29,4 @@ __all__ = [
     "Ranked",
     "RoutingTableBackend",
     "WeightedSumBackend",
-    "type_offset",
 ]

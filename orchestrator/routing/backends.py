@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,10 +37,6 @@ class Candidate:
     # What an attempt at the job pays besides this call, whoever writes it: the critique of the
     # answer and the verdicts on it (an author's job under a learning backend; else 0).
     overhead_usd: float = 0.0
-    # Other models' profiles whose judged answers of the task type show how hard it is, besides
-    # the candidates' own (a router gives every profile it holds: a model a policy excludes is
-    # never ranked, but its answers still say how hard the type is).
-    peers: tuple[ModelProfile, ...] = ()
 
     @property
     def model(self) -> Model:
@@ -167,11 +163,8 @@ class AdaptiveBackend:
     """Learns, per task type and model, which model passes its checks for the least money:
     passes a dollar of a whole attempt.
 
-    Each candidate's pass rate has a Beta posterior: as a prior worth ``PRIOR_ANSWERS`` answers,
-    the catalog's quality moved by the task type's learned offset, how much more or less often
-    other models of about its quality passed the type than their catalog qualities said
-    (``type_offset``: a model never asked for code still starts lower at code once code has
-    failed for the others); then how its own answers to this task type were judged (this run's
+    Each candidate's pass rate has a Beta posterior: the catalog's quality as a prior worth
+    ``PRIOR_ANSWERS`` answers, then how its answers to this task type were judged (this run's
     and, through the telemetry, earlier runs'). A candidate is ranked on its posterior mean,
     except that each of K candidates is, one time in K, ranked on a draw from its posterior
     instead (Thompson sampling exploring with probability 1/K): every model keeps a chance to
@@ -183,9 +176,8 @@ class AdaptiveBackend:
     Candidates go first by that rate per dollar of an attempt: the call and what every attempt
     pays besides, its critique and its verdicts (``Candidate.overhead_usd``), since a failed
     answer pays them all again at its revision. Those whose rate is likely under
-    ``MIN_PASS_RATE`` (the mean plus one posterior standard deviation is under it, on its own
-    answers and catalog quality: the type's offset alone sends no model there) follow by rate:
-    a model that fails more often than it passes is no bargain at any price. Ties go to
+    ``MIN_PASS_RATE`` (the mean plus one posterior standard deviation is under it) follow by
+    rate: a model that fails more often than it passes is no bargain at any price. Ties go to
     the model measured faster.
 
     The router holds back a model whose answers keep failing their checks, whatever the
@@ -199,62 +191,42 @@ class AdaptiveBackend:
     # checkpoint.
     learns = True
 
-    def __init__(
-        self,
-        seed: int | None = None,
-        fallback: OptimizationBackend | None = None,
-        *,
-        learns_types: bool = True,
-    ):
+    def __init__(self, seed: int | None = None, fallback: OptimizationBackend | None = None):
         self.random = random.Random(seed)
         self.fallback = fallback if fallback is not None else RoutingTableBackend()
-        # False: a model's prior is its catalog quality alone, for a caller whose catalog
-        # qualities already tell each task type's difficulty.
-        self.learns_types = learns_types
 
     def rank(self, candidates: Sequence[Candidate]) -> list[Ranked]:
         if not candidates or any(c.task_type is None for c in candidates):
             return self.fallback.rank(candidates)
         explore = 1 / len(candidates)
-        pool = {p.model.key: p for c in candidates for p in (*c.peers, c.profile)}
-        pool = pool if self.learns_types else {}
-        drawn = [(self.drawn(c, explore, pool.values()), c) for c in candidates]
+        drawn = [(self.drawn(c, explore), c) for c in candidates]
         worth = [(r, c) for r, c in drawn if r.figures["upper"] >= MIN_PASS_RATE]
         rest = [(r, c) for r, c in drawn if r.figures["upper"] < MIN_PASS_RATE]
         worth.sort(key=lambda rc: (-rc[0].score, _latency(rc[1])))
         rest.sort(key=lambda rc: (-rc[0].figures["drawn"], _latency(rc[1])))
         return [r for r, _ in worth + rest]
 
-    def drawn(
-        self, candidate: Candidate, explore: float = 0.0, pool: Iterable[ModelProfile] = ()
-    ) -> Ranked:
+    def drawn(self, candidate: Candidate, explore: float = 0.0) -> Ranked:
         """The candidate with the pass rate it is ranked on, and why: its posterior mean, or with
-        probability ``explore`` a draw from its posterior; its prior moved by the task type's
-        offset learned from the answers of ``pool``'s other models (``type_offset``)."""
+        probability ``explore`` a draw from its posterior."""
         assert candidate.task_type is not None
         profile, kind = candidate.profile, candidate.task_type
         seen = profile.outcomes.get(kind.value)
         passed, failed = (seen.passed, seen.failed) if seen is not None else (0, 0)
-        offset, shown_by = type_offset(profile, kind.value, pool)
-        prior = _prior(profile, offset)
+        prior = _prior(profile)
         alpha, beta = _posterior(prior, passed, failed)
         mean = alpha / (alpha + beta)
+        spread = math.sqrt(alpha * beta / ((alpha + beta) ** 2 * (alpha + beta + 1)))
         # A model whose latest answer of the type failed its checks is ranked on its record, not
         # explored: a draw is for what it might do, and it has just shown what it does.
         failing = seen is not None and seen.failing_checks > 0
         explored = self.random.random() < explore and not failing
         rate = (self.random.betavariate(alpha, beta) if explored else mean) * profile.trust
-        # Whether it is likely under MIN_PASS_RATE is a verdict on the model itself: its own
-        # answers on its catalog quality. The type's offset says what a model like it is
-        # expected to do; judged on it, a cheap model would go behind every other at a type hard
-        # for its kind and never get to show it is the exception (in the simulation, a point of
-        # the oracle's passes a dollar after 300 tasks).
-        upper = _upper(*_posterior(_prior(profile), passed, failed)) * profile.trust
+        upper = min(1.0, mean + spread) * profile.trust
         attempt = candidate.attempt_usd
         per_usd = rate / max(attempt, MIN_COST_USD)
         figures = {
-            "passed": float(passed), "failed": float(failed), "prior": prior,
-            "type_offset": offset, "type_answers": shown_by, "mean": mean,
+            "passed": float(passed), "failed": float(failed), "prior": prior, "mean": mean,
             "drawn": rate, "explored": float(explored), "upper": upper,
             "cost_usd": candidate.cost_usd, "attempt_usd": attempt, "passes_per_usd": per_usd,
         }  # fmt: skip
@@ -262,15 +234,9 @@ class AdaptiveBackend:
         paid = f"{_usd(attempt)} an attempt"
         if candidate.overhead_usd:
             paid += f" (the call {_usd(candidate.cost_usd)})"
-        learned = ""
-        if shown_by:
-            learned = (
-                f": quality {profile.model.quality:.2f}, {offset:+.2f} as other models' "
-                f"{kind.value} went"
-            )
         reason = (
-            f"{kind.value} passed {passed} of {passed + failed} (prior {prior:.2f}{learned}): "
-            f"mean {mean:.2f}, {how}; {paid} = {per_usd:,.0f} passes a dollar"
+            f"{kind.value} passed {passed} of {passed + failed} (prior {prior:.2f}): mean "
+            f"{mean:.2f}, {how}; {paid} = {per_usd:,.0f} passes a dollar"
         )
         if upper < MIN_PASS_RATE:
             reason += f"; likely under {MIN_PASS_RATE:.0%}: after those likelier to pass"
@@ -300,14 +266,6 @@ BACKENDS: dict[str, type[OptimizationBackend]] = {
 
 # What the catalog's quality prior is worth, in answers seen.
 PRIOR_ANSWERS = 4.0
-# How a task type's offset is learned from other models' answers (``type_offset`` says why):
-# shrunk toward none as if this many answers had shown none; one model's answers counting as
-# at most this many; another model's answers counting by the nearness of its quality, a
-# Gaussian this wide (a model a tenth off counts a seventh). Chosen on the simulation's seeds
-# 100-199, kept apart from those it reports on.
-TYPE_ANSWERS = 8.0
-MODEL_ANSWERS = 2.0
-QUALITY_BANDWIDTH = 0.05
 # A model whose pass rate is likely under this (its posterior mean plus one standard deviation
 # is) goes after every candidate likelier to pass, however cheap.
 MIN_PASS_RATE = 0.5
@@ -316,56 +274,9 @@ MIN_PASS_RATE = 0.5
 MIN_COST_USD = 1e-7
 
 
-def type_offset(
-    profile: ModelProfile, task_type: str, pool: Iterable[ModelProfile]
-) -> tuple[float, float]:
-    """How much more (above 0) or less often than their catalog qualities said the other models
-    of ``pool`` passed ``task_type``, for a model of ``profile``'s quality; and how many answers'
-    worth that rests on.
-
-    Partial pooling, as a hierarchical model has it: each model's rate at the type is its
-    catalog quality plus the type's offset plus its own deviation, and the offset is learned
-    from every other model's record at once. A record's mean surprise (its pass rate less its
-    catalog prior) tells the offset with an error of about v/n from its n answers (v = q(1 - q),
-    some 0.16 at the catalog's qualities) plus the model's own deviation s^2; weighed by the
-    inverse of that error, in answers, a model's n answers count n.M/(M + n) with
-    M = v/s^2 (``MODEL_ANSWERS``): a model that passed everything, or nothing, moves the type
-    as far as a few answers can and no further, since past those its record says more about
-    it than about the type (a broken deployment is not a hard task type). The offset's own
-    prior, centred on no offset with variance t^2, is worth K = v/t^2 answers
-    (``TYPE_ANSWERS``) more that showed none: the posterior mean shrinks the pooled surprise
-    by answers / (answers + K), so a type judged a few times moves every prior a little and one
-    judged by many models most of the way. With M = 2 and K = 8 (s about 0.28: deviations and
-    surprises included; t about 0.14, what the types take off the qualities), chosen on the
-    simulation's tuning seeds. A type is not as hard for every model (code takes more off a
-    small model than a large one), so an answer also counts by a Gaussian of the distance
-    between its model's quality and this one's (``QUALITY_BANDWIDTH``). The model's own answers
-    are left out: its posterior counts them already, and counted twice its own luck would pass
-    for the type's difficulty."""
-    quality = _prior(profile)
-    surprise = answers = 0.0
-    for other in pool:
-        seen = other.outcomes.get(task_type)
-        if other.model.key == profile.model.key or seen is None or not seen.judged:
-            continue
-        near = math.exp(-0.5 * ((_prior(other) - quality) / QUALITY_BANDWIDTH) ** 2)
-        # Past a few, one model's answers say more about it than about the type.
-        counted = near * seen.judged * MODEL_ANSWERS / (MODEL_ANSWERS + seen.judged)
-        surprise += counted * (seen.passed / seen.judged - _prior(other))
-        answers += counted
-    return surprise / (answers + TYPE_ANSWERS), answers
-
-
-def _prior(profile: ModelProfile, offset: float = 0.0) -> float:
-    """The catalog's quality (moved by a task type's ``offset``), kept off 0 and 1 so that
-    evidence can always move it."""
-    return min(max(profile.model.quality + offset, 0.05), 0.95)
-
-
-def _upper(alpha: float, beta: float) -> float:
-    """A Beta posterior's mean plus one standard deviation, at most 1."""
-    total = alpha + beta
-    return min(1.0, alpha / total + math.sqrt(alpha * beta / (total**2 * (total + 1))))
+def _prior(profile: ModelProfile) -> float:
+    """The catalog's quality, kept off 0 and 1 so that evidence can always move it."""
+    return min(max(profile.model.quality, 0.05), 0.95)
 
 
 def _posterior(prior: float, passed: int, failed: int) -> tuple[float, float]:

@@ -285,9 +285,6 @@ class Router:
         measured_as = ROLE_TASK_TYPES.get(role, task_type)
         overhead = self._attempt_overheads(writes) if writes is not None and self.learns else None
         table_ranks = {model.key: rank for rank, model in enumerate(preferred)}
-        # Every model's judged answers show how hard the task type is, a model no policy allows
-        # or none usable now included: learning from them never brings it back.
-        peers = tuple(self.profiles.values()) if overhead is not None else ()
         return [
             Candidate(
                 profile=(profile := self._profile(model)),
@@ -295,7 +292,6 @@ class Router:
                 table_rank=table_ranks.get(model.key),
                 task_type=writes,
                 overhead_usd=overhead(model) if overhead is not None else 0.0,
-                peers=peers,
             )
             for model in self.usable
         ]
