@@ -102,22 +102,16 @@ class ForkServer:
     ) -> subprocess.CompletedProcess[str]:  # fmt: skip
         """``python -m orchestrator CLI_ARGS`` forked, reported as ``subprocess.run`` reports
         ``args`` run with ``capture_output=True, text=True, timeout=TIMEOUT``."""
-        out, out_w = os.pipe()
-        err, err_w = os.pipe()
-        stdin = os.open(os.devnull, os.O_RDONLY)
-        request = {"args": list(cli_args), "cwd": str(cwd), "env": env, "retry_waits": retry_waits}
-        try:
-            connection = self._send(request, [stdin, out_w, err_w])
-        except OSError:
-            for fd in (out, err):
-                os.close(fd)
-            raise
-        with connection:
-            return Command(args, connection, out, err).wait(timeout)
+        process = self.spawn(
+            args, cli_args, None, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, retry_waits=retry_waits,
+        )  # fmt: skip
+        return completed(process, timeout)
 
     def spawn(
         self, args: list[str], command_args: Sequence[str], script: str | None, *, cwd: Path,
         env: dict[str, str], stdin: Any, stdout: Any, stderr: Any, text: bool,
+        retry_waits: bool = True,
     ) -> ForkedProcess:  # fmt: skip
         """``args`` (``python -m orchestrator ARGS`` or ``python SCRIPT ARGS``) forked, as a
         process the caller drives like ``subprocess.Popen``: pipes, signals, waiting."""
@@ -135,7 +129,7 @@ class ForkServer:
                 else:  # inherited: this process's own stream
                     theirs.append(os.dup(index if wanted is None else wanted.fileno()))
         request = {"args": list(command_args), "script": script, "cwd": str(cwd), "env": env,
-                   "retry_waits": True}  # fmt: skip
+                   "retry_waits": retry_waits}  # fmt: skip
         try:
             connection = self._send(request, theirs)
         except OSError:
@@ -175,72 +169,6 @@ class ForkServer:
         shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)  # if it could not
 
 
-class Command:
-    """One forked command as its caller sees it: its output, its pid, then its exit status."""
-
-    def __init__(self, args: list[str], connection: socket.socket, out: int, err: int) -> None:
-        self.args, self.connection = args, connection
-        self.output: dict[int, bytearray] = {out: bytearray(), err: bytearray()}
-        self.out, self.err = out, err
-        self.said = bytearray()  # the server's lines: the child's pid, then its exit status
-
-    def wait(self, timeout: float) -> subprocess.CompletedProcess[str]:
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            for fd in (self.out, self.err, self.connection.fileno()):
-                selector.register(fd, selectors.EVENT_READ)
-            try:
-                self._read(selector, deadline)
-            except subprocess.TimeoutExpired:
-                self._kill()
-                self._read(selector, time.monotonic() + 60, until_status=True)
-                raise subprocess.TimeoutExpired(
-                    self.args, timeout, bytes(self.output[self.out]), bytes(self.output[self.err])
-                ) from None
-            finally:
-                for fd in self.output:
-                    os.close(fd)
-        _, status = self._lines()
-        return subprocess.CompletedProcess(
-            self.args, int(status), _text(self.output[self.out]), _text(self.output[self.err])
-        )
-
-    def _read(
-        self, selector: selectors.BaseSelector, deadline: float, until_status: bool = False
-    ) -> None:
-        """Read the pipes to their end and the server's lines until the status (or only the
-        status), raising ``TimeoutExpired`` past ``deadline``."""
-        while selector.get_map() and not (until_status and len(self._lines()) == 2):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(self.args, 0)
-            for key, _ in selector.select(left):
-                fd = int(key.fd)
-                data = os.read(fd, 65536) if fd in self.output else self.connection.recv(64)
-                if not data:
-                    selector.unregister(fd)
-                elif fd in self.output:
-                    self.output[fd] += data
-                else:
-                    self.said += data
-        if len(self._lines()) != 2:
-            raise ConnectionError(f"the fork server ended before the command: {self.said!r}")
-
-    def _lines(self) -> list[bytes]:
-        return bytes(self.said).splitlines()
-
-    def _kill(self) -> None:
-        """Kill the command, as ``subprocess.run`` does past its timeout."""
-        lines = self._lines()
-        if lines:
-            try:
-                os.kill(int(lines[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # it has just ended
-        else:  # not even started yet: hanging up is the server's sign to kill it
-            self.connection.shutdown(socket.SHUT_WR)
-
-
 class ForkedProcess:
     """A forked command with the part of ``subprocess.Popen``'s interface the tests use: its
     pid, its pipes, signals, ``poll``, ``wait`` and ``communicate``. Its exit status comes from
@@ -262,7 +190,7 @@ class ForkedProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None and select.select([self.connection], [], [], 0)[0]:
-            self._status(timeout=None)
+            self._status(timeout=10)  # the server writes its status line at once
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -334,11 +262,9 @@ def _pipe_end(fd: int, *, writes: bool, text: bool) -> Any:
     """The caller's end of a pipe as ``subprocess.Popen`` makes it: buffered bytes, or text
     written through (stdin) or read with universal newlines."""
     raw = open(fd, "wb" if writes else "rb")
-    return (
-        io.TextIOWrapper(raw, write_through=True)
-        if text and writes
-        else (io.TextIOWrapper(raw) if text else raw)
-    )
+    if not text:
+        return raw
+    return io.TextIOWrapper(raw, write_through=writes)
 
 
 def popen(
@@ -359,10 +285,17 @@ def popen(
                         stderr=stderr, text=text)  # fmt: skip
 
 
-def _text(data: bytes | bytearray) -> str:
-    """Bytes as ``subprocess.run(text=True)`` decodes them: the locale's encoding, universal
-    newlines."""
-    return io.TextIOWrapper(io.BytesIO(bytes(data))).read()
+def completed(process: Any, timeout: float) -> subprocess.CompletedProcess[str]:
+    """What ``subprocess.run(..., capture_output=True, text=True, timeout=TIMEOUT)`` reports of
+    a started ``process`` (forked or not): its output and exit status, or ``TimeoutExpired``
+    once it is killed."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise subprocess.TimeoutExpired(process.args, timeout, out, err) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 _server: ForkServer | None = None

@@ -272,13 +272,7 @@ def run_process(
     process = start_process(
         args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        raise subprocess.TimeoutExpired(args, timeout, out, err) from None
-    return subprocess.CompletedProcess(args, process.returncode, out, err)
+    return cli_forks.completed(process, timeout)
 
 
 def pytest_sessionfinish(session) -> None:

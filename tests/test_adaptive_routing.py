@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -454,8 +455,9 @@ async def requests_once_quiet(llm, quiet: float = 0.5) -> int:
     """How many requests the fake has seen once none has arrived for ``quiet`` seconds: one the
     cancelled run sent just before its end (seen by the fake a moment later under load) is the
     cancelled run's, not the resume's."""
-    count = -1
+    count, deadline = -1, time.monotonic() + 30
     while count != len(llm.roles):
+        assert time.monotonic() < deadline, "the fake kept receiving requests after the cancel"
         count = len(llm.roles)
         await asyncio.sleep(quiet)
     return count
